@@ -1,0 +1,37 @@
+"""repairer: send the exact validation errors back to the model, at most ``max_repairs`` times; then
+repair deterministically — keep the fields that passed, take the current value for the rest, drop
+a modulation that failed — and record the fallback with its reason."""
+
+from __future__ import annotations
+
+from agents.state import AgentState
+from bus.messages import UpdateCommand
+
+
+def should_retry(state: AgentState) -> bool:
+    return state.get("repair_attempts", 0) < state.get("max_repairs", 0)
+
+
+def deterministic_repair(state: AgentState) -> UpdateCommand:
+    m = state["metrics"]
+    partial = state.get("partial", {})
+    return UpdateCommand(
+        dropout=partial.get("dropout", m.dropout),
+        learning_rate=partial.get("learning_rate", m.lr),
+        alpha=partial.get("alpha", m.alpha),
+        weight_modulation=partial.get("weight_modulation") or None,
+        rationale=f"deterministic repair: {partial.get('rationale', '')}"[:2000],
+    )
+
+
+def repairer(state: AgentState) -> dict:
+    errors = state.get("errors", [])
+    if should_retry(state):
+        return {"feedback": list(errors), "repair_attempts": state.get("repair_attempts", 0) + 1}
+    reason = f"still invalid after {state.get('attempts', 0)} answer(s): " + "; ".join(errors)
+    return {
+        "command": deterministic_repair(state),
+        "fallback": True,
+        "fallback_reason": reason[:2000],
+        "notes": [{"node": "repairer", "action": "deterministic_repair", "reason": reason[:500]}],
+    }

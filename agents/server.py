@@ -1,0 +1,140 @@
+"""The agent process: a REP server that answers each ``EpochMetrics`` with a ``Decision``.
+
+Requests are idempotent: the same (run_id, epoch) asked twice — a trainer retrying after a timeout
+— gets the cached decision, not a second model call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+
+import zmq
+
+from agents.config import AgentConfig
+from agents.graph import build_agent_graph
+from agents.policies import HeuristicPolicy, Policy
+from bus.log import configure_logging
+from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Ready, decode, encode
+from bus.transport import RecordSender
+
+
+def make_policy(cfg: AgentConfig) -> Policy:
+    if cfg.controller == "heuristic":
+        return HeuristicPolicy()
+    raise ValueError(f"unknown controller {cfg.controller=}")
+
+
+def decide(graph, policy_name: str, metrics: EpochMetrics, max_repairs: int) -> Decision:
+    """Run the graph once for ``metrics`` and package the outcome as a Decision."""
+    started = time.perf_counter()
+    state = graph.invoke({"metrics": metrics, "max_repairs": max_repairs, "notes": []})
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    fallback = bool(state.get("fallback"))
+    return Decision(
+        run_id=metrics.run_id,
+        epoch=metrics.epoch,
+        controller=policy_name,
+        command=state["command"],
+        prompt=state.get("prompt", ""),
+        raw_output=state.get("raw_output", ""),
+        valid=state.get("attempts", 0) == 1 and not fallback,
+        repair_attempts=state.get("repair_attempts", 0),
+        fallback=fallback,
+        fallback_reason=state.get("fallback_reason"),
+        clamped=state.get("clamped", {}),
+        notes=state.get("notes", []),
+        latency_ms=latency_ms,
+        prompt_tokens=state.get("prompt_tokens"),
+        completion_tokens=state.get("completion_tokens"),
+        reflection=state.get("reflection"),
+    )
+
+
+class Stop(Exception):
+    pass
+
+
+def serve(cfg: AgentConfig) -> int:
+    ctx = zmq.Context()
+    sender = RecordSender(ctx, cfg.recorder_endpoint)
+    log = configure_logging("agent", cfg.run_dir / "logs", forward=sender.send)
+    policy = make_policy(cfg)
+    graph = build_agent_graph(cfg.nodes, policy)
+    cache: OrderedDict[tuple[str, int], Decision] = OrderedDict()
+    sock = ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    parent = os.getppid()
+
+    def on_signal(signum, _frame):
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        sock.bind(cfg.endpoint)
+        log.info("agent_ready", endpoint=cfg.endpoint, controller=policy.name, nodes=cfg.nodes)
+        while os.getppid() == parent:
+            if not sock.poll(200, zmq.POLLIN):
+                continue
+            frames = sock.recv_multipart()
+            try:
+                request = decode(frames)
+            except BusDecodeError as exc:
+                log.warning("bad_frame", reason=exc.reason)
+                sock.send_multipart(encode(ErrorReply(reason=exc.reason, pid=os.getpid())))
+                continue
+            if isinstance(request, Hello):
+                log.info("handshake", run_id=request.run_id, peer=request.component)
+                sock.send_multipart(encode(Ready(run_id=request.run_id, component="agent", pid=os.getpid())))
+            elif isinstance(request, EpochMetrics):
+                key = (request.run_id, request.epoch)
+                decision = cache.get(key)
+                if decision is None:
+                    try:
+                        decision = decide(graph, policy.name, request, cfg.max_repairs)
+                    except Exception as exc:  # a user's node may raise anything; the run must go on
+                        reason = f"agent graph failed: {type(exc).__name__}: {exc}"
+                        log.error("graph_failed", run_id=request.run_id, epoch=request.epoch, reason=reason,
+                                  traceback=traceback.format_exc(limit=5))
+                        sock.send_multipart(encode(ErrorReply(reason=reason[:2000], pid=os.getpid())))
+                        continue
+                    cache[key] = decision
+                    if len(cache) > cfg.cache_size:
+                        cache.popitem(last=False)
+                else:
+                    log.info("duplicate_request", run_id=request.run_id, epoch=request.epoch)
+                log.info("decision", run_id=request.run_id, epoch=request.epoch, valid=decision.valid,
+                         fallback=decision.fallback, latency_ms=round(decision.latency_ms, 1))
+                sock.send_multipart(encode(decision))
+            else:
+                reason = f"agent does not serve {request.TOPIC!r}"
+                log.warning("unexpected_message", reason=reason)
+                sock.send_multipart(encode(ErrorReply(reason=reason, pid=os.getpid())))
+        log.error("orchestrator_gone")
+        return 0
+    except Stop as stop:
+        log.info("agent_stopped", signal=str(stop))
+        return 0
+    except zmq.ZMQError as exc:
+        print(f"agent: cannot bind {cfg.endpoint}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sock.close()
+        sender.close()
+        ctx.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agents", description="ReflectNet agent process")
+    parser.add_argument("--config", type=Path, required=True, help="AgentConfig JSON written by run.py")
+    args = parser.parse_args(argv)
+    return serve(AgentConfig.model_validate_json(args.config.read_text()))

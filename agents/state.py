@@ -1,0 +1,33 @@
+"""The agent graph's state. Each node is a plain function ``state -> partial update``; fields merge
+by replacement except ``notes``, which every node appends to."""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from bus.messages import EpochMetrics, Reflection, UpdateCommand
+
+
+class AgentState(TypedDict, total=False):
+    metrics: EpochMetrics  # input: everything the trainer reported for this epoch
+    max_repairs: int  # input: model re-asks before the deterministic repair
+
+    prompt: str  # prompter
+    raw_output: str  # controller: the answer text exactly as produced
+    attempts: int  # controller calls so far (1 = first try)
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    llm_latency_ms: float
+
+    errors: list[str]  # validator: what is wrong with the latest answer (empty = valid)
+    partial: dict[str, Any]  # validator: the fields of the latest answer that passed
+    clamped: dict[str, Any]  # validator: field -> {"from", "to"} for every clamp
+    command: UpdateCommand | None  # the command to apply once validation passes or is repaired
+    feedback: list[str]  # repairer -> controller: the exact errors to fix
+    repair_attempts: int
+    fallback: bool
+    fallback_reason: str | None
+
+    reflection: Reflection | None  # reflector
+    notes: Annotated[list[dict[str, Any]], operator.add]  # any node: what it did and why

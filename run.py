@@ -1,0 +1,334 @@
+"""ReflectNet: train a CNN on MNIST while an agent steers it, everything recorded in DuckDB.
+
+    python run.py --regime 1pct
+
+runs the paper's protocol for one regime: a baseline arm (Adam only) and a guided arm with the same
+seed and data subset. The trainer, the agent and the recorder are separate OS processes talking
+over ZeroMQ on loopback; this process starts, watches and stops them, and prints the paper's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import zmq
+
+from agents.config import AgentConfig
+from agents.graph import UnknownNodeError, pipeline_with, resolve_node
+from bus.log import configure_logging
+from bus.messages import ControlReply, ControlRequest, RunFinished, RunStarted
+from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
+from storage.recorder import RecorderConfig
+from storage.schema import migrate
+from trainer.config import TrainerConfig
+from trainer.data import REGIMES, default_data_dir
+
+CONTROLLERS = ("none", "heuristic")
+DEFAULTS = {
+    "regime": "1pct",
+    "controller": "heuristic",
+    "epochs": 30,
+    "seed": 0,
+    "batch_size": 64,
+    "db": Path("runs") / "reflectnet.duckdb",
+    "out": Path("runs"),
+    "arms": "both",
+    "device": "auto",
+    "agent_timeout": 20.0,
+    "agent_retries": 1,
+    "max_repairs": 2,
+}
+STARTUP_TIMEOUT_S = 60.0
+STOP_GRACE_S = 10.0
+
+
+class CliError(Exception):
+    """A bad flag value: printed as one line, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's default prints usage first; one clear line is enough
+        raise CliError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = DEFAULTS
+    p = OneLineParser(
+        prog="run.py",
+        description="Train the paper's CNN on MNIST with and without an agent steering it; record everything in DuckDB.",
+    )
+    p.add_argument("--regime", choices=list(REGIMES), default=d["regime"],
+                   help=f"training-set size: {', '.join(f'{k}={v}' for k, v in REGIMES.items())} (default: {d['regime']})")
+    p.add_argument("--controller", choices=CONTROLLERS, default=d["controller"],
+                   help=f"who steers the guided arm; 'none' runs the baseline only (default: {d['controller']})")
+    p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help=f"epochs per arm (default: {d['epochs']})")
+    p.add_argument("--seed", type=_non_negative_int, default=d["seed"], help=f"seed for data subset, init and batch order (default: {d['seed']})")
+    p.add_argument("--db", type=Path, default=d["db"], help=f"DuckDB file to record into (default: {d['db']})")
+    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help=f"training batch size (default: {d['batch_size']})")
+    p.add_argument("--nodes", default="",
+                   help="extra agent nodes, comma-separated, inserted after validation: a built-in ('critic'), an "
+                        "entry point of group 'reflectnet.nodes', or package.module:function (default: none)")
+    p.add_argument("--arms", choices=("both", "baseline", "guided"), default=d["arms"],
+                   help=f"which arms of the pair to run (default: {d['arms']})")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
+                   help=f"torch device for the trainer; auto picks cuda when available (default: {d['device']})")
+    p.add_argument("--out", type=Path, default=d["out"], help=f"folder for run directories with logs and configs (default: {d['out']})")
+    p.add_argument("--data-dir", type=Path, default=None, help=f"MNIST cache folder (default: {default_data_dir()})")
+    p.add_argument("--agent-timeout", type=_positive_float, default=d["agent_timeout"],
+                   help=f"seconds the trainer waits for the agent per try before retrying (default: {d['agent_timeout']})")
+    p.add_argument("--agent-retries", type=_non_negative_int, default=d["agent_retries"],
+                   help=f"retries after a timeout before the fallback command (default: {d['agent_retries']})")
+    p.add_argument("--max-repairs", type=_non_negative_int, default=d["max_repairs"],
+                   help=f"times an invalid answer is sent back for repair before deterministic repair (default: {d['max_repairs']})")
+    return p
+
+
+@dataclass
+class Arm:
+    name: str
+    run_id: str
+    trainer: TrainerConfig
+    controller: str
+    status: str = "pending"
+
+
+@dataclass
+class Orchestrator:
+    """Starts, watches and stops the recorder, agent and trainer processes of one invocation."""
+
+    args: argparse.Namespace
+    run_dir: Path
+    ctx: zmq.Context = field(default_factory=zmq.Context)
+    children: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def spawn(self, name: str, module: str, config) -> subprocess.Popen:
+        path = self.run_dir / f"{name}.json"
+        path.write_text(config.model_dump_json(indent=2))
+        # Own session: a Ctrl-C in the terminal reaches only run.py, which then stops the children in order.
+        proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(path)], start_new_session=True)
+        self.children[name] = proc
+        return proc
+
+    def stop_child(self, name: str, grace_s: float = STOP_GRACE_S) -> int | None:
+        proc = self.children.pop(name, None)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+
+def _utc_now() -> float:
+    return time.time()
+
+
+def preflight_database(db: Path) -> None:
+    """Create and migrate the database now, so a bad path fails before any process starts."""
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(str(db))
+    except (OSError, duckdb.Error) as exc:
+        raise CliError(f"--db {db}: cannot open for writing: {str(exc).splitlines()[0]}") from None
+    try:
+        migrate(con)
+    except duckdb.Error as exc:
+        raise CliError(f"--db {db}: not a usable ReflectNet database: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def validate_args(args: argparse.Namespace) -> list[str]:
+    """Checks argparse cannot do; returns the full node pipeline."""
+    extras = [n.strip() for n in args.nodes.split(",") if n.strip()]
+    for name in extras:
+        try:
+            resolve_node(name)
+        except UnknownNodeError as exc:
+            raise CliError(f"--nodes: {exc}") from None
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CliError("--device cuda: torch.cuda.is_available() is False on this machine")
+    if args.controller == "none" and args.arms == "guided":
+        raise CliError("--arms guided needs a controller; --controller none runs the baseline only")
+    preflight_database(args.db)
+    return pipeline_with(extras)
+
+
+def print_results(db: Path, run_ids: list[str]) -> None:
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.Error as exc:
+        print(f"cannot read results from {db}: {exc}")
+        return
+    with con:
+        rows = con.execute(
+            "SELECT arm, regime, controller, status, epochs_run, final_val_acc, max_val_acc, final_train_acc "
+            "FROM run_results WHERE run_id IN (SELECT unnest(?)) ORDER BY arm",
+            [run_ids],
+        ).fetchall()
+    print()
+    print("| Regime | Model | Controller | Status | Epochs | Final Val Acc | Max Val Acc | Train Acc |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arm, regime, controller, status, epochs, final_val, max_val, train in rows:
+        print(f"| {regime} | {arm} | {controller} | {status} | {epochs} | {final_val:.4f} | {max_val:.4f} | {train:.4f} |")
+    print(f"\nrecorded in {db}; try: python -c \"import duckdb; print(duckdb.sql('SELECT * FROM paper_table', "
+          f"connection=duckdb.connect('{db}', read_only=True)))\"")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        pipeline = validate_args(args)
+    except CliError as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    pair_id = uuid.uuid4().hex[:12]
+    run_dir = args.out / f"{stamp}-{args.regime}-{pair_id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    orch = Orchestrator(args, run_dir)
+    recorder_cfg = RecorderConfig(db_path=args.db.resolve(), endpoint=free_tcp_endpoint(),
+                                  control_endpoint=free_tcp_endpoint(), run_dir=run_dir.resolve())
+    sender = RecordSender(orch.ctx, recorder_cfg.endpoint)
+    log = configure_logging("orchestrator", run_dir / "logs", forward=sender.send)
+    control = RequestClient(orch.ctx, recorder_cfg.control_endpoint, timeout_ms=5000, retries=0)
+    interrupted = False
+    arms: list[Arm] = []
+    try:
+        recorder = orch.spawn("recorder", "storage", recorder_cfg)
+        if not wait_for_recorder(control, recorder):
+            print(f"run.py: error: the recorder did not start (exit code {recorder.poll()}); see {run_dir / 'logs'}", file=sys.stderr)
+            return 1
+
+        arms = plan_arms(args, pair_id, run_dir, recorder_cfg.endpoint)
+        print(f"ReflectNet | regime {args.regime} ({REGIMES[args.regime]} images) | seed {args.seed} | "
+              f"{args.epochs} epochs | controller {args.controller} | run directory {run_dir}", flush=True)
+        agent_endpoint = next((a.trainer.agent_endpoint for a in arms if a.trainer.agent_endpoint), None)
+        if agent_endpoint:
+            orch.spawn("agent", "agents", AgentConfig(endpoint=agent_endpoint, recorder_endpoint=recorder_cfg.endpoint,
+                                                      run_dir=run_dir.resolve(), controller=args.controller,
+                                                      nodes=pipeline, max_repairs=args.max_repairs))
+        for arm in arms:
+            sender.send(RunStarted(run_id=arm.run_id, pair_id=pair_id, arm=arm.name, regime=args.regime,
+                                   n_train=REGIMES[args.regime], controller=arm.controller, seed=args.seed,
+                                   epochs=args.epochs, started_at=_utc_now(),
+                                   config={"trainer": arm.trainer.model_dump(mode="json"), "nodes": pipeline if arm.name == "guided" else [],
+                                           "cli": {k: str(v) for k, v in vars(args).items()}}))
+            log.info("arm_started", run_id=arm.run_id, arm=arm.name)
+            trainer = orch.spawn(f"trainer-{arm.name}", "trainer", arm.trainer)
+            code = trainer.wait()
+            orch.children.pop(f"trainer-{arm.name}", None)
+            arm.status = {0: "completed", 130: "interrupted"}.get(code, "failed")
+            sender.send(RunFinished(run_id=arm.run_id, status=arm.status, finished_at=_utc_now(),
+                                    reason=None if code == 0 else f"trainer exit code {code}"))
+            log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=code)
+            if arm.status != "completed":
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
+        for name in [n for n in orch.children if n.startswith("trainer")]:
+            orch.stop_child(name)
+        for arm in arms:
+            if arm.status == "pending" and arm.run_id:
+                arm.status = "interrupted"
+                sender.send(RunFinished(run_id=arm.run_id, status="interrupted", finished_at=_utc_now(), reason="SIGINT"))
+        log.warning("interrupted")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the shutdown
+        orch.stop_child("agent")
+        log.info("shutdown", interrupted=interrupted)
+        sender.close()  # LINGER hands every queued record to the recorder before it is told to stop
+        if "recorder" in orch.children:
+            stopped = control.request(ControlRequest(op="stop"), timeout_ms=30_000)
+            if stopped.reply is None:
+                print(f"run.py: the recorder did not confirm its last commit: {stopped.error}", file=sys.stderr)
+            orch.stop_child("recorder")
+        control.close()
+        orch.ctx.term()
+    print_results(args.db, [a.run_id for a in arms])
+    if interrupted:
+        return 130
+    return 0 if all(a.status == "completed" for a in arms) else 1
+
+
+def wait_for_recorder(control: RequestClient, recorder: subprocess.Popen) -> bool:
+    """The start-up handshake: ping until the recorder answers, it exits, or time runs out."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline and recorder.poll() is None:
+        outcome = control.request(ControlRequest(op="ping"), timeout_ms=1000)
+        if isinstance(outcome.reply, ControlReply) and outcome.reply.ok:
+            return True
+    return False
+
+
+def plan_arms(args: argparse.Namespace, pair_id: str, run_dir: Path, recorder_endpoint: str) -> list[Arm]:
+    wanted = ["baseline", "guided"] if args.arms == "both" else [args.arms]
+    if args.controller == "none":
+        wanted = ["baseline"]
+    agent_endpoint = free_tcp_endpoint()
+    arms = []
+    for name in wanted:
+        run_id = f"{pair_id}-{name}"
+        controller = "none" if name == "baseline" else args.controller
+        arms.append(Arm(name, run_id, TrainerConfig(
+            run_id=run_id, pair_id=pair_id, arm=name, controller=controller, regime=args.regime, seed=args.seed,
+            epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+            data_dir=(args.data_dir or default_data_dir()).resolve(), run_dir=run_dir.resolve(),
+            recorder_endpoint=recorder_endpoint, agent_endpoint=agent_endpoint if name == "guided" else None,
+            agent_timeout_ms=int(args.agent_timeout * 1000), agent_retries=args.agent_retries,
+        ), controller))
+    return arms
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from storage.recorder import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""The DuckDB schema users query: tables, analysis views, and the migrations that build them.
+
+The tables are a public interface (DESIGN.md): change them only by appending a migration to
+``MIGRATIONS``. Views are recreated on every open, so they may change freely. Timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,
+            pair_id VARCHAR NOT NULL,
+            arm VARCHAR NOT NULL,              -- baseline | guided
+            regime VARCHAR NOT NULL,           -- full | 10pct | 1pct | 100 | 10
+            n_train INTEGER NOT NULL,
+            controller VARCHAR NOT NULL,       -- none | heuristic | ...
+            llm_model VARCHAR,
+            seed INTEGER NOT NULL,
+            epochs INTEGER NOT NULL,           -- epochs requested
+            status VARCHAR NOT NULL,           -- running | completed | failed | interrupted
+            status_reason VARCHAR,
+            started_at TIMESTAMP NOT NULL,
+            finished_at TIMESTAMP,
+            config JSON NOT NULL
+        );
+        CREATE TABLE epochs (
+            run_id VARCHAR NOT NULL,
+            epoch INTEGER NOT NULL,
+            train_loss DOUBLE, train_acc DOUBLE,
+            val_loss DOUBLE, val_acc DOUBLE,
+            lr DOUBLE, dropout DOUBLE, alpha DOUBLE,   -- the values used during this epoch
+            wall_s DOUBLE,
+            per_class_val_acc DOUBLE[],
+            grad_norms JSON, weight_norms JSON,
+            PRIMARY KEY (run_id, epoch)
+        );
+        CREATE TABLE decisions (
+            run_id VARCHAR NOT NULL,
+            epoch INTEGER NOT NULL,            -- decided after this epoch, applied during the next
+            controller VARCHAR NOT NULL,
+            prompt VARCHAR, raw_output VARCHAR,
+            command JSON NOT NULL,             -- as applied
+            valid BOOLEAN NOT NULL,            -- valid at the first try
+            repair_attempts INTEGER NOT NULL,
+            fallback BOOLEAN NOT NULL,
+            fallback_reason VARCHAR,
+            clamped JSON, notes JSON,
+            applied BOOLEAN NOT NULL,          -- false for the last epoch's decision
+            latency_ms DOUBLE,
+            prompt_tokens INTEGER, completion_tokens INTEGER,
+            PRIMARY KEY (run_id, epoch)
+        );
+        CREATE TABLE reflections (
+            run_id VARCHAR NOT NULL,
+            epoch INTEGER NOT NULL,            -- when the judgement was made
+            about_epoch INTEGER NOT NULL,      -- the decision judged
+            prev_val_acc DOUBLE, val_acc DOUBLE,
+            verdict VARCHAR NOT NULL,          -- beneficial | harmful | neutral
+            text VARCHAR,
+            judge VARCHAR,                     -- rule | model name
+            PRIMARY KEY (run_id, epoch)
+        );
+        CREATE TABLE events (
+            ts TIMESTAMP NOT NULL,
+            run_id VARCHAR,
+            component VARCHAR NOT NULL,        -- orchestrator | trainer | agent | recorder
+            pid INTEGER NOT NULL,
+            level VARCHAR NOT NULL,
+            event VARCHAR NOT NULL,
+            data JSON
+        );
+        """,
+    ),
+]
+
+VIEWS = """
+CREATE OR REPLACE VIEW run_results AS
+SELECT r.run_id, r.pair_id, r.arm, r.regime, r.n_train, r.controller, r.seed, r.status,
+       count(e.epoch) AS epochs_run,
+       arg_max(e.val_acc, e.epoch) AS final_val_acc,
+       max(e.val_acc) AS max_val_acc,
+       arg_max(e.train_acc, e.epoch) AS final_train_acc
+FROM runs r JOIN epochs e USING (run_id)
+GROUP BY ALL;
+
+-- The paper's table (section 3.1), averaged over seeds, completed runs only.
+CREATE OR REPLACE VIEW paper_table AS
+SELECT regime, n_train, arm, controller,
+       count(*) AS n_seeds,
+       avg(final_val_acc) AS final_val_acc, stddev_samp(final_val_acc) AS final_val_acc_std,
+       avg(max_val_acc) AS max_val_acc, stddev_samp(max_val_acc) AS max_val_acc_std,
+       avg(final_train_acc) AS train_acc, stddev_samp(final_train_acc) AS train_acc_std
+FROM run_results
+WHERE status = 'completed'
+GROUP BY regime, n_train, arm, controller
+ORDER BY n_train DESC, arm, controller;
+
+-- Each decision with the validation change over the epoch it governed, and the verdict on it.
+CREATE OR REPLACE VIEW decision_outcomes AS
+SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, d.applied,
+       d.command, d.notes,
+       e0.lr AS lr_before, CAST(d.command->>'learning_rate' AS DOUBLE) AS lr_after,
+       e0.dropout AS dropout_before, CAST(d.command->>'dropout' AS DOUBLE) AS dropout_after,
+       e0.val_acc AS val_acc_before, e1.val_acc AS val_acc_after,
+       e1.val_acc - e0.val_acc AS val_acc_change,
+       rf.verdict, rf.text AS reflection
+FROM decisions d
+JOIN epochs e0 ON e0.run_id = d.run_id AND e0.epoch = d.epoch
+LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.epoch + 1
+LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch;
+"""
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the database to the latest schema; returns the version it is at."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    for version, ddl in MIGRATIONS:
+        if version > current:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(ddl)
+            con.execute("INSERT INTO schema_version VALUES (?, now() AT TIME ZONE 'UTC')", [version])
+            con.execute("COMMIT")
+            current = version
+    con.execute(VIEWS)
+    return current

@@ -1,0 +1,5 @@
+import sys
+
+from trainer.process import main
+
+sys.exit(main())

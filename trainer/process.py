@@ -1,0 +1,226 @@
+"""The trainer process: trains one arm, reports every epoch, asks the agent, applies its command.
+
+Run as ``python -m trainer --config <run_dir>/<run_id>.trainer.json`` (run.py does this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import zmq
+
+from bus.log import configure_logging
+from bus.messages import (
+    Decision,
+    DecisionRecord,
+    EpochMetrics,
+    EpochRecord,
+    EpochSummary,
+    Hello,
+    Ready,
+    ReflectionRecord,
+    UpdateCommand,
+)
+from bus.transport import RecordSender, RequestClient
+from trainer.config import TrainerConfig
+from trainer.data import DataUnavailableError, load_mnist, stratified_subset
+from trainer.loop import EvalStats, TrainStats, evaluate, to_model_input, train_epoch, weight_norms
+from trainer.model import ReflectCNN
+
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_ORPHANED = 0, 1, 130, 3
+
+
+class Stop(Exception):
+    """Raised from the signal handler so the epoch loop unwinds through its ``finally`` blocks."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but torch.cuda.is_available() is False")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def fallback_decision(metrics: EpochMetrics, controller: str, reason: str) -> Decision:
+    """Keep the current hyperparameters with alpha = 0 and no modulation (DESIGN.md)."""
+    return Decision(
+        run_id=metrics.run_id,
+        epoch=metrics.epoch,
+        controller=controller,
+        command=UpdateCommand(
+            dropout=metrics.dropout, learning_rate=metrics.lr, alpha=0.0, rationale=f"fallback: {reason}"
+        ),
+        valid=False,
+        fallback=True,
+        fallback_reason=reason,
+    )
+
+
+def deltas_from_command(command: UpdateCommand, model: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+    """Turn the command's modulation into tensors; refuses any name or shape the model lacks."""
+    if not command.weight_modulation:
+        return {}
+    params = dict(model.named_parameters())
+    deltas = {}
+    for name, values in command.weight_modulation.items():
+        if name not in params:
+            raise ValueError(f"weight_modulation names unknown parameter {name!r}")
+        delta = torch.tensor(values, dtype=params[name].dtype, device=device)
+        if delta.shape != params[name].shape:
+            raise ValueError(f"delta for {name} has shape {list(delta.shape)}, parameter has {list(params[name].shape)}")
+        if not torch.isfinite(delta).all():
+            raise ValueError(f"delta for {name} contains NaN or inf")
+        deltas[name] = delta
+    return deltas
+
+
+def progress_line(cfg: TrainerConfig, epoch: int, tr: TrainStats, ev: EvalStats, lr: float, dropout: float, alpha: float, decision: Decision | None) -> str:
+    line = (
+        f"{cfg.arm:<8} {cfg.regime:>5} seed {cfg.seed} | epoch {epoch:>3}/{cfg.epochs} | "
+        f"train acc {tr.acc:.4f} loss {tr.loss:.4f} | val acc {ev.acc:.4f} loss {ev.loss:.4f} | "
+        f"lr {lr:.2e} dropout {dropout:.2f} alpha {alpha:.2f}"
+    )
+    if decision is not None:
+        c = decision.command
+        how = "fallback" if decision.fallback else ("valid" if decision.valid else f"repaired x{decision.repair_attempts}")
+        verdict = f" | prev: {decision.reflection.verdict}" if decision.reflection else ""
+        line += f" -> next lr {c.learning_rate:.2e} dropout {c.dropout:.2f} alpha {c.alpha:.2f} [{how}, {decision.latency_ms:.0f} ms]{verdict}"
+    return line
+
+
+def run(cfg: TrainerConfig) -> int:
+    ctx = zmq.Context()
+    sender = RecordSender(ctx, cfg.recorder_endpoint, linger_ms=10_000)
+    log = configure_logging("trainer", cfg.run_dir / "logs", forward=sender.send, run_id=cfg.run_id)
+    agent: RequestClient | None = None
+    parent = os.getppid()
+
+    def on_signal(signum, _frame):
+        raise Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = resolve_device(cfg.device)
+        data = load_mnist(cfg.data_dir)
+        log.info("data_loaded", source=data.source, device=str(device))
+        subset = stratified_subset(data.train_labels, cfg.n_train, cfg.seed)
+        train_x = to_model_input(data.train_images[subset], device)
+        train_y = data.train_labels[subset].to(device)
+        val_x = to_model_input(data.test_images, device)
+        val_y = data.test_labels.to(device)
+        del data
+
+        # Same seed -> same initial weights, batch order and dropout masks in both arms of a pair.
+        torch.manual_seed(cfg.seed)
+        model = ReflectCNN(cfg.dropout).to(device=device, memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        order_rng = torch.Generator().manual_seed(cfg.seed)
+        param_shapes = {name: list(p.shape) for name, p in model.named_parameters()}
+
+        if cfg.agent_endpoint:
+            agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries)
+            hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
+            if isinstance(hello.reply, Ready):
+                log.info("agent_handshake", agent_pid=hello.reply.pid, attempts=hello.attempts)
+            else:
+                log.warning("agent_handshake_failed", error=hello.error, attempts=hello.attempts)
+
+        lr, dropout, alpha = cfg.learning_rate, cfg.dropout, cfg.alpha
+        deltas: dict[str, torch.Tensor] = {}
+        history: list[EpochSummary] = []
+        previous_command = previous_reflection = None
+        log.info("training_started", n_train=len(train_x), epochs=cfg.epochs, batch_size=cfg.batch_size)
+        for epoch in range(1, cfg.epochs + 1):
+            if os.getppid() != parent:
+                log.error("orchestrator_gone", epoch=epoch)
+                return EXIT_ORPHANED
+            started = time.perf_counter()
+            tr = train_epoch(model, optimizer, train_x, train_y, cfg.batch_size, order_rng, alpha, deltas)
+            ev = evaluate(model, val_x, val_y)
+            wall_s = time.perf_counter() - started
+            norms = weight_norms(model)
+            sender.send(
+                EpochRecord(
+                    run_id=cfg.run_id, epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss,
+                    val_acc=ev.acc, lr=lr, dropout=dropout, alpha=alpha, wall_s=wall_s,
+                    per_class_val_acc=ev.per_class_acc, grad_norms=tr.grad_norms, weight_norms=norms,
+                )
+            )
+            history.append(
+                EpochSummary(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss, val_acc=ev.acc, lr=lr, dropout=dropout, alpha=alpha)
+            )
+            decision = None
+            if agent is not None:
+                metrics = EpochMetrics(
+                    run_id=cfg.run_id, epoch=epoch, epochs_total=cfg.epochs, regime=cfg.regime, n_train=len(train_x),
+                    train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss, val_acc=ev.acc,
+                    per_class_val_acc=ev.per_class_acc, grad_norms=tr.grad_norms, weight_norms=norms,
+                    param_shapes=param_shapes, lr=lr, dropout=dropout, alpha=alpha, wall_s=wall_s,
+                    history=history[-20:], previous_command=previous_command, previous_reflection=previous_reflection,
+                )
+                decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, device, log)
+                applied = epoch < cfg.epochs
+                sender.send(DecisionRecord(decision=decision, applied=applied))
+                if decision.reflection is not None:
+                    sender.send(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
+                    previous_reflection = decision.reflection
+                if applied:
+                    command = decision.command
+                    lr, dropout, alpha, deltas = command.learning_rate, command.dropout, command.alpha, new_deltas
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    model.dropout = dropout
+                    previous_command = command
+            print(progress_line(cfg, epoch, tr, ev, history[-1].lr, history[-1].dropout, history[-1].alpha, decision), flush=True)
+            log.info("epoch_done", epoch=epoch, val_acc=ev.acc, train_acc=tr.acc, wall_s=round(wall_s, 3))
+        log.info("training_finished", epochs=cfg.epochs, final_val_acc=history[-1].val_acc)
+        return EXIT_OK
+    except Stop as stop:
+        log.warning("trainer_stopped", signal=str(stop))
+        return EXIT_INTERRUPTED
+    except (DataUnavailableError, ValueError, RuntimeError, OSError) as exc:
+        log.error("trainer_failed", error=f"{type(exc).__name__}: {exc}")
+        print(f"trainer failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if agent is not None:
+            agent.close()
+        sender.close()  # linger delivers queued records to a live recorder, bounded if it is gone
+        ctx.term()
+
+
+def ask_agent(agent: RequestClient, metrics: EpochMetrics, controller: str, model, device, log) -> tuple[Decision, dict[str, torch.Tensor]]:
+    """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
+    outcome = agent.request(metrics)
+    reply = outcome.reply
+    if reply is None:
+        reason = f"agent: {outcome.error} after {outcome.attempts} attempt(s)"
+    elif not isinstance(reply, Decision) or (reply.run_id, reply.epoch) != (metrics.run_id, metrics.epoch):
+        reason = f"agent answered {type(reply).__name__} for another request"
+    else:
+        try:
+            return reply, deltas_from_command(reply.command, model, device)
+        except ValueError as exc:
+            reason = f"trainer refused the command: {exc}"
+    log.warning("fallback", epoch=metrics.epoch, reason=reason)
+    return fallback_decision(metrics, controller, reason), {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="ReflectNet trainer process")
+    parser.add_argument("--config", type=Path, required=True, help="TrainerConfig JSON written by run.py")
+    args = parser.parse_args(argv)
+    cfg = TrainerConfig.model_validate_json(args.config.read_text())
+    return run(cfg)
