@@ -55,6 +55,10 @@ def resolve_node(name: str) -> Node:
     raise UnknownNodeError(f"unknown node {name!r}; built-in extras: {', '.join(known)}; or use package.module:function")
 
 
+def graph_key(name: str) -> str:
+    return name.replace(":", ".")
+
+
 def pipeline_with(extra_nodes: list[str]) -> list[str]:
     """The default pipeline with ``extra_nodes`` inserted, in order, after validation (before reflector)."""
     names = list(CORE_NODES)
@@ -89,6 +93,9 @@ def build_agent_graph(names: list[str], policy: Policy):
     for name in names:
         if name not in nodes:
             nodes[name] = resolve_node(name)
+    # LangGraph reserves ':' in node names; a module:function node is named module.function.
+    nodes = {graph_key(name): fn for name, fn in nodes.items()}
+    names = [graph_key(name) for name in names]
 
     graph = StateGraph(AgentState)
     for name in names:

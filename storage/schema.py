@@ -119,7 +119,7 @@ LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch;
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring the database to the latest schema; returns the version it is at."""
     con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
-    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
     for version, ddl in MIGRATIONS:
         if version > current:
             con.execute("BEGIN TRANSACTION")

@@ -1,0 +1,94 @@
+"""Graph routing through the real LangGraph graph, with scripted policies standing in for a model."""
+
+import json
+
+import pytest
+
+from agents.graph import CORE_NODES, UnknownNodeError, build_agent_graph, pipeline_with, resolve_node
+from agents.policies import ControllerAnswer, HeuristicPolicy
+from agents.server import decide
+from tests.helpers import make_metrics
+
+GOOD = json.dumps({"dropout": 0.25, "learning_rate": 5e-4, "alpha": 0.3, "rationale": "fine"})
+
+
+class ScriptedPolicy:
+    name = "scripted"
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.seen_feedback = []
+
+    def propose(self, state):
+        self.seen_feedback.append(list(state.get("feedback", [])))
+        return ControllerAnswer(self.answers.pop(0))
+
+
+def run(policy, names=None, max_repairs=2, metrics=None):
+    graph = build_agent_graph(names or list(CORE_NODES), policy)
+    return decide(graph, policy.name, metrics or make_metrics([0.8, 0.85]), max_repairs)
+
+
+def test_valid_first_answer_goes_straight_through():
+    decision = run(ScriptedPolicy([GOOD]))
+    assert decision.valid and not decision.fallback and decision.repair_attempts == 0
+    assert decision.command.learning_rate == 5e-4 and decision.raw_output == GOOD
+    assert "Epoch 2 of 20" in decision.prompt
+
+
+def test_invalid_answer_is_sent_back_with_the_exact_errors_then_repaired():
+    policy = ScriptedPolicy(["not json", GOOD])
+    decision = run(policy)
+    assert not decision.valid and not decision.fallback and decision.repair_attempts == 1
+    assert policy.seen_feedback[0] == [] and "not valid JSON" in policy.seen_feedback[1][0]
+    assert decision.command.dropout == 0.25
+
+
+def test_never_valid_ends_in_deterministic_repair_keeping_valid_parts():
+    bad = json.dumps({"dropout": "lots", "learning_rate": 2e-4, "alpha": 0.5})
+    policy = ScriptedPolicy([bad, bad, bad])
+    decision = run(policy, max_repairs=2)
+    assert decision.fallback and decision.repair_attempts == 2 and not decision.valid
+    assert "after 3 answer(s)" in decision.fallback_reason and "dropout must be a number" in decision.fallback_reason
+    # learning_rate and alpha were valid and are kept; dropout falls back to the current value.
+    assert (decision.command.learning_rate, decision.command.alpha, decision.command.dropout) == (2e-4, 0.5, 0.2)
+    assert policy.answers == []
+
+
+def test_reflection_judges_the_previous_decision():
+    previous = json.loads(GOOD)
+    from bus.messages import UpdateCommand
+
+    metrics = make_metrics([0.80, 0.85, 0.80], lrs=[1e-3, 1e-3, 5e-4], lr=5e-4, previous_command=UpdateCommand(**previous))
+    decision = run(ScriptedPolicy([GOOD]), metrics=metrics)
+    assert decision.reflection.verdict == "harmful" and decision.reflection.about_epoch == 2
+    assert "lr 1.00e-03 -> 5.00e-04" in decision.reflection.text
+
+
+def test_critic_added_by_name_softens_a_risky_change():
+    risky = json.dumps({"dropout": 0.5, "learning_rate": 1e-4, "alpha": 0.4, "rationale": "big jump"})
+    decision = run(ScriptedPolicy([risky]), names=pipeline_with(["critic"]))
+    assert decision.command.dropout == 0.25
+    assert decision.command.learning_rate == pytest.approx((1e-4 * 1e-3) ** 0.5)
+    assert {n["action"] for n in decision.notes} == {"soften"}
+
+
+def own_node(state):
+    """A user's node, loaded by module:function reference."""
+    return {"notes": [{"node": "own", "saw_epoch": state["metrics"].epoch}]}
+
+
+def test_a_users_own_node_is_loaded_by_reference():
+    decision = run(HeuristicPolicy(), names=pipeline_with(["tests.agents.test_graph:own_node"]))
+    assert {"node": "own", "saw_epoch": 2} in decision.notes
+
+
+def test_bad_pipelines_are_refused():
+    with pytest.raises(UnknownNodeError, match="unknown node 'nosuch'"):
+        resolve_node("nosuch")
+    with pytest.raises(UnknownNodeError, match="cannot load node"):
+        resolve_node("no.such.module:fn")
+    with pytest.raises(ValueError, match="lacks core node"):
+        build_agent_graph(["prompter", "controller", "validator", "repairer"], HeuristicPolicy())
+    with pytest.raises(ValueError, match="repairer must directly follow validator"):
+        build_agent_graph(["prompter", "controller", "validator", "critic", "repairer", "reflector"], HeuristicPolicy())

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from agents.nodes.validator import MAX_DELTA_NORM_RATIO, validate_answer
+from tests.helpers import make_metrics
+
+METRICS = make_metrics([0.9, 0.91])
+
+
+def check(answer):
+    text = answer if isinstance(answer, str) else json.dumps(answer)
+    return validate_answer(text, METRICS)
+
+
+def test_valid_answer_inside_prose_and_fences():
+    command, _, clamped, errors = check('Sure!\n```json\n{"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}\n```')
+    assert errors == [] and clamped == {}
+    assert (command.dropout, command.learning_rate, command.alpha, command.rationale) == (0.3, 0.0005, 0.4, "r")
+
+
+def test_out_of_range_values_are_clamped_and_recorded():
+    command, _, clamped, errors = check({"dropout": 1.5, "learning_rate": 2.0, "alpha": -0.1, "rationale": ""})
+    assert errors == []
+    assert (command.dropout, command.learning_rate, command.alpha) == (0.9, 0.1, 0.0)
+    assert clamped["dropout"] == {"from": 1.5, "to": 0.9} and clamped["alpha"] == {"from": -0.1, "to": 0.0}
+
+
+@pytest.mark.parametrize(
+    "answer, error",
+    [
+        ("I think you should lower the learning rate.", "not valid JSON"),
+        ('{"dropout": 0.3, "learning_rate": 0.001', "not valid JSON"),
+        ({"dropout": "high", "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
+        ({"dropout": True, "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
+        ('{"dropout": NaN, "learning_rate": 0.001, "alpha": 0.4}', "dropout must be finite"),
+        ({"learning_rate": 1e-3, "alpha": 0.4}, "missing required field 'dropout'"),
+        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.9.weight": [1]}}, "unknown layer 'fc.9.weight'"),
+        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": [0.0] * 9}}, "has shape [9], expected [10]"),
+        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": [[0.0], [1.0, 2.0]]}}, "not a rectangular array"),
+        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "rationale": 7}, "rationale must be a string"),
+    ],
+)
+def test_invalid_answers_name_the_problem_and_keep_the_valid_parts(answer, error):
+    command, partial, _, errors = check(answer)
+    assert command is None
+    assert any(error in e for e in errors), errors
+    if isinstance(answer, dict) and isinstance(answer.get("learning_rate"), float):
+        assert partial["learning_rate"] == answer["learning_rate"]
+
+
+def test_modulation_of_the_right_shape_is_accepted_and_norm_capped():
+    big = [5.0] * 10  # norm 15.8, cap is 5% of the weight norm 10.0 = 0.5
+    command, _, clamped, errors = check({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": big}})
+    assert errors == []
+    delta = command.weight_modulation["fc.3.bias"]
+    assert len(delta) == 10
+    assert sum(v * v for v in delta) ** 0.5 == pytest.approx(MAX_DELTA_NORM_RATIO * 10.0)
+    assert clamped["weight_modulation.fc.3.bias.norm"]["to"] == pytest.approx(0.5)

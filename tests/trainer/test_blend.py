@@ -1,0 +1,79 @@
+import copy
+
+import torch
+
+from trainer.blend import blend_step
+from trainer.loop import train_epoch
+from trainer.model import ReflectCNN
+
+
+def _model_and_batch(seed=0):
+    torch.manual_seed(seed)
+    model = ReflectCNN(dropout=0.0)
+    x = torch.randn(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    return model, x, y
+
+
+def _backward(model, x, y):
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+
+
+def test_alpha_zero_without_delta_is_exactly_plain_adam():
+    plain, x, y = _model_and_batch()
+    blended = copy.deepcopy(plain)
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-3)
+    opt_blend = torch.optim.Adam(blended.parameters(), lr=1e-3)
+    params = dict(blended.named_parameters())
+    for _ in range(5):
+        _backward(plain, x, y)
+        opt_plain.step()
+        _backward(blended, x, y)
+        blend_step(opt_blend, params, alpha=0.0, step_deltas={})
+    for (name, a), b in zip(plain.named_parameters(), blended.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_alpha_one_applies_only_the_delta():
+    model, x, y = _model_and_batch()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    delta = torch.full_like(params["fc.3.weight"], 0.01)
+    _backward(model, x, y)
+    blend_step(opt, params, alpha=1.0, step_deltas={"fc.3.weight": delta})
+    assert torch.allclose(params["fc.3.weight"], before["fc.3.weight"] + delta, atol=1e-7)
+    # Parameters without a delta take Adam's plain step, so they did move.
+    assert not torch.equal(params["fc.0.weight"], before["fc.0.weight"])
+
+
+def test_partial_alpha_blends_adam_step_and_delta():
+    model, x, y = _model_and_batch()
+    reference = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt_ref = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    params = dict(model.named_parameters())
+    before = params["fc.3.weight"].detach().clone()
+    delta = torch.randn_like(before) * 0.01
+    _backward(model, x, y)
+    _backward(reference, x, y)
+    opt_ref.step()
+    adam_step = dict(reference.named_parameters())["fc.3.weight"].detach() - before
+    blend_step(opt, params, alpha=0.4, step_deltas={"fc.3.weight": delta})
+    expected = before + 0.6 * adam_step + 0.4 * delta
+    assert torch.allclose(params["fc.3.weight"], expected, atol=1e-7)
+
+
+def test_epoch_delta_is_spread_over_steps_and_sums_to_alpha_times_delta():
+    torch.manual_seed(0)
+    model = ReflectCNN(dropout=0.0)
+    images, labels = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = model.fc[3].weight.detach().clone()
+    delta = torch.randn_like(before) * 0.05
+    stats = train_epoch(model, opt, images, labels, batch_size=32, generator=torch.Generator().manual_seed(0),
+                        alpha=1.0, epoch_deltas={"fc.3.weight": delta})
+    assert stats.steps == 4
+    # alpha = 1 discards Adam's step for that layer, so the epoch moved it by exactly the delta.
+    assert torch.allclose(model.fc[3].weight, before + delta, atol=1e-6)
