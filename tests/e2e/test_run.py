@@ -1,0 +1,169 @@
+"""run.py as a user runs it: real processes, real ZeroMQ, real DuckDB, real MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def run_py(*args: str, tmp_path: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def start_run_py(*args: str, tmp_path: Path) -> subprocess.Popen:
+    log = (tmp_path / "stdout.txt").open("w")
+    return subprocess.Popen([sys.executable, "run.py", *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+
+
+def query(db: Path, sql: str, params=None):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def log_records(out: Path, component: str) -> list[tuple[int, dict]]:
+    """(pid, record) for every JSON line logged so far by ``component`` under ``out``."""
+    records = []
+    for path in out.glob(f"*/logs/{component}-*.jsonl"):
+        pid = int(path.stem.rsplit("-", 1)[1])
+        for line in path.read_text().splitlines():
+            if line.strip():
+                records.append((pid, json.loads(line)))
+    return records
+
+
+def wait_for_epoch(out: Path, epoch: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(r.get("event") == "epoch_done" and r.get("epoch") >= epoch for _, r in log_records(out, "trainer")):
+            return
+        assert proc.poll() is None, f"run.py exited early with {proc.returncode}"
+        time.sleep(0.2)
+    raise AssertionError(f"no epoch {epoch} within {timeout} s")
+
+
+def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
+    db, out = tmp_path / "r.duckdb", tmp_path / "runs"
+    result = run_py("--regime", "10", "--epochs", "5", "--nodes", "critic", "--db", str(db), "--out", str(out), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| 10 | baseline | none | completed | 5 |" in result.stdout
+    assert "epoch   5/5" in result.stdout and "-> next lr" in result.stdout
+
+    runs = query(db, "SELECT arm, controller, status, n_train, seed, epochs, pair_id, config FROM runs ORDER BY arm")
+    assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in runs] == [
+        ("baseline", "none", "completed", 10, 0, 5), ("guided", "heuristic", "completed", 10, 0, 5)]
+    assert runs[0][6] == runs[1][6]
+    assert json.loads(runs[1][7])["nodes"] == ["prompter", "controller", "validator", "repairer", "critic", "reflector"]
+
+    epochs = query(db, "SELECT r.arm, e.epoch, e.val_acc, e.train_acc, e.lr, e.dropout, len(e.per_class_val_acc) "
+                       "FROM epochs e JOIN runs r USING (run_id) ORDER BY r.arm, e.epoch")
+    assert [(a, e) for a, e, *_ in epochs] == [("baseline", i) for i in range(1, 6)] + [("guided", i) for i in range(1, 6)]
+    assert all(0.0 <= v <= 1.0 and 0.0 <= t <= 1.0 and n == 10 for _, _, v, t, _, _, n in epochs)
+    # Same seed, same subset, same init: identical until the agent's first change takes effect.
+    baseline, guided = epochs[:5], epochs[5:]
+    assert baseline[0][2:4] == guided[0][2:4]
+
+    decisions = query(db, "SELECT epoch, valid, fallback, applied, raw_output, command, notes, prompt FROM decisions ORDER BY epoch")
+    assert [d[0] for d in decisions] == [1, 2, 3, 4, 5]
+    assert all(d[1] and not d[2] for d in decisions)
+    assert [d[3] for d in decisions] == [True, True, True, True, False]
+    assert all("Epoch" in d[7] and "JSON" in d[7] for d in decisions)
+    # Each applied command is exactly what the next epoch trained with.
+    for (epoch, *_rest, command, _notes, _prompt), (_, next_epoch, _, _, lr, dropout, _) in zip(decisions[:4], guided[1:]):
+        applied = json.loads(command)
+        assert (applied["learning_rate"], applied["dropout"]) == pytest.approx((lr, dropout))
+    critic_changes = [(json.loads(raw)["dropout"], json.loads(cmd)["dropout"], json.loads(notes))
+                      for _, _, _, _, raw, cmd, notes, _ in decisions
+                      if any(n["node"] == "critic" and n["action"] != "approve" for n in json.loads(notes))]
+    assert critic_changes, "the critic changed no decision"
+    proposed, applied, notes = critic_changes[0]
+    assert proposed != applied and any(n["action"] == "soften" for n in notes)
+
+    reflections = query(db, "SELECT epoch, about_epoch, verdict FROM reflections ORDER BY epoch")
+    assert [(e, a) for e, a, _ in reflections] == [(2, 1), (3, 2), (4, 3), (5, 4)]
+    assert {v for *_, v in reflections} <= {"beneficial", "harmful", "neutral"}
+
+    pids = query(db, "SELECT component, count(DISTINCT pid) FROM events GROUP BY component ORDER BY component")
+    assert dict(pids) == {"agent": 1, "orchestrator": 1, "recorder": 1, "trainer": 2}
+    assert query(db, "SELECT count(*) FROM paper_table") == [(2,)]
+    assert len(list(out.glob("*/logs/*.jsonl"))) == 5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--regime", "2pct"], "argument --regime: invalid choice: '2pct'"),
+        (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+        (["--epochs", "many"], "argument --epochs: must be a whole number, got 'many'"),
+        (["--nodes", "nosuch"], "--nodes: unknown node 'nosuch'"),
+        (["--db", "/proc/reflectnet/x.duckdb"], "--db /proc/reflectnet/x.duckdb: cannot open for writing"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_exit_2(args, message, tmp_path):
+    result = run_py(*args, "--out", str(tmp_path / "runs"), tmp_path=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"run.py: error: {message}" + result.stderr.strip().split(message, 1)[1]]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_help_states_every_default(tmp_path):
+    result = run_py("--help", tmp_path=tmp_path, timeout=60)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps help lines
+    for default in ("(default: 1pct)", "(default: heuristic)", "(default: 30)", "(default: 0)", "(default: 64)",
+                    "(default: runs/reflectnet.duckdb)"):
+        assert default in text
+
+
+def test_killed_agent_leaves_the_trainer_finishing_on_fallbacks(tmp_path):
+    db, out = tmp_path / "k.duckdb", tmp_path / "runs"
+    proc = start_run_py("--regime", "10", "--epochs", "6", "--arms", "guided", "--agent-timeout", "1",
+                        "--agent-retries", "0", "--db", str(db), "--out", str(out), tmp_path=tmp_path)
+    try:
+        wait_for_epoch(out, 2, proc)
+        agent_pid = {pid for pid, _ in log_records(out, "agent")}.pop()
+        os.kill(agent_pid, signal.SIGKILL)
+        assert proc.wait(240) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    decisions = query(db, "SELECT epoch, fallback, fallback_reason, command->>'alpha' FROM decisions ORDER BY epoch")
+    assert [d[0] for d in decisions] == [1, 2, 3, 4, 5, 6]
+    fallbacks = [d for d in decisions if d[1]]
+    assert fallbacks and fallbacks[-1][0] == 6 and decisions[0][1] is False
+    assert all("no reply within 1000 ms" in d[2] and d[3] == "0.0" for d in fallbacks)
+    assert query(db, "SELECT status FROM runs") == [("completed",)]
+    assert query(db, "SELECT count(*) FROM epochs") == [(6,)]
+    fallback_events = query(db, "SELECT count(*) FROM events WHERE component = 'trainer' AND event = 'fallback'")
+    assert fallback_events == [(len(fallbacks),)]
+
+
+def test_ctrl_c_stops_everything_and_marks_the_run_interrupted(tmp_path):
+    db, out = tmp_path / "i.duckdb", tmp_path / "runs"
+    proc = start_run_py("--regime", "100", "--epochs", "40", "--db", str(db), "--out", str(out), tmp_path=tmp_path)
+    try:
+        wait_for_epoch(out, 2, proc)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        assert time.monotonic() - started < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    children = [pid for component in ("trainer", "agent", "recorder") for pid, _ in log_records(out, component)]
+    for pid in set(children):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert query(db, "SELECT arm, status FROM runs") == [("baseline", "interrupted")]
+    logged = {r["epoch"] for _, r in log_records(out, "trainer") if r.get("event") == "epoch_done"}
+    assert {e for (e,) in query(db, "SELECT epoch FROM epochs")} == logged

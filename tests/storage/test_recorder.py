@@ -1,0 +1,116 @@
+"""The recorder against a real DuckDB file, in-process (RecordBuffer) and as its own process."""
+
+import json
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+import zmq
+
+from bus.messages import (
+    ControlReply,
+    ControlRequest,
+    Decision,
+    DecisionRecord,
+    EpochRecord,
+    LogEvent,
+    Reflection,
+    ReflectionRecord,
+    RunFinished,
+    RunStarted,
+    UpdateCommand,
+)
+from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
+from storage.recorder import RecordBuffer, RecorderConfig
+from storage.schema import migrate
+
+
+def run_started(run_id="r1", arm="guided", seed=0):
+    return RunStarted(run_id=run_id, pair_id="p1", arm=arm, regime="100", n_train=100, controller="heuristic",
+                      seed=seed, epochs=3, started_at=time.time(), config={"epochs": 3})
+
+
+def epoch_record(run_id, epoch, val_acc, train_acc=0.9):
+    return EpochRecord(run_id=run_id, epoch=epoch, train_loss=0.1, train_acc=train_acc, val_loss=0.2, val_acc=val_acc,
+                       lr=1e-3, dropout=0.2, alpha=0.4, wall_s=1.0, per_class_val_acc=[val_acc] * 10,
+                       grad_norms={"fc.3.weight": 0.5}, weight_norms={"fc.3.weight": 3.0})
+
+
+def decision_record(run_id, epoch, lr):
+    command = UpdateCommand(dropout=0.2, learning_rate=lr, alpha=0.4, rationale="x")
+    return DecisionRecord(decision=Decision(run_id=run_id, epoch=epoch, controller="heuristic", command=command), applied=True)
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = duckdb.connect(str(tmp_path / "t.duckdb"))
+    migrate(connection)
+    yield connection
+    connection.close()
+
+
+def test_records_become_rows_once_and_views_compute_the_paper_table(con):
+    buffer = RecordBuffer(con)
+    for seed, accs in ((0, [0.5, 0.7, 0.6]), (1, [0.4, 0.8, 0.75])):
+        run_id = f"r{seed}"
+        buffer.add(run_started(run_id, seed=seed))
+        for epoch, acc in enumerate(accs, 1):
+            buffer.add(epoch_record(run_id, epoch, acc))
+            buffer.add(epoch_record(run_id, epoch, acc))  # delivered twice, stored once
+        buffer.add(RunFinished(run_id=run_id, status="completed", finished_at=time.time()))
+    buffer.add(decision_record("r0", 1, 5e-4))
+    buffer.add(ReflectionRecord(run_id="r0", reflection=Reflection(epoch=2, about_epoch=1, prev_val_acc=0.5, val_acc=0.7,
+                                                                   verdict="beneficial", text="up")))
+    assert buffer.flush() == 18  # messages handled, duplicates included
+    assert con.execute("SELECT count(*) FROM epochs").fetchall() == [(6,)]
+    assert con.execute("SELECT status FROM runs ORDER BY run_id").fetchall() == [("completed",), ("completed",)]
+    row = con.execute("SELECT n_seeds, final_val_acc, max_val_acc, train_acc FROM paper_table").fetchall()[0]
+    assert row[0] == 2 and row[1] == pytest.approx(0.675) and row[2] == pytest.approx(0.75) and row[3] == pytest.approx(0.9)
+    outcome = con.execute("SELECT lr_before, lr_after, val_acc_change, verdict FROM decision_outcomes").fetchall()
+    assert outcome == [(1e-3, 5e-4, pytest.approx(0.2), "beneficial")]
+
+
+def test_migration_is_idempotent_and_versioned(con):
+    assert migrate(con) == 1
+    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(1,)]
+
+
+def test_recorder_process_stores_records_drops_garbage_and_stops_cleanly(tmp_path):
+    cfg = RecorderConfig(db_path=tmp_path / "rec.duckdb", endpoint=free_tcp_endpoint(),
+                         control_endpoint=free_tcp_endpoint(), run_dir=tmp_path)
+    (tmp_path / "recorder.json").write_text(cfg.model_dump_json())
+    proc = subprocess.Popen([sys.executable, "-m", "storage", "--config", str(tmp_path / "recorder.json")])
+    ctx = zmq.Context()
+    try:
+        control = RequestClient(ctx, cfg.control_endpoint, timeout_ms=1000, retries=0)
+        deadline = time.monotonic() + 30
+        while not isinstance(control.request(ControlRequest(op="ping")).reply, ControlReply):
+            assert time.monotonic() < deadline and proc.poll() is None
+        sender = RecordSender(ctx, cfg.endpoint)
+        sender.send(run_started("rp"))
+        raw = ctx.socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 1000)
+        raw.connect(cfg.endpoint)
+        raw.send_multipart([b"epoch_record", b"{garbage"])
+        raw.send_multipart([b"\x00\x01"])
+        raw.close()
+        for epoch in (1, 2):
+            sender.send(epoch_record("rp", epoch, 0.5 + epoch / 10))
+        sender.send(LogEvent(ts=time.time(), run_id="rp", component="test", pid=1, level="info", event="hello"))
+        sender.close()
+        reply = control.request(ControlRequest(op="stop"), timeout_ms=10_000).reply
+        control.close()
+        assert reply.ok and reply.op == "stop"
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ctx.term()
+    with duckdb.connect(str(cfg.db_path), read_only=True) as con:
+        assert con.execute("SELECT epoch, val_acc FROM epochs ORDER BY epoch").fetchall() == [(1, 0.6), (2, 0.7)]
+        bad = con.execute("SELECT data FROM events WHERE event = 'bad_frame' ORDER BY ts").fetchall()
+        reasons = [json.loads(d)["reason"] for (d,) in bad]
+        assert any("not JSON" in r for r in reasons) and any("expected 2 frames" in r for r in reasons)
+        assert con.execute("SELECT count(*) FROM events WHERE event = 'hello'").fetchall() == [(1,)]
