@@ -10,7 +10,6 @@ over ZeroMQ on loopback; this process starts, watches and stops them, and prints
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -97,29 +96,75 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run.py",
         description="Train the paper's CNN on MNIST with and without an agent steering it; record everything in DuckDB.",
     )
-    p.add_argument("--regime", choices=list(REGIMES), default=d["regime"],
-                   help=f"training-set size: {', '.join(f'{k}={v}' for k, v in REGIMES.items())} (default: {d['regime']})")
-    p.add_argument("--controller", choices=CONTROLLERS, default=d["controller"],
-                   help=f"who steers the guided arm; 'none' runs the baseline only (default: {d['controller']})")
+    p.add_argument(
+        "--regime",
+        choices=list(REGIMES),
+        default=d["regime"],
+        help=f"training-set size: {', '.join(f'{k}={v}' for k, v in REGIMES.items())} (default: {d['regime']})",
+    )
+    p.add_argument(
+        "--controller",
+        choices=CONTROLLERS,
+        default=d["controller"],
+        help=f"who steers the guided arm; 'none' runs the baseline only (default: {d['controller']})",
+    )
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help=f"epochs per arm (default: {d['epochs']})")
-    p.add_argument("--seed", type=_non_negative_int, default=d["seed"], help=f"seed for data subset, init and batch order (default: {d['seed']})")
+    p.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=d["seed"],
+        help=f"seed for data subset, init and batch order (default: {d['seed']})",
+    )
     p.add_argument("--db", type=Path, default=d["db"], help=f"DuckDB file to record into (default: {d['db']})")
-    p.add_argument("--batch-size", type=_positive_int, default=d["batch_size"], help=f"training batch size (default: {d['batch_size']})")
-    p.add_argument("--nodes", default="",
-                   help="extra agent nodes, comma-separated, inserted after validation: a built-in ('critic'), an "
-                        "entry point of group 'reflectnet.nodes', or package.module:function (default: none)")
-    p.add_argument("--arms", choices=("both", "baseline", "guided"), default=d["arms"],
-                   help=f"which arms of the pair to run (default: {d['arms']})")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d["device"],
-                   help=f"torch device for the trainer; auto picks cuda when available (default: {d['device']})")
-    p.add_argument("--out", type=Path, default=d["out"], help=f"folder for run directories with logs and configs (default: {d['out']})")
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=d["batch_size"],
+        help=f"training batch size (default: {d['batch_size']})",
+    )
+    p.add_argument(
+        "--nodes",
+        default="",
+        help="extra agent nodes, comma-separated, inserted after validation: a built-in ('critic'), an "
+        "entry point of group 'reflectnet.nodes', or package.module:function (default: none)",
+    )
+    p.add_argument(
+        "--arms",
+        choices=("both", "baseline", "guided"),
+        default=d["arms"],
+        help=f"which arms of the pair to run (default: {d['arms']})",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=d["device"],
+        help=f"torch device for the trainer; auto picks cuda when available (default: {d['device']})",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=d["out"],
+        help=f"folder for run directories with logs and configs (default: {d['out']})",
+    )
     p.add_argument("--data-dir", type=Path, default=None, help=f"MNIST cache folder (default: {default_data_dir()})")
-    p.add_argument("--agent-timeout", type=_positive_float, default=d["agent_timeout"],
-                   help=f"seconds the trainer waits for the agent per try before retrying (default: {d['agent_timeout']})")
-    p.add_argument("--agent-retries", type=_non_negative_int, default=d["agent_retries"],
-                   help=f"retries after a timeout before the fallback command (default: {d['agent_retries']})")
-    p.add_argument("--max-repairs", type=_non_negative_int, default=d["max_repairs"],
-                   help=f"times an invalid answer is sent back for repair before deterministic repair (default: {d['max_repairs']})")
+    p.add_argument(
+        "--agent-timeout",
+        type=_positive_float,
+        default=d["agent_timeout"],
+        help=f"seconds the trainer waits for the agent per try before retrying (default: {d['agent_timeout']})",
+    )
+    p.add_argument(
+        "--agent-retries",
+        type=_non_negative_int,
+        default=d["agent_retries"],
+        help=f"retries after a timeout before the fallback command (default: {d['agent_retries']})",
+    )
+    p.add_argument(
+        "--max-repairs",
+        type=_non_negative_int,
+        default=d["max_repairs"],
+        help=f"times an invalid answer is sent back for repair before deterministic repair (default: {d['max_repairs']})",
+    )
     return p
 
 
@@ -217,9 +262,13 @@ def print_results(db: Path, run_ids: list[str]) -> None:
     print("| Regime | Model | Controller | Status | Epochs | Final Val Acc | Max Val Acc | Train Acc |")
     print("|---|---|---|---|---|---|---|---|")
     for arm, regime, controller, status, epochs, final_val, max_val, train in rows:
-        print(f"| {regime} | {arm} | {controller} | {status} | {epochs} | {final_val:.4f} | {max_val:.4f} | {train:.4f} |")
-    print(f"\nrecorded in {db}; try: python -c \"import duckdb; print(duckdb.sql('SELECT * FROM paper_table', "
-          f"connection=duckdb.connect('{db}', read_only=True)))\"")
+        print(
+            f"| {regime} | {arm} | {controller} | {status} | {epochs} | {final_val:.4f} | {max_val:.4f} | {train:.4f} |"
+        )
+    print(
+        f"\nrecorded in {db}; try: python -c \"import duckdb; print(duckdb.sql('SELECT * FROM paper_table', "
+        f"connection=duckdb.connect('{db}', read_only=True)))\""
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.out / f"{stamp}-{args.regime}-{pair_id}"
     run_dir.mkdir(parents=True, exist_ok=True)
     orch = Orchestrator(args, run_dir)
-    recorder_cfg = RecorderConfig(db_path=args.db.resolve(), endpoint=free_tcp_endpoint(),
-                                  control_endpoint=free_tcp_endpoint(), run_dir=run_dir.resolve())
+    recorder_cfg = RecorderConfig(
+        db_path=args.db.resolve(),
+        endpoint=free_tcp_endpoint(),
+        control_endpoint=free_tcp_endpoint(),
+        run_dir=run_dir.resolve(),
+    )
     sender = RecordSender(orch.ctx, recorder_cfg.endpoint)
     log = configure_logging("orchestrator", run_dir / "logs", forward=sender.send)
     control = RequestClient(orch.ctx, recorder_cfg.control_endpoint, timeout_ms=5000, retries=0)
@@ -246,30 +299,64 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recorder = orch.spawn("recorder", "storage", recorder_cfg)
         if not wait_for_recorder(control, recorder):
-            print(f"run.py: error: the recorder did not start (exit code {recorder.poll()}); see {run_dir / 'logs'}", file=sys.stderr)
+            print(
+                f"run.py: error: the recorder did not start (exit code {recorder.poll()}); see {run_dir / 'logs'}",
+                file=sys.stderr,
+            )
             return 1
 
         arms = plan_arms(args, pair_id, run_dir, recorder_cfg.endpoint)
-        print(f"ReflectNet | regime {args.regime} ({REGIMES[args.regime]} images) | seed {args.seed} | "
-              f"{args.epochs} epochs | controller {args.controller} | run directory {run_dir}", flush=True)
+        print(
+            f"ReflectNet | regime {args.regime} ({REGIMES[args.regime]} images) | seed {args.seed} | "
+            f"{args.epochs} epochs | controller {args.controller} | run directory {run_dir}",
+            flush=True,
+        )
         agent_endpoint = next((a.trainer.agent_endpoint for a in arms if a.trainer.agent_endpoint), None)
         if agent_endpoint:
-            orch.spawn("agent", "agents", AgentConfig(endpoint=agent_endpoint, recorder_endpoint=recorder_cfg.endpoint,
-                                                      run_dir=run_dir.resolve(), controller=args.controller,
-                                                      nodes=pipeline, max_repairs=args.max_repairs))
+            orch.spawn(
+                "agent",
+                "agents",
+                AgentConfig(
+                    endpoint=agent_endpoint,
+                    recorder_endpoint=recorder_cfg.endpoint,
+                    run_dir=run_dir.resolve(),
+                    controller=args.controller,
+                    nodes=pipeline,
+                    max_repairs=args.max_repairs,
+                ),
+            )
         for arm in arms:
-            sender.send(RunStarted(run_id=arm.run_id, pair_id=pair_id, arm=arm.name, regime=args.regime,
-                                   n_train=REGIMES[args.regime], controller=arm.controller, seed=args.seed,
-                                   epochs=args.epochs, started_at=_utc_now(),
-                                   config={"trainer": arm.trainer.model_dump(mode="json"), "nodes": pipeline if arm.name == "guided" else [],
-                                           "cli": {k: str(v) for k, v in vars(args).items()}}))
+            sender.send(
+                RunStarted(
+                    run_id=arm.run_id,
+                    pair_id=pair_id,
+                    arm=arm.name,
+                    regime=args.regime,
+                    n_train=REGIMES[args.regime],
+                    controller=arm.controller,
+                    seed=args.seed,
+                    epochs=args.epochs,
+                    started_at=_utc_now(),
+                    config={
+                        "trainer": arm.trainer.model_dump(mode="json"),
+                        "nodes": pipeline if arm.name == "guided" else [],
+                        "cli": {k: str(v) for k, v in vars(args).items()},
+                    },
+                )
+            )
             log.info("arm_started", run_id=arm.run_id, arm=arm.name)
             trainer = orch.spawn(f"trainer-{arm.name}", "trainer", arm.trainer)
             code = trainer.wait()
             orch.children.pop(f"trainer-{arm.name}", None)
             arm.status = {0: "completed", 130: "interrupted"}.get(code, "failed")
-            sender.send(RunFinished(run_id=arm.run_id, status=arm.status, finished_at=_utc_now(),
-                                    reason=None if code == 0 else f"trainer exit code {code}"))
+            sender.send(
+                RunFinished(
+                    run_id=arm.run_id,
+                    status=arm.status,
+                    finished_at=_utc_now(),
+                    reason=None if code == 0 else f"trainer exit code {code}",
+                )
+            )
             log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=code)
             if arm.status != "completed":
                 break
@@ -281,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         for arm in arms:
             if arm.status == "pending" and arm.run_id:
                 arm.status = "interrupted"
-                sender.send(RunFinished(run_id=arm.run_id, status="interrupted", finished_at=_utc_now(), reason="SIGINT"))
+                sender.send(
+                    RunFinished(run_id=arm.run_id, status="interrupted", finished_at=_utc_now(), reason="SIGINT")
+                )
         log.warning("interrupted")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the shutdown
@@ -320,13 +409,30 @@ def plan_arms(args: argparse.Namespace, pair_id: str, run_dir: Path, recorder_en
     for name in wanted:
         run_id = f"{pair_id}-{name}"
         controller = "none" if name == "baseline" else args.controller
-        arms.append(Arm(name, run_id, TrainerConfig(
-            run_id=run_id, pair_id=pair_id, arm=name, controller=controller, regime=args.regime, seed=args.seed,
-            epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-            data_dir=(args.data_dir or default_data_dir()).resolve(), run_dir=run_dir.resolve(),
-            recorder_endpoint=recorder_endpoint, agent_endpoint=agent_endpoint if name == "guided" else None,
-            agent_timeout_ms=int(args.agent_timeout * 1000), agent_retries=args.agent_retries,
-        ), controller))
+        arms.append(
+            Arm(
+                name,
+                run_id,
+                TrainerConfig(
+                    run_id=run_id,
+                    pair_id=pair_id,
+                    arm=name,
+                    controller=controller,
+                    regime=args.regime,
+                    seed=args.seed,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    device=args.device,
+                    data_dir=(args.data_dir or default_data_dir()).resolve(),
+                    run_dir=run_dir.resolve(),
+                    recorder_endpoint=recorder_endpoint,
+                    agent_endpoint=agent_endpoint if name == "guided" else None,
+                    agent_timeout_ms=int(args.agent_timeout * 1000),
+                    agent_retries=args.agent_retries,
+                ),
+                controller,
+            )
+        )
     return arms
 
 

@@ -52,7 +52,9 @@ def resolve_node(name: str) -> Node:
             raise UnknownNodeError(f"node {name!r} is not callable")
         return node
     known = sorted({*BUILTIN_NODES, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
-    raise UnknownNodeError(f"unknown node {name!r}; built-in extras: {', '.join(known)}; or use package.module:function")
+    raise UnknownNodeError(
+        f"unknown node {name!r}; built-in extras: {', '.join(known)}; or use package.module:function"
+    )
 
 
 def graph_key(name: str) -> str:

@@ -101,8 +101,13 @@ def serve(cfg: AgentConfig) -> int:
                         decision = decide(graph, policy.name, request, cfg.max_repairs)
                     except Exception as exc:  # a user's node may raise anything; the run must go on
                         reason = f"agent graph failed: {type(exc).__name__}: {exc}"
-                        log.error("graph_failed", run_id=request.run_id, epoch=request.epoch, reason=reason,
-                                  traceback=traceback.format_exc(limit=5))
+                        log.error(
+                            "graph_failed",
+                            run_id=request.run_id,
+                            epoch=request.epoch,
+                            reason=reason,
+                            traceback=traceback.format_exc(limit=5),
+                        )
                         sock.send_multipart(encode(ErrorReply(reason=reason[:2000], pid=os.getpid())))
                         continue
                     cache[key] = decision
@@ -110,8 +115,14 @@ def serve(cfg: AgentConfig) -> int:
                         cache.popitem(last=False)
                 else:
                     log.info("duplicate_request", run_id=request.run_id, epoch=request.epoch)
-                log.info("decision", run_id=request.run_id, epoch=request.epoch, valid=decision.valid,
-                         fallback=decision.fallback, latency_ms=round(decision.latency_ms, 1))
+                log.info(
+                    "decision",
+                    run_id=request.run_id,
+                    epoch=request.epoch,
+                    valid=decision.valid,
+                    fallback=decision.fallback,
+                    latency_ms=round(decision.latency_ms, 1),
+                )
                 sock.send_multipart(encode(decision))
             else:
                 reason = f"agent does not serve {request.TOPIC!r}"

@@ -16,7 +16,6 @@ The traps this module handles on purpose (zguide ch. 2 and 4):
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import dataclass
 
 import zmq
@@ -126,13 +125,3 @@ class RequestClient:
 
     def close(self) -> None:
         self._reset()
-
-
-def wait_for(predicate, timeout_s: float, interval_s: float = 0.05) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s`` passes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()

@@ -71,20 +71,68 @@ def row_for(message: Message) -> tuple[str, tuple]:
     """The table and row a record message becomes."""
     if isinstance(message, RunStarted):
         m = message
-        return "runs", (m.run_id, m.pair_id, m.arm, m.regime, m.n_train, m.controller, m.llm_model, m.seed,
-                        m.epochs, _utc(m.started_at), json.dumps(m.config))
+        return "runs", (
+            m.run_id,
+            m.pair_id,
+            m.arm,
+            m.regime,
+            m.n_train,
+            m.controller,
+            m.llm_model,
+            m.seed,
+            m.epochs,
+            _utc(m.started_at),
+            json.dumps(m.config),
+        )
     if isinstance(message, EpochRecord):
         m = message
-        return "epochs", (m.run_id, m.epoch, m.train_loss, m.train_acc, m.val_loss, m.val_acc, m.lr, m.dropout,
-                          m.alpha, m.wall_s, m.per_class_val_acc, json.dumps(m.grad_norms), json.dumps(m.weight_norms))
+        return "epochs", (
+            m.run_id,
+            m.epoch,
+            m.train_loss,
+            m.train_acc,
+            m.val_loss,
+            m.val_acc,
+            m.lr,
+            m.dropout,
+            m.alpha,
+            m.wall_s,
+            m.per_class_val_acc,
+            json.dumps(m.grad_norms),
+            json.dumps(m.weight_norms),
+        )
     if isinstance(message, DecisionRecord):
         d = message.decision
-        return "decisions", (d.run_id, d.epoch, d.controller, d.prompt, d.raw_output, d.command.model_dump_json(),
-                             d.valid, d.repair_attempts, d.fallback, d.fallback_reason, json.dumps(d.clamped),
-                             json.dumps(d.notes), message.applied, d.latency_ms, d.prompt_tokens, d.completion_tokens)
+        return "decisions", (
+            d.run_id,
+            d.epoch,
+            d.controller,
+            d.prompt,
+            d.raw_output,
+            d.command.model_dump_json(),
+            d.valid,
+            d.repair_attempts,
+            d.fallback,
+            d.fallback_reason,
+            json.dumps(d.clamped),
+            json.dumps(d.notes),
+            message.applied,
+            d.latency_ms,
+            d.prompt_tokens,
+            d.completion_tokens,
+        )
     if isinstance(message, ReflectionRecord):
         r = message.reflection
-        return "reflections", (message.run_id, r.epoch, r.about_epoch, r.prev_val_acc, r.val_acc, r.verdict, r.text, r.judge)
+        return "reflections", (
+            message.run_id,
+            r.epoch,
+            r.about_epoch,
+            r.prev_val_acc,
+            r.val_acc,
+            r.verdict,
+            r.text,
+            r.judge,
+        )
     if isinstance(message, LogEvent):
         m = message
         return "events", (_utc(m.ts), m.run_id, m.component, m.pid, m.level, m.event, json.dumps(m.data, default=repr))
@@ -133,7 +181,10 @@ class RecordBuffer:
                     except duckdb.Error as exc:
                         flushed -= 1
                         reason = json.dumps({"table": table, "error": str(exc)[:500]})
-                        self._con.execute(INSERTS["events"], (_utc(time.time()), None, "recorder", os.getpid(), "error", "record_rejected", reason))
+                        self._con.execute(
+                            INSERTS["events"],
+                            (_utc(time.time()), None, "recorder", os.getpid(), "error", "record_rejected", reason),
+                        )
         self.written += flushed
         return flushed
 
@@ -205,15 +256,23 @@ def serve(cfg: RecorderConfig) -> int:
                     control.send_multipart(encode(ControlReply(op="?", ok=False, pid=os.getpid(), detail=exc.reason)))
                     continue
                 if not isinstance(request, ControlRequest):
-                    control.send_multipart(encode(ControlReply(op=request.TOPIC, ok=False, pid=os.getpid(), detail="not a control request")))
+                    control.send_multipart(
+                        encode(
+                            ControlReply(op=request.TOPIC, ok=False, pid=os.getpid(), detail="not a control request")
+                        )
+                    )
                     continue
                 if request.op in ("sync", "stop"):
                     drain()
                     buffer.flush()
                     last_flush = time.monotonic()
                 stopping = request.op == "stop"
-                control.send_multipart(encode(ControlReply(op=request.op, ok=True, pid=os.getpid(), rows_written=buffer.written)))
-            if buffer.pending >= cfg.batch_rows or (buffer.pending and time.monotonic() - last_flush >= cfg.flush_interval_s):
+                control.send_multipart(
+                    encode(ControlReply(op=request.op, ok=True, pid=os.getpid(), rows_written=buffer.written))
+                )
+            if buffer.pending >= cfg.batch_rows or (
+                buffer.pending and time.monotonic() - last_flush >= cfg.flush_interval_s
+            ):
                 buffer.flush()
                 last_flush = time.monotonic()
             if os.getppid() != parent:

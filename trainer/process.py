@@ -22,6 +22,7 @@ from bus.messages import (
     EpochMetrics,
     EpochRecord,
     EpochSummary,
+    ErrorReply,
     Hello,
     Ready,
     ReflectionRecord,
@@ -63,7 +64,9 @@ def fallback_decision(metrics: EpochMetrics, controller: str, reason: str) -> De
     )
 
 
-def deltas_from_command(command: UpdateCommand, model: torch.nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+def deltas_from_command(
+    command: UpdateCommand, model: torch.nn.Module, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Turn the command's modulation into tensors; refuses any name or shape the model lacks."""
     if not command.weight_modulation:
         return {}
@@ -74,14 +77,25 @@ def deltas_from_command(command: UpdateCommand, model: torch.nn.Module, device: 
             raise ValueError(f"weight_modulation names unknown parameter {name!r}")
         delta = torch.tensor(values, dtype=params[name].dtype, device=device)
         if delta.shape != params[name].shape:
-            raise ValueError(f"delta for {name} has shape {list(delta.shape)}, parameter has {list(params[name].shape)}")
+            raise ValueError(
+                f"delta for {name} has shape {list(delta.shape)}, parameter has {list(params[name].shape)}"
+            )
         if not torch.isfinite(delta).all():
             raise ValueError(f"delta for {name} contains NaN or inf")
         deltas[name] = delta
     return deltas
 
 
-def progress_line(cfg: TrainerConfig, epoch: int, tr: TrainStats, ev: EvalStats, lr: float, dropout: float, alpha: float, decision: Decision | None) -> str:
+def progress_line(
+    cfg: TrainerConfig,
+    epoch: int,
+    tr: TrainStats,
+    ev: EvalStats,
+    lr: float,
+    dropout: float,
+    alpha: float,
+    decision: Decision | None,
+) -> str:
     line = (
         f"{cfg.arm:<8} {cfg.regime:>5} seed {cfg.seed} | epoch {epoch:>3}/{cfg.epochs} | "
         f"train acc {tr.acc:.4f} loss {tr.loss:.4f} | val acc {ev.acc:.4f} loss {ev.loss:.4f} | "
@@ -89,7 +103,11 @@ def progress_line(cfg: TrainerConfig, epoch: int, tr: TrainStats, ev: EvalStats,
     )
     if decision is not None:
         c = decision.command
-        how = "fallback" if decision.fallback else ("valid" if decision.valid else f"repaired x{decision.repair_attempts}")
+        how = (
+            "fallback"
+            if decision.fallback
+            else ("valid" if decision.valid else f"repaired x{decision.repair_attempts}")
+        )
         verdict = f" | prev: {decision.reflection.verdict}" if decision.reflection else ""
         line += f" -> next lr {c.learning_rate:.2e} dropout {c.dropout:.2f} alpha {c.alpha:.2f} [{how}, {decision.latency_ms:.0f} ms]{verdict}"
     return line
@@ -151,22 +169,56 @@ def run(cfg: TrainerConfig) -> int:
             norms = weight_norms(model)
             sender.send(
                 EpochRecord(
-                    run_id=cfg.run_id, epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss,
-                    val_acc=ev.acc, lr=lr, dropout=dropout, alpha=alpha, wall_s=wall_s,
-                    per_class_val_acc=ev.per_class_acc, grad_norms=tr.grad_norms, weight_norms=norms,
+                    run_id=cfg.run_id,
+                    epoch=epoch,
+                    train_loss=tr.loss,
+                    train_acc=tr.acc,
+                    val_loss=ev.loss,
+                    val_acc=ev.acc,
+                    lr=lr,
+                    dropout=dropout,
+                    alpha=alpha,
+                    wall_s=wall_s,
+                    per_class_val_acc=ev.per_class_acc,
+                    grad_norms=tr.grad_norms,
+                    weight_norms=norms,
                 )
             )
             history.append(
-                EpochSummary(epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss, val_acc=ev.acc, lr=lr, dropout=dropout, alpha=alpha)
+                EpochSummary(
+                    epoch=epoch,
+                    train_loss=tr.loss,
+                    train_acc=tr.acc,
+                    val_loss=ev.loss,
+                    val_acc=ev.acc,
+                    lr=lr,
+                    dropout=dropout,
+                    alpha=alpha,
+                )
             )
             decision = None
             if agent is not None:
                 metrics = EpochMetrics(
-                    run_id=cfg.run_id, epoch=epoch, epochs_total=cfg.epochs, regime=cfg.regime, n_train=len(train_x),
-                    train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss, val_acc=ev.acc,
-                    per_class_val_acc=ev.per_class_acc, grad_norms=tr.grad_norms, weight_norms=norms,
-                    param_shapes=param_shapes, lr=lr, dropout=dropout, alpha=alpha, wall_s=wall_s,
-                    history=history[-20:], previous_command=previous_command, previous_reflection=previous_reflection,
+                    run_id=cfg.run_id,
+                    epoch=epoch,
+                    epochs_total=cfg.epochs,
+                    regime=cfg.regime,
+                    n_train=len(train_x),
+                    train_loss=tr.loss,
+                    train_acc=tr.acc,
+                    val_loss=ev.loss,
+                    val_acc=ev.acc,
+                    per_class_val_acc=ev.per_class_acc,
+                    grad_norms=tr.grad_norms,
+                    weight_norms=norms,
+                    param_shapes=param_shapes,
+                    lr=lr,
+                    dropout=dropout,
+                    alpha=alpha,
+                    wall_s=wall_s,
+                    history=history[-20:],
+                    previous_command=previous_command,
+                    previous_reflection=previous_reflection,
                 )
                 decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, device, log)
                 applied = epoch < cfg.epochs
@@ -181,7 +233,10 @@ def run(cfg: TrainerConfig) -> int:
                         group["lr"] = lr
                     model.dropout = dropout
                     previous_command = command
-            print(progress_line(cfg, epoch, tr, ev, history[-1].lr, history[-1].dropout, history[-1].alpha, decision), flush=True)
+            print(
+                progress_line(cfg, epoch, tr, ev, history[-1].lr, history[-1].dropout, history[-1].alpha, decision),
+                flush=True,
+            )
             log.info("epoch_done", epoch=epoch, val_acc=ev.acc, train_acc=tr.acc, wall_s=round(wall_s, 3))
         log.info("training_finished", epochs=cfg.epochs, final_val_acc=history[-1].val_acc)
         return EXIT_OK
@@ -201,12 +256,16 @@ def run(cfg: TrainerConfig) -> int:
         ctx.term()
 
 
-def ask_agent(agent: RequestClient, metrics: EpochMetrics, controller: str, model, device, log) -> tuple[Decision, dict[str, torch.Tensor]]:
+def ask_agent(
+    agent: RequestClient, metrics: EpochMetrics, controller: str, model, device, log
+) -> tuple[Decision, dict[str, torch.Tensor]]:
     """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
     outcome = agent.request(metrics)
     reply = outcome.reply
     if reply is None:
         reason = f"agent: {outcome.error} after {outcome.attempts} attempt(s)"
+    elif isinstance(reply, ErrorReply):
+        reason = f"agent error: {reply.reason}"
     elif not isinstance(reply, Decision) or (reply.run_id, reply.epoch) != (metrics.run_id, metrics.epoch):
         reason = f"agent answered {type(reply).__name__} for another request"
     else:

@@ -43,8 +43,16 @@ def critic(state: AgentState) -> dict:
             ("dropout", dropout, m.dropout, previous.dropout, before.dropout),
         ):
             if _direction(new, old) != 0 and _direction(new, old) == _direction(prev_new, prev_old):
-                notes.append({"node": "critic", "action": "veto", "field": field, "from": new, "to": old,
-                              "reason": f"the last change of {field} in this direction was judged harmful"})
+                notes.append(
+                    {
+                        "node": "critic",
+                        "action": "veto",
+                        "field": field,
+                        "from": new,
+                        "to": old,
+                        "reason": f"the last change of {field} in this direction was judged harmful",
+                    }
+                )
                 if field == "learning_rate":
                     lr = old
                 else:
@@ -52,16 +60,37 @@ def critic(state: AgentState) -> dict:
 
     if m.lr > 0 and abs(math.log(lr / m.lr)) > math.log(MAX_LR_FACTOR):
         softened = math.sqrt(lr * m.lr)
-        notes.append({"node": "critic", "action": "soften", "field": "learning_rate", "from": lr, "to": softened,
-                      "reason": f"a learning-rate change by more than x{MAX_LR_FACTOR} in one epoch is risky"})
+        notes.append(
+            {
+                "node": "critic",
+                "action": "soften",
+                "field": "learning_rate",
+                "from": lr,
+                "to": softened,
+                "reason": f"a learning-rate change by more than x{MAX_LR_FACTOR} in one epoch is risky",
+            }
+        )
         lr = softened
     if abs(dropout - m.dropout) > MAX_DROPOUT_STEP:
         stepped = round(m.dropout + math.copysign(MAX_DROPOUT_STEP, dropout - m.dropout), 4)
-        notes.append({"node": "critic", "action": "soften", "field": "dropout", "from": dropout, "to": stepped,
-                      "reason": f"dropout moves at most {MAX_DROPOUT_STEP} per epoch"})
+        notes.append(
+            {
+                "node": "critic",
+                "action": "soften",
+                "field": "dropout",
+                "from": dropout,
+                "to": stepped,
+                "reason": f"dropout moves at most {MAX_DROPOUT_STEP} per epoch",
+            }
+        )
         dropout = stepped
     if not notes:
         return {"notes": [{"node": "critic", "action": "approve", "reason": "no risky change"}]}
-    revised = command.model_copy(update={"learning_rate": lr, "dropout": dropout,
-                                         "rationale": f"{command.rationale} [critic: {'; '.join(n['reason'] for n in notes)}]"[:2000]})
+    revised = command.model_copy(
+        update={
+            "learning_rate": lr,
+            "dropout": dropout,
+            "rationale": f"{command.rationale} [critic: {'; '.join(n['reason'] for n in notes)}]"[:2000],
+        }
+    )
     return {"command": revised, "notes": notes}

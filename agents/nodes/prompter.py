@@ -40,12 +40,18 @@ def render_prompt(m: EpochMetrics) -> str:
         f"Trends: best val_acc {t.best_val_acc:.4f} at epoch {t.best_epoch} ({t.epochs_since_best} epochs ago); "
         f"train/val gap {t.gap:+.4f} (previous epoch {t.previous_gap:+.4f}).",
         "Per-layer gradient norm / weight norm: "
-        + ", ".join(f"{name} {m.grad_norms.get(name, 0.0):.3g}/{m.weight_norms.get(name, 0.0):.3g}" for name in m.param_shapes if name.endswith("weight")),
+        + ", ".join(
+            f"{name} {m.grad_norms.get(name, 0.0):.3g}/{m.weight_norms.get(name, 0.0):.3g}"
+            for name in m.param_shapes
+            if name.endswith("weight")
+        ),
         f"Current: dropout {m.dropout:.2f}, learning_rate {m.lr:.2e}, alpha {m.alpha:.2f}.",
     ]
     if m.previous_command is not None:
         pc = m.previous_command
-        lines.append(f"Your previous command: dropout {pc.dropout:.2f}, learning_rate {pc.learning_rate:.2e}, alpha {pc.alpha:.2f} ({pc.rationale[:160]}).")
+        lines.append(
+            f"Your previous command: dropout {pc.dropout:.2f}, learning_rate {pc.learning_rate:.2e}, alpha {pc.alpha:.2f} ({pc.rationale[:160]})."
+        )
     if m.previous_reflection is not None:
         lines.append(f"Verdict on it: {m.previous_reflection.verdict}: {m.previous_reflection.text}")
     lines += [

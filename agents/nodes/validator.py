@@ -81,7 +81,9 @@ def _check_modulation(raw: Any, m: EpochMetrics, clamped: dict, errors: list[str
     return kept
 
 
-def validate_answer(text: str, m: EpochMetrics) -> tuple[UpdateCommand | None, dict[str, Any], dict[str, Any], list[str]]:
+def validate_answer(
+    text: str, m: EpochMetrics
+) -> tuple[UpdateCommand | None, dict[str, Any], dict[str, Any], list[str]]:
     """Check one answer. Returns (command or None, partial fields, clamps, errors)."""
     clamped: dict[str, Any] = {}
     errors: list[str] = []

@@ -59,7 +59,9 @@ def test_reflection_judges_the_previous_decision():
     previous = json.loads(GOOD)
     from bus.messages import UpdateCommand
 
-    metrics = make_metrics([0.80, 0.85, 0.80], lrs=[1e-3, 1e-3, 5e-4], lr=5e-4, previous_command=UpdateCommand(**previous))
+    metrics = make_metrics(
+        [0.80, 0.85, 0.80], lrs=[1e-3, 1e-3, 5e-4], lr=5e-4, previous_command=UpdateCommand(**previous)
+    )
     decision = run(ScriptedPolicy([GOOD]), metrics=metrics)
     assert decision.reflection.verdict == "harmful" and decision.reflection.about_epoch == 2
     assert "lr 1.00e-03 -> 5.00e-04" in decision.reflection.text

@@ -14,7 +14,9 @@ def check(answer):
 
 
 def test_valid_answer_inside_prose_and_fences():
-    command, _, clamped, errors = check('Sure!\n```json\n{"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}\n```')
+    command, _, clamped, errors = check(
+        'Sure!\n```json\n{"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}\n```'
+    )
     assert errors == [] and clamped == {}
     assert (command.dropout, command.learning_rate, command.alpha, command.rationale) == (0.3, 0.0005, 0.4, "r")
 
@@ -35,9 +37,23 @@ def test_out_of_range_values_are_clamped_and_recorded():
         ({"dropout": True, "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
         ('{"dropout": NaN, "learning_rate": 0.001, "alpha": 0.4}', "dropout must be finite"),
         ({"learning_rate": 1e-3, "alpha": 0.4}, "missing required field 'dropout'"),
-        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.9.weight": [1]}}, "unknown layer 'fc.9.weight'"),
-        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": [0.0] * 9}}, "has shape [9], expected [10]"),
-        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": [[0.0], [1.0, 2.0]]}}, "not a rectangular array"),
+        (
+            {"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.9.weight": [1]}},
+            "unknown layer 'fc.9.weight'",
+        ),
+        (
+            {"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": [0.0] * 9}},
+            "has shape [9], expected [10]",
+        ),
+        (
+            {
+                "dropout": 0.2,
+                "learning_rate": 1e-3,
+                "alpha": 0.4,
+                "weight_modulation": {"fc.3.bias": [[0.0], [1.0, 2.0]]},
+            },
+            "not a rectangular array",
+        ),
         ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "rationale": 7}, "rationale must be a string"),
     ],
 )
@@ -51,7 +67,9 @@ def test_invalid_answers_name_the_problem_and_keep_the_valid_parts(answer, error
 
 def test_modulation_of_the_right_shape_is_accepted_and_norm_capped():
     big = [5.0] * 10  # norm 15.8, cap is 5% of the weight norm 10.0 = 0.5
-    command, _, clamped, errors = check({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": big}})
+    command, _, clamped, errors = check(
+        {"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "weight_modulation": {"fc.3.bias": big}}
+    )
     assert errors == []
     delta = command.weight_modulation["fc.3.bias"]
     assert len(delta) == 10

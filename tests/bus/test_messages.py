@@ -22,7 +22,10 @@ def test_round_trip_keeps_every_field():
         ([b"hello", b"[1, 2]"], "must be a JSON object"),
         ([b"hello", json.dumps({"v": 99, "run_id": "r", "component": "t"}).encode()], "schema version 99"),
         ([b"hello", json.dumps({"v": 1, "run_id": "r"}).encode()], "failed validation at 'component'"),
-        ([b"hello", json.dumps({"v": 1, "run_id": "r", "component": "t", "x": 1}).encode()], "failed validation at 'x'"),
+        (
+            [b"hello", json.dumps({"v": 1, "run_id": "r", "component": "t", "x": 1}).encode()],
+            "failed validation at 'x'",
+        ),
     ],
 )
 def test_bad_frames_are_rejected_with_a_reason(frames, reason):

@@ -54,37 +54,52 @@ def wait_for_epoch(out: Path, epoch: int, proc: subprocess.Popen, timeout: float
 
 def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
     db, out = tmp_path / "r.duckdb", tmp_path / "runs"
-    result = run_py("--regime", "10", "--epochs", "5", "--nodes", "critic", "--db", str(db), "--out", str(out), tmp_path=tmp_path)
+    result = run_py(
+        "--regime", "10", "--epochs", "5", "--nodes", "critic", "--db", str(db), "--out", str(out), tmp_path=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "| 10 | baseline | none | completed | 5 |" in result.stdout
     assert "epoch   5/5" in result.stdout and "-> next lr" in result.stdout
 
     runs = query(db, "SELECT arm, controller, status, n_train, seed, epochs, pair_id, config FROM runs ORDER BY arm")
     assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in runs] == [
-        ("baseline", "none", "completed", 10, 0, 5), ("guided", "heuristic", "completed", 10, 0, 5)]
+        ("baseline", "none", "completed", 10, 0, 5),
+        ("guided", "heuristic", "completed", 10, 0, 5),
+    ]
     assert runs[0][6] == runs[1][6]
     assert json.loads(runs[1][7])["nodes"] == ["prompter", "controller", "validator", "repairer", "critic", "reflector"]
 
-    epochs = query(db, "SELECT r.arm, e.epoch, e.val_acc, e.train_acc, e.lr, e.dropout, len(e.per_class_val_acc) "
-                       "FROM epochs e JOIN runs r USING (run_id) ORDER BY r.arm, e.epoch")
-    assert [(a, e) for a, e, *_ in epochs] == [("baseline", i) for i in range(1, 6)] + [("guided", i) for i in range(1, 6)]
+    epochs = query(
+        db,
+        "SELECT r.arm, e.epoch, e.val_acc, e.train_acc, e.lr, e.dropout, len(e.per_class_val_acc) "
+        "FROM epochs e JOIN runs r USING (run_id) ORDER BY r.arm, e.epoch",
+    )
+    assert [(a, e) for a, e, *_ in epochs] == [("baseline", i) for i in range(1, 6)] + [
+        ("guided", i) for i in range(1, 6)
+    ]
     assert all(0.0 <= v <= 1.0 and 0.0 <= t <= 1.0 and n == 10 for _, _, v, t, _, _, n in epochs)
     # Same seed, same subset, same init: identical until the agent's first change takes effect.
     baseline, guided = epochs[:5], epochs[5:]
     assert baseline[0][2:4] == guided[0][2:4]
 
-    decisions = query(db, "SELECT epoch, valid, fallback, applied, raw_output, command, notes, prompt FROM decisions ORDER BY epoch")
+    decisions = query(
+        db, "SELECT epoch, valid, fallback, applied, raw_output, command, notes, prompt FROM decisions ORDER BY epoch"
+    )
     assert [d[0] for d in decisions] == [1, 2, 3, 4, 5]
     assert all(d[1] and not d[2] for d in decisions)
     assert [d[3] for d in decisions] == [True, True, True, True, False]
     assert all("Epoch" in d[7] and "JSON" in d[7] for d in decisions)
     # Each applied command is exactly what the next epoch trained with.
-    for (epoch, *_rest, command, _notes, _prompt), (_, next_epoch, _, _, lr, dropout, _) in zip(decisions[:4], guided[1:]):
+    for (epoch, *_rest, command, _notes, _prompt), (_, next_epoch, _, _, lr, dropout, _) in zip(
+        decisions[:4], guided[1:]
+    ):
         applied = json.loads(command)
         assert (applied["learning_rate"], applied["dropout"]) == pytest.approx((lr, dropout))
-    critic_changes = [(json.loads(raw)["dropout"], json.loads(cmd)["dropout"], json.loads(notes))
-                      for _, _, _, _, raw, cmd, notes, _ in decisions
-                      if any(n["node"] == "critic" and n["action"] != "approve" for n in json.loads(notes))]
+    critic_changes = [
+        (json.loads(raw)["dropout"], json.loads(cmd)["dropout"], json.loads(notes))
+        for _, _, _, _, raw, cmd, notes, _ in decisions
+        if any(n["node"] == "critic" and n["action"] != "approve" for n in json.loads(notes))
+    ]
     assert critic_changes, "the critic changed no decision"
     proposed, applied, notes = critic_changes[0]
     assert proposed != applied and any(n["action"] == "soften" for n in notes)
@@ -112,7 +127,9 @@ def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
 def test_bad_input_gives_one_clear_line_and_exit_2(args, message, tmp_path):
     result = run_py(*args, "--out", str(tmp_path / "runs"), tmp_path=tmp_path, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"run.py: error: {message}" + result.stderr.strip().split(message, 1)[1]]
+    assert result.stderr.strip().splitlines() == [
+        f"run.py: error: {message}" + result.stderr.strip().split(message, 1)[1]
+    ]
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
@@ -120,15 +137,36 @@ def test_help_states_every_default(tmp_path):
     result = run_py("--help", tmp_path=tmp_path, timeout=60)
     assert result.returncode == 0
     text = " ".join(result.stdout.split())  # argparse wraps help lines
-    for default in ("(default: 1pct)", "(default: heuristic)", "(default: 30)", "(default: 0)", "(default: 64)",
-                    "(default: runs/reflectnet.duckdb)"):
+    for default in (
+        "(default: 1pct)",
+        "(default: heuristic)",
+        "(default: 30)",
+        "(default: 0)",
+        "(default: 64)",
+        "(default: runs/reflectnet.duckdb)",
+    ):
         assert default in text
 
 
 def test_killed_agent_leaves_the_trainer_finishing_on_fallbacks(tmp_path):
     db, out = tmp_path / "k.duckdb", tmp_path / "runs"
-    proc = start_run_py("--regime", "10", "--epochs", "6", "--arms", "guided", "--agent-timeout", "1",
-                        "--agent-retries", "0", "--db", str(db), "--out", str(out), tmp_path=tmp_path)
+    proc = start_run_py(
+        "--regime",
+        "10",
+        "--epochs",
+        "6",
+        "--arms",
+        "guided",
+        "--agent-timeout",
+        "1",
+        "--agent-retries",
+        "0",
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+        tmp_path=tmp_path,
+    )
     try:
         wait_for_epoch(out, 2, proc)
         agent_pid = {pid for pid, _ in log_records(out, "agent")}.pop()

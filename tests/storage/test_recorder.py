@@ -28,19 +28,43 @@ from storage.schema import migrate
 
 
 def run_started(run_id="r1", arm="guided", seed=0):
-    return RunStarted(run_id=run_id, pair_id="p1", arm=arm, regime="100", n_train=100, controller="heuristic",
-                      seed=seed, epochs=3, started_at=time.time(), config={"epochs": 3})
+    return RunStarted(
+        run_id=run_id,
+        pair_id="p1",
+        arm=arm,
+        regime="100",
+        n_train=100,
+        controller="heuristic",
+        seed=seed,
+        epochs=3,
+        started_at=time.time(),
+        config={"epochs": 3},
+    )
 
 
 def epoch_record(run_id, epoch, val_acc, train_acc=0.9):
-    return EpochRecord(run_id=run_id, epoch=epoch, train_loss=0.1, train_acc=train_acc, val_loss=0.2, val_acc=val_acc,
-                       lr=1e-3, dropout=0.2, alpha=0.4, wall_s=1.0, per_class_val_acc=[val_acc] * 10,
-                       grad_norms={"fc.3.weight": 0.5}, weight_norms={"fc.3.weight": 3.0})
+    return EpochRecord(
+        run_id=run_id,
+        epoch=epoch,
+        train_loss=0.1,
+        train_acc=train_acc,
+        val_loss=0.2,
+        val_acc=val_acc,
+        lr=1e-3,
+        dropout=0.2,
+        alpha=0.4,
+        wall_s=1.0,
+        per_class_val_acc=[val_acc] * 10,
+        grad_norms={"fc.3.weight": 0.5},
+        weight_norms={"fc.3.weight": 3.0},
+    )
 
 
 def decision_record(run_id, epoch, lr):
     command = UpdateCommand(dropout=0.2, learning_rate=lr, alpha=0.4, rationale="x")
-    return DecisionRecord(decision=Decision(run_id=run_id, epoch=epoch, controller="heuristic", command=command), applied=True)
+    return DecisionRecord(
+        decision=Decision(run_id=run_id, epoch=epoch, controller="heuristic", command=command), applied=True
+    )
 
 
 @pytest.fixture
@@ -61,13 +85,24 @@ def test_records_become_rows_once_and_views_compute_the_paper_table(con):
             buffer.add(epoch_record(run_id, epoch, acc))  # delivered twice, stored once
         buffer.add(RunFinished(run_id=run_id, status="completed", finished_at=time.time()))
     buffer.add(decision_record("r0", 1, 5e-4))
-    buffer.add(ReflectionRecord(run_id="r0", reflection=Reflection(epoch=2, about_epoch=1, prev_val_acc=0.5, val_acc=0.7,
-                                                                   verdict="beneficial", text="up")))
+    buffer.add(
+        ReflectionRecord(
+            run_id="r0",
+            reflection=Reflection(
+                epoch=2, about_epoch=1, prev_val_acc=0.5, val_acc=0.7, verdict="beneficial", text="up"
+            ),
+        )
+    )
     assert buffer.flush() == 18  # messages handled, duplicates included
     assert con.execute("SELECT count(*) FROM epochs").fetchall() == [(6,)]
     assert con.execute("SELECT status FROM runs ORDER BY run_id").fetchall() == [("completed",), ("completed",)]
     row = con.execute("SELECT n_seeds, final_val_acc, max_val_acc, train_acc FROM paper_table").fetchall()[0]
-    assert row[0] == 2 and row[1] == pytest.approx(0.675) and row[2] == pytest.approx(0.75) and row[3] == pytest.approx(0.9)
+    assert (
+        row[0] == 2
+        and row[1] == pytest.approx(0.675)
+        and row[2] == pytest.approx(0.75)
+        and row[3] == pytest.approx(0.9)
+    )
     outcome = con.execute("SELECT lr_before, lr_after, val_acc_change, verdict FROM decision_outcomes").fetchall()
     assert outcome == [(1e-3, 5e-4, pytest.approx(0.2), "beneficial")]
 
@@ -78,8 +113,12 @@ def test_migration_is_idempotent_and_versioned(con):
 
 
 def test_recorder_process_stores_records_drops_garbage_and_stops_cleanly(tmp_path):
-    cfg = RecorderConfig(db_path=tmp_path / "rec.duckdb", endpoint=free_tcp_endpoint(),
-                         control_endpoint=free_tcp_endpoint(), run_dir=tmp_path)
+    cfg = RecorderConfig(
+        db_path=tmp_path / "rec.duckdb",
+        endpoint=free_tcp_endpoint(),
+        control_endpoint=free_tcp_endpoint(),
+        run_dir=tmp_path,
+    )
     (tmp_path / "recorder.json").write_text(cfg.model_dump_json())
     proc = subprocess.Popen([sys.executable, "-m", "storage", "--config", str(tmp_path / "recorder.json")])
     ctx = zmq.Context()

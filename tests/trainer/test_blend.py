@@ -72,8 +72,16 @@ def test_epoch_delta_is_spread_over_steps_and_sums_to_alpha_times_delta():
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     before = model.fc[3].weight.detach().clone()
     delta = torch.randn_like(before) * 0.05
-    stats = train_epoch(model, opt, images, labels, batch_size=32, generator=torch.Generator().manual_seed(0),
-                        alpha=1.0, epoch_deltas={"fc.3.weight": delta})
+    stats = train_epoch(
+        model,
+        opt,
+        images,
+        labels,
+        batch_size=32,
+        generator=torch.Generator().manual_seed(0),
+        alpha=1.0,
+        epoch_deltas={"fc.3.weight": delta},
+    )
     assert stats.steps == 4
     # alpha = 1 discards Adam's step for that layer, so the epoch moved it by exactly the delta.
     assert torch.allclose(model.fc[3].weight, before + delta, atol=1e-6)

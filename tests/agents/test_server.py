@@ -1,0 +1,71 @@
+"""The agent as its own process on a real REP socket."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+import zmq
+
+from agents.config import AgentConfig
+from agents.graph import pipeline_with
+from bus.messages import Decision, ErrorReply, Hello, Ready
+from bus.messages import decode
+from bus.transport import RequestClient, free_tcp_endpoint
+from tests.helpers import make_metrics
+
+
+def exploding_node(state):
+    raise KeyError("budget")
+
+
+@pytest.fixture
+def agent(tmp_path):
+    def start(extra_nodes=()):
+        cfg = AgentConfig(
+            endpoint=free_tcp_endpoint(),
+            recorder_endpoint=free_tcp_endpoint(),
+            run_dir=tmp_path,
+            nodes=pipeline_with(list(extra_nodes)),
+        )
+        path = tmp_path / "agent.json"
+        path.write_text(cfg.model_dump_json())
+        procs.append(subprocess.Popen([sys.executable, "-m", "agents", "--config", str(path)]))
+        client = RequestClient(ctx, cfg.endpoint, timeout_ms=1000, retries=0)
+        clients.append(client)
+        deadline = time.monotonic() + 30
+        while not isinstance(client.request(Hello(run_id="r", component="test")).reply, Ready):
+            assert time.monotonic() < deadline
+        return client
+
+    ctx, procs, clients = zmq.Context(), [], []
+    yield start
+    for client in clients:
+        client.close()
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+    ctx.term()
+
+
+def test_same_run_and_epoch_asked_twice_gets_the_same_decision(agent, tmp_path):
+    client = agent()
+    metrics = make_metrics([0.90, 0.93, 0.92, 0.925])
+    first = client.request(metrics, timeout_ms=10_000).reply
+    second = client.request(metrics, timeout_ms=10_000).reply
+    assert isinstance(first, Decision) and first.command.learning_rate == 5e-4
+    assert second == first  # identical, latency included: served from the cache, not recomputed
+    assert '"duplicate_request"' in next(tmp_path.glob("logs/agent-*.jsonl")).read_text()
+
+
+def test_garbage_and_failing_nodes_get_an_error_reply_not_a_dead_agent(agent, tmp_path):
+    client = agent(["tests.agents.test_server:exploding_node"])
+    raw = client._socket()
+    raw.send_multipart([b"epoch_metrics", b"\x00garbage"])
+    assert raw.poll(5000)
+
+    reply = decode(raw.recv_multipart())
+    assert isinstance(reply, ErrorReply) and "not JSON" in reply.reason
+    reply = client.request(make_metrics([0.8, 0.85]), timeout_ms=10_000).reply
+    assert isinstance(reply, ErrorReply) and "KeyError" in reply.reason and "budget" in reply.reason
+    assert isinstance(client.request(Hello(run_id="r", component="test")).reply, Ready)
