@@ -94,3 +94,14 @@ def test_bad_pipelines_are_refused():
         build_agent_graph(["prompter", "controller", "validator", "repairer"], HeuristicPolicy())
     with pytest.raises(ValueError, match="repairer must directly follow validator"):
         build_agent_graph(["prompter", "controller", "validator", "critic", "repairer", "reflector"], HeuristicPolicy())
+
+
+def test_a_node_is_found_through_the_entry_point_group(tmp_path, monkeypatch):
+    dist = tmp_path / "my_nodes-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-nodes\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[reflectnet.nodes]\nmine = tests.agents.test_graph:own_node\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_node("mine") is own_node
+    decision = run(HeuristicPolicy(), names=pipeline_with(["mine"]))
+    assert {"node": "own", "saw_epoch": 2} in decision.notes

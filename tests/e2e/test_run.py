@@ -205,3 +205,20 @@ def test_ctrl_c_stops_everything_and_marks_the_run_interrupted(tmp_path):
     assert query(db, "SELECT arm, status FROM runs") == [("baseline", "interrupted")]
     logged = {r["epoch"] for _, r in log_records(out, "trainer") if r.get("event") == "epoch_done"}
     assert {e for (e,) in query(db, "SELECT epoch FROM epochs")} == logged
+
+
+def test_killed_trainer_marks_the_run_failed_and_keeps_its_records(tmp_path):
+    db, out = tmp_path / "f.duckdb", tmp_path / "runs"
+    proc = start_run_py(
+        "--regime", "100", "--epochs", "40", "--arms", "baseline", "--db", str(db), "--out", str(out), tmp_path=tmp_path
+    )
+    try:
+        wait_for_epoch(out, 2, proc)
+        os.kill({pid for pid, _ in log_records(out, "trainer")}.pop(), signal.SIGKILL)
+        assert proc.wait(60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert query(db, "SELECT status, status_reason FROM runs") == [("failed", "trainer exit code -9")]
+    logged = {r["epoch"] for _, r in log_records(out, "trainer") if r.get("event") == "epoch_done"}
+    assert len(logged) >= 2 and {e for (e,) in query(db, "SELECT epoch FROM epochs")} == logged

