@@ -24,6 +24,8 @@ import zmq
 
 from agents.config import AgentConfig
 from agents.graph import UnknownNodeError, pipeline_with, resolve_node
+from agents.llm import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME, LLMSettings
+from agents.llm_server import LLMServerError, LocalLLMServer
 from bus.log import configure_logging
 from bus.messages import ControlReply, ControlRequest, RunFinished, RunStarted
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
@@ -32,10 +34,10 @@ from storage.schema import migrate
 from trainer.config import TrainerConfig
 from trainer.data import REGIMES, default_data_dir
 
-CONTROLLERS = ("none", "heuristic")
+CONTROLLERS = ("none", "heuristic", "llm")
 DEFAULTS = {
     "regime": "1pct",
-    "controller": "heuristic",
+    "controller": "llm",
     "epochs": 30,
     "seed": 0,
     "batch_size": 64,
@@ -43,7 +45,13 @@ DEFAULTS = {
     "out": Path("runs"),
     "arms": "both",
     "device": "auto",
-    "agent_timeout": 20.0,
+    "agent_timeout": None,  # derived from the LLM timeouts, see agent_timeout_s()
+    "heuristic_agent_timeout": 20.0,
+    "llm": "local",
+    "llm_timeout": 20.0,
+    "llm_max_retries": 0,
+    "llm_temperature": 0.2,
+    "llm_response_format": "auto",
     "agent_retries": 1,
     "max_repairs": 2,
 }
@@ -106,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--controller",
         choices=CONTROLLERS,
         default=d["controller"],
-        help=f"who steers the guided arm; 'none' runs the baseline only (default: {d['controller']})",
+        help=f"who steers the guided arm: a language model ('llm'), the rule policy ('heuristic'), or nobody "
+        f"('none' runs the baseline only) (default: {d['controller']})",
     )
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help=f"epochs per arm (default: {d['epochs']})")
     p.add_argument(
@@ -151,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-timeout",
         type=_positive_float,
         default=d["agent_timeout"],
-        help=f"seconds the trainer waits for the agent per try before retrying (default: {d['agent_timeout']})",
+        help=f"seconds the trainer waits for the agent per try before retrying (default: "
+        f"{d['heuristic_agent_timeout']:g} for heuristic; for llm, enough for every model call of one decision)",
     )
     p.add_argument(
         "--agent-retries",
@@ -165,7 +175,110 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["max_repairs"],
         help=f"times an invalid answer is sent back for repair before deterministic repair (default: {d['max_repairs']})",
     )
+    llm = p.add_argument_group("language model (--controller llm)")
+    llm.add_argument(
+        "--llm",
+        choices=("local", "openai"),
+        default=d["llm"],
+        help="'local': the embedded SmolLM2-135M served by llama.cpp on loopback, offline; 'openai': an "
+        f"OpenAI-compatible endpoint (implied by --llm-base-url) (default: {d['llm']})",
+    )
+    llm.add_argument(
+        "--llm-base-url",
+        default=None,
+        help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1; the key is "
+        "read from OPENAI_API_KEY (default: none)",
+    )
+    llm.add_argument(
+        "--llm-model",
+        default=None,
+        help=f"model name at the endpoint (default: {LOCAL_MODEL_NAME} for local, {DEFAULT_REMOTE_MODEL} otherwise)",
+    )
+    llm.add_argument(
+        "--llm-timeout",
+        type=_positive_float,
+        default=d["llm_timeout"],
+        help=f"seconds per model call (default: {d['llm_timeout']:g})",
+    )
+    llm.add_argument(
+        "--llm-max-retries",
+        type=_non_negative_int,
+        default=d["llm_max_retries"],
+        help=f"HTTP retries per model call on connection errors and 5xx (default: {d['llm_max_retries']})",
+    )
+    llm.add_argument(
+        "--llm-temperature",
+        type=_temperature,
+        default=d["llm_temperature"],
+        help=f"sampling temperature (default: {d['llm_temperature']})",
+    )
+    llm.add_argument(
+        "--llm-response-format",
+        choices=("auto", "json_schema", "json_object", "none"),
+        default=d["llm_response_format"],
+        help="structured output: OpenAI's json_schema, llama.cpp's json_object with a schema, or none; auto picks "
+        f"what the server accepts (default: {d['llm_response_format']})",
+    )
+    llm.add_argument(
+        "--llm-command-space",
+        choices=("auto", "grid", "free"),
+        default="auto",
+        help="'free': any number in the allowed ranges (the paper's form); 'grid': a few choices around the current "
+        "values, enforced by the server's schema-constrained decoding; auto: grid for local, free otherwise "
+        "(default: auto)",
+    )
+    llm.add_argument(
+        "--no-llm-reflection",
+        action="store_true",
+        help="judge previous decisions by rule instead of asking the model (default: the model judges)",
+    )
+    llm.add_argument(
+        "--no-reflection-feedback",
+        action="store_true",
+        help="do not show the verdict on the previous decision in the next prompt, for ablations (default: shown)",
+    )
     return p
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2], got {value}")
+    return value
+
+
+def llm_settings(args: argparse.Namespace) -> LLMSettings | None:
+    if args.controller != "llm":
+        return None
+    remote = args.llm == "openai" or args.llm_base_url is not None
+    return LLMSettings(
+        provider="openai" if remote else "local",
+        base_url=args.llm_base_url or ("https://api.openai.com/v1" if remote else "http://127.0.0.1:0/v1"),
+        model=args.llm_model or (DEFAULT_REMOTE_MODEL if remote else LOCAL_MODEL_NAME),
+        timeout_s=args.llm_timeout,
+        max_retries=args.llm_max_retries,
+        temperature=args.llm_temperature,
+        response_format=args.llm_response_format,
+    )
+
+
+def command_space(args: argparse.Namespace, settings: LLMSettings | None) -> str:
+    if args.llm_command_space != "auto":
+        return args.llm_command_space
+    return "grid" if settings is not None and settings.provider == "local" else "free"
+
+
+def agent_timeout_s(args: argparse.Namespace) -> float:
+    """Per-try wait of the trainer: the flag, or long enough for every model call of one decision."""
+    if args.agent_timeout is not None:
+        return args.agent_timeout
+    if args.controller != "llm":
+        return DEFAULTS["heuristic_agent_timeout"]
+    calls = (args.max_repairs + 1) * (args.llm_max_retries + 1) + (0 if args.no_llm_reflection else 1)
+    return calls * args.llm_timeout + 10.0
 
 
 @dataclass
@@ -240,6 +353,8 @@ def validate_args(args: argparse.Namespace) -> list[str]:
 
         if not torch.cuda.is_available():
             raise CliError("--device cuda: torch.cuda.is_available() is False on this machine")
+    if args.llm_base_url is not None and not args.llm_base_url.startswith(("http://", "https://")):
+        raise CliError(f"--llm-base-url must start with http:// or https://, got {args.llm_base_url!r}")
     if args.controller == "none" and args.arms == "guided":
         raise CliError("--arms guided needs a controller; --controller none runs the baseline only")
     preflight_database(args.db)
@@ -294,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     sender = RecordSender(orch.ctx, recorder_cfg.endpoint)
     log = configure_logging("orchestrator", run_dir / "logs", forward=sender.send)
     control = RequestClient(orch.ctx, recorder_cfg.control_endpoint, timeout_ms=5000, retries=0)
-    interrupted = False
+    interrupted = failed_to_start = False
     arms: list[Arm] = []
     try:
         recorder = orch.spawn("recorder", "storage", recorder_cfg)
@@ -312,19 +427,35 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         agent_endpoint = next((a.trainer.agent_endpoint for a in arms if a.trainer.agent_endpoint), None)
-        if agent_endpoint:
-            orch.spawn(
-                "agent",
-                "agents",
-                AgentConfig(
-                    endpoint=agent_endpoint,
-                    recorder_endpoint=recorder_cfg.endpoint,
-                    run_dir=run_dir.resolve(),
-                    controller=args.controller,
-                    nodes=pipeline,
-                    max_repairs=args.max_repairs,
-                ),
+        settings = llm_settings(args)
+        if agent_endpoint and settings is not None and settings.provider == "local":
+            server = LocalLLMServer(run_dir / "logs" / "llm-server.log")
+            orch.children["llm"] = server.start()
+            started = time.monotonic()
+            server.wait_ready()
+            settings = settings.model_copy(update={"base_url": server.base_url})
+            log.info(
+                "llm_server_ready",
+                base_url=server.base_url,
+                model=settings.model,
+                pid=server.proc.pid,
+                startup_s=round(time.monotonic() - started, 2),
             )
+        agent_cfg = None
+        if agent_endpoint:
+            agent_cfg = AgentConfig(
+                endpoint=agent_endpoint,
+                recorder_endpoint=recorder_cfg.endpoint,
+                run_dir=run_dir.resolve(),
+                controller=args.controller,
+                llm=settings,
+                llm_reflection=not args.no_llm_reflection,
+                feed_reflection=not args.no_reflection_feedback,
+                command_space=command_space(args, settings),
+                nodes=pipeline,
+                max_repairs=args.max_repairs,
+            )
+            orch.spawn("agent", "agents", agent_cfg)
         for arm in arms:
             sender.send(
                 RunStarted(
@@ -334,12 +465,13 @@ def main(argv: list[str] | None = None) -> int:
                     regime=args.regime,
                     n_train=REGIMES[args.regime],
                     controller=arm.controller,
+                    llm_model=settings.model if settings is not None and arm.name == "guided" else None,
                     seed=args.seed,
                     epochs=args.epochs,
                     started_at=_utc_now(),
                     config={
                         "trainer": arm.trainer.model_dump(mode="json"),
-                        "nodes": pipeline if arm.name == "guided" else [],
+                        "agent": agent_cfg.model_dump(mode="json") if agent_cfg and arm.name == "guided" else None,
                         "cli": {k: str(v) for k, v in vars(args).items()},
                     },
                 )
@@ -360,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
             log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=code)
             if arm.status != "completed":
                 break
+    except LLMServerError as exc:
+        failed_to_start = True
+        log.error("llm_server_failed", error=str(exc))
+        print(f"run.py: error: {exc}", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
@@ -375,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the shutdown
         orch.stop_child("agent")
+        orch.stop_child("llm")
         log.info("shutdown", interrupted=interrupted)
         sender.close()  # LINGER hands every queued record to the recorder before it is told to stop
         if "recorder" in orch.children:
@@ -384,9 +521,12 @@ def main(argv: list[str] | None = None) -> int:
             orch.stop_child("recorder")
         control.close()
         orch.ctx.term()
-    print_results(args.db, [a.run_id for a in arms])
+    if any(a.status != "pending" for a in arms):
+        print_results(args.db, [a.run_id for a in arms])
     if interrupted:
         return 130
+    if failed_to_start:
+        return 1
     return 0 if all(a.status == "completed" for a in arms) else 1
 
 
@@ -427,7 +567,7 @@ def plan_arms(args: argparse.Namespace, pair_id: str, run_dir: Path, recorder_en
                     run_dir=run_dir.resolve(),
                     recorder_endpoint=recorder_endpoint,
                     agent_endpoint=agent_endpoint if name == "guided" else None,
-                    agent_timeout_ms=int(args.agent_timeout * 1000),
+                    agent_timeout_ms=int(agent_timeout_s(args) * 1000),
                     agent_retries=args.agent_retries,
                 ),
                 controller,

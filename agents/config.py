@@ -1,4 +1,4 @@
-"""The agent process's configuration, built once by run.py."""
+"""The agent process's configuration, built once by run.py (it holds no secret)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.llm import LLMSettings
+
 
 class AgentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -14,7 +16,11 @@ class AgentConfig(BaseModel):
     endpoint: str  # REP: EpochMetrics in, Decision out
     recorder_endpoint: str
     run_dir: Path
-    controller: Literal["heuristic"] = "heuristic"
+    controller: Literal["heuristic", "llm"] = "heuristic"
+    llm: LLMSettings | None = None  # required when controller == "llm"
+    llm_reflection: bool = True  # the model judges the previous decision (rule judgement as fallback)
+    feed_reflection: bool = True  # the verdict goes into the next prompt
+    command_space: Literal["free", "grid"] = "free"  # see agents.nodes.prompter.command_schema
     nodes: list[str]  # the full ordered pipeline
     max_repairs: int = Field(default=2, ge=0)
     cache_size: int = Field(default=4096, ge=1)

@@ -21,6 +21,7 @@ from langgraph.graph import END, START, StateGraph
 
 from agents.nodes import critic, prompter, reflector, repairer, validator
 from agents.nodes.controller import make_controller
+from agents.nodes.reflector import make_reflector
 from agents.policies import Policy
 from agents.state import AgentState
 
@@ -82,15 +83,16 @@ def check_pipeline(names: list[str]) -> None:
         raise ValueError(f"repairer must directly follow validator: got {names=}")
 
 
-def build_agent_graph(names: list[str], policy: Policy):
-    """Compile the graph for the ordered node ``names`` with ``policy`` behind the controller."""
+def build_agent_graph(names: list[str], policy: Policy, judge=None):
+    """Compile the graph for the ordered node ``names`` with ``policy`` behind the controller and,
+    if given, ``judge`` (an ``agents.llm.LLMJudge``) behind the reflector."""
     check_pipeline(names)
     nodes: dict[str, Node] = {
         "prompter": prompter,
         "controller": make_controller(policy),
         "validator": validator,
         "repairer": repairer,
-        "reflector": reflector,
+        "reflector": make_reflector(judge) if judge is not None else reflector,
     }
     for name in names:
         if name not in nodes:

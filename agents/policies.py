@@ -26,6 +26,7 @@ class ControllerAnswer:
     text: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    error: str | None = None  # the model could not be reached or refused; ``text`` is then empty
 
 
 class Policy(Protocol):

@@ -19,22 +19,38 @@ import zmq
 
 from agents.config import AgentConfig
 from agents.graph import build_agent_graph
+from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
 from agents.policies import HeuristicPolicy, Policy
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Ready, decode, encode
 from bus.transport import RecordSender
 
 
-def make_policy(cfg: AgentConfig) -> Policy:
+def make_policy_and_judge(cfg: AgentConfig) -> tuple[Policy, LLMJudge | None]:
     if cfg.controller == "heuristic":
-        return HeuristicPolicy()
-    raise ValueError(f"unknown controller {cfg.controller=}")
+        return HeuristicPolicy(), None
+    if cfg.llm is None:
+        raise ValueError("controller 'llm' needs llm settings")
+    chat_model = make_chat_model(cfg.llm)
+    policy = LLMPolicy(ChatCaller(chat_model, response_formats(cfg.llm, "update_command")), cfg.llm.model)
+    judge = None
+    if cfg.llm_reflection:
+        judge = LLMJudge(ChatCaller(chat_model, response_formats(cfg.llm, "reflection")), cfg.llm.model)
+    return policy, judge
 
 
-def decide(graph, policy_name: str, metrics: EpochMetrics, max_repairs: int) -> Decision:
+def decide(
+    graph,
+    policy_name: str,
+    metrics: EpochMetrics,
+    max_repairs: int,
+    feed_reflection: bool = True,
+    command_space: str = "free",
+) -> Decision:
     """Run the graph once for ``metrics`` and package the outcome as a Decision."""
     started = time.perf_counter()
-    state = graph.invoke({"metrics": metrics, "max_repairs": max_repairs, "notes": []})
+    inputs = {"metrics": metrics, "max_repairs": max_repairs, "feed_reflection": feed_reflection, "notes": []}
+    state = graph.invoke({**inputs, "command_space": command_space})
     latency_ms = (time.perf_counter() - started) * 1000.0
     fallback = bool(state.get("fallback"))
     return Decision(
@@ -65,8 +81,8 @@ def serve(cfg: AgentConfig) -> int:
     ctx = zmq.Context()
     sender = RecordSender(ctx, cfg.recorder_endpoint)
     log = configure_logging("agent", cfg.run_dir / "logs", forward=sender.send)
-    policy = make_policy(cfg)
-    graph = build_agent_graph(cfg.nodes, policy)
+    policy, judge = make_policy_and_judge(cfg)
+    graph = build_agent_graph(cfg.nodes, policy, judge)
     cache: OrderedDict[tuple[str, int], Decision] = OrderedDict()
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
@@ -79,7 +95,14 @@ def serve(cfg: AgentConfig) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         sock.bind(cfg.endpoint)
-        log.info("agent_ready", endpoint=cfg.endpoint, controller=policy.name, nodes=cfg.nodes)
+        log.info(
+            "agent_ready",
+            endpoint=cfg.endpoint,
+            controller=policy.name,
+            nodes=cfg.nodes,
+            llm_base_url=cfg.llm.base_url if cfg.llm else None,
+            llm_reflection=judge is not None,
+        )
         while os.getppid() == parent:
             if not sock.poll(200, zmq.POLLIN):
                 continue
@@ -98,7 +121,9 @@ def serve(cfg: AgentConfig) -> int:
                 decision = cache.get(key)
                 if decision is None:
                     try:
-                        decision = decide(graph, policy.name, request, cfg.max_repairs)
+                        decision = decide(
+                            graph, policy.name, request, cfg.max_repairs, cfg.feed_reflection, cfg.command_space
+                        )
                     except Exception as exc:  # a user's node may raise anything; the run must go on
                         reason = f"agent graph failed: {type(exc).__name__}: {exc}"
                         log.error(

@@ -12,6 +12,8 @@ from bus.messages import EpochMetrics, Reflection, UpdateCommand
 class AgentState(TypedDict, total=False):
     metrics: EpochMetrics  # input: everything the trainer reported for this epoch
     max_repairs: int  # input: model re-asks before the deterministic repair
+    feed_reflection: bool  # input: show the previous verdict in the prompt (off for ablations)
+    command_space: str  # input: "free" numbers in ranges, or a "grid" of choices around the current values
 
     prompt: str  # prompter
     raw_output: str  # controller: the answer text exactly as produced
@@ -19,6 +21,7 @@ class AgentState(TypedDict, total=False):
     prompt_tokens: int | None
     completion_tokens: int | None
     llm_latency_ms: float
+    llm_error: str | None  # controller: the model call failed (no answer to validate or repair)
 
     errors: list[str]  # validator: what is wrong with the latest answer (empty = valid)
     partial: dict[str, Any]  # validator: the fields of the latest answer that passed

@@ -49,12 +49,43 @@ class Message(BaseModel):
 # --------------------------------------------------------------------------- trainer <-> agent
 
 
+# Compact weight operations: each moves a layer by at most this fraction of its weight norm.
+MAX_OP_FRACTION = 0.05
+WeightOpName = Literal["scale", "shrink", "noise"]
+
+
+class WeightOp(BaseModel):
+    """A compact weight modulation that always aligns with the layer it names.
+
+    The trainer, which owns the weights, expands it into an exact-shape delta ``D`` (per epoch):
+
+    * ``scale``  with ``value = factor``: ``D = (factor - 1) * W``  (factor in [0.95, 1.05])
+    * ``shrink`` with ``value = amount``: ``D = -amount * W``       (amount in [0, 0.05])
+    * ``noise``  with ``value = scale``:  ``D`` is Gaussian noise drawn with ``seed``, rescaled to
+      norm ``scale * ||W||``                                       (scale in [0, 0.05])
+
+    so ``||D|| <= 0.05 * ||W||`` by construction.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    layer: str
+    op: WeightOpName
+    value: float
+    seed: int = 0
+
+    def delta_norm_fraction(self) -> float:
+        """||D|| / ||W|| for this operation."""
+        return abs(self.value - 1.0) if self.op == "scale" else abs(self.value)
+
+
 class UpdateCommand(BaseModel):
     """A validated command as the trainer applies it at the next epoch boundary (paper 2.3).
 
     ``weight_modulation`` maps a parameter name to a delta of exactly that parameter's shape, as
-    nested lists. The trainer spreads each delta over the epoch's optimizer steps so that one epoch
-    adds ``alpha * delta`` in total.
+    nested lists (the paper's raw form); ``weight_ops`` are compact operations (see ``WeightOp``).
+    The trainer spreads each delta over the epoch's optimizer steps so that one epoch adds
+    ``alpha * delta`` in total.
     """
 
     model_config = _MODEL_CONFIG
@@ -63,7 +94,11 @@ class UpdateCommand(BaseModel):
     learning_rate: float = Field(ge=LEARNING_RATE_RANGE[0], le=LEARNING_RATE_RANGE[1])
     alpha: float = Field(ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])
     weight_modulation: dict[str, list[Any]] | None = None
+    weight_ops: list[WeightOp] | None = None
     rationale: str = ""
+
+    def modulated_layers(self) -> list[str]:
+        return [*(self.weight_modulation or {}), *(op.layer for op in self.weight_ops or [])]
 
 
 class Reflection(BaseModel):
@@ -77,7 +112,8 @@ class Reflection(BaseModel):
     val_acc: float
     verdict: Verdict
     text: str
-    judge: str = "rule"
+    judge: str = "rule"  # "rule", or the name of the model that judged
+    rule_verdict: Verdict | None = None  # the rule's verdict, kept beside a model's for comparison
 
 
 class EpochSummary(BaseModel):

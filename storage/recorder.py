@@ -59,7 +59,7 @@ INSERTS: dict[str, str] = {
     "runs": "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, ?, NULL, ?) ON CONFLICT DO NOTHING",
     "epochs": "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
     "decisions": "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    "reflections": "INSERT INTO reflections VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    "reflections": "INSERT INTO reflections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
     "events": "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
     "finished": "UPDATE runs SET status = ?, status_reason = ?, finished_at = ? WHERE run_id = ?",
 }
@@ -132,6 +132,7 @@ def row_for(message: Message) -> tuple[str, tuple]:
             r.verdict,
             r.text,
             r.judge,
+            r.rule_verdict,
         )
     if isinstance(message, LogEvent):
         m = message

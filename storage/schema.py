@@ -76,6 +76,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- the rule's verdict beside a model's, to measure how often they agree
+        ALTER TABLE reflections ADD COLUMN rule_verdict VARCHAR;
+        """,
+    ),
 ]
 
 VIEWS = """
@@ -99,6 +106,22 @@ FROM run_results
 WHERE status = 'completed'
 GROUP BY regime, n_train, arm, controller
 ORDER BY n_train DESC, arm, controller;
+
+-- How reliable is each controller / model: answers valid at the first try, repaired, fallen back.
+CREATE OR REPLACE VIEW controller_reliability AS
+SELECT d.controller, r.llm_model,
+       count(*) AS decisions,
+       avg(d.valid::INT) AS valid_first_try_rate,
+       avg((NOT d.valid AND NOT d.fallback)::INT) AS repaired_rate,
+       avg(d.fallback::INT) AS fallback_rate,
+       avg(d.repair_attempts) AS mean_repair_attempts,
+       avg((d.clamped <> '{}')::INT) AS clamped_rate,
+       median(d.latency_ms) AS median_latency_ms,
+       quantile_cont(d.latency_ms, 0.95) AS p95_latency_ms,
+       avg(d.prompt_tokens) AS mean_prompt_tokens,
+       avg(d.completion_tokens) AS mean_completion_tokens
+FROM decisions d JOIN runs r USING (run_id)
+GROUP BY d.controller, r.llm_model;
 
 -- Each decision with the validation change over the epoch it governed, and the verdict on it.
 CREATE OR REPLACE VIEW decision_outcomes AS

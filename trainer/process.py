@@ -33,6 +33,7 @@ from trainer.config import TrainerConfig
 from trainer.data import DataUnavailableError, load_mnist, stratified_subset
 from trainer.loop import EvalStats, TrainStats, evaluate, to_model_input, train_epoch, weight_norms
 from trainer.model import ReflectCNN
+from trainer.modulation import deltas_from_command
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_ORPHANED = 0, 1, 130, 3
 
@@ -62,28 +63,6 @@ def fallback_decision(metrics: EpochMetrics, controller: str, reason: str) -> De
         fallback=True,
         fallback_reason=reason,
     )
-
-
-def deltas_from_command(
-    command: UpdateCommand, model: torch.nn.Module, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Turn the command's modulation into tensors; refuses any name or shape the model lacks."""
-    if not command.weight_modulation:
-        return {}
-    params = dict(model.named_parameters())
-    deltas = {}
-    for name, values in command.weight_modulation.items():
-        if name not in params:
-            raise ValueError(f"weight_modulation names unknown parameter {name!r}")
-        delta = torch.tensor(values, dtype=params[name].dtype, device=device)
-        if delta.shape != params[name].shape:
-            raise ValueError(
-                f"delta for {name} has shape {list(delta.shape)}, parameter has {list(params[name].shape)}"
-            )
-        if not torch.isfinite(delta).all():
-            raise ValueError(f"delta for {name} contains NaN or inf")
-        deltas[name] = delta
-    return deltas
 
 
 def progress_line(
@@ -220,7 +199,7 @@ def run(cfg: TrainerConfig) -> int:
                     previous_command=previous_command,
                     previous_reflection=previous_reflection,
                 )
-                decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, device, log)
+                decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, log)
                 applied = epoch < cfg.epochs
                 sender.send(DecisionRecord(decision=decision, applied=applied))
                 if decision.reflection is not None:
@@ -257,7 +236,7 @@ def run(cfg: TrainerConfig) -> int:
 
 
 def ask_agent(
-    agent: RequestClient, metrics: EpochMetrics, controller: str, model, device, log
+    agent: RequestClient, metrics: EpochMetrics, controller: str, model, log
 ) -> tuple[Decision, dict[str, torch.Tensor]]:
     """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
     outcome = agent.request(metrics)
@@ -270,7 +249,7 @@ def ask_agent(
         reason = f"agent answered {type(reply).__name__} for another request"
     else:
         try:
-            return reply, deltas_from_command(reply.command, model, device)
+            return reply, deltas_from_command(reply.command, model)
         except ValueError as exc:
             reason = f"trainer refused the command: {exc}"
     log.warning("fallback", epoch=metrics.epoch, reason=reason)

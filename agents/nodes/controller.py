@@ -16,6 +16,7 @@ def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         return {
             "raw_output": answer.text,
+            "llm_error": answer.error,
             "attempts": state.get("attempts", 0) + 1,
             "prompt_tokens": _add(state.get("prompt_tokens"), answer.prompt_tokens),
             "completion_tokens": _add(state.get("completion_tokens"), answer.completion_tokens),

@@ -4,44 +4,104 @@ from __future__ import annotations
 
 import json
 
+from agents.nodes.validator import MAX_DELTA_NORM_RATIO, OP_VALUE_KEYS, allowed_ranges
 from agents.state import AgentState
 from agents.trends import training_trends
-from bus.messages import ALPHA_RANGE, DROPOUT_RANGE, LEARNING_RATE_RANGE, EpochMetrics
+from bus.messages import EpochMetrics
 
-HISTORY_ROWS = 8  # keeps the prompt well inside a small local model's context
-
-COMMAND_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "dropout": {"type": "number", "minimum": DROPOUT_RANGE[0], "maximum": DROPOUT_RANGE[1]},
-        "learning_rate": {"type": "number", "minimum": LEARNING_RATE_RANGE[0], "maximum": LEARNING_RATE_RANGE[1]},
-        "alpha": {"type": "number", "minimum": ALPHA_RANGE[0], "maximum": ALPHA_RANGE[1]},
-        "weight_modulation": {"type": "object", "description": "optional: parameter name -> delta of that exact shape"},
-        "rationale": {"type": "string"},
-    },
-    "required": ["dropout", "learning_rate", "alpha", "rationale"],
-}
+HISTORY_ROWS = 6  # with the rest, ~700 tokens: well inside the local model's 2048-token context
 
 
-def render_prompt(m: EpochMetrics) -> str:
+LR_CHOICES = (0.5, 1.0, 2.0)  # grid: the learning rate may be halved, kept or doubled
+DROPOUT_CHOICES = (-0.1, 0.0, 0.1)
+ALPHA_CHOICES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+OP_CHOICES = {"factor": [0.98, 1.02], "amount": [0.01, 0.02], "scale": [0.01, 0.02]}
+
+
+def _choices(values, low: float, high: float, digits: int) -> list[float]:
+    return sorted({float(f"{v:.{digits}g}") for v in values if low <= v <= high})
+
+
+def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
+    """JSON schema of the answer for this epoch, with layers by their real names.
+
+    ``free``: numbers with the ranges allowed now (the paper's form). ``grid``: each field is one of a
+    few values around the current one (halve/keep/double the learning rate, dropout -0.1/+0/+0.1, ...).
+    Servers that constrain decoding with the schema (llama.cpp) can then only emit sensible commands —
+    what makes a 135M-parameter model usable as a controller.
+    """
+    ranges = allowed_ranges(m)
+    if command_space == "grid":
+        fields = {
+            "dropout": {"enum": _choices((m.dropout + d for d in DROPOUT_CHOICES), *ranges["dropout"], 2)},
+            "learning_rate": {"enum": _choices((m.lr * f for f in LR_CHOICES), *ranges["learning_rate"], 3)},
+            "alpha": {"enum": sorted({*ALPHA_CHOICES, round(m.alpha, 2)})},
+        }
+        values = {key: {"enum": OP_CHOICES[key]} for key in OP_VALUE_KEYS.values()}
+    else:
+        fields = {name: {"type": "number", "minimum": low, "maximum": high} for name, (low, high) in ranges.items()}
+        values = {key: {"type": "number"} for key in OP_VALUE_KEYS.values()}
+    operation = {
+        "type": "object",
+        "properties": {
+            "layer": {"type": "string", "enum": [n for n in m.param_shapes if n.endswith("weight")]},
+            "op": {"type": "string", "enum": list(OP_VALUE_KEYS)},
+            **values,
+        },
+        "required": ["layer", "op"],
+    }
+    return {
+        "type": "object",
+        "properties": {
+            **fields,
+            "weight_modulation": {"type": "array", "items": operation, "maxItems": 2},
+            "rationale": {"type": "string", "maxLength": 300},
+        },
+        "required": ["dropout", "learning_rate", "alpha", "rationale"],
+    }
+
+
+# The fixed part comes first so a server that reuses a cached prompt prefix (llama.cpp does) only
+# evaluates what changed since the previous epoch.
+INSTRUCTIONS = (
+    "You steer the training of a CNN on MNIST (Adam optimizer). After each epoch you choose dropout, "
+    "learning_rate and alpha for the next epoch, and may modulate weights. Keep a value unchanged unless the "
+    "trends below give a reason: lower the learning rate when validation accuracy stalls, raise dropout when the "
+    "train/val gap widens.\n"
+    'weight_modulation is optional: a list like [{"layer": "fc.3.weight", "op": "scale", "factor": 0.98}]. '
+    "Ops: scale (factor), shrink (amount), noise (scale); each moves a layer by at most "
+    f"{MAX_DELTA_NORM_RATIO:.0%} of its norm, and alpha weighs it against Adam's step. Leave it out unless you are sure.\n"
+    "Answer with one JSON object only."
+)
+
+
+def prompt_schema(m: EpochMetrics, command_space: str) -> dict:
+    """The schema as shown in the prompt: weight operations are explained in words above, so their
+    sub-schema (a third of the tokens) is left to the server's constrained decoding."""
+    schema = command_schema(m, command_space)
+    properties = {**schema["properties"], "weight_modulation": {"type": "array", "description": "optional operations"}}
+    return {**schema, "properties": properties}
+
+
+def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: str = "free") -> str:
     t = training_trends(m)
+    ranges = allowed_ranges(m)
     lines = [
-        "You steer the training of a CNN on MNIST. After each epoch you choose the hyperparameters for the next one.",
-        f"Regime: {m.regime} ({m.n_train} training images). Epoch {m.epoch} of {m.epochs_total} just finished.",
+        INSTRUCTIONS,
         "",
-        "Recent epochs (epoch: train_acc train_loss | val_acc val_loss | lr dropout alpha):",
+        f"Regime {m.regime} ({m.n_train} training images). Epoch {m.epoch} of {m.epochs_total} just finished.",
+        "epoch: train_acc train_loss | val_acc val_loss | lr dropout alpha",  # 3 digits: numbers cost a token per digit
     ]
-    for h in m.history[-HISTORY_ROWS:]:
-        lines.append(
-            f"  {h.epoch}: {h.train_acc:.4f} {h.train_loss:.4f} | {h.val_acc:.4f} {h.val_loss:.4f} | {h.lr:.2e} {h.dropout:.2f} {h.alpha:.2f}"
-        )
     lines += [
-        "",
-        f"Trends: best val_acc {t.best_val_acc:.4f} at epoch {t.best_epoch} ({t.epochs_since_best} epochs ago); "
-        f"train/val gap {t.gap:+.4f} (previous epoch {t.previous_gap:+.4f}).",
-        "Per-layer gradient norm / weight norm: "
+        f"{h.epoch}: {h.train_acc:.3f} {h.train_loss:.3f} | {h.val_acc:.3f} {h.val_loss:.3f} | {h.lr:.2g} {h.dropout:.2g} {h.alpha:.2g}"
+        for h in m.history[-HISTORY_ROWS:]
+    ]
+    lines += [
+        f"Best val_acc {t.best_val_acc:.4f} at epoch {t.best_epoch} ({t.epochs_since_best} epochs ago). "
+        f"Train/val gap {t.gap:+.4f} (previous epoch {t.previous_gap:+.4f}).",
+        "Gradient/weight norms: "
         + ", ".join(
-            f"{name} {m.grad_norms.get(name, 0.0):.3g}/{m.weight_norms.get(name, 0.0):.3g}"
+            f"{name} {m.grad_norms.get(name, 0.0):.2g}/{m.weight_norms.get(name, 0.0):.3g}"
             for name in m.param_shapes
             if name.endswith("weight")
         ),
@@ -50,19 +110,25 @@ def render_prompt(m: EpochMetrics) -> str:
     if m.previous_command is not None:
         pc = m.previous_command
         lines.append(
-            f"Your previous command: dropout {pc.dropout:.2f}, learning_rate {pc.learning_rate:.2e}, alpha {pc.alpha:.2f} ({pc.rationale[:160]})."
+            f"Your previous command: dropout {pc.dropout:.2f}, learning_rate {pc.learning_rate:.2e}, "
+            f"alpha {pc.alpha:.2f} ({pc.rationale[:120]})."
         )
-    if m.previous_reflection is not None:
-        lines.append(f"Verdict on it: {m.previous_reflection.verdict}: {m.previous_reflection.text}")
+    if feed_reflection and m.previous_reflection is not None:
+        lines.append(f"Verdict on it: {m.previous_reflection.verdict}. {m.previous_reflection.text[:200]}")
+    keep = {
+        "dropout": round(m.dropout, 4),
+        "learning_rate": m.lr,
+        "alpha": round(m.alpha, 4),
+        "rationale": "validation accuracy still improves",
+    }
     lines += [
-        "",
-        f"Allowed: dropout in [{DROPOUT_RANGE[0]}, {DROPOUT_RANGE[1]}], learning_rate in [{LEARNING_RATE_RANGE[0]:g}, {LEARNING_RATE_RANGE[1]:g}], "
-        f"alpha in [{ALPHA_RANGE[0]}, {ALPHA_RANGE[1]}]. weight_modulation is optional; leave it out unless you are sure.",
-        "Answer with one JSON object only, matching this schema:",
-        json.dumps(COMMAND_SCHEMA, separators=(",", ":")),
+        "Allowed now: " + ", ".join(f"{name} in [{low:.3g}, {high:.3g}]" for name, (low, high) in ranges.items()) + ".",
+        "Schema: " + json.dumps(prompt_schema(m, command_space), separators=(",", ":")),
+        "Example that keeps everything: " + json.dumps(keep),
     ]
     return "\n".join(lines)
 
 
 def prompter(state: AgentState) -> dict:
-    return {"prompt": render_prompt(state["metrics"]), "attempts": 0, "repair_attempts": 0, "feedback": []}
+    prompt = render_prompt(state["metrics"], state.get("feed_reflection", True), state.get("command_space", "free"))
+    return {"prompt": prompt, "attempts": 0, "repair_attempts": 0, "feedback": []}

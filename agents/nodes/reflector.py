@@ -8,6 +8,8 @@ prompt.
 from __future__ import annotations
 
 import math
+import time
+from typing import Callable
 
 from agents.state import AgentState
 from bus.messages import EpochMetrics, Reflection
@@ -43,9 +45,39 @@ def judge_previous_decision(m: EpochMetrics) -> Reflection | None:
         f"{describe_change(m)}: the decision was {verdict}."
     )
     return Reflection(
-        epoch=m.epoch, about_epoch=m.history[-2].epoch, prev_val_acc=before, val_acc=after, verdict=verdict, text=text
+        epoch=m.epoch,
+        about_epoch=m.history[-2].epoch,
+        prev_val_acc=before,
+        val_acc=after,
+        verdict=verdict,
+        text=text,
+        rule_verdict=verdict,
     )
 
 
 def reflector(state: AgentState) -> dict:
+    """The rule-based reflector (no model)."""
     return {"reflection": judge_previous_decision(state["metrics"])}
+
+
+def make_reflector(judge) -> Callable[[AgentState], dict]:
+    """A reflector whose verdict comes from ``judge`` (an ``agents.llm.LLMJudge``), with the rule's
+    judgement as the fallback when the model fails; both verdicts are kept."""
+
+    def model_reflector(state: AgentState) -> dict:
+        m = state["metrics"]
+        rule = judge_previous_decision(m)
+        if rule is None:
+            return {"reflection": None}
+        started = time.perf_counter()
+        judged, failure = judge.judge(m, rule, describe_change(m))
+        latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
+        if judged is None:
+            note = {"node": "reflector", "action": "rule_fallback", "reason": failure[:500], "latency_ms": latency_ms}
+            return {"reflection": rule, "notes": [note]}
+        return {
+            "reflection": judged,
+            "notes": [{"node": "reflector", "action": "model_verdict", "latency_ms": latency_ms}],
+        }
+
+    return model_reflector

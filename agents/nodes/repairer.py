@@ -9,7 +9,9 @@ from bus.messages import UpdateCommand
 
 
 def should_retry(state: AgentState) -> bool:
-    return state.get("repair_attempts", 0) < state.get("max_repairs", 0)
+    # A failed call (server down, timeout after the client's own retries) is not something the model
+    # can fix by reading its errors: repair deterministically at once.
+    return not state.get("llm_error") and state.get("repair_attempts", 0) < state.get("max_repairs", 0)
 
 
 def deterministic_repair(state: AgentState) -> UpdateCommand:
@@ -20,6 +22,7 @@ def deterministic_repair(state: AgentState) -> UpdateCommand:
         learning_rate=partial.get("learning_rate", m.lr),
         alpha=partial.get("alpha", m.alpha),
         weight_modulation=partial.get("weight_modulation") or None,
+        weight_ops=partial.get("weight_ops") or None,
         rationale=f"deterministic repair: {partial.get('rationale', '')}"[:2000],
     )
 
@@ -27,7 +30,14 @@ def deterministic_repair(state: AgentState) -> UpdateCommand:
 def repairer(state: AgentState) -> dict:
     errors = state.get("errors", [])
     if should_retry(state):
-        return {"feedback": list(errors), "repair_attempts": state.get("repair_attempts", 0) + 1}
+        rejected = {
+            "node": "repairer",
+            "action": "re-ask",
+            "attempt": state.get("attempts", 0),
+            "errors": errors[:10],
+            "answer": state.get("raw_output", "")[:500],
+        }
+        return {"feedback": list(errors), "repair_attempts": state.get("repair_attempts", 0) + 1, "notes": [rejected]}
     reason = f"still invalid after {state.get('attempts', 0)} answer(s): " + "; ".join(errors)
     return {
         "command": deterministic_repair(state),

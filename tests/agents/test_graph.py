@@ -45,13 +45,13 @@ def test_invalid_answer_is_sent_back_with_the_exact_errors_then_repaired():
 
 
 def test_never_valid_ends_in_deterministic_repair_keeping_valid_parts():
-    bad = json.dumps({"dropout": "lots", "learning_rate": 2e-4, "alpha": 0.5})
+    bad = json.dumps({"dropout": "lots", "learning_rate": 5e-4, "alpha": 0.5})
     policy = ScriptedPolicy([bad, bad, bad])
     decision = run(policy, max_repairs=2)
     assert decision.fallback and decision.repair_attempts == 2 and not decision.valid
     assert "after 3 answer(s)" in decision.fallback_reason and "dropout must be a number" in decision.fallback_reason
     # learning_rate and alpha were valid and are kept; dropout falls back to the current value.
-    assert (decision.command.learning_rate, decision.command.alpha, decision.command.dropout) == (2e-4, 0.5, 0.2)
+    assert (decision.command.learning_rate, decision.command.alpha, decision.command.dropout) == (5e-4, 0.5, 0.2)
     assert policy.answers == []
 
 
@@ -68,10 +68,10 @@ def test_reflection_judges_the_previous_decision():
 
 
 def test_critic_added_by_name_softens_a_risky_change():
-    risky = json.dumps({"dropout": 0.5, "learning_rate": 1e-4, "alpha": 0.4, "rationale": "big jump"})
+    risky = json.dumps({"dropout": 0.4, "learning_rate": 4e-4, "alpha": 0.4, "rationale": "big jump"})
     decision = run(ScriptedPolicy([risky]), names=pipeline_with(["critic"]))
     assert decision.command.dropout == 0.25
-    assert decision.command.learning_rate == pytest.approx((1e-4 * 1e-3) ** 0.5)
+    assert decision.command.learning_rate == pytest.approx((4e-4 * 1e-3) ** 0.5)
     assert {n["action"] for n in decision.notes} == {"soften"}
 
 

@@ -21,11 +21,15 @@ def test_valid_answer_inside_prose_and_fences():
     assert (command.dropout, command.learning_rate, command.alpha, command.rationale) == (0.3, 0.0005, 0.4, "r")
 
 
-def test_out_of_range_values_are_clamped_and_recorded():
+def test_values_outside_the_trust_region_are_clamped_and_recorded():
+    # current: dropout 0.2, lr 1e-3 -> allowed dropout [0.0, 0.4], lr [3.33e-4, 3e-3], alpha [0, 1]
     command, _, clamped, errors = check({"dropout": 1.5, "learning_rate": 2.0, "alpha": -0.1, "rationale": ""})
     assert errors == []
-    assert (command.dropout, command.learning_rate, command.alpha) == (0.9, 0.1, 0.0)
-    assert clamped["dropout"] == {"from": 1.5, "to": 0.9} and clamped["alpha"] == {"from": -0.1, "to": 0.0}
+    assert (command.dropout, command.learning_rate, command.alpha) == (0.4, pytest.approx(3e-3), 0.0)
+    assert clamped["dropout"] == {"from": 1.5, "to": 0.4} and clamped["alpha"] == {"from": -0.1, "to": 0.0}
+    assert clamped["learning_rate"]["to"] == pytest.approx(3e-3)
+    command, _, clamped, _ = check({"dropout": 0.0, "learning_rate": 1e-6, "alpha": 1.0, "rationale": ""})
+    assert command.learning_rate == pytest.approx(1e-3 / 3) and "dropout" not in clamped
 
 
 @pytest.mark.parametrize(

