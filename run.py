@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 "llm_server_ready",
                 base_url=server.base_url,
                 model=settings.model,
-                pid=server.proc.pid,
+                server_pid=server.proc.pid,
                 startup_s=round(time.monotonic() - started, 2),
             )
         agent_cfg = None

@@ -127,11 +127,14 @@ class ChatCaller:
             model = self._chat_model.bind(response_format=form) if form is not None else self._chat_model
             try:
                 message = model.invoke(messages)
-            except openai.BadRequestError as exc:
-                if form is not None and len(self._formats) > 1:
-                    self._formats.pop(0)  # this server does not take that form; remember and retry
+            except openai.APIStatusError as exc:
+                # A server that does not take this form says so with 400/422 (OpenAI) or, like
+                # llama-cpp-python for json_schema, a 500 naming response_format.
+                refused = exc.status_code in (400, 422) or "response_format" in str(exc)
+                if form is not None and refused and len(self._formats) > 1:
+                    self._formats.pop(0)  # remember: every later call starts with the next form
                     continue
-                return ModelReply("", error=scrub(f"BadRequestError: {exc}")[:1000])
+                return ModelReply("", error=scrub(f"{type(exc).__name__}: {exc}")[:1000])
             except openai.APIError as exc:
                 return ModelReply("", error=scrub(f"{type(exc).__name__}: {exc}")[:1000])
             usage = getattr(message, "usage_metadata", None) or {}

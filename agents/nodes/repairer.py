@@ -38,7 +38,10 @@ def repairer(state: AgentState) -> dict:
             "answer": state.get("raw_output", "")[:500],
         }
         return {"feedback": list(errors), "repair_attempts": state.get("repair_attempts", 0) + 1, "notes": [rejected]}
-    reason = f"still invalid after {state.get('attempts', 0)} answer(s): " + "; ".join(errors)
+    if state.get("llm_error"):
+        reason = f"model call failed: {state['llm_error']}"
+    else:
+        reason = f"still invalid after {state.get('attempts', 0)} answer(s): " + "; ".join(errors)
     return {
         "command": deterministic_repair(state),
         "fallback": True,

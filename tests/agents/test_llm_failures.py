@@ -35,7 +35,15 @@ class RecordingFake(GenericFakeChatModel):
 
 
 def scripted(*answers: str) -> RecordingFake:
-    return RecordingFake(messages=iter([AIMessage(a, usage_metadata={"input_tokens": 100, "output_tokens": 20, "total_tokens": 120}) for a in answers]), calls=[])
+    return RecordingFake(
+        messages=iter(
+            [
+                AIMessage(a, usage_metadata={"input_tokens": 100, "output_tokens": 20, "total_tokens": 120})
+                for a in answers
+            ]
+        ),
+        calls=[],
+    )
 
 
 def run_llm(model, metrics=None, max_repairs=2, judge_model=None):
@@ -64,9 +72,18 @@ def test_valid_json_at_first_try_records_tokens_and_raw_text():
         ('{"dropout": 0.25, "learning_rate": 0.0005, "alph', "not valid JSON"),
         (json.dumps({**GOOD, "dropout": "0.3"}), "dropout must be a number"),
         ('{"dropout": NaN, "learning_rate": 0.0005, "alpha": 0.3, "rationale": ""}', "dropout must be finite"),
-        (json.dumps({**GOOD, "weight_modulation": [{"layer": "fc.7.weight", "op": "scale", "factor": 0.98}]}), "unknown layer 'fc.7.weight'"),
-        (json.dumps({**GOOD, "weight_modulation": {"fc.3.weight": [[0.0] * 128] * 9}}), "has shape [9, 128], expected [10, 128]"),
-        (json.dumps({**GOOD, "weight_modulation": [{"layer": "fc.3.weight", "op": "melt", "factor": 2}]}), "must have op one of"),
+        (
+            json.dumps({**GOOD, "weight_modulation": [{"layer": "fc.7.weight", "op": "scale", "factor": 0.98}]}),
+            "unknown layer 'fc.7.weight'",
+        ),
+        (
+            json.dumps({**GOOD, "weight_modulation": {"fc.3.weight": [[0.0] * 128] * 9}}),
+            "has shape [9, 128], expected [10, 128]",
+        ),
+        (
+            json.dumps({**GOOD, "weight_modulation": [{"layer": "fc.3.weight", "op": "melt", "factor": 2}]}),
+            "must have op one of",
+        ),
         (json.dumps({**GOOD, "weight_modulation": {f"fc.{i}.weight": [1.0] for i in range(40)}}), "at most 16 allowed"),
     ],
 )
@@ -99,7 +116,10 @@ def test_out_of_range_values_are_clamped_not_repaired():
 
 
 def test_compact_operations_are_validated_capped_and_seeded():
-    ops = [{"layer": "fc.3.weight", "op": "scale", "factor": 0.5}, {"layer": "conv.0.weight", "op": "noise", "scale": 0.01}]
+    ops = [
+        {"layer": "fc.3.weight", "op": "scale", "factor": 0.5},
+        {"layer": "conv.0.weight", "op": "noise", "scale": 0.01},
+    ]
     decision = run_llm(scripted(json.dumps({**GOOD, "weight_modulation": ops})))
     assert decision.valid
     scale, noise = decision.command.weight_ops
@@ -126,7 +146,7 @@ class Unreachable(GenericFakeChatModel):
 def test_an_unreachable_model_falls_back_at_once_without_repair_rounds():
     decision = run_llm(Unreachable(messages=iter([])))
     assert decision.fallback and decision.repair_attempts == 0
-    assert "model call failed: APIConnectionError" in decision.fallback_reason
+    assert decision.fallback_reason.startswith("model call failed: ") and "Connection" in decision.fallback_reason
     assert (decision.command.learning_rate, decision.command.dropout) == (1e-3, 0.2)
 
 
@@ -135,7 +155,12 @@ def test_reflection_comes_from_the_model_with_the_rule_kept_beside_it():
     judge = scripted(json.dumps({"verdict": "neutral", "text": "Accuracy barely moved.\nSecond line"}))
     decision = run_llm(scripted(json.dumps(GOOD)), metrics=metrics, judge_model=judge)
     r = decision.reflection
-    assert (r.verdict, r.rule_verdict, r.judge, r.text) == ("neutral", "harmful", "fake-judge", "Accuracy barely moved.")
+    assert (r.verdict, r.rule_verdict, r.judge, r.text) == (
+        "neutral",
+        "harmful",
+        "fake-judge",
+        "Accuracy barely moved.",
+    )
     assert "0.8500 to 0.8300" in judge.calls[0][0][-1].content
 
 
@@ -151,7 +176,9 @@ class RejectsJsonSchema(RecordingFake):
         form = kwargs.get("response_format")
         if form and form["type"] == "json_schema":
             request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
-            raise openai.BadRequestError("response_format json_schema unsupported", response=httpx.Response(400, request=request), body=None)
+            raise openai.BadRequestError(
+                "response_format json_schema unsupported", response=httpx.Response(400, request=request), body=None
+            )
         return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
 
 

@@ -1,0 +1,131 @@
+"""The LLM controller end to end: the embedded model, a remote-style endpoint, an unreachable one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.llm import LOCAL_MODEL_NAME
+from agents.llm_server import LocalLLMServer
+from bus.transport import free_tcp_endpoint
+from tests.e2e.test_run import REPO, query
+
+pytestmark = pytest.mark.e2e
+SECRET = "sk-reflectnet-test-0123456789abcdef"
+
+
+def run_py(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def check_every_guided_epoch_has_a_valid_decision(db: Path, epochs: int) -> list[tuple]:
+    rows = query(
+        db,
+        "SELECT d.epoch, d.controller, d.raw_output, d.command, d.fallback, d.latency_ms, d.prompt_tokens "
+        "FROM decisions d JOIN runs r USING (run_id) WHERE r.arm = 'guided' ORDER BY d.epoch",
+    )
+    assert [r[0] for r in rows] == list(range(1, epochs + 1))
+    for _, controller, _, command, _, _, _ in rows:
+        assert controller == "llm"
+        applied = json.loads(command)
+        assert (
+            0.0 <= applied["dropout"] <= 0.9 and 1e-6 <= applied["learning_rate"] <= 0.1 and 0 <= applied["alpha"] <= 1
+        )
+    return rows
+
+
+def test_default_run_uses_the_embedded_model(tmp_path):
+    db, out = tmp_path / "l.duckdb", tmp_path / "runs"
+    result = run_py("--regime", "10", "--epochs", "3", "--db", str(db), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "controller llm" in result.stdout and "| 10 | guided | llm | completed | 3 |" in result.stdout
+    rows = check_every_guided_epoch_has_a_valid_decision(db, 3)
+    assert all(
+        raw.strip().startswith("{") and not fallback and tokens > 100 for _, _, raw, _, fallback, _, tokens in rows
+    )
+    assert query(db, "SELECT llm_model FROM runs WHERE arm = 'guided'") == [(LOCAL_MODEL_NAME,)]
+    assert query(db, "SELECT count(*) FROM reflections WHERE judge IN (?, 'rule')", [LOCAL_MODEL_NAME]) == [(2,)]
+    (server_pid,) = {
+        json.loads(d)["server_pid"] for (d,) in query(db, "SELECT data FROM events WHERE event = 'llm_server_ready'")
+    }
+    with pytest.raises(ProcessLookupError):
+        os.kill(server_pid, 0)  # stopped at the end
+    assert (next(out.glob("*/logs")) / "llm-server.log").stat().st_size > 0
+
+
+def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path):
+    server = LocalLLMServer(tmp_path / "server.log")  # a llama.cpp server of the test's own, as a "remote"
+    server.start()
+    try:
+        server.wait_ready()
+        db, out = tmp_path / "r.duckdb", tmp_path / "runs"
+        result = run_py(
+            "--regime",
+            "10",
+            "--epochs",
+            "2",
+            "--arms",
+            "guided",
+            "--llm-base-url",
+            server.base_url,
+            "--llm-model",
+            LOCAL_MODEL_NAME,
+            "--db",
+            str(db),
+            "--out",
+            str(out),
+            env={"OPENAI_API_KEY": SECRET},
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = check_every_guided_epoch_has_a_valid_decision(db, 2)
+    assert not any(fallback for *_, fallback, _, _ in rows)
+    config = json.loads(query(db, "SELECT config FROM runs")[0][0])
+    assert config["agent"]["llm"]["provider"] == "openai" and config["agent"]["command_space"] == "free"
+    # The key is used, never written down.
+    dump = "".join(
+        str(row)
+        for table in ("runs", "decisions", "events", "reflections")
+        for row in query(db, f"SELECT * FROM {table}")
+    )
+    logs = "".join(p.read_text() for p in out.glob("*/logs/*"))
+    assert SECRET not in dump and SECRET not in logs and SECRET not in result.stdout + result.stderr
+
+
+def test_an_unreachable_endpoint_still_finishes_on_recorded_fallbacks(tmp_path):
+    db, out = tmp_path / "u.duckdb", tmp_path / "runs"
+    closed_port = free_tcp_endpoint().rsplit(":", 1)[1]
+    result = run_py(
+        "--regime",
+        "10",
+        "--epochs",
+        "3",
+        "--arms",
+        "guided",
+        "--llm-base-url",
+        f"http://127.0.0.1:{closed_port}/v1",
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = query(db, "SELECT epoch, fallback, fallback_reason, repair_attempts FROM decisions ORDER BY epoch")
+    assert [(e, f, a) for e, f, _, a in rows] == [(1, True, 0), (2, True, 0), (3, True, 0)]
+    assert all(reason.startswith("model call failed: ") and "Connection" in reason for _, _, reason, _ in rows)
+    assert query(db, "SELECT status FROM runs") == [("completed",)]
+    assert query(db, "SELECT fallback_rate FROM controller_reliability") == [(1.0,)]
