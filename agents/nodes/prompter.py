@@ -9,7 +9,7 @@ from agents.state import AgentState
 from agents.trends import training_trends
 from bus.messages import EpochMetrics
 
-HISTORY_ROWS = 6  # with the rest, ~700 tokens: well inside the local model's 2048-token context
+HISTORY_ROWS = 5  # with the rest, ~700 tokens: well inside the local model's 2048-token context
 
 
 LR_CHOICES = (0.5, 1.0, 2.0)  # grid: the learning rate may be halved, kept or doubled
@@ -38,23 +38,29 @@ def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
             "alpha": {"enum": sorted({*ALPHA_CHOICES, round(m.alpha, 2)})},
         }
         values = {key: {"enum": OP_CHOICES[key]} for key in OP_VALUE_KEYS.values()}
+        max_ops = 1
     else:
         fields = {name: {"type": "number", "minimum": low, "maximum": high} for name, (low, high) in ranges.items()}
         values = {key: {"type": "number"} for key in OP_VALUE_KEYS.values()}
+        max_ops = 4
+    layers = {"type": "string", "enum": [n for n in m.param_shapes if n.endswith("weight")]}
+    # One alternative per operation, each requiring its own value key, so constrained decoding
+    # cannot emit an operation without its number.
     operation = {
-        "type": "object",
-        "properties": {
-            "layer": {"type": "string", "enum": [n for n in m.param_shapes if n.endswith("weight")]},
-            "op": {"type": "string", "enum": list(OP_VALUE_KEYS)},
-            **values,
-        },
-        "required": ["layer", "op"],
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"layer": layers, "op": {"const": op}, key: values[key]},
+                "required": ["layer", "op", key],
+            }
+            for op, key in OP_VALUE_KEYS.items()
+        ]
     }
     return {
         "type": "object",
         "properties": {
             **fields,
-            "weight_modulation": {"type": "array", "items": operation, "maxItems": 2},
+            "weight_modulation": {"type": "array", "items": operation, "maxItems": max_ops},
             "rationale": {"type": "string", "maxLength": 300},
         },
         "required": ["dropout", "learning_rate", "alpha", "rationale"],
@@ -108,23 +114,15 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
         f"Current: dropout {m.dropout:.2f}, learning_rate {m.lr:.2e}, alpha {m.alpha:.2f}.",
     ]
     if m.previous_command is not None:
-        pc = m.previous_command
-        lines.append(
-            f"Your previous command: dropout {pc.dropout:.2f}, learning_rate {pc.learning_rate:.2e}, "
-            f"alpha {pc.alpha:.2f} ({pc.rationale[:120]})."
-        )
-    if feed_reflection and m.previous_reflection is not None:
-        lines.append(f"Verdict on it: {m.previous_reflection.verdict}. {m.previous_reflection.text[:200]}")
-    keep = {
-        "dropout": round(m.dropout, 4),
-        "learning_rate": m.lr,
-        "alpha": round(m.alpha, 4),
-        "rationale": "validation accuracy still improves",
-    }
+        # The previous command is what "Current" shows (it was applied); its reason is what is new.
+        previous = f"That was your previous command: {m.previous_command.rationale[:80]!r}."
+        if feed_reflection and m.previous_reflection is not None:
+            previous += f" Verdict on it: {m.previous_reflection.verdict} ({m.previous_reflection.text[:80]})."
+        lines.append(previous)
     lines += [
         "Allowed now: " + ", ".join(f"{name} in [{low:.3g}, {high:.3g}]" for name, (low, high) in ranges.items()) + ".",
-        "Schema: " + json.dumps(prompt_schema(m, command_space), separators=(",", ":")),
-        "Example that keeps everything: " + json.dumps(keep),
+        "To keep a value, repeat the current one. Schema: "
+        + json.dumps(prompt_schema(m, command_space), separators=(",", ":")),
     ]
     return "\n".join(lines)
 

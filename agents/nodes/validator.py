@@ -60,7 +60,7 @@ def extract_json_object(text: str) -> Any:
     start, end = text.find("{"), text.rfind("}")
     if start == -1 or end < start:
         raise ValueError("answer contains no JSON object")
-    return json.loads(text[start : end + 1])
+    return json.loads(text[start : end + 1], strict=False)  # tolerate raw newlines inside strings
 
 
 def _check_number(name: str, value: Any, bounds: tuple[float, float], clamped: dict, errors: list[str]) -> float | None:
