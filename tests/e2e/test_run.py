@@ -55,7 +55,19 @@ def wait_for_epoch(out: Path, epoch: int, proc: subprocess.Popen, timeout: float
 def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
     db, out = tmp_path / "r.duckdb", tmp_path / "runs"
     result = run_py(
-        "--regime", "10", "--epochs", "5", "--nodes", "critic", "--db", str(db), "--out", str(out), tmp_path=tmp_path
+        "--regime",
+        "10",
+        "--epochs",
+        "5",
+        "--controller",
+        "heuristic",
+        "--nodes",
+        "critic",
+        "--db",
+        str(db),
+        "--out",
+        str(out),
+        tmp_path=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert "| 10 | baseline | none | completed | 5 |" in result.stdout
@@ -164,6 +176,8 @@ def test_killed_agent_leaves_the_trainer_finishing_on_fallbacks(tmp_path):
         "6",
         "--arms",
         "guided",
+        "--controller",
+        "heuristic",
         "--agent-timeout",
         "1",
         "--agent-retries",
