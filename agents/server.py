@@ -6,14 +6,11 @@ Requests are idempotent: the same (run_id, epoch) asked twice — a trainer retr
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import time
 import traceback
 from collections import OrderedDict
-from pathlib import Path
 
 import zmq
 
@@ -21,6 +18,7 @@ from agents.config import AgentConfig
 from agents.graph import build_agent_graph
 from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
 from agents.policies import HeuristicPolicy, Policy
+from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Ready, decode, encode
 from bus.transport import RecordSender
@@ -73,10 +71,6 @@ def decide(
     )
 
 
-class Stop(Exception):
-    pass
-
-
 def serve(cfg: AgentConfig) -> int:
     ctx = zmq.Context()
     sender = RecordSender(ctx, cfg.recorder_endpoint)
@@ -88,11 +82,7 @@ def serve(cfg: AgentConfig) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     parent = os.getppid()
 
-    def on_signal(signum, _frame):
-        raise Stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals()
     try:
         sock.bind(cfg.endpoint)
         log.info(
@@ -162,15 +152,11 @@ def serve(cfg: AgentConfig) -> int:
         print(f"agent: cannot bind {cfg.endpoint}: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_signals()
         sock.close()
         sender.close()
         ctx.term()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents", description="ReflectNet agent process")
-    parser.add_argument("--config", type=Path, required=True, help="AgentConfig JSON written by run.py")
-    args = parser.parse_args(argv)
-    return serve(AgentConfig.model_validate_json(args.config.read_text()))
+    return serve(read_config(AgentConfig, "python -m agents", "ReflectNet agent process", argv))

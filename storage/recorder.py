@@ -9,10 +9,8 @@ checkpoints first. Rows are keyed (run_id, epoch), so a record delivered twice i
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,6 +20,7 @@ import duckdb
 import zmq
 from pydantic import BaseModel, ConfigDict
 
+from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
 from bus.log import configure_logging
 from bus.messages import (
     BusDecodeError,
@@ -190,10 +189,6 @@ class RecordBuffer:
         return flushed
 
 
-class Stop(Exception):
-    pass
-
-
 def serve(cfg: RecorderConfig) -> int:
     try:
         con = duckdb.connect(str(cfg.db_path))
@@ -211,11 +206,7 @@ def serve(cfg: RecorderConfig) -> int:
     control.setsockopt(zmq.LINGER, 1000)
     parent = os.getppid()
 
-    def on_signal(signum, _frame):
-        raise Stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals()
 
     def receive(frames: list[bytes]) -> None:
         try:
@@ -288,8 +279,7 @@ def serve(cfg: RecorderConfig) -> int:
         print(f"recorder: cannot bind {cfg.endpoint}: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_signals()
         log.info("recorder_closing", rows_written=buffer.written + buffer.pending)
         buffer.flush()
         con.execute("CHECKPOINT")
@@ -300,7 +290,4 @@ def serve(cfg: RecorderConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storage", description="ReflectNet recorder process")
-    parser.add_argument("--config", type=Path, required=True, help="RecorderConfig JSON written by run.py")
-    args = parser.parse_args(argv)
-    return serve(RecorderConfig.model_validate_json(args.config.read_text()))
+    return serve(read_config(RecorderConfig, "python -m storage", "ReflectNet recorder process", argv))

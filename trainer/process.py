@@ -5,16 +5,14 @@ Run as ``python -m trainer --config <run_dir>/<run_id>.trainer.json`` (run.py do
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import time
-from pathlib import Path
 
 import torch
 import zmq
 
+from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
 from bus.log import configure_logging
 from bus.messages import (
     Decision,
@@ -36,10 +34,6 @@ from trainer.model import ReflectCNN
 from trainer.modulation import deltas_from_command
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_ORPHANED = 0, 1, 130, 3
-
-
-class Stop(Exception):
-    """Raised from the signal handler so the epoch loop unwinds through its ``finally`` blocks."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -99,11 +93,7 @@ def run(cfg: TrainerConfig) -> int:
     agent: RequestClient | None = None
     parent = os.getppid()
 
-    def on_signal(signum, _frame):
-        raise Stop(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals()
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -146,59 +136,25 @@ def run(cfg: TrainerConfig) -> int:
             ev = evaluate(model, val_x, val_y)
             wall_s = time.perf_counter() - started
             norms = weight_norms(model)
-            sender.send(
-                EpochRecord(
-                    run_id=cfg.run_id,
-                    epoch=epoch,
-                    train_loss=tr.loss,
-                    train_acc=tr.acc,
-                    val_loss=ev.loss,
-                    val_acc=ev.acc,
-                    lr=lr,
-                    dropout=dropout,
-                    alpha=alpha,
-                    wall_s=wall_s,
-                    per_class_val_acc=ev.per_class_acc,
-                    grad_norms=tr.grad_norms,
-                    weight_norms=norms,
-                )
-            )
-            history.append(
-                EpochSummary(
-                    epoch=epoch,
-                    train_loss=tr.loss,
-                    train_acc=tr.acc,
-                    val_loss=ev.loss,
-                    val_acc=ev.acc,
-                    lr=lr,
-                    dropout=dropout,
-                    alpha=alpha,
-                )
-            )
+            summary = EpochSummary(
+                epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss, val_acc=ev.acc,
+                lr=lr, dropout=dropout, alpha=alpha,
+            )  # fmt: skip
+            detail = {
+                "wall_s": wall_s,
+                "per_class_val_acc": ev.per_class_acc,
+                "grad_norms": tr.grad_norms,
+                "weight_norms": norms,
+            }
+            sender.send(EpochRecord(run_id=cfg.run_id, **summary.model_dump(), **detail))
+            history.append(summary)
             decision = None
             if agent is not None:
                 metrics = EpochMetrics(
-                    run_id=cfg.run_id,
-                    epoch=epoch,
-                    epochs_total=cfg.epochs,
-                    regime=cfg.regime,
-                    n_train=len(train_x),
-                    train_loss=tr.loss,
-                    train_acc=tr.acc,
-                    val_loss=ev.loss,
-                    val_acc=ev.acc,
-                    per_class_val_acc=ev.per_class_acc,
-                    grad_norms=tr.grad_norms,
-                    weight_norms=norms,
-                    param_shapes=param_shapes,
-                    lr=lr,
-                    dropout=dropout,
-                    alpha=alpha,
-                    wall_s=wall_s,
-                    history=history[-20:],
-                    previous_command=previous_command,
-                    previous_reflection=previous_reflection,
-                )
+                    run_id=cfg.run_id, epochs_total=cfg.epochs, regime=cfg.regime, n_train=len(train_x),
+                    param_shapes=param_shapes, history=history[-20:], previous_command=previous_command,
+                    previous_reflection=previous_reflection, **summary.model_dump(), **detail,
+                )  # fmt: skip
                 decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, log)
                 applied = epoch < cfg.epochs
                 sender.send(DecisionRecord(decision=decision, applied=applied))
@@ -227,8 +183,7 @@ def run(cfg: TrainerConfig) -> int:
         print(f"trainer failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_signals()
         if agent is not None:
             agent.close()
         sender.close()  # linger delivers queued records to a live recorder, bounded if it is gone
@@ -257,8 +212,4 @@ def ask_agent(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="ReflectNet trainer process")
-    parser.add_argument("--config", type=Path, required=True, help="TrainerConfig JSON written by run.py")
-    args = parser.parse_args(argv)
-    cfg = TrainerConfig.model_validate_json(args.config.read_text())
-    return run(cfg)
+    return run(read_config(TrainerConfig, "python -m trainer", "ReflectNet trainer process", argv))

@@ -1,0 +1,40 @@
+"""What every child process does the same way: read its config, turn SIGTERM/SIGINT into an
+exception that unwinds through ``finally`` blocks, and stop reacting to signals while it cleans up."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class Stop(Exception):
+    """Raised in the main thread when the process is asked to stop (SIGTERM or SIGINT)."""
+
+
+def _raise_stop(signum, _frame):
+    raise Stop(signal.Signals(signum).name)
+
+
+def stop_on_signals() -> None:
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+
+
+def ignore_signals() -> None:
+    """For shutdown: a second signal must not abandon a cleanup half-way."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def read_config(config_cls: type[ConfigT], prog: str, description: str, argv: list[str] | None = None) -> ConfigT:
+    """The process's config from ``--config <json file>`` written by run.py."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", type=Path, required=True, help=f"{config_cls.__name__} JSON written by run.py")
+    args = parser.parse_args(argv)
+    return config_cls.model_validate_json(args.config.read_text())
