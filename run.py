@@ -10,6 +10,8 @@ over ZeroMQ on loopback; this process starts, watches and stops them, and prints
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import signal
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from storage.schema import migrate
 from trainer.config import TrainerConfig
 from trainer.data import REGIMES, default_data_dir
 
-CONTROLLERS = ("none", "heuristic", "llm")
+CONTROLLERS = ("none", "heuristic", "plateau", "llm")
 DEFAULTS = {
     "regime": "1pct",
     "controller": "llm",
@@ -88,6 +90,24 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
     return parse
 
 
+def _choice_list(choices, everything: str | None = None):
+    """An argparse type for a comma list of ``choices`` (or ``everything`` for all of them), in order."""
+
+    def parse(text: str) -> list[str]:
+        if everything is not None and text == everything:
+            return list(choices)
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        bad = [item for item in items if item not in choices]
+        if bad or not items:
+            allowed = ", ".join(choices) + (f", or {everything}" if everything else "")
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: {', '.join(map(repr, bad)) or repr(text)} (choose from {allowed})"
+            )
+        return list(dict.fromkeys(items))
+
+    return parse
+
+
 _positive_int = _number(int, 1)
 _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0.0, low_open=True)
@@ -102,16 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--regime",
-        choices=list(REGIMES),
-        default=d["regime"],
-        help=f"training-set size: {', '.join(f'{k}={v}' for k, v in REGIMES.items())} (default: {d['regime']})",
+        type=_choice_list(REGIMES, "all"),
+        default=[d["regime"]],
+        help=f"training-set size, a comma list, or 'all': {', '.join(f'{k}={v}' for k, v in REGIMES.items())} "
+        f"(default: {d['regime']})",
     )
     p.add_argument(
         "--controller",
-        choices=CONTROLLERS,
-        default=d["controller"],
-        help=f"who steers the guided arm: a language model ('llm'), the rule policy ('heuristic'), or nobody "
-        f"('none' runs the baseline only) (default: {d['controller']})",
+        type=_choice_list(CONTROLLERS),
+        default=[d["controller"]],
+        help="who steers the guided arm, or a comma list of them: a language model ('llm'), the rule policy "
+        "('heuristic'), torch's ReduceLROnPlateau ('plateau'), or nobody ('none': the baseline arm only) "
+        f"(default: {d['controller']})",
     )
     p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help=f"epochs per arm (default: {d['epochs']})")
     p.add_argument(
@@ -119,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=d["seed"],
         help=f"seed for data subset, init and batch order (default: {d['seed']})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="number of seeds, starting at --seed; every regime x controller runs once per seed (default: 1)",
+    )
+    p.add_argument(
+        "--rerun",
+        action="store_true",
+        help="run again what the database already holds as completed with the same settings (default: skip it)",
     )
     p.add_argument("--db", type=Path, default=d["db"], help=f"DuckDB file to record into (default: {d['db']})")
     p.add_argument(
@@ -237,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def llm_settings(args: argparse.Namespace) -> LLMSettings | None:
-    if args.controller != "llm":
+    if "llm" not in args.controller:
         return None
     remote = args.llm == "openai" or args.llm_base_url is not None
     return LLMSettings(
@@ -261,7 +294,7 @@ def agent_timeout_s(args: argparse.Namespace) -> float:
     """Per-try wait of the trainer: the flag, or long enough for every model call of one decision."""
     if args.agent_timeout is not None:
         return args.agent_timeout
-    if args.controller != "llm":
+    if "llm" not in args.controller:
         return DEFAULTS["heuristic_agent_timeout"]
     calls = (args.max_repairs + 1) * (args.llm_max_retries + 1) + (0 if args.no_llm_reflection else 1)
     return calls * args.llm_timeout + 10.0
@@ -269,11 +302,52 @@ def agent_timeout_s(args: argparse.Namespace) -> float:
 
 @dataclass
 class Arm:
-    name: str
-    run_id: str
-    trainer: TrainerConfig
+    """One training run of the sweep: (regime, seed) x baseline or a guided controller."""
+
+    name: str  # baseline | guided
     controller: str
+    regime: str
+    seed: int
+    pair_id: str
+    run_id: str
+    fingerprint: str  # what makes two runs the same experiment; a completed one is not run again
     status: str = "pending"
+
+
+def plan_arms(args: argparse.Namespace, pipeline: list[str], settings: LLMSettings | None) -> list[Arm]:
+    """Every run the command asks for, baseline first within each (regime, seed) pair."""
+    guided = [c for c in args.controller if c != "none"] if args.arms in ("both", "guided") else []
+    with_baseline = args.arms in ("both", "baseline") or args.controller == ["none"]
+    arms = []
+    for regime in args.regime:
+        for seed in range(args.seed, args.seed + args.seeds):
+            pair_id = uuid.uuid4().hex[:12]
+            for name, controller in ([("baseline", "none")] if with_baseline else []) + [("guided", c) for c in guided]:
+                experiment = {
+                    "regime": regime, "seed": seed, "epochs": args.epochs, "batch_size": args.batch_size,
+                    "arm": name, "controller": controller,
+                }  # fmt: skip
+                if controller != "none":
+                    experiment |= {"nodes": pipeline, "max_repairs": args.max_repairs}
+                if controller == "llm":
+                    experiment |= {
+                        "llm_model": settings.model, "llm_provider": settings.provider,
+                        "command_space": command_space(args, settings), "temperature": settings.temperature,
+                        "llm_reflection": not args.no_llm_reflection, "feed_reflection": not args.no_reflection_feedback,
+                    }  # fmt: skip
+                fingerprint = hashlib.sha256(json.dumps(experiment, sort_keys=True).encode()).hexdigest()[:16]
+                run_id = f"{pair_id}-{name if controller == 'none' else controller}"
+                arms.append(Arm(name, controller, regime, seed, pair_id, run_id, fingerprint))
+    return arms
+
+
+def completed_runs(db: Path) -> dict[str, str]:
+    """fingerprint -> run_id of every completed run in the database."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT config->>'fingerprint', run_id FROM runs WHERE status = 'completed' ORDER BY finished_at"
+        ).fetchall()
+    return {fingerprint: run_id for fingerprint, run_id in rows if fingerprint}
 
 
 @dataclass
@@ -341,7 +415,7 @@ def validate_args(args: argparse.Namespace) -> list[str]:
             raise CliError("--device cuda: torch.cuda.is_available() is False on this machine")
     if args.llm_base_url is not None and not args.llm_base_url.startswith(("http://", "https://")):
         raise CliError(f"--llm-base-url must start with http:// or https://, got {args.llm_base_url!r}")
-    if args.controller == "none" and args.arms == "guided":
+    if args.controller == ["none"] and args.arms == "guided":
         raise CliError("--arms guided needs a controller; --controller none runs the baseline only")
     preflight_database(args.db)
     return pipeline_with(extras)
@@ -355,16 +429,17 @@ def print_results(db: Path, run_ids: list[str]) -> None:
         return
     with con:
         rows = con.execute(
-            "SELECT arm, regime, controller, status, epochs_run, final_val_acc, max_val_acc, final_train_acc "
-            "FROM run_results WHERE run_id IN (SELECT unnest(?)) ORDER BY arm",
+            "SELECT arm, regime, controller, seed, status, epochs_run, final_val_acc, max_val_acc, final_train_acc "
+            "FROM run_results WHERE run_id IN (SELECT unnest(?)) ORDER BY n_train DESC, seed, arm, controller",
             [run_ids],
         ).fetchall()
     print()
-    print("| Regime | Model | Controller | Status | Epochs | Final Val Acc | Max Val Acc | Train Acc |")
-    print("|---|---|---|---|---|---|---|---|")
-    for arm, regime, controller, status, epochs, final_val, max_val, train in rows:
+    print("| Regime | Seed | Model | Controller | Status | Epochs | Final Val Acc | Max Val Acc | Train Acc |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arm, regime, controller, seed, status, epochs, final_val, max_val, train in rows:
         print(
-            f"| {regime} | {arm} | {controller} | {status} | {epochs} | {final_val:.4f} | {max_val:.4f} | {train:.4f} |"
+            f"| {regime} | {seed} | {arm} | {controller} | {status} | {epochs} | {final_val:.4f} | {max_val:.4f} "
+            f"| {train:.4f} |"
         )
     print(
         f"\nrecorded in {db}; try: python -c \"import duckdb; print(duckdb.sql('SELECT * FROM paper_table', "
@@ -381,10 +456,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
 
+    settings = llm_settings(args)
+    arms = plan_arms(args, pipeline, settings)
+    done = {} if args.rerun else completed_runs(args.db)
+    for arm in arms:
+        if arm.fingerprint in done:
+            arm.run_id, arm.status = done[arm.fingerprint], "completed"
+    todo = [arm for arm in arms if arm.status == "pending"]
+    regimes = ",".join(args.regime)
+    print(
+        f"ReflectNet | regime {regimes} | seeds {args.seed}..{args.seed + args.seeds - 1} | {args.epochs} epochs | "
+        f"controller {','.join(args.controller)} | {len(arms)} run(s), {len(arms) - len(todo)} already completed in "
+        f"{args.db}",
+        flush=True,
+    )
+    if not todo:
+        print_results(args.db, [a.run_id for a in arms])
+        return 0
+
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    pair_id = uuid.uuid4().hex[:12]
-    run_dir = args.out / f"{stamp}-{args.regime}-{pair_id}"
+    run_dir = args.out / f"{stamp}-{regimes.replace(',', '_')}-{uuid.uuid4().hex[:8]}"
     run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"run directory {run_dir}", flush=True)
     orch = Orchestrator(args, run_dir)
     recorder_cfg = RecorderConfig(
         db_path=args.db.resolve(),
@@ -396,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     log = configure_logging("orchestrator", run_dir / "logs", forward=sender.send)
     control = RequestClient(orch.ctx, recorder_cfg.control_endpoint, timeout_ms=5000, retries=0)
     interrupted = failed_to_start = False
-    arms: list[Arm] = []
+    agents: dict[str, AgentConfig] = {}
+    running: Arm | None = None
     try:
         recorder = orch.spawn("recorder", "storage", recorder_cfg)
         if not wait_for_recorder(control, recorder):
@@ -405,67 +499,64 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
-
-        arms = plan_arms(args, pair_id, run_dir, recorder_cfg.endpoint)
-        print(
-            f"ReflectNet | regime {args.regime} ({REGIMES[args.regime]} images) | seed {args.seed} | "
-            f"{args.epochs} epochs | controller {args.controller} | run directory {run_dir}",
-            flush=True,
-        )
-        agent_endpoint = next((a.trainer.agent_endpoint for a in arms if a.trainer.agent_endpoint), None)
-        settings = llm_settings(args)
-        if agent_endpoint and settings is not None and settings.provider == "local":
-            server = LocalLLMServer(run_dir / "logs" / "llm-server.log")
-            orch.children["llm"] = server.start()
-            started = time.monotonic()
-            server.wait_ready()
-            settings = settings.model_copy(update={"base_url": server.base_url})
-            log.info(
-                "llm_server_ready",
-                base_url=server.base_url,
-                model=settings.model,
-                server_pid=server.proc.pid,
-                startup_s=round(time.monotonic() - started, 2),
+        if settings is not None and settings.provider == "local" and any(a.controller == "llm" for a in todo):
+            settings = start_local_llm(orch, settings, log)
+        for number, arm in enumerate(todo, 1):
+            agent_cfg = None
+            if arm.controller != "none":
+                if arm.controller not in agents:
+                    agents[arm.controller] = AgentConfig(
+                        endpoint=free_tcp_endpoint(),
+                        recorder_endpoint=recorder_cfg.endpoint,
+                        run_dir=run_dir.resolve(),
+                        controller=arm.controller,
+                        llm=settings if arm.controller == "llm" else None,
+                        llm_reflection=not args.no_llm_reflection,
+                        feed_reflection=not args.no_reflection_feedback,
+                        command_space=command_space(args, settings),
+                        nodes=pipeline,
+                        max_repairs=args.max_repairs,
+                    )
+                    orch.spawn(f"agent-{arm.controller}", "agents", agents[arm.controller])
+                agent_cfg = agents[arm.controller]
+            trainer_cfg = TrainerConfig(
+                run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, regime=arm.regime,
+                seed=arm.seed, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                data_dir=(args.data_dir or default_data_dir()).resolve(), run_dir=run_dir.resolve(),
+                recorder_endpoint=recorder_cfg.endpoint, agent_endpoint=agent_cfg.endpoint if agent_cfg else None,
+                agent_timeout_ms=int(agent_timeout_s(args) * 1000), agent_retries=args.agent_retries,
+            )  # fmt: skip
+            print(
+                f"[{number}/{len(todo)}] regime {arm.regime} ({REGIMES[arm.regime]} images) | seed {arm.seed} | "
+                f"{arm.name} | controller {arm.controller}",
+                flush=True,
             )
-        agent_cfg = None
-        if agent_endpoint:
-            agent_cfg = AgentConfig(
-                endpoint=agent_endpoint,
-                recorder_endpoint=recorder_cfg.endpoint,
-                run_dir=run_dir.resolve(),
-                controller=args.controller,
-                llm=settings,
-                llm_reflection=not args.no_llm_reflection,
-                feed_reflection=not args.no_reflection_feedback,
-                command_space=command_space(args, settings),
-                nodes=pipeline,
-                max_repairs=args.max_repairs,
-            )
-            orch.spawn("agent", "agents", agent_cfg)
-        for arm in arms:
             sender.send(
                 RunStarted(
                     run_id=arm.run_id,
-                    pair_id=pair_id,
+                    pair_id=arm.pair_id,
                     arm=arm.name,
-                    regime=args.regime,
-                    n_train=REGIMES[args.regime],
+                    regime=arm.regime,
+                    n_train=REGIMES[arm.regime],
                     controller=arm.controller,
-                    llm_model=settings.model if settings is not None and arm.name == "guided" else None,
-                    seed=args.seed,
+                    llm_model=settings.model if arm.controller == "llm" else None,
+                    seed=arm.seed,
                     epochs=args.epochs,
                     started_at=_utc_now(),
                     config={
-                        "trainer": arm.trainer.model_dump(mode="json"),
-                        "agent": agent_cfg.model_dump(mode="json") if agent_cfg and arm.name == "guided" else None,
+                        "fingerprint": arm.fingerprint,
+                        "trainer": trainer_cfg.model_dump(mode="json"),
+                        "agent": agent_cfg.model_dump(mode="json") if agent_cfg else None,
                         "cli": {k: str(v) for k, v in vars(args).items()},
                     },
                 )
             )
-            log.info("arm_started", run_id=arm.run_id, arm=arm.name)
-            trainer = orch.spawn(f"trainer-{arm.name}", "trainer", arm.trainer)
+            log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
+            running = arm
+            trainer = orch.spawn("trainer", "trainer", trainer_cfg)
             code = trainer.wait()
-            orch.children.pop(f"trainer-{arm.name}", None)
+            running = None
+            orch.children.pop("trainer", None)
             arm.status = {0: "completed", 130: "interrupted"}.get(code, "failed")
             sender.send(
                 RunFinished(
@@ -476,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=code)
-            if arm.status != "completed":
-                break
+            if arm.status == "interrupted":
+                raise KeyboardInterrupt
     except LLMServerError as exc:
         failed_to_start = True
         log.error("llm_server_failed", error=str(exc))
@@ -485,18 +576,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
-        for name in [n for n in orch.children if n.startswith("trainer")]:
-            orch.stop_child(name)
-        for arm in arms:
-            if arm.status == "pending" and arm.run_id:
-                arm.status = "interrupted"
-                sender.send(
-                    RunFinished(run_id=arm.run_id, status="interrupted", finished_at=_utc_now(), reason="SIGINT")
-                )
+        orch.stop_child("trainer")
+        if running is not None:
+            running.status = "interrupted"
+            sender.send(
+                RunFinished(run_id=running.run_id, status="interrupted", finished_at=_utc_now(), reason="SIGINT")
+            )
         log.warning("interrupted")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the shutdown
-        orch.stop_child("agent")
+        for name in [n for n in orch.children if n.startswith("agent")]:
+            orch.stop_child(name)
         orch.stop_child("llm")
         log.info("shutdown", interrupted=interrupted)
         sender.close()  # LINGER hands every queued record to the recorder before it is told to stop
@@ -508,12 +598,28 @@ def main(argv: list[str] | None = None) -> int:
         control.close()
         orch.ctx.term()
     if any(a.status != "pending" for a in arms):
-        print_results(args.db, [a.run_id for a in arms])
+        print_results(args.db, [a.run_id for a in arms if a.status != "pending"])
     if interrupted:
         return 130
     if failed_to_start:
         return 1
     return 0 if all(a.status == "completed" for a in arms) else 1
+
+
+def start_local_llm(orch: Orchestrator, settings: LLMSettings, log) -> LLMSettings:
+    """Start the embedded model server, wait until it answers; the settings then point at it."""
+    server = LocalLLMServer(orch.run_dir / "logs" / "llm-server.log")
+    orch.children["llm"] = server.start()
+    started = time.monotonic()
+    server.wait_ready()
+    log.info(
+        "llm_server_ready",
+        base_url=server.base_url,
+        model=settings.model,
+        server_pid=server.proc.pid,
+        startup_s=round(time.monotonic() - started, 2),
+    )
+    return settings.model_copy(update={"base_url": server.base_url})
 
 
 def wait_for_recorder(control: RequestClient, recorder: subprocess.Popen) -> bool:
@@ -524,42 +630,6 @@ def wait_for_recorder(control: RequestClient, recorder: subprocess.Popen) -> boo
         if isinstance(outcome.reply, ControlReply) and outcome.reply.ok:
             return True
     return False
-
-
-def plan_arms(args: argparse.Namespace, pair_id: str, run_dir: Path, recorder_endpoint: str) -> list[Arm]:
-    wanted = ["baseline", "guided"] if args.arms == "both" else [args.arms]
-    if args.controller == "none":
-        wanted = ["baseline"]
-    agent_endpoint = free_tcp_endpoint()
-    arms = []
-    for name in wanted:
-        run_id = f"{pair_id}-{name}"
-        controller = "none" if name == "baseline" else args.controller
-        arms.append(
-            Arm(
-                name,
-                run_id,
-                TrainerConfig(
-                    run_id=run_id,
-                    pair_id=pair_id,
-                    arm=name,
-                    controller=controller,
-                    regime=args.regime,
-                    seed=args.seed,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    device=args.device,
-                    data_dir=(args.data_dir or default_data_dir()).resolve(),
-                    run_dir=run_dir.resolve(),
-                    recorder_endpoint=recorder_endpoint,
-                    agent_endpoint=agent_endpoint if name == "guided" else None,
-                    agent_timeout_ms=int(agent_timeout_s(args) * 1000),
-                    agent_retries=args.agent_retries,
-                ),
-                controller,
-            )
-        )
-    return arms
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ class AgentConfig(BaseModel):
     endpoint: str  # REP: EpochMetrics in, Decision out
     recorder_endpoint: str
     run_dir: Path
-    controller: Literal["heuristic", "llm"] = "heuristic"
+    controller: Literal["heuristic", "plateau", "llm"] = "heuristic"
     llm: LLMSettings | None = None  # required when controller == "llm"
     llm_reflection: bool = True  # the model judges the previous decision (rule judgement as fallback)
     feed_reflection: bool = True  # the verdict goes into the next prompt

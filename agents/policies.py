@@ -7,6 +7,7 @@ a command, exactly as a chat model would; the validator treats every policy's an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -63,4 +64,43 @@ class HeuristicPolicy:
         else:
             rationale = "steady: keep the current hyperparameters"
         command = {"dropout": dropout, "learning_rate": lr, "alpha": m.alpha, "rationale": rationale}
+        return ControllerAnswer(json.dumps(command))
+
+
+class PlateauPolicy:
+    """torch's ``ReduceLROnPlateau`` as a peer controller: the real scheduler, replayed over the run's
+    validation losses, so its semantics (threshold, patience, cooldown, min_lr) are torch's own.
+
+    Defaults differ from torch's (factor 0.1, patience 10) because ReflectNet runs are tens of epochs:
+    factor 0.5, patience 2. Dropout and alpha are never changed.
+    """
+
+    name = "plateau"
+
+    def __init__(self, factor: float = 0.5, patience: int = 2, threshold: float = 1e-4, min_lr: float = MIN_LR):
+        self.factor, self.patience, self.threshold, self.min_lr = factor, patience, threshold, min_lr
+
+    def propose(self, state: AgentState) -> ControllerAnswer:
+        import torch
+
+        m = state["metrics"]
+        initial_lr = m.history[0].lr if m.history else m.lr
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=initial_lr)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="min",
+            factor=self.factor,
+            patience=self.patience,
+            threshold=self.threshold,
+            min_lr=self.min_lr,
+        )
+        for h in m.history:
+            scheduler.step(h.val_loss)
+        lr = optimizer.param_groups[0]["lr"]
+        reductions = 0 if lr == initial_lr else round(math.log(lr / initial_lr) / math.log(self.factor))
+        rationale = (
+            f"ReduceLROnPlateau(factor={self.factor}, patience={self.patience}): best val_loss {scheduler.best:.4f}, "
+            f"{scheduler.num_bad_epochs} bad epoch(s), {reductions} reduction(s) so far"
+        )
+        command = {"dropout": m.dropout, "learning_rate": lr, "alpha": m.alpha, "rationale": rationale}
         return ControllerAnswer(json.dumps(command))

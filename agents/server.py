@@ -17,7 +17,7 @@ import zmq
 from agents.config import AgentConfig
 from agents.graph import build_agent_graph
 from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
-from agents.policies import HeuristicPolicy, Policy
+from agents.policies import HeuristicPolicy, PlateauPolicy, Policy
 from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Ready, decode, encode
@@ -27,6 +27,8 @@ from bus.transport import RecordSender
 def make_policy_and_judge(cfg: AgentConfig) -> tuple[Policy, LLMJudge | None]:
     if cfg.controller == "heuristic":
         return HeuristicPolicy(), None
+    if cfg.controller == "plateau":
+        return PlateauPolicy(), None
     if cfg.llm is None:
         raise ValueError("controller 'llm' needs llm settings")
     chat_model = make_chat_model(cfg.llm)

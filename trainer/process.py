@@ -152,7 +152,7 @@ def run(cfg: TrainerConfig) -> int:
             if agent is not None:
                 metrics = EpochMetrics(
                     run_id=cfg.run_id, epochs_total=cfg.epochs, regime=cfg.regime, n_train=len(train_x),
-                    param_shapes=param_shapes, history=history[-20:], previous_command=previous_command,
+                    param_shapes=param_shapes, history=history, previous_command=previous_command,
                     previous_reflection=previous_reflection, **summary.model_dump(), **detail,
                 )  # fmt: skip
                 decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, log)

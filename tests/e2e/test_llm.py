@@ -50,7 +50,7 @@ def test_default_run_uses_the_embedded_model(tmp_path):
     db, out = tmp_path / "l.duckdb", tmp_path / "runs"
     result = run_py("--regime", "10", "--epochs", "3", "--db", str(db), "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "controller llm" in result.stdout and "| 10 | guided | llm | completed | 3 |" in result.stdout
+    assert "controller llm" in result.stdout and "| 10 | 0 | guided | llm | completed | 3 |" in result.stdout
     rows = check_every_guided_epoch_has_a_valid_decision(db, 3)
     assert all(
         raw.strip().startswith("{") and not fallback and tokens > 100 for _, _, raw, _, fallback, _, tokens in rows

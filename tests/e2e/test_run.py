@@ -70,7 +70,7 @@ def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
         tmp_path=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert "| 10 | baseline | none | completed | 5 |" in result.stdout
+    assert "| 10 | 0 | baseline | none | completed | 5 |" in result.stdout
     assert "epoch   5/5" in result.stdout and "-> next lr" in result.stdout
 
     runs = query(db, "SELECT arm, controller, status, n_train, seed, epochs, pair_id, config FROM runs ORDER BY arm")
