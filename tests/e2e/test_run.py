@@ -255,3 +255,25 @@ def test_killed_trainer_marks_the_run_failed_and_keeps_its_records(tmp_path):
     assert query(db, "SELECT status, status_reason FROM runs") == [("failed", "trainer exit code -9")]
     logged = {r["epoch"] for _, r in log_records(out, "trainer") if r.get("event") == "epoch_done"}
     assert len(logged) >= 2 and {e for (e,) in query(db, "SELECT epoch FROM epochs")} == logged
+
+
+def test_a_sweep_records_every_combination_once_and_resumes(tmp_path):
+    db, out = tmp_path / "s.duckdb", tmp_path / "runs"
+    sweep = ["--regime", "10", "--controller", "none,plateau", "--epochs", "1", "--db", str(db), "--out", str(out)]
+    first = run_py(*sweep, "--seeds", "2", tmp_path=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "4 run(s), 0 already completed" in first.stdout and "[4/4]" in first.stdout
+    runs = query(db, "SELECT seed, arm, controller, status, pair_id FROM runs ORDER BY seed, arm")
+    assert [r[:4] for r in runs] == [
+        (0, "baseline", "none", "completed"),
+        (0, "guided", "plateau", "completed"),
+        (1, "baseline", "none", "completed"),
+        (1, "guided", "plateau", "completed"),
+    ]
+    assert runs[0][4] == runs[1][4] != runs[2][4] == runs[3][4]  # one pair per seed, sharing the subset
+    again = run_py(*sweep, "--seeds", "2", tmp_path=tmp_path)
+    assert again.returncode == 0 and "4 run(s), 4 already completed" in again.stdout and "[1/" not in again.stdout
+    more = run_py(*sweep, "--seeds", "3", tmp_path=tmp_path)
+    assert more.returncode == 0 and "6 run(s), 4 already completed" in more.stdout and "[2/2]" in more.stdout
+    assert query(db, "SELECT count(*), count(DISTINCT config->>'fingerprint') FROM runs") == [(6, 6)]
+    assert query(db, "SELECT controller, n_seeds FROM paper_table ORDER BY controller") == [("none", 3), ("plateau", 3)]
