@@ -32,6 +32,7 @@ from bus.log import configure_logging
 from bus.messages import ControlReply, ControlRequest, RunFinished, RunStarted
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
 from storage.recorder import RecorderConfig
+from storage.report import ReportError, run_sql, write_report
 from storage.schema import migrate
 from trainer.config import TrainerConfig
 from trainer.data import REGIMES, default_data_dir
@@ -442,12 +443,41 @@ def print_results(db: Path, run_ids: list[str]) -> None:
             f"| {train:.4f} |"
         )
     print(
-        f"\nrecorded in {db}; try: python -c \"import duckdb; print(duckdb.sql('SELECT * FROM paper_table', "
-        f"connection=duckdb.connect('{db}', read_only=True)))\""
+        f"\nrecorded in {db}; next: python run.py report --db {db}   or   "
+        f'python run.py sql "SELECT * FROM decision_outcomes" --db {db}'
     )
 
 
+def analysis_main(argv: list[str]) -> int:
+    """``run.py report`` and ``run.py sql``: read the database, never write it."""
+    parser = OneLineParser(prog=f"run.py {argv[0]}")
+    if argv[0] == "sql":
+        parser.description = "Answer a SQL query against the database, as a Markdown table."
+        parser.add_argument("query", help='e.g. "SELECT * FROM paper_table"')
+    else:
+        parser.description = "Write the paper's table (Markdown) and figures (PNG) from the database."
+        parser.add_argument("--out", type=Path, default=None, help="report folder (default: <db folder>/report)")
+    parser.add_argument("--db", type=Path, default=DEFAULTS["db"], help=f"DuckDB file (default: {DEFAULTS['db']})")
+    try:
+        args = parser.parse_args(argv[1:])
+        if argv[0] == "sql":
+            print(run_sql(args.db, args.query))
+            return 0
+        files, notes = write_report(args.db, args.out or args.db.parent / "report")
+    except (CliError, ReportError) as exc:
+        print(f"run.py {argv[0]}: error: {exc}", file=sys.stderr)
+        return 2
+    print(files[0].read_text())
+    for note in notes:
+        print(f"note: {note}")
+    print("written:\n" + "\n".join(f"  {path}" for path in files))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("report", "sql"):
+        return analysis_main(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
