@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"torch device for the trainer; auto picks cuda when available (default: {d['device']})",
     )
     p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="validate with the eager model instead of torch.compile (default: compiled, ~2.7x faster on CPU)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=d["out"],
@@ -552,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer_cfg = TrainerConfig(
                 run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, regime=arm.regime,
                 seed=arm.seed, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                compile_eval=not args.no_compile,
                 data_dir=(args.data_dir or default_data_dir()).resolve(), run_dir=run_dir.resolve(),
                 recorder_endpoint=recorder_cfg.endpoint, agent_endpoint=agent_cfg.endpoint if agent_cfg else None,
                 agent_timeout_ms=int(agent_timeout_s(args) * 1000), agent_retries=args.agent_retries,

@@ -27,6 +27,7 @@ class TrainerConfig(BaseModel):
     dropout: float = Field(default=0.2, ge=DROPOUT_RANGE[0], le=DROPOUT_RANGE[1])
     alpha: float = Field(default=0.4, ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile_eval: bool = True  # torch.compile the validation pass (see trainer.loop.compile_for_eval)
     threads: int | None = None
     data_dir: Path
     run_dir: Path

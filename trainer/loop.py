@@ -6,7 +6,9 @@ statistics; the process module decides what to do with them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,15 @@ def to_model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """
     x = images.to(device=device, dtype=torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
     return x.unsqueeze(1).contiguous(memory_format=torch.channels_last)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with its fused kernel where this torch has one for the device (CPU and CUDA in torch
+    >= 2.4): one kernel for all parameters instead of a Python loop over them."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    except RuntimeError:
+        return torch.optim.Adam(model.parameters(), lr=lr)
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,7 @@ def train_epoch(
     # Sums stay on the device; one synchronisation at the end of the epoch, not one per step.
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
-    grad_sq = torch.zeros(len(params), device=images.device)
+    grad_norm_sum = torch.zeros(len(params), device=images.device)
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         x, y = images[idx], labels[idx]
@@ -72,11 +83,11 @@ def train_epoch(
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_sq += torch.stack([p.grad.norm() for p in params.values()])
+        grad_norm_sum += torch.stack(torch._foreach_norm([p.grad for p in params.values()]))
         blend_step(optimizer, params, alpha, step_deltas)
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
-    grad_means = (grad_sq / steps).tolist()
+    grad_means = (grad_norm_sum / steps).tolist()
     return TrainStats(
         loss=loss_sum.item() / n,
         acc=correct.item() / n,
@@ -85,16 +96,54 @@ def train_epoch(
     )
 
 
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> EvalStats:
-    """Loss, accuracy and per-class accuracy over the whole set (dropout off)."""
+EVAL_BATCH = 1000
+
+
+def compile_for_eval(model: torch.nn.Module, example: torch.Tensor) -> tuple[Callable, str | None]:
+    """The model's forward compiled with ``torch.compile`` for the validation pass, or the model
+    itself (and why) when compiling is not possible here.
+
+    Measured on 2 CPU cores: the 10,000-image pass takes 1.1 s compiled vs 1.8 s eager channels_last
+    and 3.1 s for a plain NCHW loop; compiling costs ~20 s once per machine (cached on disk after) and
+    ~1.5 s per process. The weights stay inputs of the compiled graph, so training updates are seen.
+    ``example`` must have the evaluation batch's shape (the graph is specialised to it).
+    """
+    # A CPU-only machine makes torch's C++ builder warn about a missing CUDA runtime on stderr; that is
+    # noise on the user's terminal, not a problem (it still goes to the logs if it fails).
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    compiled = torch.compile(model, dynamic=False)
+    was_training = model.training
     model.eval()
+    try:
+        with torch.inference_mode():
+            compiled(example)  # compile now, not inside the first epoch's timing
+    except Exception as exc:  # inductor can fail in many ways (no C compiler, odd platform): run eager
+        return model, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    finally:
+        model.train(was_training)
+    return compiled, None
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = EVAL_BATCH,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> EvalStats:
+    """Loss, accuracy and per-class accuracy over the whole set (dropout off).
+
+    ``forward`` is the model's forward to use (e.g. from :func:`compile_for_eval`); default the model.
+    """
+    model.eval()
+    forward = model if forward is None else forward
     loss_sum = torch.zeros((), device=images.device)
     hits = torch.zeros(NUM_CLASSES, device=images.device)
     totals = torch.zeros(NUM_CLASSES, device=images.device)
     for start in range(0, len(images), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        logits = model(x)
+        logits = forward(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         totals += torch.bincount(y, minlength=NUM_CLASSES)
         hits += torch.bincount(y[logits.argmax(1) == y], minlength=NUM_CLASSES)

@@ -29,7 +29,17 @@ from bus.messages import (
 from bus.transport import RecordSender, RequestClient
 from trainer.config import TrainerConfig
 from trainer.data import DataUnavailableError, load_mnist, stratified_subset
-from trainer.loop import EvalStats, TrainStats, evaluate, to_model_input, train_epoch, weight_norms
+from trainer.loop import (
+    EVAL_BATCH,
+    EvalStats,
+    TrainStats,
+    compile_for_eval,
+    evaluate,
+    make_optimizer,
+    to_model_input,
+    train_epoch,
+    weight_norms,
+)
 from trainer.model import ReflectCNN
 from trainer.modulation import deltas_from_command
 
@@ -110,7 +120,16 @@ def run(cfg: TrainerConfig) -> int:
         # Same seed -> same initial weights, batch order and dropout masks in both arms of a pair.
         torch.manual_seed(cfg.seed)
         model = ReflectCNN(cfg.dropout).to(device=device, memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        optimizer = make_optimizer(model, cfg.learning_rate)
+        forward = model
+        if cfg.compile_eval:
+            started = time.perf_counter()
+            forward, failure = compile_for_eval(model, val_x[:EVAL_BATCH])
+            log.info(
+                "eval_compiled" if failure is None else "eval_compile_failed",
+                error=failure,
+                seconds=round(time.perf_counter() - started, 2),
+            )
         order_rng = torch.Generator().manual_seed(cfg.seed)
         param_shapes = {name: list(p.shape) for name, p in model.named_parameters()}
 
@@ -133,7 +152,7 @@ def run(cfg: TrainerConfig) -> int:
                 return EXIT_ORPHANED
             started = time.perf_counter()
             tr = train_epoch(model, optimizer, train_x, train_y, cfg.batch_size, order_rng, alpha, deltas)
-            ev = evaluate(model, val_x, val_y)
+            ev = evaluate(model, val_x, val_y, forward=forward)
             wall_s = time.perf_counter() - started
             norms = weight_norms(model)
             summary = EpochSummary(
