@@ -29,7 +29,7 @@ from agents.graph import UnknownNodeError, pipeline_with, resolve_node
 from agents.llm import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME, LLMSettings
 from agents.llm_server import LLMServerError, LocalLLMServer
 from bus.log import configure_logging
-from bus.messages import ControlReply, ControlRequest, RunFinished, RunStarted
+from bus.messages import ControlReply, ControlRequest, RunFinished, RunStarted, UpdateCommand
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
 from storage.recorder import RecorderConfig
 from storage.report import ReportError, run_sql, write_report
@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="number of seeds, starting at --seed; every regime x controller runs once per seed (default: 1)",
+    )
+    p.add_argument(
+        "--replay",
+        metavar="RUN_ID",
+        default=None,
+        help="re-run a recorded guided run applying its recorded commands in order, with no model calls, and "
+        "compare its epochs with the original (default: none)",
     )
     p.add_argument(
         "--rerun",
@@ -318,6 +325,46 @@ class Arm:
     run_id: str
     fingerprint: str  # what makes two runs the same experiment; a completed one is not run again
     status: str = "pending"
+    replay_of: str | None = None  # the recorded run whose commands this one applies again
+    recorded: dict | None = None  # for a replay: the original trainer config and commands
+
+
+def plan_replay(args: argparse.Namespace) -> Arm:
+    """One arm that re-runs the recorded guided run ``args.replay`` with its recorded commands."""
+    with duckdb.connect(str(args.db), read_only=True) as con:
+        run = con.execute(
+            "SELECT arm, regime, seed, pair_id, config FROM runs WHERE run_id = ?", [args.replay]
+        ).fetchall()
+        decisions = con.execute(
+            "SELECT epoch, command FROM decisions WHERE run_id = ? ORDER BY epoch", [args.replay]
+        ).fetchall()
+    if not run:
+        raise CliError(f"--replay: no run {args.replay!r} in {args.db}")
+    arm, regime, seed, pair_id, config = run[0]
+    if arm != "guided" or not decisions:
+        raise CliError(f"--replay: run {args.replay!r} has no recorded decisions to replay (arm {arm})")
+    recorded = {"trainer": json.loads(config)["trainer"], "commands": {epoch: json.loads(c) for epoch, c in decisions}}
+    run_id = f"{args.replay}-replay-{uuid.uuid4().hex[:6]}"
+    return Arm("guided", "replay", regime, seed, pair_id, run_id, uuid.uuid4().hex[:16], replay_of=args.replay,
+               recorded=recorded)  # fmt: skip
+
+
+def compare_replay(db: Path, original: str, replay: str) -> str:
+    """How closely the replay's epochs match the original's."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            """
+            SELECT count(*), max(abs(a.val_acc - b.val_acc)), max(abs(a.train_loss - b.train_loss)),
+                   max(abs(a.val_loss - b.val_loss)), count(*) FILTER (WHERE a.lr <> b.lr OR a.dropout <> b.dropout)
+            FROM epochs a JOIN epochs b ON a.epoch = b.epoch WHERE a.run_id = ? AND b.run_id = ?
+            """,
+            [original, replay],
+        ).fetchall()
+    n, d_val_acc, d_train_loss, d_val_loss, hyper = rows[0]
+    return (
+        f"replay {replay} of {original}: {n} epochs compared; max |delta| val_acc {d_val_acc:.2e}, "
+        f"train_loss {d_train_loss:.2e}, val_loss {d_val_loss:.2e}; epochs with other hyperparameters: {hyper}"
+    )
 
 
 def plan_arms(args: argparse.Namespace, pipeline: list[str], settings: LLMSettings | None) -> list[Arm]:
@@ -492,13 +539,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     settings = llm_settings(args)
-    arms = plan_arms(args, pipeline, settings)
-    done = {} if args.rerun else completed_runs(args.db)
+    try:
+        arms = [plan_replay(args)] if args.replay else plan_arms(args, pipeline, settings)
+    except CliError as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+    if args.replay:
+        settings = None
+    done = {} if args.rerun or args.replay else completed_runs(args.db)
     for arm in arms:
         if arm.fingerprint in done:
             arm.run_id, arm.status = done[arm.fingerprint], "completed"
     todo = [arm for arm in arms if arm.status == "pending"]
-    regimes = ",".join(args.regime)
+    regimes = ",".join(dict.fromkeys(a.regime for a in arms))
     print(
         f"ReflectNet | regime {regimes} | seeds {args.seed}..{args.seed + args.seeds - 1} | {args.epochs} epochs | "
         f"controller {','.join(args.controller)} | {len(arms)} run(s), {len(arms) - len(todo)} already completed in "
@@ -538,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = start_local_llm(orch, settings, log)
         for number, arm in enumerate(todo, 1):
             agent_cfg = None
-            if arm.controller != "none":
+            if arm.controller not in ("none", "replay"):
                 if arm.controller not in agents:
                     agents[arm.controller] = AgentConfig(
                         endpoint=free_tcp_endpoint(),
@@ -562,6 +615,15 @@ def main(argv: list[str] | None = None) -> int:
                 recorder_endpoint=recorder_cfg.endpoint, agent_endpoint=agent_cfg.endpoint if agent_cfg else None,
                 agent_timeout_ms=int(agent_timeout_s(args) * 1000), agent_retries=args.agent_retries,
             )  # fmt: skip
+            if arm.recorded is not None:
+                original = TrainerConfig.model_validate(arm.recorded["trainer"])
+                trainer_cfg = original.model_copy(update={
+                    "run_id": arm.run_id, "controller": "replay", "data_dir": trainer_cfg.data_dir,
+                    "run_dir": trainer_cfg.run_dir, "recorder_endpoint": trainer_cfg.recorder_endpoint,
+                    "agent_endpoint": None, "replay_commands": {
+                        int(epoch): UpdateCommand.model_validate(command) for epoch, command in arm.recorded["commands"].items()
+                    },
+                })  # fmt: skip
             print(
                 f"[{number}/{len(todo)}] regime {arm.regime} ({REGIMES[arm.regime]} images) | seed {arm.seed} | "
                 f"{arm.name} | controller {arm.controller}",
@@ -577,10 +639,11 @@ def main(argv: list[str] | None = None) -> int:
                     controller=arm.controller,
                     llm_model=settings.model if arm.controller == "llm" else None,
                     seed=arm.seed,
-                    epochs=args.epochs,
+                    epochs=trainer_cfg.epochs,
                     started_at=_utc_now(),
                     config={
                         "fingerprint": arm.fingerprint,
+                        "replay_of": arm.replay_of,
                         "trainer": trainer_cfg.model_dump(mode="json"),
                         "agent": agent_cfg.model_dump(mode="json") if agent_cfg else None,
                         "cli": {k: str(v) for k, v in vars(args).items()},
@@ -634,7 +697,12 @@ def main(argv: list[str] | None = None) -> int:
         control.close()
         orch.ctx.term()
     if any(a.status != "pending" for a in arms):
-        print_results(args.db, [a.run_id for a in arms if a.status != "pending"])
+        print_results(
+            args.db, [a.replay_of for a in arms if a.replay_of] + [a.run_id for a in arms if a.status != "pending"]
+        )
+    for arm in arms:
+        if arm.replay_of and arm.status == "completed":
+            print(compare_replay(args.db, arm.replay_of, arm.run_id))
     if interrupted:
         return 130
     if failed_to_start:

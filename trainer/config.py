@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bus.messages import ALPHA_RANGE, DROPOUT_RANGE, LEARNING_RATE_RANGE
+from bus.messages import ALPHA_RANGE, DROPOUT_RANGE, LEARNING_RATE_RANGE, UpdateCommand
 from trainer.data import REGIMES
 
 
@@ -36,6 +36,8 @@ class TrainerConfig(BaseModel):
     agent_timeout_ms: int = Field(default=20_000, ge=1)
     agent_retries: int = Field(default=1, ge=0)
     handshake_timeout_ms: int = Field(default=60_000, ge=1)
+    # Replay: the command applied after each epoch, as recorded; no agent is asked.
+    replay_commands: dict[int, UpdateCommand] | None = None
 
     @property
     def n_train(self) -> int:

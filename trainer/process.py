@@ -168,13 +168,16 @@ def run(cfg: TrainerConfig) -> int:
             sender.send(EpochRecord(run_id=cfg.run_id, **summary.model_dump(), **detail))
             history.append(summary)
             decision = None
-            if agent is not None:
+            if agent is not None or cfg.replay_commands is not None:
                 metrics = EpochMetrics(
                     run_id=cfg.run_id, epochs_total=cfg.epochs, regime=cfg.regime, n_train=len(train_x),
                     param_shapes=param_shapes, history=history, previous_command=previous_command,
                     previous_reflection=previous_reflection, **summary.model_dump(), **detail,
                 )  # fmt: skip
-                decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, log)
+                if agent is not None:
+                    decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, log)
+                else:
+                    decision, new_deltas = replay_decision(cfg.replay_commands, metrics, model, log)
                 applied = epoch < cfg.epochs
                 sender.send(DecisionRecord(decision=decision, applied=applied))
                 if decision.reflection is not None:
@@ -207,6 +210,18 @@ def run(cfg: TrainerConfig) -> int:
             agent.close()
         sender.close()  # linger delivers queued records to a live recorder, bounded if it is gone
         ctx.term()
+
+
+def replay_decision(
+    commands: dict[int, UpdateCommand], metrics: EpochMetrics, model, log
+) -> tuple[Decision, dict[str, torch.Tensor]]:
+    """The recorded command for this epoch, applied again with no model call."""
+    command = commands.get(metrics.epoch)
+    if command is None:
+        log.warning("fallback", epoch=metrics.epoch, reason="no recorded command for this epoch")
+        return fallback_decision(metrics, "replay", "no recorded command for this epoch"), {}
+    decision = Decision(run_id=metrics.run_id, epoch=metrics.epoch, controller="replay", command=command)
+    return decision, deltas_from_command(command, model)
 
 
 def ask_agent(

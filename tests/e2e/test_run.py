@@ -277,3 +277,29 @@ def test_a_sweep_records_every_combination_once_and_resumes(tmp_path):
     assert more.returncode == 0 and "6 run(s), 4 already completed" in more.stdout and "[2/2]" in more.stdout
     assert query(db, "SELECT count(*), count(DISTINCT config->>'fingerprint') FROM runs") == [(6, 6)]
     assert query(db, "SELECT controller, n_seeds FROM paper_table ORDER BY controller") == [("none", 3), ("plateau", 3)]
+
+
+def test_replay_reapplies_the_recorded_commands_and_matches_the_original(tmp_path):
+    db, out = tmp_path / "p.duckdb", tmp_path / "runs"
+    original = run_py("--regime", "10", "--epochs", "5", "--arms", "guided", "--controller", "heuristic",
+                      "--db", str(db), "--out", str(out), tmp_path=tmp_path)  # fmt: skip
+    assert original.returncode == 0, original.stderr
+    (run_id,) = query(db, "SELECT run_id FROM runs")[0]
+    changes = query(db, "SELECT count(*) FROM decision_outcomes WHERE dropout_after <> dropout_before AND applied")
+    assert changes[0][0] >= 1  # the replay has something to reproduce
+    replay = run_py("--replay", run_id, "--db", str(db), "--out", str(out), tmp_path=tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    assert f"of {run_id}: 5 epochs compared; max |delta| val_acc 0.00e+00" in replay.stdout
+    (replay_id, controller, config) = query(
+        db, "SELECT run_id, controller, config FROM runs WHERE run_id <> ?", [run_id]
+    )[0]
+    assert controller == "replay" and json.loads(config)["replay_of"] == run_id
+    pairs = query(db, "SELECT a.epoch, a.val_acc, b.val_acc, a.train_loss, b.train_loss, a.dropout, b.dropout "
+                      "FROM epochs a JOIN epochs b USING (epoch) WHERE a.run_id = ? AND b.run_id = ? ORDER BY epoch",
+                  [run_id, replay_id])  # fmt: skip
+    assert len(pairs) == 5
+    for _, val_a, val_b, loss_a, loss_b, drop_a, drop_b in pairs:
+        assert val_a == val_b and loss_a == pytest.approx(loss_b, abs=1e-6) and drop_a == drop_b
+    assert query(db, "SELECT DISTINCT controller FROM decisions WHERE run_id = ?", [replay_id]) == [("replay",)]
+    unknown = run_py("--replay", "no-such-run", "--db", str(db), tmp_path=tmp_path, timeout=60)
+    assert unknown.returncode == 2 and "no run 'no-such-run'" in unknown.stderr

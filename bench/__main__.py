@@ -1,0 +1,203 @@
+"""ReflectNet benchmark: prints every figure side by side, measured in one run on this machine.
+
+    python -m bench            # full: about 10 minutes on 2 cores
+    python -m bench --quick    # fewer repetitions and a 10-epoch end-to-end run
+
+Figures: trainer vs plain eager PyTorch training throughput; validation pass time; agent round trip
+over the bus with the heuristic controller; embedded-model decision latency; end-to-end wall time of
+``--regime 1pct``, guided arm vs baseline arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import zmq
+
+from agents.config import AgentConfig
+from agents.graph import pipeline_with
+from agents.llm import LOCAL_MODEL_NAME, LLMSettings
+from agents.llm_server import LocalLLMServer
+from bench.throughput import measure
+from bus.messages import ControlReply, ControlRequest, Decision, EpochMetrics, EpochSummary, Hello, Ready
+from bus.transport import RequestClient, free_tcp_endpoint
+from storage.recorder import RecorderConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PARAM_SHAPES = {
+    "conv.0.weight": [32, 1, 3, 3], "conv.0.bias": [32], "conv.3.weight": [64, 32, 3, 3], "conv.3.bias": [64],
+    "fc.0.weight": [128, 3136], "fc.0.bias": [128], "fc.3.weight": [10, 128], "fc.3.bias": [10],
+}  # fmt: skip
+
+
+def metrics_for(run_id: str, epoch: int, epochs_total: int = 30) -> EpochMetrics:
+    """Plausible 1pct metrics after ``epoch`` (a saturating curve), as the trainer would send them."""
+    history = []
+    for e in range(1, epoch + 1):
+        val = 0.94 - 0.2 * 0.7**e
+        train = min(1.0, val + 0.01 * e)
+        history.append(EpochSummary(epoch=e, train_loss=1 - train, train_acc=train, val_loss=1 - val, val_acc=val,
+                                    lr=1e-3, dropout=0.2, alpha=0.4))  # fmt: skip
+    last = history[-1]
+    return EpochMetrics(
+        run_id=run_id, epoch=epoch, epochs_total=epochs_total, regime="1pct", n_train=600,
+        train_loss=last.train_loss, train_acc=last.train_acc, val_loss=last.val_loss, val_acc=last.val_acc,
+        per_class_val_acc=[last.val_acc] * 10, grad_norms={k: 0.05 for k in PARAM_SHAPES},
+        weight_norms={k: 8.0 for k in PARAM_SHAPES}, param_shapes=PARAM_SHAPES, lr=1e-3, dropout=0.2, alpha=0.4,
+        wall_s=2.0, history=history,
+    )  # fmt: skip
+
+
+class Services:
+    """A real recorder and agent processes on loopback, as run.py starts them."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.ctx = zmq.Context()
+        self.procs: list[subprocess.Popen] = []
+        self.clients: list[RequestClient] = []
+        self.recorder = RecorderConfig(db_path=workdir / "bench.duckdb", endpoint=free_tcp_endpoint(),
+                                       control_endpoint=free_tcp_endpoint(), run_dir=workdir)  # fmt: skip
+        self._spawn("recorder", "storage", self.recorder)
+        control = RequestClient(self.ctx, self.recorder.control_endpoint, timeout_ms=1000, retries=0)
+        deadline = time.monotonic() + 60
+        while not isinstance(control.request(ControlRequest(op="ping")).reply, ControlReply):
+            if time.monotonic() > deadline:
+                raise RuntimeError("recorder did not start")
+        control.close()
+
+    def _spawn(self, name: str, module: str, config) -> None:
+        path = self.workdir / f"{name}.json"
+        path.write_text(config.model_dump_json())
+        self.procs.append(subprocess.Popen([sys.executable, "-m", module, "--config", str(path)]))
+
+    def agent(self, controller: str, llm: LLMSettings | None = None, command_space: str = "free") -> RequestClient:
+        cfg = AgentConfig(endpoint=free_tcp_endpoint(), recorder_endpoint=self.recorder.endpoint, run_dir=self.workdir,
+                          controller=controller, llm=llm, command_space=command_space, nodes=pipeline_with([]))  # fmt: skip
+        self._spawn(f"agent-{controller}", "agents", cfg)
+        client = RequestClient(self.ctx, cfg.endpoint, timeout_ms=120_000, retries=0)
+        self.clients.append(client)
+        if not isinstance(client.request(Hello(run_id="bench", component="bench"), timeout_ms=60_000).reply, Ready):
+            raise RuntimeError(f"agent {controller} did not answer the handshake")
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()  # zmq's context.term() waits for every socket to be closed
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(30)
+        self.ctx.term()
+
+
+def round_trips_ms(client: RequestClient, n: int, run_id: str) -> list[float]:
+    times = []
+    for i in range(n):
+        metrics = metrics_for(run_id, 1 + i % 30)
+        metrics = metrics.model_copy(update={"run_id": f"{run_id}-{i // 30}"})  # every request is new work
+        started = time.perf_counter()
+        reply = client.request(metrics).reply
+        times.append((time.perf_counter() - started) * 1000.0)
+        if not isinstance(reply, Decision):
+            raise RuntimeError(f"agent answered {reply!r}")
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def end_to_end(epochs: int, workdir: Path) -> dict[str, float]:
+    db = workdir / "e2e.duckdb"
+    cmd = [
+        sys.executable,
+        "run.py",
+        "--regime",
+        "1pct",
+        "--epochs",
+        str(epochs),
+        "--db",
+        str(db),
+        "--out",
+        str(workdir / "runs"),
+    ]
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = dict(con.execute("SELECT arm, epoch(finished_at - started_at) FROM runs").fetchall())
+    return {"e2e_epochs": epochs, "e2e_baseline_s": rows["baseline"], "e2e_guided_s": rows["guided"],
+            "e2e_ratio": rows["guided"] / rows["baseline"]}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, 10-epoch end-to-end (default: full)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    figures: dict[str, float] = {"threads": 2, "cpu_count": os.cpu_count() or 0}
+    print("training throughput and validation pass ...", flush=True)
+    figures |= measure(epochs=2 if args.quick else 4)
+    with tempfile.TemporaryDirectory(prefix="reflectnet-bench-") as tmp:
+        workdir = Path(tmp)
+        services = Services(workdir)
+        server = None
+        try:
+            print("agent round trip (heuristic) ...", flush=True)
+            heuristic = services.agent("heuristic")
+            round_trips_ms(heuristic, 20, "warm-up")
+            trips = round_trips_ms(heuristic, 100 if args.quick else 500, "bench-heuristic")
+            figures |= {"agent_rtt_p50_ms": percentile(trips, 50), "agent_rtt_p99_ms": percentile(trips, 99)}
+            print("embedded-model decisions ...", flush=True)
+            server = LocalLLMServer(workdir / "llm-server.log")
+            server.start()
+            server.wait_ready()
+            settings = LLMSettings(provider="local", base_url=server.base_url, model=LOCAL_MODEL_NAME)
+            llm = services.agent("llm", settings, command_space="grid")
+            round_trips_ms(llm, 1, "warm-up-llm")
+            latencies = [t / 1000.0 for t in round_trips_ms(llm, 10 if args.quick else 30, "bench-llm")]
+            figures |= {
+                "llm_decision_p50_s": percentile(latencies, 50),
+                "llm_decision_p95_s": percentile(latencies, 95),
+            }
+        finally:
+            if server is not None:
+                server.stop()
+            services.close()
+        print("end-to-end --regime 1pct, guided vs baseline ...", flush=True)
+        figures |= end_to_end(10 if args.quick else 30, workdir)
+    print_figures(figures)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+def print_figures(f: dict[str, float]) -> None:
+    rows = [
+        ("training throughput, plain eager loop", f"{f['train_images_per_s_plain']:.0f} images/s"),
+        ("training throughput, ReflectNet trainer", f"{f['train_images_per_s_trainer']:.0f} images/s"),
+        ("  trainer / plain (target >= 1.2)", f"{f['train_speedup']:.2f}x"),
+        ("validation pass (10,000 images), plain loop", f"{f['eval_s_plain']:.2f} s"),
+        ("validation pass, ReflectNet trainer", f"{f['eval_s_trainer']:.2f} s (+{f['eval_compile_warmup_s']:.1f} s compile once per process)"),
+        ("  trainer / plain (target <= 0.4)", f"{f['eval_ratio']:.2f}x"),
+        ("agent round trip, heuristic, p50 / p99", f"{f['agent_rtt_p50_ms']:.1f} / {f['agent_rtt_p99_ms']:.1f} ms"),
+        ("embedded-model decision, p50 / p95", f"{f['llm_decision_p50_s']:.2f} / {f['llm_decision_p95_s']:.2f} s"),
+        (f"end-to-end 1pct, {f['e2e_epochs']} epochs: baseline / guided", f"{f['e2e_baseline_s']:.0f} / {f['e2e_guided_s']:.0f} s"),
+        ("  guided / baseline", f"{f['e2e_ratio']:.2f}x"),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    print(f"\nReflectNet benchmark ({f['threads']} torch threads, {f['cpu_count']} cores)")
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
