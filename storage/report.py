@@ -109,6 +109,10 @@ def _subplots(n: int, height: float = 3.2):
     cols = min(n, 3)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, height * rows), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return plt, fig, list(axes.flat)
