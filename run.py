@@ -25,7 +25,7 @@ import duckdb
 import zmq
 
 from agents.config import AgentConfig
-from agents.graph import UnknownNodeError, pipeline_with, resolve_node
+from agents.graph import UnknownNodeError, check_pipeline, pipeline_with, resolve_node
 from agents.llm import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME, LLMSettings
 from agents.llm_server import LLMServerError, LocalLLMServer
 from bus.log import configure_logging
@@ -468,6 +468,10 @@ def validate_args(args: argparse.Namespace) -> list[str]:
             raise CliError("--device cuda: torch.cuda.is_available() is False on this machine")
     if args.llm_base_url is not None and not args.llm_base_url.startswith(("http://", "https://")):
         raise CliError(f"--llm-base-url must start with http:// or https://, got {args.llm_base_url!r}")
+    try:
+        check_pipeline(pipeline_with(extras))
+    except ValueError as exc:
+        raise CliError(f"--nodes: {exc}") from None
     if args.controller == ["none"] and args.arms == "guided":
         raise CliError("--arms guided needs a controller; --controller none runs the baseline only")
     preflight_database(args.db)
@@ -538,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
 
+    # SIGTERM/SIGHUP (a scheduler's time limit, a closed terminal) stop the run as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
     settings = llm_settings(args)
     try:
         arms = [plan_replay(args)] if args.replay else plan_arms(args, pipeline, settings)
@@ -672,14 +679,15 @@ def main(argv: list[str] | None = None) -> int:
         failed_to_start = True
         log.error("llm_server_failed", error=str(exc))
         print(f"run.py: error: {exc}", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         interrupted = True
+        signal_name = str(stop) or "SIGINT"
         print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
         orch.stop_child("trainer")
         if running is not None:
             running.status = "interrupted"
             sender.send(
-                RunFinished(run_id=running.run_id, status="interrupted", finished_at=_utc_now(), reason="SIGINT")
+                RunFinished(run_id=running.run_id, status="interrupted", finished_at=_utc_now(), reason=signal_name)
             )
         log.warning("interrupted")
     finally:
@@ -708,6 +716,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed_to_start:
         return 1
     return 0 if all(a.status == "completed" for a in arms) else 1
+
+
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def start_local_llm(orch: Orchestrator, settings: LLMSettings, log) -> LLMSettings:

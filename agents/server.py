@@ -50,7 +50,9 @@ def decide(
     """Run the graph once for ``metrics`` and package the outcome as a Decision."""
     started = time.perf_counter()
     inputs = {"metrics": metrics, "max_repairs": max_repairs, "feed_reflection": feed_reflection, "notes": []}
-    state = graph.invoke({**inputs, "command_space": command_space})
+    # Each repair round is three steps; langgraph's default step limit differs between versions.
+    limit = 3 * (max_repairs + 1) + len(graph.nodes) + 10
+    state = graph.invoke({**inputs, "command_space": command_space}, {"recursion_limit": limit})
     latency_ms = (time.perf_counter() - started) * 1000.0
     fallback = bool(state.get("fallback"))
     return Decision(

@@ -13,8 +13,11 @@ from pydantic import BaseModel
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-class Stop(Exception):
-    """Raised in the main thread when the process is asked to stop (SIGTERM or SIGINT)."""
+class Stop(BaseException):
+    """Raised in the main thread when the process is asked to stop (SIGTERM or SIGINT).
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way (a user's node,
+    torch.compile, an HTTP client) can mistake it for a failure and carry on."""
 
 
 def _raise_stop(signum, _frame):

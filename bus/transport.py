@@ -110,9 +110,14 @@ class RequestClient:
         error = None
         for attempt in range(1, self.retries + 2):
             sock = self._socket()
-            sock.send_multipart(encode(message))
-            if sock.poll(timeout, zmq.POLLIN):
-                frames = sock.recv_multipart()
+            try:
+                sock.send_multipart(encode(message))
+                ready = sock.poll(timeout, zmq.POLLIN)
+                frames = sock.recv_multipart() if ready else None
+            except BaseException:
+                self._reset()  # a REQ socket interrupted mid-request cannot send again
+                raise
+            if frames is not None:
                 try:
                     return RequestOutcome(decode(frames), attempt)
                 except BusDecodeError as exc:

@@ -172,8 +172,13 @@ class RecordBuffer:
                 if table in batch:
                     self._con.executemany(INSERTS[table], batch[table])
             self._con.execute("COMMIT")
-        except duckdb.Error:
+        except BaseException as exc:
             self._con.execute("ROLLBACK")
+            if not isinstance(exc, duckdb.Error):  # interrupted (Stop): keep the rows for the final flush
+                for table, rows in batch.items():
+                    self._rows[table][:0] = rows
+                self.pending += flushed
+                raise
             for table in FLUSH_ORDER:
                 for row in batch.get(table, []):
                     try:

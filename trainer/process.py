@@ -182,7 +182,8 @@ def run(cfg: TrainerConfig) -> int:
                 sender.send(DecisionRecord(decision=decision, applied=applied))
                 if decision.reflection is not None:
                     sender.send(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
-                    previous_reflection = decision.reflection
+                # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
+                previous_reflection = decision.reflection
                 if applied:
                     command = decision.command
                     lr, dropout, alpha, deltas = command.learning_rate, command.dropout, command.alpha, new_deltas
@@ -239,7 +240,7 @@ def ask_agent(
     else:
         try:
             return reply, deltas_from_command(reply.command, model)
-        except ValueError as exc:
+        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a delta of strings that pydantic let through
             reason = f"trainer refused the command: {exc}"
     log.warning("fallback", epoch=metrics.epoch, reason=reason)
     return fallback_decision(metrics, controller, reason), {}

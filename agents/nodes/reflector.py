@@ -29,8 +29,8 @@ def describe_change(m: EpochMetrics) -> str:
         )
         if not math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12)
     ]
-    if c.weight_modulation:
-        changes.append(f"modulating {', '.join(c.weight_modulation)}")
+    if c.modulated_layers():
+        changes.append(f"modulating {', '.join(c.modulated_layers())}")
     return "changing " + ", ".join(changes) if changes else "keeping the hyperparameters"
 
 

@@ -67,7 +67,11 @@ def _check_number(name: str, value: Any, bounds: tuple[float, float], clamped: d
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         errors.append(f"{name} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer with hundreds of digits
+        errors.append(f"{name} is too large: {str(value)[:20]}...")
+        return None
     if not math.isfinite(value):
         errors.append(f"{name} must be finite, got {value}")
         return None
@@ -109,6 +113,8 @@ def _check_op(layer: str, spec: dict, m: EpochMetrics, clamped: dict, errors: li
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         errors.append(f"{op} on {layer!r} needs a number {key!r}, got {str(value)[:40]!r}")
         return None
+    if isinstance(value, int) and abs(value) > 1e6:  # also keeps huge integers away from float()
+        value = 1e6 if value > 0 else -1e6
     if not math.isfinite(value):
         errors.append(f"{op} on {layer!r} has a non-finite {key}: {value}")
         return None

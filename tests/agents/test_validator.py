@@ -79,3 +79,12 @@ def test_modulation_of_the_right_shape_is_accepted_and_norm_capped():
     assert len(delta) == 10
     assert sum(v * v for v in delta) ** 0.5 == pytest.approx(MAX_DELTA_NORM_RATIO * 10.0)
     assert clamped["weight_modulation.fc.3.bias.norm"]["to"] == pytest.approx(0.5)
+
+
+def test_absurdly_large_integers_are_an_error_or_a_clamp_not_a_crash():
+    huge = "9" * 400
+    _, _, _, errors = check(f'{{"dropout": {huge}, "learning_rate": 0.001, "alpha": 0.4, "rationale": ""}}')
+    assert any("dropout is too large" in e for e in errors)
+    text = f'{{"dropout": 0.2, "learning_rate": 0.001, "alpha": 0.4, "rationale": "", "weight_modulation": [{{"layer": "fc.3.weight", "op": "scale", "factor": {huge}}}]}}'
+    command, _, clamped, errors = check(text)
+    assert errors == [] and command.weight_ops[0].value == 1.05

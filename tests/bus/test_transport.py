@@ -66,3 +66,30 @@ def test_non_loopback_endpoints_need_explicit_permission():
     with pytest.raises(ValueError, match="not loopback"):
         check_endpoint("tcp://0.0.0.0:5555")
     assert check_endpoint("tcp://0.0.0.0:5555", allow_remote=True)
+
+
+def test_an_interrupted_request_leaves_the_client_usable(ctx):
+    endpoint = free_tcp_endpoint()
+    server = ctx.socket(zmq.REP)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(endpoint)
+    client = RequestClient(ctx, endpoint, timeout_ms=5000, retries=0)
+
+    class Interrupted(BaseException):
+        pass
+
+    sock = client._socket()
+    original_poll = sock.poll
+
+    def poll_then_interrupt(*args, **kwargs):
+        raise Interrupted()
+
+    sock.poll = poll_then_interrupt
+    with pytest.raises(Interrupted):
+        client.request(Hello(run_id="r", component="t"))
+    assert client._sock is None  # reset: the next request starts on a fresh REQ socket
+    del original_poll
+    outcome = client.request(Hello(run_id="r", component="t"), timeout_ms=200)
+    assert outcome.reply is None and "no reply" in outcome.error  # not zmq's EFSM error
+    client.close()
+    server.close()
