@@ -17,9 +17,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import duckdb
 import zmq
@@ -27,13 +29,14 @@ import zmq
 from agents.config import AgentConfig
 from agents.graph import UnknownNodeError, check_pipeline, pipeline_with, resolve_node
 from agents.llm import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME, LLMSettings
-from agents.llm_server import LLMServerError, LocalLLMServer
+from agents.llm_server import HangProbe, LLMServerError, LocalLLMServer
 from bus.log import configure_logging
-from bus.messages import ControlReply, ControlRequest, RunFinished, RunStarted, UpdateCommand
+from bus.messages import ControlReply, ControlRequest, Hello, Ready, RunFinished, RunStarted, UpdateCommand, decode
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
 from storage.recorder import RecorderConfig
 from storage.report import ReportError, run_sql, write_report
 from storage.schema import migrate
+from trainer.checkpoint import CheckpointError, read_state
 from trainer.config import TrainerConfig
 from trainer.data import REGIMES, default_data_dir
 
@@ -60,6 +63,7 @@ DEFAULTS = {
 }
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
+MAX_RESTARTS = 5  # per child and invocation
 
 
 class CliError(Exception):
@@ -155,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="re-run a recorded guided run applying its recorded commands in order, with no model calls, and "
         "compare its epochs with the original (default: none)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        default=None,
+        help="continue a failed or interrupted run from its last completed epoch (its checkpoint), with its "
+        "recorded settings (default: none)",
     )
     p.add_argument(
         "--rerun",
@@ -326,7 +337,9 @@ class Arm:
     fingerprint: str  # what makes two runs the same experiment; a completed one is not run again
     status: str = "pending"
     replay_of: str | None = None  # the recorded run whose commands this one applies again
-    recorded: dict | None = None  # for a replay: the original trainer config and commands
+    recorded: dict | None = None  # replay: the original trainer config and commands; resume: trainer and agent
+    resume_from: Path | None = None  # resume: the run's checkpoint
+    resume_epoch: int = 0  # resume: the last completed epoch, the one the checkpoint holds
 
 
 def plan_replay(args: argparse.Namespace) -> Arm:
@@ -347,6 +360,53 @@ def plan_replay(args: argparse.Namespace) -> Arm:
     run_id = f"{args.replay}-replay-{uuid.uuid4().hex[:6]}"
     return Arm("guided", "replay", regime, seed, pair_id, run_id, uuid.uuid4().hex[:16], replay_of=args.replay,
                recorded=recorded)  # fmt: skip
+
+
+def plan_resume(args: argparse.Namespace) -> Arm:
+    """The recorded run ``args.resume``, to continue from its checkpoint with its recorded settings."""
+    with duckdb.connect(str(args.db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT arm, controller, regime, seed, pair_id, status, config FROM runs WHERE run_id = ?", [args.resume]
+        ).fetchall()
+    if not rows:
+        raise CliError(f"--resume: no run {args.resume!r} in {args.db}")
+    arm, controller, regime, seed, pair_id, status, config = rows[0]
+    if status == "completed":
+        raise CliError(f"--resume: run {args.resume!r} is already completed")
+    config = json.loads(config)
+    try:
+        trainer = TrainerConfig.model_validate(config["trainer"])
+    except (KeyError, ValueError) as exc:
+        raise CliError(f"--resume: run {args.resume!r} has no usable trainer config: {exc}") from None
+    try:
+        state = read_state(trainer.checkpoint_file)
+    except CheckpointError as exc:
+        raise CliError(f"--resume: {exc}; without it run {args.resume!r} can only be run again from epoch 1") from None
+    if state.run_id != args.resume:
+        raise CliError(f"--resume: {trainer.checkpoint_file} belongs to run {state.run_id!r}")
+    return Arm(
+        arm, controller, regime, seed, pair_id, args.resume, config.get("fingerprint") or uuid.uuid4().hex[:16],
+        replay_of=config.get("replay_of"), recorded={"trainer": config["trainer"], "agent": config.get("agent")},
+        resume_from=trainer.checkpoint_file, resume_epoch=state.epoch,
+    )  # fmt: skip
+
+
+def prepare_resume(db: Path, arm: Arm) -> dict[str, int]:
+    """Before the recorder opens the database: drop the rows of epochs after the checkpoint (they run
+    again, and their decisions may differ) and mark the run running. Returns the rows dropped per table."""
+    dropped = {}
+    with duckdb.connect(str(db)) as con:
+        con.execute("BEGIN TRANSACTION")
+        for table in ("epochs", "decisions", "reflections"):
+            where = f"FROM {table} WHERE run_id = ? AND epoch > ?"
+            dropped[table] = con.execute(f"SELECT count(*) {where}", [arm.run_id, arm.resume_epoch]).fetchall()[0][0]
+            con.execute(f"DELETE {where}", [arm.run_id, arm.resume_epoch]).fetchall()
+        con.execute(
+            "UPDATE runs SET status = 'running', status_reason = ?, finished_at = NULL WHERE run_id = ?",
+            [f"resumed after epoch {arm.resume_epoch}", arm.run_id],
+        ).fetchall()
+        con.execute("COMMIT")
+    return dropped
 
 
 def compare_replay(db: Path, original: str, replay: str) -> str:
@@ -405,22 +465,95 @@ def completed_runs(db: Path) -> dict[str, str]:
 
 @dataclass
 class Orchestrator:
-    """Starts, watches and stops the recorder, agent and trainer processes of one invocation."""
+    """Starts, watches, restarts and stops the recorder, agent, model-server and trainer processes.
+
+    The recorder, the agents and the embedded model server are restarted when they die (and the model
+    server when it stops answering), up to ``MAX_RESTARTS`` times each; they keep their endpoints, so
+    their peers reconnect by themselves. The trainer is not restarted: a crashed run is ``failed`` and
+    continues with ``--resume``.
+    """
 
     args: argparse.Namespace
     run_dir: Path
     ctx: zmq.Context = field(default_factory=zmq.Context)
     children: dict[str, subprocess.Popen] = field(default_factory=dict)
+    recipes: dict[str, Callable[[], subprocess.Popen]] = field(default_factory=dict)
+    restarts: Counter = field(default_factory=Counter)
+    log: Any = None
+    llm: LocalLLMServer | None = None
+    probe: HangProbe | None = None
 
     def spawn(self, name: str, module: str, config) -> subprocess.Popen:
         path = self.run_dir / f"{name}.json"
         path.write_text(config.model_dump_json(indent=2))
         # Own session: a Ctrl-C in the terminal reaches only run.py, which then stops the children in order.
-        proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(path)], start_new_session=True)
-        self.children[name] = proc
-        return proc
+        cmd = [sys.executable, "-m", module, "--config", str(path)]
+        self.recipes[name] = lambda: subprocess.Popen(cmd, start_new_session=True)
+        self.children[name] = self.recipes[name]()
+        return self.children[name]
+
+    def supervise(self) -> None:
+        """Restart every service child that died, and the model server if it stopped answering."""
+        for name, proc in list(self.children.items()):
+            if name == "trainer" or name not in self.recipes:
+                continue
+            code = proc.poll()
+            if code is not None:
+                self.restart(name, f"exited with code {code}")
+            elif name == "llm" and self.probe is not None and self.probe.hung:
+                self.restart(name, f"no answer within {self.probe.timeout_s:g} s")
+
+    def restart(self, name: str, reason: str) -> None:
+        proc = self.children.get(name)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if self.restarts[name] >= MAX_RESTARTS:
+            self.children.pop(name, None)
+            self.recipes.pop(name, None)
+            self.log.error("child_abandoned", child=name, reason=reason, restarts=self.restarts[name])
+            print(f"run.py: {name} {reason}; not restarting it again after {MAX_RESTARTS} restarts", file=sys.stderr)
+            if name == "recorder":
+                raise ChildLost(f"the recorder {reason} {MAX_RESTARTS + 1} times; see {self.run_dir / 'logs'}")
+            return
+        self.restarts[name] += 1
+        started = time.monotonic()
+        try:
+            self.children[name] = self.recipes[name]()
+        except LLMServerError as exc:  # the model server did not come back: its clients fall back
+            self.children.pop(name, None)
+            self.log.error("child_restart_failed", child=name, reason=reason, error=str(exc))
+            return
+        if self.probe is not None and name == "llm":
+            self.probe.reset()
+        self.log.warning(
+            "child_restarted", child=name, reason=reason, restart=self.restarts[name],
+            pid=self.children[name].pid, restart_s=round(time.monotonic() - started, 2),
+        )  # fmt: skip
+        print(f"run.py: {name} {reason}; restarted it ({self.restarts[name]}/{MAX_RESTARTS})", file=sys.stderr)
+
+    def settle(self, sender: RecordSender, timeout_s: float) -> bool:
+        """Until ``sender``'s records are all acknowledged (restarting a dead recorder); False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.supervise()
+            if sender.flush(0.2):
+                return True
+        return False
+
+    def wait(self, proc: subprocess.Popen, sender: RecordSender) -> int:
+        """Supervise the other children until ``proc`` exits; its exit code."""
+        while (code := proc.poll()) is None:
+            self.supervise()
+            sender.pump()
+            try:
+                proc.wait(0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        return code
 
     def stop_child(self, name: str, grace_s: float = STOP_GRACE_S) -> int | None:
+        self.recipes.pop(name, None)
         proc = self.children.pop(name, None)
         if proc is None:
             return None
@@ -432,6 +565,10 @@ class Orchestrator:
                 proc.kill()
                 proc.wait()
         return proc.returncode
+
+
+class ChildLost(RuntimeError):
+    """A child the run cannot go on without (the recorder) keeps dying."""
 
 
 def _utc_now() -> float:
@@ -472,6 +609,8 @@ def validate_args(args: argparse.Namespace) -> list[str]:
         check_pipeline(pipeline_with(extras))
     except ValueError as exc:
         raise CliError(f"--nodes: {exc}") from None
+    if args.resume and args.replay:
+        raise CliError("--resume and --replay cannot be combined")
     if args.controller == ["none"] and args.arms == "guided":
         raise CliError("--arms guided needs a controller; --controller none runs the baseline only")
     preflight_database(args.db)
@@ -547,31 +686,48 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _interrupt)
     settings = llm_settings(args)
     try:
-        arms = [plan_replay(args)] if args.replay else plan_arms(args, pipeline, settings)
+        if args.replay:
+            arms, settings = [plan_replay(args)], None
+        elif args.resume:
+            arms = [plan_resume(args)]
+            recorded_agent = arms[0].recorded["agent"]
+            settings = LLMSettings.model_validate(recorded_agent["llm"]) if recorded_agent and recorded_agent["llm"] else None
+        else:
+            arms = plan_arms(args, pipeline, settings)
     except CliError as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
-    if args.replay:
-        settings = None
-    done = {} if args.rerun or args.replay else completed_runs(args.db)
+    done = {} if args.rerun or args.replay or args.resume else completed_runs(args.db)
     for arm in arms:
         if arm.fingerprint in done:
             arm.run_id, arm.status = done[arm.fingerprint], "completed"
     todo = [arm for arm in arms if arm.status == "pending"]
     regimes = ",".join(dict.fromkeys(a.regime for a in arms))
-    print(
-        f"ReflectNet | regime {regimes} | seeds {args.seed}..{args.seed + args.seeds - 1} | {args.epochs} epochs | "
-        f"controller {','.join(args.controller)} | {len(arms)} run(s), {len(arms) - len(todo)} already completed in "
-        f"{args.db}",
-        flush=True,
-    )
+    if args.resume:
+        arm = arms[0]
+        print(
+            f"ReflectNet | resuming run {arm.run_id} ({arm.name}, controller {arm.controller}, regime {arm.regime}, "
+            f"seed {arm.seed}) after epoch {arm.resume_epoch} of {arm.recorded['trainer']['epochs']} | {args.db}",
+            flush=True,
+        )
+    else:
+        print(
+            f"ReflectNet | regime {regimes} | seeds {args.seed}..{args.seed + args.seeds - 1} | {args.epochs} epochs | "
+            f"controller {','.join(args.controller)} | {len(arms)} run(s), {len(arms) - len(todo)} already completed in "
+            f"{args.db}",
+            flush=True,
+        )
     if not todo:
         print_results(args.db, [a.run_id for a in arms])
         return 0
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = args.out / f"{stamp}-{regimes.replace(',', '_')}-{uuid.uuid4().hex[:8]}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"run.py: error: --out {args.out}: cannot create the run directory: {exc.strerror}", file=sys.stderr)
+        return 2
     print(f"run directory {run_dir}", flush=True)
     orch = Orchestrator(args, run_dir)
     recorder_cfg = RecorderConfig(
@@ -581,12 +737,14 @@ def main(argv: list[str] | None = None) -> int:
         run_dir=run_dir.resolve(),
     )
     sender = RecordSender(orch.ctx, recorder_cfg.endpoint)
-    log = configure_logging("orchestrator", run_dir / "logs", forward=sender.send)
+    log = orch.log = configure_logging("orchestrator", run_dir / "logs", forward=sender.send)
     control = RequestClient(orch.ctx, recorder_cfg.control_endpoint, timeout_ms=5000, retries=0)
     interrupted = failed_to_start = False
     agents: dict[str, AgentConfig] = {}
     running: Arm | None = None
+    trainer_cfg: TrainerConfig | None = None
     try:
+        discarded = {arm.run_id: prepare_resume(args.db, arm) for arm in todo if arm.resume_from is not None}
         recorder = orch.spawn("recorder", "storage", recorder_cfg)
         if not wait_for_recorder(control, recorder):
             print(
@@ -600,69 +758,33 @@ def main(argv: list[str] | None = None) -> int:
             agent_cfg = None
             if arm.controller not in ("none", "replay"):
                 if arm.controller not in agents:
-                    agents[arm.controller] = AgentConfig(
-                        endpoint=free_tcp_endpoint(),
-                        recorder_endpoint=recorder_cfg.endpoint,
-                        run_dir=run_dir.resolve(),
-                        controller=arm.controller,
-                        llm=settings if arm.controller == "llm" else None,
-                        llm_reflection=not args.no_llm_reflection,
-                        feed_reflection=not args.no_reflection_feedback,
-                        command_space=command_space(args, settings),
-                        nodes=pipeline,
-                        max_repairs=args.max_repairs,
-                    )
+                    agents[arm.controller] = agent_config(args, arm, todo, recorder_cfg, run_dir, settings, pipeline)
                     orch.spawn(f"agent-{arm.controller}", "agents", agents[arm.controller])
+                    wait_for_agent(orch, agents[arm.controller], arm.run_id, sender)
                 agent_cfg = agents[arm.controller]
-            trainer_cfg = TrainerConfig(
-                run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, regime=arm.regime,
-                seed=arm.seed, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                compile_eval=not args.no_compile,
-                data_dir=(args.data_dir or default_data_dir()).resolve(), run_dir=run_dir.resolve(),
-                recorder_endpoint=recorder_cfg.endpoint, agent_endpoint=agent_cfg.endpoint if agent_cfg else None,
-                agent_timeout_ms=int(agent_timeout_s(args) * 1000), agent_retries=args.agent_retries,
-            )  # fmt: skip
-            if arm.recorded is not None:
-                original = TrainerConfig.model_validate(arm.recorded["trainer"])
-                trainer_cfg = original.model_copy(update={
-                    "run_id": arm.run_id, "controller": "replay", "data_dir": trainer_cfg.data_dir,
-                    "run_dir": trainer_cfg.run_dir, "recorder_endpoint": trainer_cfg.recorder_endpoint,
-                    "agent_endpoint": None, "replay_commands": {
-                        int(epoch): UpdateCommand.model_validate(command) for epoch, command in arm.recorded["commands"].items()
-                    },
-                })  # fmt: skip
+            trainer_cfg = trainer_config(args, arm, run_dir, recorder_cfg, agent_cfg)
             print(
                 f"[{number}/{len(todo)}] regime {arm.regime} ({REGIMES[arm.regime]} images) | seed {arm.seed} | "
                 f"{arm.name} | controller {arm.controller}",
                 flush=True,
             )
-            sender.send(
-                RunStarted(
-                    run_id=arm.run_id,
-                    pair_id=arm.pair_id,
-                    arm=arm.name,
-                    regime=arm.regime,
-                    n_train=REGIMES[arm.regime],
-                    controller=arm.controller,
-                    llm_model=settings.model if arm.controller == "llm" else None,
-                    seed=arm.seed,
-                    epochs=trainer_cfg.epochs,
-                    started_at=_utc_now(),
-                    config={
-                        "fingerprint": arm.fingerprint,
-                        "replay_of": arm.replay_of,
-                        "trainer": trainer_cfg.model_dump(mode="json"),
-                        "agent": agent_cfg.model_dump(mode="json") if agent_cfg else None,
-                        "cli": {k: str(v) for k, v in vars(args).items()},
-                    },
-                )
-            )
+            if arm.resume_from is None:
+                sender.send(run_started(arm, trainer_cfg, agent_cfg, settings, args))
+            else:
+                log.info(
+                    "run_resumed", run_id=arm.run_id, from_epoch=arm.resume_epoch, checkpoint=str(arm.resume_from),
+                    discarded_rows=discarded[arm.run_id],
+                )  # fmt: skip
+            # The recorder refuses records of a run it does not know: it must hold the run before the trainer starts.
+            if not orch.settle(sender, STARTUP_TIMEOUT_S):
+                raise ChildLost(f"the recorder did not confirm the start of run {arm.run_id}")
             log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
             running = arm
             trainer = orch.spawn("trainer", "trainer", trainer_cfg)
-            code = trainer.wait()
+            code = orch.wait(trainer, sender)
             running = None
-            orch.children.pop("trainer", None)
+            orch.stop_child("trainer")
+            replay_pending_records(trainer_cfg, sender, log)
             arm.status = {0: "completed", 130: "interrupted"}.get(code, "failed")
             sender.send(
                 RunFinished(
@@ -675,28 +797,38 @@ def main(argv: list[str] | None = None) -> int:
             log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=code)
             if arm.status == "interrupted":
                 raise KeyboardInterrupt
-    except LLMServerError as exc:
+    except (LLMServerError, ChildLost) as exc:
         failed_to_start = True
-        log.error("llm_server_failed", error=str(exc))
+        log.error("run_aborted", error=str(exc))
         print(f"run.py: error: {exc}", file=sys.stderr, flush=True)
+        if running is not None:
+            orch.stop_child("trainer")
+            running.status = "failed"
+            sender.send(RunFinished(run_id=running.run_id, status="failed", finished_at=_utc_now(), reason=str(exc)))
     except KeyboardInterrupt as stop:
         interrupted = True
         signal_name = str(stop) or "SIGINT"
         print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
         orch.stop_child("trainer")
         if running is not None:
+            replay_pending_records(trainer_cfg, sender, log)
             running.status = "interrupted"
             sender.send(
                 RunFinished(run_id=running.run_id, status="interrupted", finished_at=_utc_now(), reason=signal_name)
             )
         log.warning("interrupted")
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not abandon the shutdown
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second signal must not abandon the shutdown
+            signal.signal(signum, signal.SIG_IGN)
         for name in [n for n in orch.children if n.startswith("agent")]:
             orch.stop_child(name)
+        if orch.probe is not None:
+            orch.probe.stop()
         orch.stop_child("llm")
-        log.info("shutdown", interrupted=interrupted)
-        sender.close()  # LINGER hands every queued record to the recorder before it is told to stop
+        log.info("shutdown", interrupted=interrupted, restarts=dict(orch.restarts))
+        if "recorder" in orch.recipes and not orch.settle(sender, 30.0):
+            print(f"run.py: {sender.pending} record(s) were not confirmed by the recorder", file=sys.stderr)
+        sender.close(timeout_s=0)
         if "recorder" in orch.children:
             stopped = control.request(ControlRequest(op="stop"), timeout_ms=30_000)
             if stopped.reply is None:
@@ -711,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm in arms:
         if arm.replay_of and arm.status == "completed":
             print(compare_replay(args.db, arm.replay_of, arm.run_id))
+        if arm.status in ("failed", "interrupted"):
+            print(f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {args.db}")
     if interrupted:
         return 130
     if failed_to_start:
@@ -718,16 +852,133 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(a.status == "completed" for a in arms) else 1
 
 
+def run_started(arm: Arm, trainer_cfg: TrainerConfig, agent_cfg, settings, args) -> RunStarted:
+    return RunStarted(
+        run_id=arm.run_id,
+        pair_id=arm.pair_id,
+        arm=arm.name,
+        regime=arm.regime,
+        n_train=REGIMES[arm.regime],
+        controller=arm.controller,
+        llm_model=settings.model if arm.controller == "llm" else None,
+        seed=arm.seed,
+        epochs=trainer_cfg.epochs,
+        started_at=_utc_now(),
+        config={
+            "fingerprint": arm.fingerprint,
+            "replay_of": arm.replay_of,
+            "trainer": trainer_cfg.model_dump(mode="json"),
+            "agent": agent_cfg.model_dump(mode="json") if agent_cfg else None,
+            "cli": {k: str(v) for k, v in vars(args).items()},
+        },
+    )
+
+
+def agent_config(args, arm: Arm, todo: list[Arm], recorder_cfg, run_dir: Path, settings, pipeline) -> AgentConfig:
+    """The agent for ``arm``'s controller: it serves every run of this invocation with that controller."""
+    fresh = {
+        "endpoint": free_tcp_endpoint(),
+        "recorder_endpoint": recorder_cfg.endpoint,
+        "run_dir": run_dir.resolve(),
+        "run_ids": [a.run_id for a in todo if a.controller == arm.controller],
+    }
+    if arm.recorded is not None and arm.recorded.get("agent"):  # a resumed run keeps its agent's settings
+        recorded = AgentConfig.model_validate(arm.recorded["agent"])
+        llm = settings if recorded.llm is not None else None
+        return recorded.model_copy(update={**fresh, "llm": llm})
+    return AgentConfig(
+        **fresh,
+        controller=arm.controller,
+        llm=settings if arm.controller == "llm" else None,
+        llm_reflection=not args.no_llm_reflection,
+        feed_reflection=not args.no_reflection_feedback,
+        command_space=command_space(args, settings),
+        nodes=pipeline,
+        max_repairs=args.max_repairs,
+    )
+
+
+def trainer_config(args, arm: Arm, run_dir: Path, recorder_cfg, agent_cfg) -> TrainerConfig:
+    """A new run's trainer from the flags; a replayed or resumed one's from its recorded config."""
+    where = {
+        "data_dir": (args.data_dir or default_data_dir()).resolve(),
+        "run_dir": run_dir.resolve(),
+        "recorder_endpoint": recorder_cfg.endpoint,
+        "agent_endpoint": agent_cfg.endpoint if agent_cfg else None,
+        "device": args.device,
+        "compile_eval": not args.no_compile,
+    }
+    if arm.recorded is None:
+        return TrainerConfig(
+            run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, regime=arm.regime,
+            seed=arm.seed, epochs=args.epochs, batch_size=args.batch_size, **where,
+            checkpoint_dir=run_dir.resolve() / "checkpoints",
+            agent_timeout_ms=int(agent_timeout_s(args) * 1000), agent_retries=args.agent_retries,
+        )  # fmt: skip
+    original = TrainerConfig.model_validate(arm.recorded["trainer"])
+    if arm.resume_from is not None:
+        return original.model_copy(
+            update={**where, "checkpoint_dir": arm.resume_from.parent, "resume_from": arm.resume_from}
+        )
+    commands = {int(epoch): UpdateCommand.model_validate(c) for epoch, c in arm.recorded["commands"].items()}
+    return original.model_copy(
+        update={
+            **where, "run_id": arm.run_id, "controller": "replay", "agent_endpoint": None, "replay_commands": commands,
+            "checkpoint_dir": run_dir.resolve() / "checkpoints", "resume_from": None,
+        }
+    )  # fmt: skip
+
+
+def replay_pending_records(cfg: TrainerConfig | None, sender: RecordSender, log) -> int:
+    """Send again the records a stopped trainer's checkpoint holds unconfirmed; the recorder stores each once."""
+    if cfg is None:
+        return 0
+    try:
+        state = read_state(cfg.checkpoint_file)
+    except CheckpointError:
+        return 0  # no epoch completed: nothing to keep
+    for topic, body in state.pending_records:
+        sender.send(decode([topic.encode(), body.encode()]))
+    if state.pending_records:
+        log.info("checkpoint_records_replayed", run_id=cfg.run_id, records=len(state.pending_records))
+    return len(state.pending_records)
+
+
+def wait_for_agent(orch: Orchestrator, cfg: AgentConfig, run_id: str, sender: RecordSender) -> bool:
+    """The agent's start-up handshake, before any trainer depends on it (a dead agent is restarted meanwhile)."""
+    client = RequestClient(orch.ctx, cfg.endpoint, timeout_ms=1000, retries=0)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            orch.supervise()
+            sender.pump()
+            outcome = client.request(Hello(run_id=run_id, component="orchestrator"))
+            if isinstance(outcome.reply, Ready):
+                orch.log.info("agent_ready", controller=cfg.controller, agent_pid=outcome.reply.pid)
+                return True
+    finally:
+        client.close()
+    orch.log.warning("agent_not_ready", controller=cfg.controller, waited_s=STARTUP_TIMEOUT_S)
+    print(
+        f"run.py: the {cfg.controller} agent did not answer within {STARTUP_TIMEOUT_S:g} s; the trainer falls back "
+        "to its current hyperparameters until it does",
+        file=sys.stderr,
+    )
+    return False
+
+
 def _interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def start_local_llm(orch: Orchestrator, settings: LLMSettings, log) -> LLMSettings:
-    """Start the embedded model server, wait until it answers; the settings then point at it."""
-    server = LocalLLMServer(orch.run_dir / "logs" / "llm-server.log")
+    """Start the embedded model server, wait until it answers, and watch it; the settings then point at it."""
+    server = orch.llm = LocalLLMServer(orch.run_dir / "logs" / "llm-server.log")
     orch.children["llm"] = server.start()
     started = time.monotonic()
     server.wait_ready()
+    orch.recipes["llm"] = server.restart
+    orch.probe = HangProbe(server, timeout_s=max(10.0, 1.5 * settings.timeout_s)).start()
     log.info(
         "llm_server_ready",
         base_url=server.base_url,

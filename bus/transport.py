@@ -4,8 +4,10 @@ The traps this module handles on purpose (zguide ch. 2 and 4):
 
 * LINGER: every socket gets a bounded linger, so ``close()`` never hangs on a dead peer. Record
   senders use a longer one so queued records still reach a live recorder at exit.
-* High-water marks: record senders use PUSH, which blocks rather than drops at the HWM; the send
-  itself has a timeout so a dead recorder cannot freeze training.
+* Messages lost in flight (a recorder that crashed with records in memory, a connection reset, LINGER
+  at exit): record senders keep every message until the recorder acknowledges its commit, and send
+  again what is not acknowledged (:class:`RecordSender`); nothing blocks on a dead recorder.
+* High-water marks: sends never block; what the socket cannot take now waits in the outbox.
 * A peer that never answers: :class:`RequestClient` polls with a timeout, closes and reopens its
   REQ socket (a REQ socket that missed its reply is unusable), retries, then gives up with ``None``
   so the caller can fall back.
@@ -15,10 +17,15 @@ The traps this module handles on purpose (zguide ch. 2 and 4):
 
 from __future__ import annotations
 
+import os
 import socket
+import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from bus.messages import BusDecodeError, Message, decode, encode
 
@@ -46,29 +53,133 @@ def check_endpoint(endpoint: str, allow_remote: bool = False) -> str:
 
 
 class RecordSender:
-    """PUSH socket to the recorder. ``send`` never blocks longer than ``send_timeout_ms``."""
+    """DEALER socket to the recorder's ROUTER: every record is kept until the recorder acknowledges it.
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, send_timeout_ms: int = 2000, linger_ms: int = 5000):
-        self._sock = ctx.socket(zmq.PUSH)
+    Each message travels as ``[seq, topic, json]`` under this sender's identity. The recorder commits
+    the row and its ``(identity, seq)`` watermark in one transaction, then answers ``[b"ack", seq]``
+    (cumulative). Until then the message stays in the outbox; when no ack has arrived for
+    ``resend_after_s`` (a recorder that crashed and was restarted, a connection that broke) every
+    unacknowledged message is sent again, in order. The recorder drops what it has already committed,
+    so a record is stored exactly once. ``send`` never blocks: with no recorder connected
+    (``IMMEDIATE``) the message waits in the outbox.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        resend_after_s: float = 2.0,
+        max_pending: int = 200_000,
+        identity: str | None = None,
+    ):
+        self.identity = identity or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._sock = ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.ROUTING_ID, self.identity.encode())
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
-        self._sock.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
-        self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(endpoint)
-        self.dropped = 0
+        self.resend_after_s = resend_after_s
+        self.max_pending = max_pending
+        self._pending: OrderedDict[int, tuple[Message, list[bytes]]] = OrderedDict()
+        self._seq = 0
+        self._next_unsent = 1  # messages from this seq on have not been handed to the socket yet
+        self._last_progress = time.monotonic()
+        self.acked = 0  # highest seq the recorder has committed
+        self.resends = 0  # times the outbox was sent again
+        self.dropped = 0  # messages given up: the outbox was full, or the sender was closed
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def send(self, message: Message) -> bool:
+        """Queue ``message`` for the recorder; False if it had to be given up."""
         if self._sock.closed:
             self.dropped += 1
             return False
-        try:
-            self._sock.send_multipart(encode(message))
-            return True
-        except zmq.Again:
-            self.dropped += 1
-            return False
+        self._seq += 1
+        if not self._pending:
+            self._last_progress = time.monotonic()  # the ack clock starts with the oldest pending message
+        self._pending[self._seq] = (message, [str(self._seq).encode(), *encode(message)])
+        if len(self._pending) > self.max_pending:
+            self._give_up_oldest_event()
+        self.pump()
+        return True
 
-    def close(self) -> None:
-        self._sock.close()
+    def _give_up_oldest_event(self) -> None:
+        # A recorder gone for a long time: log events go first, records are kept as long as possible.
+        for seq, (message, _) in self._pending.items():
+            if message.TOPIC == "log_event":
+                break
+        else:
+            seq = next(iter(self._pending))
+        del self._pending[seq]
+        self.dropped += 1
+
+    def _push(self) -> None:
+        """Hand unsent messages to the socket in order, until it would block."""
+        for seq, (_, frames) in self._pending.items():
+            if seq < self._next_unsent:
+                continue
+            try:
+                self._sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._next_unsent = seq + 1
+
+    def pump(self) -> None:
+        """Take the acks that have arrived, send what waits, and resend after ``resend_after_s`` of silence."""
+        if self._sock.closed:
+            return
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) == 2 and frames[0] == b"ack" and frames[1].isdigit():
+                self._acknowledge(int(frames[1]))
+        if self._pending and time.monotonic() - self._last_progress > self.resend_after_s:
+            self._next_unsent = next(iter(self._pending))
+            self._last_progress = time.monotonic()
+            self.resends += 1
+        self._push()
+
+    def _acknowledge(self, seq: int) -> None:
+        if seq <= self.acked:
+            return
+        self.acked = seq
+        while self._pending and next(iter(self._pending)) <= seq:
+            self._pending.popitem(last=False)
+        self._next_unsent = max(self._next_unsent, seq + 1)
+        self._last_progress = time.monotonic()
+
+    def unacked(self) -> list[Message]:
+        """The messages the recorder has not confirmed yet, oldest first."""
+        return [message for message, _ in self._pending.values()]
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until the recorder has acknowledged everything; False if ``timeout_s`` ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.pump()
+            if not self._pending:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._sock.closed:
+                return False
+            self._sock.poll(min(remaining, 0.05) * 1000, zmq.POLLIN)
+
+    def close(self, timeout_s: float = 5.0) -> int:
+        """Flush for up to ``timeout_s``, then close; returns how many messages were never acknowledged."""
+        if self._sock.closed:
+            return 0
+        self.flush(timeout_s)
+        lost = len(self._pending)
+        self.dropped += lost
+        self._pending.clear()
+        self._sock.close(linger=0)
+        return lost
 
 
 @dataclass
@@ -91,29 +202,61 @@ class RequestClient:
         self.timeout_ms = timeout_ms
         self.retries = retries
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
             self._sock = self._ctx.socket(zmq.REQ)
             self._sock.setsockopt(zmq.LINGER, 0)
+            # A peer that dies mid-request closes the TCP connection: notice it now, not at the timeout.
+            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self._sock.connect(self._endpoint)
         return self._sock
 
     def _reset(self) -> None:
         if self._sock is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
             self._sock.close(linger=0)
-            self._sock = None
+            self._sock = self._monitor = None
+
+    def _disconnected(self) -> bool:
+        """Whether the monitor reported a lost connection since the last call."""
+        lost = False
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return lost
+            lost = lost or event["event"] == zmq.EVENT_DISCONNECTED
 
     def request(self, message: Message, timeout_ms: int | None = None) -> RequestOutcome:
-        """Send ``message`` and wait for its reply; ``reply`` is None after every try failed."""
+        """Send ``message`` and wait for its reply; ``reply`` is None after every try failed.
+
+        A try ends at its timeout, or as soon as the connection to the peer breaks (the peer process
+        died); the next try goes out on a fresh socket, which a restarted peer receives.
+        """
         timeout = timeout_ms or self.timeout_ms
         error = None
         for attempt in range(1, self.retries + 2):
             sock = self._socket()
+            frames = None
             try:
+                self._disconnected()  # forget breaks from before this request
                 sock.send_multipart(encode(message))
-                ready = sock.poll(timeout, zmq.POLLIN)
-                frames = sock.recv_multipart() if ready else None
+                deadline = time.monotonic() + timeout / 1000
+                poller = zmq.Poller()
+                poller.register(sock, zmq.POLLIN)
+                poller.register(self._monitor, zmq.POLLIN)
+                error = f"no reply within {timeout} ms"
+                while (remaining := deadline - time.monotonic()) > 0:
+                    ready = dict(poller.poll(remaining * 1000))
+                    if sock in ready:
+                        frames = sock.recv_multipart()
+                        break
+                    if self._monitor in ready and self._disconnected():
+                        error = "the peer disconnected before replying"
+                        break
             except BaseException:
                 self._reset()  # a REQ socket interrupted mid-request cannot send again
                 raise
@@ -122,9 +265,6 @@ class RequestClient:
                     return RequestOutcome(decode(frames), attempt)
                 except BusDecodeError as exc:
                     error = f"bad reply: {exc.reason}"
-                    self._reset()
-                    continue
-            error = f"no reply within {timeout} ms"
             self._reset()
         return RequestOutcome(None, self.retries + 1, error)
 

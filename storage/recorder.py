@@ -1,10 +1,15 @@
 """The recorder: the one process that owns the DuckDB file.
 
-Every other process PUSHes records to it; the orchestrator talks to it over a REP control socket
-(``ping`` for the start-up handshake, ``sync`` to drain and commit, ``stop``). Inserts are batched
-and committed at least every ``flush_interval_s``; anything committed survives a crash of any
-process, and a stop (control message, SIGTERM or SIGINT) drains the socket, commits and
-checkpoints first. Rows are keyed (run_id, epoch), so a record delivered twice is stored once.
+Every other process sends records to its ROUTER socket through a :class:`bus.transport.RecordSender`
+(``[seq, topic, json]`` under the sender's identity); the orchestrator talks to it over a REP control
+socket (``ping`` for the start-up handshake, ``sync`` to drain and commit, ``stop``). Inserts are
+batched and committed at least every ``flush_interval_s``, together with each sender's watermark
+(table ``delivery``); only then is the sender acknowledged. So a recorder killed at any moment loses
+nothing: what it had not committed is still in the senders' outboxes and comes again to the
+restarted recorder, which drops what it had already committed. A message out of order (a gap after a
+reconnect) is dropped and comes again in order. Rows are also keyed (run_id, epoch), so a record sent
+by two processes (a trainer and, after its crash, the orchestrator replaying its checkpoint) is
+stored once. Records of a run the database does not know are rejected with a reason.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import duckdb
 import zmq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
 from bus.log import configure_logging
@@ -36,6 +41,7 @@ from bus.messages import (
     decode,
     encode,
 )
+from bus.transport import check_endpoint
 from storage.schema import migrate
 
 
@@ -43,11 +49,18 @@ class RecorderConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     db_path: Path
-    endpoint: str  # PULL: records from every process
+    endpoint: str  # ROUTER: records from every process
     control_endpoint: str  # REP: orchestrator control
     run_dir: Path
     flush_interval_s: float = 0.25
     batch_rows: int = 500
+    allow_remote: bool = False  # bind a non-loopback address (only when the user passed one explicitly)
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self):
+        check_endpoint(self.endpoint, self.allow_remote)
+        check_endpoint(self.control_endpoint, self.allow_remote)
+        return self
 
 
 def _utc(ts: float) -> datetime:
@@ -141,36 +154,80 @@ def row_for(message: Message) -> tuple[str, tuple]:
     raise BusDecodeError(f"{message.TOPIC} is not a record the recorder stores")
 
 
+class RecordRejected(ValueError):
+    """A well-formed record the database must not take (e.g. for a run it does not know)."""
+
+
+RUN_RECORDS = (EpochRecord, DecisionRecord, ReflectionRecord, RunFinished, LogEvent)
+
+
+def _run_of(message: Message) -> str | None:
+    if isinstance(message, DecisionRecord):
+        return message.decision.run_id
+    return getattr(message, "run_id", None)
+
+
 class RecordBuffer:
-    """Rows waiting for the next batched commit, per table."""
+    """Rows waiting for the next batched commit, per table, and the senders' delivery watermarks."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection):
         self._con = con
         self._rows: dict[str, list[tuple]] = {table: [] for table in FLUSH_ORDER}
         self.pending = 0
         self.written = 0
+        self.known_runs: set[str] = {run_id for (run_id,) in con.execute("SELECT run_id FROM runs").fetchall()}
+        # sender -> highest seq committed (from the database) and accepted (committed or in this buffer)
+        self.committed: dict[str, int] = dict(con.execute("SELECT sender, seq FROM delivery").fetchall())
+        self.accepted: dict[str, int] = dict(self.committed)
+        self._marks: dict[str, int] = {}
 
     def add(self, message: Message) -> None:
+        """Queue ``message``'s row; raises :class:`RecordRejected` for a run this database does not know."""
+        run_id = _run_of(message)
+        if isinstance(message, RUN_RECORDS) and run_id is not None and run_id not in self.known_runs:
+            raise RecordRejected(f"{message.TOPIC} for unknown run {run_id[:80]!r}")
         table, row = row_for(message)
+        if isinstance(message, RunStarted):
+            self.known_runs.add(message.run_id)
         self._rows[table].append(row)
         self.pending += 1
 
-    def flush(self) -> int:
-        """Commit every pending row in one transaction; returns how many rows were flushed.
+    @property
+    def unsaved(self) -> bool:
+        """Rows or watermarks not committed yet."""
+        return bool(self.pending or self._marks)
+
+    def accept(self, sender: str, seq: int) -> str:
+        """Where message ``seq`` of ``sender`` stands: 'new' (take it), 'duplicate' or 'gap' (drop it)."""
+        last = self.accepted.get(sender, 0)
+        if seq <= last:
+            return "duplicate"
+        if seq > last + 1:
+            return "gap"
+        self.accepted[sender] = seq
+        self._marks[sender] = seq
+        return "new"
+
+    def flush(self) -> dict[str, int]:
+        """Commit every pending row and watermark in one transaction; returns the senders to acknowledge.
 
         If the batch fails, it is retried row by row so one bad row costs only itself; each
         rejected row becomes an event that says why.
         """
-        if not self.pending:
-            return 0
+        marks, self._marks = self._marks, {}
+        if not self.pending and not marks:
+            return {}
         batch = {table: rows for table, rows in self._rows.items() if rows}
         self._rows = {table: [] for table in FLUSH_ORDER}
         flushed, self.pending = self.pending, 0
+        now = _utc(time.time())
         try:
             self._con.execute("BEGIN TRANSACTION")
             for table in FLUSH_ORDER:
                 if table in batch:
                     self._con.executemany(INSERTS[table], batch[table])
+            if marks:
+                self._con.executemany(UPSERT_DELIVERY, [(sender, seq, now) for sender, seq in marks.items()])
             self._con.execute("COMMIT")
         except BaseException as exc:
             self._con.execute("ROLLBACK")
@@ -178,6 +235,7 @@ class RecordBuffer:
                 for table, rows in batch.items():
                     self._rows[table][:0] = rows
                 self.pending += flushed
+                self._marks = {**marks, **self._marks}
                 raise
             for table in FLUSH_ORDER:
                 for row in batch.get(table, []):
@@ -190,8 +248,17 @@ class RecordBuffer:
                             INSERTS["events"],
                             (_utc(time.time()), None, "recorder", os.getpid(), "error", "record_rejected", reason),
                         )
+            if marks:
+                self._con.executemany(UPSERT_DELIVERY, [(sender, seq, now) for sender, seq in marks.items()])
         self.written += flushed
-        return flushed
+        self.committed.update(marks)
+        return marks
+
+
+UPSERT_DELIVERY = (
+    "INSERT INTO delivery VALUES (?, ?, ?) ON CONFLICT (sender) DO UPDATE SET seq = excluded.seq, "
+    "updated_at = excluded.updated_at"
+)
 
 
 def serve(cfg: RecorderConfig) -> int:
@@ -202,11 +269,19 @@ def serve(cfg: RecorderConfig) -> int:
         print(f"recorder: cannot open database {cfg.db_path}: {exc}", file=sys.stderr, flush=True)
         return 2
     buffer = RecordBuffer(con)
-    log = configure_logging("recorder", cfg.run_dir / "logs", forward=buffer.add)
+
+    def own_event(event: LogEvent) -> None:
+        try:
+            buffer.add(event)
+        except RecordRejected:  # an event naming a run this database does not know: keep it in the file only
+            pass
+
+    log = configure_logging("recorder", cfg.run_dir / "logs", forward=own_event)
     ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
+    pull = ctx.socket(zmq.ROUTER)
     pull.setsockopt(zmq.LINGER, 0)
     pull.setsockopt(zmq.RCVHWM, 100_000)
+    pull.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a sender that reconnects under its identity takes over
     control = ctx.socket(zmq.REP)
     control.setsockopt(zmq.LINGER, 1000)
     parent = os.getppid()
@@ -214,10 +289,28 @@ def serve(cfg: RecorderConfig) -> int:
     stop_on_signals()
 
     def receive(frames: list[bytes]) -> None:
+        identity, body = frames[0], frames[1:]
+        if len(body) != 3 or not body[0].isdigit() or len(body[0]) > 18:
+            log.warning("bad_frame", reason="expected [seq, topic, json] from a record sender", frames=len(body))
+            return
+        sender = identity.decode("latin-1")
+        state = buffer.accept(sender, int(body[0]))
+        if state == "duplicate":  # already here: say so again, the first ack may have been lost
+            if sender in buffer.committed:
+                pull.send_multipart([identity, b"ack", str(buffer.committed[sender]).encode()])
+            return
+        if state == "gap":
+            return  # an earlier message is missing; the sender resends everything unacknowledged in order
         try:
-            buffer.add(decode(frames))
+            buffer.add(decode(body[1:]))
         except BusDecodeError as exc:
-            log.warning("bad_frame", reason=exc.reason, frames=len(frames))
+            log.warning("bad_frame", reason=exc.reason, frames=len(body))
+        except RecordRejected as exc:
+            log.warning("record_rejected", reason=str(exc))
+
+    def flush() -> None:
+        for sender, seq in buffer.flush().items():
+            pull.send_multipart([sender.encode("latin-1"), b"ack", str(seq).encode()])
 
     def drain() -> None:
         # Take everything already queued; stop after a short quiet spell.
@@ -261,16 +354,16 @@ def serve(cfg: RecorderConfig) -> int:
                     continue
                 if request.op in ("sync", "stop"):
                     drain()
-                    buffer.flush()
+                    flush()
                     last_flush = time.monotonic()
                 stopping = request.op == "stop"
                 control.send_multipart(
                     encode(ControlReply(op=request.op, ok=True, pid=os.getpid(), rows_written=buffer.written))
                 )
             if buffer.pending >= cfg.batch_rows or (
-                buffer.pending and time.monotonic() - last_flush >= cfg.flush_interval_s
+                buffer.unsaved and time.monotonic() - last_flush >= cfg.flush_interval_s
             ):
-                buffer.flush()
+                flush()
                 last_flush = time.monotonic()
             if os.getppid() != parent:
                 log.error("orchestrator_gone")
@@ -286,7 +379,7 @@ def serve(cfg: RecorderConfig) -> int:
     finally:
         ignore_signals()
         log.info("recorder_closing", rows_written=buffer.written + buffer.pending)
-        buffer.flush()
+        flush()
         con.execute("CHECKPOINT")
         con.close()
         pull.close()

@@ -83,6 +83,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE reflections ADD COLUMN rule_verdict VARCHAR;
         """,
     ),
+    (
+        3,
+        """
+        -- Delivery bookkeeping (not for analysis): the last message of each sender process that is
+        -- committed here. It is written in the same transaction as the rows, so a message sent again
+        -- after a recorder crash is recognised and stored once.
+        CREATE TABLE delivery (
+            sender VARCHAR PRIMARY KEY,        -- <pid>-<random>, one per sending process
+            seq BIGINT NOT NULL,               -- highest committed message number
+            updated_at TIMESTAMP NOT NULL
+        );
+        """,
+    ),
 ]
 
 VIEWS = """

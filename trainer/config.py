@@ -36,8 +36,16 @@ class TrainerConfig(BaseModel):
     agent_timeout_ms: int = Field(default=20_000, ge=1)
     agent_retries: int = Field(default=1, ge=0)
     handshake_timeout_ms: int = Field(default=60_000, ge=1)
+    # Checkpoints: one file per run, rewritten after every epoch (trainer.checkpoint); None: run_dir/checkpoints.
+    checkpoint_dir: Path | None = None
+    # Resume: continue from this checkpoint (the run's last completed epoch) instead of epoch 1.
+    resume_from: Path | None = None
     # Replay: the command applied after each epoch, as recorded; no agent is asked.
     replay_commands: dict[int, UpdateCommand] | None = None
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return (self.checkpoint_dir or self.run_dir / "checkpoints") / f"{self.run_id}.safetensors"
 
     @property
     def n_train(self) -> int:

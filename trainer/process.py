@@ -22,11 +22,16 @@ from bus.messages import (
     EpochSummary,
     ErrorReply,
     Hello,
+    LogEvent,
     Ready,
+    Reflection,
     ReflectionRecord,
     UpdateCommand,
+    decode,
+    encode,
 )
 from bus.transport import RecordSender, RequestClient
+from trainer.checkpoint import CheckpointError, TrainingState, load_checkpoint, save_checkpoint
 from trainer.config import TrainerConfig
 from trainer.data import DataUnavailableError, load_mnist, stratified_subset
 from trainer.loop import (
@@ -98,7 +103,7 @@ def progress_line(
 
 def run(cfg: TrainerConfig) -> int:
     ctx = zmq.Context()
-    sender = RecordSender(ctx, cfg.recorder_endpoint, linger_ms=10_000)
+    sender = RecordSender(ctx, cfg.recorder_endpoint)
     log = configure_logging("trainer", cfg.run_dir / "logs", forward=sender.send, run_id=cfg.run_id)
     agent: RequestClient | None = None
     parent = os.getppid()
@@ -133,20 +138,36 @@ def run(cfg: TrainerConfig) -> int:
         order_rng = torch.Generator().manual_seed(cfg.seed)
         param_shapes = {name: list(p.shape) for name, p in model.named_parameters()}
 
+        lr, dropout, alpha = cfg.learning_rate, cfg.dropout, cfg.alpha
+        deltas: dict[str, torch.Tensor] = {}
+        history: list[EpochSummary] = []
+        previous_command = previous_reflection = None
+        first_epoch = 1
+        if cfg.resume_from is not None:
+            state, deltas = load_checkpoint(cfg.resume_from, cfg.run_id, model, optimizer, order_rng, device)
+            lr, dropout, alpha = state.lr, state.dropout, state.alpha
+            model.dropout = dropout
+            history = [EpochSummary.model_validate(h) for h in state.history]
+            previous_command = UpdateCommand.model_validate(state.previous_command) if state.previous_command else None
+            previous_reflection = (
+                Reflection.model_validate(state.previous_reflection) if state.previous_reflection else None
+            )
+            for topic, body in state.pending_records:  # the recorder may not have them; it stores each once
+                sender.send(decode([topic.encode(), body.encode()]))
+            first_epoch = state.epoch + 1
+            log.info("resumed", from_epoch=state.epoch, checkpoint=str(cfg.resume_from), lr=lr, dropout=dropout)
+
         if cfg.agent_endpoint:
             agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries)
             hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
             if isinstance(hello.reply, Ready):
                 log.info("agent_handshake", agent_pid=hello.reply.pid, attempts=hello.attempts)
             else:
-                log.warning("agent_handshake_failed", error=hello.error, attempts=hello.attempts)
+                reason = hello.error or f"agent answered {type(hello.reply).__name__}"
+                log.warning("agent_handshake_failed", error=reason, attempts=hello.attempts)
 
-        lr, dropout, alpha = cfg.learning_rate, cfg.dropout, cfg.alpha
-        deltas: dict[str, torch.Tensor] = {}
-        history: list[EpochSummary] = []
-        previous_command = previous_reflection = None
         log.info("training_started", n_train=len(train_x), epochs=cfg.epochs, batch_size=cfg.batch_size)
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(first_epoch, cfg.epochs + 1):
             if os.getppid() != parent:
                 log.error("orchestrator_gone", epoch=epoch)
                 return EXIT_ORPHANED
@@ -165,7 +186,7 @@ def run(cfg: TrainerConfig) -> int:
                 "grad_norms": tr.grad_norms,
                 "weight_norms": norms,
             }
-            sender.send(EpochRecord(run_id=cfg.run_id, **summary.model_dump(), **detail))
+            records: list = [EpochRecord(run_id=cfg.run_id, **summary.model_dump(), **detail)]
             history.append(summary)
             decision = None
             if agent is not None or cfg.replay_commands is not None:
@@ -179,9 +200,9 @@ def run(cfg: TrainerConfig) -> int:
                 else:
                     decision, new_deltas = replay_decision(cfg.replay_commands, metrics, model, log)
                 applied = epoch < cfg.epochs
-                sender.send(DecisionRecord(decision=decision, applied=applied))
+                records.append(DecisionRecord(decision=decision, applied=applied))
                 if decision.reflection is not None:
-                    sender.send(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
+                    records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
                 # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
                 previous_reflection = decision.reflection
                 if applied:
@@ -191,17 +212,33 @@ def run(cfg: TrainerConfig) -> int:
                         group["lr"] = lr
                     model.dropout = dropout
                     previous_command = command
+            # The checkpoint first, then the records: every epoch in the database is one a resume continues
+            # after, and records the recorder has not confirmed travel in the checkpoint until it does.
+            unconfirmed = [m for m in sender.unacked() if not isinstance(m, LogEvent)] + records
+            state = TrainingState(
+                run_id=cfg.run_id, epoch=epoch, lr=lr, dropout=dropout, alpha=alpha,
+                history=[h.model_dump() for h in history],
+                previous_command=previous_command.model_dump(mode="json") if previous_command else None,
+                previous_reflection=previous_reflection.model_dump(mode="json") if previous_reflection else None,
+                pending_records=[[f.decode() for f in encode(m)] for m in unconfirmed],
+            )  # fmt: skip
+            save_checkpoint(cfg.checkpoint_file, state, model, optimizer, deltas, order_rng)
+            for record in records:
+                sender.send(record)
             print(
                 progress_line(cfg, epoch, tr, ev, history[-1].lr, history[-1].dropout, history[-1].alpha, decision),
                 flush=True,
             )
-            log.info("epoch_done", epoch=epoch, val_acc=ev.acc, train_acc=tr.acc, wall_s=round(wall_s, 3))
-        log.info("training_finished", epochs=cfg.epochs, final_val_acc=history[-1].val_acc)
+            log.info(
+                "epoch_done", epoch=epoch, val_acc=ev.acc, train_acc=tr.acc, wall_s=round(wall_s, 3),
+                decision=decision is not None, reflection=decision is not None and decision.reflection is not None,
+            )  # fmt: skip
+        log.info("training_finished", epochs=cfg.epochs, final_val_acc=history[-1].val_acc if history else None)
         return EXIT_OK
     except Stop as stop:
         log.warning("trainer_stopped", signal=str(stop))
         return EXIT_INTERRUPTED
-    except (DataUnavailableError, ValueError, RuntimeError, OSError) as exc:
+    except (DataUnavailableError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
         log.error("trainer_failed", error=f"{type(exc).__name__}: {exc}")
         print(f"trainer failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
@@ -209,7 +246,9 @@ def run(cfg: TrainerConfig) -> int:
         ignore_signals()
         if agent is not None:
             agent.close()
-        sender.close()  # linger delivers queued records to a live recorder, bounded if it is gone
+        lost = sender.close(timeout_s=10.0)  # wait for the recorder to confirm; a restarted one gets resends
+        if lost:
+            print(f"trainer: {lost} message(s) not acknowledged by the recorder", file=sys.stderr, flush=True)
         ctx.term()
 
 
@@ -231,6 +270,8 @@ def ask_agent(
     """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
     outcome = agent.request(metrics)
     reply = outcome.reply
+    if reply is not None and outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
+        log.warning("agent_retried", epoch=metrics.epoch, attempts=outcome.attempts)
     if reply is None:
         reason = f"agent: {outcome.error} after {outcome.attempts} attempt(s)"
     elif isinstance(reply, ErrorReply):

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import threading
 import time
 
@@ -52,13 +54,59 @@ def test_request_client_gets_the_reply_from_a_live_peer(ctx):
     assert outcome.reply == Ready(run_id="abc", component="agent", pid=42) and outcome.attempts == 1
 
 
-def test_record_sender_close_does_not_hang_without_a_peer(ctx):
-    sender = RecordSender(ctx, free_tcp_endpoint(), linger_ms=300)
+def test_record_sender_close_does_not_hang_without_a_peer_and_counts_what_was_lost(ctx):
+    sender = RecordSender(ctx, free_tcp_endpoint())
     assert sender.send(Hello(run_id="r", component="t"))
     started = time.monotonic()
-    sender.close()
+    assert sender.close(timeout_s=0.3) == 1
     assert time.monotonic() - started < 2.0
-    assert sender.send(Hello(run_id="r", component="t")) is False
+    assert not sender.send(Hello(run_id="r", component="t")) and sender.dropped == 2
+
+
+def test_record_sender_resends_until_acknowledged_and_drops_acked_messages(ctx):
+    endpoint = free_tcp_endpoint()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind(endpoint)
+    sender = RecordSender(ctx, endpoint, resend_after_s=0.2)
+    for i in range(3):
+        sender.send(Hello(run_id=f"r{i}", component="t"))
+    received = []
+    deadline = time.monotonic() + 5
+    while len(received) < 6 and time.monotonic() < deadline:  # three messages, then the same three again
+        sender.pump()
+        if router.poll(50):
+            received.append(router.recv_multipart())
+    identity = received[0][0]
+    assert identity == sender.identity.encode()
+    assert [int(f[1]) for f in received] == [1, 2, 3, 1, 2, 3] and sender.resends >= 1
+    assert [decode(f[2:]).run_id for f in received[:3]] == ["r0", "r1", "r2"]
+    router.send_multipart([identity, b"ack", b"2"])
+    deadline = time.monotonic() + 5
+    while sender.pending != 1 and time.monotonic() < deadline:
+        sender.pump()
+        time.sleep(0.01)
+    assert [m.run_id for m in sender.unacked()] == ["r2"]
+    router.send_multipart([identity, b"ack", b"3"])
+    assert sender.flush(5.0) and sender.pending == 0 and sender.close(0) == 0
+    router.close()
+
+
+def test_request_client_notices_a_peer_that_dies_before_the_timeout(ctx):
+    endpoint = free_tcp_endpoint()
+    code = (
+        "import sys, zmq; s = zmq.Context().socket(zmq.REP); s.bind(sys.argv[1]); s.recv_multipart(); "
+        "import os; os._exit(9)"
+    )
+    peer = subprocess.Popen([sys.executable, "-c", code, endpoint])
+    client = RequestClient(ctx, endpoint, timeout_ms=30_000, retries=0)
+    started = time.monotonic()
+    outcome = client.request(Hello(run_id="r", component="test"))
+    elapsed = time.monotonic() - started
+    client.close()
+    peer.wait(10)
+    assert outcome.reply is None and outcome.error == "the peer disconnected before replying"
+    assert elapsed < 10  # not the 30 s timeout
 
 
 def test_non_loopback_endpoints_need_explicit_permission():
@@ -68,7 +116,7 @@ def test_non_loopback_endpoints_need_explicit_permission():
     assert check_endpoint("tcp://0.0.0.0:5555", allow_remote=True)
 
 
-def test_an_interrupted_request_leaves_the_client_usable(ctx):
+def test_an_interrupted_request_leaves_the_client_usable(ctx, monkeypatch):
     endpoint = free_tcp_endpoint()
     server = ctx.socket(zmq.REP)
     server.setsockopt(zmq.LINGER, 0)
@@ -78,17 +126,14 @@ def test_an_interrupted_request_leaves_the_client_usable(ctx):
     class Interrupted(BaseException):
         pass
 
-    sock = client._socket()
-    original_poll = sock.poll
-
     def poll_then_interrupt(*args, **kwargs):
         raise Interrupted()
 
-    sock.poll = poll_then_interrupt
-    with pytest.raises(Interrupted):
-        client.request(Hello(run_id="r", component="t"))
+    with monkeypatch.context() as patch:
+        patch.setattr(zmq.Poller, "poll", poll_then_interrupt)
+        with pytest.raises(Interrupted):
+            client.request(Hello(run_id="r", component="t"))
     assert client._sock is None  # reset: the next request starts on a fresh REQ socket
-    del original_poll
     outcome = client.request(Hello(run_id="r", component="t"), timeout_ms=200)
     assert outcome.reply is None and "no reply" in outcome.error  # not zmq's EFSM error
     client.close()
