@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 FORMAT = "reflectnet-checkpoint-1"
@@ -96,7 +96,7 @@ def read_state(path: Path) -> TrainingState:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (OSError, ValueError, RuntimeError) as exc:  # missing, truncated, or not a safetensors file
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # missing, truncated, or not safetensors
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ReflectNet checkpoint (format {metadata.get('format')!r})")
@@ -118,9 +118,12 @@ def load_checkpoint(
     state = read_state(path)
     if state.run_id != run_id:
         raise CheckpointError(f"checkpoint {path} belongs to run {state.run_id!r}, not {run_id!r}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(str(path))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optim_state: dict[int, dict[str, Any]] = {
