@@ -756,11 +756,10 @@ def main(argv: list[str] | None = None) -> int:
             settings = start_local_llm(orch, settings, log)
         for number, arm in enumerate(todo, 1):
             agent_cfg = None
+            new_agent = arm.controller not in ("none", "replay") and arm.controller not in agents
+            if new_agent:
+                agents[arm.controller] = agent_config(args, arm, todo, recorder_cfg, run_dir, settings, pipeline)
             if arm.controller not in ("none", "replay"):
-                if arm.controller not in agents:
-                    agents[arm.controller] = agent_config(args, arm, todo, recorder_cfg, run_dir, settings, pipeline)
-                    orch.spawn(f"agent-{arm.controller}", "agents", agents[arm.controller])
-                    wait_for_agent(orch, agents[arm.controller], arm.run_id, sender)
                 agent_cfg = agents[arm.controller]
             trainer_cfg = trainer_config(args, arm, run_dir, recorder_cfg, agent_cfg)
             print(
@@ -775,9 +774,12 @@ def main(argv: list[str] | None = None) -> int:
                     "run_resumed", run_id=arm.run_id, from_epoch=arm.resume_epoch, checkpoint=str(arm.resume_from),
                     discarded_rows=discarded[arm.run_id],
                 )  # fmt: skip
-            # The recorder refuses records of a run it does not know: it must hold the run before the trainer starts.
+            # The recorder refuses records of a run it does not know: it must hold the run before anyone logs for it.
             if not orch.settle(sender, STARTUP_TIMEOUT_S):
                 raise ChildLost(f"the recorder did not confirm the start of run {arm.run_id}")
+            if new_agent:
+                orch.spawn(f"agent-{arm.controller}", "agents", agent_cfg)
+                wait_for_agent(orch, agent_cfg, arm.run_id, sender)
             log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
             running = arm
             trainer = orch.spawn("trainer", "trainer", trainer_cfg)

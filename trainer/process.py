@@ -268,6 +268,7 @@ def ask_agent(
     agent: RequestClient, metrics: EpochMetrics, controller: str, model, log
 ) -> tuple[Decision, dict[str, torch.Tensor]]:
     """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
+    log.info("agent_asked", epoch=metrics.epoch)
     outcome = agent.request(metrics)
     reply = outcome.reply
     if reply is not None and outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
