@@ -290,7 +290,7 @@ def serve(cfg: RecorderConfig) -> int:
 
     def receive(frames: list[bytes]) -> None:
         identity, body = frames[0], frames[1:]
-        if len(body) != 3 or not body[0].isdigit() or len(body[0]) > 18:
+        if len(body) != 3 or not body[0].isdigit() or len(body[0]) > 18 or int(body[0]) < 1:
             log.warning("bad_frame", reason="expected [seq, topic, json] from a record sender", frames=len(body))
             return
         sender = identity.decode("latin-1")
@@ -299,8 +299,9 @@ def serve(cfg: RecorderConfig) -> int:
             if sender in buffer.committed:
                 pull.send_multipart([identity, b"ack", str(buffer.committed[sender]).encode()])
             return
-        if state == "gap":
-            return  # an earlier message is missing; the sender resends everything unacknowledged in order
+        if state == "gap":  # an earlier message is missing; the sender resends everything unacknowledged in order
+            out_of_order[sender] = out_of_order.get(sender, 0) + 1
+            return
         try:
             buffer.add(decode(body[1:]))
         except BusDecodeError as exc:
@@ -308,7 +309,12 @@ def serve(cfg: RecorderConfig) -> int:
         except RecordRejected as exc:
             log.warning("record_rejected", reason=str(exc))
 
+    out_of_order: dict[str, int] = {}
+
     def flush() -> None:
+        if out_of_order:
+            log.info("out_of_order", dropped=sum(out_of_order.values()), senders=len(out_of_order))
+            out_of_order.clear()
         for sender, seq in buffer.flush().items():
             pull.send_multipart([sender.encode("latin-1"), b"ack", str(seq).encode()])
 

@@ -167,46 +167,6 @@ def test_help_states_every_default(tmp_path):
         assert default in text
 
 
-def test_killed_agent_leaves_the_trainer_finishing_on_fallbacks(tmp_path):
-    db, out = tmp_path / "k.duckdb", tmp_path / "runs"
-    proc = start_run_py(
-        "--regime",
-        "10",
-        "--epochs",
-        "6",
-        "--arms",
-        "guided",
-        "--controller",
-        "heuristic",
-        "--agent-timeout",
-        "1",
-        "--agent-retries",
-        "0",
-        "--db",
-        str(db),
-        "--out",
-        str(out),
-        tmp_path=tmp_path,
-    )
-    try:
-        wait_for_epoch(out, 2, proc)
-        agent_pid = {pid for pid, _ in log_records(out, "agent")}.pop()
-        os.kill(agent_pid, signal.SIGKILL)
-        assert proc.wait(240) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    decisions = query(db, "SELECT epoch, fallback, fallback_reason, command->>'alpha' FROM decisions ORDER BY epoch")
-    assert [d[0] for d in decisions] == [1, 2, 3, 4, 5, 6]
-    fallbacks = [d for d in decisions if d[1]]
-    assert fallbacks and fallbacks[-1][0] == 6 and decisions[0][1] is False
-    assert all("no reply within 1000 ms" in d[2] and d[3] == "0.0" for d in fallbacks)
-    assert query(db, "SELECT status FROM runs") == [("completed",)]
-    assert query(db, "SELECT count(*) FROM epochs") == [(6,)]
-    fallback_events = query(db, "SELECT count(*) FROM events WHERE component = 'trainer' AND event = 'fallback'")
-    assert fallback_events == [(len(fallbacks),)]
-
-
 def test_ctrl_c_stops_everything_and_marks_the_run_interrupted(tmp_path):
     db, out = tmp_path / "i.duckdb", tmp_path / "runs"
     proc = start_run_py(
