@@ -263,3 +263,46 @@ def test_replay_reapplies_the_recorded_commands_and_matches_the_original(tmp_pat
     assert query(db, "SELECT DISTINCT controller FROM decisions WHERE run_id = ?", [replay_id]) == [("replay",)]
     unknown = run_py("--replay", "no-such-run", "--db", str(db), tmp_path=tmp_path, timeout=60)
     assert unknown.returncode == 2 and "no run 'no-such-run'" in unknown.stderr
+
+
+def test_a_database_held_by_another_process_gives_one_line_naming_the_file(tmp_path):
+    db = tmp_path / "held.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "time.sleep(120)", str(db)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for args in (["--regime", "10", "--epochs", "1"], ["sql", "SELECT 1"], ["report"]):
+            result = run_py(*args, "--db", str(db), tmp_path=tmp_path, timeout=60)
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2 and len(lines) == 1, result.stderr
+            assert str(db) in lines[0] and "Conflicting lock" in lines[0] and "Traceback" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_resume_refuses_what_it_cannot_resume_in_one_line(tmp_path):
+    db, out = tmp_path / "r.duckdb", tmp_path / "runs"
+    done = run_py("--regime", "10", "--epochs", "1", "--arms", "baseline", "--db", str(db), "--out", str(out),
+                  tmp_path=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (run_id,) = query(db, "SELECT run_id FROM runs")[0]
+    for args, message in (
+        (["--resume", "nope"], "--resume: no run 'nope'"),
+        (["--resume", run_id], f"--resume: run '{run_id}' is already completed"),
+        (["--resume", run_id, "--replay", run_id], "--resume and --replay cannot be combined"),
+    ):
+        result = run_py(*args, "--db", str(db), "--out", str(out), tmp_path=tmp_path, timeout=60)
+        assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"run.py: error: {message}"], (
+            result.stderr
+        )
+    with duckdb.connect(str(db)) as con:  # a failed run whose checkpoint is gone
+        con.execute("UPDATE runs SET status = 'failed'").fetchall()
+    for path in out.glob("*/checkpoints/*.safetensors"):
+        path.unlink()
+    result = run_py("--resume", run_id, "--db", str(db), tmp_path=tmp_path, timeout=60)
+    assert result.returncode == 2 and "cannot read checkpoint" in result.stderr
+    assert "can only be run again from epoch 1" in result.stderr and len(result.stderr.strip().splitlines()) == 1
