@@ -21,12 +21,13 @@ def exploding_node(state):
 
 @pytest.fixture
 def agent(tmp_path):
-    def start(extra_nodes=()):
+    def start(extra_nodes=(), run_ids=None):
         cfg = AgentConfig(
             endpoint=free_tcp_endpoint(),
             recorder_endpoint=free_tcp_endpoint(),
             run_dir=tmp_path,
             nodes=pipeline_with(list(extra_nodes)),
+            run_ids=run_ids,
         )
         path = tmp_path / "agent.json"
         path.write_text(cfg.model_dump_json())
@@ -69,3 +70,21 @@ def test_garbage_and_failing_nodes_get_an_error_reply_not_a_dead_agent(agent, tm
     reply = client.request(make_metrics([0.8, 0.85]), timeout_ms=10_000).reply
     assert isinstance(reply, ErrorReply) and "KeyError" in reply.reason and "budget" in reply.reason
     assert isinstance(client.request(Hello(run_id="r", component="test")).reply, Ready)
+
+
+def test_requests_for_a_run_the_agent_does_not_serve_are_refused_with_a_reason(agent):
+    client = agent(run_ids=["r"])
+    refused = client.request(Hello(run_id="intruder", component="test")).reply
+    assert isinstance(refused, ErrorReply) and refused.reason.startswith("unknown run 'intruder'")
+    metrics = make_metrics([0.8, 0.85]).model_copy(update={"run_id": "intruder"})
+    refused = client.request(metrics, timeout_ms=10_000).reply
+    assert isinstance(refused, ErrorReply) and "unknown run" in refused.reason
+    served = client.request(make_metrics([0.8, 0.85]).model_copy(update={"run_id": "r"}), timeout_ms=10_000).reply
+    assert isinstance(served, Decision) and served.run_id == "r"
+
+
+def test_a_non_loopback_endpoint_is_refused_unless_allowed(tmp_path):
+    common = {"recorder_endpoint": free_tcp_endpoint(), "run_dir": tmp_path, "nodes": pipeline_with([])}
+    with pytest.raises(ValueError, match="not loopback"):
+        AgentConfig(endpoint="tcp://0.0.0.0:5555", **common)
+    assert AgentConfig(endpoint="tcp://0.0.0.0:5555", allow_remote=True, **common).allow_remote
