@@ -691,7 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.resume:
             arms = [plan_resume(args)]
             recorded_agent = arms[0].recorded["agent"]
-            settings = LLMSettings.model_validate(recorded_agent["llm"]) if recorded_agent and recorded_agent["llm"] else None
+            settings = (
+                LLMSettings.model_validate(recorded_agent["llm"]) if recorded_agent and recorded_agent["llm"] else None
+            )
         else:
             arms = plan_arms(args, pipeline, settings)
     except CliError as exc:
@@ -846,7 +848,9 @@ def main(argv: list[str] | None = None) -> int:
         if arm.replay_of and arm.status == "completed":
             print(compare_replay(args.db, arm.replay_of, arm.run_id))
         if arm.status in ("failed", "interrupted"):
-            print(f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {args.db}")
+            print(
+                f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {args.db}"
+            )
     if interrupted:
         return 130
     if failed_to_start:

@@ -210,7 +210,9 @@ def audit(db: Path, out: Path) -> Audit:
     result = Audit(runs=len(runs), completed=sum(status == "completed" for _, _, status, _ in runs))
     for run_id, arm, _, config in runs:
         trainer = json.loads(config)["trainer"]
-        checkpoint = Path(trainer["checkpoint_dir"] or Path(trainer["run_dir"]) / "checkpoints") / f"{run_id}.safetensors"
+        checkpoint = (
+            Path(trainer["checkpoint_dir"] or Path(trainer["run_dir"]) / "checkpoints") / f"{run_id}.safetensors"
+        )
         try:
             ran = read_state(checkpoint).epoch
         except CheckpointError:
@@ -340,7 +342,9 @@ def ctrl_c(work: Path) -> Outcome:
     status = query(db, "SELECT status FROM runs")[0][0]
     codes.append(LiveRun(["--resume", run_id_of(db)], db, out, "sigint-resume").finish())
     checks = {"stop_s": round(stop_s, 2), "children_left": left, "status_after_sigint": status}
-    return Outcome("Ctrl-C + --resume", ["SIGINT run.py"], codes, audit(db, out), time.monotonic() - run.started, checks)
+    return Outcome(
+        "Ctrl-C + --resume", ["SIGINT run.py"], codes, audit(db, out), time.monotonic() - run.started, checks
+    )
 
 
 def garbage(work: Path) -> Outcome:
@@ -425,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="skip the embedded model's scenario")
     parser.add_argument("--only", default="", help=f"comma list of scenarios: {', '.join(SCENARIOS)}")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
-    parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work in this folder and keep it (default: a temporary one)"
+    )
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or [n for n in SCENARIOS if not (args.quick and n == "llm")]
     unknown = [n for n in names if n not in SCENARIOS]

@@ -9,8 +9,7 @@ import zmq
 
 from agents.config import AgentConfig
 from agents.graph import pipeline_with
-from bus.messages import Decision, ErrorReply, Hello, Ready
-from bus.messages import decode
+from bus.messages import Decision, ErrorReply, Hello, Ready, decode
 from bus.transport import RequestClient, free_tcp_endpoint
 from tests.helpers import make_metrics
 

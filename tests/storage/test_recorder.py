@@ -23,7 +23,7 @@ from bus.messages import (
     UpdateCommand,
 )
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
-from storage.recorder import RecordBuffer, RecordRejected, RecorderConfig
+from storage.recorder import RecordBuffer, RecorderConfig, RecordRejected
 from storage.schema import migrate
 
 

@@ -52,7 +52,9 @@ def test_a_restored_trainer_continues_bit_for_bit(tmp_path):
 def test_a_checkpoint_is_plain_safetensors_with_no_pickle(tmp_path):
     model, optimizer, order = _setup()
     path = tmp_path / "r.safetensors"
-    save_checkpoint(path, TrainingState(run_id="r", epoch=0, lr=1e-3, dropout=0.3, alpha=0.4), model, optimizer, {}, order)
+    save_checkpoint(
+        path, TrainingState(run_id="r", epoch=0, lr=1e-3, dropout=0.3, alpha=0.4), model, optimizer, {}, order
+    )
     header_len = int.from_bytes(path.read_bytes()[:8], "little")
     assert path.read_bytes()[8:9] == b"{" and header_len < path.stat().st_size  # JSON header, then raw tensors
     assert b"\x80\x04" not in path.read_bytes()[: 8 + header_len]  # no pickle protocol marker in the header
@@ -67,7 +69,9 @@ def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         read_state(tmp_path / "junk.safetensors")
     path = tmp_path / "a.safetensors"
-    save_checkpoint(path, TrainingState(run_id="a", epoch=2, lr=1e-3, dropout=0.3, alpha=0.4), model, optimizer, {}, order)
+    save_checkpoint(
+        path, TrainingState(run_id="a", epoch=2, lr=1e-3, dropout=0.3, alpha=0.4), model, optimizer, {}, order
+    )
     with pytest.raises(CheckpointError, match="belongs to run 'a', not 'b'"):
         load_checkpoint(path, "b", model, optimizer, order, DEVICE)
     path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
