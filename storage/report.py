@@ -218,9 +218,12 @@ def write_report(db: Path, out: Path) -> tuple[list[Path], list[str]]:
     what could not be drawn."""
     with connect_read_only(db) as con:
         table = paper_table_markdown(con)
-        out.mkdir(parents=True, exist_ok=True)
-        files, notes = [out / "paper_table.md"], []
-        files[0].write_text(f"# ReflectNet results\n\nFrom `{db}`.\n\n{table}\n")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            files, notes = [out / "paper_table.md"], []
+            files[0].write_text(f"# ReflectNet results\n\nFrom `{db}`.\n\n{table}\n")
+        except OSError as exc:
+            raise ReportError(f"--out {out}: cannot write the report there: {exc.strerror}") from None
         files.append(plot_validation(con, out / "validation_accuracy.png"))
         files.append(plot_hyperparameters(con, out / "hyperparameters.png"))
         try:

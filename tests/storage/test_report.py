@@ -101,3 +101,13 @@ def test_report_and_sql_from_the_command_line(db, tmp_path):
         missing.returncode == 2
         and missing.stderr.strip() == f"run.py report: error: no database at {tmp_path / 'none.duckdb'}"
     )
+    unwritable = subprocess.run(
+        [sys.executable, "run.py", "report", "--db", str(db), "--out", "/proc/reflectnet-report"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert unwritable.returncode == 2 and unwritable.stderr.strip() == (
+        "run.py report: error: --out /proc/reflectnet-report: cannot write the report there: No such file or directory"
+    )
