@@ -432,9 +432,11 @@ def plan_arms(args: argparse.Namespace, pipeline: list[str], settings: LLMSettin
     guided = [c for c in args.controller if c != "none"] if args.arms in ("both", "guided") else []
     with_baseline = args.arms in ("both", "baseline") or args.controller == ["none"]
     arms = []
+    pairs, taken = recorded_pairs(args.db)
     for regime in args.regime:
         for seed in range(args.seed, args.seed + args.seeds):
-            pair_id = uuid.uuid4().hex[:12]
+            # A pair recorded earlier with the same data and schedule (a sweep extended or resumed) is joined.
+            pair_id = pairs.get((regime, seed, args.epochs, args.batch_size)) or uuid.uuid4().hex[:12]
             for name, controller in ([("baseline", "none")] if with_baseline else []) + [("guided", c) for c in guided]:
                 experiment = {
                     "regime": regime, "seed": seed, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -450,8 +452,23 @@ def plan_arms(args: argparse.Namespace, pipeline: list[str], settings: LLMSettin
                     }  # fmt: skip
                 fingerprint = hashlib.sha256(json.dumps(experiment, sort_keys=True).encode()).hexdigest()[:16]
                 run_id = f"{pair_id}-{name if controller == 'none' else controller}"
+                if run_id in taken:  # run again (--rerun, or after a failure): a run id is never reused
+                    run_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
                 arms.append(Arm(name, controller, regime, seed, pair_id, run_id, fingerprint))
     return arms
+
+
+def recorded_pairs(db: Path) -> tuple[dict[tuple, str], set[str]]:
+    """(regime, seed, epochs, batch size) -> pair_id of the earliest recorded pair, and every run id taken."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute(
+            "SELECT regime, seed, epochs, CAST(config->'trainer'->>'batch_size' AS INTEGER), pair_id, run_id FROM runs "
+            "WHERE controller <> 'replay' ORDER BY started_at"
+        ).fetchall()
+    pairs: dict[tuple, str] = {}
+    for regime, seed, epochs, batch_size, pair_id, _ in rows:
+        pairs.setdefault((regime, seed, epochs, batch_size), pair_id)
+    return pairs, {row[5] for row in rows}
 
 
 def completed_runs(db: Path) -> dict[str, str]:
