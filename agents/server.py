@@ -18,7 +18,7 @@ from agents.config import AgentConfig
 from agents.graph import build_agent_graph
 from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
 from agents.policies import HeuristicPolicy, PlateauPolicy, Policy
-from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
+from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals, stop_when_orphaned
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Ready, decode, encode
 from bus.transport import RecordSender
@@ -87,6 +87,7 @@ def serve(cfg: AgentConfig) -> int:
     parent = os.getppid()
 
     stop_on_signals()
+    stop_when_orphaned()
     try:
         sock.bind(cfg.endpoint)
         log.info(
@@ -166,7 +167,7 @@ def serve(cfg: AgentConfig) -> int:
     finally:
         ignore_signals()
         sock.close()
-        lost = sender.close(timeout_s=5.0)
+        lost = sender.close(timeout_s=5.0 if os.getppid() == parent else 0.5)
         if lost:
             print(f"agent: {lost} log event(s) not acknowledged by the recorder", file=sys.stderr, flush=True)
         ctx.term()

@@ -347,6 +347,26 @@ def ctrl_c(work: Path) -> Outcome:
     )
 
 
+def orchestrator_killed(work: Path) -> Outcome:
+    """SIGKILL run.py itself at epoch 3: every child exits by itself, the run stays 'running', --resume finishes it."""
+    db, out = work / "orchestrator.duckdb", work / "orchestrator"
+    run = LiveRun(HEURISTIC, db, out, "orchestrator")
+    run.wait_epoch(3)
+    children = [run.pid(c) for c in ("trainer", "agent", "recorder")]
+    faults = [f"SIGKILL run.py (pid {run.proc.pid})"]
+    run.proc.kill()
+    codes = [run.finish(30)]
+    killed = time.monotonic()
+    while any(alive(pid) for pid in children) and time.monotonic() - killed < 60:
+        time.sleep(0.1)
+    gone_s = time.monotonic() - killed
+    left = [pid for pid in children if alive(pid)]
+    status = query(db, "SELECT status FROM runs")[0][0]
+    codes.append(LiveRun(["--resume", run_id_of(db)], db, out, "orchestrator-resume").finish())
+    checks = {"children_gone_s": round(gone_s, 2), "children_left": left, "status_after_kill": status}
+    return Outcome("run.py killed + --resume", faults, codes, audit(db, out), time.monotonic() - run.started, checks)
+
+
 def garbage(work: Path) -> Outcome:
     """Random and malformed frames to every socket mid-run: dropped with a reason, the run goes on."""
     db, out = work / "garbage.duckdb", work / "garbage"
@@ -394,6 +414,7 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "recorder": recorder_killed,
     "trainer": trainer_killed,
     "sigint": ctrl_c,
+    "orchestrator": orchestrator_killed,
     "garbage": garbage,
     "llm": model_server,
 }

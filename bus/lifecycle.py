@@ -4,7 +4,10 @@ exception that unwinds through ``finally`` blocks, and stop reacting to signals 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +30,19 @@ def _raise_stop(signum, _frame):
 def stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
+
+
+def stop_when_orphaned(interval_s: float = 1.0) -> None:
+    """Raise :class:`Stop` in the main thread as soon as the parent (run.py) is gone, whatever the main
+    thread is blocked in (a long epoch, a request to an agent that died with run.py)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGTERM)  # the main thread unwinds through its finally blocks
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
 def ignore_signals() -> None:

@@ -250,7 +250,8 @@ class RequestClient:
                 poller.register(self._monitor, zmq.POLLIN)
                 error = f"no reply within {timeout} ms"
                 while (remaining := deadline - time.monotonic()) > 0:
-                    ready = dict(poller.poll(remaining * 1000))
+                    # Short slices: a poll restarted after a signal (EINTR) can overrun the deadline by one slice only.
+                    ready = dict(poller.poll(min(remaining, 1.0) * 1000))
                     if sock in ready:
                         frames = sock.recv_multipart()
                         break

@@ -12,7 +12,7 @@ import time
 import torch
 import zmq
 
-from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
+from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals, stop_when_orphaned
 from bus.log import configure_logging
 from bus.messages import (
     Decision,
@@ -109,6 +109,7 @@ def run(cfg: TrainerConfig) -> int:
     parent = os.getppid()
 
     stop_on_signals()
+    stop_when_orphaned()
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -236,6 +237,9 @@ def run(cfg: TrainerConfig) -> int:
         log.info("training_finished", epochs=cfg.epochs, final_val_acc=history[-1].val_acc if history else None)
         return EXIT_OK
     except Stop as stop:
+        if os.getppid() != parent:
+            log.error("orchestrator_gone")
+            return EXIT_ORPHANED
         log.warning("trainer_stopped", signal=str(stop))
         return EXIT_INTERRUPTED
     except (DataUnavailableError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
@@ -246,7 +250,9 @@ def run(cfg: TrainerConfig) -> int:
         ignore_signals()
         if agent is not None:
             agent.close()
-        lost = sender.close(timeout_s=10.0)  # wait for the recorder to confirm; a restarted one gets resends
+        # Wait for the recorder to confirm (a restarted one gets resends); orphaned, the recorder is gone too and
+        # what is unconfirmed is in the checkpoint.
+        lost = sender.close(timeout_s=10.0 if os.getppid() == parent else 0.5)
         if lost:
             print(f"trainer: {lost} message(s) not acknowledged by the recorder", file=sys.stderr, flush=True)
         ctx.term()

@@ -63,3 +63,10 @@ def test_the_agent_and_the_model_server_die_or_hang_and_are_restarted(tmp_path):
     fallbacks = outcome.checks["fallback_epochs"]
     assert "disconnected" in fallbacks.get(2, ""), fallbacks  # the decision in flight when the agent died
     assert outcome.checks["model_decisions"] >= 2  # guidance resumed after the restarts
+
+
+def test_a_killed_run_py_leaves_no_child_behind_and_resume_finishes_the_run(tmp_path):
+    outcome = faults.orchestrator_killed(tmp_path)
+    check(outcome)
+    assert outcome.exit_codes == [-9, 0] and outcome.checks["status_after_kill"] == "running"
+    assert outcome.checks["children_left"] == [] and outcome.checks["children_gone_s"] < 15
