@@ -313,7 +313,7 @@ def trainer_killed(work: Path) -> Outcome:
     run.wait_epoch(3)
     faults = [kill(run, "trainer")]
     codes = [run.finish()]
-    status = query(db, "SELECT status FROM runs")[0][0]
+    status = " / ".join(query(db, "SELECT status, status_reason FROM runs")[0])
     resumed = LiveRun(["--resume", run_id_of(db)], db, out, "trainer-resume")
     codes.append(resumed.finish())
     reference_db = work / "trainer-reference.duckdb"
