@@ -847,7 +847,11 @@ def main(argv: list[str] | None = None) -> int:
             orch.probe.stop()
         orch.stop_child("llm")
         log.info("shutdown", interrupted=interrupted, restarts=dict(orch.restarts))
-        if "recorder" in orch.recipes and not orch.settle(sender, 30.0):
+        try:
+            settled = "recorder" not in orch.recipes or orch.settle(sender, 30.0)
+        except ChildLost:
+            settled = False
+        if not settled:
             print(f"run.py: {sender.pending} record(s) were not confirmed by the recorder", file=sys.stderr)
         sender.close(timeout_s=0)
         if "recorder" in orch.children:
