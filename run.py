@@ -31,7 +31,17 @@ from agents.graph import UnknownNodeError, check_pipeline, pipeline_with, resolv
 from agents.llm import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME, LLMSettings
 from agents.llm_server import HangProbe, LLMServerError, LocalLLMServer
 from bus.log import configure_logging
-from bus.messages import ControlReply, ControlRequest, Hello, Ready, RunFinished, RunStarted, UpdateCommand, decode
+from bus.messages import (
+    BusDecodeError,
+    ControlReply,
+    ControlRequest,
+    Hello,
+    Ready,
+    RunFinished,
+    RunStarted,
+    UpdateCommand,
+    decode,
+)
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
 from storage.recorder import RecorderConfig
 from storage.report import ReportError, run_sql, write_report
@@ -763,7 +773,10 @@ def main(argv: list[str] | None = None) -> int:
     running: Arm | None = None
     trainer_cfg: TrainerConfig | None = None
     try:
-        discarded = {arm.run_id: prepare_resume(args.db, arm) for arm in todo if arm.resume_from is not None}
+        try:
+            discarded = {arm.run_id: prepare_resume(args.db, arm) for arm in todo if arm.resume_from is not None}
+        except duckdb.Error as exc:
+            raise ChildLost(f"--db {args.db}: cannot prepare the resume: {str(exc).splitlines()[0]}") from None
         recorder = orch.spawn("recorder", "storage", recorder_cfg)
         if not wait_for_recorder(control, recorder):
             print(
@@ -819,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
             if arm.status == "interrupted":
                 raise KeyboardInterrupt
     except (LLMServerError, ChildLost) as exc:
+        _ignore_stop_signals()
         failed_to_start = True
         log.error("run_aborted", error=str(exc))
         print(f"run.py: error: {exc}", file=sys.stderr, flush=True)
@@ -827,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
             running.status = "failed"
             sender.send(RunFinished(run_id=running.run_id, status="failed", finished_at=_utc_now(), reason=str(exc)))
     except KeyboardInterrupt as stop:
+        _ignore_stop_signals()  # a second Ctrl-C must not abandon the orderly stop that follows
         interrupted = True
         signal_name = str(stop) or "SIGINT"
         print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
@@ -839,8 +854,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         log.warning("interrupted")
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second signal must not abandon the shutdown
-            signal.signal(signum, signal.SIG_IGN)
+        _ignore_stop_signals()
         for name in [n for n in orch.children if n.startswith("agent")]:
             orch.stop_child(name)
         if orch.probe is not None:
@@ -848,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         orch.stop_child("llm")
         log.info("shutdown", interrupted=interrupted, restarts=dict(orch.restarts))
         try:
-            settled = "recorder" not in orch.recipes or orch.settle(sender, 30.0)
+            settled = orch.settle(sender, 30.0) if "recorder" in orch.recipes else sender.pending == 0
         except ChildLost:
             settled = False
         if not settled:
@@ -965,7 +979,10 @@ def replay_pending_records(cfg: TrainerConfig | None, sender: RecordSender, log)
     except CheckpointError:
         return 0  # no epoch completed: nothing to keep
     for topic, body in state.pending_records:
-        sender.send(decode([topic.encode(), body.encode()]))
+        try:
+            sender.send(decode([topic.encode(), body.encode()]))
+        except BusDecodeError as exc:  # a checkpoint from another build: its records cannot be trusted
+            log.warning("checkpoint_record_skipped", run_id=cfg.run_id, reason=exc.reason)
     if state.pending_records:
         log.info("checkpoint_records_replayed", run_id=cfg.run_id, records=len(state.pending_records))
     return len(state.pending_records)
@@ -992,6 +1009,11 @@ def wait_for_agent(orch: Orchestrator, cfg: AgentConfig, run_id: str, sender: Re
         file=sys.stderr,
     )
     return False
+
+
+def _ignore_stop_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _interrupt(signum, _frame):

@@ -70,19 +70,32 @@ class LocalLLMServer:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self.proc
 
-    def restart(self, timeout_s: float = 120.0) -> subprocess.Popen:
+    def restart(self, timeout_s: float = 60.0) -> subprocess.Popen:
         """Kill the server (dead or hung) and start it again on the same port, so clients need no new URL."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         proc = self.start()
-        self.wait_ready(timeout_s)
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:  # did not come up, or Ctrl-C meanwhile: leave no untracked server behind
+            self.stop(grace_s=1.0)
+            raise
         return proc
 
     def ready(self, timeout_s: float = 2.0) -> bool:
+        """Whether ``/v1/models`` answers: the model is loaded and its lock is free (it waits for a running completion)."""
         try:
             with urllib.request.urlopen(f"{self.base_url}/models", timeout=timeout_s) as response:
                 return response.status == 200 and "data" in json.loads(response.read())
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def responsive(self, timeout_s: float = 2.0) -> bool:
+        """Whether the HTTP server answers at all (``/openapi.json`` takes no model lock)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/openapi.json", timeout=timeout_s) as response:
+                return response.status == 200
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
@@ -117,34 +130,51 @@ class LocalLLMServer:
 class HangProbe:
     """Asks the model server ``/v1/models`` every ``interval_s`` from a background thread.
 
-    ``hung`` becomes true when the process is alive but a probe got no answer within ``timeout_s``
-    (a stopped or deadlocked server still accepts TCP connections, so only an answer counts). The
-    orchestrator's main loop reads the flag and restarts the server; the thread itself only
+    The server is *hung* when its process is alive but a probe got no answer within ``timeout_s`` (a
+    stopped or deadlocked server still accepts TCP connections, so only an answer counts) and the
+    HTTP layer does not answer either; a server that is merely busy (``/v1/models`` waits for the
+    model lock while a completion runs, and llama.cpp finishes completions whose client gave up)
+    still serves ``/openapi.json``, and counts as hung only after ``busy_misses`` such probes in a
+    row. The orchestrator's main loop reads :attr:`hung` and restarts the server; the thread only
     observes, it touches no socket of the bus.
     """
 
-    def __init__(self, server: LocalLLMServer, timeout_s: float, interval_s: float = 5.0):
+    def __init__(self, server: LocalLLMServer, timeout_s: float, interval_s: float = 5.0, busy_misses: int = 3):
         self.server = server
         self.timeout_s = timeout_s
         self.interval_s = interval_s
-        self.hung = False
+        self.busy_misses = busy_misses
+        self._hung_proc: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="llm-hang-probe")
+
+    @property
+    def hung(self) -> bool:
+        """True while the process found hung is still the server's (not one restarted since)."""
+        return self._hung_proc is not None and self._hung_proc is self.server.proc
 
     def start(self) -> HangProbe:
         self._thread.start()
         return self
 
     def reset(self) -> None:
-        self.hung = False
+        self._hung_proc = None
 
     def stop(self) -> None:
         self._stop.set()
 
     def _run(self) -> None:
+        misses = 0
         while not self._stop.wait(self.interval_s):
             proc = self.server.proc
             if self.hung or proc is None or proc.poll() is not None:
+                misses = 0
                 continue  # a dead server is the main loop's to see
-            if not self.server.ready(self.timeout_s) and proc.poll() is None and proc is self.server.proc:
-                self.hung = True
+            if self.server.ready(self.timeout_s):
+                misses = 0
+                continue
+            misses += 1
+            if proc is self.server.proc and proc.poll() is None:
+                if misses >= self.busy_misses or not self.server.responsive(min(self.timeout_s, 5.0)):
+                    self._hung_proc = proc
+                    misses = 0

@@ -87,43 +87,31 @@ class RecordSender:
         self._last_progress = time.monotonic()
         self.acked = 0  # highest seq the recorder has committed
         self.resends = 0  # times the outbox was sent again
-        self.dropped = 0  # messages given up: the outbox was full, or the sender was closed
+        self.dropped = 0  # messages refused (outbox full, sender closed) or never acknowledged before close
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
     def send(self, message: Message) -> bool:
-        """Queue ``message`` for the recorder; False if it had to be given up."""
-        if self._sock.closed:
+        """Queue ``message`` for the recorder; False if it had to be given up (closed, or the outbox is full)."""
+        if self._sock.closed or len(self._pending) >= self.max_pending:
+            # Refuse the newest: dropping an older one would leave a hole the recorder waits on forever.
             self.dropped += 1
             return False
         self._seq += 1
         if not self._pending:
             self._last_progress = time.monotonic()  # the ack clock starts with the oldest pending message
         self._pending[self._seq] = (message, [str(self._seq).encode(), *encode(message)])
-        if len(self._pending) > self.max_pending:
-            self._give_up_oldest_event()
         self.pump()
         return True
 
-    def _give_up_oldest_event(self) -> None:
-        # A recorder gone for a long time: log events go first, records are kept as long as possible.
-        for seq, (message, _) in self._pending.items():
-            if message.TOPIC == "log_event":
-                break
-        else:
-            seq = next(iter(self._pending))
-        del self._pending[seq]
-        self.dropped += 1
-
     def _push(self) -> None:
         """Hand unsent messages to the socket in order, until it would block."""
-        for seq, (_, frames) in self._pending.items():
-            if seq < self._next_unsent:
-                continue
+        # The outbox holds exactly the seqs (oldest unacknowledged .. newest): no holes, so no scan.
+        for seq in range(self._next_unsent, self._seq + 1):
             try:
-                self._sock.send_multipart(frames, zmq.NOBLOCK)
+                self._sock.send_multipart(self._pending[seq][1], zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._next_unsent = seq + 1

@@ -237,19 +237,27 @@ class RecordBuffer:
                 self.pending += flushed
                 self._marks = {**marks, **self._marks}
                 raise
-            for table in FLUSH_ORDER:
-                for row in batch.get(table, []):
-                    try:
-                        self._con.execute(INSERTS[table], row)
-                    except duckdb.Error as exc:
-                        flushed -= 1
-                        reason = json.dumps({"table": table, "error": str(exc)[:500]})
-                        self._con.execute(
-                            INSERTS["events"],
-                            (_utc(time.time()), None, "recorder", os.getpid(), "error", "record_rejected", reason),
-                        )
-            if marks:
-                self._con.executemany(UPSERT_DELIVERY, [(sender, seq, now) for sender, seq in marks.items()])
+            try:
+                for table in FLUSH_ORDER:
+                    for row in batch.get(table, []):
+                        try:
+                            self._con.execute(INSERTS[table], row)
+                        except duckdb.Error as exc:
+                            flushed -= 1
+                            reason = json.dumps({"table": table, "error": str(exc)[:500]})
+                            self._con.execute(
+                                INSERTS["events"],
+                                (_utc(time.time()), None, "recorder", os.getpid(), "error", "record_rejected", reason),
+                            )
+                if marks:
+                    self._con.executemany(UPSERT_DELIVERY, [(sender, seq, now) for sender, seq in marks.items()])
+            except BaseException:
+                # Interrupted half-way: forget what these senders sent since their last commit, so it is
+                # taken again when they resend (a later mark must not acknowledge rows that were dropped).
+                for sender in marks:
+                    self.accepted[sender] = self.committed.get(sender, 0)
+                self._marks = {s: m for s, m in self._marks.items() if s not in marks}
+                raise
         self.written += flushed
         self.committed.update(marks)
         return marks
@@ -308,6 +316,8 @@ def serve(cfg: RecorderConfig) -> int:
             log.warning("bad_frame", reason=exc.reason, frames=len(body))
         except RecordRejected as exc:
             log.warning("record_rejected", reason=str(exc))
+        except Exception as exc:  # a valid message no row can hold (a timestamp past year 9999, say)
+            log.warning("record_rejected", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
 
     out_of_order: dict[str, int] = {}
 

@@ -124,24 +124,27 @@ def load_checkpoint(
         tensors = load_file(str(path))
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    optim_state: dict[int, dict[str, Any]] = {
-        int(index): dict(values) for index, values in json.loads(metadata["optim_scalars"]).items()
-    }
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, slot = key.split(".", 2)
-            param = params[int(index)]
-            if value.shape == param.shape:  # moments keep the parameter's memory format (channels_last)
-                value = torch.empty_like(param).copy_(value)
-            optim_state.setdefault(int(index), {})[slot] = value.to(param.device)
-    optimizer.load_state_dict({"state": optim_state, "param_groups": json.loads(metadata["param_groups"])})
-    deltas = {k[len("delta.") :]: v.to(device) for k, v in tensors.items() if k.startswith("delta.")}
-    torch.set_rng_state(tensors["rng.torch"])
-    order_rng.set_state(tensors["rng.order"])
-    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-    cuda_states = [tensors[k] for k in cuda_keys]
-    if cuda_states and device.type == "cuda":
-        torch.cuda.set_rng_state_all(cuda_states)
+    try:
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        optim_state: dict[int, dict[str, Any]] = {
+            int(index): dict(values) for index, values in json.loads(metadata["optim_scalars"]).items()
+        }
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, slot = key.split(".", 2)
+                param = params[int(index)]
+                if value.shape == param.shape:  # moments keep the parameter's memory format (channels_last)
+                    value = torch.empty_like(param).copy_(value)
+                optim_state.setdefault(int(index), {})[slot] = value.to(param.device)
+        optimizer.load_state_dict({"state": optim_state, "param_groups": json.loads(metadata["param_groups"])})
+        deltas = {k[len("delta.") :]: v.to(device) for k, v in tensors.items() if k.startswith("delta.")}
+        torch.set_rng_state(tensors["rng.torch"])
+        order_rng.set_state(tensors["rng.order"])
+        cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+        cuda_states = [tensors[k] for k in cuda_keys]
+        if cuda_states and device.type == "cuda":
+            torch.cuda.set_rng_state_all(cuda_states)
+    except (KeyError, IndexError, ValueError, RuntimeError, json.JSONDecodeError) as exc:  # damaged, or another model
+        raise CheckpointError(f"checkpoint {path} does not fit this model: {type(exc).__name__}: {exc}") from None
     return state, deltas

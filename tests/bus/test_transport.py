@@ -63,6 +63,14 @@ def test_record_sender_close_does_not_hang_without_a_peer_and_counts_what_was_lo
     assert not sender.send(Hello(run_id="r", component="t")) and sender.dropped == 2
 
 
+def test_a_full_outbox_refuses_the_newest_message_and_leaves_no_hole(ctx):
+    sender = RecordSender(ctx, free_tcp_endpoint(), max_pending=2)
+    assert sender.send(Hello(run_id="a", component="t")) and sender.send(Hello(run_id="b", component="t"))
+    assert not sender.send(Hello(run_id="c", component="t"))
+    assert [m.run_id for m in sender.unacked()] == ["a", "b"] and sender.dropped == 1
+    sender.close(0)
+
+
 def test_record_sender_resends_until_acknowledged_and_drops_acked_messages(ctx):
     endpoint = free_tcp_endpoint()
     router = ctx.socket(zmq.ROUTER)

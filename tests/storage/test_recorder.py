@@ -157,6 +157,7 @@ def test_recorder_process_stores_records_drops_garbage_and_stops_cleanly(tmp_pat
         for epoch in (1, 2):
             sender.send(epoch_record("rp", epoch, 0.5 + epoch / 10))
         sender.send(LogEvent(ts=time.time(), run_id="rp", component="test", pid=1, level="info", event="hello"))
+        sender.send(LogEvent(ts=1e20, run_id="rp", component="test", pid=1, level="info", event="from the future"))
         sender.close()
         reply = control.request(ControlRequest(op="stop"), timeout_ms=10_000).reply
         control.close()
@@ -172,6 +173,8 @@ def test_recorder_process_stores_records_drops_garbage_and_stops_cleanly(tmp_pat
         reasons = [json.loads(d)["reason"] for (d,) in bad]
         assert any("not JSON" in r for r in reasons) and any("expected [seq, topic, json]" in r for r in reasons)
         assert con.execute("SELECT count(*) FROM events WHERE event = 'hello'").fetchall() == [(1,)]
+        poison = con.execute("SELECT data FROM events WHERE event = 'record_rejected'").fetchall()
+        assert len(poison) == 1 and "Overflow" in json.loads(poison[0][0])["reason"]  # dropped, recorder alive
 
 
 def start_recorder(cfg: RecorderConfig, path) -> subprocess.Popen:

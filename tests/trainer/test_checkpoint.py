@@ -77,3 +77,13 @@ def test_bad_checkpoints_are_refused_with_a_reason(tmp_path):
     path.write_bytes(path.read_bytes()[:100])  # cut short, as by a full disk
     with pytest.raises(CheckpointError):
         read_state(path)
+
+
+def test_a_checkpoint_of_another_model_is_refused_not_a_traceback(tmp_path):
+    other = torch.nn.Linear(3, 2)
+    path = tmp_path / "r.safetensors"
+    save_checkpoint(path, TrainingState(run_id="r", epoch=1, lr=1e-3, dropout=0.3, alpha=0.4), other,
+                    torch.optim.Adam(other.parameters()), {}, torch.Generator())  # fmt: skip
+    model, optimizer, order = _setup()
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_checkpoint(path, "r", model, optimizer, order, DEVICE)
