@@ -388,7 +388,7 @@ def model_server(work: Path) -> Outcome:
     """With the embedded model: the agent SIGKILLed in the middle of a decision (epoch 2), the model server
     SIGKILLed (epoch 4) and frozen by SIGSTOP (epoch 6). Each is restarted; the run completes."""
     db, out = work / "llm.duckdb", work / "llm"
-    args = ["--regime", "100", "--epochs", "8", "--arms", "guided", "--controller", "llm", "--llm-timeout", "15",
+    args = ["--regime", "100", "--epochs", "10", "--arms", "guided", "--controller", "llm", "--llm-timeout", "15",
             "--agent-retries", "0"]  # fmt: skip
     run = LiveRun(args, db, out, "llm")
     run.wait_event("trainer", "agent_asked", epoch=2)
