@@ -15,6 +15,7 @@ class AgentConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     endpoint: str  # REP: EpochMetrics in, Decision out
+    health_endpoint: str | None = None  # REP: liveness pings, answered by a thread (bus.liveness)
     recorder_endpoint: str
     run_dir: Path
     controller: Literal["heuristic", "plateau", "llm"] = "heuristic"
@@ -31,4 +32,6 @@ class AgentConfig(BaseModel):
     @model_validator(mode="after")
     def _loopback_unless_allowed(self):
         check_endpoint(self.endpoint, self.allow_remote)
+        if self.health_endpoint is not None:
+            check_endpoint(self.health_endpoint, self.allow_remote)
         return self

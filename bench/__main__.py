@@ -25,11 +25,12 @@ import zmq
 
 from agents.config import AgentConfig
 from agents.graph import pipeline_with
-from agents.llm import LOCAL_MODEL_NAME, LLMSettings
+from agents.llm import LLMSettings
 from agents.llm_server import LocalLLMServer
 from bench.throughput import measure
 from bus.messages import ControlReply, ControlRequest, Decision, EpochMetrics, EpochSummary, Hello, Ready
 from bus.transport import RequestClient, free_tcp_endpoint
+from orchestration.cli import build_parser, command_space, llm_settings
 from storage.recorder import RecorderConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
             server = LocalLLMServer(workdir / "llm-server.log")
             server.start()
             server.wait_ready()
-            settings = LLMSettings(provider="local", base_url=server.base_url, model=LOCAL_MODEL_NAME)
-            llm = services.agent("llm", settings, command_space="grid")
+            # Exactly the settings `python run.py --regime 1pct` uses (timeouts, token caps, command space).
+            cli = build_parser().parse_args(["--controller", "llm"])
+            settings = llm_settings(cli).model_copy(update={"base_url": server.base_url})
+            llm = services.agent("llm", settings, command_space=command_space(cli, settings))
             round_trips_ms(llm, 1, "warm-up-llm")
             latencies = [t / 1000.0 for t in round_trips_ms(llm, 10 if args.quick else 30, "bench-llm")]
             figures |= {

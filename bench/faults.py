@@ -46,16 +46,20 @@ HEURISTIC = ["--regime", "100", "--epochs", "6", "--arms", "guided", "--controll
 class LiveRun:
     """One ``python run.py ...`` in the background, with its run directory's logs at hand."""
 
-    def __init__(self, args: list[str], db: Path, out: Path, name: str):
+    def __init__(self, args: list[str], db: Path, out: Path, name: str, sigint: str = "default"):
+        """``sigint``: how run.py inherits SIGINT — ``default`` (from a terminal) or ``ignored`` (started as a
+        background job, under nohup, by some CI runners), set in the child before it starts."""
         self.db, self.out = db, out
         self.stdout_path = out.parent / f"{name}.stdout.txt"
         out.mkdir(parents=True, exist_ok=True)
+        disposition = {"default": signal.SIG_DFL, "ignored": signal.SIG_IGN}[sigint]
         with self.stdout_path.open("a") as stdout:
             self.proc = subprocess.Popen(
                 [sys.executable, "run.py", *args, "--db", str(db), "--out", str(out)],
                 cwd=REPO,
                 stdout=stdout,
                 stderr=subprocess.STDOUT,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
             )
         self.started = time.monotonic()
 
@@ -292,6 +296,30 @@ def agent_killed(work: Path) -> Outcome:
     return Outcome("agent killed", faults, [code], audit(db, out), time.monotonic() - run.started, checks)
 
 
+def agent_frozen(work: Path) -> Outcome:
+    """SIGSTOP the agent while the trainer asks it for epoch 2 (what a deadlocked node looks like from
+    outside: the process holds its sockets and never answers). The orchestrator's liveness pings find it
+    within seconds and restart it; the decision in flight is retried against the new agent, so the
+    epochs after the freeze take seconds, not the 20 s agent timeout each."""
+    db, out = work / "frozen.duckdb", work / "frozen"
+    run = LiveRun(["--regime", "10", "--epochs", "6", "--arms", "guided", "--controller", "heuristic"], db, out, "frozen")
+    run.wait_event("trainer", "agent_asked", epoch=2)
+    faults = [kill(run, "agent", signal.SIGSTOP)]
+    frozen_at = time.monotonic()
+    code = run.finish()
+    rows = decisions(db)
+    checks = {
+        "after_freeze_s": round(time.monotonic() - frozen_at, 1),
+        "restarts": [f"{r['child']}: {r['reason']}" for _, r in run.records("orchestrator")
+                     if r.get("event") == "child_restarted"],
+        "fallback_epochs": {epoch: reason[:80] for epoch, fallback, reason in rows if fallback},
+        "decisions": len(rows),
+        # The longest the trainer waited for one decision after the freeze (the agent timeout is 20 s).
+        "max_wait_s": max(r["waited_ms"] for _, r in run.records("trainer") if r.get("event") == "epoch_done") / 1000,
+    }  # fmt: skip
+    return Outcome("agent frozen", faults, [code], audit(db, out), time.monotonic() - run.started, checks)
+
+
 def recorder_killed(work: Path) -> Outcome:
     """SIGKILL the recorder twice mid-run: restarted each time, every record stored exactly once."""
     db, out = work / "recorder.duckdb", work / "recorder"
@@ -328,10 +356,12 @@ def trainer_killed(work: Path) -> Outcome:
     return Outcome("trainer killed + --resume", faults, codes, audit(db, out), time.monotonic() - run.started, checks)
 
 
-def ctrl_c(work: Path) -> Outcome:
-    """SIGINT to run.py at epoch 2: every child gone, run interrupted; then --resume completes it."""
-    db, out = work / "sigint.duckdb", work / "sigint"
-    run = LiveRun(HEURISTIC, db, out, "sigint")
+def ctrl_c(work: Path, inherited: str = "default") -> Outcome:
+    """SIGINT to run.py at epoch 2: every child gone, run interrupted; then --resume completes it.
+
+    ``inherited``: run.py's SIGINT disposition at start, ``default`` or ``ignored`` (a background job)."""
+    db, out = work / f"sigint-{inherited}.duckdb", work / f"sigint-{inherited}"
+    run = LiveRun(HEURISTIC, db, out, f"sigint-{inherited}", sigint=inherited)
     run.wait_epoch(2)
     children = [run.pid(c) for c in ("trainer", "agent", "recorder")]
     run.proc.send_signal(signal.SIGINT)
@@ -342,9 +372,8 @@ def ctrl_c(work: Path) -> Outcome:
     status = query(db, "SELECT status FROM runs")[0][0]
     codes.append(LiveRun(["--resume", run_id_of(db)], db, out, "sigint-resume").finish())
     checks = {"stop_s": round(stop_s, 2), "children_left": left, "status_after_sigint": status}
-    return Outcome(
-        "Ctrl-C + --resume", ["SIGINT run.py"], codes, audit(db, out), time.monotonic() - run.started, checks
-    )
+    scenario = "Ctrl-C + --resume" + (" (SIGINT inherited as ignored)" if inherited == "ignored" else "")
+    return Outcome(scenario, ["SIGINT run.py"], codes, audit(db, out), time.monotonic() - run.started, checks)
 
 
 def orchestrator_killed(work: Path) -> Outcome:
@@ -414,6 +443,8 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "recorder": recorder_killed,
     "trainer": trainer_killed,
     "sigint": ctrl_c,
+    "sigint-ignored": lambda work: ctrl_c(work, "ignored"),
+    "frozen": agent_frozen,
     "orchestrator": orchestrator_killed,
     "garbage": garbage,
     "llm": model_server,

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -180,7 +181,18 @@ class RequestOutcome:
 class RequestClient:
     """REQ client with timeout, retry and give-up (the zguide "Lazy Pirate")."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, timeout_ms: int, retries: int):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        timeout_ms: int,
+        retries: int,
+        health_check: Callable[[], str | None] | None = None,
+    ):
+        """``health_check``, if given, is asked after a try that timed out (a disconnect needs no asking:
+        the peer died and a restarted one gets the retry): it returns why the peer is unhealthy (frozen,
+        stuck on an earlier request), and then no retry is sent — a peer known to be unhealthy is never
+        waited on for a second timeout in a row (see bus.liveness)."""
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms=}")
         if retries < 0:
@@ -189,6 +201,7 @@ class RequestClient:
         self._endpoint = endpoint
         self.timeout_ms = timeout_ms
         self.retries = retries
+        self.health_check = health_check
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
 
@@ -255,6 +268,11 @@ class RequestClient:
                 except BusDecodeError as exc:
                     error = f"bad reply: {exc.reason}"
             self._reset()
+            timed_out = frames is None and error.startswith("no reply")
+            if timed_out and attempt <= self.retries and self.health_check is not None:
+                unhealthy = self.health_check()
+                if unhealthy is not None:
+                    return RequestOutcome(None, attempt, f"{error}; not retried: {unhealthy}")
         return RequestOutcome(None, self.retries + 1, error)
 
     def close(self) -> None:

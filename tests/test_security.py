@@ -14,7 +14,13 @@ from bus.transport import LOOPBACK, free_tcp_endpoint
 from storage.recorder import RecorderConfig
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [p for p in REPO.rglob("*.py") if not p.is_relative_to(REPO / "tests") and ".git" not in p.parts]
+
+
+def project_sources(root: Path = REPO) -> list[Path]:
+    """The project's own modules: top-level ``*.py`` and every package (a folder with ``__init__.py``) but
+    tests. A virtual environment or build folder inside the checkout is neither, whatever its name."""
+    packages = [d for d in root.iterdir() if (d / "__init__.py").is_file() and d.name != "tests"]
+    return sorted([*root.glob("*.py"), *(p for d in packages for p in d.rglob("*.py"))])
 
 
 def calls_and_imports(path: Path) -> tuple[set[str], set[str]]:
@@ -34,15 +40,43 @@ def calls_and_imports(path: Path) -> tuple[set[str], set[str]]:
     return calls, imports
 
 
+def violations(path: Path, name: str) -> list[str]:
+    """What in ``path`` evaluates code or loads a pickle (``name``: its path in the project)."""
+    calls, imports = calls_and_imports(path)
+    found = []
+    if {"eval", "exec", "compile"} & calls:
+        found.append(f"{name} evaluates code")
+    if {"torch.load", "pickle.load", "pickle.loads"} & calls:
+        found.append(f"{name} loads a pickle")
+    if name != "trainer/data.py" and {"pickle", "dill", "cloudpickle", "marshal"} & imports:
+        found.append(f"{name} imports a pickle module")  # trainer/data.py: the pinned MNIST copy, numpy-only unpickler
+    return found
+
+
 def test_no_eval_exec_or_pickle_beyond_the_pinned_mnist_unpickler():
-    assert len(SOURCES) > 20
-    for path in SOURCES:
-        calls, imports = calls_and_imports(path)
-        name = path.relative_to(REPO).as_posix()
-        assert not {"eval", "exec", "compile"} & calls, f"{name} evaluates code"
-        assert not {"torch.load", "pickle.load", "pickle.loads"} & calls, f"{name} loads a pickle"
-        if name != "trainer/data.py":  # the sha256-pinned MNIST copy, through a numpy-only unpickler
-            assert not {"pickle", "dill", "cloudpickle", "marshal"} & imports, f"{name} imports a pickle module"
+    sources = project_sources()
+    names = {p.relative_to(REPO).as_posix() for p in sources}
+    assert {"run.py", "agents/server.py", "trainer/data.py", "storage/recorder.py", "bus/transport.py"} <= names
+    assert not any(n.startswith(("tests/", ".venv/", "build/")) for n in names)
+    assert [v for p in sources for v in violations(p, p.relative_to(REPO).as_posix())] == []
+
+
+def test_the_check_catches_eval_and_pickle_in_a_project_module(tmp_path):
+    module = tmp_path / "sneaky.py"
+    module.write_text("import pickle\nx = eval('1 + 1')\ny = pickle.loads(b'')\n")
+    assert violations(module, "agents/sneaky.py") == [
+        "agents/sneaky.py evaluates code", "agents/sneaky.py loads a pickle", "agents/sneaky.py imports a pickle module",
+    ]  # fmt: skip
+
+
+def test_a_venv_or_build_folder_inside_the_checkout_is_not_walked(tmp_path):
+    for name in ["run.py", "agents/__init__.py", "agents/nodes/__init__.py", "agents/nodes/x.py",
+                 ".venv/lib/python3.11/site-packages/typing_extensions.py", "build/lib/agents/__init__.py",
+                 "venv/bin/activate_this.py", "tests/test_x.py", "tests/__init__.py"]:  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x = eval('1')\n")
+    found = [p.relative_to(tmp_path).as_posix() for p in project_sources(tmp_path)]
+    assert found == ["agents/__init__.py", "agents/nodes/__init__.py", "agents/nodes/x.py", "run.py"]
 
 
 def test_every_socket_and_the_model_server_default_to_loopback(tmp_path):

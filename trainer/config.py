@@ -33,6 +33,7 @@ class TrainerConfig(BaseModel):
     run_dir: Path
     recorder_endpoint: str
     agent_endpoint: str | None = None  # None: the baseline arm, no agent
+    agent_health_endpoint: str | None = None  # the agent's liveness pings (bus.liveness)
     agent_timeout_ms: int = Field(default=20_000, ge=1)
     agent_retries: int = Field(default=1, ge=0)
     handshake_timeout_ms: int = Field(default=60_000, ge=1)

@@ -38,8 +38,10 @@ def test_a_killed_trainer_fails_the_run_and_resume_finishes_it_exactly(tmp_path)
     assert outcome.checks["epochs_compared"] == 6 and outcome.checks["max_abs_val_acc_diff_vs_uninterrupted"] == 0.0
 
 
-def test_ctrl_c_stops_every_child_and_resume_finishes_the_run(tmp_path):
-    outcome = faults.ctrl_c(tmp_path)
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_stops_every_child_and_resume_finishes_the_run(tmp_path, inherited):
+    # "ignored": run.py started as a background job or under nohup inherits SIGINT ignored; it must still stop.
+    outcome = faults.ctrl_c(tmp_path, inherited)
     check(outcome)
     assert outcome.exit_codes == [130, 0] and outcome.checks["status_after_sigint"] == "interrupted"
     assert outcome.checks["children_left"] == [] and outcome.checks["stop_s"] < 15
@@ -70,3 +72,15 @@ def test_a_killed_run_py_leaves_no_child_behind_and_resume_finishes_the_run(tmp_
     check(outcome)
     assert outcome.exit_codes == [-9, 0] and outcome.checks["status_after_kill"] == "running"
     assert outcome.checks["children_left"] == [] and outcome.checks["children_gone_s"] < 15
+
+
+def test_a_frozen_agent_is_restarted_within_seconds_and_the_run_goes_on(tmp_path):
+    outcome = faults.agent_frozen(tmp_path)
+    check(outcome)
+    assert outcome.exit_codes == [0] and outcome.checks["decisions"] == 6
+    restarts = outcome.checks["restarts"]
+    assert restarts == ["agent-heuristic: no answer to 3 liveness pings in a row"], restarts
+    # The epoch in flight waits for the restart (seconds), not for a 20 s agent timeout or two; 4 epochs after
+    # the freeze take well under a minute.
+    assert outcome.checks["max_wait_s"] < 15 and outcome.checks["after_freeze_s"] < 60, outcome.checks
+    assert outcome.checks["fallback_epochs"] == {}, outcome.checks  # the decision in flight was retried
