@@ -33,6 +33,7 @@ class Arm:
     recorded: dict | None = None  # replay: the original trainer config and commands; resume: trainer and agent
     resume_from: Path | None = None  # resume: the run's checkpoint
     resume_epoch: int = 0  # resume: the last completed epoch, the one the checkpoint holds
+    exit_code: int | None = None  # the trainer's, once it ran
 
 
 def plan_replay(args: argparse.Namespace) -> Arm:

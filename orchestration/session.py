@@ -41,7 +41,7 @@ from orchestration.supervisor import (
 from storage.recorder import RecorderConfig
 from trainer.checkpoint import CheckpointError, read_state
 from trainer.config import TrainerConfig
-from trainer.defaults import REGIMES, default_data_dir
+from trainer.defaults import EXIT_DATA_UNAVAILABLE, EXIT_INTERRUPTED, EXIT_OK, REGIMES, default_data_dir
 
 
 def run_invocation(args: argparse.Namespace, pipeline: list[str]) -> int:
@@ -163,13 +163,14 @@ def run_invocation(args: argparse.Namespace, pipeline: list[str]) -> int:
             running = None
             orch.stop_child("trainer")
             replay_pending_records(trainer_cfg, sender, log)
-            arm.status = {0: "completed", 130: "interrupted"}.get(code, "failed")
+            arm.status = {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted"}.get(code, "failed")
+            arm.exit_code = code
             sender.send(
                 RunFinished(
                     run_id=arm.run_id,
                     status=arm.status,
                     finished_at=_utc_now(),
-                    reason=None if code == 0 else f"trainer exit code {code}",
+                    reason=None if code == EXIT_OK else trainer_failure(code),
                 )
             )
             log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=code)
@@ -228,7 +229,7 @@ def run_invocation(args: argparse.Namespace, pipeline: list[str]) -> int:
     for arm in arms:
         if arm.replay_of and arm.status == "completed":
             print(compare_replay(args.db, arm.replay_of, arm.run_id))
-        if arm.status in ("failed", "interrupted"):
+        if arm.status in ("failed", "interrupted") and arm.exit_code != EXIT_DATA_UNAVAILABLE:
             print(
                 f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {args.db}"
             )
@@ -237,6 +238,13 @@ def run_invocation(args: argparse.Namespace, pipeline: list[str]) -> int:
     if failed_to_start:
         return 1
     return 0 if all(a.status == "completed" for a in arms) else 1
+
+
+def trainer_failure(code: int) -> str:
+    """``runs.status_reason`` for a trainer that exited with ``code``."""
+    if code == EXIT_DATA_UNAVAILABLE:  # --resume cannot help: the data must be fixed first (the trainer said how)
+        return "data_error: no MNIST source worked (see the trainer's message)"
+    return f"trainer exit code {code}"
 
 
 def run_started(arm: Arm, trainer_cfg: TrainerConfig, agent_cfg, settings, args) -> RunStarted:

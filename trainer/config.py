@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.messages import ALPHA_RANGE, DROPOUT_RANGE, LEARNING_RATE_RANGE, UpdateCommand
-from trainer.data import REGIMES
+from trainer.defaults import REGIMES  # not trainer.data: no torch import for a config
 
 
 class TrainerConfig(BaseModel):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Trainer exit codes, read by the orchestrator: 4 means no data source worked, where --resume cannot help.
+EXIT_OK, EXIT_FAILED, EXIT_ORPHANED, EXIT_DATA_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+
 REGIMES: dict[str, int] = {"full": 60_000, "10pct": 6_000, "1pct": 600, "100": 100, "10": 10}
 
 

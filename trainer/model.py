@@ -8,7 +8,23 @@ classification layer, as in the paper's example command).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class TrainOnlyDropout(nn.Dropout):
+    """``nn.Dropout`` whose eval-mode forward is the identity without reading ``p``.
+
+    ``nn.Dropout.forward`` hands ``self.p`` to ``F.dropout`` even in eval mode, so ``torch.compile``
+    specialises the compiled validation forward on ``p``: every dropout value the agent sets cost a
+    recompile (~0.5 s on 2 cores), and after ``torch._dynamo.config.recompile_limit`` (8) of them the
+    validation pass ran eager. Training runs the very same ``F.dropout`` call (same masks, same RNG use).
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return input
+        return F.dropout(input, self.p, True, self.inplace)
 
 
 class ReflectCNN(nn.Module):
@@ -25,7 +41,7 @@ class ReflectCNN(nn.Module):
         self.fc = nn.Sequential(
             nn.Linear(64 * 7 * 7, 128),  # fc.0
             nn.ReLU(),
-            nn.Dropout(dropout),  # fc.2: the dropout the agent sets
+            TrainOnlyDropout(dropout),  # fc.2: the dropout the agent sets; no parameters
             nn.Linear(128, 10),  # fc.3: logits
         )
 

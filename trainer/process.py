@@ -13,6 +13,7 @@ import torch
 import zmq
 
 from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals, stop_when_orphaned
+from bus.liveness import HealthCheck
 from bus.log import configure_logging
 from bus.messages import (
     Decision,
@@ -34,6 +35,7 @@ from bus.transport import RecordSender, RequestClient
 from trainer.checkpoint import CheckpointError, TrainingState, load_checkpoint, save_checkpoint
 from trainer.config import TrainerConfig
 from trainer.data import DataUnavailableError, load_mnist, stratified_subset
+from trainer.defaults import EXIT_DATA_UNAVAILABLE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORPHANED
 from trainer.loop import (
     EVAL_BATCH,
     EvalStats,
@@ -48,8 +50,6 @@ from trainer.loop import (
 from trainer.model import ReflectCNN
 from trainer.modulation import deltas_from_command
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_ORPHANED = 0, 1, 130, 3
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
@@ -59,8 +59,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def fallback_decision(metrics: EpochMetrics, controller: str, reason: str) -> Decision:
-    """Keep the current hyperparameters with alpha = 0 and no modulation (DESIGN.md)."""
+def fallback_decision(metrics: EpochMetrics, controller: str, reason: str, waited_ms: float = 0.0) -> Decision:
+    """Keep the current hyperparameters with alpha = 0 and no modulation (DESIGN.md); its latency is the
+    time the trainer spent waiting for the agent before falling back (ms)."""
     return Decision(
         run_id=metrics.run_id,
         epoch=metrics.epoch,
@@ -71,6 +72,7 @@ def fallback_decision(metrics: EpochMetrics, controller: str, reason: str) -> De
         valid=False,
         fallback=True,
         fallback_reason=reason,
+        latency_ms=waited_ms,
     )
 
 
@@ -83,7 +85,10 @@ def progress_line(
     dropout: float,
     alpha: float,
     decision: Decision | None,
+    waited_ms: float = 0.0,
 ) -> str:
+    """One terminal line per epoch; ``waited_ms`` is the time the trainer spent on the decision (retries and
+    timeouts included), not the agent's own latency."""
     line = (
         f"{cfg.arm:<8} {cfg.regime:>5} seed {cfg.seed} | epoch {epoch:>3}/{cfg.epochs} | "
         f"train acc {tr.acc:.4f} loss {tr.loss:.4f} | val acc {ev.acc:.4f} loss {ev.loss:.4f} | "
@@ -97,7 +102,7 @@ def progress_line(
             else ("valid" if decision.valid else f"repaired x{decision.repair_attempts}")
         )
         verdict = f" | prev: {decision.reflection.verdict}" if decision.reflection else ""
-        line += f" -> next lr {c.learning_rate:.2e} dropout {c.dropout:.2f} alpha {c.alpha:.2f} [{how}, {decision.latency_ms:.0f} ms]{verdict}"
+        line += f" -> next lr {c.learning_rate:.2e} dropout {c.dropout:.2f} alpha {c.alpha:.2f} [{how}, {waited_ms:.0f} ms]{verdict}"
     return line
 
 
@@ -106,6 +111,7 @@ def run(cfg: TrainerConfig) -> int:
     sender = RecordSender(ctx, cfg.recorder_endpoint)
     log = configure_logging("trainer", cfg.run_dir / "logs", forward=sender.send, run_id=cfg.run_id)
     agent: RequestClient | None = None
+    health: HealthCheck | None = None
     parent = os.getppid()
 
     stop_on_signals()
@@ -114,7 +120,21 @@ def run(cfg: TrainerConfig) -> int:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
-        data = load_mnist(cfg.data_dir)
+        try:
+            data = load_mnist(cfg.data_dir)
+        except DataUnavailableError as exc:  # one line naming the damaged file and what to do; no traceback
+            log.error("data_unavailable", error=str(exc))
+            print(f"trainer failed: {exc}", file=sys.stderr, flush=True)
+            return EXIT_DATA_UNAVAILABLE
+        for repair in data.repairs:
+            log.warning(
+                "data_cache_repaired", file=str(repair.path), problem=repair.problem,
+                moved_to=str(repair.moved_to) if repair.moved_to else None, source=data.source,
+            )  # fmt: skip
+            moved = f", moved to {repair.moved_to.name}" if repair.moved_to else ""
+            print(
+                f"trainer: MNIST cache file {repair.path} {repair.problem}{moved}; using {data.source}", file=sys.stderr
+            )
         log.info("data_loaded", source=data.source, device=str(device))
         subset = stratified_subset(data.train_labels, cfg.n_train, cfg.seed)
         train_x = to_model_input(data.train_images[subset], device)
@@ -130,7 +150,11 @@ def run(cfg: TrainerConfig) -> int:
         forward = model
         if cfg.compile_eval:
             started = time.perf_counter()
-            forward, failure = compile_for_eval(model, val_x[:EVAL_BATCH])
+            forward, failure = compile_for_eval(
+                model,
+                val_x[:EVAL_BATCH],
+                on_fallback=lambda reason: log.warning("eval_fell_back_to_eager", error=reason),
+            )
             log.info(
                 "eval_compiled" if failure is None else "eval_compile_failed",
                 error=failure,
@@ -159,7 +183,9 @@ def run(cfg: TrainerConfig) -> int:
             log.info("resumed", from_epoch=state.epoch, checkpoint=str(cfg.resume_from), lr=lr, dropout=dropout)
 
         if cfg.agent_endpoint:
-            agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries)
+            if cfg.agent_health_endpoint:  # after a timeout, retry only an agent that is alive and not stuck
+                health = HealthCheck(ctx, cfg.agent_health_endpoint, busy_limit_s=cfg.agent_timeout_ms / 1000)
+            agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries, health)
             hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
             if isinstance(hello.reply, Ready):
                 log.info("agent_handshake", agent_pid=hello.reply.pid, attempts=hello.attempts)
@@ -189,17 +215,19 @@ def run(cfg: TrainerConfig) -> int:
             }
             records: list = [EpochRecord(run_id=cfg.run_id, **summary.model_dump(), **detail)]
             history.append(summary)
-            decision = None
+            decision, waited_ms = None, 0.0
             if agent is not None or cfg.replay_commands is not None:
                 metrics = EpochMetrics(
                     run_id=cfg.run_id, epochs_total=cfg.epochs, regime=cfg.regime, n_train=len(train_x),
                     param_shapes=param_shapes, history=history, previous_command=previous_command,
                     previous_reflection=previous_reflection, **summary.model_dump(), **detail,
                 )  # fmt: skip
+                asked = time.perf_counter()
                 if agent is not None:
                     decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, log)
                 else:
                     decision, new_deltas = replay_decision(cfg.replay_commands, metrics, model, log)
+                waited_ms = (time.perf_counter() - asked) * 1000.0
                 applied = epoch < cfg.epochs
                 records.append(DecisionRecord(decision=decision, applied=applied))
                 if decision.reflection is not None:
@@ -227,12 +255,15 @@ def run(cfg: TrainerConfig) -> int:
             for record in records:
                 sender.send(record)
             print(
-                progress_line(cfg, epoch, tr, ev, history[-1].lr, history[-1].dropout, history[-1].alpha, decision),
+                progress_line(
+                    cfg, epoch, tr, ev, history[-1].lr, history[-1].dropout, history[-1].alpha, decision, waited_ms
+                ),
                 flush=True,
             )
             log.info(
                 "epoch_done", epoch=epoch, val_acc=ev.acc, train_acc=tr.acc, wall_s=round(wall_s, 3),
                 decision=decision is not None, reflection=decision is not None and decision.reflection is not None,
+                waited_ms=round(waited_ms),
             )  # fmt: skip
         log.info("training_finished", epochs=cfg.epochs, final_val_acc=history[-1].val_acc if history else None)
         return EXIT_OK
@@ -250,6 +281,8 @@ def run(cfg: TrainerConfig) -> int:
         ignore_signals()
         if agent is not None:
             agent.close()
+        if health is not None:
+            health.close()
         # Wait for the recorder to confirm (a restarted one gets resends); orphaned, the recorder is gone too and
         # what is unconfirmed is in the checkpoint.
         lost = sender.close(timeout_s=10.0 if os.getppid() == parent else 0.5)
@@ -275,7 +308,9 @@ def ask_agent(
 ) -> tuple[Decision, dict[str, torch.Tensor]]:
     """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
     log.info("agent_asked", epoch=metrics.epoch)
+    started = time.perf_counter()
     outcome = agent.request(metrics)
+    waited_ms = (time.perf_counter() - started) * 1000.0
     reply = outcome.reply
     if reply is not None and outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
         log.warning("agent_retried", epoch=metrics.epoch, attempts=outcome.attempts)
@@ -290,8 +325,8 @@ def ask_agent(
             return reply, deltas_from_command(reply.command, model)
         except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a delta of strings that pydantic let through
             reason = f"trainer refused the command: {exc}"
-    log.warning("fallback", epoch=metrics.epoch, reason=reason)
-    return fallback_decision(metrics, controller, reason), {}
+    log.warning("fallback", epoch=metrics.epoch, reason=reason, waited_ms=round(waited_ms))
+    return fallback_decision(metrics, controller, reason, waited_ms), {}
 
 
 def main(argv: list[str] | None = None) -> int:
