@@ -302,6 +302,7 @@ class ControlReply(Message):
     pid: int
     rows_written: int = 0
     detail: str | None = None
+    busy_s: float | None = None  # a health ping: seconds the main loop has spent on its current request
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -362,3 +363,43 @@ def decode(frames: list[bytes]) -> Message:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise BusDecodeError(f"{topic} failed validation at {where!r}: {first['msg']}") from None
+
+
+# --------------------------------------------------------------------------- read-only queries -> live recorder
+
+QueryParam = str | int | float | bool | None
+
+
+class QueryRequest(Message):
+    """``run.py sql`` / ``run.py report`` -> the recorder holding the database, while a run is going.
+
+    DuckDB lets no other process open a file that a writer holds, not even read-only, so the recorder
+    answers: one SELECT statement (``?`` placeholders bound to ``params``), run on its own cursor in a
+    transaction it rolls back, over the data of the last committed batch. Anything else is refused
+    with a reason (see ``storage/live.py``).
+    """
+
+    TOPIC: ClassVar[str] = "query"
+    sql: str = Field(max_length=1_000_000)
+    params: list[QueryParam] = Field(default_factory=list)
+    max_rows: int = Field(default=100_000, ge=1, le=1_000_000)
+
+
+class QueryReply(Message):
+    """The recorder's answer to a :class:`QueryRequest`: the columns (name and DuckDB type) and rows as
+    JSON values (timestamps as ISO strings, decimals as strings; ``storage/live.py`` restores them), or
+    ``ok = False`` and why. ``truncated``: more rows existed than ``max_rows`` or the reply size cap."""
+
+    TOPIC: ClassVar[str] = "query_reply"
+    ok: bool
+    pid: int
+    columns: list[str] = Field(default_factory=list)
+    types: list[str] = Field(default_factory=list)
+    rows: list[list[Any]] = Field(default_factory=list)
+    truncated: bool = False
+    error: str | None = None
+    stopping: bool = False  # the recorder is shutting down: ask the file itself once it lets go
+    elapsed_ms: float = 0.0
+
+
+MESSAGE_TYPES.update({cls.TOPIC: cls for cls in (QueryRequest, QueryReply)})

@@ -301,16 +301,21 @@ def agent_timeout_s(args: argparse.Namespace) -> float:
 
 
 def preflight_database(db: Path) -> None:
-    """Create and migrate the database now, so a bad path fails before any process starts."""
+    """Create and migrate the database now, so a bad path, a held lock or a damaged WAL fails before any
+    process starts."""
     import duckdb
 
+    from storage.database import DatabaseError, open_database
     from storage.schema import migrate
 
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
-        con = duckdb.connect(str(db))
-    except (OSError, duckdb.Error) as exc:
-        raise CliError(f"--db {db}: cannot open for writing: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise CliError(f"--db {db}: cannot open for writing: {exc.strerror}") from None
+    try:
+        con = open_database(db)
+    except DatabaseError as exc:
+        raise CliError(f"--db {db}: {exc}") from None
     try:
         migrate(con)
     except duckdb.Error as exc:

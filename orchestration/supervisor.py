@@ -21,6 +21,7 @@ from agents.llm_server import HangProbe, LLMServerError, LocalLLMServer
 from bus.liveness import LivenessProbe
 from bus.messages import ControlReply, ControlRequest, Hello, Ready
 from bus.transport import RecordSender, RequestClient
+from storage.database import EXIT_DATABASE_UNUSABLE
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -74,6 +75,10 @@ class Orchestrator:
             if name == "trainer" or name not in self.recipes:
                 continue
             code = proc.poll()
+            if name == "recorder" and code == EXIT_DATABASE_UNUSABLE:  # a restart would meet the same file
+                self.children.pop(name)
+                self.recipes.pop(name, None)
+                raise ChildLost(f"the recorder cannot use the database (exit code {code}; its reason is printed above)")
             if code is not None:
                 self.restart(name, f"exited with code {code}")
             elif name == "llm" and self.probe is not None and self.probe.hung:

@@ -42,7 +42,18 @@ from bus.messages import (
     encode,
 )
 from bus.transport import check_endpoint
+from storage.database import (
+    EXIT_DATABASE_UNUSABLE,
+    DatabaseLocked,
+    DatabaseUnusable,
+    first_line,
+    open_database,
+)
+from storage.live import QueryService, RecorderEndpoint, publish_endpoint, query_endpoint_for, withdraw_endpoint
 from storage.schema import migrate
+
+# How long the recorder waits for a reader (run.py sql / report) to let go of the file at start.
+LOCK_WAIT_S = 10.0
 
 
 class RecorderConfig(BaseModel):
@@ -269,13 +280,49 @@ UPSERT_DELIVERY = (
 )
 
 
-def serve(cfg: RecorderConfig) -> int:
+def open_recorder_database(db: Path, lock_wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """Open ``db`` for writing and migrate it; raises :class:`storage.database.DatabaseError` (one line).
+
+    A lock held by a reader (``run.py sql`` or ``report`` in the moment before the recorder starts) is
+    waited out for ``lock_wait_s``. After the migrations the database is checkpointed, so the views they
+    recreate are in the file and not in the WAL next to the first batch of upserts: the WAL a crash
+    leaves holds only rows (DuckDB releases have had replay bugs with DDL beside upserts).
+    """
+    deadline = time.monotonic() + lock_wait_s
+    while True:
+        try:
+            con = open_database(db)
+            break
+        except DatabaseLocked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     try:
-        con = duckdb.connect(str(cfg.db_path))
-        migrate(con)
+        migrate(con)  # ends with a CHECKPOINT
+        # SQL that reads other files has no business here, and the live query socket must not lend
+        # the recorder's rights to a query (see storage/live.py).
+        con.execute("SET enable_external_access = false")
     except duckdb.Error as exc:
-        print(f"recorder: cannot open database {cfg.db_path}: {exc}", file=sys.stderr, flush=True)
+        con.close()
+        raise DatabaseUnusable(f"cannot migrate {db}: {first_line(exc)}") from None
+    return con
+
+
+def serve(cfg: RecorderConfig) -> int:
+    """Run the recorder until ``stop``, a signal, or the orchestrator's exit; the process's exit code.
+
+    0 after a clean stop; 2 when it cannot bind its sockets or the file stays locked by another
+    process; :data:`EXIT_DATABASE_UNUSABLE` (65) when the database cannot be opened for a reason that
+    a restart does not fix (an unreplayable WAL, not a DuckDB file): one line on stderr names the file.
+    """
+    try:
+        con = open_recorder_database(cfg.db_path)
+    except DatabaseLocked as exc:
+        print(f"recorder: {exc}", file=sys.stderr, flush=True)
         return 2
+    except DatabaseUnusable as exc:
+        print(f"recorder: {exc}", file=sys.stderr, flush=True)
+        return EXIT_DATABASE_UNUSABLE
     buffer = RecordBuffer(con)
 
     def own_event(event: LogEvent) -> None:
@@ -293,6 +340,8 @@ def serve(cfg: RecorderConfig) -> int:
     control = ctx.socket(zmq.REP)
     control.setsockopt(zmq.LINGER, 1000)
     parent = os.getppid()
+    queries: QueryService | None = None
+    flush_ms: list[float] = []  # how long each commit took, for the closing event
 
     stop_on_signals()
 
@@ -325,7 +374,11 @@ def serve(cfg: RecorderConfig) -> int:
         if out_of_order:
             log.info("out_of_order", dropped=sum(out_of_order.values()), senders=len(out_of_order))
             out_of_order.clear()
-        for sender, seq in buffer.flush().items():
+        started = time.perf_counter()
+        committed = buffer.flush()
+        if committed:
+            flush_ms.append((time.perf_counter() - started) * 1000)
+        for sender, seq in committed.items():
             pull.send_multipart([sender.encode("latin-1"), b"ack", str(seq).encode()])
 
     def drain() -> None:
@@ -341,9 +394,16 @@ def serve(cfg: RecorderConfig) -> int:
     try:
         pull.bind(cfg.endpoint)
         control.bind(cfg.control_endpoint)
+        queries = QueryService(con, ctx, query_endpoint_for(cfg.run_dir, os.getpid()), log)
         poller.register(pull, zmq.POLLIN)
         poller.register(control, zmq.POLLIN)
-        log.info("recorder_ready", db=str(cfg.db_path), endpoint=cfg.endpoint)
+        poller.register(queries.socket, zmq.POLLIN)
+        poller.register(queries.results, zmq.POLLIN)
+        publish_endpoint(
+            RecorderEndpoint(pid=os.getpid(), db_path=str(cfg.db_path.resolve()), query_endpoint=queries.endpoint,
+                             control_endpoint=cfg.control_endpoint, started_at=time.time())
+        )  # fmt: skip
+        log.info("recorder_ready", db=str(cfg.db_path), endpoint=cfg.endpoint, query_endpoint=queries.endpoint)
         last_flush = time.monotonic()
         stopping = False
         while not stopping:
@@ -354,6 +414,10 @@ def serve(cfg: RecorderConfig) -> int:
                         receive(pull.recv_multipart(zmq.NOBLOCK))
                     except zmq.Again:
                         break
+            if queries.socket in ready:
+                queries.receive()
+            if queries.results in ready:
+                queries.deliver()
             if control in ready:
                 try:
                     request = decode(control.recv_multipart())
@@ -389,12 +453,21 @@ def serve(cfg: RecorderConfig) -> int:
         log.warning("recorder_stopped", signal=str(stop))
         drain()
         return 0
-    except zmq.ZMQError as exc:
-        print(f"recorder: cannot bind {cfg.endpoint}: {exc}", file=sys.stderr, flush=True)
+    except (zmq.ZMQError, OSError) as exc:
+        print(f"recorder: cannot bind {cfg.endpoint} or publish its endpoint: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:
         ignore_signals()
-        log.info("recorder_closing", rows_written=buffer.written + buffer.pending)
+        if queries is not None:
+            queries.close()
+            withdraw_endpoint(cfg.db_path.resolve(), os.getpid())
+        flush()
+        timings = sorted(flush_ms) or [0.0]
+        log.info(
+            "recorder_closing", rows_written=buffer.written + buffer.pending, flushes=len(flush_ms),
+            flush_ms_p50=round(timings[len(timings) // 2], 3), flush_ms_p99=round(timings[int(len(timings) * 0.99)], 3),
+            flush_ms_max=round(timings[-1], 3), queries_answered=queries.answered if queries is not None else 0,
+        )  # fmt: skip
         flush()
         con.execute("CHECKPOINT")
         con.close()

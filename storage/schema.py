@@ -1,7 +1,8 @@
 """The DuckDB schema users query: tables, analysis views, and the migrations that build them.
 
 The tables are a public interface (DESIGN.md): change them only by appending a migration to
-``MIGRATIONS``. Views are recreated on every open, so they may change freely. Timestamps are UTC.
+``MIGRATIONS``. Views are recreated on every open, so they may change freely; :func:`migrate`
+checkpoints right after, so that DDL never waits in the WAL. Timestamps are UTC.
 """
 
 from __future__ import annotations
@@ -153,7 +154,11 @@ LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch;
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Bring the database to the latest schema; returns the version it is at."""
+    """Bring the database to the latest schema and checkpoint it; returns the version it is at.
+
+    The checkpoint moves the migrations and the recreated views from the WAL into the file, so the WAL a
+    crash leaves behind holds rows only, never DDL beside upserts (which DuckDB releases have failed to
+    replay)."""
     con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
     current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()[0][0]
     for version, ddl in MIGRATIONS:
@@ -164,4 +169,5 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             con.execute("COMMIT")
             current = version
     con.execute(VIEWS)
+    con.execute("CHECKPOINT")
     return current

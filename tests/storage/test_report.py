@@ -9,8 +9,19 @@ import duckdb
 import pytest
 
 from bus.messages import Reflection, ReflectionRecord, RunFinished
+from storage.reader import ReaderError, open_reader
 from storage.recorder import RecordBuffer
-from storage.report import ReportError, run_sql, write_report
+from storage.report import (
+    DPI,
+    decision_figure,
+    fit_figure,
+    hyperparameter_figure,
+    read_report_data,
+    run_sql,
+    save_figure,
+    validation_figure,
+    write_report,
+)
 from storage.schema import migrate
 from tests.storage.test_recorder import decision_record, epoch_record, run_started
 
@@ -63,9 +74,9 @@ def test_report_writes_the_table_with_mean_std_and_n_and_three_figures(db, tmp_p
 def test_sql_answers_as_a_markdown_table_and_refuses_bad_sql(db):
     answer = run_sql(db, "SELECT arm, count(*) AS runs FROM runs GROUP BY arm ORDER BY arm")
     assert answer.splitlines() == ["| arm | runs |", "|---|---|", "| baseline | 2 |", "| guided | 2 |", "(2 rows)"]
-    with pytest.raises(ReportError, match="SQL error: Parser Error"):
+    with pytest.raises(ReaderError, match="SQL error: Parser Error"):
         run_sql(db, "SELEC 1")
-    with pytest.raises(ReportError, match="Catalog Error"):
+    with pytest.raises(ReaderError, match="Catalog Error"):
         run_sql(db, "SELECT * FROM no_such_table")
 
 
@@ -111,3 +122,74 @@ def test_report_and_sql_from_the_command_line(db, tmp_path):
     assert unwritable.returncode == 2 and unwritable.stderr.strip() == (
         "run.py report: error: --out /proc/reflectnet-report: cannot write the report there: No such file or directory"
     )
+
+
+def outside_the_figure(fig) -> list[str]:
+    """What of ``fig`` is drawn past its edges: its title (and any figure text), its legends, and each
+    panel with everything it draws (title, tick labels, axis labels, legend), as matplotlib measures them."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    parts = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts if t.get_visible() and t.get_text()]
+    parts += [("figure legend", legend.get_window_extent(renderer)) for legend in fig.legends]
+    parts += [(f"panel {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in fig.axes if ax.get_visible()]
+    return [
+        f"{name!r}: x {box.x0:.0f}..{box.x1:.0f} of {width:.0f}, y {box.y0:.0f}..{box.y1:.0f} of {height:.0f}"
+        for name, box in parts
+        if box.x0 < -0.5 or box.y0 < -0.5 or box.x1 > width + 0.5 or box.y1 > height + 0.5
+    ]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]  # IHDR: width and height, big-endian, at bytes 16..24
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+@pytest.mark.parametrize("regimes", [["100"], ["10", "100", "600"]])
+def test_every_figure_shows_its_whole_title_axes_and_legend_at_the_size_it_is_written(tmp_path, regimes):
+    db = tmp_path / "fig.duckdb"
+    with duckdb.connect(str(db)) as con:
+        migrate(con)
+        buffer = RecordBuffer(con)
+        for regime in regimes:
+            for arm in ("baseline", "guided"):
+                run_id = f"{arm}-{regime}"
+                buffer.add(run_started(run_id, arm=arm).model_copy(update={"regime": regime, "n_train": int(regime)}))
+                for epoch, acc in enumerate((0.5, 0.8, 0.9), 1):
+                    buffer.add(epoch_record(run_id, epoch, acc))
+                    if arm == "guided":
+                        buffer.add(decision_record(run_id, epoch, 1e-3 / epoch))
+                buffer.add(RunFinished(run_id=run_id, status="completed", finished_at=time.time()))
+        going = {"regime": regimes[0], "n_train": int(regimes[0])}
+        buffer.add(run_started("going", arm="guided").model_copy(update=going))  # a run still going
+        buffer.add(epoch_record("going", 1, 0.6))
+        buffer.flush()
+    with open_reader(db) as reader:
+        data = read_report_data(reader)
+    assert [c.label for c in data.running] == ["heuristic"] and data.regimes == sorted(regimes, key=lambda r: -int(r))
+    for build in (validation_figure, hyperparameter_figure, decision_figure):
+        plt, fig = build(data)
+        fit_figure(fig)
+        assert outside_the_figure(fig) == [], build.__name__
+        title = fig.get_suptitle()
+        assert title.replace("\n", " ") in {
+            "Validation accuracy per epoch (line: mean over seeds, band: min–max)",
+            "Hyperparameters the controllers chose (mean over seeds)",
+            "Decisions and the verdicts on them",
+        }
+        expected = tuple(round(v) for v in fig.get_size_inches() * DPI)
+        path = save_figure(plt, fig, tmp_path / f"{build.__name__}.png")
+        assert png_size(path) == expected  # written at the size it was laid out for
+
+
+def test_the_old_one_panel_layout_cut_the_title_and_the_check_sees_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, _ = plt.subplots(1, 1, figsize=(5, 3.2), dpi=DPI)
+    fig.suptitle("Validation accuracy per epoch (line: mean over seeds, band: min–max)")
+    fig.tight_layout()
+    assert len(outside_the_figure(fig)) == 1 and "Validation accuracy" in outside_the_figure(fig)[0]
+    plt.close(fig)
