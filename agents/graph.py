@@ -9,21 +9,30 @@ Core nodes keep their relative order and ``repairer`` directly follows ``validat
 node (a critic, or your own) may go anywhere in the list. Node names resolve, in order, to: the
 core nodes, built-in extras (``critic``), the ``reflectnet.nodes`` entry-point group, and
 ``package.module:function`` references.
+
+Every extra node and the reflector run guarded (:func:`guarded`): one that raises, or returns an
+update that would break the decision, costs nothing validated — its failure is a note and a
+``node_failed`` event, and the command stays as it was before that node.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import traceback
 from importlib.metadata import entry_points
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
+import structlog
 from langgraph.graph import END, START, StateGraph
+from pydantic import ValidationError
 
 from agents.nodes import critic, prompter, reflector, repairer, validator
 from agents.nodes.controller import make_controller
 from agents.nodes.reflector import make_reflector
 from agents.policies import Policy
 from agents.state import AgentState
+from bus.messages import Reflection, UpdateCommand
 
 CORE_NODES = ("prompter", "controller", "validator", "repairer", "reflector")
 BUILTIN_NODES: dict[str, Callable[[AgentState], dict]] = {"critic": critic}
@@ -56,6 +65,62 @@ def resolve_node(name: str) -> Node:
     raise UnknownNodeError(
         f"unknown node {name!r}; built-in extras: {', '.join(known)}; or use package.module:function"
     )
+
+
+def update_problem(update: Any) -> str | None:
+    """What is wrong with a node's ``update`` (None if nothing): not a dict of known state fields, a
+    ``command`` that is not a valid ``UpdateCommand`` (``model_copy`` skips validation), a
+    ``reflection`` that is not a ``Reflection``, or ``notes`` that are not a JSON list of objects."""
+    if update is None:
+        return None
+    if not isinstance(update, dict):
+        return f"returned {type(update).__name__}, not a dict of state fields"
+    unknown = sorted(str(k) for k in set(update) - set(AgentState.__annotations__))
+    if unknown:
+        return f"returned unknown state fields {unknown[:5]}"
+    if "command" in update:
+        command = update["command"]
+        if not isinstance(command, UpdateCommand):
+            return f"set command to {type(command).__name__}, not an UpdateCommand"
+        try:
+            UpdateCommand.model_validate(command.model_dump())
+        except ValidationError as exc:
+            return f"set an invalid command: {exc}"
+    if "reflection" in update and not isinstance(update["reflection"], (Reflection, type(None))):
+        return f"set reflection to {type(update['reflection']).__name__}, not a Reflection"
+    if "notes" in update:
+        notes = update["notes"]
+        if not isinstance(notes, list) or not all(isinstance(n, dict) for n in notes):
+            return "notes must be a list of dicts"
+        try:
+            json.dumps(notes)
+        except (TypeError, ValueError) as exc:
+            return f"notes are not JSON: {exc}"
+    return None
+
+
+def guarded(name: str, node: Node) -> Node:
+    """``node`` run so that its failure costs nothing validated: an exception, or an update with a
+    problem (see :func:`update_problem`), becomes a note ``{"node", "action": "failed", "error"}`` and
+    a ``node_failed`` event, and the state is left as it was before the node."""
+
+    def run_guarded(state: AgentState) -> dict:
+        trace = None
+        try:
+            update = node(state)
+            problem = update_problem(update)
+        except Exception as exc:  # a user's node may raise anything; the validated command must survive it
+            problem, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)
+        if problem is None:
+            return update or {}
+        m = state["metrics"]
+        structlog.get_logger().error(
+            "node_failed", run_id=m.run_id, epoch=m.epoch, node=name, error=problem[:1000], traceback=trace
+        )
+        kept = "the command as it was before this node" if state.get("command") is not None else "the state as it was"
+        return {"notes": [{"node": name, "action": "failed", "error": problem[:1000], "kept": kept}]}
+
+    return run_guarded
 
 
 def graph_key(name: str) -> str:
@@ -96,7 +161,8 @@ def build_agent_graph(names: list[str], policy: Policy, judge=None):
     }
     for name in names:
         if name not in nodes:
-            nodes[name] = resolve_node(name)
+            nodes[name] = guarded(name, resolve_node(name))
+    nodes["reflector"] = guarded("reflector", nodes["reflector"])
     # LangGraph reserves ':' in node names; a module:function node is named module.function.
     nodes = {graph_key(name): fn for name, fn in nodes.items()}
     names = [graph_key(name) for name in names]

@@ -1,11 +1,18 @@
-"""Chat models for the controller and the reflector: one factory, one policy, one judge.
+"""Chat models for the controller and the reflector: one factory, one caller per endpoint, one policy,
+one judge.
 
 Every model — the embedded SmolLM2 served by llama-cpp-python on loopback, or any
 OpenAI-compatible endpoint (OpenAI, vLLM, Ollama) — is reached through ``langchain-openai``'s
 ``ChatOpenAI``, exactly as a remote service. Structured output is asked for in the form the server
 accepts: OpenAI's ``json_schema``, or llama.cpp's ``{"type": "json_object", "schema": ...}`` (its
-server rejects the ``json_schema`` form). With ``auto``, a server that refuses a form with HTTP 400
-is asked again in the next form, and the working form is remembered.
+server rejects the ``json_schema`` form). Every request carries a token cap as ``max_tokens``, the
+name every OpenAI-compatible server honours (llama.cpp and Ollama ignore ``max_completion_tokens``).
+
+A model call never raises (:class:`ChatCaller`): whatever the client raises is a model error
+``"Type: message"``; an answer cut off by the token cap keeps its text. A refused request is changed
+only when the error names what it refuses — a response format, the token cap's name, the temperature —
+and then exactly that, remembered for every later call to the endpoint; any other error is reported
+as it is and the next call is unchanged.
 
 The API key comes only from ``OPENAI_API_KEY`` in the environment; it is never logged, stored or put
 into an error message.
@@ -13,9 +20,10 @@ into an error message.
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import openai
@@ -23,8 +31,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, ConfigDict, Field
 
+from agents.nodes.answer_text import find_answer_object
 from agents.nodes.prompter import INSTRUCTIONS, command_schema
-from agents.nodes.validator import extract_json_object
 from agents.policies import ControllerAnswer
 from agents.state import AgentState
 from bus.messages import EpochMetrics, Reflection
@@ -41,15 +49,28 @@ SYSTEM = (
     "You are the controller of a neural-network training run. You read the training state and answer "
     "with exactly one JSON object that follows the given schema. No prose outside the JSON."
 )
+MAX_JUDGE_TEXT = 300
 JUDGE_SCHEMA = {
     "type": "object",
     "properties": {
         "verdict": {"type": "string", "enum": ["beneficial", "harmful", "neutral"]},
-        "text": {"type": "string"},
+        "text": {"type": "string", "maxLength": MAX_JUDGE_TEXT},
     },
     "required": ["verdict", "text"],
 }
-MAX_JUDGE_TEXT = 300
+ResponseForm = Literal["json_schema", "json_object"] | None
+# The names a token cap goes by, best first: every OpenAI-compatible server honours max_tokens;
+# OpenAI's reasoning models refuse it by name and take max_completion_tokens instead.
+TOKEN_CAP_NAMES = ("max_tokens", "max_completion_tokens")
+# Words with which servers refuse a parameter (OpenAI, vLLM, llama-cpp-python's pydantic errors, ...).
+# "maximum context length", "too large", rate limits and the like are not among them: those errors
+# say nothing about what the server accepts.
+REFUSAL = re.compile(
+    r"not supported|unsupported|does not support|doesn't support|not (?:allowed|permitted|available)"
+    r"|unrecogni[sz]ed|unknown (?:parameter|field|argument|key|name)|extra (?:inputs|fields)|extra_forbidden"
+    r"|input should be|literal_error|invalid schema|only the default|cannot both|at the same time",
+    re.IGNORECASE,
+)
 
 
 class LLMSettings(BaseModel):
@@ -68,32 +89,26 @@ class LLMSettings(BaseModel):
 
 
 def make_chat_model(settings: LLMSettings) -> BaseChatModel:
-    """The chat model for ``settings``; the key is read from the environment here and nowhere else."""
+    """The chat model for ``settings``; the key is read from the environment here and nowhere else.
+    Sampling parameters (temperature, token cap, response format) are sent per call by :class:`ChatCaller`."""
     from langchain_openai import ChatOpenAI
 
     key = os.environ.get("OPENAI_API_KEY") if settings.provider == "openai" else None
-    # langchain-openai sends max_completion_tokens, which llama.cpp's server ignores: bound it there too.
-    extra_body = {"max_tokens": settings.max_tokens} if settings.provider == "local" else None
     return ChatOpenAI(
         base_url=settings.base_url,
         api_key=key or NO_KEY,
         model=settings.model,
-        temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
-        extra_body=extra_body,
     )
 
 
-def response_formats(settings: LLMSettings, name: str) -> list[dict | None]:
-    """Structured-output forms to try, best first; ``ChatCaller`` fills in each call's schema."""
-    json_schema = {"type": "json_schema", "json_schema": {"name": name, "strict": False}}
-    json_object = {"type": "json_object"}
+def response_formats(settings: LLMSettings) -> list[ResponseForm]:
+    """Structured-output forms to try, best first; :class:`ChatCaller` fills in each call's schema."""
     mode = settings.response_format
     if mode == "auto":
-        return [json_object, None] if settings.provider == "local" else [json_schema, json_object, None]
-    return {"json_schema": [json_schema], "json_object": [json_object], "none": [None]}[mode]
+        return ["json_object", None] if settings.provider == "local" else ["json_schema", "json_object", None]
+    return [None if mode == "none" else mode]
 
 
 def scrub(text: str) -> str:
@@ -103,48 +118,145 @@ def scrub(text: str) -> str:
     return re.sub(r"sk-[A-Za-z0-9_\-]{8,}", "sk-***", text)
 
 
+def describe_error(exc: BaseException) -> str:
+    """``"Type: message"`` for a failed call, key scrubbed, at most 1000 characters."""
+    return scrub(f"{type(exc).__name__}: {exc}")[:1000]
+
+
 @dataclass
 class ModelReply:
+    """One model call's outcome: the answer text (kept even when cut off by the token cap), token
+    counts, why the model stopped, or ``error`` ("Type: message") when there is no answer."""
+
     text: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    finish_reason: str | None = None
+    adaptations: list[str] = field(default_factory=list)  # what this call changed in the requests, and why
+
+
+def refused_parameter(exc: openai.APIStatusError, sent: list[str]) -> str | None:
+    """Which of the parameters ``sent`` the error ``exc`` refuses by name, or None when it names none
+    or is not a refusal (a context-length error, a rate limit, a server fault). A response format is
+    also named by its type (``json_schema``)."""
+    body = exc.body if exc.body is not None else ""
+    text = f"{exc} {json.dumps(body, default=str) if not isinstance(body, str) else body}"
+    if not REFUSAL.search(text):
+        return None
+    param = getattr(exc, "param", None)
+    if isinstance(param, str) and re.split(r"[.\[]", param)[0] in sent:
+        return re.split(r"[.\[]", param)[0]
+    positions = {}
+    for name in sent:
+        aliases = (name, "json_schema", "json_object") if name == "response_format" else (name,)
+        hits = [m.start() for alias in aliases if (m := re.search(rf"(?<![\w]){alias}(?![\w])", text))]
+        if hits:
+            positions[name] = min(hits)
+    return min(positions, key=positions.get) if positions else None
 
 
 class ChatCaller:
-    """Calls a chat model with structured output, degrading the form on HTTP 400, never raising for
-    transport or API errors (they come back as ``ModelReply.error``)."""
+    """Calls one endpoint's chat model with structured output and a token cap, and never raises.
 
-    def __init__(self, chat_model: BaseChatModel, formats: list[dict | None]):
+    Transport and API errors, an answer the client cannot parse (a malformed 200 body) and any other
+    exception come back as ``ModelReply.error``; an answer cut off at the token cap (the SDK raises
+    ``LengthFinishReasonError`` when a response format is set) comes back with its text and
+    ``finish_reason`` "length". When the server refuses a parameter by name (see
+    :func:`refused_parameter`), the request drops exactly that — the next response format, the next
+    name of the token cap, no temperature — and every later call (this caller is shared by the
+    controller and the judge of an endpoint) starts from there.
+    """
+
+    def __init__(
+        self,
+        chat_model: BaseChatModel,
+        formats: list[ResponseForm],
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ):
         self._chat_model = chat_model
         self._formats = list(formats) or [None]
+        self._temperature = temperature
+        self._max_tokens = max_tokens
+        self._cap_names = list(TOKEN_CAP_NAMES) if max_tokens is not None else []
 
-    def __call__(self, messages: list[BaseMessage], schema: dict | None = None) -> ModelReply:
+    def request_options(self, schema: dict | None, name: str) -> dict:
+        """The keyword arguments of the next call for an answer following ``schema`` (named ``name``)."""
+        options: dict = {}
+        if self._temperature is not None:
+            options["temperature"] = self._temperature
+        if self._cap_names and self._cap_names[0] == "max_tokens":
+            options["extra_body"] = {"max_tokens": self._max_tokens}  # ChatOpenAI renames its own max_tokens
+        elif self._cap_names:
+            options[self._cap_names[0]] = self._max_tokens
+        form = self._formats[0]
+        if form == "json_schema" and schema is not None:
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": name, "strict": False, "schema": schema},
+            }
+        elif form == "json_object":
+            options["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+        return options
+
+    def __call__(self, messages: list[BaseMessage], schema: dict | None = None, name: str = "answer") -> ModelReply:
+        changes: list[str] = []
         while True:
-            form = self._formats[0]
-            if form is not None and schema is not None:
-                form = _with_schema(form, schema)
-            model = self._chat_model.bind(response_format=form) if form is not None else self._chat_model
+            options = self.request_options(schema, name)
             try:
-                message = model.invoke(messages)
+                message = self._chat_model.invoke(messages, **options)
+            except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
+                return _reply_from_completion(exc, changes)
             except openai.APIStatusError as exc:
-                # A server that does not take this form says so with 400/422 (OpenAI) or, like
-                # llama-cpp-python for json_schema, a 500 naming response_format.
-                refused = exc.status_code in (400, 422) or "response_format" in str(exc)
-                if form is not None and refused and len(self._formats) > 1:
-                    self._formats.pop(0)  # remember: every later call starts with the next form
-                    continue
-                return ModelReply("", error=scrub(f"{type(exc).__name__}: {exc}")[:1000])
-            except openai.APIError as exc:
-                return ModelReply("", error=scrub(f"{type(exc).__name__}: {exc}")[:1000])
-            usage = getattr(message, "usage_metadata", None) or {}
-            return ModelReply(_text(message), usage.get("input_tokens"), usage.get("output_tokens"))
+                change = self._drop_refused(exc, options)
+                if change is None:
+                    return ModelReply("", error=describe_error(exc), adaptations=changes)
+                changes.append(change)
+            except Exception as exc:  # the model-call boundary: whatever the client raises is a model error
+                return ModelReply("", error=describe_error(exc), adaptations=changes)
+            else:
+                usage = getattr(message, "usage_metadata", None) or {}
+                finish = (getattr(message, "response_metadata", None) or {}).get("finish_reason")
+                return ModelReply(
+                    _text(message), usage.get("input_tokens"), usage.get("output_tokens"),
+                    finish_reason=finish, adaptations=changes,
+                )  # fmt: skip
+
+    def _drop_refused(self, exc: openai.APIStatusError, options: dict) -> str | None:
+        """Change the request as the error ``exc`` asks, if it names something refused; say what changed."""
+        cap = self._cap_names[0] if self._cap_names else None
+        sent = [p for p in ("response_format", "temperature") if p in options] + ([cap] if cap else [])
+        refused = refused_parameter(exc, sent)
+        status = getattr(exc, "status_code", "?")
+        if refused == "response_format" and len(self._formats) > 1:
+            old = self._formats.pop(0)
+            now = f"response_format {self._formats[0]}" if self._formats[0] else "no response_format"
+            return f"HTTP {status} refused response_format {old}: {now} from now on"
+        if refused == "temperature":
+            self._temperature = None
+            return f"HTTP {status} refused temperature: the server's default from now on"
+        if refused is not None and refused == cap:
+            self._cap_names.pop(0)
+            now = self._cap_names[0] if self._cap_names else "no token cap"
+            return f"HTTP {status} refused {cap}: {now} from now on"
+        return None
 
 
-def _with_schema(form: dict, schema: dict) -> dict:
-    if form["type"] == "json_schema":
-        return {**form, "json_schema": {**form["json_schema"], "schema": schema}}
-    return {**form, "schema": schema}
+def _reply_from_completion(exc: openai.OpenAIError, changes: list[str]) -> ModelReply:
+    """The answer inside a finish-reason error (cut off by the token cap, or filtered), text kept."""
+    completion = getattr(exc, "completion", None)
+    choices = getattr(completion, "choices", None) or []
+    if not choices:
+        return ModelReply("", error=describe_error(exc), adaptations=changes)
+    usage = getattr(completion, "usage", None)
+    return ModelReply(
+        getattr(choices[0].message, "content", None) or "",
+        getattr(usage, "prompt_tokens", None),
+        getattr(usage, "completion_tokens", None),
+        finish_reason=choices[0].finish_reason,
+        adaptations=changes,
+    )
 
 
 def _text(message: AIMessage) -> str:
@@ -179,18 +291,37 @@ class LLMPolicy:
                     + "\nAnswer again with one corrected JSON object only."
                 ),
             ]
-        reply = self._call(messages, command_schema(state["metrics"], state.get("command_space", "free")))
-        return ControllerAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens, error=reply.error)
+        schema = command_schema(state["metrics"], state.get("command_space", "free"))
+        reply = self._call(messages, schema, "update_command")
+        return ControllerAnswer(
+            reply.text,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            error=reply.error,
+            finish_reason=reply.finish_reason,
+            adaptations=tuple(reply.adaptations),
+        )
+
+
+@dataclass
+class Judgement:
+    """The judge's outcome: a reflection, or None with ``failure`` saying why (the rule then judges);
+    ``details`` (finish reason, request changes, how the JSON was found) go into the reflector's note."""
+
+    reflection: Reflection | None
+    failure: str | None = None
+    details: dict = field(default_factory=dict)
 
 
 class LLMJudge:
-    """The reflector's model: a verdict and one sentence, checked; ``None`` when the model fails."""
+    """The reflector's model: a verdict and one sentence, checked; a failure is a :class:`Judgement`
+    without reflection, never an exception."""
 
     def __init__(self, caller: ChatCaller, name: str):
         self._call = caller
         self.name = name
 
-    def judge(self, m: EpochMetrics, rule: Reflection, change_text: str) -> tuple[Reflection | None, str | None]:
+    def judge(self, m: EpochMetrics, rule: Reflection, change_text: str) -> Judgement:
         prompt = (
             f"{INSTRUCTIONS}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} "
             f"({m.regime}, {m.n_train} images) the decision was {change_text}. Validation accuracy went from "
@@ -198,21 +329,27 @@ class LLMJudge:
             f"train accuracy is now {m.train_acc:.4f}. Was the decision beneficial, harmful or neutral? Give the "
             "verdict and one sentence that explains it with these numbers."
         )
-        reply = self._call([SystemMessage(SYSTEM), HumanMessage(prompt)], JUDGE_SCHEMA)
+        reply = self._call([SystemMessage(SYSTEM), HumanMessage(prompt)], JUDGE_SCHEMA, "reflection")
+        details: dict = {"finish_reason": reply.finish_reason}
+        if reply.adaptations:
+            details["adapted"] = reply.adaptations
+
+        def failed(reason: str) -> Judgement:  # the prompt goes with the failure, for the record
+            return Judgement(None, reason, {**details, "prompt": prompt})
+
         if reply.error:
-            return None, f"model call failed: {reply.error}"
-        try:
-            answer = extract_json_object(reply.text)
-            if not isinstance(answer, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            return None, f"judge answer is not valid JSON: {exc}"
-        verdict, text = answer.get("verdict"), answer.get("text")
+            return failed(f"model call failed: {reply.error}")
+        found = find_answer_object(reply.text, ("verdict", "text"))
+        details.update(found.notes)
+        if found.value is None:
+            return failed(f"judge {found.error}")
+        verdict, text = found.value.get("verdict"), found.value.get("text")
         if verdict not in ("beneficial", "harmful", "neutral"):
-            return None, f"judge verdict must be beneficial, harmful or neutral, got {str(verdict)[:40]!r}"
+            return failed(f"judge verdict must be beneficial, harmful or neutral, got {str(verdict)[:40]!r}")
         if not isinstance(text, str) or not text.strip():
-            return None, "judge gave no sentence"
+            return failed("judge gave no sentence")
         sentence = text.strip().split("\n")[0][:MAX_JUDGE_TEXT]
-        return rule.model_copy(
+        reflection = rule.model_copy(
             update={"verdict": verdict, "text": sentence, "judge": self.name, "rule_verdict": rule.verdict}
-        ), None
+        )
+        return Judgement(reflection, None, details)

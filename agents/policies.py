@@ -27,7 +27,9 @@ class ControllerAnswer:
     text: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    error: str | None = None  # the model could not be reached or refused; ``text`` is then empty
+    error: str | None = None  # the model call failed ("Type: message"); ``text`` is then empty
+    finish_reason: str | None = None  # why a model stopped: "stop", "length" (the token cap), ...
+    adaptations: tuple[str, ...] = ()  # what this call changed in the requests to the endpoint, and why
 
 
 class Policy(Protocol):

@@ -19,24 +19,25 @@ from agents.graph import build_agent_graph
 from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
 from agents.policies import HeuristicPolicy, PlateauPolicy, Policy
 from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals, stop_when_orphaned
+from bus.liveness import BusyClock, HealthResponder
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Ready, decode, encode
 from bus.transport import RecordSender
 
 
 def make_policy_and_judge(cfg: AgentConfig) -> tuple[Policy, LLMJudge | None]:
+    """The controller's policy and, with ``llm_reflection``, the model judge. The policy and the judge
+    share one ``ChatCaller``: what the endpoint refuses is learnt once, for both."""
     if cfg.controller == "heuristic":
         return HeuristicPolicy(), None
     if cfg.controller == "plateau":
         return PlateauPolicy(), None
     if cfg.llm is None:
         raise ValueError("controller 'llm' needs llm settings")
-    chat_model = make_chat_model(cfg.llm)
-    policy = LLMPolicy(ChatCaller(chat_model, response_formats(cfg.llm, "update_command")), cfg.llm.model)
-    judge = None
-    if cfg.llm_reflection:
-        judge = LLMJudge(ChatCaller(chat_model, response_formats(cfg.llm, "reflection")), cfg.llm.model)
-    return policy, judge
+    settings = cfg.llm
+    caller = ChatCaller(make_chat_model(settings), response_formats(settings), settings.temperature, settings.max_tokens)
+    judge = LLMJudge(caller, settings.model) if cfg.llm_reflection else None
+    return LLMPolicy(caller, settings.model), judge
 
 
 def decide(
@@ -84,12 +85,16 @@ def serve(cfg: AgentConfig) -> int:
     cache: OrderedDict[tuple[str, int], Decision] = OrderedDict()
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
+    clock = BusyClock()
+    health = HealthResponder(ctx, cfg.health_endpoint, clock) if cfg.health_endpoint else None
     parent = os.getppid()
 
     stop_on_signals()
     stop_when_orphaned()
     try:
         sock.bind(cfg.endpoint)
+        if health is not None:
+            health.start()
         log.info(
             "agent_ready",
             endpoint=cfg.endpoint,
@@ -124,9 +129,10 @@ def serve(cfg: AgentConfig) -> int:
                 decision = cache.get(key)
                 if decision is None:
                     try:
-                        decision = decide(
-                            graph, policy.name, request, cfg.max_repairs, cfg.feed_reflection, cfg.command_space
-                        )
+                        with clock.busy():  # the health thread reports how long this takes
+                            decision = decide(
+                                graph, policy.name, request, cfg.max_repairs, cfg.feed_reflection, cfg.command_space
+                            )
                     except Exception as exc:  # a user's node may raise anything; the run must go on
                         reason = f"agent graph failed: {type(exc).__name__}: {exc}"
                         log.error(
@@ -166,6 +172,8 @@ def serve(cfg: AgentConfig) -> int:
         return 2
     finally:
         ignore_signals()
+        if health is not None:
+            health.stop()
         sock.close()
         lost = sender.close(timeout_s=5.0 if os.getppid() == parent else 0.5)
         if lost:

@@ -22,6 +22,7 @@ class AgentState(TypedDict, total=False):
     completion_tokens: int | None
     llm_latency_ms: float
     llm_error: str | None  # controller: the model call failed (no answer to validate or repair)
+    finish_reason: str | None  # controller: why the model stopped ("stop", "length", ...), None for a rule policy
 
     errors: list[str]  # validator: what is wrong with the latest answer (empty = valid)
     partial: dict[str, Any]  # validator: the fields of the latest answer that passed

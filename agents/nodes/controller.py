@@ -5,23 +5,39 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from agents.policies import Policy
+from agents.policies import ControllerAnswer, Policy
 from agents.state import AgentState
 
 
 def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
+    """The controller node around ``policy``. Whatever ``policy.propose`` raises is a model error
+    (``llm_error`` "Type: message"), never a graph failure: the validator and repairer take it from there."""
+
     def controller(state: AgentState) -> dict:
         started = time.perf_counter()
-        answer = policy.propose(state)
+        try:
+            answer = policy.propose(state)
+        except Exception as exc:  # the model-call boundary: any failure is recorded as the model's
+            answer = ControllerAnswer("", error=f"{type(exc).__name__}: {exc}"[:1000])
         elapsed_ms = (time.perf_counter() - started) * 1000.0
-        return {
+        attempt = state.get("attempts", 0) + 1
+        update = {
             "raw_output": answer.text,
             "llm_error": answer.error,
-            "attempts": state.get("attempts", 0) + 1,
+            "finish_reason": answer.finish_reason,
+            "attempts": attempt,
             "prompt_tokens": _add(state.get("prompt_tokens"), answer.prompt_tokens),
             "completion_tokens": _add(state.get("completion_tokens"), answer.completion_tokens),
             "llm_latency_ms": state.get("llm_latency_ms", 0.0) + elapsed_ms,
         }
+        if answer.finish_reason is not None or answer.error or answer.adaptations:
+            note = {"node": "controller", "action": "model_call", "attempt": attempt, "finish_reason": answer.finish_reason}
+            if answer.error:
+                note["error"] = answer.error
+            if answer.adaptations:
+                note["adapted"] = list(answer.adaptations)
+            update["notes"] = [note]
+        return update
 
     return controller
 

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 
-from agents.nodes.validator import MAX_DELTA_NORM_RATIO, OP_VALUE_KEYS, allowed_ranges
+from agents.nodes.validator import (
+    GRID_MAX_OPS,
+    MAX_DELTA_NORM_RATIO,
+    OP_CHOICES,
+    OP_VALUE_KEYS,
+    allowed_ranges,
+    grid_choices,
+)
 from agents.state import AgentState
 from agents.trends import training_trends
 from bus.messages import EpochMetrics
 
 HISTORY_ROWS = 5  # with the rest, ~700 tokens: well inside the local model's 2048-token context
-
-
-LR_CHOICES = (0.5, 1.0, 2.0)  # grid: the learning rate may be halved, kept or doubled
-DROPOUT_CHOICES = (-0.1, 0.0, 0.1)
-ALPHA_CHOICES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-OP_CHOICES = {"factor": [0.98, 1.02], "amount": [0.01, 0.02], "scale": [0.01, 0.02]}
-
-
-def _choices(values, low: float, high: float, digits: int) -> list[float]:
-    return sorted({float(f"{v:.{digits}g}") for v in values if low <= v <= high})
 
 
 def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
@@ -30,16 +27,12 @@ def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
     Servers that constrain decoding with the schema (llama.cpp) can then only emit sensible commands —
     what makes a 135M-parameter model usable as a controller.
     """
-    ranges = allowed_ranges(m)
     if command_space == "grid":
-        fields = {
-            "dropout": {"enum": _choices((m.dropout + d for d in DROPOUT_CHOICES), *ranges["dropout"], 2)},
-            "learning_rate": {"enum": _choices((m.lr * f for f in LR_CHOICES), *ranges["learning_rate"], 3)},
-            "alpha": {"enum": sorted({*ALPHA_CHOICES, round(m.alpha, 2)})},
-        }
+        fields = {name: {"enum": choices} for name, choices in grid_choices(m).items()}
         values = {key: {"enum": OP_CHOICES[key]} for key in OP_VALUE_KEYS.values()}
-        max_ops = 1
+        max_ops = GRID_MAX_OPS
     else:
+        ranges = allowed_ranges(m)
         fields = {name: {"type": "number", "minimum": low, "maximum": high} for name, (low, high) in ranges.items()}
         values = {key: {"type": "number"} for key in OP_VALUE_KEYS.values()}
         max_ops = 4

@@ -62,7 +62,8 @@ def reflector(state: AgentState) -> dict:
 
 def make_reflector(judge) -> Callable[[AgentState], dict]:
     """A reflector whose verdict comes from ``judge`` (an ``agents.llm.LLMJudge``), with the rule's
-    judgement as the fallback when the model fails; both verdicts are kept."""
+    judgement as the fallback when the model fails — whatever the failure, even an exception: the
+    verdict must never cost the validated command. Both verdicts are kept."""
 
     def model_reflector(state: AgentState) -> dict:
         m = state["metrics"]
@@ -70,14 +71,16 @@ def make_reflector(judge) -> Callable[[AgentState], dict]:
         if rule is None:
             return {"reflection": None}
         started = time.perf_counter()
-        judged, failure = judge.judge(m, rule, describe_change(m))
+        try:
+            judgement = judge.judge(m, rule, describe_change(m))
+            judged, failure, details = judgement.reflection, judgement.failure, judgement.details
+        except Exception as exc:  # the model-call boundary of the judge: recorded, then the rule judges
+            judged, failure, details = None, f"judge failed: {type(exc).__name__}: {exc}", {}
         latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
         if judged is None:
-            note = {"node": "reflector", "action": "rule_fallback", "reason": failure[:500], "latency_ms": latency_ms}
-            return {"reflection": rule, "notes": [note]}
-        return {
-            "reflection": judged,
-            "notes": [{"node": "reflector", "action": "model_verdict", "latency_ms": latency_ms}],
-        }
+            note = {"node": "reflector", "action": "rule_fallback", "reason": (failure or "")[:500]}
+            return {"reflection": rule, "notes": [{**note, "latency_ms": latency_ms, **details}]}
+        note = {"node": "reflector", "action": "model_verdict", "latency_ms": latency_ms, **details}
+        return {"reflection": judged, "notes": [note]}
 
     return model_reflector

@@ -1,16 +1,22 @@
 """validator: parse and check an answer — JSON, fields, types, NaN/inf, ranges, layer names, tensor
-shapes, payload size, delta norms. Out-of-range numbers are clamped and each clamp recorded; what
-cannot be clamped is an error for the repairer. The fields that passed are kept in ``partial``."""
+shapes, payload size, delta norms. Out-of-range numbers are clamped and each clamp recorded; in the
+grid command space every number is snapped to the nearest grid value, and that is recorded as a clamp
+too. What cannot be clamped is an error for the repairer. The fields that passed are kept in
+``partial``; how the JSON object was found in the answer (reasoning set aside, lenient parsing, a
+field given twice, ...) goes to ``notes``."""
 
 from __future__ import annotations
 
-import json
 import math
+import traceback
 import zlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import structlog
 
+from agents.nodes.answer_text import find_answer_object
 from agents.state import AgentState
 from bus.messages import (
     ALPHA_RANGE,
@@ -38,6 +44,13 @@ OP_RANGES = {
     "shrink": (0.0, MAX_OP_FRACTION),
     "noise": (0.0, MAX_OP_FRACTION),
 }
+# The grid command space: a few choices per field around the current values.
+LR_CHOICES = (0.5, 1.0, 2.0)  # the learning rate may be halved, kept or doubled
+DROPOUT_CHOICES = (-0.1, 0.0, 0.1)
+ALPHA_CHOICES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+OP_CHOICES = {"factor": [0.98, 1.02], "amount": [0.01, 0.02], "scale": [0.01, 0.02]}
+GRID_MAX_OPS = 1
+GRID_PRINT_TOLERANCE = 1e-3
 
 
 def allowed_ranges(m: EpochMetrics) -> dict[str, tuple[float, float]]:
@@ -55,12 +68,39 @@ def allowed_ranges(m: EpochMetrics) -> dict[str, tuple[float, float]]:
     }
 
 
-def extract_json_object(text: str) -> Any:
-    """The JSON object in a model answer, tolerating code fences and prose around it."""
-    start, end = text.find("{"), text.rfind("}")
-    if start == -1 or end < start:
-        raise ValueError("answer contains no JSON object")
-    return json.loads(text[start : end + 1], strict=False)  # tolerate raw newlines inside strings
+def _around(current: float, candidates, low: float, high: float, digits: int) -> list[float]:
+    """``current`` exactly (keeping a value is always a choice) and the ``candidates``, rounded to
+    ``digits`` significant digits, that lie in [low, high]."""
+    rounded = (float(f"{v:.{digits}g}") for v in candidates)
+    return sorted({current, *(v for v in rounded if low <= v <= high)})
+
+
+def grid_choices(m: EpochMetrics) -> dict[str, list[float]]:
+    """The values each field may take in the grid command space after this epoch: learning rate
+    halved / kept / doubled, dropout -0.1 / +0 / +0.1, alpha in steps of 0.2 (and its current value),
+    each inside :func:`allowed_ranges`."""
+    ranges = allowed_ranges(m)
+    return {
+        "dropout": _around(m.dropout, (m.dropout + d for d in DROPOUT_CHOICES if d), *ranges["dropout"], 2),
+        "learning_rate": _around(m.lr, (m.lr * f for f in LR_CHOICES if f != 1.0), *ranges["learning_rate"], 3),
+        "alpha": sorted({*ALPHA_CHOICES, m.alpha}),
+    }
+
+
+def _snap(name: str, value: float, choices: list[float], clamped: dict) -> float:
+    """``value`` moved to the nearest of ``choices`` (by ratio for the learning rate), recorded as a
+    clamp with ``grid: true`` when it moves. A value within 0.1% of a choice is that choice, printed
+    with fewer digits (the prompt shows 7.07e-04 for 0.000707106...), and is taken without a record."""
+    for choice in choices:
+        if math.isclose(value, choice, rel_tol=GRID_PRINT_TOLERANCE, abs_tol=1e-12):
+            return choice
+    if name.endswith("learning_rate"):
+        nearest = min(choices, key=lambda c: abs(math.log(c / value)))  # both positive: inside the lr range
+    else:
+        nearest = min(choices, key=lambda c: abs(c - value))
+    original = clamped.get(name, {}).get("from", value)  # a range clamp before the snap keeps its "from"
+    clamped[name] = {"from": original, "to": nearest, "grid": True}
+    return nearest
 
 
 def _check_number(name: str, value: Any, bounds: tuple[float, float], clamped: dict, errors: list[str]) -> float | None:
@@ -86,7 +126,7 @@ def _check_raw_delta(name: str, values: Any, m: EpochMetrics, clamped: dict, err
     expected = tuple(m.param_shapes[name])
     try:
         delta = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # ragged, not numbers, or an integer beyond float
         errors.append(f"delta for {name!r} is not a rectangular array of numbers")
         return None
     if delta.shape != expected:
@@ -103,7 +143,9 @@ def _check_raw_delta(name: str, values: Any, m: EpochMetrics, clamped: dict, err
     return delta.tolist()
 
 
-def _check_op(layer: str, spec: dict, m: EpochMetrics, clamped: dict, errors: list[str]) -> WeightOp | None:
+def _check_op(
+    layer: str, spec: dict, m: EpochMetrics, clamped: dict, errors: list[str], grid: bool
+) -> WeightOp | None:
     op = spec.get("op")
     if op not in OP_VALUE_KEYS:
         errors.append(f"operation on {layer!r} must have op one of {sorted(OP_VALUE_KEYS)}, got {str(op)[:40]!r}")
@@ -122,6 +164,8 @@ def _check_op(layer: str, spec: dict, m: EpochMetrics, clamped: dict, errors: li
     if not low <= value <= high:
         clamped[f"weight_ops.{layer}.{key}"] = {"from": float(value), "to": min(max(value, low), high)}
         value = min(max(value, low), high)
+    if grid:
+        value = _snap(f"weight_ops.{layer}.{key}", float(value), OP_CHOICES[key], clamped)
     seed = zlib.crc32(f"{m.run_id}:{m.epoch}:{layer}".encode())
     return WeightOp(layer=layer, op=op, value=float(value), seed=seed)
 
@@ -145,9 +189,11 @@ def _modulation_items(raw: Any, errors: list[str]) -> list[tuple[str, Any]]:
 
 
 def _check_modulation(
-    raw: Any, m: EpochMetrics, clamped: dict, errors: list[str]
+    raw: Any, m: EpochMetrics, clamped: dict, errors: list[str], ambiguous: list[str], grid: bool = False
 ) -> tuple[dict[str, list], list[WeightOp]]:
-    """Raw deltas and compact operations that passed; every failure is an error naming the layer."""
+    """Raw deltas and compact operations that passed; every failure is an error naming the layer.
+    A layer named twice is ambiguous: its first entry is taken and the rest listed in ``ambiguous``.
+    In the grid command space only operations are taken, at most ``GRID_MAX_OPS``."""
     deltas: dict[str, list] = {}
     ops: list[WeightOp] = []
     if raw is None or raw == {} or raw == []:
@@ -156,6 +202,14 @@ def _check_modulation(
     if len(items) > MAX_OPS:
         errors.append(f"weight_modulation has {len(items)} entries, at most {MAX_OPS} allowed")
         return deltas, ops
+    if grid:
+        raw_layers = [layer for layer, spec in items if not isinstance(spec, dict)]
+        if raw_layers:
+            errors.append(f"the grid command space takes weight operations, not raw deltas (for {raw_layers[:4]})")
+            return deltas, ops
+        if len(items) > GRID_MAX_OPS:
+            clamped["weight_ops.count"] = {"from": len(items), "to": GRID_MAX_OPS, "grid": True}
+            items = items[:GRID_MAX_OPS]
     seen: set[str] = set()
     elements = 0
     for layer, spec in items:
@@ -163,11 +217,11 @@ def _check_modulation(
             errors.append(f"weight_modulation names unknown layer {layer!r}; known layers: {', '.join(m.param_shapes)}")
             continue
         if layer in seen:
-            errors.append(f"weight_modulation modulates {layer!r} more than once")
+            ambiguous.append(f"weight_modulation names {layer!r} more than once; the first entry is used")
             continue
         seen.add(layer)
         if isinstance(spec, dict):
-            op = _check_op(layer, spec, m, clamped, errors)
+            op = _check_op(layer, spec, m, clamped, errors, grid)
             if op is not None:
                 ops.append(op)
             continue
@@ -181,30 +235,46 @@ def _check_modulation(
     return deltas, ops
 
 
-def validate_answer(
-    text: str, m: EpochMetrics
-) -> tuple[UpdateCommand | None, dict[str, Any], dict[str, Any], list[str]]:
-    """Check one answer. Returns (command or None, partial fields, clamps, errors)."""
-    clamped: dict[str, Any] = {}
-    errors: list[str] = []
-    partial: dict[str, Any] = {}
+@dataclass
+class CheckedAnswer:
+    """The validator's verdict on one answer: the command (None when ``errors``), the fields that
+    passed, every clamp and grid snap, and how the JSON object was found (see ``answer_text``)."""
+
+    command: UpdateCommand | None
+    partial: dict[str, Any] = field(default_factory=dict)
+    clamped: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def validate_answer(text: str, m: EpochMetrics, command_space: str = "free") -> CheckedAnswer:
+    """Check one answer ``text`` against the state after epoch ``m``; ``command_space`` is ``free``
+    (any number in :func:`allowed_ranges`) or ``grid`` (numbers snapped to :func:`grid_choices`).
+    Never raises for any text, whatever its size or nesting."""
     if len(text) > MAX_ANSWER_CHARS:
-        return None, partial, clamped, [f"answer of {len(text)} characters exceeds {MAX_ANSWER_CHARS}"]
-    try:
-        answer = extract_json_object(text)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        return None, partial, clamped, [f"answer is not valid JSON: {exc}"]
-    if not isinstance(answer, dict):
-        return None, partial, clamped, [f"answer must be a JSON object, got {type(answer).__name__}"]
+        return CheckedAnswer(None, errors=[f"answer of {len(text)} characters exceeds {MAX_ANSWER_CHARS}"])
+    found = find_answer_object(text, tuple(RANGES))
+    if found.value is None:
+        return CheckedAnswer(None, errors=[found.error or "answer contains no JSON object"], notes=found.notes)
+    answer = found.value
+    checked = CheckedAnswer(None, notes=found.notes)
+    clamped, errors, partial = checked.clamped, checked.errors, checked.partial
+    grid = command_space == "grid"
     ranges = allowed_ranges(m)
+    choices = grid_choices(m) if grid else {}
     for name in RANGES:
         if name not in answer:
             errors.append(f"missing required field {name!r}")
             continue
         value = _check_number(name, answer[name], ranges[name], clamped, errors)
+        if value is not None and grid:
+            value = _snap(name, value, choices[name], clamped)
         if value is not None:
             partial[name] = value
-    deltas, ops = _check_modulation(answer.get("weight_modulation"), m, clamped, errors)
+    ambiguous: list[str] = []
+    deltas, ops = _check_modulation(answer.get("weight_modulation"), m, clamped, errors, ambiguous, grid)
+    if ambiguous:
+        checked.notes["ambiguous"] = [*checked.notes.get("ambiguous", []), *ambiguous]
     if deltas:
         partial["weight_modulation"] = deltas
     if ops:
@@ -217,13 +287,39 @@ def validate_answer(
     extra = sorted(set(answer) - {*RANGES, "weight_modulation", "rationale"})
     if extra:
         clamped["ignored_fields"] = extra[:20]
-    if errors:
-        return None, partial, clamped, errors
-    return UpdateCommand(**partial), partial, clamped, []
+    snapped = sorted(name for name, entry in clamped.items() if isinstance(entry, dict) and entry.get("grid"))
+    if snapped:
+        checked.notes["off_grid"] = (
+            f"{snapped} were off the grid and snapped to the nearest choice: the server may not have applied the schema"
+        )
+    if not errors:
+        checked.command = UpdateCommand(**partial)
+    return checked
 
 
 def validator(state: AgentState) -> dict:
+    """Check the controller's latest answer (see :func:`validate_answer`); a model-call failure is an
+    error at once. Whatever the answer, this node returns an update, never an exception."""
     if state.get("llm_error"):
         return {"command": None, "partial": {}, "clamped": {}, "errors": [f"model call failed: {state['llm_error']}"]}
-    command, partial, clamped, errors = validate_answer(state.get("raw_output", ""), state["metrics"])
-    return {"command": command, "partial": partial, "clamped": clamped, "errors": errors}
+    m = state["metrics"]
+    try:
+        checked = validate_answer(state.get("raw_output", ""), m, state.get("command_space", "free"))
+    except Exception as exc:  # a defect here must cost a repair round, not the decision; it is logged
+        reason = f"the validator could not check this answer: {type(exc).__name__}: {exc}"[:1000]
+        structlog.get_logger().error(
+            "validator_failed", run_id=m.run_id, epoch=m.epoch, reason=reason, traceback=traceback.format_exc(limit=5)
+        )
+        checked = CheckedAnswer(None, errors=[reason])
+    errors = list(checked.errors)
+    if errors and state.get("finish_reason") == "length":
+        errors.append("the answer hit the token limit and was cut off (finish_reason length): answer more briefly")
+    update: dict[str, Any] = {
+        "command": checked.command,
+        "partial": checked.partial,
+        "clamped": checked.clamped,
+        "errors": errors,
+    }
+    if checked.notes:
+        update["notes"] = [{"node": "validator", "action": "parse", "attempt": state.get("attempts", 0), **checked.notes}]
+    return update

@@ -105,3 +105,43 @@ def test_a_node_is_found_through_the_entry_point_group(tmp_path, monkeypatch):
     assert resolve_node("mine") is own_node
     decision = run(HeuristicPolicy(), names=pipeline_with(["mine"]))
     assert {"node": "own", "saw_epoch": 2} in decision.notes
+
+
+def boom(state):
+    """A user's node that raises."""
+    raise KeyError("budget")
+
+
+def wrecks_the_command(state):
+    """A user's node that sets a learning rate beyond the hard bounds (model_copy skips validation)."""
+    return {"command": state["command"].model_copy(update={"learning_rate": 5.0})}
+
+
+def returns_a_list(state):
+    return ["not", "an", "update"]
+
+
+@pytest.mark.parametrize(
+    "node, error",
+    [
+        ("tests.agents.test_graph:boom", "KeyError: 'budget'"),
+        ("tests.agents.test_graph:wrecks_the_command", "set an invalid command: 1 validation error for UpdateCommand"),
+        ("tests.agents.test_graph:returns_a_list", "returned list, not a dict of state fields"),
+    ],
+)
+def test_a_failing_node_after_validation_costs_a_note_and_an_event_not_the_command(node, error):
+    from structlog.testing import capture_logs
+
+    from bus.messages import UpdateCommand
+
+    metrics = make_metrics([0.80, 0.85], previous_command=UpdateCommand(**json.loads(GOOD)))
+    with capture_logs() as events:
+        decision = run(ScriptedPolicy([GOOD]), names=pipeline_with(["critic", node]), metrics=metrics)
+    assert decision.valid and not decision.fallback
+    # the command as the critic left it (lr 5e-4 is beyond x1.5 of 1e-3: softened to the geometric mean)
+    assert decision.command.learning_rate == pytest.approx((5e-4 * 1e-3) ** 0.5) and decision.command.dropout == 0.25
+    (failed,) = [n for n in decision.notes if n.get("action") == "failed"]
+    assert failed["node"] == node and failed["error"].startswith(error)
+    (event,) = [e for e in events if e["event"] == "node_failed"]
+    assert (event["node"], event["run_id"], event["epoch"]) == (node, "run-test", 2)
+    assert decision.reflection.verdict == "beneficial"  # the reflector still ran after it

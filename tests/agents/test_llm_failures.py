@@ -49,7 +49,11 @@ def scripted(*answers: str) -> RecordingFake:
 def run_llm(model, metrics=None, max_repairs=2, judge_model=None):
     policy = LLMPolicy(ChatCaller(model, [None]), "fake-model")
     judge = LLMJudge(ChatCaller(judge_model, [None]), "fake-judge") if judge_model is not None else None
-    graph = build_agent_graph(list(CORE_NODES), policy, judge)
+    return run_graph(policy, judge, metrics, max_repairs)
+
+
+def run_graph(policy, judge=None, metrics=None, max_repairs=2, names=None):
+    graph = build_agent_graph(names or list(CORE_NODES), policy, judge)
     decision = decide(graph, policy.name, metrics or make_metrics([0.80, 0.85]), max_repairs)
     assert isinstance(decision.command, UpdateCommand)  # always an applicable, valid command
     UpdateCommand.model_validate(decision.command.model_dump())
@@ -69,7 +73,8 @@ def test_valid_json_at_first_try_records_tokens_and_raw_text():
     "bad, error",
     [
         ("Lower the learning rate a little.", "not valid JSON"),
-        ('{"dropout": 0.25, "learning_rate": 0.0005, "alph', "not valid JSON"),
+        ('{"dropout": 0.25, "learning_rate": 0.0005, "alph', "is cut off: the text ends inside a string"),
+        ('{"dropout": 0.25, "learning_rate": 0.00', "the text ends after the field 'learning_rate'"),
         (json.dumps({**GOOD, "dropout": "0.3"}), "dropout must be a number"),
         ('{"dropout": NaN, "learning_rate": 0.0005, "alpha": 0.3, "rationale": ""}', "dropout must be finite"),
         (
@@ -168,7 +173,18 @@ def test_a_failing_judge_falls_back_to_the_rule():
     metrics = make_metrics([0.80, 0.85, 0.83], previous_command=UpdateCommand(**GOOD))
     decision = run_llm(scripted(json.dumps(GOOD)), metrics=metrics, judge_model=scripted('{"verdict": "great"}'))
     assert decision.reflection.judge == "rule" and decision.reflection.verdict == "harmful"
-    assert any(n["action"] == "rule_fallback" and "great" in n["reason"] for n in decision.notes)
+    (note,) = [n for n in decision.notes if n.get("action") == "rule_fallback"]
+    assert "got 'great'" in note["reason"] and "0.8500 to 0.8300" in note["prompt"]
+
+
+def test_a_judge_answer_in_a_reasoning_block_with_a_trailing_comma_is_read_and_noted():
+    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=UpdateCommand(**GOOD))
+    judge = scripted('<think>it dropped 2 points</think>{"verdict": "harmful", "text": "Accuracy fell 2 points.",}')
+    decision = run_llm(scripted(json.dumps(GOOD)), metrics=metrics, judge_model=judge)
+    assert (decision.reflection.verdict, decision.reflection.text) == ("harmful", "Accuracy fell 2 points.")
+    (note,) = [n for n in decision.notes if n["node"] == "reflector"]
+    assert note["action"] == "model_verdict" and note["reasoning"] == "it dropped 2 points"
+    assert note["lenient_json"][0].startswith("not strict JSON: Expecting property name")
 
 
 class RejectsJsonSchema(RecordingFake):
@@ -185,11 +201,79 @@ class RejectsJsonSchema(RecordingFake):
 def test_structured_output_degrades_to_the_form_the_server_accepts_and_remembers_it():
     settings = LLMSettings(provider="openai", base_url="http://127.0.0.1:1/v1", model="m")
     model = RejectsJsonSchema(messages=iter([AIMessage(json.dumps(GOOD)), AIMessage(json.dumps(GOOD))]), calls=[])
-    caller = ChatCaller(model, response_formats(settings, "update_command"))
+    caller = ChatCaller(model, response_formats(settings))
     schema = {"type": "object"}
-    assert caller([], schema).text == json.dumps(GOOD)
-    assert caller([], schema).error is None
+    first = caller([], schema)
+    assert first.text == json.dumps(GOOD) and first.adaptations == [
+        "HTTP 400 refused response_format json_schema: response_format json_object from now on"
+    ]
+    second = caller([], schema)
+    assert second.error is None and second.adaptations == []
     assert [form for _, form in model.calls] == [{"type": "json_object", "schema": schema}] * 2
+
+
+class Raises(GenericFakeChatModel):
+    """A chat model whose every call raises ``error``."""
+
+    error: Exception
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        KeyError("choices"),
+        TypeError("'NoneType' object is not iterable"),
+        json.JSONDecodeError("Expecting value", "<html>", 0),
+        openai.APIResponseValidationError(
+            httpx.Response(200, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")), body=None
+        ),
+    ],
+)
+def test_any_exception_from_the_model_call_is_a_model_error_with_the_prompt_kept(error):
+    decision = run_llm(Raises(messages=iter([]), error=error))
+    assert decision.fallback and decision.repair_attempts == 0
+    assert decision.fallback_reason.startswith(f"model call failed: {type(error).__name__}: ")
+    assert "Schema:" in decision.prompt  # the prompt that failed is kept for the record
+    assert decision.notes[0] == {
+        "node": "controller",
+        "action": "model_call",
+        "attempt": 1,
+        "finish_reason": None,
+        "error": decision.fallback_reason.removeprefix("model call failed: "),
+    }
+
+
+class ExplodingPolicy:
+    name = "llm"
+
+    def propose(self, state):
+        raise RuntimeError("the client library broke")
+
+
+def test_a_policy_that_raises_is_a_model_error_not_a_graph_failure():
+    decision = run_graph(ExplodingPolicy())
+    assert decision.fallback and decision.fallback_reason == "model call failed: RuntimeError: the client library broke"
+    assert (decision.command.learning_rate, decision.command.dropout, decision.command.alpha) == (1e-3, 0.2, 0.4)
+
+
+class ExplodingJudge:
+    name = "judge"
+
+    def judge(self, m, rule, change_text):
+        raise RuntimeError("judge crashed")
+
+
+def test_a_judge_that_raises_keeps_the_validated_command_and_the_rule_verdict():
+    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=UpdateCommand(**GOOD))
+    policy = LLMPolicy(ChatCaller(scripted(json.dumps(GOOD)), [None]), "fake-model")
+    decision = run_graph(policy, ExplodingJudge(), metrics)
+    assert decision.valid and not decision.fallback and decision.command.learning_rate == 5e-4
+    assert decision.reflection.judge == "rule" and decision.reflection.verdict == "harmful"
+    (note,) = [n for n in decision.notes if n["node"] == "reflector"]
+    assert note["action"] == "rule_fallback" and note["reason"] == "judge failed: RuntimeError: judge crashed"
 
 
 def test_the_api_key_is_read_from_the_environment_and_scrubbed_from_errors(monkeypatch):

@@ -58,7 +58,7 @@ def test_same_run_and_epoch_asked_twice_gets_the_same_decision(agent, tmp_path):
     assert '"duplicate_request"' in next(tmp_path.glob("logs/agent-*.jsonl")).read_text()
 
 
-def test_garbage_and_failing_nodes_get_an_error_reply_not_a_dead_agent(agent, tmp_path):
+def test_garbage_gets_an_error_reply_and_a_failing_node_a_note_not_a_dead_agent(agent, tmp_path):
     client = agent(["tests.agents.test_server:exploding_node"])
     raw = client._socket()
     raw.send_multipart([b"epoch_metrics", b"\x00garbage"])
@@ -66,8 +66,19 @@ def test_garbage_and_failing_nodes_get_an_error_reply_not_a_dead_agent(agent, tm
 
     reply = decode(raw.recv_multipart())
     assert isinstance(reply, ErrorReply) and "not JSON" in reply.reason
+    # a node that raises after validation costs a note and an event, not the validated command
     reply = client.request(make_metrics([0.8, 0.85]), timeout_ms=10_000).reply
-    assert isinstance(reply, ErrorReply) and "KeyError" in reply.reason and "budget" in reply.reason
+    assert isinstance(reply, Decision) and not reply.fallback and reply.command.learning_rate == 1e-3
+    failed = [n for n in reply.notes if n.get("action") == "failed"]
+    assert failed == [
+        {
+            "node": "tests.agents.test_server:exploding_node",
+            "action": "failed",
+            "error": "KeyError: 'budget'",
+            "kept": "the command as it was before this node",
+        }
+    ]
+    assert '"node_failed"' in next(tmp_path.glob("logs/agent-*.jsonl")).read_text()
     assert isinstance(client.request(Hello(run_id="r", component="test")).reply, Ready)
 
 

@@ -8,9 +8,10 @@ from tests.helpers import make_metrics
 METRICS = make_metrics([0.9, 0.91])
 
 
-def check(answer):
+def check(answer, command_space="free"):
     text = answer if isinstance(answer, str) else json.dumps(answer)
-    return validate_answer(text, METRICS)
+    checked = validate_answer(text, METRICS, command_space)
+    return checked.command, checked.partial, checked.clamped, checked.errors
 
 
 def test_valid_answer_inside_prose_and_fences():
@@ -37,6 +38,9 @@ def test_values_outside_the_trust_region_are_clamped_and_recorded():
     [
         ("I think you should lower the learning rate.", "not valid JSON"),
         ('{"dropout": 0.3, "learning_rate": 0.001', "not valid JSON"),
+        ("[" * 5000 + "]" * 5000, "answer contains no JSON object"),
+        ('{"a": ' * 5000 + "1" + "}" * 5000, "nests deeper than 64 levels"),
+        ('{"dropout": 0.2, "learning_rate": 0.001, "alpha": 0.4, "x": ' + "[" * 70, "nests deeper than 64 levels"),
         ({"dropout": "high", "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
         ({"dropout": True, "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
         ('{"dropout": NaN, "learning_rate": 0.001, "alpha": 0.4}', "dropout must be finite"),
@@ -88,3 +92,124 @@ def test_absurdly_large_integers_are_an_error_or_a_clamp_not_a_crash():
     text = f'{{"dropout": 0.2, "learning_rate": 0.001, "alpha": 0.4, "rationale": "", "weight_modulation": [{{"layer": "fc.3.weight", "op": "scale", "factor": {huge}}}]}}'
     command, _, clamped, errors = check(text)
     assert errors == [] and command.weight_ops[0].value == 1.05
+
+
+GOOD = {"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}
+
+
+def checked(text, command_space="free"):
+    return validate_answer(text, METRICS, command_space)
+
+
+def test_a_reasoning_block_is_set_aside_and_kept_in_the_notes():
+    result = checked('<think>maybe {"learning_rate": 0.0007}? no, keep it lower</think>\n' + json.dumps(GOOD))
+    assert result.errors == [] and result.command.learning_rate == 0.0005
+    assert result.notes == {"reasoning": 'maybe {"learning_rate": 0.0007}? no, keep it lower'}
+    # a template that opened the block in the prompt leaves only the closing tag in the answer
+    result = checked("the gap widens, so more dropout</think>" + json.dumps(GOOD))
+    assert result.command.dropout == 0.3 and result.notes["reasoning"] == "the gap widens, so more dropout"
+
+
+def test_an_answer_still_reasoning_when_cut_off_names_that():
+    result = checked('<think>first {"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4} then')
+    assert result.command is None and result.errors == [
+        "answer is not valid JSON: answer contains no JSON object outside its reasoning block"
+    ]
+
+
+def test_the_first_object_with_the_required_fields_is_taken_and_the_others_noted():
+    twice = json.dumps(GOOD) + "\n" + json.dumps(GOOD)
+    result = checked(twice)
+    assert result.errors == [] and result.command.dropout == 0.3
+    assert result.notes["objects"].startswith("2 JSON objects, 2 with all of")
+    other = json.dumps({**GOOD, "dropout": 0.35})
+    result = checked('Example: {"dropout": 0.1}. My answer: ' + json.dumps(GOOD) + " or maybe " + other)
+    assert result.command.dropout == 0.3
+    assert result.notes["objects"].endswith("the others differ in ['dropout']")
+
+
+@pytest.mark.parametrize(
+    "slip",
+    [
+        '{"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r",}',
+        "{'dropout': 0.3, 'learning_rate': 0.0005, 'alpha': 0.4, 'rationale': 'r'}",
+        '{dropout: 0.3, learning_rate: 0.0005, alpha: 0.4, rationale: "r"}',
+        '{"dropout": 0.3, // more regularisation\n "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}',
+        '```json\n{"dropout": 0.3 "learning_rate": 0.0005 "alpha": 0.4 "rationale": "r"}\n```',
+    ],
+)
+def test_common_syntax_slips_are_accepted_with_a_note(slip):
+    result = checked(slip)
+    assert result.errors == [], result.errors
+    assert (result.command.dropout, result.command.learning_rate, result.command.alpha) == (0.3, 0.0005, 0.4)
+    assert result.notes["lenient_json"][0].startswith("not strict JSON: ")
+
+
+def test_a_field_given_twice_is_flagged_not_resolved_silently():
+    result = checked('{"dropout": 0.3, "learning_rate": 0.002, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}')
+    assert result.command.learning_rate == 0.0005  # the last value, as JSON parsers do, and said so
+    assert result.notes["ambiguous"] == ["field 'learning_rate' is given more than once; the last value is used"]
+    ops = '[{"layer": "fc.3.weight", "op": "scale", "factor": 0.98, "factor": 1.02}]'
+    result = checked(json.dumps(GOOD)[:-1] + f', "weight_modulation": {ops}}}')
+    assert result.notes["ambiguous"] == [
+        "field 'weight_modulation[].factor' is given more than once; the last value is used"
+    ]
+
+
+def test_an_answer_cut_off_inside_its_rationale_keeps_the_complete_fields():
+    result = checked('{"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "val acc st')
+    assert result.errors == [] and result.command.rationale == "val acc st"
+    assert result.notes["cut_off"] == "the text ends inside the value of 'rationale'; the complete fields are used"
+    # cut inside a number, it could have meant anything: refused
+    result = checked('{"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4')
+    assert result.command is None and "is cut off: the text ends after the field 'alpha'" in result.errors[0]
+
+
+def test_the_grid_snaps_off_grid_numbers_and_records_each_snap_as_a_clamp():
+    # current dropout 0.2, lr 1e-3, alpha 0.4: grid dropout {0.1, 0.2, 0.3}, lr {5e-4, 1e-3, 2e-3}, alpha steps of 0.2
+    off_grid = {"dropout": 0.27, "learning_rate": 0.0017, "alpha": 0.33, "rationale": "r"}
+    result = checked(json.dumps(off_grid), "grid")
+    assert result.errors == []
+    assert (result.command.dropout, result.command.learning_rate, result.command.alpha) == (0.3, 0.002, 0.4)
+    assert result.clamped == {
+        "dropout": {"from": 0.27, "to": 0.3, "grid": True},
+        "learning_rate": {"from": 0.0017, "to": 0.002, "grid": True},
+        "alpha": {"from": 0.33, "to": 0.4, "grid": True},
+    }
+    assert "the server may not have applied the schema" in result.notes["off_grid"]
+    # beyond the trust region: clamped into range first, then onto the grid; the record keeps the answer
+    result = checked(json.dumps({**off_grid, "learning_rate": 0.05, "dropout": 0.2, "alpha": 0.4}), "grid")
+    assert result.clamped == {"learning_rate": {"from": 0.05, "to": 0.002, "grid": True}}
+    on_grid = checked(json.dumps({"dropout": 0.1, "learning_rate": 0.0005, "alpha": 1.0, "rationale": "r"}), "grid")
+    assert on_grid.errors == [] and on_grid.clamped == {} and on_grid.notes == {}
+    # the same numbers pass unchanged in the free command space
+    assert checked(json.dumps(off_grid)).clamped == {}
+
+
+def test_the_grid_takes_one_operation_on_its_grid_and_no_raw_delta():
+    ops = [
+        {"layer": "fc.3.weight", "op": "scale", "factor": 0.99},
+        {"layer": "conv.0.weight", "op": "noise", "scale": 0.01},
+    ]
+    result = checked(json.dumps({**GOOD, "learning_rate": 0.0005, "weight_modulation": ops}), "grid")
+    assert [(op.layer, op.value) for op in result.command.weight_ops] == [("fc.3.weight", 0.98)]
+    assert result.clamped["weight_ops.count"] == {"from": 2, "to": 1, "grid": True}
+    assert result.clamped["weight_ops.fc.3.weight.factor"] == {"from": 0.99, "to": 0.98, "grid": True}
+    raw = checked(json.dumps({**GOOD, "weight_modulation": {"fc.3.bias": [0.0] * 10}}), "grid")
+    assert raw.command is None and "takes weight operations, not raw deltas" in raw.errors[0]
+
+
+def test_a_grid_value_printed_with_fewer_digits_is_that_value_not_a_snap():
+    metrics = make_metrics([0.9, 0.91], lr=0.0007071067811865476)  # the prompt shows 7.07e-04
+    result = validate_answer(json.dumps({**GOOD, "learning_rate": 0.000707, "dropout": 0.2}), metrics, "grid")
+    assert result.command.learning_rate == 0.0007071067811865476 and result.clamped == {}
+
+
+def test_a_layer_named_twice_takes_its_first_entry_and_is_flagged():
+    ops = [
+        {"layer": "fc.3.weight", "op": "scale", "factor": 0.98},
+        {"layer": "fc.3.weight", "op": "scale", "factor": 1.0},
+    ]
+    result = checked(json.dumps({**GOOD, "weight_modulation": ops}))
+    assert result.errors == [] and [(op.layer, op.value) for op in result.command.weight_ops] == [("fc.3.weight", 0.98)]
+    assert result.notes["ambiguous"] == ["weight_modulation names 'fc.3.weight' more than once; the first entry is used"]

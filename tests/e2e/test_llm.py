@@ -82,6 +82,8 @@ def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path)
             server.base_url,
             "--llm-model",
             LOCAL_MODEL_NAME,
+            "--llm-timeout",  # the free-form schema's grammar is slow on 2 shared cores; a timeout is not under test
+            "60",
             "--db",
             str(db),
             "--out",
