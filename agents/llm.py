@@ -37,8 +37,6 @@ from agents.policies import ControllerAnswer
 from agents.state import AgentState
 from bus.messages import EpochMetrics, Reflection
 
-LOCAL_MODEL_NAME = "smollm2-135m-instruct-q4_1"
-DEFAULT_REMOTE_MODEL = "gpt-4o-mini"
 NO_KEY = "no-key-set"  # ChatOpenAI needs a value; local servers ignore it
 
 ResponseFormatMode = Literal["auto", "json_schema", "json_object", "none"]

@@ -25,7 +25,7 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
-from agents.llm import LOCAL_MODEL_NAME
+from agents.defaults import LOCAL_MODEL_NAME
 from agents.nodes.answer_text import find_answer_object
 from agents.nodes.prompter import command_schema
 from bus.messages import EpochMetrics, EpochSummary
