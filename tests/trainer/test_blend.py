@@ -1,8 +1,9 @@
 import copy
 
+import pytest
 import torch
 
-from trainer.blend import blend_step
+from trainer.blend import BlendedOptimizer, blend_step
 from trainer.loop import train_epoch
 from trainer.model import ReflectCNN
 
@@ -85,3 +86,37 @@ def test_epoch_delta_is_spread_over_steps_and_sums_to_alpha_times_delta():
     assert stats.steps == 4
     # alpha = 1 discards Adam's step for that layer, so the epoch moved it by exactly the delta.
     assert torch.allclose(model.fc[3].weight, before + delta, atol=1e-6)
+
+
+def test_the_optimizer_wrapper_spreads_an_epoch_delta_over_its_steps_like_blend_step():
+    direct, x, y = _model_and_batch()
+    wrapped = copy.deepcopy(direct)
+    opt_direct = torch.optim.Adam(direct.parameters(), lr=1e-3)
+    opt_wrapped = BlendedOptimizer(torch.optim.Adam(wrapped.parameters(), lr=1e-3), dict(wrapped.named_parameters()))
+    delta = torch.full_like(direct.fc[3].weight, 0.01)
+    opt_wrapped.set_blend(0.5, {"fc.3.weight": delta}, steps_per_epoch=4)
+    params = dict(direct.named_parameters())
+    for _ in range(4):
+        _backward(direct, x, y)
+        blend_step(opt_direct, params, 0.5, {"fc.3.weight": delta / 4})
+        _backward(wrapped, x, y)
+        opt_wrapped.step()
+    for (name, a), b in zip(direct.named_parameters(), wrapped.parameters()):
+        assert torch.equal(a, b), name
+    assert opt_wrapped.param_groups is opt_wrapped.inner.param_groups  # a library setting the lr reaches Adam
+    assert opt_wrapped.state_dict()["state"].keys() == opt_direct.state_dict()["state"].keys()
+
+
+def test_the_optimizer_wrapper_refuses_what_it_cannot_blend():
+    model, _, _ = _model_and_batch()
+    opt = BlendedOptimizer(torch.optim.Adam(model.parameters()), dict(model.named_parameters()))
+    for kwargs, message in [
+        ({"alpha": 1.5, "epoch_deltas": {}, "steps_per_epoch": 1}, "alpha must be in"),
+        ({"alpha": 0.5, "epoch_deltas": {"nope": torch.zeros(1)}, "steps_per_epoch": 1}, "no parameter 'nope'"),
+        ({"alpha": 0.5, "epoch_deltas": {"fc.3.bias": torch.zeros(3)}, "steps_per_epoch": 1}, "has shape"),
+        ({"alpha": 0.5, "epoch_deltas": {}, "steps_per_epoch": 0}, "steps_per_epoch must be"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            opt.set_blend(**kwargs)
+    with pytest.raises(TypeError, match="closure"):
+        opt.step(lambda: 0.0)

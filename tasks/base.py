@@ -1,0 +1,166 @@
+"""The task seam: what ReflectNet trains and steers, behind one small contract.
+
+A :class:`Task` owns its data (or environment) and its regimes — data budgets — builds its model and
+optimizer, trains one epoch (or one chunk of environment steps), evaluates, and returns named
+metrics. It declares its objective metric and direction (``mode``: ``"max"`` or ``"min"``, as Ray
+Tune and Lightning's ``EarlyStopping`` take ``metric``/``mode``), the hyperparameters an agent may set
+between epochs with their hard bounds and grid (:class:`Hyperparameter`), and a short plain-language
+description that prompts use. Everything an agent knows about a task comes from these declarations;
+no other part of ReflectNet knows what the task is.
+
+Weight modulation goes through :class:`trainer.blend.BlendedOptimizer`, a wrapper around the task's
+``torch.optim.Optimizer`` — so a task whose training loop lives in a library (Stable-Baselines3)
+gets the alpha-blended step the same way as a hand-written loop.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+
+Mode = Literal["max", "min"]
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """A knob an agent may set between epochs.
+
+    ``scale="log"``: changes are factors — ``step`` is the grid factor (2.0: halve / keep / double)
+    and ``max_change`` the largest factor per decision (3.0: at most ×3 or ÷3). ``scale="linear"``:
+    changes are increments — ``step`` is the grid increment and ``max_change`` the largest one.
+    ``low``/``high`` are hard bounds no command can cross.
+    """
+
+    name: str  # the key in commands and records, e.g. "learning_rate"
+    default: float
+    low: float
+    high: float
+    scale: Literal["log", "linear"]
+    step: float
+    max_change: float
+    description: str  # plain language, for prompts
+
+    def __post_init__(self):
+        if not self.low <= self.default <= self.high:
+            raise ValueError(
+                f"{self.name}: default must lie in [low, high], got {self.default=} {self.low=} {self.high=}"
+            )
+        if self.scale == "log" and (self.low <= 0 or self.step <= 1 or self.max_change <= 1):
+            raise ValueError(f"{self.name}: a log-scale knob needs low > 0, step > 1, max_change > 1")
+        if self.scale == "linear" and (self.step <= 0 or self.max_change <= 0):
+            raise ValueError(f"{self.name}: a linear knob needs step > 0 and max_change > 0")
+
+    def allowed(self, current: float) -> tuple[float, float]:
+        """The range a decision may move to from ``current``: the hard bounds within the trust region."""
+        if self.scale == "log":
+            low, high = current / self.max_change, current * self.max_change
+        else:
+            low, high = current - self.max_change, current + self.max_change
+        return max(self.low, low), min(self.high, high)
+
+    def grid(self, current: float) -> list[float]:
+        """A few choices around ``current`` (which is always one of them), inside :meth:`allowed`."""
+        low, high = self.allowed(current)
+        if self.scale == "log":
+            choices = [current / self.step, current, current * self.step]
+        else:
+            choices = [current - self.step, current, current + self.step]
+        return sorted({round(min(max(c, low), high), 12) for c in choices})
+
+    def clamp(self, value: float, current: float) -> float:
+        """``value`` moved into :meth:`allowed`; NaN stays at ``current``."""
+        if math.isnan(value):
+            return current
+        low, high = self.allowed(current)
+        return min(max(value, low), high)
+
+
+@dataclass
+class EpochResult:
+    """What one epoch (or chunk of environment steps) of training measured.
+
+    ``metrics``: named scalars, training and evaluation, the objective among them.
+    ``grad_norms``: per named parameter, the mean over the epoch's optimizer steps of its gradient's L2 norm.
+    ``vectors``: named per-class or per-episode lists (e.g. ``per_class_val_acc``), optional.
+    """
+
+    metrics: dict[str, float]
+    grad_norms: dict[str, float] = field(default_factory=dict)
+    vectors: dict[str, list[float]] = field(default_factory=dict)
+    steps: int = 0  # optimizer steps taken
+
+
+class Task(ABC):
+    """A trainable, steerable task. Subclasses set the class attributes and implement the methods.
+
+    Life cycle, driven by the trainer process: ``setup(regime, seed, device)`` once; then per epoch
+    ``train_epoch(epoch)`` (which evaluates too) and, between epochs, ``set_hyperparameters`` and
+    ``optimizer.set_blend``; ``checkpoint_state`` / ``restore_state`` around a resume.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]  # one or two sentences for the prompt: what is trained, on what, by what
+    objective: ClassVar[str]  # the metric in EpochResult.metrics that decides what is better
+    mode: ClassVar[Mode]
+    regimes: ClassVar[dict[str, int]]  # data budget name -> training examples (or environment steps)
+    default_regime: ClassVar[str]
+    default_epochs: ClassVar[int]
+    hyperparameters: ClassVar[tuple[Hyperparameter, ...]]
+
+    @abstractmethod
+    def setup(self, regime: str, seed: int, device: torch.device) -> None:
+        """Load data (or make environments), build the model and its optimizer, seeded by ``seed``;
+        raises ValueError for an unknown regime."""
+
+    @property
+    @abstractmethod
+    def model(self) -> torch.nn.Module:
+        """The network whose named parameters an agent may modulate."""
+
+    @property
+    @abstractmethod
+    def optimizer(self):
+        """The task's :class:`trainer.blend.BlendedOptimizer`."""
+
+    @abstractmethod
+    def train_epoch(self, epoch: int) -> EpochResult:
+        """Train one epoch (or chunk) and evaluate; ``epoch`` counts from 1."""
+
+    @abstractmethod
+    def set_hyperparameters(self, values: dict[str, float]) -> None:
+        """Use ``values`` (names from :attr:`hyperparameters`, already validated) from the next epoch on."""
+
+    @abstractmethod
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to continue after this epoch: tensors (saved with safetensors, no pickle)
+        and JSON-able metadata."""
+
+    @abstractmethod
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """The inverse of :meth:`checkpoint_state`, after :meth:`setup`."""
+
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps the next :meth:`train_epoch` will take, after :meth:`setup`: the trainer passes it
+        to ``optimizer.set_blend`` so that an epoch's deltas add up over exactly that many steps. This
+        default, None, says the task cannot tell ahead; the trainer then uses the last ``EpochResult.steps``
+        (before the first epoch there is no command, so no delta to spread)."""
+        return None
+
+    @classmethod
+    def hyperparameter(cls, name: str) -> Hyperparameter:
+        """The declared knob ``name``; KeyError names the known ones."""
+        for knob in cls.hyperparameters:
+            if knob.name == name:
+                return knob
+        raise KeyError(
+            f"task {cls.name!r} has no hyperparameter {name!r}; it has {[k.name for k in cls.hyperparameters]}"
+        )
+
+    @classmethod
+    def better(cls, a: float, b: float) -> bool:
+        """Whether objective value ``a`` is better than ``b`` under :attr:`mode`."""
+        return a > b if cls.mode == "max" else a < b

@@ -1,0 +1,553 @@
+"""Reinforcement learning behind the task seam: Stable-Baselines3 PPO on Gymnasium's CartPole-v1.
+
+One *epoch* is ``epoch_steps`` environment steps of PPO training (the regime; summed over the 8
+parallel environments), run as one ``PPO.learn`` call that continues the previous ones
+(``reset_num_timesteps=False``), then a seeded, greedy evaluation of ``eval_episodes`` episodes on
+separate environments. The objective is the mean evaluation return (``max``; an episode returns
++1 per step the pole stays up, so 500, the time limit, is the ceiling).
+
+PPO settings are RL-Zoo's tuned set for CartPole-v1 (rl-baselines3-zoo ``hyperparams/ppo.yml``) —
+8 environments × 32 steps = one rollout of 256 transitions, one minibatch of 256, 20 passes per
+rollout, gamma 0.98, GAE lambda 0.8 — except that Zoo's linearly decaying learning rate and clip
+range are constants here (1e-3 and 0.2): they are the agent's knobs, and a ``lin_`` schedule would
+restart at every chunked ``learn`` call anyway. An epoch of 8192 steps is 32 rollouts × 20 = 640
+optimizer steps (Adam, eps 1e-5, gradients clipped to norm 0.5 by SB3).
+
+Knobs (set between epochs): ``learning_rate`` (``model.lr_schedule``, which SB3 writes into every
+Adam param group at the start of each ``train()``), ``ent_coef`` (read by ``PPO.train``) and
+``clip_range`` (``PPO.clip_range``, a schedule called once per ``train()``). Weight modulation goes
+through :class:`trainer.blend.BlendedOptimizer`, installed as ``ppo.policy.optimizer``; SB3 calls
+its ``zero_grad``/``step`` and sets its ``param_groups[i]["lr"]`` as it would Adam's.
+
+Determinism and resume: at the start of every epoch the process-global RNGs PPO draws from (Python's
+``random``, NumPy's, torch's: action sampling, minibatch order) and the training environments are
+reseeded from ``(seed, epoch)`` and the environments reset. An epoch therefore depends only on the
+weights, the Adam state, the knobs, the blend and ``(seed, epoch)``, and a checkpoint of those
+(tensors and JSON; no pickle) continues bit-exactly. The price: an episode in progress at an epoch
+boundary is cut off (PPO bootstraps its value, as at a time limit) and not counted in
+``train_return_mean``. The global RNG states and torch's intra-op thread count are saved before and
+restored after every call into the task, so the task neither sees nor disturbs other code's streams.
+
+Threads: the task runs torch with ``torch_threads`` (default 1) intra-op threads while inside its
+methods. For a 64-unit MLP and 256-row minibatches, thread hand-offs cost more than they save
+(measured: 45-57 s CPU for 12 epochs of 8192 steps on one thread), and a fixed count keeps float
+reductions — and so resumed runs — bit-identical. ``torch.set_num_threads`` is process-wide, so the
+previous count is restored on the way out: code sharing the process (other tasks, tests) keeps its own.
+
+Run the baseline over seeds: ``python -m tasks.cartpole --seeds 5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.utils import ConstantSchedule
+
+from tasks.base import EpochResult, Hyperparameter, Task
+from trainer.blend import BlendedOptimizer
+
+ENV_ID = "CartPole-v1"
+MAX_RETURN = 500.0  # CartPole-v1's TimeLimit: 500 steps, +1 reward each
+CHECKPOINT_FORMAT = "reflectnet-task-cartpole-1"
+
+N_ENVS = 8
+# RL-Zoo's CartPole-v1 PPO set (hyperparams/ppo.yml), schedules made constant; keyword arguments of PPO().
+PPO_SETTINGS: dict[str, Any] = {
+    "n_steps": 32,  # per environment per rollout: a rollout is N_ENVS * n_steps = 256 transitions
+    "batch_size": 256,
+    "n_epochs": 20,  # passes over each rollout
+    "gamma": 0.98,
+    "gae_lambda": 0.8,
+}
+ROLLOUT_STEPS = N_ENVS * PPO_SETTINGS["n_steps"]
+
+# The SB3 ``train/*`` values kept as epoch metrics (each is logged once per rollout; the epoch reports their mean).
+SB3_TRAIN_METRICS = (
+    "policy_gradient_loss",
+    "value_loss",
+    "entropy_loss",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "learning_rate",
+    "clip_range",
+)
+
+
+def epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 31-bit seed for ``(run seed, epoch, stream)``: stream 0 seeds training, stream 1 evaluation."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def start_epoch(ppo: PPO, seed: int, epoch: int) -> None:
+    """Reseed the global RNGs, the action space and the training environments from ``(seed, epoch)``
+    and reset the environments: what makes an epoch depend on nothing before it but the model state.
+
+    Touches the process-global ``random``, NumPy and torch RNGs (SB3's ``set_random_seed``); the task
+    calls it inside :func:`_isolated_rngs`.
+    """
+    ppo.set_random_seed(epoch_seed(seed, epoch, 0))  # the VecEnv applies its seeds at the next reset
+    ppo._last_obs = ppo.env.reset()  # [N_ENVS, 4] observations
+    ppo._last_episode_starts = np.ones((ppo.env.num_envs,), dtype=bool)
+
+
+@contextlib.contextmanager
+def _isolated_rngs() -> Iterator[None]:
+    """Run the body with the caller's global RNG states (random, NumPy, torch, CUDA) saved and restored."""
+    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run the body with ``n`` intra-op torch threads (a process-wide setting), then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _MetricsLogger(Logger):
+    """An SB3 Logger with no output formats that keeps the ``train/*`` values of :data:`SB3_TRAIN_METRICS`.
+
+    SB3 records each once per ``train()`` call, i.e. once per rollout; :meth:`pop_means` averages them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(folder=None, output_formats=[])
+        self.history: dict[str, list[float]] = defaultdict(list)
+
+    def record(self, key: str, value: Any, exclude: str | tuple[str, ...] | None = None) -> None:
+        super().record(key, value, exclude)
+        name = key.removeprefix("train/")
+        if name in SB3_TRAIN_METRICS and key.startswith("train/"):
+            self.history[name].append(float(value))
+
+    def pop_means(self) -> dict[str, float]:
+        means = {name: float(np.mean(values)) for name, values in self.history.items()}
+        self.history.clear()
+        return means
+
+
+class _EpisodeCollector(BaseCallback):
+    """Returns and lengths of the training episodes that finish during ``learn`` (SB3's Monitor puts them
+    in ``info["episode"]``: ``r`` the return, ``l`` the length in steps)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.returns: list[float] = []
+        self.lengths: list[int] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            episode = info.get("episode")
+            if episode is not None:
+                self.returns.append(float(episode["r"]))
+                self.lengths.append(int(episode["l"]))
+        return True
+
+
+class CartPoleTask(Task):
+    """PPO (Stable-Baselines3) on CartPole-v1; see the module docstring for the protocol.
+
+    Regimes are environment steps *per epoch* (``setup`` is not told the number of epochs, and, as an
+    MNIST regime is what one epoch trains on, this is what one epoch consumes); the total budget is
+    that times the epochs: ``"8k"`` × 12 epochs = 98,304 steps, RL-Zoo's 1e5 budget for this task.
+
+    ``epoch_steps`` overrides the regime's steps per epoch (tests, quick runs); ``eval_episodes`` is
+    the number of greedy evaluation episodes per epoch; ``torch_threads`` the intra-op torch threads
+    while inside the task (restored on return).
+    """
+
+    name = "cartpole"
+    description = (
+        "Stable-Baselines3 PPO trains a small actor-critic network (two 64-unit tanh layers each for the "
+        "policy and the value function) to balance a pole on a moving cart (Gymnasium CartPole-v1) from "
+        "its own experience; the return is +1 per step the pole stays up, at most 500 per episode."
+    )
+    objective = "eval_return_mean"
+    mode = "max"
+    regimes: ClassVar[dict[str, int]] = {
+        "2k": 2048,
+        "4k": 4096,
+        "8k": 8192,
+    }  # environment steps per epoch, all environments together
+    default_regime = "8k"
+    default_epochs = 12
+    hyperparameters = (
+        Hyperparameter(
+            name="learning_rate",
+            default=1e-3,
+            low=1e-5,
+            high=3e-3,
+            scale="log",
+            step=2.0,
+            max_change=3.0,
+            description="Adam step size of the PPO update, constant within an epoch",
+        ),
+        Hyperparameter(
+            name="ent_coef",
+            default=0.0,
+            low=0.0,
+            high=0.05,
+            scale="linear",
+            step=0.005,
+            max_change=0.01,
+            description="weight of the entropy bonus in the PPO loss: higher keeps the policy exploring",
+        ),
+        Hyperparameter(
+            name="clip_range",
+            default=0.2,
+            low=0.05,
+            high=0.4,
+            scale="linear",
+            step=0.05,
+            max_change=0.1,
+            description="PPO clip range: how far one update may move the action probabilities (ratio 1 ± clip)",
+        ),
+    )
+
+    def __init__(self, epoch_steps: int | None = None, eval_episodes: int = 10, torch_threads: int = 1):
+        if epoch_steps is not None and (epoch_steps <= 0 or epoch_steps % ROLLOUT_STEPS):
+            raise ValueError(f"epoch_steps must be a positive multiple of the rollout size {ROLLOUT_STEPS}")
+        if eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be at least 1, got {eval_episodes=}")
+        if torch_threads < 1:
+            raise ValueError(f"torch_threads must be at least 1, got {torch_threads=}")
+        self._epoch_steps_override = epoch_steps
+        self.eval_episodes = eval_episodes
+        self.torch_threads = torch_threads
+        self.ppo: PPO | None = None  # the SB3 algorithm, after setup
+        self.epochs_done = 0
+
+    # -- setup
+
+    def setup(self, regime: str, seed: int, device: torch.device) -> None:
+        if regime not in self.regimes:
+            raise ValueError(f"unknown regime {regime!r} for task {self.name!r}; known: {sorted(self.regimes)}")
+        self.regime, self.seed = regime, int(seed)
+        self.epoch_steps = self._epoch_steps_override or self.regimes[regime]
+        self.epochs_done = 0
+        with _torch_threads(self.torch_threads), _isolated_rngs():
+            env = make_vec_env(ENV_ID, n_envs=N_ENVS, seed=self.seed)  # each wrapped in a Monitor
+            defaults = {knob.name: knob.default for knob in self.hyperparameters}
+            self.ppo = PPO(
+                "MlpPolicy",
+                env,
+                learning_rate=defaults["learning_rate"],
+                ent_coef=defaults["ent_coef"],
+                clip_range=defaults["clip_range"],
+                seed=self.seed,
+                device=device,
+                verbose=0,
+                **PPO_SETTINGS,
+            )
+        self._logger = _MetricsLogger()
+        self.ppo.set_logger(self._logger)  # before learn(): else learn() configures its own printing logger
+        policy = self.ppo.policy
+        self._params = dict(policy.named_parameters())
+        inner = policy.optimizer
+        self._blended = BlendedOptimizer(inner, self._params)
+        policy.optimizer = self._blended
+        # Optimizer steps: counted on the wrapped Adam (BlendedOptimizer.step runs it exactly once).
+        self._steps_taken = 0
+        inner.register_step_post_hook(self._count_step)
+        # Gradient norms: each parameter's gradient as the backward pass leaves it, before SB3 clips the
+        # global norm to max_grad_norm (0.5) — the raw signal, not the clipped one Adam consumes.
+        self._grad_norm_sums = {name: torch.zeros((), device=p.device) for name, p in self._params.items()}
+        for name, param in self._params.items():
+            param.register_post_accumulate_grad_hook(self._grad_norm_hook(name))
+        self._knobs: dict[str, float] = {}
+        self.set_hyperparameters(defaults)
+
+    def _count_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        self._steps_taken += 1
+
+    def _grad_norm_hook(self, name: str):
+        total = self._grad_norm_sums[name]
+
+        def hook(param: torch.Tensor) -> None:
+            total.add_(torch.linalg.vector_norm(param.grad.detach()))
+
+        return hook
+
+    # -- the contract's accessors
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The SB3 ``ActorCriticPolicy``: ``mlp_extractor.policy_net.{0,2}``, ``mlp_extractor.value_net.{0,2}``
+        (64-unit tanh layers), ``action_net`` (2 logits) and ``value_net`` (1 value)."""
+        self._require_setup()
+        return self.ppo.policy
+
+    @property
+    def optimizer(self) -> BlendedOptimizer:
+        self._require_setup()
+        return self._blended
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch: rollouts × PPO passes × minibatches per rollout (exact: no
+        ``target_kl`` early stop is configured); 640 for the 8k regime."""
+        self._require_setup()
+        rollouts = self.epoch_steps // ROLLOUT_STEPS
+        minibatches = math.ceil(ROLLOUT_STEPS / PPO_SETTINGS["batch_size"])
+        return rollouts * PPO_SETTINGS["n_epochs"] * minibatches
+
+    def _require_setup(self) -> None:
+        if self.ppo is None:
+            raise RuntimeError("call setup(regime, seed, device) first")
+
+    # -- knobs
+
+    def set_hyperparameters(self, values: dict[str, float]) -> None:
+        """Use ``values`` from the next ``train_epoch`` on. Unknown names: KeyError; values outside the
+        declared hard bounds: ValueError (the validator should never let one through)."""
+        self._require_setup()
+        for name, value in values.items():
+            knob = self.hyperparameter(name)
+            value = float(value)
+            if not knob.low <= value <= knob.high:
+                raise ValueError(f"{name}={value} is outside [{knob.low}, {knob.high}]")
+            if name == "learning_rate":
+                self.ppo.learning_rate = value
+                self.ppo.lr_schedule = ConstantSchedule(value)
+            elif name == "ent_coef":
+                self.ppo.ent_coef = value
+            elif name == "clip_range":
+                self.ppo.clip_range = ConstantSchedule(value)
+            self._knobs[name] = value
+
+    @property
+    def hyperparameter_values(self) -> dict[str, float]:
+        """The knob values the next epoch uses."""
+        return dict(self._knobs)
+
+    # -- one epoch
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        """``epoch_steps`` environment steps of PPO, then :meth:`evaluate`. ``epoch`` must be the next one
+        (epochs done + 1): it seeds the epoch. Metrics (floats):
+
+        * ``eval_return_mean`` / ``eval_return_std`` / ``eval_episode_length_mean``: greedy evaluation
+          episodes (return = summed reward, length in steps);
+        * ``train_return_mean`` / ``train_episode_length_mean``: training episodes that finished in this
+          epoch (stochastic actions; NaN when none did), ``episodes`` their count;
+        * ``policy_gradient_loss``, ``value_loss``, ``entropy_loss``, ``approx_kl``, ``clip_fraction``,
+          ``explained_variance``, ``learning_rate``, ``clip_range``: SB3's ``train/*`` values, mean over
+          the epoch's rollouts; ``ent_coef``: the entropy coefficient used;
+        * ``env_steps``: environment steps since setup, all environments together.
+
+        Vectors: ``eval_episode_returns``, ``eval_episode_lengths`` (one per evaluation episode).
+        ``grad_norms``: per policy parameter, the mean over the epoch's optimizer steps of its gradient's
+        L2 norm before clipping. ``steps``: optimizer steps taken (:meth:`steps_per_epoch`).
+        """
+        self._require_setup()
+        if epoch != self.epochs_done + 1:
+            raise ValueError(f"epoch {epoch} follows epoch {self.epochs_done}; expected {self.epochs_done + 1}")
+        ppo = self.ppo
+        self._steps_taken = 0
+        for total in self._grad_norm_sums.values():
+            total.zero_()
+        episodes = _EpisodeCollector()
+        with _torch_threads(self.torch_threads), _isolated_rngs():
+            start_epoch(ppo, self.seed, epoch)
+            ppo.learn(total_timesteps=self.epoch_steps, callback=episodes, log_interval=None, reset_num_timesteps=False)
+        steps = self._steps_taken
+        if steps != self.steps_per_epoch():
+            raise RuntimeError(
+                f"PPO took {steps} optimizer steps, steps_per_epoch() said {self.steps_per_epoch()}: "
+                "the blend's per-step delta would not add up to the epoch's delta"
+            )
+        train = self._logger.pop_means()
+        evaluation = self.evaluate(epoch)
+        self.epochs_done = epoch
+        metrics = {
+            "eval_return_mean": float(np.mean(evaluation["returns"])),
+            "eval_return_std": float(np.std(evaluation["returns"])),
+            "eval_episode_length_mean": float(np.mean(evaluation["lengths"])),
+            "train_return_mean": float(np.mean(episodes.returns)) if episodes.returns else math.nan,
+            "train_episode_length_mean": float(np.mean(episodes.lengths)) if episodes.lengths else math.nan,
+            "episodes": float(len(episodes.returns)),
+            **{name: train[name] for name in SB3_TRAIN_METRICS},
+            "ent_coef": float(ppo.ent_coef),
+            "env_steps": float(ppo.num_timesteps),
+        }
+        grad_norms = {name: float(total) / steps for name, total in self._grad_norm_sums.items()}
+        vectors = {
+            "eval_episode_returns": [float(r) for r in evaluation["returns"]],
+            "eval_episode_lengths": [float(n) for n in evaluation["lengths"]],
+        }
+        return EpochResult(metrics=metrics, grad_norms=grad_norms, vectors=vectors, steps=steps)
+
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict[str, np.ndarray]:
+        """``eval_episodes`` greedy episodes of the current policy, batched: one policy forward per time
+        step for all episodes still running. Episode k of epoch e starts from
+        ``reset(seed=epoch_seed(seed, e, 1) + k)`` on its own CartPole-v1; greedy actions draw no random
+        numbers, so the result depends only on the weights and ``(seed, epoch)``.
+
+        Returns ``returns`` (float [K], summed reward) and ``lengths`` (int [K], steps).
+        """
+        self._require_setup()
+        k = self.eval_episodes
+        base = epoch_seed(self.seed, epoch, 1)
+        envs = [gym.make(ENV_ID) for _ in range(k)]
+        returns = np.zeros(k)
+        lengths = np.zeros(k, dtype=np.int64)
+        running = np.ones(k, dtype=bool)
+        policy = self.ppo.policy
+        try:
+            with _torch_threads(self.torch_threads):
+                obs = np.stack([env.reset(seed=base + i)[0] for i, env in enumerate(envs)])  # [K, 4]
+                policy.set_training_mode(False)
+                while running.any():
+                    idx = np.flatnonzero(running)
+                    actions, _ = policy.predict(obs[idx], deterministic=True)
+                    for j, action in zip(idx, actions):
+                        obs[j], reward, terminated, truncated, _ = envs[j].step(int(action))
+                        returns[j] += reward
+                        lengths[j] += 1
+                        if terminated or truncated:
+                            running[j] = False
+        finally:
+            for env in envs:
+                env.close()
+        return {"returns": returns, "lengths": lengths}
+
+    # -- checkpoints
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Tensors: ``policy.<name>`` (the policy's state dict), ``optim.<index>.<slot>`` (Adam's moments and
+        step counts), ``blend.<name>`` (the optimizer's current per-step deltas). Meta (JSON): the format,
+        regime, seed, epoch steps, epochs done, environment steps, SB3's update count, the knob values,
+        alpha and Adam's non-tensor state. Environments and RNGs need no state: every epoch reseeds them."""
+        self._require_setup()
+        tensors = {f"policy.{name}": _cpu(value) for name, value in self.ppo.policy.state_dict().items()}
+        optim_scalars: dict[str, dict[str, Any]] = {}
+        for index, slots in self._blended.state_dict()["state"].items():
+            for slot, value in slots.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{index}.{slot}"] = _cpu(value)
+                else:
+                    optim_scalars.setdefault(str(index), {})[slot] = value
+        for name, delta in self._blended.step_deltas.items():
+            tensors[f"blend.{name}"] = _cpu(delta)
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "regime": self.regime,
+            "seed": self.seed,
+            "epoch_steps": self.epoch_steps,
+            "epochs_done": self.epochs_done,
+            "num_timesteps": int(self.ppo.num_timesteps),
+            "n_updates": int(self.ppo._n_updates),
+            "hyperparameters": dict(self._knobs),
+            "alpha": float(self._blended.alpha),
+            "optim_scalars": optim_scalars,
+        }
+        return tensors, meta
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """The inverse of :meth:`checkpoint_state`, after ``setup`` with the same regime and seed (ValueError
+        otherwise). The blend's per-step deltas come back as they were, bit for bit."""
+        self._require_setup()
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint: format {meta.get('format')!r}")
+        mine = {"regime": self.regime, "seed": self.seed, "epoch_steps": self.epoch_steps}
+        theirs = {key: meta[key] for key in mine}
+        if mine != theirs:
+            raise ValueError(f"checkpoint is from {theirs}, this task was set up as {mine}")
+        policy = self.ppo.policy
+        policy.load_state_dict({k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")})
+        state: dict[int, dict[str, Any]] = defaultdict(dict)
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, slot = key.split(".", 2)
+                state[int(index)][slot] = value
+        for index, slots in meta["optim_scalars"].items():
+            state[int(index)].update(slots)
+        self._blended.load_state_dict(
+            {"state": dict(state), "param_groups": self._blended.state_dict()["param_groups"]}
+        )
+        self.set_hyperparameters(meta["hyperparameters"])
+        for group in self._blended.param_groups:  # as the last train() left them; the next one rewrites them
+            group["lr"] = self._knobs["learning_rate"]
+        step_deltas = {k.removeprefix("blend."): v for k, v in tensors.items() if k.startswith("blend.")}
+        unknown = sorted(set(step_deltas) - set(self._params))
+        if unknown:
+            raise ValueError(f"checkpoint blends parameters this policy lacks: {unknown}")
+        self._blended.alpha = float(meta["alpha"])
+        self._blended.step_deltas = {name: d.to(self._params[name]) for name, d in step_deltas.items()}
+        self.epochs_done = int(meta["epochs_done"])
+        self.ppo.num_timesteps = int(meta["num_timesteps"])
+        self.ppo._n_updates = int(meta["n_updates"])
+
+
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu").contiguous()
+
+
+def _baseline(seeds: list[int], regime: str, epochs: int) -> None:
+    """Train the baseline arm (default knobs, no modulation) for each seed in turn; one line per seed."""
+    finals = []
+    for seed in seeds:
+        task = CartPoleTask()
+        wall, cpu = time.perf_counter(), time.process_time()
+        task.setup(regime, seed, torch.device("cpu"))
+        returns = [task.train_epoch(epoch).metrics["eval_return_mean"] for epoch in range(1, epochs + 1)]
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        finals.append(returns[-1])
+        line = {
+            "seed": seed,
+            "final_return": returns[-1],
+            "best_return": max(returns),
+            "returns": [round(r, 1) for r in returns],
+            "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+        }
+        print(json.dumps(line), flush=True)
+    print(
+        f"{len(seeds)} seeds, regime {regime} x {epochs} epochs: final return mean {np.mean(finals):.1f}, "
+        f"min {min(finals):.1f}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.cartpole", description="Baseline PPO on CartPole-v1 over seeds (no agent)."
+    )
+    parser.add_argument("--seeds", type=int, default=5, help="number of seeds, from --seed on (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--regime", choices=sorted(CartPoleTask.regimes), default=CartPoleTask.default_regime)
+    parser.add_argument("--epochs", type=int, default=CartPoleTask.default_epochs)
+    args = parser.parse_args(argv)
+    _baseline(list(range(args.seed, args.seed + args.seeds)), args.regime, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
