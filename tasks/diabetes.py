@@ -354,7 +354,7 @@ class DiabetesRegression(Task):
             group["weight_decay"] = self.values["weight_decay"]
         for module in self.model.modules():
             if isinstance(module, SeededDropout):
-                pass
+                module.p = self.values["dropout"]
 
     # -- checkpoints -------------------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ def test_budgets_are_nested_draws_with_one_validation_set_per_seed():
         assert not set(split.train_index) & set(val_index)
         # standardised with the budget's own statistics
         assert torch.allclose(tasks[regime].x_train.mean(0), torch.zeros(10), atol=1e-5)
+        assert torch.allclose(tasks[regime].x_train.std(0, unbiased=False), torch.ones(10), atol=1e-5)
         assert torch.allclose(tasks[regime].y_train.std(unbiased=False), torch.tensor(1.0), atol=1e-5)
     for small, large in [("50", "100"), ("100", "200"), ("200", "full")]:
         assert set(tasks[small].split.train_index) < set(tasks[large].split.train_index)
