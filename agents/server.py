@@ -94,7 +94,11 @@ def serve(cfg: AgentConfig) -> int:
     try:
         sock.bind(cfg.endpoint)
         if health is not None:
-            health.start()
+            try:
+                health.start()
+            except zmq.ZMQError as exc:
+                print(f"agent: cannot bind its health socket {cfg.health_endpoint}: {exc}", file=sys.stderr, flush=True)
+                return 2
         log.info(
             "agent_ready",
             endpoint=cfg.endpoint,

@@ -108,21 +108,23 @@ class HealthResponder:
 class HealthCheck:
     """One ping of a :class:`HealthResponder`, for a client deciding whether to retry (callable).
 
-    Returns None when the peer answered within ``timeout_ms`` and is not stuck on a request for
-    longer than ``busy_limit_s`` (seconds), else the reason; its REQ socket is opened on first use.
+    ``check(waited_s)`` returns None when the peer answered within ``timeout_ms`` and is either idle
+    or busy for no longer than the try has waited (+ ``slack_s``) — i.e. still on *this* request, a
+    slow peer that a retry will find done (the agent caches its answer) — else the reason: no answer
+    (frozen), or busy since before this request was sent (stuck on an earlier one).
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, busy_limit_s: float, timeout_ms: int = 1000):
-        self.busy_limit_s = busy_limit_s
+    def __init__(self, ctx: zmq.Context, endpoint: str, timeout_ms: int = 1000, slack_s: float = 1.0):
+        self.slack_s = slack_s
         self._client = RequestClient(ctx, endpoint, timeout_ms, retries=0)
 
-    def __call__(self) -> str | None:
+    def __call__(self, waited_s: float) -> str | None:
         outcome = self._client.request(ControlRequest(op="ping"))
         reply = outcome.reply
         if not isinstance(reply, ControlReply) or not reply.ok:
             return f"no answer to a liveness ping ({outcome.error or 'refused'})"
-        if (reply.busy_s or 0.0) > self.busy_limit_s:
-            return f"busy on an earlier request for {reply.busy_s:.0f} s"
+        if (reply.busy_s or 0.0) > waited_s + self.slack_s:
+            return f"busy for {reply.busy_s:.1f} s, since before this request was sent"
         return None
 
     def close(self) -> None:
@@ -134,9 +136,10 @@ class _Watched:
     endpoint: str
     process: object  # the child's Popen: a verdict is about this process, not one restarted since
     busy_limit_s: float | None
+    misses: int  # pings in a row without an answer that make it hung
     client: RequestClient | None = None  # opened and used by the probe thread only
     answered: bool = False  # armed only after the first answer: a child still starting is not hung
-    misses: int = 0
+    missed: int = 0
     verdict: str | None = None
 
 
@@ -164,10 +167,13 @@ class LivenessProbe:
         self._thread.start()
         return self
 
-    def watch(self, name: str, endpoint: str, process, busy_limit_s: float | None = None) -> None:
-        """Watch ``process`` (a Popen) answering on ``endpoint``; replaces an earlier watch of ``name``."""
+    def watch(
+        self, name: str, endpoint: str, process, busy_limit_s: float | None = None, misses: int | None = None
+    ) -> None:
+        """Watch ``process`` (a Popen) answering on ``endpoint``; replaces an earlier watch of ``name``.
+        ``misses`` overrides the probe's count for a child whose loop may legitimately stall longer."""
         with self._lock:
-            self._watched[name] = _Watched(endpoint, process, busy_limit_s)
+            self._watched[name] = _Watched(endpoint, process, busy_limit_s, misses or self.misses)
 
     def unwatch(self, name: str) -> None:
         with self._lock:
@@ -191,6 +197,8 @@ class LivenessProbe:
                     gone.client.close()
                     live.remove(gone)
                 for watched in targets:
+                    if self._stop.is_set():
+                        return
                     if watched.verdict is None:
                         if watched.client is None:
                             watched.client = RequestClient(self.ctx, watched.endpoint, int(self.timeout_s * 1000), 0)
@@ -203,13 +211,13 @@ class LivenessProbe:
     def _ping(self, watched: _Watched) -> None:
         reply = watched.client.request(ControlRequest(op="ping")).reply
         if isinstance(reply, ControlReply) and reply.ok:
-            watched.answered, watched.misses = True, 0
+            watched.answered, watched.missed = True, 0
             if watched.busy_limit_s is not None and (reply.busy_s or 0.0) > watched.busy_limit_s:
                 watched.verdict = f"busy on one request for {reply.busy_s:.0f} s (limit {watched.busy_limit_s:g} s)"
         elif watched.answered:
-            watched.misses += 1
-            if watched.misses >= self.misses:
-                watched.verdict = f"no answer to {watched.misses} liveness pings in a row"
+            watched.missed += 1
+            if watched.missed >= watched.misses:
+                watched.verdict = f"no answer to {watched.missed} liveness pings in a row"
 
     def stop(self) -> None:
         self._stop.set()

@@ -187,12 +187,13 @@ class RequestClient:
         endpoint: str,
         timeout_ms: int,
         retries: int,
-        health_check: Callable[[], str | None] | None = None,
+        health_check: Callable[[float], str | None] | None = None,
     ):
-        """``health_check``, if given, is asked after a try that timed out (a disconnect needs no asking:
-        the peer died and a restarted one gets the retry): it returns why the peer is unhealthy (frozen,
-        stuck on an earlier request), and then no retry is sent — a peer known to be unhealthy is never
-        waited on for a second timeout in a row (see bus.liveness)."""
+        """``health_check``, if given, is asked after a try that timed out, with the seconds that try
+        waited (a disconnect needs no asking: the peer died and a restarted one gets the retry): it
+        returns why the peer is unhealthy (frozen, stuck on an earlier request), and then no retry is
+        sent — a peer known to be unhealthy is never waited on for a second timeout in a row (see
+        bus.liveness)."""
         if timeout_ms <= 0:
             raise ValueError(f"timeout_ms must be positive, got {timeout_ms=}")
         if retries < 0:
@@ -270,7 +271,7 @@ class RequestClient:
             self._reset()
             timed_out = frames is None and error.startswith("no reply")
             if timed_out and attempt <= self.retries and self.health_check is not None:
-                unhealthy = self.health_check()
+                unhealthy = self.health_check(timeout / 1000)
                 if unhealthy is not None:
                     return RequestOutcome(None, attempt, f"{error}; not retried: {unhealthy}")
         return RequestOutcome(None, self.retries + 1, error)

@@ -30,6 +30,7 @@ from orchestration.planning import (
     prepare_resume,
 )
 from orchestration.supervisor import (
+    RECORDER_MISSES,
     AGENT_BUSY_SLACK_S,
     STARTUP_TIMEOUT_S,
     ChildLost,
@@ -119,7 +120,9 @@ def run_invocation(args: argparse.Namespace, pipeline: list[str]) -> int:
         except duckdb.Error as exc:
             raise ChildLost(f"--db {args.db}: cannot prepare the resume: {str(exc).splitlines()[0]}") from None
         # The recorder's control socket is served by its main loop: a ping there checks the loop itself.
-        recorder = orch.spawn("recorder", "storage", recorder_cfg, health=recorder_cfg.control_endpoint)
+        recorder = orch.spawn(
+            "recorder", "storage", recorder_cfg, health=recorder_cfg.control_endpoint, misses=RECORDER_MISSES
+        )
         if not wait_for_recorder(control, recorder):
             print(
                 f"run.py: error: the recorder did not start (exit code {recorder.poll()}); see {run_dir / 'logs'}",

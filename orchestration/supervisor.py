@@ -26,6 +26,8 @@ from storage.database import EXIT_DATABASE_UNUSABLE
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 MAX_RESTARTS = 5  # per child and invocation
+# A recorder's loop may stall on a DuckDB checkpoint of a large file: about 20 s of silence before it counts as frozen.
+RECORDER_MISSES = 10
 AGENT_BUSY_SLACK_S = 5.0  # an agent busy this long past the trainer's timeout is stuck (bus.liveness)
 
 
@@ -49,10 +51,17 @@ class Orchestrator:
     llm: LocalLLMServer | None = None
     probe: HangProbe | None = None
     liveness: LivenessProbe | None = None
-    health: dict[str, tuple[str, float | None]] = field(default_factory=dict)  # name -> (endpoint, busy limit s)
+    # name -> (endpoint, busy limit s, misses): how the liveness probe watches that child
+    health: dict[str, tuple[str, float | None, int | None]] = field(default_factory=dict)
 
     def spawn(
-        self, name: str, module: str, config, health: str | None = None, busy_limit_s: float | None = None
+        self,
+        name: str,
+        module: str,
+        config,
+        health: str | None = None,
+        busy_limit_s: float | None = None,
+        misses: int | None = None,
     ) -> subprocess.Popen:
         """Start ``python -m module --config <run_dir>/<name>.json``; with ``health`` (an endpoint answering
         liveness pings), the child is restarted when it stops answering or stays busy over ``busy_limit_s``."""
@@ -65,8 +74,8 @@ class Orchestrator:
         if health is not None:
             if self.liveness is None:
                 self.liveness = LivenessProbe(self.ctx).start()
-            self.health[name] = (health, busy_limit_s)
-            self.liveness.watch(name, health, self.children[name], busy_limit_s)
+            self.health[name] = (health, busy_limit_s, misses)
+            self.liveness.watch(name, health, self.children[name], busy_limit_s, misses)
         return self.children[name]
 
     def supervise(self) -> None:
@@ -110,8 +119,8 @@ class Orchestrator:
         if self.probe is not None and name == "llm":
             self.probe.reset()
         if name in self.health:
-            endpoint, busy_limit_s = self.health[name]
-            self.liveness.watch(name, endpoint, self.children[name], busy_limit_s)
+            endpoint, busy_limit_s, misses = self.health[name]
+            self.liveness.watch(name, endpoint, self.children[name], busy_limit_s, misses)
         self.log.warning(
             "child_restarted", child=name, reason=reason, restart=self.restarts[name],
             pid=self.children[name].pid, restart_s=round(time.monotonic() - started, 2),

@@ -159,25 +159,32 @@ def to_json_value(value: Any) -> Any:
 
 
 def from_json_value(value: Any, type_name: str) -> Any:
-    """Undo :func:`to_json_value` for a column of DuckDB type ``type_name`` (top-level values only)."""
-    if value is None:
-        return None
+    """Undo :func:`to_json_value` for a column of DuckDB type ``type_name``: scalar types only; a list,
+    struct or map column (``TIMESTAMP[]``, ``STRUCT(...)``) and a value that does not parse keep their
+    JSON form."""
+    if value is None or not isinstance(value, (str, int, float)):
+        return value
     kind = type_name.upper()
+    scalar = {
+        "DATE": date.fromisoformat,
+        "UUID": UUID,
+        "INTERVAL": lambda v: timedelta(seconds=v),
+        "BLOB": bytes.fromhex,
+    }
     if kind.startswith("TIMESTAMP"):
-        return datetime.fromisoformat(value)
-    if kind == "DATE":
-        return date.fromisoformat(value)
-    if kind.startswith("TIME"):
-        return time_of_day.fromisoformat(value)
-    if kind.startswith("DECIMAL"):
-        return Decimal(value)
-    if kind == "UUID":
-        return UUID(value)
-    if kind == "INTERVAL":
-        return timedelta(seconds=value)
-    if kind == "BLOB":
-        return bytes.fromhex(value)
-    return value
+        convert = datetime.fromisoformat
+    elif kind.startswith("TIME"):
+        convert = time_of_day.fromisoformat
+    elif kind.startswith("DECIMAL"):
+        convert = Decimal
+    else:
+        convert = scalar.get(kind)
+    if convert is None or "[" in kind:
+        return value
+    try:
+        return convert(value)
+    except (ValueError, TypeError, ArithmeticError):  # decimal.InvalidOperation is an ArithmeticError
+        return value
 
 
 # --------------------------------------------------------------------------- the recorder's side
@@ -211,25 +218,37 @@ def answer_query(
             cursor.execute(request.sql, request.params)
             columns = [d[0] for d in cursor.description]
             types = [str(d[1]) for d in cursor.description]
-            fetched = cursor.fetchmany(request.max_rows + 1)
+            rows, truncated = _fetch_bounded(cursor, request.max_rows, max_bytes)
         finally:
             cursor.execute("ROLLBACK")
     except QueryRefused as exc:
         return QueryReply(ok=False, pid=pid, error=str(exc))
     except duckdb.Error as exc:
         return QueryReply(ok=False, pid=pid, error=f"SQL error: {first_line(exc)}")
-    truncated = len(fetched) > request.max_rows
-    rows, size = [], 0
-    for row in fetched[: request.max_rows]:
-        values = [to_json_value(v) for v in row]
-        size += len(json.dumps(values, allow_nan=True)) + 2
-        if size > max_bytes:
-            truncated = True
-            break
-        rows.append(values)
     elapsed_ms = (time.perf_counter() - started) * 1000
     return QueryReply(ok=True, pid=pid, columns=columns, types=types, rows=rows, truncated=truncated,
                       elapsed_ms=round(elapsed_ms, 3))  # fmt: skip
+
+
+FETCH_CHUNK_ROWS = 1000
+
+
+def _fetch_bounded(cursor: duckdb.DuckDBPyConnection, max_rows: int, max_bytes: int) -> tuple[list[list], bool]:
+    """The result's rows as JSON-safe lists, fetched in chunks and stopped at ``max_rows`` rows or
+    ``max_bytes`` of JSON, so a huge result never sits in the recorder's memory; and whether it was cut."""
+    rows: list[list] = []
+    size = 0
+    while len(rows) < max_rows:
+        chunk = cursor.fetchmany(min(FETCH_CHUNK_ROWS, max_rows - len(rows)))
+        if not chunk:
+            return rows, False
+        for row in chunk:
+            values = [to_json_value(v) for v in row]
+            size += len(json.dumps(values, allow_nan=True)) + 2
+            if size > max_bytes:
+                return rows, True
+            rows.append(values)
+    return rows, bool(cursor.fetchmany(1))
 
 
 class QueryService:
@@ -247,7 +266,11 @@ class QueryService:
         self.timeout_s = timeout_s
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(endpoint)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:
+            self.socket.close()  # an open socket would keep ctx.term() waiting forever
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         pair = f"inproc://query-results-{uuid.uuid4().hex}"
         self.results = ctx.socket(zmq.PAIR)
@@ -309,6 +332,9 @@ class QueryService:
             while (job := self._jobs.get()) is not None:
                 envelope, request = job
                 with self._running:
+                    if self._stopping:  # close() came between taking the job and starting it: do not start
+                        out.send_multipart([*envelope, *encode(_stopping_reply())])
+                        continue
                     timer = threading.Timer(self.timeout_s, self._cursor.interrupt)
                     timer.start()
                     try:

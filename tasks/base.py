@@ -15,8 +15,10 @@ gets the alpha-blended step the same way as a hand-written loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -164,3 +166,21 @@ class Task(ABC):
     def better(cls, a: float, b: float) -> bool:
         """Whether objective value ``a`` is better than ``b`` under :attr:`mode`."""
         return a > b if cls.mode == "max" else a < b
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the body with ``n`` intra-op torch threads (a process-wide setting), then restore the previous
+    count. Tasks run their small models single-threaded: faster on shared cores, and float reductions —
+    hence resumed runs — stay bit-identical whatever the machine's default."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached, contiguous CPU copy of ``tensor``, safe to hand to safetensors."""
+    return tensor.detach().to("cpu").contiguous().clone()

@@ -58,7 +58,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import ConstantSchedule
 
-from tasks.base import EpochResult, Hyperparameter, Task
+from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, torch_threads
 from trainer.blend import BlendedOptimizer
 
 ENV_ID = "CartPole-v1"
@@ -119,17 +119,6 @@ def _isolated_rngs() -> Iterator[None]:
         torch.set_rng_state(torch_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the body with ``n`` intra-op torch threads (a process-wide setting), then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class _MetricsLogger(Logger):
@@ -253,7 +242,7 @@ class CartPoleTask(Task):
         self.regime, self.seed = regime, int(seed)
         self.epoch_steps = self._epoch_steps_override or self.regimes[regime]
         self.epochs_done = 0
-        with _torch_threads(self.torch_threads), _isolated_rngs():
+        with torch_threads(self.torch_threads), _isolated_rngs():
             env = make_vec_env(ENV_ID, n_envs=N_ENVS, seed=self.seed)  # each wrapped in a Monitor
             defaults = {knob.name: knob.default for knob in self.hyperparameters}
             self.ppo = PPO(
@@ -374,7 +363,7 @@ class CartPoleTask(Task):
         for total in self._grad_norm_sums.values():
             total.zero_()
         episodes = _EpisodeCollector()
-        with _torch_threads(self.torch_threads), _isolated_rngs():
+        with torch_threads(self.torch_threads), _isolated_rngs():
             start_epoch(ppo, self.seed, epoch)
             ppo.learn(total_timesteps=self.epoch_steps, callback=episodes, log_interval=None, reset_num_timesteps=False)
         steps = self._steps_taken
@@ -422,7 +411,7 @@ class CartPoleTask(Task):
         running = np.ones(k, dtype=bool)
         policy = self.ppo.policy
         try:
-            with _torch_threads(self.torch_threads):
+            with torch_threads(self.torch_threads):
                 obs = np.stack([env.reset(seed=base + i)[0] for i, env in enumerate(envs)])  # [K, 4]
                 policy.set_training_mode(False)
                 while running.any():
@@ -447,16 +436,16 @@ class CartPoleTask(Task):
         regime, seed, epoch steps, epochs done, environment steps, SB3's update count, the knob values,
         alpha and Adam's non-tensor state. Environments and RNGs need no state: every epoch reseeds them."""
         self._require_setup()
-        tensors = {f"policy.{name}": _cpu(value) for name, value in self.ppo.policy.state_dict().items()}
+        tensors = {f"policy.{name}": cpu_copy(value) for name, value in self.ppo.policy.state_dict().items()}
         optim_scalars: dict[str, dict[str, Any]] = {}
         for index, slots in self._blended.state_dict()["state"].items():
             for slot, value in slots.items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{index}.{slot}"] = _cpu(value)
+                    tensors[f"optim.{index}.{slot}"] = cpu_copy(value)
                 else:
                     optim_scalars.setdefault(str(index), {})[slot] = value
         for name, delta in self._blended.step_deltas.items():
-            tensors[f"blend.{name}"] = _cpu(delta)
+            tensors[f"blend.{name}"] = cpu_copy(delta)
         meta = {
             "format": CHECKPOINT_FORMAT,
             "regime": self.regime,
@@ -505,10 +494,6 @@ class CartPoleTask(Task):
         self.epochs_done = int(meta["epochs_done"])
         self.ppo.num_timesteps = int(meta["num_timesteps"])
         self.ppo._n_updates = int(meta["n_updates"])
-
-
-def _cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu").contiguous()
 
 
 def _baseline(seeds: list[int], regime: str, epochs: int) -> None:

@@ -34,11 +34,9 @@ final-epoch R², wall time).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.base import EpochResult, Hyperparameter, Task
+from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, torch_threads
 from trainer.blend import BlendedOptimizer
 
 NUM_FEATURES = 10
@@ -94,17 +92,6 @@ def load_split(seed: int, budget: int) -> DiabetesSplit:
         x_val=x[val_index],
         y_val=y[val_index],
     )
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the body with ``n`` intra-op torch threads (process-wide), then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -299,7 +286,7 @@ class DiabetesRegression(Task):
 
     def train_epoch(self, epoch: int) -> EpochResult:
         """One pass over the training budget in a seeded random order, then evaluation of both parts."""
-        with _torch_threads(self.torch_threads):
+        with torch_threads(self.torch_threads):
             return self._train_epoch()
 
     def _train_epoch(self) -> EpochResult:
@@ -340,7 +327,7 @@ class DiabetesRegression(Task):
     def predict(self, x: torch.Tensor) -> np.ndarray:
         """Predictions in target units (float64 [N]) for standardised features ``x`` [N, 10], dropout off."""
         self.model.eval()
-        with _torch_threads(self.torch_threads):
+        with torch_threads(self.torch_threads):
             pred = self.model(x).to("cpu", torch.float64).numpy()
         return pred * self.y_std + self.y_mean
 
@@ -362,13 +349,13 @@ class DiabetesRegression(Task):
         """Tensors: ``model.<name>``, Adam's per-parameter slots ``optim.<index>.<slot>`` (``step``,
         ``exp_avg``, ``exp_avg_sq``), ``rng.order`` and ``rng.dropout`` — contiguous, on the CPU. Meta (JSON):
         regime, seed, the knob values, Adam's param groups and any non-tensor slots."""
-        tensors = {f"model.{name}": _cpu(value) for name, value in self.model.state_dict().items()}
+        tensors = {f"model.{name}": cpu_copy(value) for name, value in self.model.state_dict().items()}
         optim = self.optimizer.state_dict()
         scalars: dict[str, dict] = {}
         for index, slots in optim["state"].items():
             for slot, value in slots.items():
                 if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{index}.{slot}"] = _cpu(value)
+                    tensors[f"optim.{index}.{slot}"] = cpu_copy(value)
                 else:
                     scalars.setdefault(str(index), {})[slot] = value
         tensors["rng.order"] = self.order_rng.get_state()
@@ -405,10 +392,6 @@ class DiabetesRegression(Task):
         self.order_rng.set_state(tensors["rng.order"])
         self.dropout_rng.set_state(tensors["rng.dropout"])
         self.set_hyperparameters(meta["hyperparameters"])
-
-
-def _cpu(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.detach().to("cpu").contiguous().clone()
 
 
 # -- the baseline table ----------------------------------------------------------------------------------

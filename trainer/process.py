@@ -184,7 +184,7 @@ def run(cfg: TrainerConfig) -> int:
 
         if cfg.agent_endpoint:
             if cfg.agent_health_endpoint:  # after a timeout, retry only an agent that is alive and not stuck
-                health = HealthCheck(ctx, cfg.agent_health_endpoint, busy_limit_s=cfg.agent_timeout_ms / 1000)
+                health = HealthCheck(ctx, cfg.agent_health_endpoint)
             agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries, health)
             hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
             if isinstance(hello.reply, Ready):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -23,6 +24,7 @@ from storage.live import (
     answer_query,
     check_select,
     endpoint_file,
+    from_json_value,
     publish_endpoint,
 )
 from storage.reader import ReaderError, open_reader
@@ -85,6 +87,20 @@ def test_answers_restore_types_cap_rows_and_change_nothing(con):
     assert answer_query(cursor, QueryRequest(sql="SELECT count(*) FROM epochs")).rows == [[5]]  # cursor still usable
 
 
+def test_list_struct_and_odd_columns_come_back_in_their_json_form_without_an_error(con):
+    sql = (
+        "SELECT [TIMESTAMP '2024-01-01 00:00:00'] AS ts_list, [1.5::DECIMAL(4,2)] AS dec_list, "
+        "{'a': DATE '2024-01-02'} AS s, TIMESTAMP '2024-01-03 04:05:06' AS ts, 2.25::DECIMAL(4,2) AS d "
+        "FROM range(2500)"
+    )
+    reply = answer_query(con.cursor(), QueryRequest(sql=sql, max_rows=2400))
+    assert reply.ok and len(reply.rows) == 2400 and reply.truncated  # fetched in chunks, cut at max_rows
+    row = [from_json_value(v, t) for v, t in zip(reply.rows[0], reply.types)]
+    assert row[0] == ["2024-01-01T00:00:00"] and row[1] == ["1.50"] and row[2] == {"a": "2024-01-02"}
+    assert row[3] == datetime(2024, 1, 3, 4, 5, 6) and row[4] == Decimal("2.25")
+    assert from_json_value("not a date", "DATE") == "not a date"
+
+
 def test_a_slow_query_is_interrupted_and_does_not_hold_up_commits(con):
     ctx = zmq.Context()
     events = []
@@ -108,7 +124,7 @@ def test_a_slow_query_is_interrupted_and_does_not_hold_up_commits(con):
         buffer.add(run_started("during"))
         buffer.flush()  # the recorder's own commit, on the main connection, while the query runs
         commit_s = time.perf_counter() - started
-        assert commit_s < 0.5
+        assert commit_s < 1.0  # blocked, it would wait >= 1.3 s for the interrupted query; slack for shared CPUs
         assert service.results.poll(10_000)
         service.deliver()
         assert client.poll(2000)
