@@ -80,7 +80,7 @@ def test_a_frozen_agent_is_restarted_within_seconds_and_the_run_goes_on(tmp_path
     assert outcome.exit_codes == [0] and outcome.checks["decisions"] == 6
     restarts = outcome.checks["restarts"]
     assert restarts == ["agent-heuristic: no answer to 3 liveness pings in a row"], restarts
-    # The epoch in flight waits for the restart (seconds), not for a 20 s agent timeout or two; 4 epochs after
-    # the freeze take well under a minute.
-    assert outcome.checks["max_wait_s"] < 15 and outcome.checks["after_freeze_s"] < 60, outcome.checks
+    # The epoch in flight waits for the restart (about 3 missed pings and a fresh agent: seconds), less than the
+    # 20 s agent timeout it waited before, let alone two; 4 epochs after the freeze take well under a minute.
+    assert outcome.checks["max_wait_s"] < 20 and outcome.checks["after_freeze_s"] < 60, outcome.checks
     assert outcome.checks["fallback_epochs"] == {}, outcome.checks  # the decision in flight was retried
