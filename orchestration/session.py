@@ -30,8 +30,8 @@ from orchestration.planning import (
     prepare_resume,
 )
 from orchestration.supervisor import (
-    RECORDER_MISSES,
     AGENT_BUSY_SLACK_S,
+    RECORDER_MISSES,
     STARTUP_TIMEOUT_S,
     ChildLost,
     Orchestrator,
