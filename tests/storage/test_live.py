@@ -42,14 +42,6 @@ def run_py(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "q.duckdb"))
-    migrate(connection)
-    yield connection
-    connection.close()
-
-
 def test_only_one_select_statement_passes_the_check(con):
     for sql in ("SELECT 1", "FROM runs", "WITH x AS (SELECT 1) SELECT * FROM x", "DESCRIBE epochs", "VALUES (1)"):
         check_select(con, sql)

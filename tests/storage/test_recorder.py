@@ -67,14 +67,6 @@ def decision_record(run_id, epoch, lr):
     )
 
 
-@pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "t.duckdb"))
-    migrate(connection)
-    yield connection
-    connection.close()
-
-
 def test_records_become_rows_once_and_views_compute_the_paper_table(con):
     buffer = RecordBuffer(con)
     for seed, accs in ((0, [0.5, 0.7, 0.6]), (1, [0.4, 0.8, 0.75])):
