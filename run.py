@@ -1,10 +1,11 @@
-"""ReflectNet: train a CNN on MNIST while an agent steers it, everything recorded in DuckDB.
+"""ReflectNet: train a task while an agent steers it, everything recorded in DuckDB.
 
-    python run.py --regime 1pct
+    python run.py --regime 1pct              # the paper's CNN on MNIST
+    python run.py --task diabetes            # or cartpole, or package.module:factory
 
-runs the paper's protocol for one regime: a baseline arm (Adam only) and a guided arm with the same
-seed and data subset. The trainer, the agent and the recorder are separate OS processes talking
-over ZeroMQ on loopback; this process starts, watches and stops them, and prints the paper's table.
+runs a baseline arm (the task's optimizer alone) and a guided arm with the same seed and data. The
+trainer, the agent and the recorder are separate OS processes talking over ZeroMQ on local sockets;
+the ``orchestration`` package starts, watches and stops them and prints the results (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         return analysis_main(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-        pipeline = validate_args(args)
+        spec = validate_args(parser.parse_args(argv))
     except CliError as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
     from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
 
-    return run_invocation(args, pipeline)
+    return run_invocation(spec)
 
 
 if __name__ == "__main__":

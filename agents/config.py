@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agents.controllers import resolve_controller
 from agents.llm import LLMSettings
+from bus.messages import UpdateCommand
 from bus.transport import check_endpoint
 
 
@@ -18,8 +20,10 @@ class AgentConfig(BaseModel):
     health_endpoint: str | None = None  # REP: liveness pings, answered by a thread (bus.liveness)
     recorder_endpoint: str
     run_dir: Path
-    controller: Literal["heuristic", "plateau", "llm"] = "heuristic"
+    controller: str = "heuristic"  # a name agents.controllers resolves (built-in, entry point, module:factory)
     llm: LLMSettings | None = None  # required when controller == "llm"
+    # controller "replay": run_id of the replaying run -> epoch -> the command recorded after that epoch
+    replay_commands: dict[str, dict[int, UpdateCommand]] | None = None
     llm_reflection: bool = True  # the model judges the previous decision (rule judgement as fallback)
     feed_reflection: bool = True  # the verdict goes into the next prompt
     command_space: Literal["free", "grid"] = "free"  # see agents.nodes.prompter.command_schema
@@ -28,6 +32,19 @@ class AgentConfig(BaseModel):
     cache_size: int = Field(default=4096, ge=1)
     run_ids: list[str] | None = None  # the runs this agent serves; a request for another run is refused
     allow_remote: bool = False  # bind a non-loopback address (only when the user passed one explicitly)
+
+    @field_validator("controller")
+    @classmethod
+    def _known_controller(cls, name: str) -> str:
+        if not resolve_controller(name).needs_agent:  # an unknown name raises UnknownControllerError here
+            raise ValueError(f"controller {name!r} runs no agent process")
+        return name
+
+    @model_validator(mode="after")
+    def _replay_in_free_space(self):
+        if self.controller == "replay" and self.command_space != "free":
+            raise ValueError("controller 'replay' needs command_space 'free': the grid would snap recorded values")
+        return self
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self):

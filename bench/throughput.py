@@ -7,9 +7,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from trainer.data import load_mnist, stratified_subset
-from trainer.loop import compile_for_eval, evaluate, make_optimizer, to_model_input, train_epoch
-from trainer.model import ReflectCNN
+from tasks.mnist.data import load_mnist, stratified_subset
+from tasks.mnist.loop import compile_for_eval, evaluate, make_optimizer, to_model_input, train_epoch
+from tasks.mnist.model import ReflectCNN
 
 
 def plain_inputs(images: torch.Tensor) -> torch.Tensor:

@@ -9,18 +9,17 @@ version rejects the message with a reason instead of guessing (see :func:`decode
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: task-agnostic metrics, objective and hyperparameters by name (issue 12)
 
-# Hard bounds of the command space. The validator clamps into these; the trainer refuses anything
-# outside them, so a command that reaches the model is always inside.
-DROPOUT_RANGE = (0.0, 0.9)
-LEARNING_RATE_RANGE = (1e-6, 1e-1)
+# Hard bounds of the blend ratio: the one knob every task has (the trainer's, not the task's).
 ALPHA_RANGE = (0.0, 1.0)
 
+Mode = Literal["max", "min"]
 Verdict = Literal["beneficial", "harmful", "neutral"]
 RunStatus = Literal["running", "completed", "failed", "interrupted"]
 
@@ -44,6 +43,125 @@ class Message(BaseModel):
     TOPIC: ClassVar[str] = ""
 
     v: int = SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------- what a task declares
+
+
+class Hyperparameter(BaseModel):
+    """A knob an agent may set between epochs, as a task declares it (``tasks.base.Task.hyperparameters``).
+
+    ``scale="log"``: changes are factors — ``step`` is the grid factor (2.0: halve / keep / double)
+    and ``max_change`` the largest factor per decision (3.0: at most ×3 or ÷3). ``scale="linear"``:
+    changes are increments — ``step`` is the grid increment and ``max_change`` the largest one.
+    ``low``/``high`` are hard bounds no command can cross. Raises ValueError (pydantic's
+    ``ValidationError``) for a default outside the bounds or a step that moves nothing.
+    """
+
+    model_config = _MODEL_CONFIG
+
+    name: str  # the key in commands and records, e.g. "learning_rate"
+    default: float
+    low: float
+    high: float
+    scale: Literal["log", "linear"]
+    step: float
+    max_change: float
+    description: str  # plain language, for prompts
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.low <= self.default <= self.high:
+            raise ValueError(
+                f"{self.name}: default must lie in [low, high], got {self.default=} {self.low=} {self.high=}"
+            )
+        if self.scale == "log" and (self.low <= 0 or self.step <= 1 or self.max_change <= 1):
+            raise ValueError(f"{self.name}: a log-scale knob needs low > 0, step > 1, max_change > 1")
+        if self.scale == "linear" and (self.step <= 0 or self.max_change <= 0):
+            raise ValueError(f"{self.name}: a linear knob needs step > 0 and max_change > 0")
+        return self
+
+    def allowed(self, current: float) -> tuple[float, float]:
+        """The range a decision may move to from ``current``: the hard bounds within the trust region."""
+        if self.scale == "log":
+            low, high = current / self.max_change, current * self.max_change
+        else:
+            low, high = current - self.max_change, current + self.max_change
+        return max(self.low, low), min(self.high, high)
+
+    def grid(self, current: float) -> list[float]:
+        """A few choices around ``current`` (which is always one of them, exactly): one ``step`` down and
+        up, rounded to 3 significant digits (a short number costs a small model fewer tokens), inside
+        :meth:`allowed`."""
+        low, high = self.allowed(current)
+        if self.scale == "log":
+            candidates = (current / self.step, current * self.step)
+        else:
+            candidates = (current - self.step, current + self.step)
+        rounded = (float(f"{c:.3g}") for c in candidates)
+        return sorted({current, *(c for c in rounded if low <= c <= high)})
+
+    def clamp(self, value: float, current: float) -> float:
+        """``value`` moved into :meth:`allowed`; NaN stays at ``current``."""
+        if math.isnan(value):
+            return current
+        low, high = self.allowed(current)
+        return min(max(value, low), high)
+
+    def direction(self, new: float, old: float) -> int:
+        """+1, 0 or -1: whether ``new`` is above, at (relative 1e-9) or below ``old``."""
+        if math.isclose(new, old, rel_tol=1e-9, abs_tol=1e-12):
+            return 0
+        return 1 if new > old else -1
+
+
+# Fields of a command besides the task's knobs: no knob may take one of these names.
+COMMAND_FIELDS = frozenset({"alpha", "weight_modulation", "weight_ops", "rationale", "hyperparameters"})
+
+
+class TaskSpec(BaseModel):
+    """What the agent knows about the task it steers (``tasks.base.Task.spec()``): its name, a plain-language
+    description, the objective metric and its direction (``mode``, as Ray Tune's ``metric``/``mode``), what a
+    regime's budget counts, the objective's noise band (the reflector's rule calls a smaller change
+    ``neutral``) and the knobs it may set."""
+
+    model_config = _MODEL_CONFIG
+
+    name: str
+    description: str
+    objective: str  # a key of EpochMetrics.metrics
+    mode: Mode
+    budget_unit: str = "training examples"  # what EpochMetrics.budget counts
+    noise_band: float = Field(ge=0.0)  # |change in the objective| below this is noise, not an effect
+    hyperparameters: list[Hyperparameter]
+
+    @model_validator(mode="after")
+    def _distinct_knobs(self):
+        names = self.knob_names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"task {self.name!r} declares a hyperparameter twice: {names}")
+        reserved = sorted(set(names) & COMMAND_FIELDS)
+        if reserved:
+            raise ValueError(f"task {self.name!r}: {reserved} are command fields, not hyperparameter names")
+        return self
+
+    def knob(self, name: str) -> Hyperparameter:
+        """The declared knob ``name``; KeyError names the known ones."""
+        for knob in self.hyperparameters:
+            if knob.name == name:
+                return knob
+        raise KeyError(f"task {self.name!r} has no hyperparameter {name!r}; it has {self.knob_names()}")
+
+    def knob_names(self) -> list[str]:
+        return [k.name for k in self.hyperparameters]
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether objective value ``a`` is strictly better than ``b`` under :attr:`mode`."""
+        return a > b if self.mode == "max" else a < b
+
+    def improvement(self, before: float, after: float) -> float:
+        """``after - before`` signed so that positive is better (for ``min``, ``before - after``)."""
+        return after - before if self.mode == "max" else before - after
 
 
 # --------------------------------------------------------------------------- trainer <-> agent
@@ -82,16 +200,16 @@ class WeightOp(BaseModel):
 class UpdateCommand(BaseModel):
     """A validated command as the trainer applies it at the next epoch boundary (paper 2.3).
 
-    ``weight_modulation`` maps a parameter name to a delta of exactly that parameter's shape, as
-    nested lists (the paper's raw form); ``weight_ops`` are compact operations (see ``WeightOp``).
-    The trainer spreads each delta over the epoch's optimizer steps so that one epoch adds
-    ``alpha * delta`` in total.
+    ``hyperparameters``: the task's knobs by name (``TaskSpec.hyperparameters``), each inside its hard
+    bounds (the validator clamps; the trainer refuses anything else). ``weight_modulation`` maps a
+    parameter name to a delta of exactly that parameter's shape, as nested lists (the paper's raw form);
+    ``weight_ops`` are compact operations (see ``WeightOp``). The trainer spreads each delta over the
+    epoch's optimizer steps so that one epoch adds ``alpha * delta`` in total.
     """
 
     model_config = _MODEL_CONFIG
 
-    dropout: float = Field(ge=DROPOUT_RANGE[0], le=DROPOUT_RANGE[1])
-    learning_rate: float = Field(ge=LEARNING_RATE_RANGE[0], le=LEARNING_RATE_RANGE[1])
+    hyperparameters: dict[str, float]
     alpha: float = Field(ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])
     weight_modulation: dict[str, list[Any]] | None = None
     weight_ops: list[WeightOp] | None = None
@@ -102,14 +220,15 @@ class UpdateCommand(BaseModel):
 
 
 class Reflection(BaseModel):
-    """The agent's judgement of its previous decision from the change in validation accuracy."""
+    """The agent's judgement of its previous decision from the change in the task's objective after it."""
 
     model_config = _MODEL_CONFIG
 
     epoch: int = Field(ge=1)
     about_epoch: int = Field(ge=1)
-    prev_val_acc: float
-    val_acc: float
+    objective: str  # the metric judged, e.g. "val_acc"
+    objective_before: float
+    objective_after: float
     verdict: Verdict
     text: str
     judge: str = "rule"  # "rule", or the name of the model that judged
@@ -117,17 +236,13 @@ class Reflection(BaseModel):
 
 
 class EpochSummary(BaseModel):
-    """One past epoch as the agent sees it in the history."""
+    """One past epoch as the agent sees it in the history: its metrics and the knob values it used."""
 
     model_config = _MODEL_CONFIG
 
     epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    dropout: float
+    metrics: dict[str, float]
+    hyperparameters: dict[str, float]
     alpha: float
 
 
@@ -149,8 +264,11 @@ class Ready(Message):
 class EpochMetrics(Message):
     """Published by the trainer after each epoch; the agent's whole view of training.
 
-    It carries the history and the previously applied command with its reflection, so the agent
-    keeps no state it cannot rebuild from one message (an agent restarted mid-run loses nothing).
+    It carries the task's declarations, the history and the previously applied command with its
+    reflection, so the agent keeps no state it cannot rebuild from one message (an agent restarted
+    mid-run loses nothing). ``metrics`` holds the task's named scalars, the objective among them;
+    ``vectors`` named lists (per-class accuracy, per-episode returns); ``hyperparameters`` the knob
+    values this epoch used; ``budget`` what the regime gives (``task.budget_unit``).
     """
 
     TOPIC: ClassVar[str] = "epoch_metrics"
@@ -158,23 +276,25 @@ class EpochMetrics(Message):
     run_id: str
     epoch: int = Field(ge=1)
     epochs_total: int = Field(ge=1)
+    task: TaskSpec
     regime: str
-    n_train: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    per_class_val_acc: list[float]
+    budget: int
+    metrics: dict[str, float]
+    vectors: dict[str, list[float]] = Field(default_factory=dict)
+    hyperparameters: dict[str, float]
+    alpha: float
     grad_norms: dict[str, float]
     weight_norms: dict[str, float]
     param_shapes: dict[str, list[int]]
-    lr: float
-    dropout: float
-    alpha: float
     wall_s: float
     history: list[EpochSummary]
     previous_command: UpdateCommand | None = None
     previous_reflection: Reflection | None = None
+
+    @property
+    def objective_value(self) -> float:
+        """This epoch's value of the task's objective metric (NaN if the task did not report it)."""
+        return self.metrics.get(self.task.objective, math.nan)
 
 
 class Decision(Message):
@@ -217,8 +337,11 @@ class RunStarted(Message):
     run_id: str
     pair_id: str
     arm: Literal["baseline", "guided"]
+    task: str
+    objective: str
+    mode: Mode
     regime: str
-    n_train: int
+    budget: int  # training examples, or environment steps per epoch (the task's budget_unit)
     controller: str
     llm_model: str | None = None
     seed: int
@@ -237,21 +360,18 @@ class RunFinished(Message):
 
 
 class EpochRecord(Message):
-    """One row of ``epochs``: what the trainer measured and which hyperparameters it used."""
+    """One row of ``epochs``: what the trainer measured and which knob values it used."""
 
     TOPIC: ClassVar[str] = "epoch_record"
 
     run_id: str
     epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    dropout: float
+    objective: float  # the task's objective metric this epoch (also in ``metrics``)
+    metrics: dict[str, float]
+    vectors: dict[str, list[float]] = Field(default_factory=dict)
+    hyperparameters: dict[str, float]
     alpha: float
     wall_s: float
-    per_class_val_acc: list[float]
     grad_norms: dict[str, float]
     weight_norms: dict[str, float]
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import zmq
@@ -33,8 +35,35 @@ from bus.messages import BusDecodeError, Message, decode, encode
 LOOPBACK = "127.0.0.1"
 
 
+# The longest path a Unix socket address holds (sun_path is 108 bytes on Linux, 104 on macOS, with its NUL).
+MAX_IPC_PATH = 100
+
+
+def socket_folder(run_dir: Path) -> Path:
+    """Where a run's ``ipc://`` sockets live: ``<run_dir>/sockets`` (mode 0700), or, when that path is too long
+    for a socket address, a fresh private folder under the system's temporary directory (named in
+    ``<run_dir>/sockets.txt``). Raises OSError if it cannot be created."""
+    folder = Path(run_dir).resolve() / "sockets"
+    if len(str(folder)) + 24 > MAX_IPC_PATH:  # room for the longest socket name
+        folder = Path(tempfile.mkdtemp(prefix="reflectnet-"))
+        (Path(run_dir) / "sockets.txt").write_text(f"sockets of this run are in {folder}\n")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return folder
+
+
+def ipc_endpoint(folder: Path, name: str) -> str:
+    """``ipc://<folder>/<name>``: a local endpoint no other process can take between choosing and binding it
+    (a probed free tcp port can be), private to the run whose :func:`socket_folder` it is in."""
+    path = Path(folder) / name
+    if len(str(path)) > MAX_IPC_PATH:
+        raise ValueError(f"socket path {path} is longer than {MAX_IPC_PATH} characters")
+    return f"ipc://{path}"
+
+
 def free_tcp_endpoint(host: str = LOOPBACK) -> str:
-    """A ``tcp://host:port`` endpoint on a port the OS reports free right now."""
+    """A ``tcp://host:port`` endpoint on a port the OS reports free right now. Racy (another process may take
+    the port before it is bound): local peers use :func:`ipc_endpoint`; this is for HTTP servers that need a
+    port (the embedded llama.cpp server) and for tests."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         port = probe.getsockname()[1]

@@ -21,7 +21,9 @@ def analysis_main(argv: list[str]) -> int:
         parser.description = "Answer a SQL query against the database, as a Markdown table."
         parser.add_argument("query", help='e.g. "SELECT * FROM paper_table"')
     else:
-        parser.description = "Write the paper's table (Markdown) and figures (PNG) from the database."
+        parser.description = (
+            "Write per task its results table (Markdown; MNIST: the paper's table) and figures (PNG) from the database."
+        )
         parser.add_argument("--out", type=Path, default=None, help="report folder (default: <db folder>/report)")
     parser.add_argument("--db", type=Path, default=DEFAULTS["db"], help=f"DuckDB file (default: {DEFAULTS['db']})")
     try:

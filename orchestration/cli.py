@@ -8,36 +8,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from agents.defaults import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME
-from trainer.defaults import REGIMES, default_data_dir
-
-if TYPE_CHECKING:
-    from agents.llm import LLMSettings
-
-CONTROLLERS = ("none", "heuristic", "plateau", "llm")
-DEFAULTS = {
-    "regime": "1pct",
-    "controller": "llm",
-    "epochs": 30,
-    "seed": 0,
-    "batch_size": 64,
-    "db": Path("runs") / "reflectnet.duckdb",
-    "out": Path("runs"),
-    "arms": "both",
-    "device": "auto",
-    "agent_timeout": None,  # derived from the LLM timeouts, see agent_timeout_s()
-    "heuristic_agent_timeout": 20.0,
-    "llm": "local",
-    "llm_timeout": 20.0,
-    "llm_max_retries": 0,
-    "llm_temperature": 0.2,
-    "llm_response_format": "auto",
-    "agent_retries": 1,
-    "max_repairs": 2,
-}
-
+from orchestration.spec import RULE_AGENT_TIMEOUT_S, ModelSpec, RunSpec, default, model_default
 
 class CliError(Exception):
     """A bad flag value: printed as one line, exit code 2."""
@@ -68,22 +41,12 @@ def _number(kind: type, low: float | None = None, high: float | None = None, low
     return parse
 
 
-def _choice_list(choices, everything: str | None = None):
-    """An argparse type for a comma list of ``choices`` (or ``everything`` for all of them), in order."""
-
-    def parse(text: str) -> list[str]:
-        if everything is not None and text == everything:
-            return list(choices)
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        bad = [item for item in items if item not in choices]
-        if bad or not items:
-            allowed = ", ".join(choices) + (f", or {everything}" if everything else "")
-            raise argparse.ArgumentTypeError(
-                f"invalid choice: {', '.join(map(repr, bad)) or repr(text)} (choose from {allowed})"
-            )
-        return list(dict.fromkeys(items))
-
-    return parse
+def _comma_list(text: str) -> list[str]:
+    """A comma list of names, in order, without repeats; what they may be is checked in validate_args."""
+    items = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a name or a comma list of names, got {text!r}")
+    return items
 
 
 _positive_int = _number(int, 1)
@@ -93,32 +56,60 @@ _temperature = _number(float, 0.0, 2.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = DEFAULTS
+    """run.py's flags; their defaults are :class:`RunSpec`'s (and the task's, where the task owns them)."""
     p = OneLineParser(
         prog="run.py",
-        description="Train the paper's CNN on MNIST with and without an agent steering it; record everything in DuckDB.",
+        description="Train a task (the paper's MNIST CNN by default) with and without an agent steering it; "
+        "record everything in DuckDB.",
+    )
+    _experiment_flags(p)
+    _run_flags(p)
+    _agent_flags(p)
+    _model_flags(p.add_argument_group("language model (--controller llm)"))
+    return p
+
+
+def _experiment_flags(p: argparse.ArgumentParser) -> None:
+    """What is trained and compared: task, regimes, controllers, epochs, seeds, arms."""
+    p.add_argument(
+        "--task",
+        default=default("task"),
+        help="what to train: mnist (the paper's CNN), diabetes (MLP regression, scikit-learn's data), cartpole "
+        "(Stable-Baselines3 PPO on Gymnasium CartPole-v1), an entry point of group 'reflectnet.tasks', or "
+        f"package.module:factory (default: {default('task')})",
+    )
+    p.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a keyword argument of the task's factory, repeatable; VALUE is read as JSON when it parses "
+        "(e.g. --task-option eval_episodes=5) (default: none)",
     )
     p.add_argument(
         "--regime",
-        type=_choice_list(REGIMES, "all"),
-        default=[d["regime"]],
-        help=f"training-set size, a comma list, or 'all': {', '.join(f'{k}={v}' for k, v in REGIMES.items())} "
-        f"(default: {d['regime']})",
+        type=_comma_list,
+        default=None,
+        help="the task's data budget, a comma list, or 'all'; mnist: full=60000, 10pct=6000, 1pct=600, 100, 10 "
+        "images; diabetes: full=353, 200, 100, 50 patients; cartpole: 2k, 4k, 8k environment steps per epoch "
+        "(default: the task's, 1pct for mnist)",
     )
     p.add_argument(
         "--controller",
-        type=_choice_list(CONTROLLERS),
-        default=[d["controller"]],
+        type=_comma_list,
+        default=default("controllers"),
         help="who steers the guided arm, or a comma list of them: a language model ('llm'), the rule policy "
-        "('heuristic'), torch's ReduceLROnPlateau ('plateau'), or nobody ('none': the baseline arm only) "
-        f"(default: {d['controller']})",
+        "('heuristic'), torch's ReduceLROnPlateau ('plateau'), nobody ('none': the baseline arm only), an entry "
+        f"point of group 'reflectnet.controllers', or package.module:factory (default: {','.join(default('controllers'))})",
     )
-    p.add_argument("--epochs", type=_positive_int, default=d["epochs"], help=f"epochs per arm (default: {d['epochs']})")
+    p.add_argument(
+        "--epochs", type=_positive_int, default=None, help="epochs per arm (default: the task's, 30 for mnist)"
+    )
     p.add_argument(
         "--seed",
         type=_non_negative_int,
-        default=d["seed"],
-        help=f"seed for data subset, init and batch order (default: {d['seed']})",
+        default=default("seed"),
+        help=f"seed for data subset, init and batch order (default: {default('seed')})",
     )
     p.add_argument(
         "--seeds",
@@ -126,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="number of seeds, starting at --seed; every regime x controller runs once per seed (default: 1)",
     )
+    p.add_argument(
+        "--arms",
+        choices=("both", "baseline", "guided"),
+        default=default("arms"),
+        help=f"which arms of the pair to run (default: {default('arms')})",
+    )
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    """Where and how: replay, resume, rerun, database, run folders, device, task options from flags."""
     p.add_argument(
         "--replay",
         metavar="RUN_ID",
@@ -145,13 +146,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run again what the database already holds as completed with the same settings (default: skip it)",
     )
-    p.add_argument("--db", type=Path, default=d["db"], help=f"DuckDB file to record into (default: {d['db']})")
+    p.add_argument("--db", type=Path, default=default("db"), help=f"DuckDB file to record into (default: {default('db')})")
     p.add_argument(
         "--batch-size",
         type=_positive_int,
-        default=d["batch_size"],
-        help=f"training batch size (default: {d['batch_size']})",
+        default=None,
+        help="training batch size, for tasks that take one (default: the task's, 64 for mnist)",
     )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default=default("device"),
+        help=f"torch device for the trainer; auto picks cuda when available (default: {default('device')})",
+    )
+    p.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="mnist: validate with the eager model instead of torch.compile (default: compiled, ~2.7x faster on CPU)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=default("out"),
+        help=f"folder for run directories with logs and configs (default: {default('out')})",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, default=None, help="mnist: the MNIST cache folder (default: ~/.cache/reflectnet/mnist)"
+    )
+
+
+def _agent_flags(p: argparse.ArgumentParser) -> None:
+    """The agent's graph and the trainer's patience with it."""
     p.add_argument(
         "--nodes",
         default="",
@@ -159,55 +184,34 @@ def build_parser() -> argparse.ArgumentParser:
         "entry point of group 'reflectnet.nodes', or package.module:function (default: none)",
     )
     p.add_argument(
-        "--arms",
-        choices=("both", "baseline", "guided"),
-        default=d["arms"],
-        help=f"which arms of the pair to run (default: {d['arms']})",
-    )
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default=d["device"],
-        help=f"torch device for the trainer; auto picks cuda when available (default: {d['device']})",
-    )
-    p.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="validate with the eager model instead of torch.compile (default: compiled, ~2.7x faster on CPU)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=d["out"],
-        help=f"folder for run directories with logs and configs (default: {d['out']})",
-    )
-    p.add_argument("--data-dir", type=Path, default=None, help=f"MNIST cache folder (default: {default_data_dir()})")
-    p.add_argument(
         "--agent-timeout",
         type=_positive_float,
-        default=d["agent_timeout"],
+        default=default("agent_timeout_s"),
         help=f"seconds the trainer waits for the agent per try before retrying (default: "
-        f"{d['heuristic_agent_timeout']:g} for heuristic; for llm, enough for every model call of one decision)",
+        f"{RULE_AGENT_TIMEOUT_S:g} for controllers without a model; for llm, enough for every model call of one decision)",
     )
     p.add_argument(
         "--agent-retries",
         type=_non_negative_int,
-        default=d["agent_retries"],
-        help=f"retries after a timeout before the fallback command (default: {d['agent_retries']})",
+        default=default("agent_retries"),
+        help=f"retries after a timeout before the fallback command (default: {default('agent_retries')})",
     )
     p.add_argument(
         "--max-repairs",
         type=_non_negative_int,
-        default=d["max_repairs"],
-        help=f"times an invalid answer is sent back for repair before deterministic repair (default: {d['max_repairs']})",
+        default=default("max_repairs"),
+        help=f"times an invalid answer is sent back for repair before deterministic repair (default: {default('max_repairs')})",
     )
-    llm = p.add_argument_group("language model (--controller llm)")
+
+
+def _model_flags(llm) -> None:
+    """How the ``llm`` controller reaches its model (:class:`orchestration.spec.ModelSpec`)."""
     llm.add_argument(
         "--llm",
         choices=("local", "openai"),
-        default=d["llm"],
+        default=model_default("provider"),
         help="'local': the embedded SmolLM2-135M served by llama.cpp on loopback, offline; 'openai': an "
-        f"OpenAI-compatible endpoint (implied by --llm-base-url) (default: {d['llm']})",
+        f"OpenAI-compatible endpoint (implied by --llm-base-url) (default: {model_default('provider')})",
     )
     llm.add_argument(
         "--llm-base-url",
@@ -223,27 +227,27 @@ def build_parser() -> argparse.ArgumentParser:
     llm.add_argument(
         "--llm-timeout",
         type=_positive_float,
-        default=d["llm_timeout"],
-        help=f"seconds per model call (default: {d['llm_timeout']:g})",
+        default=model_default("timeout_s"),
+        help=f"seconds per model call (default: {model_default('timeout_s'):g})",
     )
     llm.add_argument(
         "--llm-max-retries",
         type=_non_negative_int,
-        default=d["llm_max_retries"],
-        help=f"HTTP retries per model call on connection errors and 5xx (default: {d['llm_max_retries']})",
+        default=model_default("max_retries"),
+        help=f"HTTP retries per model call on connection errors and 5xx (default: {model_default('max_retries')})",
     )
     llm.add_argument(
         "--llm-temperature",
         type=_temperature,
-        default=d["llm_temperature"],
-        help=f"sampling temperature (default: {d['llm_temperature']})",
+        default=model_default("temperature"),
+        help=f"sampling temperature (default: {model_default('temperature')})",
     )
     llm.add_argument(
         "--llm-response-format",
         choices=("auto", "json_schema", "json_object", "none"),
-        default=d["llm_response_format"],
+        default=model_default("response_format"),
         help="structured output: OpenAI's json_schema, llama.cpp's json_object with a schema, or none; auto picks "
-        f"what the server accepts (default: {d['llm_response_format']})",
+        f"what the server accepts (default: {model_default('response_format')})",
     )
     llm.add_argument(
         "--llm-command-space",
@@ -263,41 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not show the verdict on the previous decision in the next prompt, for ablations (default: shown)",
     )
-    return p
-
-
-def llm_settings(args: argparse.Namespace) -> LLMSettings | None:
-    """How the agent reaches its model, from the flags; None when no guided arm uses the llm controller."""
-    if "llm" not in args.controller:
-        return None
-    from agents.llm import LLMSettings
-
-    remote = args.llm == "openai" or args.llm_base_url is not None
-    return LLMSettings(
-        provider="openai" if remote else "local",
-        base_url=args.llm_base_url or ("https://api.openai.com/v1" if remote else "http://127.0.0.1:0/v1"),
-        model=args.llm_model or (DEFAULT_REMOTE_MODEL if remote else LOCAL_MODEL_NAME),
-        timeout_s=args.llm_timeout,
-        max_retries=args.llm_max_retries,
-        temperature=args.llm_temperature,
-        response_format=args.llm_response_format,
-    )
-
-
-def command_space(args: argparse.Namespace, settings: LLMSettings | None) -> str:
-    if args.llm_command_space != "auto":
-        return args.llm_command_space
-    return "grid" if settings is not None and settings.provider == "local" else "free"
-
-
-def agent_timeout_s(args: argparse.Namespace) -> float:
-    """Per-try wait of the trainer: the flag, or long enough for every model call of one decision."""
-    if args.agent_timeout is not None:
-        return args.agent_timeout
-    if "llm" not in args.controller:
-        return DEFAULTS["heuristic_agent_timeout"]
-    calls = (args.max_repairs + 1) * (args.llm_max_retries + 1) + (0 if args.no_llm_reflection else 1)
-    return calls * args.llm_timeout + 10.0
 
 
 def preflight_database(db: Path) -> None:
@@ -324,8 +293,77 @@ def preflight_database(db: Path) -> None:
         con.close()
 
 
-def validate_args(args: argparse.Namespace) -> list[str]:
-    """Checks argparse cannot do; returns the full node pipeline."""
+def _option_value(text: str):
+    """A --task-option value: JSON when it parses (numbers, true/false, lists), else the text itself."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def resolve_task(args: argparse.Namespace) -> None:
+    """Check --task, --regime, --epochs and the task options against the task's declarations and fill in the
+    task's defaults: ``args.regime`` becomes the list of regimes, ``args.epochs`` a number, and
+    ``args.task_options`` the factory's keyword arguments (from --task-option, --data-dir, --batch-size,
+    --no-compile; each must be one the factory takes)."""
+    from tasks.registry import UnknownTaskError, accepted_options, resolve_task_factory, task_class
+
+    try:
+        declared = task_class(args.task)
+    except UnknownTaskError as exc:
+        raise CliError(f"--task: {exc}") from None
+    regimes = args.regime or [declared.default_regime]
+    regimes = list(declared.regimes) if regimes == ["all"] else regimes
+    unknown = [r for r in regimes if r not in declared.regimes]
+    if unknown:
+        known = ", ".join(f"{k}={v}" for k, v in declared.regimes.items())
+        raise CliError(f"--regime: task {declared.name!r} has no regime {', '.join(map(repr, unknown))} (choose from {known}, or all)")
+    args.regime, args.epochs = regimes, args.epochs or declared.default_epochs
+    options = {}
+    for item in args.task_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise CliError(f"--task-option must be KEY=VALUE with KEY a Python identifier, got {item!r}")
+        options[key.strip()] = _option_value(value)
+    flags = {"data_dir": args.data_dir and str(args.data_dir.resolve()), "batch_size": args.batch_size,
+             "compile_eval": False if args.no_compile else None}  # fmt: skip
+    options.update({key: value for key, value in flags.items() if value is not None})
+    refused = sorted(set(options) - set(accepted_options(resolve_task_factory(args.task), options)))
+    if refused:
+        raise CliError(f"task {declared.name!r} takes no option(s) {', '.join(refused)}")
+    args.task_options = options
+
+
+def validate_controllers(args: argparse.Namespace) -> None:
+    """Every --controller name must resolve (built-in, entry point or module:factory)."""
+    from agents.controllers import resolve_controller
+
+    for name in args.controller:
+        if name == "replay":
+            raise CliError("--controller replay: replay a recorded run with --replay RUN_ID")
+        if name != "none":
+            try:
+                resolve_controller(name)
+            except ValueError as exc:
+                raise CliError(f"--controller: {exc}") from None
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The ``--llm*`` flags as a :class:`ModelSpec`."""
+    if args.llm_base_url is not None and not args.llm_base_url.startswith(("http://", "https://")):
+        raise CliError(f"--llm-base-url must start with http:// or https://, got {args.llm_base_url!r}")
+    return ModelSpec(
+        provider=args.llm, base_url=args.llm_base_url, model=args.llm_model, timeout_s=args.llm_timeout,
+        max_retries=args.llm_max_retries, temperature=args.llm_temperature,
+        response_format=args.llm_response_format, command_space=args.llm_command_space,
+        reflection=not args.no_llm_reflection, feed_reflection=not args.no_reflection_feedback,
+    )  # fmt: skip
+
+
+def node_pipeline(args: argparse.Namespace) -> list[str]:
+    """The agent's full node list: the core nodes with the --nodes extras after validation."""
     from agents.graph import UnknownNodeError, check_pipeline, pipeline_with, resolve_node
 
     extras = [n.strip() for n in args.nodes.split(",") if n.strip()]
@@ -334,20 +372,33 @@ def validate_args(args: argparse.Namespace) -> list[str]:
             resolve_node(name)
         except UnknownNodeError as exc:
             raise CliError(f"--nodes: {exc}") from None
+    try:
+        check_pipeline(pipeline_with(extras))
+    except ValueError as exc:
+        raise CliError(f"--nodes: {exc}") from None
+    return pipeline_with(extras)
+
+
+def validate_args(args: argparse.Namespace) -> RunSpec:
+    """Checks argparse cannot do, the task's defaults filled in (see :func:`resolve_task`), the database
+    created and migrated; the :class:`RunSpec` to carry out. Raises CliError (one line)."""
+    resolve_task(args)
+    validate_controllers(args)
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise CliError("--device cuda: torch.cuda.is_available() is False on this machine")
-    if args.llm_base_url is not None and not args.llm_base_url.startswith(("http://", "https://")):
-        raise CliError(f"--llm-base-url must start with http:// or https://, got {args.llm_base_url!r}")
-    try:
-        check_pipeline(pipeline_with(extras))
-    except ValueError as exc:
-        raise CliError(f"--nodes: {exc}") from None
     if args.resume and args.replay:
         raise CliError("--resume and --replay cannot be combined")
     if args.controller == ["none"] and args.arms == "guided":
         raise CliError("--arms guided needs a controller; --controller none runs the baseline only")
-    preflight_database(args.db)
-    return pipeline_with(extras)
+    spec = RunSpec(
+        task=args.task, task_options=args.task_options, regimes=args.regime, controllers=args.controller,
+        epochs=args.epochs, seed=args.seed, seeds=args.seeds, arms=args.arms, replay=args.replay,
+        resume=args.resume, rerun=args.rerun, db=args.db, out=args.out, device=args.device,
+        pipeline=node_pipeline(args), agent_timeout_s=args.agent_timeout, agent_retries=args.agent_retries,
+        max_repairs=args.max_repairs, llm=model_spec(args),
+    )  # fmt: skip
+    preflight_database(spec.db)
+    return spec

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import uuid
@@ -11,10 +10,11 @@ from pathlib import Path
 
 import duckdb
 
-from agents.llm import LLMSettings
-from orchestration.cli import CliError, command_space
+from orchestration.cli import CliError
+from orchestration.spec import RunSpec
+from storage import queries
 from trainer.checkpoint import CheckpointError, read_state
-from trainer.config import TrainerConfig
+from trainer.config import TrainerConfig, upgrade_recorded_config
 
 
 @dataclass
@@ -36,50 +36,49 @@ class Arm:
     exit_code: int | None = None  # the trainer's, once it ran
 
 
-def plan_replay(args: argparse.Namespace) -> Arm:
-    """One arm that re-runs the recorded guided run ``args.replay`` with its recorded commands."""
-    with duckdb.connect(str(args.db), read_only=True) as con:
-        run = con.execute(
-            "SELECT arm, regime, seed, pair_id, config FROM runs WHERE run_id = ?", [args.replay]
-        ).fetchall()
-        decisions = con.execute(
-            "SELECT epoch, command FROM decisions WHERE run_id = ? ORDER BY epoch", [args.replay]
-        ).fetchall()
-    if not run:
-        raise CliError(f"--replay: no run {args.replay!r} in {args.db}")
-    arm, regime, seed, pair_id, config = run[0]
-    if arm != "guided" or not decisions:
-        raise CliError(f"--replay: run {args.replay!r} has no recorded decisions to replay (arm {arm})")
-    recorded = {"trainer": json.loads(config)["trainer"], "commands": {epoch: json.loads(c) for epoch, c in decisions}}
-    run_id = f"{args.replay}-replay-{uuid.uuid4().hex[:6]}"
-    return Arm("guided", "replay", regime, seed, pair_id, run_id, uuid.uuid4().hex[:16], replay_of=args.replay,
-               recorded=recorded)  # fmt: skip
+def plan_replay(spec: RunSpec) -> Arm:
+    """One arm that re-runs the recorded guided run ``spec.replay`` with its recorded commands."""
+    with duckdb.connect(str(spec.db), read_only=True) as con:
+        run = queries.recorded_run(con, spec.replay)
+        try:
+            commands = queries.recorded_commands(con, spec.replay) if run is not None else {}
+        except ValueError as exc:  # pydantic's ValidationError: a command this build cannot apply
+            raise CliError(f"--replay: run {spec.replay!r} has a recorded command this version cannot apply: "
+                           f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+    if run is None:
+        raise CliError(f"--replay: no run {spec.replay!r} in {spec.db}")
+    if run.arm != "guided" or not commands:
+        raise CliError(f"--replay: run {spec.replay!r} has no recorded decisions to replay (arm {run.arm})")
+    # commands: epoch -> UpdateCommand (schema 1 commands converted to the named-knob form)
+    recorded = {"trainer": run.config["trainer"], "commands": commands}
+    run_id = f"{spec.replay}-replay-{uuid.uuid4().hex[:6]}"
+    return Arm("guided", "replay", run.regime, run.seed, run.pair_id, run_id, uuid.uuid4().hex[:16],
+               replay_of=spec.replay, recorded=recorded)  # fmt: skip
 
 
-def plan_resume(args: argparse.Namespace) -> Arm:
-    """The recorded run ``args.resume``, to continue from its checkpoint with its recorded settings."""
-    with duckdb.connect(str(args.db), read_only=True) as con:
-        rows = con.execute(
-            "SELECT arm, controller, regime, seed, pair_id, status, config FROM runs WHERE run_id = ?", [args.resume]
-        ).fetchall()
-    if not rows:
-        raise CliError(f"--resume: no run {args.resume!r} in {args.db}")
-    arm, controller, regime, seed, pair_id, status, config = rows[0]
+def plan_resume(spec: RunSpec) -> Arm:
+    """The recorded run ``spec.resume``, to continue from its checkpoint with its recorded settings."""
+    with duckdb.connect(str(spec.db), read_only=True) as con:
+        run = queries.recorded_run(con, spec.resume)
+    if run is None:
+        raise CliError(f"--resume: no run {spec.resume!r} in {spec.db}")
+    arm, controller, regime, seed, pair_id, status, config = (
+        run.arm, run.controller, run.regime, run.seed, run.pair_id, run.status, run.config
+    )  # fmt: skip
     if status == "completed":
-        raise CliError(f"--resume: run {args.resume!r} is already completed")
-    config = json.loads(config)
+        raise CliError(f"--resume: run {spec.resume!r} is already completed")
     try:
-        trainer = TrainerConfig.model_validate(config["trainer"])
+        trainer = TrainerConfig.model_validate(upgrade_recorded_config(config["trainer"]))
     except (KeyError, ValueError) as exc:
-        raise CliError(f"--resume: run {args.resume!r} has no usable trainer config: {exc}") from None
+        raise CliError(f"--resume: run {spec.resume!r} has no usable trainer config: {exc}") from None
     try:
         state = read_state(trainer.checkpoint_file)
     except CheckpointError as exc:
-        raise CliError(f"--resume: {exc}; without it run {args.resume!r} can only be run again from epoch 1") from None
-    if state.run_id != args.resume:
+        raise CliError(f"--resume: {exc}; without it run {spec.resume!r} can only be run again from epoch 1") from None
+    if state.run_id != spec.resume:
         raise CliError(f"--resume: {trainer.checkpoint_file} belongs to run {state.run_id!r}")
     return Arm(
-        arm, controller, regime, seed, pair_id, args.resume, config.get("fingerprint") or uuid.uuid4().hex[:16],
+        arm, controller, regime, seed, pair_id, spec.resume, config.get("fingerprint") or uuid.uuid4().hex[:16],
         replay_of=config.get("replay_of"), recorded={"trainer": config["trainer"], "agent": config.get("agent")},
         resume_from=trainer.checkpoint_file, resume_epoch=state.epoch,
     )  # fmt: skip
@@ -88,87 +87,103 @@ def plan_resume(args: argparse.Namespace) -> Arm:
 def prepare_resume(db: Path, arm: Arm) -> dict[str, int]:
     """Before the recorder opens the database: drop the rows of epochs after the checkpoint (they run
     again, and their decisions may differ) and mark the run running. Returns the rows dropped per table."""
-    dropped = {}
     with duckdb.connect(str(db)) as con:
-        con.execute("BEGIN TRANSACTION")
-        for table in ("epochs", "decisions", "reflections"):
-            where = f"FROM {table} WHERE run_id = ? AND epoch > ?"
-            dropped[table] = con.execute(f"SELECT count(*) {where}", [arm.run_id, arm.resume_epoch]).fetchall()[0][0]
-            con.execute(f"DELETE {where}", [arm.run_id, arm.resume_epoch]).fetchall()
-        con.execute(
-            "UPDATE runs SET status = 'running', status_reason = ?, finished_at = NULL WHERE run_id = ?",
-            [f"resumed after epoch {arm.resume_epoch}", arm.run_id],
-        ).fetchall()
-        con.execute("COMMIT")
-    return dropped
+        return queries.discard_epochs_after(
+            con, arm.run_id, arm.resume_epoch, f"resumed after epoch {arm.resume_epoch}"
+        )
 
 
 def compare_replay(db: Path, original: str, replay: str) -> str:
-    """How closely the replay's epochs match the original's."""
+    """How closely the replay's epochs match the original's: the objective, the metric that differs most
+    besides it, and how many epochs ran with other knob values."""
     with duckdb.connect(str(db), read_only=True) as con:
-        rows = con.execute(
-            """
-            SELECT count(*), max(abs(a.val_acc - b.val_acc)), max(abs(a.train_loss - b.train_loss)),
-                   max(abs(a.val_loss - b.val_loss)), count(*) FILTER (WHERE a.lr <> b.lr OR a.dropout <> b.dropout)
-            FROM epochs a JOIN epochs b ON a.epoch = b.epoch WHERE a.run_id = ? AND b.run_id = ?
-            """,
-            [original, replay],
-        ).fetchall()
-    n, d_val_acc, d_train_loss, d_val_loss, hyper = rows[0]
+        c = queries.compare_runs(con, original, replay)
+
+    def fmt(delta: float | None) -> str:
+        return "n/a" if delta is None else f"{delta:.2e}"
+
+    other = c.largest_other()
+    others = f", other metrics {fmt(other[1])} ({other[0]})" if other else ""
     return (
-        f"replay {replay} of {original}: {n} epochs compared; max |delta| val_acc {d_val_acc:.2e}, "
-        f"train_loss {d_train_loss:.2e}, val_loss {d_val_loss:.2e}; epochs with other hyperparameters: {hyper}"
+        f"replay {replay} of {original}: {c.epochs} epochs compared; max |delta| {c.objective} "
+        f"{fmt(c.objective_delta)}{others}; epochs with other hyperparameters: {c.hyperparameter_epochs}"
     )
 
 
-def plan_arms(args: argparse.Namespace, pipeline: list[str], settings: LLMSettings | None) -> list[Arm]:
-    """Every run the command asks for, baseline first within each (regime, seed) pair."""
-    guided = [c for c in args.controller if c != "none"] if args.arms in ("both", "guided") else []
-    with_baseline = args.arms in ("both", "baseline") or args.controller == ["none"]
+def experiment(spec: RunSpec, regime: str, seed: int, arm: str, controller: str, uses_llm: bool) -> dict:
+    """What makes a run the same experiment as another (its fingerprint is a hash of this): the task and its
+    training options, regime, seed, epochs, arm, controller, and the agent's and model's settings."""
+    what = {
+        "task": spec.task, "task_options": training_options(spec.task_options), "regime": regime, "seed": seed,
+        "epochs": spec.epochs, "arm": arm, "controller": controller,
+    }  # fmt: skip
+    if controller != "none":
+        what |= {"nodes": spec.pipeline, "max_repairs": spec.max_repairs}
+    if uses_llm:
+        llm = spec.llm
+        what |= {
+            "llm_model": llm.model_name, "llm_provider": "openai" if llm.remote else "local",
+            "command_space": llm.resolved_command_space(), "temperature": llm.temperature,
+            "llm_reflection": llm.reflection, "feed_reflection": llm.feed_reflection,
+        }  # fmt: skip
+    return what
+
+
+def fingerprint(what: dict) -> str:
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_arms(spec: RunSpec, recorded: list[queries.PairRow], uses_llm: dict[str, bool]) -> list[Arm]:
+    """Every run the spec asks for, baseline first within each (regime, seed) pair. ``recorded``: the runs the
+    database holds (a pair recorded earlier with the same data and schedule is joined; a run id is never
+    reused); ``uses_llm``: controller name -> whether it calls a model (``agents.controllers``). Pure."""
+    guided = [c for c in spec.controllers if c != "none"] if spec.arms in ("both", "guided") else []
+    with_baseline = spec.arms in ("both", "baseline") or spec.controllers == ["none"]
+    pairs = recorded_pairs(recorded, spec.task)
+    taken = {row.run_id for row in recorded}
     arms = []
-    pairs, taken = recorded_pairs(args.db)
-    for regime in args.regime:
-        for seed in range(args.seed, args.seed + args.seeds):
-            # A pair recorded earlier with the same data and schedule (a sweep extended or resumed) is joined.
-            pair_id = pairs.get((regime, seed, args.epochs, args.batch_size)) or uuid.uuid4().hex[:12]
+    for regime in spec.regimes:
+        for seed in range(spec.seed, spec.seed + spec.seeds):
+            key = (regime, seed, spec.epochs, _key(training_options(spec.task_options)))
+            pair_id = pairs.get(key) or uuid.uuid4().hex[:12]
             for name, controller in ([("baseline", "none")] if with_baseline else []) + [("guided", c) for c in guided]:
-                experiment = {
-                    "regime": regime, "seed": seed, "epochs": args.epochs, "batch_size": args.batch_size,
-                    "arm": name, "controller": controller,
-                }  # fmt: skip
-                if controller != "none":
-                    experiment |= {"nodes": pipeline, "max_repairs": args.max_repairs}
-                if controller == "llm":
-                    experiment |= {
-                        "llm_model": settings.model, "llm_provider": settings.provider,
-                        "command_space": command_space(args, settings), "temperature": settings.temperature,
-                        "llm_reflection": not args.no_llm_reflection, "feed_reflection": not args.no_reflection_feedback,
-                    }  # fmt: skip
-                fingerprint = hashlib.sha256(json.dumps(experiment, sort_keys=True).encode()).hexdigest()[:16]
-                run_id = f"{pair_id}-{name if controller == 'none' else controller}"
+                what = experiment(spec, regime, seed, name, controller, uses_llm.get(controller, False))
+                run_id = f"{pair_id}-{name if controller == 'none' else controller.replace(':', '.')}"
                 if run_id in taken:  # run again (--rerun, or after a failure): a run id is never reused
                     run_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
-                arms.append(Arm(name, controller, regime, seed, pair_id, run_id, fingerprint))
+                arms.append(Arm(name, controller, regime, seed, pair_id, run_id, fingerprint(what)))
     return arms
 
 
-def recorded_pairs(db: Path) -> tuple[dict[tuple, str], set[str]]:
-    """(regime, seed, epochs, batch size) -> pair_id of the earliest recorded pair, and every run id taken."""
-    with duckdb.connect(str(db), read_only=True) as con:
-        rows = con.execute(
-            "SELECT regime, seed, epochs, CAST(config->'trainer'->>'batch_size' AS INTEGER), pair_id, run_id FROM runs "
-            "WHERE controller <> 'replay' ORDER BY started_at"
-        ).fetchall()
+# Task options that change where files are or how fast, not what is trained: not part of an experiment's identity.
+NON_EXPERIMENT_OPTIONS = ("data_dir", "compile_eval")
+
+
+def training_options(task_options: dict) -> dict:
+    """The task options that make two runs different experiments (all but ``NON_EXPERIMENT_OPTIONS``)."""
+    return {k: v for k, v in task_options.items() if k not in NON_EXPERIMENT_OPTIONS and v is not None}
+
+
+def _key(options: dict) -> str:
+    return json.dumps(options, sort_keys=True)
+
+
+def recorded_pairs(recorded: list[queries.PairRow], task: str) -> dict[tuple, str]:
+    """(regime, seed, epochs, training options) -> pair_id of the earliest recorded pair of ``task``."""
     pairs: dict[tuple, str] = {}
-    for regime, seed, epochs, batch_size, pair_id, _ in rows:
-        pairs.setdefault((regime, seed, epochs, batch_size), pair_id)
-    return pairs, {row[5] for row in rows}
+    for row in recorded:
+        if row.task == task:
+            pairs.setdefault((row.regime, row.seed, row.epochs, _key(training_options(row.task_options))), row.pair_id)
+    return pairs
+
+
+def read_recorded_runs(db: Path) -> list[queries.PairRow]:
+    """The runs ``db`` holds, as sweep planning needs them."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        return queries.recorded_pairs(con)
 
 
 def completed_runs(db: Path) -> dict[str, str]:
     """fingerprint -> run_id of every completed run in the database."""
     with duckdb.connect(str(db), read_only=True) as con:
-        rows = con.execute(
-            "SELECT config->>'fingerprint', run_id FROM runs WHERE status = 'completed' ORDER BY finished_at"
-        ).fetchall()
-    return {fingerprint: run_id for fingerprint, run_id in rows if fingerprint}
+        return queries.completed_fingerprints(con)

@@ -3,7 +3,6 @@ probe), restart with a budget, stop in order; and the start-up handshakes with t
 
 from __future__ import annotations
 
-import argparse
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import zmq
+from pydantic import BaseModel
 
 from agents.config import AgentConfig
 from agents.llm import LLMSettings
@@ -21,7 +21,7 @@ from agents.llm_server import HangProbe, LLMServerError, LocalLLMServer
 from bus.liveness import LivenessProbe
 from bus.messages import ControlReply, ControlRequest, Hello, Ready
 from bus.transport import RecordSender, RequestClient
-from storage.database import EXIT_DATABASE_UNUSABLE
+from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_DATABASE_UNUSABLE, EXIT_INTERRUPTED, EXIT_OK
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -29,6 +29,45 @@ MAX_RESTARTS = 5  # per child and invocation
 # A recorder's loop may stall on a DuckDB checkpoint of a large file: about 20 s of silence before it counts as frozen.
 RECORDER_MISSES = 10
 AGENT_BUSY_SLACK_S = 5.0  # an agent busy this long past the trainer's timeout is stuck (bus.liveness)
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How to start and watch one child process: ``python -m <module> --config <run_dir>/<name>.json`` with
+    ``config`` written there; with ``health_endpoint`` (a socket answering liveness pings, ``bus.liveness``)
+    it is restarted when it misses ``misses`` pings in a row or stays busy on one request over
+    ``busy_limit_s``. ``restart``: restarted when it exits (services); the trainer is not (a crashed run is
+    ``failed`` and continues with ``--resume``)."""
+
+    name: str
+    module: str
+    config: BaseModel
+    health_endpoint: str | None = None
+    busy_limit_s: float | None = None
+    misses: int | None = None
+    restart: bool = True
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    """How a child process ended: its exit code (``bus.child``) and what that means for its run."""
+
+    name: str
+    code: int
+
+    @property
+    def status(self) -> str:
+        """The run status this exit gives a trainer: ``completed``, ``interrupted`` or ``failed``."""
+        return {EXIT_OK: "completed", EXIT_INTERRUPTED: "interrupted"}.get(self.code, "failed")
+
+    @property
+    def reason(self) -> str | None:
+        """``runs.status_reason``: None for a completed run."""
+        if self.code == EXIT_OK:
+            return None
+        if self.code == EXIT_DATA_UNAVAILABLE:  # --resume cannot help: the data must be fixed first
+            return "data_error: the task's data is unavailable (see the trainer's message)"
+        return f"{self.name} exit code {self.code}"
 
 
 @dataclass
@@ -41,7 +80,6 @@ class Orchestrator:
     continues with ``--resume``.
     """
 
-    args: argparse.Namespace
     run_dir: Path
     ctx: zmq.Context = field(default_factory=zmq.Context)
     children: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -54,34 +92,27 @@ class Orchestrator:
     # name -> (endpoint, busy limit s, misses): how the liveness probe watches that child
     health: dict[str, tuple[str, float | None, int | None]] = field(default_factory=dict)
 
-    def spawn(
-        self,
-        name: str,
-        module: str,
-        config,
-        health: str | None = None,
-        busy_limit_s: float | None = None,
-        misses: int | None = None,
-    ) -> subprocess.Popen:
-        """Start ``python -m module --config <run_dir>/<name>.json``; with ``health`` (an endpoint answering
-        liveness pings), the child is restarted when it stops answering or stays busy over ``busy_limit_s``."""
-        path = self.run_dir / f"{name}.json"
-        path.write_text(config.model_dump_json(indent=2))
+    def spawn(self, child: ChildSpec) -> subprocess.Popen:
+        """Start ``child`` and watch it as its spec says."""
+        path = self.run_dir / f"{child.name}.json"
+        path.write_text(child.config.model_dump_json(indent=2))
         # Own session: a Ctrl-C in the terminal reaches only run.py, which then stops the children in order.
-        cmd = [sys.executable, "-m", module, "--config", str(path)]
-        self.recipes[name] = lambda: subprocess.Popen(cmd, start_new_session=True)
-        self.children[name] = self.recipes[name]()
-        if health is not None:
+        cmd = [sys.executable, "-m", child.module, "--config", str(path)]
+        self.children[child.name] = subprocess.Popen(cmd, start_new_session=True)
+        if child.restart:
+            self.recipes[child.name] = lambda: subprocess.Popen(cmd, start_new_session=True)
+        if child.health_endpoint is not None:
             if self.liveness is None:
                 self.liveness = LivenessProbe(self.ctx).start()
-            self.health[name] = (health, busy_limit_s, misses)
-            self.liveness.watch(name, health, self.children[name], busy_limit_s, misses)
-        return self.children[name]
+            self.health[child.name] = (child.health_endpoint, child.busy_limit_s, child.misses)
+            self.liveness.watch(child.name, child.health_endpoint, self.children[child.name], child.busy_limit_s,
+                                child.misses)  # fmt: skip
+        return self.children[child.name]
 
     def supervise(self) -> None:
         """Restart every service child that died, and the model server if it stopped answering."""
         for name, proc in list(self.children.items()):
-            if name == "trainer" or name not in self.recipes:
+            if name not in self.recipes:  # not restarted (the trainer), or no longer
                 continue
             code = proc.poll()
             if name == "recorder" and code == EXIT_DATABASE_UNUSABLE:  # a restart would meet the same file
@@ -136,8 +167,9 @@ class Orchestrator:
                 return True
         return False
 
-    def wait(self, proc: subprocess.Popen, sender: RecordSender) -> int:
-        """Supervise the other children until ``proc`` exits; its exit code."""
+    def wait(self, name: str, sender: RecordSender) -> ChildExit:
+        """Supervise the other children until child ``name`` exits; how it ended."""
+        proc = self.children[name]
         while (code := proc.poll()) is None:
             self.supervise()
             sender.pump()
@@ -145,7 +177,7 @@ class Orchestrator:
                 proc.wait(0.2)
             except subprocess.TimeoutExpired:
                 pass
-        return code
+        return ChildExit(name, code)
 
     def stop_child(self, name: str, grace_s: float = STOP_GRACE_S) -> int | None:
         self.recipes.pop(name, None)

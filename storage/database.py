@@ -20,7 +20,7 @@ import duckdb
 
 # The recorder's exit code when the database cannot be opened or migrated for a reason that a restart
 # does not fix (a damaged WAL, not a DuckDB file, a newer format). sysexits.h EX_DATAERR.
-EXIT_DATABASE_UNUSABLE = 65
+from bus.child import EXIT_DATABASE_UNUSABLE  # noqa: E402,F401  (re-exported: the recorder's exit code)
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.*?) \(PID (?P<pid>\d+)\)")
 

@@ -26,6 +26,7 @@ from storage.live import (
     live_recorder,
     read_endpoint,
 )
+from storage.schema import MIGRATIONS, migrate
 
 # A recorder that is starting has the file locked a moment before it publishes its endpoint, and one
 # that is stopping withdraws its endpoint a moment before it lets go of the file.
@@ -135,11 +136,40 @@ def open_reader(db: Path, lock_wait_s: float = LOCK_WAIT_S) -> Iterator[Reader]:
     if not db.is_file():
         raise ReaderError(f"no database at {db}")
     con, recorder = _connect(db, lock_wait_s)
+    if con is not None and _schema_behind(con):
+        con.close()
+        con = _migrate_and_reopen(db)
     reader = DirectReader(con) if con is not None else LiveReader(db, recorder)
     try:
         yield reader
     finally:
         reader.close()
+
+
+def _schema_behind(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con``'s file is a ReflectNet database written before the latest migration (the views the
+    report reads need its columns). A file without ``schema_version`` is left alone: queries say what fails."""
+    try:
+        version = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+    except duckdb.Error:
+        return False
+    return version is not None and version < MIGRATIONS[-1][0]
+
+
+def _migrate_and_reopen(db: Path) -> duckdb.DuckDBPyConnection:
+    """Bring an older file to the latest schema (columns added and backfilled, no record changed), as any
+    run would at its start, then open it read-only again."""
+    try:
+        con = open_database(db)
+        try:
+            migrate(con)
+        finally:
+            con.close()
+        return open_database(db, read_only=True)
+    except DatabaseError as exc:
+        raise ReaderError(f"{exc} (it was written by an earlier ReflectNet and must be migrated once)") from None
+    except duckdb.Error as exc:
+        raise ReaderError(f"cannot migrate {db} to the latest schema: {first_line(exc)}") from None
 
 
 def _connect(db: Path, lock_wait_s: float) -> tuple[duckdb.DuckDBPyConnection | None, LiveRecorder | None]:

@@ -25,8 +25,8 @@ import duckdb
 import zmq
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals
-from bus.log import configure_logging
+from bus.child import EXIT_BIND_FAILED, EXIT_DATABASE_UNUSABLE, EXIT_OK, Child, run_child
+from bus.lifecycle import Stop, ignore_signals
 from bus.messages import (
     BusDecodeError,
     ControlReply,
@@ -43,7 +43,6 @@ from bus.messages import (
 )
 from bus.transport import check_endpoint
 from storage.database import (
-    EXIT_DATABASE_UNUSABLE,
     DatabaseLocked,
     DatabaseUnusable,
     first_line,
@@ -78,20 +77,50 @@ def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None)
 
 
+def _columns(table: str, names: str, values: str | None = None) -> str:
+    """``INSERT INTO table (names) VALUES (?, ...)``: columns by name, as migrations append them."""
+    count = len(names.split(","))
+    return f"INSERT INTO {table} ({names}) VALUES ({values or ', '.join('?' * count)}) ON CONFLICT DO NOTHING"
+
+
 INSERTS: dict[str, str] = {
-    "runs": "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, ?, NULL, ?) ON CONFLICT DO NOTHING",
-    "epochs": "INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    "decisions": "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-    "reflections": "INSERT INTO reflections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+    "runs": _columns(
+        "runs",
+        "run_id, pair_id, arm, regime, n_train, controller, llm_model, seed, epochs, status, status_reason, "
+        "started_at, finished_at, config, task, objective, mode",
+        "?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, ?, NULL, ?, ?, ?, ?",
+    ),
+    "epochs": _columns(
+        "epochs",
+        "run_id, epoch, train_loss, train_acc, val_loss, val_acc, lr, dropout, alpha, wall_s, per_class_val_acc, "
+        "grad_norms, weight_norms, objective, metrics, hyperparameters, vectors",
+    ),
+    "decisions": _columns(
+        "decisions",
+        "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
+        "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens",
+    ),
+    "reflections": _columns(
+        "reflections",
+        "run_id, epoch, about_epoch, prev_val_acc, val_acc, verdict, text, judge, rule_verdict, objective, "
+        "objective_before, objective_after",
+    ),
     "events": "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
     "finished": "UPDATE runs SET status = ?, status_reason = ?, finished_at = ? WHERE run_id = ?",
 }
 # Order matters within a flush: a run must exist before its status is updated.
 FLUSH_ORDER = ["runs", "epochs", "decisions", "reflections", "events", "finished"]
 
+# The MNIST columns of the epochs table (schema 1) and the metric, vector or knob each is filled from
+# when a task reports it (else NULL).
+LEGACY_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+LEGACY_KNOBS = {"lr": "learning_rate", "dropout": "dropout"}
+LEGACY_VECTOR = "per_class_val_acc"
+LEGACY_OBJECTIVE = "val_acc"  # reflections.prev_val_acc / val_acc hold a reflection on this objective only
+
 
 def row_for(message: Message) -> tuple[str, tuple]:
-    """The table and row a record message becomes."""
+    """The table and row a record message becomes (columns in the order of :data:`INSERTS`)."""
     if isinstance(message, RunStarted):
         m = message
         return "runs", (
@@ -99,30 +128,34 @@ def row_for(message: Message) -> tuple[str, tuple]:
             m.pair_id,
             m.arm,
             m.regime,
-            m.n_train,
+            m.budget,  # n_train: training examples, or environment steps per epoch
             m.controller,
             m.llm_model,
             m.seed,
             m.epochs,
             _utc(m.started_at),
             json.dumps(m.config),
+            m.task,
+            m.objective,
+            m.mode,
         )
     if isinstance(message, EpochRecord):
         m = message
         return "epochs", (
             m.run_id,
             m.epoch,
-            m.train_loss,
-            m.train_acc,
-            m.val_loss,
-            m.val_acc,
-            m.lr,
-            m.dropout,
+            *(m.metrics.get(name) for name in LEGACY_METRICS),
+            m.hyperparameters.get(LEGACY_KNOBS["lr"]),
+            m.hyperparameters.get(LEGACY_KNOBS["dropout"]),
             m.alpha,
             m.wall_s,
-            m.per_class_val_acc,
+            m.vectors.get(LEGACY_VECTOR),
             json.dumps(m.grad_norms),
             json.dumps(m.weight_norms),
+            m.objective,
+            json.dumps(m.metrics),
+            json.dumps(m.hyperparameters),
+            json.dumps(m.vectors),
         )
     if isinstance(message, DecisionRecord):
         d = message.decision
@@ -146,16 +179,20 @@ def row_for(message: Message) -> tuple[str, tuple]:
         )
     if isinstance(message, ReflectionRecord):
         r = message.reflection
+        legacy = r.objective == LEGACY_OBJECTIVE
         return "reflections", (
             message.run_id,
             r.epoch,
             r.about_epoch,
-            r.prev_val_acc,
-            r.val_acc,
+            r.objective_before if legacy else None,
+            r.objective_after if legacy else None,
             r.verdict,
             r.text,
             r.judge,
             r.rule_verdict,
+            r.objective,
+            r.objective_before,
+            r.objective_after,
         )
     if isinstance(message, LogEvent):
         m = message
@@ -308,173 +345,187 @@ def open_recorder_database(db: Path, lock_wait_s: float = LOCK_WAIT_S) -> duckdb
     return con
 
 
-def serve(cfg: RecorderConfig) -> int:
-    """Run the recorder until ``stop``, a signal, or the orchestrator's exit; the process's exit code.
+class Recorder:
+    """The recorder's sockets and loop over one open database: records in (ROUTER), control requests (REP),
+    live queries (``storage.live``); batched commits, each followed by the senders' acknowledgements."""
 
-    0 after a clean stop; 2 when it cannot bind its sockets or the file stays locked by another
-    process; :data:`EXIT_DATABASE_UNUSABLE` (65) when the database cannot be opened for a reason that
-    a restart does not fix (an unreplayable WAL, not a DuckDB file): one line on stderr names the file.
+    def __init__(self, cfg: RecorderConfig, con: duckdb.DuckDBPyConnection, child: Child):
+        self.cfg, self.con, self.log = cfg, con, child.log
+        self.buffer = RecordBuffer(con)
+        self.pull = child.ctx.socket(zmq.ROUTER)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.RCVHWM, 100_000)
+        self.pull.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a sender that reconnects under its identity takes over
+        self.control = child.ctx.socket(zmq.REP)
+        self.control.setsockopt(zmq.LINGER, 1000)
+        self.queries: QueryService | None = None
+        self.flush_ms: list[float] = []  # how long each commit took, for the closing event
+        self.out_of_order: dict[str, int] = {}
+        self.last_flush = time.monotonic()
+
+    def own_event(self, event: LogEvent) -> None:
+        """The recorder's own log events go straight into the buffer."""
+        try:
+            self.buffer.add(event)
+        except RecordRejected:  # an event naming a run this database does not know: keep it in the file only
+            pass
+
+    def bind(self, ctx: zmq.Context) -> zmq.Poller:
+        """Bind the sockets, publish the live-query endpoint; raises ZMQError / OSError."""
+        cfg = self.cfg
+        self.pull.bind(cfg.endpoint)
+        self.control.bind(cfg.control_endpoint)
+        self.queries = QueryService(self.con, ctx, query_endpoint_for(cfg.run_dir, os.getpid()), self.log)
+        poller = zmq.Poller()
+        for sock in (self.pull, self.control, self.queries.socket, self.queries.results):
+            poller.register(sock, zmq.POLLIN)
+        publish_endpoint(
+            RecorderEndpoint(pid=os.getpid(), db_path=str(cfg.db_path.resolve()), query_endpoint=self.queries.endpoint,
+                             control_endpoint=cfg.control_endpoint, started_at=time.time())
+        )  # fmt: skip
+        self.log.info("recorder_ready", db=str(cfg.db_path), endpoint=cfg.endpoint, query_endpoint=self.queries.endpoint)
+        return poller
+
+    def receive(self, frames: list[bytes]) -> None:
+        """One record ``[identity, seq, topic, json]``: taken once, in order, or dropped with a reason."""
+        identity, body = frames[0], frames[1:]
+        if len(body) != 3 or not body[0].isdigit() or len(body[0]) > 18 or int(body[0]) < 1:
+            self.log.warning("bad_frame", reason="expected [seq, topic, json] from a record sender", frames=len(body))
+            return
+        sender = identity.decode("latin-1")
+        state = self.buffer.accept(sender, int(body[0]))
+        if state == "duplicate":  # already here: say so again, the first ack may have been lost
+            if sender in self.buffer.committed:
+                self.pull.send_multipart([identity, b"ack", str(self.buffer.committed[sender]).encode()])
+            return
+        if state == "gap":  # an earlier message is missing; the sender resends everything unacknowledged in order
+            self.out_of_order[sender] = self.out_of_order.get(sender, 0) + 1
+            return
+        try:
+            self.buffer.add(decode(body[1:]))
+        except BusDecodeError as exc:
+            self.log.warning("bad_frame", reason=exc.reason, frames=len(body))
+        except RecordRejected as exc:
+            self.log.warning("record_rejected", reason=str(exc))
+        except Exception as exc:  # a valid message no row can hold (a timestamp past year 9999, say)
+            self.log.warning("record_rejected", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+
+    def receive_batch(self, limit: int = 1000) -> None:
+        for _ in range(limit):
+            try:
+                self.receive(self.pull.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+
+    def flush(self) -> None:
+        """Commit what is buffered, then acknowledge each sender's last committed message."""
+        if self.out_of_order:
+            self.log.info("out_of_order", dropped=sum(self.out_of_order.values()), senders=len(self.out_of_order))
+            self.out_of_order.clear()
+        started = time.perf_counter()
+        committed = self.buffer.flush()
+        if committed:
+            self.flush_ms.append((time.perf_counter() - started) * 1000)
+        for sender, seq in committed.items():
+            self.pull.send_multipart([sender.encode("latin-1"), b"ack", str(seq).encode()])
+        self.last_flush = time.monotonic()
+
+    def drain(self) -> None:
+        """Take everything already queued; stop after a short quiet spell."""
+        while self.pull.poll(100, zmq.POLLIN):
+            self.receive_batch(limit=1_000_000)
+
+    def control_request(self) -> bool:
+        """Answer one control request; True when it was ``stop``."""
+        try:
+            request = decode(self.control.recv_multipart())
+        except BusDecodeError as exc:
+            self.log.warning("bad_control_frame", reason=exc.reason)
+            self.control.send_multipart(encode(ControlReply(op="?", ok=False, pid=os.getpid(), detail=exc.reason)))
+            return False
+        if not isinstance(request, ControlRequest):
+            reply = ControlReply(op=request.TOPIC, ok=False, pid=os.getpid(), detail="not a control request")
+            self.control.send_multipart(encode(reply))
+            return False
+        if request.op in ("sync", "stop"):
+            self.drain()
+            self.flush()
+        reply = ControlReply(op=request.op, ok=True, pid=os.getpid(), rows_written=self.buffer.written)
+        self.control.send_multipart(encode(reply))
+        return request.op == "stop"
+
+    def loop(self, poller: zmq.Poller, child: Child) -> None:
+        """Until ``stop`` or the orchestrator's exit: records, queries, control, and a commit at least every
+        ``flush_interval_s`` (or every ``batch_rows`` rows)."""
+        cfg, buffer = self.cfg, self.buffer
+        while True:
+            ready = dict(poller.poll(100))
+            if self.pull in ready:
+                self.receive_batch()
+            if self.queries.socket in ready:
+                self.queries.receive()
+            if self.queries.results in ready:
+                self.queries.deliver()
+            if self.control in ready and self.control_request():
+                return
+            if buffer.pending >= cfg.batch_rows or (
+                buffer.unsaved and time.monotonic() - self.last_flush >= cfg.flush_interval_s
+            ):
+                self.flush()
+            if child.orphaned():
+                self.log.error("orchestrator_gone")
+                return
+
+    def close(self) -> None:
+        """Withdraw the live endpoint, commit the rest, checkpoint, close the file and sockets."""
+        if self.queries is not None:
+            self.queries.close()
+            withdraw_endpoint(self.cfg.db_path.resolve(), os.getpid())
+        self.flush()
+        timings = sorted(self.flush_ms) or [0.0]
+        self.log.info(
+            "recorder_closing", rows_written=self.buffer.written + self.buffer.pending, flushes=len(self.flush_ms),
+            flush_ms_p50=round(timings[len(timings) // 2], 3), flush_ms_p99=round(timings[int(len(timings) * 0.99)], 3),
+            flush_ms_max=round(timings[-1], 3), queries_answered=self.queries.answered if self.queries else 0,
+        )  # fmt: skip
+        self.flush()
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        self.pull.close()
+        self.control.close()
+
+
+def serve(cfg: RecorderConfig, child: Child) -> int:
+    """The recorder's body under the child-process runtime (``bus.child``); its exit code: 0 after a clean
+    stop (``stop``, a signal, the orchestrator's exit); 2 when it cannot bind its sockets or the file stays
+    locked by another process; :data:`EXIT_DATABASE_UNUSABLE` (65) when the database cannot be opened for a
+    reason that a restart does not fix (an unreplayable WAL, not a DuckDB file): one line on stderr names it.
     """
     try:
         con = open_recorder_database(cfg.db_path)
     except DatabaseLocked as exc:
         print(f"recorder: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_BIND_FAILED
     except DatabaseUnusable as exc:
         print(f"recorder: {exc}", file=sys.stderr, flush=True)
         return EXIT_DATABASE_UNUSABLE
-    buffer = RecordBuffer(con)
-
-    def own_event(event: LogEvent) -> None:
-        try:
-            buffer.add(event)
-        except RecordRejected:  # an event naming a run this database does not know: keep it in the file only
-            pass
-
-    log = configure_logging("recorder", cfg.run_dir / "logs", forward=own_event)
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.ROUTER)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.setsockopt(zmq.RCVHWM, 100_000)
-    pull.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a sender that reconnects under its identity takes over
-    control = ctx.socket(zmq.REP)
-    control.setsockopt(zmq.LINGER, 1000)
-    parent = os.getppid()
-    queries: QueryService | None = None
-    flush_ms: list[float] = []  # how long each commit took, for the closing event
-
-    stop_on_signals()
-
-    def receive(frames: list[bytes]) -> None:
-        identity, body = frames[0], frames[1:]
-        if len(body) != 3 or not body[0].isdigit() or len(body[0]) > 18 or int(body[0]) < 1:
-            log.warning("bad_frame", reason="expected [seq, topic, json] from a record sender", frames=len(body))
-            return
-        sender = identity.decode("latin-1")
-        state = buffer.accept(sender, int(body[0]))
-        if state == "duplicate":  # already here: say so again, the first ack may have been lost
-            if sender in buffer.committed:
-                pull.send_multipart([identity, b"ack", str(buffer.committed[sender]).encode()])
-            return
-        if state == "gap":  # an earlier message is missing; the sender resends everything unacknowledged in order
-            out_of_order[sender] = out_of_order.get(sender, 0) + 1
-            return
-        try:
-            buffer.add(decode(body[1:]))
-        except BusDecodeError as exc:
-            log.warning("bad_frame", reason=exc.reason, frames=len(body))
-        except RecordRejected as exc:
-            log.warning("record_rejected", reason=str(exc))
-        except Exception as exc:  # a valid message no row can hold (a timestamp past year 9999, say)
-            log.warning("record_rejected", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
-
-    out_of_order: dict[str, int] = {}
-
-    def flush() -> None:
-        if out_of_order:
-            log.info("out_of_order", dropped=sum(out_of_order.values()), senders=len(out_of_order))
-            out_of_order.clear()
-        started = time.perf_counter()
-        committed = buffer.flush()
-        if committed:
-            flush_ms.append((time.perf_counter() - started) * 1000)
-        for sender, seq in committed.items():
-            pull.send_multipart([sender.encode("latin-1"), b"ack", str(seq).encode()])
-
-    def drain() -> None:
-        # Take everything already queued; stop after a short quiet spell.
-        while pull.poll(100, zmq.POLLIN):
-            while True:
-                try:
-                    receive(pull.recv_multipart(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-
-    poller = zmq.Poller()
+    recorder = Recorder(cfg, con, child)
+    child.event_sink = recorder.own_event
     try:
-        pull.bind(cfg.endpoint)
-        control.bind(cfg.control_endpoint)
-        queries = QueryService(con, ctx, query_endpoint_for(cfg.run_dir, os.getpid()), log)
-        poller.register(pull, zmq.POLLIN)
-        poller.register(control, zmq.POLLIN)
-        poller.register(queries.socket, zmq.POLLIN)
-        poller.register(queries.results, zmq.POLLIN)
-        publish_endpoint(
-            RecorderEndpoint(pid=os.getpid(), db_path=str(cfg.db_path.resolve()), query_endpoint=queries.endpoint,
-                             control_endpoint=cfg.control_endpoint, started_at=time.time())
-        )  # fmt: skip
-        log.info("recorder_ready", db=str(cfg.db_path), endpoint=cfg.endpoint, query_endpoint=queries.endpoint)
-        last_flush = time.monotonic()
-        stopping = False
-        while not stopping:
-            ready = dict(poller.poll(100))
-            if pull in ready:
-                for _ in range(1000):
-                    try:
-                        receive(pull.recv_multipart(zmq.NOBLOCK))
-                    except zmq.Again:
-                        break
-            if queries.socket in ready:
-                queries.receive()
-            if queries.results in ready:
-                queries.deliver()
-            if control in ready:
-                try:
-                    request = decode(control.recv_multipart())
-                except BusDecodeError as exc:
-                    log.warning("bad_control_frame", reason=exc.reason)
-                    control.send_multipart(encode(ControlReply(op="?", ok=False, pid=os.getpid(), detail=exc.reason)))
-                    continue
-                if not isinstance(request, ControlRequest):
-                    control.send_multipart(
-                        encode(
-                            ControlReply(op=request.TOPIC, ok=False, pid=os.getpid(), detail="not a control request")
-                        )
-                    )
-                    continue
-                if request.op in ("sync", "stop"):
-                    drain()
-                    flush()
-                    last_flush = time.monotonic()
-                stopping = request.op == "stop"
-                control.send_multipart(
-                    encode(ControlReply(op=request.op, ok=True, pid=os.getpid(), rows_written=buffer.written))
-                )
-            if buffer.pending >= cfg.batch_rows or (
-                buffer.unsaved and time.monotonic() - last_flush >= cfg.flush_interval_s
-            ):
-                flush()
-                last_flush = time.monotonic()
-            if os.getppid() != parent:
-                log.error("orchestrator_gone")
-                stopping = True
-        return 0
+        recorder.loop(recorder.bind(child.ctx), child)
+        return EXIT_OK
     except Stop as stop:
-        log.warning("recorder_stopped", signal=str(stop))
-        drain()
-        return 0
+        recorder.log.warning("recorder_stopped", signal=str(stop))
+        recorder.drain()
+        return EXIT_OK
     except (zmq.ZMQError, OSError) as exc:
         print(f"recorder: cannot bind {cfg.endpoint} or publish its endpoint: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_BIND_FAILED
     finally:
         ignore_signals()
-        if queries is not None:
-            queries.close()
-            withdraw_endpoint(cfg.db_path.resolve(), os.getpid())
-        flush()
-        timings = sorted(flush_ms) or [0.0]
-        log.info(
-            "recorder_closing", rows_written=buffer.written + buffer.pending, flushes=len(flush_ms),
-            flush_ms_p50=round(timings[len(timings) // 2], 3), flush_ms_p99=round(timings[int(len(timings) * 0.99)], 3),
-            flush_ms_max=round(timings[-1], 3), queries_answered=queries.answered if queries is not None else 0,
-        )  # fmt: skip
-        flush()
-        con.execute("CHECKPOINT")
-        con.close()
-        pull.close()
-        control.close()
-        ctx.term()
+        recorder.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return serve(read_config(RecorderConfig, "python -m storage", "ReflectNet recorder process", argv))
+    # The recorder is the sink: its own log events go into its buffer (child.event_sink), not over the bus.
+    return run_child("recorder", RecorderConfig, serve, argv, forward_logs=False, stopped_code=EXIT_OK)

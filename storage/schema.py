@@ -3,6 +3,19 @@
 The tables are a public interface (DESIGN.md): change them only by appending a migration to
 ``MIGRATIONS``. Views are recreated on every open, so they may change freely; :func:`migrate`
 checkpoints right after, so that DDL never waits in the WAL. Timestamps are UTC.
+
+Since migration 4 every run names its task, objective metric and direction (``runs.task``,
+``objective``, ``mode``) and every epoch its metrics, knob values and vectors by name (JSON). The
+views work for every task:
+
+* ``run_results``: per run, ``final_objective``, ``best_objective`` (max or min by mode), ``best_epoch``,
+  its ``reference``/``reference_objective`` (see :data:`REFERENCE_PREFIXES`), and the paper's MNIST
+  columns ``final_val_acc``/``max_val_acc``/``final_train_acc`` (NULL for other tasks);
+* ``paper_table``: the paper's table, MNIST runs only; ``task_table``: every task's objective, final and
+  best, mean and std over seeds; ``task_references``: the references beside them;
+* ``decision_outcomes``: each decision with the objective before and after it, ``improvement`` (positive
+  is better), the knob values before it and those it set (and the MNIST columns lr/dropout/val_acc);
+* ``controller_reliability``: per task, controller and model.
 """
 
 from __future__ import annotations
@@ -97,19 +110,81 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        -- Task-agnostic records (bus schema v2): a run trains one task towards one objective metric with a
+        -- direction; an epoch records its metrics, vectors and hyperparameters by name. The MNIST columns
+        -- of migration 1 stay (a public interface): the recorder still fills them when the names exist
+        -- (train_loss, train_acc, val_loss, val_acc, learning_rate -> lr, dropout, per_class_val_acc),
+        -- else NULL. runs.n_train holds the run's budget: training examples, or environment steps per epoch.
+        -- Every row written before is an MNIST row: the backfill says so. (DuckDB 2.0 adds columns to
+        -- these tables with a PRIMARY KEY and updates their non-key columns in place, in this transaction;
+        -- tests/storage/test_migration.py migrates a schema 3 file and checks every old view column.)
+        ALTER TABLE runs ADD COLUMN task VARCHAR;           -- mnist | diabetes | cartpole | ...
+        ALTER TABLE runs ADD COLUMN objective VARCHAR;      -- the metric that decides what is better
+        ALTER TABLE runs ADD COLUMN mode VARCHAR;           -- max | min: the objective's direction
+        UPDATE runs SET task = 'mnist', objective = 'val_acc', mode = 'max';
+        ALTER TABLE epochs ADD COLUMN objective DOUBLE;     -- the run's objective metric this epoch
+        ALTER TABLE epochs ADD COLUMN metrics JSON;         -- {name: value}, the objective among them
+        ALTER TABLE epochs ADD COLUMN hyperparameters JSON; -- {knob: value used during this epoch}
+        ALTER TABLE epochs ADD COLUMN vectors JSON;         -- {name: [values]}, e.g. per_class_val_acc
+        -- (json_merge_patch onto {} drops the keys whose value is NULL, as the recorder never writes them)
+        UPDATE epochs SET
+            objective = val_acc,
+            metrics = json_merge_patch('{}', json_object('train_loss', train_loss, 'train_acc', train_acc,
+                                                         'val_loss', val_loss, 'val_acc', val_acc)),
+            hyperparameters = json_merge_patch('{}', json_object('dropout', dropout, 'learning_rate', lr)),
+            vectors = json_merge_patch('{}', json_object('per_class_val_acc', per_class_val_acc));
+        ALTER TABLE reflections ADD COLUMN objective VARCHAR;        -- the metric judged
+        ALTER TABLE reflections ADD COLUMN objective_before DOUBLE;  -- after the epoch the decision followed
+        ALTER TABLE reflections ADD COLUMN objective_after DOUBLE;   -- after the epoch it governed
+        UPDATE reflections SET objective = 'val_acc', objective_before = prev_val_acc, objective_after = val_acc;
+        """,
+    ),
 ]
 
-VIEWS = """
+# Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix
+# listed here (the diabetes task's ``ols_val_rmse``: ordinary least squares on the same split) is a
+# reference, shown as a line in the figures and a row in the tables, never as a run. A task with another
+# kind of reference reports ``ref_<objective>``. The first prefix found in a run's metrics wins.
+REFERENCE_PREFIXES: dict[str, str] = {"ols": "least squares", "ref": "reference"}
+
+
+def _reference_metric(prefix: str) -> str:
+    """The run's reference value (at the last epoch that reported it) for one prefix, as SQL."""
+    return f"arg_max(TRY_CAST(e.metrics->>('{prefix}_' || r.objective) AS DOUBLE), e.epoch)"
+
+
+_REFERENCE_VALUE = "coalesce(" + ", ".join(_reference_metric(p) for p in REFERENCE_PREFIXES) + ")"
+_REFERENCE_NAME = (
+    "CASE " + " ".join(f"WHEN {_reference_metric(p)} IS NOT NULL THEN '{p}'" for p in REFERENCE_PREFIXES) + " END"
+)
+_REFERENCE_LABEL = "CASE reference " + " ".join(f"WHEN '{p}' THEN '{label}'" for p, label in REFERENCE_PREFIXES.items())
+_REFERENCE_LABEL += " END"
+
+VIEWS = f"""
+-- One row per run with any epoch: the task's objective at the last epoch and at its best (by mode; NaN,
+-- a diverged epoch, is never the best), the MNIST columns of the paper (NULL for other tasks), and the
+-- reference the task reported beside the run, if any (see REFERENCE_PREFIXES in storage/schema.py).
 CREATE OR REPLACE VIEW run_results AS
 SELECT r.run_id, r.pair_id, r.arm, r.regime, r.n_train, r.controller, r.seed, r.status,
        count(e.epoch) AS epochs_run,
        arg_max(e.val_acc, e.epoch) AS final_val_acc,
        max(e.val_acc) AS max_val_acc,
-       arg_max(e.train_acc, e.epoch) AS final_train_acc
+       arg_max(e.train_acc, e.epoch) AS final_train_acc,
+       r.task, r.objective, r.mode,
+       arg_max(e.objective, e.epoch) AS final_objective,
+       CASE WHEN r.mode = 'min' THEN min(e.objective) FILTER (WHERE NOT isnan(e.objective))
+            ELSE max(e.objective) FILTER (WHERE NOT isnan(e.objective)) END AS best_objective,
+       CASE WHEN r.mode = 'min' THEN arg_min(e.epoch, (e.objective, e.epoch)) FILTER (WHERE NOT isnan(e.objective))
+            ELSE arg_max(e.epoch, (e.objective, -e.epoch)) FILTER (WHERE NOT isnan(e.objective)) END AS best_epoch,
+       {_REFERENCE_NAME} AS reference,
+       {_REFERENCE_VALUE} AS reference_objective
 FROM runs r JOIN epochs e USING (run_id)
-GROUP BY ALL;
+GROUP BY r.run_id, r.pair_id, r.arm, r.regime, r.n_train, r.controller, r.seed, r.status, r.task, r.objective, r.mode;
 
--- The paper's table (section 3.1), averaged over seeds, completed runs only.
+-- The paper's table (section 3.1), averaged over seeds, completed MNIST runs only.
 CREATE OR REPLACE VIEW paper_table AS
 SELECT regime, n_train, arm, controller,
        count(*) AS n_seeds,
@@ -117,38 +192,85 @@ SELECT regime, n_train, arm, controller,
        avg(max_val_acc) AS max_val_acc, stddev_samp(max_val_acc) AS max_val_acc_std,
        avg(final_train_acc) AS train_acc, stddev_samp(final_train_acc) AS train_acc_std
 FROM run_results
-WHERE status = 'completed'
+WHERE status = 'completed' AND task = 'mnist'
 GROUP BY regime, n_train, arm, controller
 ORDER BY n_train DESC, arm, controller;
 
--- How reliable is each controller / model: answers valid at the first try, repaired, fallen back.
+-- Every task's table: its objective at the last epoch and at the best one, mean and sample std over
+-- seeds, per regime (n_train: the budget), arm and controller; completed runs only.
+CREATE OR REPLACE VIEW task_table AS
+SELECT task, regime, n_train, arm, controller, objective, mode,
+       count(*) AS n_seeds,
+       avg(final_objective) AS final_objective, stddev_samp(final_objective) AS final_objective_std,
+       avg(best_objective) AS best_objective, stddev_samp(best_objective) AS best_objective_std,
+       avg(best_epoch) AS mean_best_epoch
+FROM run_results
+WHERE status = 'completed'
+GROUP BY task, regime, n_train, arm, controller, objective, mode
+ORDER BY task, n_train DESC, arm, controller;
+
+-- The references beside the runs, per task and regime: mean and std over seeds of each completed run's
+-- reference value (one per seed: the arms of a pair share their data and so their reference).
+CREATE OR REPLACE VIEW task_references AS
+SELECT task, regime, n_train, objective, mode, reference, {_REFERENCE_LABEL} AS label,
+       count(*) AS n_seeds, avg(value) AS value, stddev_samp(value) AS value_std
+FROM (
+    SELECT task, regime, n_train, seed, objective, mode, reference, any_value(reference_objective) AS value
+    FROM run_results
+    WHERE status = 'completed' AND reference IS NOT NULL
+    GROUP BY task, regime, n_train, seed, objective, mode, reference
+)
+GROUP BY task, regime, n_train, objective, mode, reference
+ORDER BY task, n_train DESC, reference;
+
+-- How reliable is each controller / model, per task: answers valid at the first try, repaired, fallen back.
 CREATE OR REPLACE VIEW controller_reliability AS
-SELECT d.controller, r.llm_model,
+SELECT r.task, d.controller, r.llm_model,
        count(*) AS decisions,
        avg(d.valid::INT) AS valid_first_try_rate,
        avg((NOT d.valid AND NOT d.fallback)::INT) AS repaired_rate,
        avg(d.fallback::INT) AS fallback_rate,
        avg(d.repair_attempts) AS mean_repair_attempts,
-       avg((d.clamped <> '{}')::INT) AS clamped_rate,
+       avg((d.clamped <> '{{}}')::INT) AS clamped_rate,
        median(d.latency_ms) AS median_latency_ms,
        quantile_cont(d.latency_ms, 0.95) AS p95_latency_ms,
        avg(d.prompt_tokens) AS mean_prompt_tokens,
        avg(d.completion_tokens) AS mean_completion_tokens
 FROM decisions d JOIN runs r USING (run_id)
-GROUP BY d.controller, r.llm_model;
+GROUP BY r.task, d.controller, r.llm_model;
 
--- Each decision with the validation change over the epoch it governed, and the verdict on it.
+-- Each decision with the change in the objective over the epoch it governed (improvement: signed so
+-- that positive is better), the knob values before it and those it set, and the verdict on it.
+-- A command recorded before schema 4 holds dropout and learning_rate at its top level; one after it,
+-- under "hyperparameters": both read the same here.
 CREATE OR REPLACE VIEW decision_outcomes AS
+WITH d AS (
+    SELECT *,
+           coalesce(command->'hyperparameters',
+                    json_merge_patch('{{}}', json_object('dropout', command->'dropout',
+                                                         'learning_rate', command->'learning_rate'))) AS hp_after
+    FROM decisions
+)
 SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, d.applied,
        d.command, d.notes,
-       e0.lr AS lr_before, CAST(d.command->>'learning_rate' AS DOUBLE) AS lr_after,
-       e0.dropout AS dropout_before, CAST(d.command->>'dropout' AS DOUBLE) AS dropout_after,
+       e0.lr AS lr_before, TRY_CAST(d.hp_after->>'learning_rate' AS DOUBLE) AS lr_after,
+       e0.dropout AS dropout_before, TRY_CAST(d.hp_after->>'dropout' AS DOUBLE) AS dropout_after,
        e0.val_acc AS val_acc_before, e1.val_acc AS val_acc_after,
        e1.val_acc - e0.val_acc AS val_acc_change,
-       rf.verdict, rf.text AS reflection
-FROM decisions d
+       rf.verdict, rf.text AS reflection,
+       r.task, r.objective, r.mode,
+       e0.objective AS objective_before, e1.objective AS objective_after,
+       e1.objective - e0.objective AS objective_change,
+       CASE WHEN r.mode = 'min' THEN e0.objective - e1.objective ELSE e1.objective - e0.objective END AS improvement,
+       e0.hyperparameters AS hyperparameters_before,
+       d.hp_after AS hyperparameters_after,
+       coalesce(list_bool_or(list_transform(json_keys(d.hp_after), lambda k:
+           TRY_CAST(d.hp_after->>k AS DOUBLE) IS DISTINCT FROM TRY_CAST(e0.hyperparameters->>k AS DOUBLE))), false)
+           AS hyperparameters_changed
+FROM d
 JOIN epochs e0 ON e0.run_id = d.run_id AND e0.epoch = d.epoch
 LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.epoch + 1
+LEFT JOIN runs r ON r.run_id = d.run_id
 LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch;
 """
 

@@ -16,69 +16,24 @@ gets the alpha-blended step the same way as a hand-written loop.
 from __future__ import annotations
 
 import contextlib
-import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 
-Mode = Literal["max", "min"]
+from bus.messages import Hyperparameter, Mode, TaskSpec
+
+EventSink = Callable[[str, str, dict], None]  # (level, event, data)
+
+__all__ = ["DataUnavailableError", "EpochResult", "Hyperparameter", "Mode", "Task", "TaskSpec", "cpu_copy", "torch_threads"]
 
 
-@dataclass(frozen=True)
-class Hyperparameter:
-    """A knob an agent may set between epochs.
-
-    ``scale="log"``: changes are factors — ``step`` is the grid factor (2.0: halve / keep / double)
-    and ``max_change`` the largest factor per decision (3.0: at most ×3 or ÷3). ``scale="linear"``:
-    changes are increments — ``step`` is the grid increment and ``max_change`` the largest one.
-    ``low``/``high`` are hard bounds no command can cross.
-    """
-
-    name: str  # the key in commands and records, e.g. "learning_rate"
-    default: float
-    low: float
-    high: float
-    scale: Literal["log", "linear"]
-    step: float
-    max_change: float
-    description: str  # plain language, for prompts
-
-    def __post_init__(self):
-        if not self.low <= self.default <= self.high:
-            raise ValueError(
-                f"{self.name}: default must lie in [low, high], got {self.default=} {self.low=} {self.high=}"
-            )
-        if self.scale == "log" and (self.low <= 0 or self.step <= 1 or self.max_change <= 1):
-            raise ValueError(f"{self.name}: a log-scale knob needs low > 0, step > 1, max_change > 1")
-        if self.scale == "linear" and (self.step <= 0 or self.max_change <= 0):
-            raise ValueError(f"{self.name}: a linear knob needs step > 0 and max_change > 0")
-
-    def allowed(self, current: float) -> tuple[float, float]:
-        """The range a decision may move to from ``current``: the hard bounds within the trust region."""
-        if self.scale == "log":
-            low, high = current / self.max_change, current * self.max_change
-        else:
-            low, high = current - self.max_change, current + self.max_change
-        return max(self.low, low), min(self.high, high)
-
-    def grid(self, current: float) -> list[float]:
-        """A few choices around ``current`` (which is always one of them), inside :meth:`allowed`."""
-        low, high = self.allowed(current)
-        if self.scale == "log":
-            choices = [current / self.step, current, current * self.step]
-        else:
-            choices = [current - self.step, current, current + self.step]
-        return sorted({round(min(max(c, low), high), 12) for c in choices})
-
-    def clamp(self, value: float, current: float) -> float:
-        """``value`` moved into :meth:`allowed`; NaN stays at ``current``."""
-        if math.isnan(value):
-            return current
-        low, high = self.allowed(current)
-        return min(max(value, low), high)
+class DataUnavailableError(RuntimeError):
+    """A task's data cannot be had (no source works, a cache is damaged beyond repair). The message is one
+    line saying which file and what the user can do; the trainer prints it and exits with code 4, where a
+    resume cannot help."""
 
 
 @dataclass
@@ -108,7 +63,9 @@ class Task(ABC):
     description: ClassVar[str]  # one or two sentences for the prompt: what is trained, on what, by what
     objective: ClassVar[str]  # the metric in EpochResult.metrics that decides what is better
     mode: ClassVar[Mode]
+    noise_band: ClassVar[float]  # |change in the objective| between epochs that is noise, not an effect
     regimes: ClassVar[dict[str, int]]  # data budget name -> training examples (or environment steps)
+    budget_unit: ClassVar[str] = "training examples"  # what a regime's number counts, for prompts
     default_regime: ClassVar[str]
     default_epochs: ClassVar[int]
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]]
@@ -145,12 +102,41 @@ class Task(ABC):
     def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """The inverse of :meth:`checkpoint_state`, after :meth:`setup`."""
 
+    @abstractmethod
+    def hyperparameter_values(self) -> dict[str, float]:
+        """The knob values the next :meth:`train_epoch` uses, one per declared hyperparameter."""
+
+    def set_event_sink(self, sink: "EventSink | None") -> None:
+        """Where :meth:`emit` sends events: the trainer passes its logger (events land in the ``events``
+        table); without a sink events are dropped."""
+        self._event_sink = sink
+
+    def emit(self, level: str, event: str, **data) -> None:
+        """Report something worth recording (a repaired data file, a compile fall-back): ``level`` is
+        ``info``/``warning``/``error``, ``event`` a snake_case name, ``data`` JSON-able values."""
+        sink = getattr(self, "_event_sink", None)
+        if sink is not None:
+            sink(level, event, data)
+
     def steps_per_epoch(self) -> int | None:
         """Optimizer steps the next :meth:`train_epoch` will take, after :meth:`setup`: the trainer passes it
         to ``optimizer.set_blend`` so that an epoch's deltas add up over exactly that many steps. This
         default, None, says the task cannot tell ahead; the trainer then uses the last ``EpochResult.steps``
         (before the first epoch there is no command, so no delta to spread)."""
         return None
+
+    @classmethod
+    def spec(cls) -> TaskSpec:
+        """The declarations as they travel to the agent in every ``EpochMetrics``."""
+        return TaskSpec(
+            name=cls.name,
+            description=cls.description,
+            objective=cls.objective,
+            mode=cls.mode,
+            budget_unit=cls.budget_unit,
+            noise_band=cls.noise_band,
+            hyperparameters=list(cls.hyperparameters),
+        )
 
     @classmethod
     def hyperparameter(cls, name: str) -> Hyperparameter:

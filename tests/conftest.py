@@ -7,6 +7,6 @@ import pytest
 
 @pytest.fixture(scope="session")
 def mnist():
-    from trainer.data import load_mnist
+    from tasks.mnist.data import load_mnist
 
     return load_mnist()

@@ -34,7 +34,7 @@ def supervise_until(orch: Orchestrator, name: str, timeout: float = 60) -> None:
 
 
 def test_a_child_that_keeps_dying_is_restarted_then_abandoned(tmp_path):
-    orch = Orchestrator(args=None, run_dir=tmp_path, log=Log())
+    orch = Orchestrator(run_dir=tmp_path, log=Log())
     orch.recipes["agent-x"] = always_dying
     orch.children["agent-x"] = always_dying()
     supervise_until(orch, "agent-x")
@@ -46,7 +46,7 @@ def test_a_child_that_keeps_dying_is_restarted_then_abandoned(tmp_path):
 
 
 def test_a_recorder_that_keeps_dying_stops_the_run_with_a_reason(tmp_path):
-    orch = Orchestrator(args=None, run_dir=tmp_path, log=Log())
+    orch = Orchestrator(run_dir=tmp_path, log=Log())
     orch.recipes["recorder"] = always_dying
     orch.children["recorder"] = always_dying()
     with pytest.raises(ChildLost, match="the recorder exited with code 3 6 times"):

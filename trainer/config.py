@@ -1,35 +1,36 @@
-"""The trainer process's configuration: built once by run.py, written to the run directory as JSON,
-and stored in ``runs.config``."""
+"""The trainer process's configuration: built once by the orchestrator, written to the run directory as
+JSON, and stored in ``runs.config``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bus.messages import ALPHA_RANGE, DROPOUT_RANGE, LEARNING_RATE_RANGE, UpdateCommand
-from trainer.defaults import REGIMES  # not trainer.data: no torch import for a config
+from bus.messages import ALPHA_RANGE
 
 
 class TrainerConfig(BaseModel):
+    """One arm's trainer: which task (``tasks.registry``: a built-in name, an entry point or
+    ``module:factory``) with which options, regime, seed and epochs; the initial knob values that
+    differ from the task's defaults; and where its peers are."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     run_id: str
     pair_id: str
     arm: Literal["baseline", "guided"]
     controller: str
+    task: str = "mnist"
+    task_options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the task's factory
     regime: str
     seed: int
     epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    learning_rate: float = Field(default=1e-3, ge=LEARNING_RATE_RANGE[0], le=LEARNING_RATE_RANGE[1])
-    dropout: float = Field(default=0.2, ge=DROPOUT_RANGE[0], le=DROPOUT_RANGE[1])
-    alpha: float = Field(default=0.4, ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])
+    hyperparameters: dict[str, float] = Field(default_factory=dict)  # initial values; the task's defaults otherwise
+    alpha: float = Field(default=0.4, ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])  # the paper's starting blend
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile_eval: bool = True  # torch.compile the validation pass (see trainer.loop.compile_for_eval)
     threads: int | None = None
-    data_dir: Path
     run_dir: Path
     recorder_endpoint: str
     agent_endpoint: str | None = None  # None: the baseline arm, no agent
@@ -41,13 +42,21 @@ class TrainerConfig(BaseModel):
     checkpoint_dir: Path | None = None
     # Resume: continue from this checkpoint (the run's last completed epoch) instead of epoch 1.
     resume_from: Path | None = None
-    # Replay: the command applied after each epoch, as recorded; no agent is asked.
-    replay_commands: dict[int, UpdateCommand] | None = None
 
     @property
     def checkpoint_file(self) -> Path:
         return (self.checkpoint_dir or self.run_dir / "checkpoints") / f"{self.run_id}.safetensors"
 
-    @property
-    def n_train(self) -> int:
-        return REGIMES[self.regime]
+
+def upgrade_recorded_config(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A trainer config as stored in ``runs.config`` by any ReflectNet version, in this version's form: before
+    tasks (schema 1) the trainer trained MNIST with top-level ``learning_rate``/``dropout``/``batch_size``/
+    ``data_dir``/``compile_eval`` and replayed with ``replay_commands``; those become task options and initial
+    knob values (replay is now a controller)."""
+    if "task" in recorded:
+        return dict(recorded)
+    upgraded = {k: v for k, v in recorded.items() if k not in ("learning_rate", "dropout", "batch_size", "data_dir",
+                                                                 "compile_eval", "replay_commands")}  # fmt: skip
+    options = {k: recorded[k] for k in ("data_dir", "batch_size", "compile_eval") if k in recorded}
+    knobs = {k: recorded[k] for k in ("learning_rate", "dropout") if k in recorded}
+    return {**upgraded, "task": "mnist", "task_options": options, "hyperparameters": knobs}

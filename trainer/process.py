@@ -1,20 +1,23 @@
-"""The trainer process: trains one arm, reports every epoch, asks the agent, applies its command.
+"""The trainer process: trains one arm of a task, reports every epoch, asks the agent, applies its command.
 
-Run as ``python -m trainer --config <run_dir>/<run_id>.trainer.json`` (run.py does this).
+Run as ``python -m trainer --config <run_dir>/<run_id>.trainer.json`` (the orchestrator does this). The
+task (``tasks.registry``) owns data, model, optimizer and the epoch; this process owns the protocol:
+checkpoint, records, the agent's decision, the blend of the next epoch.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 import torch
 import zmq
 
-from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals, stop_when_orphaned
+from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import HealthCheck
-from bus.log import configure_logging
 from bus.messages import (
     Decision,
     DecisionRecord,
@@ -27,27 +30,16 @@ from bus.messages import (
     Ready,
     Reflection,
     ReflectionRecord,
+    TaskSpec,
     UpdateCommand,
     decode,
     encode,
 )
 from bus.transport import RecordSender, RequestClient
+from tasks.base import DataUnavailableError, EpochResult, Task
+from tasks.registry import UnknownTaskError, make_task
 from trainer.checkpoint import CheckpointError, TrainingState, load_checkpoint, save_checkpoint
 from trainer.config import TrainerConfig
-from trainer.data import DataUnavailableError, load_mnist, stratified_subset
-from trainer.defaults import EXIT_DATA_UNAVAILABLE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_ORPHANED
-from trainer.loop import (
-    EVAL_BATCH,
-    EvalStats,
-    TrainStats,
-    compile_for_eval,
-    evaluate,
-    make_optimizer,
-    to_model_input,
-    train_epoch,
-    weight_norms,
-)
-from trainer.model import ReflectCNN
 from trainer.modulation import deltas_from_command
 
 
@@ -60,15 +52,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fallback_decision(metrics: EpochMetrics, controller: str, reason: str, waited_ms: float = 0.0) -> Decision:
-    """Keep the current hyperparameters with alpha = 0 and no modulation (DESIGN.md); its latency is the
-    time the trainer spent waiting for the agent before falling back (ms)."""
+    """Keep the current knob values with alpha = 0 and no modulation (DESIGN.md); its latency is the time
+    the trainer spent waiting for the agent before falling back (ms)."""
     return Decision(
         run_id=metrics.run_id,
         epoch=metrics.epoch,
         controller=controller,
-        command=UpdateCommand(
-            dropout=metrics.dropout, learning_rate=metrics.lr, alpha=0.0, rationale=f"fallback: {reason}"
-        ),
+        command=UpdateCommand(hyperparameters=dict(metrics.hyperparameters), alpha=0.0, rationale=f"fallback: {reason}"),
         valid=False,
         fallback=True,
         fallback_reason=reason,
@@ -76,231 +66,236 @@ def fallback_decision(metrics: EpochMetrics, controller: str, reason: str, waite
     )
 
 
+def format_knobs(spec: TaskSpec, values: dict[str, float], alpha: float) -> str:
+    """``learning_rate 1.00e-03 dropout 0.2 alpha 0.40``: log-scale knobs in scientific notation."""
+    parts = [
+        f"{k.name} {values[k.name]:.2e}" if k.scale == "log" else f"{k.name} {values[k.name]:.3g}"
+        for k in spec.hyperparameters
+        if k.name in values
+    ]
+    return " ".join([*parts, f"alpha {alpha:.2f}"])
+
+
+def format_metrics(spec: TaskSpec, metrics: dict[str, float], others: int = 3) -> str:
+    """The objective first, then up to ``others`` more metrics in the task's order, 4 significant digits."""
+    names = [spec.objective, *[n for n in metrics if n != spec.objective][:others]]
+    return " ".join(f"{n} {metrics.get(n, math.nan):.4g}" for n in names)
+
+
 def progress_line(
-    cfg: TrainerConfig,
-    epoch: int,
-    tr: TrainStats,
-    ev: EvalStats,
-    lr: float,
-    dropout: float,
-    alpha: float,
-    decision: Decision | None,
-    waited_ms: float = 0.0,
+    cfg: TrainerConfig, spec: TaskSpec, summary: EpochSummary, decision: Decision | None, waited_ms: float = 0.0
 ) -> str:
     """One terminal line per epoch; ``waited_ms`` is the time the trainer spent on the decision (retries and
     timeouts included), not the agent's own latency."""
     line = (
-        f"{cfg.arm:<8} {cfg.regime:>5} seed {cfg.seed} | epoch {epoch:>3}/{cfg.epochs} | "
-        f"train acc {tr.acc:.4f} loss {tr.loss:.4f} | val acc {ev.acc:.4f} loss {ev.loss:.4f} | "
-        f"lr {lr:.2e} dropout {dropout:.2f} alpha {alpha:.2f}"
+        f"{cfg.arm:<8} {cfg.task} {cfg.regime:>5} seed {cfg.seed} | epoch {summary.epoch:>3}/{cfg.epochs} | "
+        f"{format_metrics(spec, summary.metrics)} | {format_knobs(spec, summary.hyperparameters, summary.alpha)}"
     )
     if decision is not None:
         c = decision.command
-        how = (
-            "fallback"
-            if decision.fallback
-            else ("valid" if decision.valid else f"repaired x{decision.repair_attempts}")
-        )
+        how = "fallback" if decision.fallback else "valid" if decision.valid else f"repaired x{decision.repair_attempts}"
         verdict = f" | prev: {decision.reflection.verdict}" if decision.reflection else ""
-        line += f" -> next lr {c.learning_rate:.2e} dropout {c.dropout:.2f} alpha {c.alpha:.2f} [{how}, {waited_ms:.0f} ms]{verdict}"
+        line += f" -> next {format_knobs(spec, c.hyperparameters, c.alpha)} [{how}, {waited_ms:.0f} ms]{verdict}"
     return line
 
 
-def run(cfg: TrainerConfig) -> int:
-    ctx = zmq.Context()
-    sender = RecordSender(ctx, cfg.recorder_endpoint)
-    log = configure_logging("trainer", cfg.run_dir / "logs", forward=sender.send, run_id=cfg.run_id)
-    agent: RequestClient | None = None
-    health: HealthCheck | None = None
-    parent = os.getppid()
+@dataclass
+class Carry:
+    """What one epoch hands the next: knob values and blend to use, the epoch deltas, the history the agent
+    sees, the last command and its verdict."""
 
-    stop_on_signals()
-    stop_when_orphaned()
+    hyperparameters: dict[str, float]
+    alpha: float
+    deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    last_steps: int = 0
+    history: list[EpochSummary] = field(default_factory=list)
+    previous_command: UpdateCommand | None = None
+    previous_reflection: Reflection | None = None
+    first_epoch: int = 1
+
+
+def build_task(cfg: TrainerConfig, device: torch.device, log) -> Task:
+    """The configured task, set up for the run's regime and seed, with the initial knob values applied.
+    Raises UnknownTaskError / ValueError for a bad task, regime or knob, DataUnavailableError for data."""
+    task = make_task(cfg.task, cfg.task_options)
+    task.set_event_sink(lambda level, event, data: getattr(log, level, log.info)(event, **data))
+    task.setup(cfg.regime, cfg.seed, device)
+    if cfg.hyperparameters:
+        for name, value in cfg.hyperparameters.items():
+            knob = task.hyperparameter(name)
+            if not knob.low <= value <= knob.high:
+                raise ValueError(f"initial {name}={value} is outside the task's bounds [{knob.low}, {knob.high}]")
+        task.set_hyperparameters(cfg.hyperparameters)
+    return task
+
+
+def resume(cfg: TrainerConfig, task: Task, sender: RecordSender, device: torch.device, log) -> Carry:
+    """The carry after the checkpointed epoch, the task restored in place; records the recorder may not
+    have are sent again (it stores each once)."""
+    state, deltas = load_checkpoint(cfg.resume_from, cfg.run_id, task, device)
+    carry = Carry(
+        hyperparameters=dict(state.hyperparameters), alpha=state.alpha, deltas=deltas, last_steps=state.last_steps,
+        history=[EpochSummary.model_validate(h) for h in state.history],
+        previous_command=UpdateCommand.model_validate(state.previous_command) if state.previous_command else None,
+        previous_reflection=(
+            Reflection.model_validate(state.previous_reflection) if state.previous_reflection else None
+        ),
+        first_epoch=state.epoch + 1,
+    )  # fmt: skip
+    for topic, body in state.pending_records:
+        sender.send(decode([topic.encode(), body.encode()]))
+    log.info("resumed", from_epoch=state.epoch, checkpoint=str(cfg.resume_from), hyperparameters=carry.hyperparameters)
+    return carry
+
+
+def connect_agent(ctx: zmq.Context, cfg: TrainerConfig, log) -> tuple[RequestClient | None, HealthCheck | None]:
+    """The agent client and its health check (None, None for the baseline arm), after the handshake."""
+    if not cfg.agent_endpoint:
+        return None, None
+    health = HealthCheck(ctx, cfg.agent_health_endpoint) if cfg.agent_health_endpoint else None
+    agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries, health)
+    hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
+    if isinstance(hello.reply, Ready):
+        log.info("agent_handshake", agent_pid=hello.reply.pid, attempts=hello.attempts)
+    else:
+        reason = hello.error or f"agent answered {type(hello.reply).__name__}"
+        log.warning("agent_handshake_failed", error=reason, attempts=hello.attempts)
+    return agent, health
+
+
+def train_one_epoch(task: Task, epoch: int, carry: Carry) -> tuple[EpochResult, float]:
+    """The task's epoch with the carried blend: each step adds ``delta / steps`` (``trainer.blend``)."""
+    steps = task.steps_per_epoch() or carry.last_steps or 1
+    task.optimizer.set_blend(carry.alpha, carry.deltas, steps)
+    started = time.perf_counter()
+    result = task.train_epoch(epoch)
+    carry.last_steps = result.steps or steps
+    return result, time.perf_counter() - started
+
+
+def epoch_metrics(cfg: TrainerConfig, task: Task, spec: TaskSpec, result: EpochResult, wall_s: float, carry: Carry):
+    """The epoch's record and the agent's view of it (the summary is already in ``carry.history``)."""
+    with torch.no_grad():
+        weight_norms = {name: p.norm().item() for name, p in task.model.named_parameters()}
+    detail = {
+        "metrics": result.metrics, "vectors": result.vectors, "hyperparameters": carry.hyperparameters,
+        "alpha": carry.alpha, "wall_s": wall_s, "grad_norms": result.grad_norms, "weight_norms": weight_norms,
+    }  # fmt: skip
+    record = EpochRecord(
+        run_id=cfg.run_id, epoch=carry.history[-1].epoch, objective=result.metrics.get(spec.objective, math.nan),
+        **detail,
+    )  # fmt: skip
+    metrics = EpochMetrics(
+        run_id=cfg.run_id, epoch=record.epoch, epochs_total=cfg.epochs, task=spec, regime=cfg.regime,
+        budget=task.regimes[cfg.regime], param_shapes={n: list(p.shape) for n, p in task.model.named_parameters()},
+        history=carry.history, previous_command=carry.previous_command,
+        previous_reflection=carry.previous_reflection, **detail,
+    )  # fmt: skip
+    return record, metrics
+
+
+def apply_decision(task: Task, carry: Carry, decision: Decision, new_deltas: dict[str, torch.Tensor]) -> None:
+    """Use the decision's command from the next epoch on."""
+    command = decision.command
+    task.set_hyperparameters(command.hyperparameters)
+    carry.hyperparameters = task.hyperparameter_values()
+    carry.alpha, carry.deltas = command.alpha, new_deltas
+    carry.previous_command = command
+
+
+def save_and_send(cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, sender: RecordSender, records) -> None:
+    """The checkpoint first, then the records: every epoch in the database is one a resume continues after,
+    and records the recorder has not confirmed travel in the checkpoint until it does."""
+    unconfirmed = [m for m in sender.unacked() if not isinstance(m, LogEvent)] + records
+    state = TrainingState(
+        run_id=cfg.run_id, epoch=epoch, hyperparameters=carry.hyperparameters, alpha=carry.alpha,
+        last_steps=carry.last_steps, history=[h.model_dump() for h in carry.history],
+        previous_command=carry.previous_command.model_dump(mode="json") if carry.previous_command else None,
+        previous_reflection=carry.previous_reflection.model_dump(mode="json") if carry.previous_reflection else None,
+        pending_records=[[f.decode() for f in encode(m)] for m in unconfirmed],
+    )  # fmt: skip
+    save_checkpoint(cfg.checkpoint_file, state, task, carry.deltas)
+    for record in records:
+        sender.send(record)
+
+
+def run_epochs(cfg: TrainerConfig, task: Task, carry: Carry, agent, sender: RecordSender, log, parent: int) -> int:
+    """Epochs ``carry.first_epoch`` .. ``cfg.epochs``: train, ask, checkpoint, record, print."""
+    spec = task.spec()
+    for epoch in range(carry.first_epoch, cfg.epochs + 1):
+        if os.getppid() != parent:
+            log.error("orchestrator_gone", epoch=epoch)
+            return EXIT_ORPHANED
+        result, wall_s = train_one_epoch(task, epoch, carry)
+        summary = EpochSummary(epoch=epoch, metrics=result.metrics, hyperparameters=carry.hyperparameters,
+                               alpha=carry.alpha)  # fmt: skip
+        carry.history.append(summary)
+        record, metrics = epoch_metrics(cfg, task, spec, result, wall_s, carry)
+        records: list = [record]
+        decision, waited_ms = None, 0.0
+        if agent is not None:
+            asked = time.perf_counter()
+            decision, new_deltas = ask_agent(agent, metrics, cfg.controller, task.model, log)
+            waited_ms = (time.perf_counter() - asked) * 1000.0
+            applied = epoch < cfg.epochs
+            records.append(DecisionRecord(decision=decision, applied=applied))
+            if decision.reflection is not None:
+                records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
+            # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
+            carry.previous_reflection = decision.reflection
+            if applied:
+                apply_decision(task, carry, decision, new_deltas)
+        elif carry.deltas:  # a baseline never modulates; a delta lasts one epoch
+            carry.deltas = {}
+        save_and_send(cfg, task, carry, epoch, sender, records)
+        print(progress_line(cfg, spec, summary, decision, waited_ms), flush=True)
+        log.info(
+            "epoch_done", epoch=epoch, objective=record.objective, wall_s=round(wall_s, 3),
+            decision=decision is not None, reflection=decision is not None and decision.reflection is not None,
+            waited_ms=round(waited_ms),
+        )  # fmt: skip
+    final = carry.history[-1].metrics.get(spec.objective) if carry.history else None
+    log.info("training_finished", epochs=cfg.epochs, objective=spec.objective, final=final)
+    return EXIT_OK
+
+
+def train(cfg: TrainerConfig, child: Child) -> int:
+    """The trainer's body under the child-process runtime (``bus.child``): set up the task, resume or start,
+    connect to the agent, run the epochs."""
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = resolve_device(cfg.device)
         try:
-            data = load_mnist(cfg.data_dir)
+            task = build_task(cfg, device, child.log)
         except DataUnavailableError as exc:  # one line naming the damaged file and what to do; no traceback
-            log.error("data_unavailable", error=str(exc))
+            child.log.error("data_unavailable", error=str(exc))
             print(f"trainer failed: {exc}", file=sys.stderr, flush=True)
             return EXIT_DATA_UNAVAILABLE
-        for repair in data.repairs:
-            log.warning(
-                "data_cache_repaired", file=str(repair.path), problem=repair.problem,
-                moved_to=str(repair.moved_to) if repair.moved_to else None, source=data.source,
-            )  # fmt: skip
-            moved = f", moved to {repair.moved_to.name}" if repair.moved_to else ""
-            print(
-                f"trainer: MNIST cache file {repair.path} {repair.problem}{moved}; using {data.source}", file=sys.stderr
-            )
-        log.info("data_loaded", source=data.source, device=str(device))
-        subset = stratified_subset(data.train_labels, cfg.n_train, cfg.seed)
-        train_x = to_model_input(data.train_images[subset], device)
-        train_y = data.train_labels[subset].to(device)
-        val_x = to_model_input(data.test_images, device)
-        val_y = data.test_labels.to(device)
-        del data
-
-        # Same seed -> same initial weights, batch order and dropout masks in both arms of a pair.
-        torch.manual_seed(cfg.seed)
-        model = ReflectCNN(cfg.dropout).to(device=device, memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, cfg.learning_rate)
-        forward = model
-        if cfg.compile_eval:
-            started = time.perf_counter()
-            forward, failure = compile_for_eval(
-                model,
-                val_x[:EVAL_BATCH],
-                on_fallback=lambda reason: log.warning("eval_fell_back_to_eager", error=reason),
-            )
-            log.info(
-                "eval_compiled" if failure is None else "eval_compile_failed",
-                error=failure,
-                seconds=round(time.perf_counter() - started, 2),
-            )
-        order_rng = torch.Generator().manual_seed(cfg.seed)
-        param_shapes = {name: list(p.shape) for name, p in model.named_parameters()}
-
-        lr, dropout, alpha = cfg.learning_rate, cfg.dropout, cfg.alpha
-        deltas: dict[str, torch.Tensor] = {}
-        history: list[EpochSummary] = []
-        previous_command = previous_reflection = None
-        first_epoch = 1
         if cfg.resume_from is not None:
-            state, deltas = load_checkpoint(cfg.resume_from, cfg.run_id, model, optimizer, order_rng, device)
-            lr, dropout, alpha = state.lr, state.dropout, state.alpha
-            model.dropout = dropout
-            history = [EpochSummary.model_validate(h) for h in state.history]
-            previous_command = UpdateCommand.model_validate(state.previous_command) if state.previous_command else None
-            previous_reflection = (
-                Reflection.model_validate(state.previous_reflection) if state.previous_reflection else None
-            )
-            for topic, body in state.pending_records:  # the recorder may not have them; it stores each once
-                sender.send(decode([topic.encode(), body.encode()]))
-            first_epoch = state.epoch + 1
-            log.info("resumed", from_epoch=state.epoch, checkpoint=str(cfg.resume_from), lr=lr, dropout=dropout)
-
-        if cfg.agent_endpoint:
-            if cfg.agent_health_endpoint:  # after a timeout, retry only an agent that is alive and not stuck
-                health = HealthCheck(ctx, cfg.agent_health_endpoint)
-            agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries, health)
-            hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
-            if isinstance(hello.reply, Ready):
-                log.info("agent_handshake", agent_pid=hello.reply.pid, attempts=hello.attempts)
-            else:
-                reason = hello.error or f"agent answered {type(hello.reply).__name__}"
-                log.warning("agent_handshake_failed", error=reason, attempts=hello.attempts)
-
-        log.info("training_started", n_train=len(train_x), epochs=cfg.epochs, batch_size=cfg.batch_size)
-        for epoch in range(first_epoch, cfg.epochs + 1):
-            if os.getppid() != parent:
-                log.error("orchestrator_gone", epoch=epoch)
-                return EXIT_ORPHANED
-            started = time.perf_counter()
-            tr = train_epoch(model, optimizer, train_x, train_y, cfg.batch_size, order_rng, alpha, deltas)
-            ev = evaluate(model, val_x, val_y, forward=forward)
-            wall_s = time.perf_counter() - started
-            norms = weight_norms(model)
-            summary = EpochSummary(
-                epoch=epoch, train_loss=tr.loss, train_acc=tr.acc, val_loss=ev.loss, val_acc=ev.acc,
-                lr=lr, dropout=dropout, alpha=alpha,
-            )  # fmt: skip
-            detail = {
-                "wall_s": wall_s,
-                "per_class_val_acc": ev.per_class_acc,
-                "grad_norms": tr.grad_norms,
-                "weight_norms": norms,
-            }
-            records: list = [EpochRecord(run_id=cfg.run_id, **summary.model_dump(), **detail)]
-            history.append(summary)
-            decision, waited_ms = None, 0.0
-            if agent is not None or cfg.replay_commands is not None:
-                metrics = EpochMetrics(
-                    run_id=cfg.run_id, epochs_total=cfg.epochs, regime=cfg.regime, n_train=len(train_x),
-                    param_shapes=param_shapes, history=history, previous_command=previous_command,
-                    previous_reflection=previous_reflection, **summary.model_dump(), **detail,
-                )  # fmt: skip
-                asked = time.perf_counter()
-                if agent is not None:
-                    decision, new_deltas = ask_agent(agent, metrics, cfg.controller, model, log)
-                else:
-                    decision, new_deltas = replay_decision(cfg.replay_commands, metrics, model, log)
-                waited_ms = (time.perf_counter() - asked) * 1000.0
-                applied = epoch < cfg.epochs
-                records.append(DecisionRecord(decision=decision, applied=applied))
-                if decision.reflection is not None:
-                    records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
-                # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
-                previous_reflection = decision.reflection
-                if applied:
-                    command = decision.command
-                    lr, dropout, alpha, deltas = command.learning_rate, command.dropout, command.alpha, new_deltas
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    model.dropout = dropout
-                    previous_command = command
-            # The checkpoint first, then the records: every epoch in the database is one a resume continues
-            # after, and records the recorder has not confirmed travel in the checkpoint until it does.
-            unconfirmed = [m for m in sender.unacked() if not isinstance(m, LogEvent)] + records
-            state = TrainingState(
-                run_id=cfg.run_id, epoch=epoch, lr=lr, dropout=dropout, alpha=alpha,
-                history=[h.model_dump() for h in history],
-                previous_command=previous_command.model_dump(mode="json") if previous_command else None,
-                previous_reflection=previous_reflection.model_dump(mode="json") if previous_reflection else None,
-                pending_records=[[f.decode() for f in encode(m)] for m in unconfirmed],
-            )  # fmt: skip
-            save_checkpoint(cfg.checkpoint_file, state, model, optimizer, deltas, order_rng)
-            for record in records:
-                sender.send(record)
-            print(
-                progress_line(
-                    cfg, epoch, tr, ev, history[-1].lr, history[-1].dropout, history[-1].alpha, decision, waited_ms
-                ),
-                flush=True,
-            )
-            log.info(
-                "epoch_done", epoch=epoch, val_acc=ev.acc, train_acc=tr.acc, wall_s=round(wall_s, 3),
-                decision=decision is not None, reflection=decision is not None and decision.reflection is not None,
-                waited_ms=round(waited_ms),
-            )  # fmt: skip
-        log.info("training_finished", epochs=cfg.epochs, final_val_acc=history[-1].val_acc if history else None)
-        return EXIT_OK
-    except Stop as stop:
-        if os.getppid() != parent:
-            log.error("orchestrator_gone")
-            return EXIT_ORPHANED
-        log.warning("trainer_stopped", signal=str(stop))
-        return EXIT_INTERRUPTED
-    except (DataUnavailableError, CheckpointError, ValueError, RuntimeError, OSError) as exc:
-        log.error("trainer_failed", error=f"{type(exc).__name__}: {exc}")
-        print(f"trainer failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    finally:
-        ignore_signals()
-        if agent is not None:
-            agent.close()
-        if health is not None:
-            health.close()
-        # Wait for the recorder to confirm (a restarted one gets resends); orphaned, the recorder is gone too and
-        # what is unconfirmed is in the checkpoint.
-        lost = sender.close(timeout_s=10.0 if os.getppid() == parent else 0.5)
-        if lost:
-            print(f"trainer: {lost} message(s) not acknowledged by the recorder", file=sys.stderr, flush=True)
-        ctx.term()
+            carry = resume(cfg, task, child.sender, device, child.log)
+        else:
+            carry = Carry(hyperparameters=task.hyperparameter_values(), alpha=cfg.alpha)
+        agent, health = connect_agent(child.ctx, cfg, child.log)
+        for client in (agent, health):
+            if client is not None:
+                child.on_close.append(client.close)
+        child.log.info("training_started", task=cfg.task, regime=cfg.regime, epochs=cfg.epochs, device=str(device))
+        return run_epochs(cfg, task, carry, agent, child.sender, child.log, child.parent)
+    except (UnknownTaskError, CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
+        return child.fail(f"{type(exc).__name__}: {exc}")
 
 
-def replay_decision(
-    commands: dict[int, UpdateCommand], metrics: EpochMetrics, model, log
-) -> tuple[Decision, dict[str, torch.Tensor]]:
-    """The recorded command for this epoch, applied again with no model call."""
-    command = commands.get(metrics.epoch)
-    if command is None:
-        log.warning("fallback", epoch=metrics.epoch, reason="no recorded command for this epoch")
-        return fallback_decision(metrics, "replay", "no recorded command for this epoch"), {}
-    decision = Decision(run_id=metrics.run_id, epoch=metrics.epoch, controller="replay", command=command)
-    return decision, deltas_from_command(command, model)
+def check_hyperparameters(spec: TaskSpec, values: dict[str, float]) -> None:
+    """The trainer never trusts the bus: ValueError for a knob the task does not declare or a value outside
+    its hard bounds (the agent's validator clamps into them, so this means a defect or a foreign peer)."""
+    for name, value in values.items():
+        try:
+            knob = spec.knob(name)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
+        if not knob.low <= value <= knob.high:
+            raise ValueError(f"{name}={value} is outside the task's bounds [{knob.low}, {knob.high}]")
 
 
 def ask_agent(
@@ -322,6 +317,7 @@ def ask_agent(
         reason = f"agent answered {type(reply).__name__} for another request"
     else:
         try:
+            check_hyperparameters(metrics.task, reply.command.hyperparameters)
             return reply, deltas_from_command(reply.command, model)
         except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a delta of strings that pydantic let through
             reason = f"trainer refused the command: {exc}"
@@ -330,4 +326,4 @@ def ask_agent(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(read_config(TrainerConfig, "python -m trainer", "ReflectNet trainer process", argv))
+    return run_child("trainer", TrainerConfig, train, argv, run_id=lambda cfg: cfg.run_id)

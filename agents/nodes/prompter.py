@@ -1,31 +1,52 @@
-"""prompter: the training state as the text a careful human would read before deciding."""
+"""prompter: the training state as the text a careful human would read before deciding.
+
+Everything task-specific comes from the message's ``TaskSpec``: the description, the objective and its
+direction, the budget's unit, the knobs with their descriptions. The prompt opens with what stays the
+same for a whole run (instructions, task, knobs) so a server that reuses a cached prompt prefix
+(llama.cpp does) only evaluates what changed since the previous epoch; the embedded 135M model has a
+2048-token context, so every line is short and numbers have 3 significant digits.
+"""
 
 from __future__ import annotations
 
 import json
 
 from agents.nodes.validator import (
+    ALPHA,
     GRID_MAX_OPS,
     MAX_DELTA_NORM_RATIO,
     OP_CHOICES,
     OP_VALUE_KEYS,
     allowed_ranges,
     grid_choices,
+    required_fields,
 )
+from agents.policies import LEARNING_RATE, REGULARISERS
 from agents.state import AgentState
-from agents.trends import training_trends
+from agents.trends import (
+    DISPLAY_PREFIXES,
+    current_values,
+    direction_words,
+    objective_decimals,
+    train_counterpart,
+    training_trends,
+)
 from bus.messages import EpochMetrics
 
-HISTORY_ROWS = 5  # with the rest, ~700 tokens: well inside the local model's 2048-token context
+HISTORY_ROWS = 5  # with the rest, ~800 tokens: well inside the local model's 2048-token context
+OTHER_METRICS = 3  # history columns beside the objective
+PAIRED_PREFIXES = ("val", "eval", "test", "train")
 
 
 def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
-    """JSON schema of the answer for this epoch, with layers by their real names.
+    """JSON schema of the answer for this epoch: one field per knob of the task, ``alpha``, optional
+    ``weight_modulation`` with layers by their real names, and ``rationale``.
 
     ``free``: numbers with the ranges allowed now (the paper's form). ``grid``: each field is one of a
-    few values around the current one (halve/keep/double the learning rate, dropout -0.1/+0/+0.1, ...).
-    Servers that constrain decoding with the schema (llama.cpp) can then only emit sensible commands —
-    what makes a 135M-parameter model usable as a controller.
+    few values around the current one (each knob's ``Hyperparameter.grid``: MNIST's learning rate
+    halved/kept/doubled, dropout -0.1/+0/+0.1; alpha in steps of 0.2). Servers that constrain decoding
+    with the schema (llama.cpp) can then only emit sensible commands — what makes a 135M-parameter model
+    usable as a controller.
     """
     if command_space == "grid":
         fields = {name: {"enum": choices} for name, choices in grid_choices(m).items()}
@@ -56,22 +77,8 @@ def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
             "weight_modulation": {"type": "array", "items": operation, "maxItems": max_ops},
             "rationale": {"type": "string", "maxLength": 300},
         },
-        "required": ["dropout", "learning_rate", "alpha", "rationale"],
+        "required": [*required_fields(m), "rationale"],
     }
-
-
-# The fixed part comes first so a server that reuses a cached prompt prefix (llama.cpp does) only
-# evaluates what changed since the previous epoch.
-INSTRUCTIONS = (
-    "You steer the training of a CNN on MNIST (Adam optimizer). After each epoch you choose dropout, "
-    "learning_rate and alpha for the next epoch, and may modulate weights. Keep a value unchanged unless the "
-    "trends below give a reason: lower the learning rate when validation accuracy stalls, raise dropout when the "
-    "train/val gap widens.\n"
-    'weight_modulation is optional: a list like [{"layer": "fc.3.weight", "op": "scale", "factor": 0.98}]. '
-    "Ops: scale (factor), shrink (amount), noise (scale); each moves a layer by at most "
-    f"{MAX_DELTA_NORM_RATIO:.0%} of its norm, and alpha weighs it against Adam's step. Leave it out unless you are sure.\n"
-    "Answer with one JSON object only."
-)
 
 
 def prompt_schema(m: EpochMetrics, command_space: str) -> dict:
@@ -82,29 +89,96 @@ def prompt_schema(m: EpochMetrics, command_space: str) -> dict:
     return {**schema, "properties": properties}
 
 
+def hints(m: EpochMetrics) -> str:
+    """Rules of thumb for the knobs this task has, e.g. 'lower learning_rate when val_acc stalls'."""
+    knobs = m.task.knob_names()
+    rules = [f"lower {LEARNING_RATE} when {m.task.objective} stalls"] if LEARNING_RATE in knobs else []
+    regulariser = next((name for name in REGULARISERS if name in knobs), None)
+    if regulariser is not None and train_counterpart(m.task.objective, m.metrics) is not None:
+        rules.append(f"raise {regulariser} when the train/val gap widens")
+    return f": {', '.join(rules)}" if rules else ""
+
+
+def instructions(m: EpochMetrics) -> str:
+    """The part of the prompt that stays the same for a whole run: what to do, the task and its
+    objective, the knobs. The judge's prompt opens with it too (one cached prefix for both)."""
+    spec = m.task
+    weights = [n for n in m.param_shapes if n.endswith("weight")]
+    example = json.dumps([{"layer": weights[-1] if weights else "layer", "op": "scale", "factor": 0.98}])
+    knobs = "\n".join(f"- {k.name}: {k.description}" for k in spec.hyperparameters)
+    return (
+        "You steer a neural-network training run. After each epoch you choose the hyperparameters and alpha for "
+        "the next epoch, and may modulate weights. Keep a value unchanged unless the trends below give a reason"
+        f"{hints(m)}.\n"
+        f"weight_modulation is optional: a list like {example}. Ops: scale (factor), shrink (amount), noise "
+        f"(scale); each moves a layer by at most {MAX_DELTA_NORM_RATIO:.0%} of its norm, and alpha (0 to 1) weighs "
+        "it against the optimizer's step. Leave it out unless you are sure.\n"
+        "Answer with one JSON object only.\n\n"
+        f"Task: {spec.description}\n"
+        f"Objective: {spec.objective}, {direction_words(spec)}. Regime {m.regime}: {m.budget} {spec.budget_unit}.\n"
+        f"Hyperparameters:\n{knobs}"
+    )
+
+
+def display_metrics(m: EpochMetrics) -> list[str]:
+    """Up to ``OTHER_METRICS`` metrics shown beside the objective: its training counterpart first, then
+    train/held-out pairs of other kinds (val_loss, train_loss), then the rest in the task's order."""
+    objective = m.task.objective
+    chosen = [name] if (name := train_counterpart(objective, m.metrics, DISPLAY_PREFIXES)) else []
+    kinds: dict[str, list[str]] = {}
+    for metric in m.metrics:
+        prefix, _, kind = metric.partition("_")
+        if prefix in PAIRED_PREFIXES and kind:
+            kinds.setdefault(kind, []).append(metric)
+    for names in kinds.values():
+        if len(names) >= 2 and objective not in names:
+            chosen += sorted(names, key=lambda metric: metric.startswith("train_"))  # held-out first
+    rest = [metric for metric in m.metrics if metric not in chosen and metric != objective]
+    return (chosen + rest)[:OTHER_METRICS]
+
+
+def history_lines(m: EpochMetrics) -> list[str]:
+    """The header and the last ``HISTORY_ROWS`` epochs: objective and other metrics | knobs alpha."""
+    metrics = [m.task.objective, *display_metrics(m)]
+    knobs = m.task.knob_names()
+    lines = [f"epoch: {' '.join(metrics)} | {' '.join(knobs)} alpha"]  # 3 digits: numbers cost a token per digit
+    for h in m.history[-HISTORY_ROWS:]:
+        scores = " ".join(f"{h.metrics.get(name, float('nan')):.3g}" for name in metrics)
+        values = " ".join(f"{h.hyperparameters.get(name, float('nan')):.3g}" for name in knobs)
+        lines.append(f"{h.epoch}: {scores} | {values} {h.alpha:.2g}")
+    return lines
+
+
+def trend_line(m: EpochMetrics) -> str:
+    """Best objective so far, by the task's direction, and, when the objective has a training counterpart,
+    the generalization gap."""
+    t, d = training_trends(m), objective_decimals(m.task)
+    extreme = "highest" if m.task.mode == "max" else "lowest"
+    line = f"Best ({extreme}) {t.objective} {t.best:.{d}f} at epoch {t.best_epoch} ({t.epochs_since_best} epochs ago)."
+    if t.gap is not None:
+        line += (
+            f" Train/val gap {t.gap:+.{d}f} (previous epoch {t.previous_gap:+.{d}f}; "
+            f"positive: {t.train_metric} is better than {t.objective})."
+        )
+    return line
+
+
 def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: str = "free") -> str:
-    t = training_trends(m)
+    """The controller's prompt for the state after epoch ``m`` (fixed part first, see :func:`instructions`)."""
+    values = {**current_values(m), ALPHA: m.alpha}
     ranges = allowed_ranges(m)
-    lines = [
-        INSTRUCTIONS,
-        "",
-        f"Regime {m.regime} ({m.n_train} training images). Epoch {m.epoch} of {m.epochs_total} just finished.",
-        "epoch: train_acc train_loss | val_acc val_loss | lr dropout alpha",  # 3 digits: numbers cost a token per digit
-    ]
+    lines = [instructions(m), "", f"Epoch {m.epoch} of {m.epochs_total} just finished.", *history_lines(m)]
     lines += [
-        f"{h.epoch}: {h.train_acc:.3f} {h.train_loss:.3f} | {h.val_acc:.3f} {h.val_loss:.3f} | {h.lr:.2g} {h.dropout:.2g} {h.alpha:.2g}"
-        for h in m.history[-HISTORY_ROWS:]
-    ]
-    lines += [
-        f"Best val_acc {t.best_val_acc:.4f} at epoch {t.best_epoch} ({t.epochs_since_best} epochs ago). "
-        f"Train/val gap {t.gap:+.4f} (previous epoch {t.previous_gap:+.4f}).",
+        trend_line(m),
         "Gradient/weight norms: "
         + ", ".join(
             f"{name} {m.grad_norms.get(name, 0.0):.2g}/{m.weight_norms.get(name, 0.0):.3g}"
             for name in m.param_shapes
             if name.endswith("weight")
         ),
-        f"Current: dropout {m.dropout:.2f}, learning_rate {m.lr:.2e}, alpha {m.alpha:.2f}.",
+        "Current values, in the range allowed now: "
+        + ", ".join(f"{name} {values[name]:.3g} in [{low:.3g}, {high:.3g}]" for name, (low, high) in ranges.items())
+        + ".",
     ]
     if m.previous_command is not None:
         # The previous command is what "Current" shows (it was applied); its reason is what is new.
@@ -112,11 +186,10 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
         if feed_reflection and m.previous_reflection is not None:
             previous += f" Verdict on it: {m.previous_reflection.verdict} ({m.previous_reflection.text[:80]})."
         lines.append(previous)
-    lines += [
-        "Allowed now: " + ", ".join(f"{name} in [{low:.3g}, {high:.3g}]" for name, (low, high) in ranges.items()) + ".",
+    lines.append(
         "To keep a value, repeat the current one. Schema: "
-        + json.dumps(prompt_schema(m, command_space), separators=(",", ":")),
-    ]
+        + json.dumps(prompt_schema(m, command_space), separators=(",", ":"))
+    )
     return "\n".join(lines)
 
 

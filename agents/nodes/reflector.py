@@ -1,8 +1,10 @@
-"""reflector: judge the previous decision from the change in validation accuracy it was followed by.
+"""reflector: judge the previous decision from the change in the task's objective it was followed by.
 
-The decision made after epoch e-1 governed epoch e, so at epoch e the judgement compares val_acc(e)
-with val_acc(e-1). The verdict goes back to the trainer, into ``reflections``, and into the next
-prompt.
+The decision made after epoch e-1 governed epoch e, so at epoch e the judgement compares the objective
+at e with the objective at e-1, in the task's direction (``TaskSpec.improvement``: positive is better).
+An improvement beyond the task's noise band is ``beneficial``, a loss beyond it ``harmful``, anything
+within it ``neutral``; an objective that turned NaN or infinite (a diverged run) is ``harmful``. The
+verdict goes back to the trainer, into ``reflections``, and into the next prompt.
 """
 
 from __future__ import annotations
@@ -12,43 +14,59 @@ import time
 from typing import Callable
 
 from agents.state import AgentState
-from bus.messages import EpochMetrics, Reflection
+from agents.trends import objective_decimals
+from bus.messages import EpochMetrics, Hyperparameter, Reflection, TaskSpec, Verdict
 
-NEUTRAL_BAND = 0.002  # |change in val acc| below this (0.2 points) is noise, not an effect
+
+def knob_format(knob: Hyperparameter) -> str:
+    """How a knob's value reads in a sentence: 1.00e-03 for a log-scale knob, 0.25 for a linear one."""
+    return ".2e" if knob.scale == "log" else ".3g"
 
 
 def describe_change(m: EpochMetrics) -> str:
     """What the previous command changed relative to the epoch before it, in words."""
     c, before = m.previous_command, m.history[-2]
-    changes = [
-        f"{label} {old:{fmt}} -> {new:{fmt}}"
-        for label, old, new, fmt in (
-            ("lr", before.lr, c.learning_rate, ".2e"),
-            ("dropout", before.dropout, c.dropout, ".2f"),
-            ("alpha", before.alpha, c.alpha, ".2f"),
-        )
-        if not math.isclose(old, new, rel_tol=1e-9, abs_tol=1e-12)
-    ]
+    changes = []
+    for knob in m.task.hyperparameters:
+        old, new = before.hyperparameters.get(knob.name), c.hyperparameters.get(knob.name)
+        if old is not None and new is not None and knob.direction(new, old) != 0:
+            changes.append(f"{knob.name} {old:{knob_format(knob)}} -> {new:{knob_format(knob)}}")
+    if not math.isclose(before.alpha, c.alpha, rel_tol=1e-9, abs_tol=1e-12):
+        changes.append(f"alpha {before.alpha:.2f} -> {c.alpha:.2f}")
     if c.modulated_layers():
         changes.append(f"modulating {', '.join(c.modulated_layers())}")
     return "changing " + ", ".join(changes) if changes else "keeping the hyperparameters"
 
 
+def rule_verdict(spec: TaskSpec, before: float, after: float) -> Verdict:
+    """The rule's verdict on the objective moving from ``before`` to ``after`` (see the module docstring)."""
+    if math.isfinite(before) and not math.isfinite(after):
+        return "harmful"
+    change = spec.improvement(before, after)
+    return "beneficial" if change > spec.noise_band else "harmful" if change < -spec.noise_band else "neutral"
+
+
+def describe_objective_change(spec: TaskSpec, before: float, after: float) -> str:
+    """E.g. ``val_rmse went from 55.12 to 54.20 (-0.92, better)``; a change within the noise band says so."""
+    d = objective_decimals(spec)
+    word = {"beneficial": "better", "harmful": "worse", "neutral": "within noise"}[rule_verdict(spec, before, after)]
+    return f"{spec.objective} went from {before:.{d}f} to {after:.{d}f} ({after - before:+.{d}f}, {word})"
+
+
 def judge_previous_decision(m: EpochMetrics) -> Reflection | None:
+    """The rule's judgement of the previous command, or None when there is none to judge yet."""
     if m.previous_command is None or len(m.history) < 2:
         return None
-    before, after = m.history[-2].val_acc, m.val_acc
-    change = after - before
-    verdict = "beneficial" if change > NEUTRAL_BAND else "harmful" if change < -NEUTRAL_BAND else "neutral"
-    text = (
-        f"Validation accuracy went from {before:.4f} to {after:.4f} ({change * 100:+.2f} points) after "
-        f"{describe_change(m)}: the decision was {verdict}."
-    )
+    spec = m.task
+    before, after = m.history[-2].metrics.get(spec.objective, math.nan), m.objective_value
+    verdict = rule_verdict(spec, before, after)
+    text = f"{describe_objective_change(spec, before, after)} after {describe_change(m)}: the decision was {verdict}."
     return Reflection(
         epoch=m.epoch,
         about_epoch=m.history[-2].epoch,
-        prev_val_acc=before,
-        val_acc=after,
+        objective=spec.objective,
+        objective_before=before,
+        objective_after=after,
         verdict=verdict,
         text=text,
         rule_verdict=verdict,

@@ -4,7 +4,9 @@ a modulation that failed — and record the fallback with its reason."""
 
 from __future__ import annotations
 
+from agents.nodes.validator import ALPHA, command_from
 from agents.state import AgentState
+from agents.trends import current_values
 from bus.messages import UpdateCommand
 
 
@@ -15,16 +17,12 @@ def should_retry(state: AgentState) -> bool:
 
 
 def deterministic_repair(state: AgentState) -> UpdateCommand:
+    """The command from the fields that passed validation, each missing knob and alpha at its current value."""
     m = state["metrics"]
     partial = state.get("partial", {})
-    return UpdateCommand(
-        dropout=partial.get("dropout", m.dropout),
-        learning_rate=partial.get("learning_rate", m.lr),
-        alpha=partial.get("alpha", m.alpha),
-        weight_modulation=partial.get("weight_modulation") or None,
-        weight_ops=partial.get("weight_ops") or None,
-        rationale=f"deterministic repair: {partial.get('rationale', '')}"[:2000],
-    )
+    fields = {**current_values(m), ALPHA: m.alpha, **partial}
+    fields["rationale"] = f"deterministic repair: {partial.get('rationale', '')}"[:2000]
+    return command_from(fields, m.task.knob_names())
 
 
 def repairer(state: AgentState) -> dict:

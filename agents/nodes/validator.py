@@ -1,5 +1,6 @@
-"""validator: parse and check an answer — JSON, fields, types, NaN/inf, ranges, layer names, tensor
-shapes, payload size, delta norms. Out-of-range numbers are clamped and each clamp recorded; in the
+"""validator: parse and check an answer — JSON, fields (one per knob of the task, named as the task's
+``TaskSpec`` declares them, and ``alpha``), types, NaN/inf, ranges, layer names, tensor shapes, payload
+size, delta norms, operation seeds. Out-of-range numbers are clamped and each clamp recorded; in the
 grid command space every number is snapped to the nearest grid value, and that is recorded as a clamp
 too. What cannot be clamped is an error for the repairer. The fields that passed are kept in
 ``partial``; how the JSON object was found in the answer (reasoning set aside, lenient parsing, a
@@ -18,84 +19,60 @@ import structlog
 
 from agents.nodes.answer_text import find_answer_object
 from agents.state import AgentState
-from bus.messages import (
-    ALPHA_RANGE,
-    DROPOUT_RANGE,
-    LEARNING_RATE_RANGE,
-    MAX_OP_FRACTION,
-    EpochMetrics,
-    UpdateCommand,
-    WeightOp,
-)
+from agents.trends import current_values
+from bus.messages import ALPHA_RANGE, MAX_OP_FRACTION, EpochMetrics, UpdateCommand, WeightOp
 
-RANGES = {"dropout": DROPOUT_RANGE, "learning_rate": LEARNING_RATE_RANGE, "alpha": ALPHA_RANGE}
-# Trust region: how far one epoch's command may move from the current values. Beyond it the value is
-# clamped (and the clamp recorded), so one wild answer cannot wreck a run.
-MAX_LR_STEP = 3.0  # learning rate may change by at most x3 or /3 per epoch
-MAX_DROPOUT_STEP = 0.2
+ALPHA = "alpha"  # the trainer's blend ratio: every command has it beside the task's knobs
 MAX_ANSWER_CHARS = 16 * 1024 * 1024
-MAX_MODULATION_ELEMENTS = 500_000  # the largest layer (fc.0.weight) has 401,408
+MAX_MODULATION_ELEMENTS = 500_000  # the largest MNIST layer (fc.0.weight) has 401,408
 MAX_DELTA_NORM_RATIO = MAX_OP_FRACTION  # one epoch's delta may move a layer by at most 5% of its weight norm
 MAX_OPS = 16
 MAX_RATIONALE_CHARS = 2000
+MAX_SEED = 2**63 - 1  # a weight operation's noise seed: any non-negative 64-bit signed integer
 OP_VALUE_KEYS = {"scale": "factor", "shrink": "amount", "noise": "scale"}
 OP_RANGES = {
     "scale": (1.0 - MAX_OP_FRACTION, 1.0 + MAX_OP_FRACTION),
     "shrink": (0.0, MAX_OP_FRACTION),
     "noise": (0.0, MAX_OP_FRACTION),
 }
-# The grid command space: a few choices per field around the current values.
-LR_CHOICES = (0.5, 1.0, 2.0)  # the learning rate may be halved, kept or doubled
-DROPOUT_CHOICES = (-0.1, 0.0, 0.1)
+# The grid command space: a few choices per field around the current values (each knob's own grid,
+# ``Hyperparameter.grid``; alpha in steps of 0.2).
 ALPHA_CHOICES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 OP_CHOICES = {"factor": [0.98, 1.02], "amount": [0.01, 0.02], "scale": [0.01, 0.02]}
 GRID_MAX_OPS = 1
 GRID_PRINT_TOLERANCE = 1e-3
 
 
+def required_fields(m: EpochMetrics) -> list[str]:
+    """The numeric fields every answer must have: the task's knobs by name, then ``alpha``."""
+    return [*m.task.knob_names(), ALPHA]
+
+
 def allowed_ranges(m: EpochMetrics) -> dict[str, tuple[float, float]]:
-    """The range each field may take after this epoch: the hard bounds intersected with the trust region."""
-    return {
-        "dropout": (
-            max(DROPOUT_RANGE[0], m.dropout - MAX_DROPOUT_STEP),
-            min(DROPOUT_RANGE[1], m.dropout + MAX_DROPOUT_STEP),
-        ),
-        "learning_rate": (
-            max(LEARNING_RATE_RANGE[0], m.lr / MAX_LR_STEP),
-            min(LEARNING_RATE_RANGE[1], m.lr * MAX_LR_STEP),
-        ),
-        "alpha": ALPHA_RANGE,
-    }
-
-
-def _around(current: float, candidates, low: float, high: float, digits: int) -> list[float]:
-    """``current`` exactly (keeping a value is always a choice) and the ``candidates``, rounded to
-    ``digits`` significant digits, that lie in [low, high]."""
-    rounded = (float(f"{v:.{digits}g}") for v in candidates)
-    return sorted({current, *(v for v in rounded if low <= v <= high)})
+    """The range each field may take after this epoch: each knob's hard bounds intersected with its trust
+    region around the current value (``Hyperparameter.allowed``), and alpha's hard bounds."""
+    values = current_values(m)
+    return {**{k.name: k.allowed(values[k.name]) for k in m.task.hyperparameters}, ALPHA: ALPHA_RANGE}
 
 
 def grid_choices(m: EpochMetrics) -> dict[str, list[float]]:
-    """The values each field may take in the grid command space after this epoch: learning rate
-    halved / kept / doubled, dropout -0.1 / +0 / +0.1, alpha in steps of 0.2 (and its current value),
-    each inside :func:`allowed_ranges`."""
-    ranges = allowed_ranges(m)
-    return {
-        "dropout": _around(m.dropout, (m.dropout + d for d in DROPOUT_CHOICES if d), *ranges["dropout"], 2),
-        "learning_rate": _around(m.lr, (m.lr * f for f in LR_CHOICES if f != 1.0), *ranges["learning_rate"], 3),
-        "alpha": sorted({*ALPHA_CHOICES, m.alpha}),
-    }
+    """The values each field may take in the grid command space after this epoch: each knob's
+    ``Hyperparameter.grid`` around its current value (MNIST: learning rate halved / kept / doubled,
+    dropout -0.1 / +0 / +0.1), alpha in steps of 0.2 (and its current value)."""
+    values = current_values(m)
+    choices = {k.name: k.grid(values[k.name]) for k in m.task.hyperparameters}
+    return {**choices, ALPHA: sorted({*ALPHA_CHOICES, m.alpha})}
 
 
-def _snap(name: str, value: float, choices: list[float], clamped: dict) -> float:
-    """``value`` moved to the nearest of ``choices`` (by ratio for the learning rate), recorded as a
+def _snap(name: str, value: float, choices: list[float], clamped: dict, by_ratio: bool = False) -> float:
+    """``value`` moved to the nearest of ``choices`` (by ratio for a log-scale knob), recorded as a
     clamp with ``grid: true`` when it moves. A value within 0.1% of a choice is that choice, printed
     with fewer digits (the prompt shows 7.07e-04 for 0.000707106...), and is taken without a record."""
     for choice in choices:
         if math.isclose(value, choice, rel_tol=GRID_PRINT_TOLERANCE, abs_tol=1e-12):
             return choice
-    if name.endswith("learning_rate"):
-        nearest = min(choices, key=lambda c: abs(math.log(c / value)))  # both positive: inside the lr range
+    if by_ratio and value > 0:  # a log-scale knob's range is positive: the value was clamped into it
+        nearest = min(choices, key=lambda c: abs(math.log(c / value)))
     else:
         nearest = min(choices, key=lambda c: abs(c - value))
     original = clamped.get(name, {}).get("from", value)  # a range clamp before the snap keeps its "from"
@@ -166,8 +143,21 @@ def _check_op(
         value = min(max(value, low), high)
     if grid:
         value = _snap(f"weight_ops.{layer}.{key}", float(value), OP_CHOICES[key], clamped)
-    seed = zlib.crc32(f"{m.run_id}:{m.epoch}:{layer}".encode())
-    return WeightOp(layer=layer, op=op, value=float(value), seed=seed)
+    return WeightOp(layer=layer, op=op, value=float(value), seed=_seed(layer, spec, m, clamped))
+
+
+def _seed(layer: str, spec: dict, m: EpochMetrics, clamped: dict) -> int:
+    """The operation's noise seed: the integer ``seed`` the answer gives (a replayed command keeps its
+    recorded noise), else one derived from run, epoch and layer. A ``seed`` that is not an integer in
+    [0, 2**63) is replaced by the derived one, and that is recorded as a clamp."""
+    derived = zlib.crc32(f"{m.run_id}:{m.epoch}:{layer}".encode())
+    if "seed" not in spec:
+        return derived
+    seed = spec["seed"]
+    if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED:
+        return seed
+    clamped[f"weight_ops.{layer}.seed"] = {"from": str(seed)[:40], "to": derived}
+    return derived
 
 
 def _modulation_items(raw: Any, errors: list[str]) -> list[tuple[str, Any]]:
@@ -248,12 +238,14 @@ class CheckedAnswer:
 
 
 def validate_answer(text: str, m: EpochMetrics, command_space: str = "free") -> CheckedAnswer:
-    """Check one answer ``text`` against the state after epoch ``m``; ``command_space`` is ``free``
-    (any number in :func:`allowed_ranges`) or ``grid`` (numbers snapped to :func:`grid_choices`).
+    """Check one answer ``text`` against the state after epoch ``m``: a field per knob of ``m.task`` and
+    ``alpha`` (:func:`required_fields`), optional ``weight_modulation``, ``rationale``. ``command_space``
+    is ``free`` (any number in :func:`allowed_ranges`) or ``grid`` (numbers snapped to :func:`grid_choices`).
     Never raises for any text, whatever its size or nesting."""
     if len(text) > MAX_ANSWER_CHARS:
         return CheckedAnswer(None, errors=[f"answer of {len(text)} characters exceeds {MAX_ANSWER_CHARS}"])
-    found = find_answer_object(text, tuple(RANGES))
+    required = required_fields(m)
+    found = find_answer_object(text, tuple(required))
     if found.value is None:
         return CheckedAnswer(None, errors=[found.error or "answer contains no JSON object"], notes=found.notes)
     answer = found.value
@@ -262,13 +254,14 @@ def validate_answer(text: str, m: EpochMetrics, command_space: str = "free") -> 
     grid = command_space == "grid"
     ranges = allowed_ranges(m)
     choices = grid_choices(m) if grid else {}
-    for name in RANGES:
+    log_scale = {k.name for k in m.task.hyperparameters if k.scale == "log"}
+    for name in required:
         if name not in answer:
             errors.append(f"missing required field {name!r}")
             continue
         value = _check_number(name, answer[name], ranges[name], clamped, errors)
         if value is not None and grid:
-            value = _snap(name, value, choices[name], clamped)
+            value = _snap(name, value, choices[name], clamped, by_ratio=name in log_scale)
         if value is not None:
             partial[name] = value
     ambiguous: list[str] = []
@@ -284,7 +277,7 @@ def validate_answer(text: str, m: EpochMetrics, command_space: str = "free") -> 
         errors.append(f"rationale must be a string, got {type(rationale).__name__}")
         rationale = ""
     partial["rationale"] = rationale[:MAX_RATIONALE_CHARS]
-    extra = sorted(set(answer) - {*RANGES, "weight_modulation", "rationale"})
+    extra = sorted(set(answer) - {*required, "weight_modulation", "rationale"})
     if extra:
         clamped["ignored_fields"] = extra[:20]
     snapped = sorted(name for name, entry in clamped.items() if isinstance(entry, dict) and entry.get("grid"))
@@ -293,8 +286,20 @@ def validate_answer(text: str, m: EpochMetrics, command_space: str = "free") -> 
             f"{snapped} were off the grid and snapped to the nearest choice: the server may not have applied the schema"
         )
     if not errors:
-        checked.command = UpdateCommand(**partial)
+        checked.command = command_from(partial, m.task.knob_names())
     return checked
+
+
+def command_from(partial: dict[str, Any], knobs: list[str]) -> UpdateCommand:
+    """The command from checked fields in the flat answer form: the value of each of ``knobs`` by name,
+    ``alpha``, optional ``weight_modulation`` (raw deltas) and ``weight_ops``, ``rationale``."""
+    return UpdateCommand(
+        hyperparameters={name: partial[name] for name in knobs},
+        alpha=partial[ALPHA],
+        weight_modulation=partial.get("weight_modulation") or None,
+        weight_ops=partial.get("weight_ops") or None,
+        rationale=partial.get("rationale", ""),
+    )
 
 
 def validator(state: AgentState) -> dict:

@@ -19,9 +19,10 @@ from agents.graph import CORE_NODES, build_agent_graph
 from agents.llm import ChatCaller, LLMJudge, LLMPolicy, LLMSettings, make_chat_model, response_formats, scrub
 from agents.server import decide
 from bus.messages import UpdateCommand
-from tests.helpers import make_metrics
+from tests.helpers import make_command, make_metrics, make_regression_metrics
 
 GOOD = {"dropout": 0.25, "learning_rate": 5e-4, "alpha": 0.3, "rationale": "val acc stalls"}
+PREVIOUS = make_command(dropout=0.25, learning_rate=5e-4, alpha=0.3, rationale="val acc stalls")
 
 
 class RecordingFake(GenericFakeChatModel):
@@ -64,7 +65,7 @@ def test_valid_json_at_first_try_records_tokens_and_raw_text():
     model = scripted(json.dumps(GOOD))
     decision = run_llm(model)
     assert decision.valid and decision.repair_attempts == 0 and not decision.fallback
-    assert decision.command.learning_rate == 5e-4 and decision.controller == "llm"
+    assert decision.command.hyperparameters["learning_rate"] == 5e-4 and decision.controller == "llm"
     assert (decision.prompt_tokens, decision.completion_tokens) == (100, 20)
     assert decision.raw_output == json.dumps(GOOD) and "Schema:" in decision.prompt
 
@@ -96,7 +97,7 @@ def test_each_failure_is_sent_back_with_its_error_and_repaired(bad, error):
     model = scripted(bad, json.dumps(GOOD))
     decision = run_llm(model)
     assert not decision.valid and not decision.fallback and decision.repair_attempts == 1
-    assert decision.command.learning_rate == 5e-4
+    assert decision.command.hyperparameters["learning_rate"] == 5e-4
     repair_messages, _ = model.calls[1]
     assert repair_messages[-2].content == bad[:4000]  # the rejected answer, then the exact errors
     assert error in repair_messages[-1].content
@@ -116,7 +117,7 @@ def test_an_oversized_answer_is_rejected_before_parsing():
 def test_out_of_range_values_are_clamped_not_repaired():
     decision = run_llm(scripted(json.dumps({**GOOD, "learning_rate": 0.5, "alpha": 7})))
     assert decision.valid and decision.repair_attempts == 0
-    assert decision.command.learning_rate == pytest.approx(3e-3) and decision.command.alpha == 1.0
+    assert decision.command.hyperparameters["learning_rate"] == pytest.approx(3e-3) and decision.command.alpha == 1.0
     assert decision.clamped["alpha"] == {"from": 7.0, "to": 1.0}
 
 
@@ -139,7 +140,7 @@ def test_a_model_that_never_becomes_valid_falls_back_keeping_the_valid_parts():
     decision = run_llm(model, max_repairs=2)
     assert decision.fallback and not decision.valid and decision.repair_attempts == 2
     assert "still invalid after 3 answer(s)" in decision.fallback_reason
-    assert (decision.command.learning_rate, decision.command.alpha, decision.command.dropout) == (5e-4, 0.5, 0.2)
+    assert decision.command.hyperparameters == {"dropout": 0.2, "learning_rate": 5e-4} and decision.command.alpha == 0.5
     assert len(model.calls) == 3
 
 
@@ -152,11 +153,11 @@ def test_an_unreachable_model_falls_back_at_once_without_repair_rounds():
     decision = run_llm(Unreachable(messages=iter([])))
     assert decision.fallback and decision.repair_attempts == 0
     assert decision.fallback_reason.startswith("model call failed: ") and "Connection" in decision.fallback_reason
-    assert (decision.command.learning_rate, decision.command.dropout) == (1e-3, 0.2)
+    assert decision.command.hyperparameters == {"dropout": 0.2, "learning_rate": 1e-3}
 
 
 def test_reflection_comes_from_the_model_with_the_rule_kept_beside_it():
-    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=UpdateCommand(**GOOD))
+    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=PREVIOUS)
     judge = scripted(json.dumps({"verdict": "neutral", "text": "Accuracy barely moved.\nSecond line"}))
     decision = run_llm(scripted(json.dumps(GOOD)), metrics=metrics, judge_model=judge)
     r = decision.reflection
@@ -169,8 +170,23 @@ def test_reflection_comes_from_the_model_with_the_rule_kept_beside_it():
     assert "0.8500 to 0.8300" in judge.calls[0][0][-1].content
 
 
+def test_the_judge_is_told_the_objective_its_direction_and_noise_band():
+    previous = make_command(learning_rate=5e-4, dropout=0.0, weight_decay=0.0)
+    metrics = make_regression_metrics([60.0, 58.0, 57.2], lr=5e-4, lrs=[1e-3, 1e-3, 5e-4], previous_command=previous)
+    answer = {"learning_rate": 5e-4, "dropout": 0.0, "weight_decay": 0.0, "alpha": 0.4, "rationale": "keep"}
+    judge = scripted(json.dumps({"verdict": "beneficial", "text": "The error fell by 0.8."}))
+    decision = run_llm(scripted(json.dumps(answer)), metrics=metrics, judge_model=judge)
+    assert (decision.reflection.verdict, decision.reflection.rule_verdict) == ("beneficial", "beneficial")
+    prompt = judge.calls[0][0][-1].content
+    assert prompt.startswith(decision.prompt.split("\n\nEpoch 3 of 20")[0])  # one cached prefix for both calls
+    assert (
+        "the decision was changing learning_rate 1.00e-03 -> 5.00e-04. val_rmse (lower is better) went from 58.00 "
+        "to 57.20 (-0.80; a change within 0.5 is noise); train_rmse is now 55.20." in prompt
+    )
+
+
 def test_a_failing_judge_falls_back_to_the_rule():
-    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=UpdateCommand(**GOOD))
+    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=PREVIOUS)
     decision = run_llm(scripted(json.dumps(GOOD)), metrics=metrics, judge_model=scripted('{"verdict": "great"}'))
     assert decision.reflection.judge == "rule" and decision.reflection.verdict == "harmful"
     (note,) = [n for n in decision.notes if n.get("action") == "rule_fallback"]
@@ -178,7 +194,7 @@ def test_a_failing_judge_falls_back_to_the_rule():
 
 
 def test_a_judge_answer_in_a_reasoning_block_with_a_trailing_comma_is_read_and_noted():
-    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=UpdateCommand(**GOOD))
+    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=PREVIOUS)
     judge = scripted('<think>it dropped 2 points</think>{"verdict": "harmful", "text": "Accuracy fell 2 points.",}')
     decision = run_llm(scripted(json.dumps(GOOD)), metrics=metrics, judge_model=judge)
     assert (decision.reflection.verdict, decision.reflection.text) == ("harmful", "Accuracy fell 2 points.")
@@ -256,7 +272,7 @@ class ExplodingPolicy:
 def test_a_policy_that_raises_is_a_model_error_not_a_graph_failure():
     decision = run_graph(ExplodingPolicy())
     assert decision.fallback and decision.fallback_reason == "model call failed: RuntimeError: the client library broke"
-    assert (decision.command.learning_rate, decision.command.dropout, decision.command.alpha) == (1e-3, 0.2, 0.4)
+    assert decision.command.hyperparameters == {"dropout": 0.2, "learning_rate": 1e-3} and decision.command.alpha == 0.4
 
 
 class ExplodingJudge:
@@ -267,10 +283,10 @@ class ExplodingJudge:
 
 
 def test_a_judge_that_raises_keeps_the_validated_command_and_the_rule_verdict():
-    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=UpdateCommand(**GOOD))
+    metrics = make_metrics([0.80, 0.85, 0.83], previous_command=PREVIOUS)
     policy = LLMPolicy(ChatCaller(scripted(json.dumps(GOOD)), [None]), "fake-model")
     decision = run_graph(policy, ExplodingJudge(), metrics)
-    assert decision.valid and not decision.fallback and decision.command.learning_rate == 5e-4
+    assert decision.valid and not decision.fallback and decision.command.hyperparameters["learning_rate"] == 5e-4
     assert decision.reflection.judge == "rule" and decision.reflection.verdict == "harmful"
     (note,) = [n for n in decision.notes if n["node"] == "reflector"]
     assert note["action"] == "rule_fallback" and note["reason"] == "judge failed: RuntimeError: judge crashed"

@@ -53,7 +53,7 @@ def test_same_run_and_epoch_asked_twice_gets_the_same_decision(agent, tmp_path):
     metrics = make_metrics([0.90, 0.93, 0.92, 0.925])
     first = client.request(metrics, timeout_ms=10_000).reply
     second = client.request(metrics, timeout_ms=10_000).reply
-    assert isinstance(first, Decision) and first.command.learning_rate == 5e-4
+    assert isinstance(first, Decision) and first.command.hyperparameters["learning_rate"] == 5e-4
     assert second == first  # identical, latency included: served from the cache, not recomputed
     assert '"duplicate_request"' in next(tmp_path.glob("logs/agent-*.jsonl")).read_text()
 
@@ -68,7 +68,7 @@ def test_garbage_gets_an_error_reply_and_a_failing_node_a_note_not_a_dead_agent(
     assert isinstance(reply, ErrorReply) and "not JSON" in reply.reason
     # a node that raises after validation costs a note and an event, not the validated command
     reply = client.request(make_metrics([0.8, 0.85]), timeout_ms=10_000).reply
-    assert isinstance(reply, Decision) and not reply.fallback and reply.command.learning_rate == 1e-3
+    assert isinstance(reply, Decision) and not reply.fallback and reply.command.hyperparameters["learning_rate"] == 1e-3
     failed = [n for n in reply.notes if n.get("action") == "failed"]
     assert failed == [
         {

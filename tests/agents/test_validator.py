@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from agents.nodes.validator import MAX_DELTA_NORM_RATIO, validate_answer
-from tests.helpers import make_metrics
+from agents.nodes.validator import MAX_DELTA_NORM_RATIO, allowed_ranges, grid_choices, validate_answer
+from tests.helpers import make_metrics, make_regression_metrics
 
 METRICS = make_metrics([0.9, 0.91])
 
@@ -19,18 +19,19 @@ def test_valid_answer_inside_prose_and_fences():
         'Sure!\n```json\n{"dropout": 0.3, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}\n```'
     )
     assert errors == [] and clamped == {}
-    assert (command.dropout, command.learning_rate, command.alpha, command.rationale) == (0.3, 0.0005, 0.4, "r")
+    assert command.hyperparameters == {"dropout": 0.3, "learning_rate": 0.0005}
+    assert (command.alpha, command.rationale) == (0.4, "r")
 
 
 def test_values_outside_the_trust_region_are_clamped_and_recorded():
     # current: dropout 0.2, lr 1e-3 -> allowed dropout [0.0, 0.4], lr [3.33e-4, 3e-3], alpha [0, 1]
     command, _, clamped, errors = check({"dropout": 1.5, "learning_rate": 2.0, "alpha": -0.1, "rationale": ""})
     assert errors == []
-    assert (command.dropout, command.learning_rate, command.alpha) == (0.4, pytest.approx(3e-3), 0.0)
+    assert command.hyperparameters == {"dropout": 0.4, "learning_rate": pytest.approx(3e-3)} and command.alpha == 0.0
     assert clamped["dropout"] == {"from": 1.5, "to": 0.4} and clamped["alpha"] == {"from": -0.1, "to": 0.0}
     assert clamped["learning_rate"]["to"] == pytest.approx(3e-3)
     command, _, clamped, _ = check({"dropout": 0.0, "learning_rate": 1e-6, "alpha": 1.0, "rationale": ""})
-    assert command.learning_rate == pytest.approx(1e-3 / 3) and "dropout" not in clamped
+    assert command.hyperparameters["learning_rate"] == pytest.approx(1e-3 / 3) and "dropout" not in clamped
 
 
 @pytest.mark.parametrize(
@@ -103,11 +104,14 @@ def checked(text, command_space="free"):
 
 def test_a_reasoning_block_is_set_aside_and_kept_in_the_notes():
     result = checked('<think>maybe {"learning_rate": 0.0007}? no, keep it lower</think>\n' + json.dumps(GOOD))
-    assert result.errors == [] and result.command.learning_rate == 0.0005
+    assert result.errors == [] and result.command.hyperparameters["learning_rate"] == 0.0005
     assert result.notes == {"reasoning": 'maybe {"learning_rate": 0.0007}? no, keep it lower'}
     # a template that opened the block in the prompt leaves only the closing tag in the answer
     result = checked("the gap widens, so more dropout</think>" + json.dumps(GOOD))
-    assert result.command.dropout == 0.3 and result.notes["reasoning"] == "the gap widens, so more dropout"
+    assert (
+        result.command.hyperparameters["dropout"] == 0.3
+        and result.notes["reasoning"] == "the gap widens, so more dropout"
+    )
 
 
 def test_an_answer_still_reasoning_when_cut_off_names_that():
@@ -120,11 +124,11 @@ def test_an_answer_still_reasoning_when_cut_off_names_that():
 def test_the_first_object_with_the_required_fields_is_taken_and_the_others_noted():
     twice = json.dumps(GOOD) + "\n" + json.dumps(GOOD)
     result = checked(twice)
-    assert result.errors == [] and result.command.dropout == 0.3
+    assert result.errors == [] and result.command.hyperparameters["dropout"] == 0.3
     assert result.notes["objects"].startswith("2 JSON objects, 2 with all of")
     other = json.dumps({**GOOD, "dropout": 0.35})
     result = checked('Example: {"dropout": 0.1}. My answer: ' + json.dumps(GOOD) + " or maybe " + other)
-    assert result.command.dropout == 0.3
+    assert result.command.hyperparameters["dropout"] == 0.3
     assert result.notes["objects"].endswith("the others differ in ['dropout']")
 
 
@@ -141,13 +145,15 @@ def test_the_first_object_with_the_required_fields_is_taken_and_the_others_noted
 def test_common_syntax_slips_are_accepted_with_a_note(slip):
     result = checked(slip)
     assert result.errors == [], result.errors
-    assert (result.command.dropout, result.command.learning_rate, result.command.alpha) == (0.3, 0.0005, 0.4)
+    assert result.command.hyperparameters == {"dropout": 0.3, "learning_rate": 0.0005} and result.command.alpha == 0.4
     assert result.notes["lenient_json"][0].startswith("not strict JSON: ")
 
 
 def test_a_field_given_twice_is_flagged_not_resolved_silently():
-    result = checked('{"dropout": 0.3, "learning_rate": 0.002, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}')
-    assert result.command.learning_rate == 0.0005  # the last value, as JSON parsers do, and said so
+    result = checked(
+        '{"dropout": 0.3, "learning_rate": 0.002, "learning_rate": 0.0005, "alpha": 0.4, "rationale": "r"}'
+    )
+    assert result.command.hyperparameters["learning_rate"] == 0.0005  # the last value, as JSON parsers do, and said so
     assert result.notes["ambiguous"] == ["field 'learning_rate' is given more than once; the last value is used"]
     ops = '[{"layer": "fc.3.weight", "op": "scale", "factor": 0.98, "factor": 1.02}]'
     result = checked(json.dumps(GOOD)[:-1] + f', "weight_modulation": {ops}}}')
@@ -170,7 +176,7 @@ def test_the_grid_snaps_off_grid_numbers_and_records_each_snap_as_a_clamp():
     off_grid = {"dropout": 0.27, "learning_rate": 0.0017, "alpha": 0.33, "rationale": "r"}
     result = checked(json.dumps(off_grid), "grid")
     assert result.errors == []
-    assert (result.command.dropout, result.command.learning_rate, result.command.alpha) == (0.3, 0.002, 0.4)
+    assert result.command.hyperparameters == {"dropout": 0.3, "learning_rate": 0.002} and result.command.alpha == 0.4
     assert result.clamped == {
         "dropout": {"from": 0.27, "to": 0.3, "grid": True},
         "learning_rate": {"from": 0.0017, "to": 0.002, "grid": True},
@@ -202,7 +208,7 @@ def test_the_grid_takes_one_operation_on_its_grid_and_no_raw_delta():
 def test_a_grid_value_printed_with_fewer_digits_is_that_value_not_a_snap():
     metrics = make_metrics([0.9, 0.91], lr=0.0007071067811865476)  # the prompt shows 7.07e-04
     result = validate_answer(json.dumps({**GOOD, "learning_rate": 0.000707, "dropout": 0.2}), metrics, "grid")
-    assert result.command.learning_rate == 0.0007071067811865476 and result.clamped == {}
+    assert result.command.hyperparameters["learning_rate"] == 0.0007071067811865476 and result.clamped == {}
 
 
 def test_a_layer_named_twice_takes_its_first_entry_and_is_flagged():
@@ -212,4 +218,51 @@ def test_a_layer_named_twice_takes_its_first_entry_and_is_flagged():
     ]
     result = checked(json.dumps({**GOOD, "weight_modulation": ops}))
     assert result.errors == [] and [(op.layer, op.value) for op in result.command.weight_ops] == [("fc.3.weight", 0.98)]
-    assert result.notes["ambiguous"] == ["weight_modulation names 'fc.3.weight' more than once; the first entry is used"]
+    assert result.notes["ambiguous"] == [
+        "weight_modulation names 'fc.3.weight' more than once; the first entry is used"
+    ]
+
+
+def test_a_weight_operation_keeps_an_integer_seed_and_replaces_any_other():
+    ops = [{"layer": "fc.3.weight", "op": "noise", "scale": 0.01, "seed": 987654321}]
+    result = checked(json.dumps({**GOOD, "weight_modulation": ops}))
+    assert result.errors == [] and result.command.weight_ops[0].seed == 987654321 and result.clamped == {}
+    derived = checked(json.dumps({**GOOD, "weight_modulation": [{**ops[0], "seed": None}]})).command.weight_ops[0].seed
+    unseeded = checked(json.dumps({**GOOD, "weight_modulation": [{k: v for k, v in ops[0].items() if k != "seed"}]}))
+    assert unseeded.command.weight_ops[0].seed == derived != 987654321
+    for bad in (-1, 2**64, 1.5, True, "7"):
+        result = checked(json.dumps({**GOOD, "weight_modulation": [{**ops[0], "seed": bad}]}))
+        assert result.errors == [] and result.command.weight_ops[0].seed == derived
+        assert result.clamped == {"weight_ops.fc.3.weight.seed": {"from": str(bad), "to": derived}}
+
+
+REGRESSION = make_regression_metrics([60.0, 58.0], lr=1e-3, weight_decay=0.02)
+
+
+def test_a_min_task_answer_names_its_own_knobs_and_is_clamped_by_them():
+    answer = {"learning_rate": 0.5, "dropout": 0.1, "weight_decay": 0.09, "alpha": 0.4, "rationale": "r"}
+    result = validate_answer(json.dumps(answer), REGRESSION)
+    assert result.errors == []
+    assert result.command.hyperparameters == {
+        "learning_rate": pytest.approx(3e-3),
+        "dropout": 0.1,
+        "weight_decay": 0.05,
+    }
+    assert result.clamped["weight_decay"] == {"from": 0.09, "to": 0.05}
+    missing = validate_answer(json.dumps({"learning_rate": 1e-3, "dropout": 0.1, "alpha": 0.4}), REGRESSION)
+    assert missing.command is None and "missing required field 'weight_decay'" in missing.errors
+    mnist_answer = validate_answer(json.dumps(GOOD), REGRESSION)  # MNIST's fields are not this task's
+    assert mnist_answer.command is None
+
+
+def test_a_min_task_grid_snaps_each_knob_on_its_own_scale():
+    assert allowed_ranges(REGRESSION)["weight_decay"] == (pytest.approx(0.0), 0.05)
+    assert grid_choices(REGRESSION) == {
+        "learning_rate": [0.0005, 0.001, 0.002], "dropout": [0.0, 0.1], "weight_decay": [0.01, 0.02, 0.03],
+        "alpha": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+    }  # fmt: skip
+    # 0.00145 is nearer 0.001 by difference, but nearer 0.002 by ratio (/1.38 against x1.45)
+    answer = {"learning_rate": 0.00145, "dropout": 0.04, "weight_decay": 0.026, "alpha": 0.4, "rationale": "r"}
+    result = validate_answer(json.dumps(answer), REGRESSION, "grid")
+    assert result.command.hyperparameters == {"learning_rate": 0.002, "dropout": 0.0, "weight_decay": 0.03}
+    assert set(result.clamped) == {"learning_rate", "dropout", "weight_decay"}

@@ -42,7 +42,7 @@ def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "| 10 | 0 | baseline | none | completed | 5 |" in result.stdout
-    assert "epoch   5/5" in result.stdout and "-> next lr" in result.stdout
+    assert "epoch   5/5" in result.stdout and "-> next dropout" in result.stdout
 
     runs = query(db, "SELECT arm, controller, status, n_train, seed, epochs, pair_id, config FROM runs ORDER BY arm")
     assert [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in runs] == [
@@ -83,10 +83,10 @@ def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
     for (epoch, *_rest, command, _notes, _prompt), (_, next_epoch, _, _, lr, dropout, _) in zip(
         decisions[:4], guided[1:]
     ):
-        applied = json.loads(command)
+        applied = json.loads(command)["hyperparameters"]
         assert (applied["learning_rate"], applied["dropout"]) == pytest.approx((lr, dropout))
     critic_changes = [
-        (json.loads(raw)["dropout"], json.loads(cmd)["dropout"], json.loads(notes))
+        (json.loads(raw)["dropout"], json.loads(cmd)["hyperparameters"]["dropout"], json.loads(notes))
         for _, _, _, _, raw, cmd, notes, _ in decisions
         if any(n["node"] == "critic" and n["action"] != "approve" for n in json.loads(notes))
     ]
@@ -107,7 +107,10 @@ def test_both_arms_with_the_critic_are_recorded_row_by_row(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--regime", "2pct"], "argument --regime: invalid choice: '2pct'"),
+        (["--regime", "2pct"], "--regime: task 'mnist' has no regime '2pct' (choose from full=60000"),
+        (["--task", "nosuch"], "--task: unknown task 'nosuch'; known: mnist, diabetes, cartpole"),
+        (["--task", "diabetes", "--no-compile"], "task 'diabetes' takes no option(s) compile_eval"),
+        (["--controller", "nosuch"], "--controller: unknown controller 'nosuch'"),
         (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
         (["--epochs", "many"], "argument --epochs: must be a whole number, got 'many'"),
         (["--nodes", "nosuch"], "--nodes: unknown node 'nosuch'"),
@@ -128,11 +131,12 @@ def test_help_states_every_default(tmp_path):
     assert result.returncode == 0
     text = " ".join(result.stdout.split())  # argparse wraps help lines
     for default in (
-        "(default: 1pct)",
+        "(default: the task's, 1pct for mnist)",
         "(default: llm)",
-        "(default: 30)",
+        "(default: the task's, 30 for mnist)",
         "(default: 0)",
-        "(default: 64)",
+        "(default: the task's, 64 for mnist)",
+        "(default: mnist)",
         "(default: runs/reflectnet.duckdb)",
     ):
         assert default in text

@@ -186,7 +186,7 @@ def test_sql_and_report_during_a_run_are_answered_by_the_live_recorder(tmp_path)
         report = run_py("report", "--db", str(cfg.db_path), "--out", str(tmp_path / "report"))
         assert report.returncode == 0, report.stderr
         assert f"read from the live recorder (pid {proc.pid})" in report.stdout
-        assert "| r1 | 100 | guided | heuristic | 0 | 4/3 | 0.4000 | 0.4000 |" in report.stdout
+        assert "| r1 | mnist | 100 | guided | heuristic | 0 | 4/3 | val_acc | 0.4000 | 0.4000 |" in report.stdout
         assert (tmp_path / "report" / "validation_accuracy.png").stat().st_size > 10_000
         with open_reader(cfg.db_path) as reader:
             assert reader.live and reader.query("SELECT count(*) FROM epochs").rows == [(4,)]

@@ -27,14 +27,19 @@ from storage.recorder import RecordBuffer, RecorderConfig, RecordRejected
 from storage.schema import migrate
 
 
-def run_started(run_id="r1", arm="guided", seed=0):
+def run_started(
+    run_id="r1", arm="guided", seed=0, task="mnist", objective="val_acc", mode="max", regime="100", budget=100
+):
     return RunStarted(
         run_id=run_id,
         pair_id="p1",
         arm=arm,
-        regime="100",
-        n_train=100,
-        controller="heuristic",
+        task=task,
+        objective=objective,
+        mode=mode,
+        regime=regime,
+        budget=budget,
+        controller="heuristic" if arm == "guided" else "none",
         seed=seed,
         epochs=3,
         started_at=time.time(),
@@ -42,29 +47,53 @@ def run_started(run_id="r1", arm="guided", seed=0):
     )
 
 
-def epoch_record(run_id, epoch, val_acc, train_acc=0.9):
+def epoch_record(run_id, epoch, val_acc, train_acc=0.9, lr=1e-3, dropout=0.2):
+    """An MNIST epoch (objective val_acc)."""
     return EpochRecord(
         run_id=run_id,
         epoch=epoch,
-        train_loss=0.1,
-        train_acc=train_acc,
-        val_loss=0.2,
-        val_acc=val_acc,
-        lr=1e-3,
-        dropout=0.2,
+        objective=val_acc,
+        metrics={"train_loss": 0.1, "train_acc": train_acc, "val_loss": 0.2, "val_acc": val_acc},
+        vectors={"per_class_val_acc": [val_acc] * 10},
+        hyperparameters={"dropout": dropout, "learning_rate": lr},
         alpha=0.4,
         wall_s=1.0,
-        per_class_val_acc=[val_acc] * 10,
         grad_norms={"fc.3.weight": 0.5},
         weight_norms={"fc.3.weight": 3.0},
     )
 
 
-def decision_record(run_id, epoch, lr):
-    command = UpdateCommand(dropout=0.2, learning_rate=lr, alpha=0.4, rationale="x")
+def regression_record(run_id, epoch, val_rmse, lr=1e-3, weight_decay=1e-4, ols=55.0):
+    """A diabetes-like epoch: objective val_rmse (mode min), no MNIST metric, a least-squares reference."""
+    return EpochRecord(
+        run_id=run_id,
+        epoch=epoch,
+        objective=val_rmse,
+        metrics={"train_loss": 3000.0, "val_rmse": val_rmse, "val_r2": 0.4, "ols_val_rmse": ols, "ols_val_r2": 0.45},
+        hyperparameters={"learning_rate": lr, "weight_decay": weight_decay},
+        alpha=0.5,
+        wall_s=0.1,
+        grad_norms={"net.0.weight": 0.5},
+        weight_norms={"net.0.weight": 3.0},
+    )
+
+
+def decision_record(run_id, epoch, lr, dropout=0.2, **knobs):
+    hyperparameters = {"learning_rate": lr, **({"dropout": dropout} if dropout is not None else {}), **knobs}
+    command = UpdateCommand(hyperparameters=hyperparameters, alpha=0.4, rationale="x")
     return DecisionRecord(
         decision=Decision(run_id=run_id, epoch=epoch, controller="heuristic", command=command), applied=True
     )
+
+
+def reflection_record(run_id, epoch, before, after, verdict="beneficial", objective="val_acc"):
+    return ReflectionRecord(
+        run_id=run_id,
+        reflection=Reflection(
+            epoch=epoch, about_epoch=epoch - 1, objective=objective, objective_before=before, objective_after=after,
+            verdict=verdict, text="up",
+        ),
+    )  # fmt: skip
 
 
 def test_records_become_rows_once_and_views_compute_the_paper_table(con):
@@ -77,14 +106,7 @@ def test_records_become_rows_once_and_views_compute_the_paper_table(con):
             buffer.add(epoch_record(run_id, epoch, acc))  # delivered twice, stored once
         buffer.add(RunFinished(run_id=run_id, status="completed", finished_at=time.time()))
     buffer.add(decision_record("r0", 1, 5e-4))
-    buffer.add(
-        ReflectionRecord(
-            run_id="r0",
-            reflection=Reflection(
-                epoch=2, about_epoch=1, prev_val_acc=0.5, val_acc=0.7, verdict="beneficial", text="up"
-            ),
-        )
-    )
+    buffer.add(reflection_record("r0", 2, 0.5, 0.7))
     buffer.flush()
     assert buffer.written == 18  # messages handled, duplicates included
     assert con.execute("SELECT count(*) FROM epochs").fetchall() == [(6,)]
@@ -96,13 +118,31 @@ def test_records_become_rows_once_and_views_compute_the_paper_table(con):
         and row[2] == pytest.approx(0.75)
         and row[3] == pytest.approx(0.9)
     )
-    outcome = con.execute("SELECT lr_before, lr_after, val_acc_change, verdict FROM decision_outcomes").fetchall()
-    assert outcome == [(1e-3, 5e-4, pytest.approx(0.2), "beneficial")]
+    outcome = con.execute(
+        "SELECT lr_before, lr_after, dropout_after, val_acc_change, verdict, objective, improvement, "
+        "hyperparameters_changed FROM decision_outcomes"
+    ).fetchall()
+    assert outcome == [(1e-3, 5e-4, 0.2, pytest.approx(0.2), "beneficial", "val_acc", pytest.approx(0.2), True)]
+    # v2 records fill the task-agnostic columns and, where the names exist, the MNIST ones
+    epoch = con.execute(
+        "SELECT objective, metrics->>'train_acc', hyperparameters->>'learning_rate', lr, dropout, train_loss, "
+        "per_class_val_acc[1], json_array_length(vectors->'per_class_val_acc') FROM epochs "
+        "WHERE run_id = 'r1' AND epoch = 2"
+    ).fetchall()
+    assert epoch == [(0.8, "0.9", "0.001", 1e-3, 0.2, 0.1, 0.8, 10)]
+    run = con.execute("SELECT task, objective, mode, n_train FROM runs WHERE run_id = 'r0'").fetchall()
+    assert run == [("mnist", "val_acc", "max", 100)]
+    reflection = con.execute(
+        "SELECT objective, objective_before, objective_after, prev_val_acc, val_acc FROM reflections"
+    ).fetchall()
+    assert reflection == [("val_acc", 0.5, 0.7, 0.5, 0.7)]
+    final = con.execute("SELECT run_id, final_objective, best_objective, best_epoch FROM run_results ORDER BY run_id")
+    assert final.fetchall() == [("r0", 0.6, 0.7, 2), ("r1", 0.75, 0.8, 2)]
 
 
 def test_migration_is_idempotent_and_versioned(con):
-    assert migrate(con) == 3
-    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(3,)]
+    assert migrate(con) == 4
+    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(4,)]
 
 
 def test_records_of_an_unknown_run_are_rejected_and_watermarks_commit_with_the_rows(con):

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from bus.messages import Reflection, ReflectionRecord, RunFinished
+from bus.messages import RunFinished
 from storage.reader import ReaderError, open_reader
 from storage.recorder import RecordBuffer
 from storage.report import (
@@ -16,14 +16,14 @@ from storage.report import (
     decision_figure,
     fit_figure,
     hyperparameter_figure,
+    objective_figure,
     read_report_data,
     run_sql,
     save_figure,
-    validation_figure,
     write_report,
 )
 from storage.schema import migrate
-from tests.storage.test_recorder import decision_record, epoch_record, run_started
+from tests.storage.test_recorder import decision_record, epoch_record, reflection_record, run_started
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,14 +42,7 @@ def db(tmp_path) -> Path:
                     buffer.add(epoch_record(run_id, epoch, acc if arm == "baseline" else acc - 0.01))
                     if arm == "guided":
                         buffer.add(decision_record(run_id, epoch, 1e-3))
-                buffer.add(
-                    ReflectionRecord(
-                        run_id=run_id,
-                        reflection=Reflection(
-                            epoch=2, about_epoch=1, prev_val_acc=0.5, val_acc=0.8, verdict="beneficial", text="up"
-                        ),
-                    )
-                )
+                buffer.add(reflection_record(run_id, 2, 0.5, 0.8))
                 buffer.add(RunFinished(run_id=run_id, status="completed", finished_at=time.time()))
         buffer.flush()
     return path
@@ -154,26 +147,27 @@ def test_every_figure_shows_its_whole_title_axes_and_legend_at_the_size_it_is_wr
         for regime in regimes:
             for arm in ("baseline", "guided"):
                 run_id = f"{arm}-{regime}"
-                buffer.add(run_started(run_id, arm=arm).model_copy(update={"regime": regime, "n_train": int(regime)}))
+                buffer.add(run_started(run_id, arm=arm, regime=regime, budget=int(regime)))
                 for epoch, acc in enumerate((0.5, 0.8, 0.9), 1):
                     buffer.add(epoch_record(run_id, epoch, acc))
                     if arm == "guided":
                         buffer.add(decision_record(run_id, epoch, 1e-3 / epoch))
                 buffer.add(RunFinished(run_id=run_id, status="completed", finished_at=time.time()))
-        going = {"regime": regimes[0], "n_train": int(regimes[0])}
-        buffer.add(run_started("going", arm="guided").model_copy(update=going))  # a run still going
+        buffer.add(run_started("going", arm="guided", regime=regimes[0], budget=int(regimes[0])))  # still going
         buffer.add(epoch_record("going", 1, 0.6))
         buffer.flush()
     with open_reader(db) as reader:
         data = read_report_data(reader)
-    assert [c.label for c in data.running] == ["heuristic"] and data.regimes == sorted(regimes, key=lambda r: -int(r))
-    for build in (validation_figure, hyperparameter_figure, decision_figure):
-        plt, fig = build(data)
+    task = data.task("mnist")
+    assert [c.label for c in task.running] == ["heuristic"] and task.regimes == sorted(regimes, key=lambda r: -int(r))
+    assert task.knobs == ["learning_rate", "dropout"]
+    for build in (objective_figure, hyperparameter_figure, decision_figure):
+        plt, fig = build(task)
         fit_figure(fig)
         assert outside_the_figure(fig) == [], build.__name__
         title = fig.get_suptitle()
         assert title.replace("\n", " ") in {
-            "Validation accuracy per epoch (line: mean over seeds, band: min–max)",
+            "Validation accuracy per epoch, higher is better (line: mean over seeds, band: min–max)",
             "Hyperparameters the controllers chose (mean over seeds)",
             "Decisions and the verdicts on them",
         }

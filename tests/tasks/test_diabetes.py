@@ -221,11 +221,13 @@ def test_alpha_one_delta_moves_exactly_that_parameter_by_delta():
 
 
 def test_baseline_best_epoch_comes_within_005_of_least_squares_over_five_seeds():
-    runs = [run_baseline(seed) for seed in range(5)]
+    runs = [run_baseline(seed, epochs=100) for seed in range(5)]
     ols = np.mean([r.ols_r2 for r in runs])
     best = np.mean([r.best_r2 for r in runs])
     final = np.mean([r.val_r2[-1] for r in runs])
     assert ols == pytest.approx(0.4176, abs=1e-3)
     assert abs(best - ols) <= 0.05, (best, ols)
     assert final < best - 0.05  # it overfits later: a controller has something to do
-    assert all(r.best_epoch < DiabetesRegression.default_epochs // 2 for r in runs)
+    assert all(r.best_epoch < DiabetesRegression.default_epochs for r in runs)  # the default budget holds the peak
+    at_default = np.mean([r.val_r2[DiabetesRegression.default_epochs - 1] for r in runs])
+    assert at_default < best  # and, by its end, some of the decline

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from trainer.blend import BlendedOptimizer, blend_step
-from trainer.loop import train_epoch
-from trainer.model import ReflectCNN
+from tasks.mnist.loop import train_epoch
+from tasks.mnist.model import ReflectCNN
 
 
 def _model_and_batch(seed=0):
@@ -70,19 +70,11 @@ def test_epoch_delta_is_spread_over_steps_and_sums_to_alpha_times_delta():
     torch.manual_seed(0)
     model = ReflectCNN(dropout=0.0)
     images, labels = torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = BlendedOptimizer(torch.optim.Adam(model.parameters(), lr=1e-3), dict(model.named_parameters()))
     before = model.fc[3].weight.detach().clone()
     delta = torch.randn_like(before) * 0.05
-    stats = train_epoch(
-        model,
-        opt,
-        images,
-        labels,
-        batch_size=32,
-        generator=torch.Generator().manual_seed(0),
-        alpha=1.0,
-        epoch_deltas={"fc.3.weight": delta},
-    )
+    opt.set_blend(1.0, {"fc.3.weight": delta}, steps_per_epoch=4)
+    stats = train_epoch(model, opt, images, labels, batch_size=32, generator=torch.Generator().manual_seed(0))
     assert stats.steps == 4
     # alpha = 1 discards Adam's step for that layer, so the epoch moved it by exactly the delta.
     assert torch.allclose(model.fc[3].weight, before + delta, atol=1e-6)

@@ -2,12 +2,12 @@ import pytest
 import torch
 
 from bus.messages import UpdateCommand, WeightOp
-from trainer.model import ReflectCNN
+from tasks.mnist.model import ReflectCNN
 from trainer.modulation import deltas_from_command
 
 
 def command(**kw) -> UpdateCommand:
-    return UpdateCommand(dropout=0.2, learning_rate=1e-3, alpha=0.5, **kw)
+    return UpdateCommand(hyperparameters={"dropout": 0.2, "learning_rate": 1e-3}, alpha=0.5, **kw)
 
 
 def test_compact_operations_expand_to_exact_shape_deltas_within_the_cap():

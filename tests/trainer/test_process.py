@@ -36,8 +36,8 @@ def test_no_working_source_exits_with_the_data_code_and_one_line(tmp_path):
     thread = threading.Thread(target=_fake_recorder, args=(sock, received, stop))
     thread.start()
     cfg = TrainerConfig(
-        run_id="r1", pair_id="p1", arm="baseline", controller="none", regime="100", seed=0, epochs=1, batch_size=64,
-        data_dir=tmp_path / "data", run_dir=tmp_path / "run", recorder_endpoint=f"tcp://127.0.0.1:{port}",
+        run_id="r1", pair_id="p1", arm="baseline", controller="none", regime="100", seed=0, epochs=1,
+        task_options={"data_dir": str(tmp_path / "data")}, run_dir=tmp_path / "run", recorder_endpoint=f"tcp://127.0.0.1:{port}",
     )  # fmt: skip
     config = tmp_path / "trainer.json"
     config.write_text(cfg.model_dump_json())

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from trainer.loop import CompiledEval, compile_for_eval, evaluate, make_optimizer, train_epoch
-from trainer.model import ReflectCNN
+from tasks.mnist.loop import CompiledEval, compile_for_eval, evaluate, make_optimizer, train_epoch
+from tasks.mnist.model import ReflectCNN
+from trainer.blend import BlendedOptimizer
 
 EVAL_BATCH = 100  # a small validation batch keeps compiling and evaluating cheap; the graph is the same
 
@@ -17,7 +18,8 @@ def setup():
     model = ReflectCNN(0.2).to(memory_format=torch.channels_last)
     images = torch.randn(364, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (364,))
-    return model, make_optimizer(model, 1e-3), (images[:64], labels[:64]), (images[64:], labels[64:])
+    optimizer = BlendedOptimizer(make_optimizer(model, 1e-3), dict(model.named_parameters()))
+    return model, optimizer, (images[:64], labels[:64]), (images[64:], labels[64:])
 
 
 def test_dropout_and_alpha_changes_do_not_recompile_validation(setup):
@@ -32,7 +34,8 @@ def test_dropout_and_alpha_changes_do_not_recompile_validation(setup):
     alphas = [0.4, 0.0, 0.5, 1.0, 0.2, 0.4, 0.3, 0.1, 0.9, 0.6, 0.8]
     for dropout, alpha in zip(dropouts, alphas, strict=True):
         model.dropout = dropout
-        train_epoch(model, optimizer, train_x, train_y, 32, generator, alpha)
+        optimizer.set_blend(alpha, {"fc.3.weight": torch.full((10, 128), 1e-3)}, 2)
+        train_epoch(model, optimizer, train_x, train_y, 32, generator)
         compiled = evaluate(model, val_x, val_y, batch_size=EVAL_BATCH, forward=forward)
         eager = evaluate(model, val_x, val_y, batch_size=EVAL_BATCH)
         assert (compiled.loss, compiled.acc, compiled.per_class_acc) == (eager.loss, eager.acc, eager.per_class_acc)

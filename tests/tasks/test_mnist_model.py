@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from tests.helpers import PARAM_SHAPES
-from trainer.model import ReflectCNN
+from tasks.mnist.model import ReflectCNN
 
 
 def test_parameter_names_and_shapes_are_the_documented_contract():

