@@ -114,13 +114,6 @@ def controller_names() -> list[str]:
     return [*BUILTINS, *sorted({ep.name for ep in _entry_points()})]
 
 
-def controller_help() -> str:
-    """One line per controller, for ``--help``."""
-    lines = [f"{c.name}: {c.description}" for c in BUILTINS.values()]
-    lines += [f"{ep.name}: from {ep.value}" for ep in sorted(_entry_points(), key=lambda ep: ep.name)]
-    return "\n".join([*lines, "package.module:factory: your own (a Controller or a factory)"])
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -32,6 +32,9 @@ MAX_HEURISTIC_DROPOUT = 0.5
 
 @dataclass(frozen=True)
 class ControllerAnswer:
+    """What a policy (or a chat model) answers: the command ``text`` for the validator, the model's token
+    counts (None for a policy without a model), and how the call went."""
+
     text: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -82,6 +85,8 @@ def raised_regulariser(spec: TaskSpec, values: dict[str, float]) -> tuple[str, f
 
 
 def plateau_label(objective: str) -> str:
+    """How a rationale names the objective's plateau: ``"validation"`` for a held-out ``val_*`` metric,
+    else the objective's own name (``"eval_return_mean"``)."""
     return "validation" if objective.startswith("val_") else objective
 
 
@@ -100,6 +105,7 @@ class HeuristicPolicy:
     name = "heuristic"
 
     def propose(self, state: AgentState) -> ControllerAnswer:
+        """The command after ``state["metrics"]``: the current knob values changed by :meth:`decide`, alpha kept."""
         m = state["metrics"]
         values = current_values(m)
         rationale = self.decide(m, training_trends(m), values)
@@ -142,6 +148,8 @@ class PlateauPolicy:
         self.factor, self.patience, self.threshold, self.min_lr = factor, patience, threshold, min_lr
 
     def propose(self, state: AgentState) -> ControllerAnswer:
+        """The command after ``state["metrics"]``: the learning rate ReduceLROnPlateau reaches when stepped
+        with each epoch's objective from the start (NaN where one is missing); other values and alpha kept."""
         import torch
 
         m = state["metrics"]
@@ -195,6 +203,7 @@ class ReplayPolicy:
         self.commands = commands or {}
 
     def propose(self, state: AgentState) -> ControllerAnswer:
+        """The recorded command for this run and epoch as answer text (:func:`replay_answer`), else a hold."""
         m = state["metrics"]
         command = self.commands.get(m.run_id, {}).get(m.epoch)
         if command is not None:

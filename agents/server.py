@@ -18,7 +18,7 @@ from agents.controllers import resolve_controller
 from agents.graph import build_agent_graph
 from agents.llm import LLMJudge
 from agents.policies import Policy
-from bus.child import EXIT_BIND_FAILED, EXIT_OK, EXIT_ORPHANED, Child, run_child
+from bus.child import EXIT_BIND_FAILED, EXIT_CONFIG_INVALID, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import BusyClock, HealthResponder
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Message, Ready, decode, encode
 
@@ -125,7 +125,11 @@ def serve(cfg: AgentConfig, child: Child) -> int:
     """The agent's body under the child-process runtime (``bus.child``): bind, then answer requests until
     stopped or orphaned."""
     clock = BusyClock()
-    service = DecisionService(cfg, child.log, clock)
+    try:
+        service = DecisionService(cfg, child.log, clock)
+    except Exception as exc:  # a controller's factory or a node may raise anything: one line, not restarted
+        return child.fail(f"controller {cfg.controller!r} cannot start: {type(exc).__name__}: {exc}",
+                          EXIT_CONFIG_INVALID)  # fmt: skip
     sock = child.ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
     child.on_close.append(sock.close)
@@ -135,11 +139,11 @@ def serve(cfg: AgentConfig, child: Child) -> int:
         return child.fail(f"cannot bind {cfg.endpoint}: {exc}", EXIT_BIND_FAILED)
     if cfg.health_endpoint:
         health = HealthResponder(child.ctx, cfg.health_endpoint, clock)
+        child.on_close.append(health.stop)  # before start(): a failed bind must still close its socket
         try:
             health.start()
         except zmq.ZMQError as exc:
             return child.fail(f"cannot bind its health socket {cfg.health_endpoint}: {exc}", EXIT_BIND_FAILED)
-        child.on_close.append(health.stop)
     child.log.info("agent_ready", endpoint=cfg.endpoint, controller=service.policy.name, nodes=cfg.nodes,
                    llm_base_url=cfg.llm.base_url if cfg.llm else None, llm_reflection=service.llm_reflection)  # fmt: skip
     while not child.orphaned():

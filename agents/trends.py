@@ -20,6 +20,9 @@ DISPLAY_PREFIXES = ("val_", "eval_", "test_")
 
 @dataclass(frozen=True)
 class Trends:
+    """The trends a rule reads after one epoch (:func:`training_trends`); values are in the objective's
+    units, epochs are 1-based epoch numbers."""
+
     objective: str
     best: float  # the best objective value so far, by the task's mode
     best_epoch: int
@@ -85,4 +88,6 @@ def step_digits(knob: Hyperparameter) -> int:
 
 
 def direction_words(spec: TaskSpec) -> str:
+    """The task's objective direction for a prompt: ``"higher is better"`` for mode ``max``, else
+    ``"lower is better"``."""
     return "higher is better" if spec.mode == "max" else "lower is better"

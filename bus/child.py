@@ -32,6 +32,8 @@ EXIT_BIND_FAILED = 2  # an endpoint could not be bound
 EXIT_ORPHANED = 3  # the orchestrator died; the process stopped on its own
 EXIT_DATA_UNAVAILABLE = 4  # the task's data cannot be had: --resume cannot help until it is fixed
 EXIT_DATABASE_UNUSABLE = 65  # the recorder cannot use the database file (EX_DATAERR): restarting it cannot help
+EXIT_CONFIG_INVALID = 78  # the process cannot be built from its config (EX_CONFIG), e.g. a controller's factory
+#                           raised: restarting it cannot help
 EXIT_INTERRUPTED = 130  # stopped by a signal
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

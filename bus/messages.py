@@ -101,6 +101,13 @@ class Hyperparameter(BaseModel):
         rounded = (float(f"{c:.3g}") for c in candidates)
         return sorted({current, *(c for c in rounded if low <= c <= high)})
 
+    def check(self, value: float) -> float:
+        """``value`` as a float if it lies within the hard bounds; ValueError naming the knob otherwise."""
+        value = float(value)
+        if not self.low <= value <= self.high:
+            raise ValueError(f"{self.name}={value} is outside its bounds [{self.low}, {self.high}]")
+        return value
+
     def clamp(self, value: float, current: float) -> float:
         """``value`` moved into :meth:`allowed`; NaN stays at ``current``."""
         if math.isnan(value):
@@ -134,6 +141,7 @@ class TaskSpec(BaseModel):
     budget_unit: str = "training examples"  # what EpochMetrics.budget counts
     noise_band: float = Field(ge=0.0)  # |change in the objective| below this is noise, not an effect
     hyperparameters: list[Hyperparameter]
+    summary_metrics: list[str] = Field(default_factory=list)  # shown beside the objective in result tables
 
     @model_validator(mode="after")
     def _distinct_knobs(self):

@@ -17,7 +17,9 @@ The traps this module handles on purpose (zguide ch. 2 and 4):
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -37,18 +39,41 @@ LOOPBACK = "127.0.0.1"
 
 # The longest path a Unix socket address holds (sun_path is 108 bytes on Linux, 104 on macOS, with its NUL).
 MAX_IPC_PATH = 100
+MAX_SOCKET_NAME = 24  # the longest name the orchestrator gives a socket, e.g. "agent-0123456789-health"
+
+
+SOCKETS_NOTE = "sockets.txt"  # in a run directory whose sockets live elsewhere: where they are
 
 
 def socket_folder(run_dir: Path) -> Path:
     """Where a run's ``ipc://`` sockets live: ``<run_dir>/sockets`` (mode 0700), or, when that path is too long
-    for a socket address, a fresh private folder under the system's temporary directory (named in
-    ``<run_dir>/sockets.txt``). Raises OSError if it cannot be created."""
-    folder = Path(run_dir).resolve() / "sockets"
-    if len(str(folder)) + 24 > MAX_IPC_PATH:  # room for the longest socket name
-        folder = Path(tempfile.mkdtemp(prefix="reflectnet-"))
-        (Path(run_dir) / "sockets.txt").write_text(f"sockets of this run are in {folder}\n")
+    for a socket address, one private folder under the system's temporary directory, chosen once per run and
+    named in ``<run_dir>/sockets.txt`` (the same folder on every call; remove it with :func:`remove_socket_folder`).
+    Raises OSError if it cannot be created."""
+    run_dir = Path(run_dir).resolve()
+    folder = run_dir / "sockets"
+    if len(str(folder)) + MAX_SOCKET_NAME + 1 > MAX_IPC_PATH:
+        note = run_dir / SOCKETS_NOTE
+        if note.exists():
+            folder = Path(note.read_text().strip())
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="reflectnet-"))
+            note.write_text(f"{folder}\n")
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return folder
+
+
+def remove_socket_folder(run_dir: Path) -> None:
+    """Remove the temporary socket folder of a run (one under ``<run_dir>`` goes with the run directory)."""
+    note = Path(run_dir) / SOCKETS_NOTE
+    if note.exists():
+        shutil.rmtree(note.read_text().strip(), ignore_errors=True)
+
+
+def socket_name(kind: str, name: str) -> str:
+    """A short, fixed-length socket file name for ``kind`` and any ``name`` (a controller may be a long
+    ``package.module:factory``): ``<kind>-<10 hex digits of its hash>``, distinct for distinct names."""
+    return f"{kind}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
 def ipc_endpoint(folder: Path, name: str) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from orchestration.cli import DEFAULTS, CliError, OneLineParser
+from orchestration.cli import CliError, OneLineParser
+from orchestration.spec import default
 
 
 def analysis_main(argv: list[str]) -> int:
@@ -25,7 +26,7 @@ def analysis_main(argv: list[str]) -> int:
             "Write per task its results table (Markdown; MNIST: the paper's table) and figures (PNG) from the database."
         )
         parser.add_argument("--out", type=Path, default=None, help="report folder (default: <db folder>/report)")
-    parser.add_argument("--db", type=Path, default=DEFAULTS["db"], help=f"DuckDB file (default: {DEFAULTS['db']})")
+    parser.add_argument("--db", type=Path, default=default("db"), help=f"DuckDB file (default: {default('db')})")
     try:
         args = parser.parse_args(argv[1:])
         if argv[0] == "sql":

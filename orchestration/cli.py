@@ -303,24 +303,8 @@ def _option_value(text: str):
         return text
 
 
-def resolve_task(args: argparse.Namespace) -> None:
-    """Check --task, --regime, --epochs and the task options against the task's declarations and fill in the
-    task's defaults: ``args.regime`` becomes the list of regimes, ``args.epochs`` a number, and
-    ``args.task_options`` the factory's keyword arguments (from --task-option, --data-dir, --batch-size,
-    --no-compile; each must be one the factory takes)."""
-    from tasks.registry import UnknownTaskError, accepted_options, resolve_task_factory, task_class
-
-    try:
-        declared = task_class(args.task)
-    except UnknownTaskError as exc:
-        raise CliError(f"--task: {exc}") from None
-    regimes = args.regime or [declared.default_regime]
-    regimes = list(declared.regimes) if regimes == ["all"] else regimes
-    unknown = [r for r in regimes if r not in declared.regimes]
-    if unknown:
-        known = ", ".join(f"{k}={v}" for k, v in declared.regimes.items())
-        raise CliError(f"--regime: task {declared.name!r} has no regime {', '.join(map(repr, unknown))} (choose from {known}, or all)")
-    args.regime, args.epochs = regimes, args.epochs or declared.default_epochs
+def task_options(args: argparse.Namespace) -> dict:
+    """The task factory's keyword arguments from --task-option, --data-dir, --batch-size and --no-compile."""
     options = {}
     for item in args.task_option:
         key, sep, value = item.partition("=")
@@ -330,10 +314,32 @@ def resolve_task(args: argparse.Namespace) -> None:
     flags = {"data_dir": args.data_dir and str(args.data_dir.resolve()), "batch_size": args.batch_size,
              "compile_eval": False if args.no_compile else None}  # fmt: skip
     options.update({key: value for key, value in flags.items() if value is not None})
-    refused = sorted(set(options) - set(accepted_options(resolve_task_factory(args.task), options)))
+    return options
+
+
+def resolve_task(args: argparse.Namespace) -> None:
+    """Check --task, --regime, --epochs and the task options against the task's declarations and fill in the
+    task's defaults: ``args.regime`` becomes the list of regimes, ``args.epochs`` a number, and
+    ``args.task_options`` the factory's keyword arguments (each must be one the factory takes)."""
+    from tasks.registry import UnknownTaskError, accepted_options, resolve_task_factory, task_class
+
+    options = task_options(args)
+    try:
+        refused = sorted(set(options) - set(accepted_options(resolve_task_factory(args.task), options)))
+        declared = task_class(args.task, {k: v for k, v in options.items() if k not in refused})
+    except UnknownTaskError as exc:
+        raise CliError(f"--task: {exc}") from None
     if refused:
         raise CliError(f"task {declared.name!r} takes no option(s) {', '.join(refused)}")
-    args.task_options = options
+    regimes = args.regime or [declared.default_regime]
+    regimes = list(declared.regimes) if regimes == ["all"] else regimes
+    unknown = [r for r in regimes if r not in declared.regimes]
+    if unknown:
+        known = ", ".join(f"{k}={v}" for k, v in declared.regimes.items())
+        raise CliError(
+            f"--regime: task {declared.name!r} has no regime {', '.join(map(repr, unknown))} (choose from {known}, or all)"
+        )
+    args.regime, args.epochs, args.task_options = regimes, args.epochs or declared.default_epochs, options
 
 
 def validate_controllers(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ from agents.config import AgentConfig
 from agents.controllers import resolve_controller
 from agents.llm import LLMSettings
 from bus.messages import RunStarted
-from bus.transport import ipc_endpoint, socket_folder
+from bus.transport import ipc_endpoint, socket_folder, socket_name
 from orchestration.planning import Arm
 from orchestration.spec import RunSpec
 from storage.recorder import RecorderConfig
@@ -50,7 +50,7 @@ def agent_config(
 ) -> AgentConfig:
     """The agent for ``arm``'s controller: it serves every run of this invocation with that controller. A replay's
     agent is the ``replay`` controller answering the recorded commands; a resumed run's keeps its settings."""
-    sockets, name = socket_folder(run_dir), f"agent-{arm.controller.replace(':', '.')[:40]}"
+    sockets, name = socket_folder(run_dir), socket_name("agent", arm.controller)
     fresh = {
         "endpoint": ipc_endpoint(sockets, name),
         "health_endpoint": ipc_endpoint(sockets, f"{name}-health"),
@@ -109,7 +109,7 @@ def trainer_config(
 
 def run_started(arm: Arm, trainer: TrainerConfig, agent: AgentConfig | None, settings, spec: RunSpec) -> RunStarted:
     """The ``runs`` row of a new arm: what it is, and every config (trainer, agent, the run spec) as JSON."""
-    declared = task_class(trainer.task)
+    declared = task_class(trainer.task, trainer.task_options)
     task = declared.spec()
     return RunStarted(
         run_id=arm.run_id,
@@ -128,6 +128,7 @@ def run_started(arm: Arm, trainer: TrainerConfig, agent: AgentConfig | None, set
         config={
             "fingerprint": arm.fingerprint,
             "replay_of": arm.replay_of,
+            "task": task.model_dump(mode="json"),
             "trainer": trainer.model_dump(mode="json"),
             "agent": agent.model_dump(mode="json") if agent else None,
             "spec": spec.model_dump(mode="json"),

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+from pydantic import ValidationError
 
+from agents.config import AgentConfig
 from orchestration.cli import CliError
 from orchestration.spec import RunSpec
 from storage import queries
@@ -28,6 +30,7 @@ class Arm:
     pair_id: str
     run_id: str
     fingerprint: str  # what makes two runs the same experiment; a completed one is not run again
+    legacy_fingerprint: str | None = None  # the same experiment as recorded before tasks existed (MNIST)
     status: str = "pending"
     replay_of: str | None = None  # the recorded run whose commands this one applies again
     recorded: dict | None = None  # replay: the original trainer config and commands; resume: trainer and agent
@@ -50,6 +53,7 @@ def plan_replay(spec: RunSpec) -> Arm:
     if run.arm != "guided" or not commands:
         raise CliError(f"--replay: run {spec.replay!r} has no recorded decisions to replay (arm {run.arm})")
     # commands: epoch -> UpdateCommand (schema 1 commands converted to the named-knob form)
+    recorded_trainer(spec.replay, run.config, "--replay")
     recorded = {"trainer": run.config["trainer"], "commands": commands}
     run_id = f"{spec.replay}-replay-{uuid.uuid4().hex[:6]}"
     return Arm("guided", "replay", run.regime, run.seed, run.pair_id, run_id, uuid.uuid4().hex[:16],
@@ -67,10 +71,13 @@ def plan_resume(spec: RunSpec) -> Arm:
     )  # fmt: skip
     if status == "completed":
         raise CliError(f"--resume: run {spec.resume!r} is already completed")
-    try:
-        trainer = TrainerConfig.model_validate(upgrade_recorded_config(config["trainer"]))
-    except (KeyError, ValueError) as exc:
-        raise CliError(f"--resume: run {spec.resume!r} has no usable trainer config: {exc}") from None
+    trainer = recorded_trainer(spec.resume, config, "--resume")
+    if config.get("agent"):
+        try:
+            AgentConfig.model_validate(config["agent"])  # its controller must still resolve
+        except ValueError as exc:
+            raise CliError(f"--resume: run {spec.resume!r} has an agent this installation cannot start: "
+                           f"{_first_error(exc)}") from None  # fmt: skip
     try:
         state = read_state(trainer.checkpoint_file)
     except CheckpointError as exc:
@@ -82,6 +89,32 @@ def plan_resume(spec: RunSpec) -> Arm:
         replay_of=config.get("replay_of"), recorded={"trainer": config["trainer"], "agent": config.get("agent")},
         resume_from=trainer.checkpoint_file, resume_epoch=state.epoch,
     )  # fmt: skip
+
+
+def recorded_trainer(run_id: str, config: dict, flag: str) -> TrainerConfig:
+    """The run's recorded trainer config in this version's form, its task loadable here and its regime one of
+    the task's; CliError (one line) otherwise — a task plugin that is no longer installed, say."""
+    from tasks.registry import UnknownTaskError, task_class
+
+    try:
+        trainer = TrainerConfig.model_validate(upgrade_recorded_config(config["trainer"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"{flag}: run {run_id!r} has no usable trainer config: {_first_error(exc)}") from None
+    try:
+        declared = task_class(trainer.task, trainer.task_options)
+    except UnknownTaskError as exc:
+        raise CliError(f"{flag}: run {run_id!r}: {exc}") from None
+    if trainer.regime not in declared.regimes:
+        raise CliError(f"{flag}: run {run_id!r} used regime {trainer.regime!r}, which task {declared.name!r} no longer has")
+    return trainer
+
+
+def _first_error(exc: Exception) -> str:
+    """One line for an exception; a pydantic ValidationError's first error with its field."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def prepare_resume(db: Path, arm: Arm) -> dict[str, int]:
@@ -110,13 +143,40 @@ def compare_replay(db: Path, original: str, replay: str) -> str:
     )
 
 
-def experiment(spec: RunSpec, regime: str, seed: int, arm: str, controller: str, uses_llm: bool) -> dict:
+@dataclass(frozen=True)
+class TaskIdentity:
+    """What planning needs to know of the task: its declared name (``runs.task``) and its factory's keyword
+    defaults (an option left at its default and the same option given explicitly are the same experiment)."""
+
+    name: str
+    option_defaults: dict
+
+
+# Task options that change where files are or how fast, not what is trained: not part of an experiment's identity.
+NON_EXPERIMENT_OPTIONS = ("data_dir", "compile_eval")
+
+
+def training_options(task_options: dict, defaults: dict | None = None) -> dict:
+    """The task options that make two runs different experiments: ``task_options`` over the factory's
+    ``defaults``, without ``NON_EXPERIMENT_OPTIONS`` and unset (None) values."""
+    merged = {**(defaults or {}), **task_options}
+    return {k: v for k, v in merged.items() if k not in NON_EXPERIMENT_OPTIONS and v is not None}
+
+
+def experiment(spec: RunSpec, task: TaskIdentity, regime: str, seed: int, arm: str, controller: str,
+               uses_llm: bool) -> dict:  # fmt: skip
     """What makes a run the same experiment as another (its fingerprint is a hash of this): the task and its
     training options, regime, seed, epochs, arm, controller, and the agent's and model's settings."""
     what = {
-        "task": spec.task, "task_options": training_options(spec.task_options), "regime": regime, "seed": seed,
-        "epochs": spec.epochs, "arm": arm, "controller": controller,
+        "task": spec.task, "task_options": training_options(spec.task_options, task.option_defaults),
+        "regime": regime, "seed": seed, "epochs": spec.epochs, "arm": arm, "controller": controller,
     }  # fmt: skip
+    return what | agent_part(spec, controller, uses_llm)
+
+
+def agent_part(spec: RunSpec, controller: str, uses_llm: bool) -> dict:
+    """The agent's and model's settings in an experiment's identity."""
+    what: dict = {}
     if controller != "none":
         what |= {"nodes": spec.pipeline, "max_repairs": spec.max_repairs}
     if uses_llm:
@@ -129,51 +189,61 @@ def experiment(spec: RunSpec, regime: str, seed: int, arm: str, controller: str,
     return what
 
 
+def legacy_experiment(spec: RunSpec, task: TaskIdentity, regime: str, seed: int, arm: str, controller: str,
+                      uses_llm: bool) -> dict | None:  # fmt: skip
+    """The same experiment as ReflectNet recorded it before tasks existed (MNIST only, batch size the one
+    option), so a sweep over a database from then skips what it completed; None where no such run can exist
+    (another task or option, or ``plateau``, which then watched val_loss and now watches the objective)."""
+    options = training_options(spec.task_options, task.option_defaults)
+    if spec.task != "mnist" or set(options) - {"batch_size"} or controller == "plateau":
+        return None
+    what = {"regime": regime, "seed": seed, "epochs": spec.epochs, "batch_size": options.get("batch_size", 64),
+            "arm": arm, "controller": controller}  # fmt: skip
+    return what | agent_part(spec, controller, uses_llm)
+
+
 def fingerprint(what: dict) -> str:
+    """A short stable hash of an experiment's identity (``runs.config->>'fingerprint'``)."""
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def plan_arms(spec: RunSpec, recorded: list[queries.PairRow], uses_llm: dict[str, bool]) -> list[Arm]:
+def plan_arms(spec: RunSpec, task: TaskIdentity, recorded: list[queries.PairRow], uses_llm: dict[str, bool]) -> list[Arm]:
     """Every run the spec asks for, baseline first within each (regime, seed) pair. ``recorded``: the runs the
-    database holds (a pair recorded earlier with the same data and schedule is joined; a run id is never
-    reused); ``uses_llm``: controller name -> whether it calls a model (``agents.controllers``). Pure."""
+    database holds (a pair of the same task recorded earlier with the same data and schedule is joined; a run
+    id is never reused); ``uses_llm``: controller name -> whether it calls a model (``agents.controllers``). Pure."""
     guided = [c for c in spec.controllers if c != "none"] if spec.arms in ("both", "guided") else []
     with_baseline = spec.arms in ("both", "baseline") or spec.controllers == ["none"]
-    pairs = recorded_pairs(recorded, spec.task)
+    pairs = recorded_pairs(recorded, task)
     taken = {row.run_id for row in recorded}
     arms = []
     for regime in spec.regimes:
         for seed in range(spec.seed, spec.seed + spec.seeds):
-            key = (regime, seed, spec.epochs, _key(training_options(spec.task_options)))
+            key = (regime, seed, spec.epochs, _key(training_options(spec.task_options, task.option_defaults)))
             pair_id = pairs.get(key) or uuid.uuid4().hex[:12]
             for name, controller in ([("baseline", "none")] if with_baseline else []) + [("guided", c) for c in guided]:
-                what = experiment(spec, regime, seed, name, controller, uses_llm.get(controller, False))
+                llm = uses_llm.get(controller, False)
+                what = experiment(spec, task, regime, seed, name, controller, llm)
+                legacy = legacy_experiment(spec, task, regime, seed, name, controller, llm)
                 run_id = f"{pair_id}-{name if controller == 'none' else controller.replace(':', '.')}"
                 if run_id in taken:  # run again (--rerun, or after a failure): a run id is never reused
                     run_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
-                arms.append(Arm(name, controller, regime, seed, pair_id, run_id, fingerprint(what)))
+                arm = Arm(name, controller, regime, seed, pair_id, run_id, fingerprint(what))
+                arm.legacy_fingerprint = fingerprint(legacy) if legacy is not None else None
+                arms.append(arm)
     return arms
-
-
-# Task options that change where files are or how fast, not what is trained: not part of an experiment's identity.
-NON_EXPERIMENT_OPTIONS = ("data_dir", "compile_eval")
-
-
-def training_options(task_options: dict) -> dict:
-    """The task options that make two runs different experiments (all but ``NON_EXPERIMENT_OPTIONS``)."""
-    return {k: v for k, v in task_options.items() if k not in NON_EXPERIMENT_OPTIONS and v is not None}
 
 
 def _key(options: dict) -> str:
     return json.dumps(options, sort_keys=True)
 
 
-def recorded_pairs(recorded: list[queries.PairRow], task: str) -> dict[tuple, str]:
+def recorded_pairs(recorded: list[queries.PairRow], task: TaskIdentity) -> dict[tuple, str]:
     """(regime, seed, epochs, training options) -> pair_id of the earliest recorded pair of ``task``."""
     pairs: dict[tuple, str] = {}
     for row in recorded:
-        if row.task == task:
-            pairs.setdefault((row.regime, row.seed, row.epochs, _key(training_options(row.task_options))), row.pair_id)
+        if row.task == task.name:
+            options = training_options(row.task_options, task.option_defaults)
+            pairs.setdefault((row.regime, row.seed, row.epochs, _key(options)), row.pair_id)
     return pairs
 
 

@@ -17,7 +17,7 @@ from agents.llm import LLMSettings
 from agents.llm_server import LLMServerError
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, ControlRequest, RunFinished, decode
-from bus.transport import RecordSender, RequestClient
+from bus.transport import RecordSender, RequestClient, remove_socket_folder
 from orchestration.configs import agent_config, recorder_config, run_started, trainer_config
 from orchestration.planning import Arm, prepare_resume
 from orchestration.spec import RunSpec
@@ -91,7 +91,7 @@ class Runner:
             self.agents[arm.controller] = agent_config(self.spec, arm, todo, self.recorder, self.run_dir, self.settings)
         agent = self.agents.get(arm.controller)
         trainer = trainer_config(self.spec, arm, self.run_dir, self.recorder, agent)
-        declared = task_class(trainer.task)
+        declared = task_class(trainer.task, trainer.task_options)
         print(f"{counter} {declared.name} | regime {arm.regime} ({declared.regimes[arm.regime]} {declared.budget_unit}) "
               f"| seed {arm.seed} | {arm.name} | controller {arm.controller}", flush=True)  # fmt: skip
         if arm.resume_from is None:
@@ -186,6 +186,7 @@ class Runner:
         if orch.liveness is not None:
             orch.liveness.stop()  # it owns sockets: the context cannot terminate before it
         orch.ctx.term()
+        remove_socket_folder(self.run_dir)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -15,6 +15,7 @@ from orchestration.cli import CliError
 from orchestration.configs import llm_settings
 from orchestration.planning import (
     Arm,
+    TaskIdentity,
     compare_replay,
     completed_runs,
     plan_arms,
@@ -24,6 +25,7 @@ from orchestration.planning import (
 )
 from orchestration.runner import Runner, interrupt_on_stop_signals
 from orchestration.spec import RunSpec
+from tasks.registry import task_class, training_defaults
 
 
 def plan(spec: RunSpec) -> tuple[list[Arm], LLMSettings | None]:
@@ -36,11 +38,13 @@ def plan(spec: RunSpec) -> tuple[list[Arm], LLMSettings | None]:
         agent = arm.recorded["agent"]
         return [arm], LLMSettings.model_validate(agent["llm"]) if agent and agent.get("llm") else None
     uses_llm = {c: resolve_controller(c).uses_llm for c in spec.controllers if c != "none"}
-    arms = plan_arms(spec, read_recorded_runs(spec.db), uses_llm)
+    task = TaskIdentity(task_class(spec.task, spec.task_options).name, training_defaults(spec.task))
+    arms = plan_arms(spec, task, read_recorded_runs(spec.db), uses_llm)
     done = {} if spec.rerun else completed_runs(spec.db)
     for arm in arms:
-        if arm.fingerprint in done:
-            arm.run_id, arm.status = done[arm.fingerprint], "completed"
+        found = done.get(arm.fingerprint) or done.get(arm.legacy_fingerprint)
+        if found is not None:
+            arm.run_id, arm.status = found, "completed"
     return arms, llm_settings(spec)
 
 

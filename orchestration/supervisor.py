@@ -21,7 +21,7 @@ from agents.llm_server import HangProbe, LLMServerError, LocalLLMServer
 from bus.liveness import LivenessProbe
 from bus.messages import ControlReply, ControlRequest, Hello, Ready
 from bus.transport import RecordSender, RequestClient
-from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_DATABASE_UNUSABLE, EXIT_INTERRUPTED, EXIT_OK
+from bus.child import EXIT_CONFIG_INVALID, EXIT_DATA_UNAVAILABLE, EXIT_DATABASE_UNUSABLE, EXIT_INTERRUPTED, EXIT_OK
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -119,6 +119,12 @@ class Orchestrator:
                 self.children.pop(name)
                 self.recipes.pop(name, None)
                 raise ChildLost(f"the recorder cannot use the database (exit code {code}; its reason is printed above)")
+            if code == EXIT_CONFIG_INVALID:  # a restart would build the same thing; its peers fall back
+                self.children.pop(name)
+                self.recipes.pop(name, None)
+                self.log.error("child_abandoned", child=name, reason="cannot start from its config", exit_code=code)
+                print(f"run.py: {name} cannot start (its reason is printed above); not restarting it", file=sys.stderr)
+                continue
             if code is not None:
                 self.restart(name, f"exited with code {code}")
             elif name == "llm" and self.probe is not None and self.probe.hung:

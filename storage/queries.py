@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from bus.messages import UpdateCommand
+from storage.schema import REFERENCE_PREFIXES
 
 Source = Any  # duckdb.DuckDBPyConnection | storage.reader.Reader
 
@@ -247,4 +248,34 @@ def run_results(source: Source, run_ids: Sequence[str]) -> list[dict[str, Any]]:
         "ORDER BY task, n_train DESC, seed, arm, controller",
         run_ids,
     )  # one placeholder per run: the live recorder binds scalars only
-    return [dict(zip(RUN_RESULT_COLUMNS, row)) for row in found]
+    results = [dict(zip(RUN_RESULT_COLUMNS, row)) for row in found]
+    summaries = best_epoch_summaries(source, [r["run_id"] for r in results])
+    for result in results:
+        result["summary"] = summaries.get(result["run_id"], {})
+    return results
+
+
+def best_epoch_summaries(source: Source, run_ids: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """run_id -> the task's summary metrics (``runs.config->'task'->'summary_metrics'``) and their reference
+    values (``ols_<name>`` / ``ref_<name>``) at the run's best epoch; empty for runs whose task declares none."""
+    if not run_ids:
+        return {}
+    found = rows(
+        source,
+        "SELECT rr.run_id, CAST(r.config->'task'->'summary_metrics' AS VARCHAR), CAST(e.metrics AS VARCHAR) "
+        "FROM run_results rr JOIN runs r USING (run_id) "
+        "JOIN epochs e ON e.run_id = rr.run_id AND e.epoch = rr.best_epoch "
+        f"WHERE rr.run_id IN ({', '.join('?' * len(run_ids))})",
+        list(run_ids),
+    )
+    summaries: dict[str, dict[str, float | None]] = {}
+    for run_id, names, metrics in found:
+        metrics = json.loads(metrics) if metrics else {}
+        summary: dict[str, float | None] = {}
+        for name in json.loads(names) if names else []:
+            summary[name] = metrics.get(name)
+            for prefix in REFERENCE_PREFIXES:
+                if f"{prefix}_{name}" in metrics:
+                    summary[f"{prefix}_{name}"] = metrics[f"{prefix}_{name}"]
+        summaries[run_id] = summary
+    return summaries

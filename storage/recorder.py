@@ -18,8 +18,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import zmq
@@ -56,6 +58,21 @@ LOCK_WAIT_S = 10.0
 
 
 class RecorderConfig(BaseModel):
+    """The recorder process's settings (frozen; unknown fields are an error).
+
+    * ``db_path``: the DuckDB file the recorder owns (migrated at start; its live-query endpoint is
+      published beside it, ``<db>.recorder.json``).
+    * ``endpoint``: ZeroMQ address (``tcp://`` or ``ipc://``) the ROUTER socket binds: records from every
+      process, ``[seq, topic, json]`` under each sender's identity, acknowledged after each commit.
+    * ``control_endpoint``: ZeroMQ address the REP socket binds: the orchestrator's control requests
+      (``ping``, ``sync``, ``stop``).
+    * ``run_dir``: the run's directory; the live-query socket (``storage.live``) is an ipc file in it.
+    * ``flush_interval_s``: seconds between commits at most while rows or watermarks are pending.
+    * ``batch_rows``: pending rows that force a commit sooner.
+    * ``allow_remote``: allow a non-loopback tcp address (only when the user passed one explicitly);
+      otherwise validation raises ``ValueError`` (a pydantic ``ValidationError``) for one.
+    """
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     db_path: Path
@@ -119,86 +136,116 @@ LEGACY_VECTOR = "per_class_val_acc"
 LEGACY_OBJECTIVE = "val_acc"  # reflections.prev_val_acc / val_acc hold a reflection on this objective only
 
 
+def _run_row(m: RunStarted) -> tuple:
+    """A ``runs`` row: the run as it starts (status 'running' and NULL finish come from the SQL)."""
+    return (
+        m.run_id,
+        m.pair_id,
+        m.arm,
+        m.regime,
+        m.budget,  # n_train: training examples, or environment steps per epoch
+        m.controller,
+        m.llm_model,
+        m.seed,
+        m.epochs,
+        _utc(m.started_at),
+        json.dumps(m.config),
+        m.task,
+        m.objective,
+        m.mode,
+    )
+
+
+def _epoch_row(m: EpochRecord) -> tuple:
+    """An ``epochs`` row: the MNIST columns (NULL where the task does not report them), then JSON columns."""
+    return (
+        m.run_id,
+        m.epoch,
+        *(m.metrics.get(name) for name in LEGACY_METRICS),
+        m.hyperparameters.get(LEGACY_KNOBS["lr"]),
+        m.hyperparameters.get(LEGACY_KNOBS["dropout"]),
+        m.alpha,
+        m.wall_s,
+        m.vectors.get(LEGACY_VECTOR),
+        json.dumps(m.grad_norms),
+        json.dumps(m.weight_norms),
+        m.objective,
+        json.dumps(m.metrics),
+        json.dumps(m.hyperparameters),
+        json.dumps(m.vectors),
+    )
+
+
+def _decision_row(message: DecisionRecord) -> tuple:
+    """A ``decisions`` row: the decision, its command as JSON, and whether the trainer applied it."""
+    d = message.decision
+    return (
+        d.run_id,
+        d.epoch,
+        d.controller,
+        d.prompt,
+        d.raw_output,
+        d.command.model_dump_json(),
+        d.valid,
+        d.repair_attempts,
+        d.fallback,
+        d.fallback_reason,
+        json.dumps(d.clamped),
+        json.dumps(d.notes),
+        message.applied,
+        d.latency_ms,
+        d.prompt_tokens,
+        d.completion_tokens,
+    )
+
+
+def _reflection_row(message: ReflectionRecord) -> tuple:
+    """A ``reflections`` row; ``prev_val_acc`` / ``val_acc`` only for a reflection on :data:`LEGACY_OBJECTIVE`."""
+    r = message.reflection
+    legacy = r.objective == LEGACY_OBJECTIVE
+    return (
+        message.run_id,
+        r.epoch,
+        r.about_epoch,
+        r.objective_before if legacy else None,
+        r.objective_after if legacy else None,
+        r.verdict,
+        r.text,
+        r.judge,
+        r.rule_verdict,
+        r.objective,
+        r.objective_before,
+        r.objective_after,
+    )
+
+
+def _event_row(m: LogEvent) -> tuple:
+    """An ``events`` row (its ``data`` as JSON, anything unserialisable by its repr)."""
+    return (_utc(m.ts), m.run_id, m.component, m.pid, m.level, m.event, json.dumps(m.data, default=repr))
+
+
+def _finished_row(message: RunFinished) -> tuple:
+    """The parameters of the ``finished`` UPDATE: status, reason, finish time, run id."""
+    return (message.status, message.reason, _utc(message.finished_at), message.run_id)
+
+
+# Record type -> (table in INSERTS, row builder); checked in this order with isinstance.
+ROW_BUILDERS: dict[type[Message], tuple[str, Callable[[Any], tuple]]] = {
+    RunStarted: ("runs", _run_row),
+    EpochRecord: ("epochs", _epoch_row),
+    DecisionRecord: ("decisions", _decision_row),
+    ReflectionRecord: ("reflections", _reflection_row),
+    LogEvent: ("events", _event_row),
+    RunFinished: ("finished", _finished_row),
+}
+
+
 def row_for(message: Message) -> tuple[str, tuple]:
-    """The table and row a record message becomes (columns in the order of :data:`INSERTS`)."""
-    if isinstance(message, RunStarted):
-        m = message
-        return "runs", (
-            m.run_id,
-            m.pair_id,
-            m.arm,
-            m.regime,
-            m.budget,  # n_train: training examples, or environment steps per epoch
-            m.controller,
-            m.llm_model,
-            m.seed,
-            m.epochs,
-            _utc(m.started_at),
-            json.dumps(m.config),
-            m.task,
-            m.objective,
-            m.mode,
-        )
-    if isinstance(message, EpochRecord):
-        m = message
-        return "epochs", (
-            m.run_id,
-            m.epoch,
-            *(m.metrics.get(name) for name in LEGACY_METRICS),
-            m.hyperparameters.get(LEGACY_KNOBS["lr"]),
-            m.hyperparameters.get(LEGACY_KNOBS["dropout"]),
-            m.alpha,
-            m.wall_s,
-            m.vectors.get(LEGACY_VECTOR),
-            json.dumps(m.grad_norms),
-            json.dumps(m.weight_norms),
-            m.objective,
-            json.dumps(m.metrics),
-            json.dumps(m.hyperparameters),
-            json.dumps(m.vectors),
-        )
-    if isinstance(message, DecisionRecord):
-        d = message.decision
-        return "decisions", (
-            d.run_id,
-            d.epoch,
-            d.controller,
-            d.prompt,
-            d.raw_output,
-            d.command.model_dump_json(),
-            d.valid,
-            d.repair_attempts,
-            d.fallback,
-            d.fallback_reason,
-            json.dumps(d.clamped),
-            json.dumps(d.notes),
-            message.applied,
-            d.latency_ms,
-            d.prompt_tokens,
-            d.completion_tokens,
-        )
-    if isinstance(message, ReflectionRecord):
-        r = message.reflection
-        legacy = r.objective == LEGACY_OBJECTIVE
-        return "reflections", (
-            message.run_id,
-            r.epoch,
-            r.about_epoch,
-            r.objective_before if legacy else None,
-            r.objective_after if legacy else None,
-            r.verdict,
-            r.text,
-            r.judge,
-            r.rule_verdict,
-            r.objective,
-            r.objective_before,
-            r.objective_after,
-        )
-    if isinstance(message, LogEvent):
-        m = message
-        return "events", (_utc(m.ts), m.run_id, m.component, m.pid, m.level, m.event, json.dumps(m.data, default=repr))
-    if isinstance(message, RunFinished):
-        return "finished", (message.status, message.reason, _utc(message.finished_at), message.run_id)
+    """The table and row a record message becomes (columns in the order of :data:`INSERTS`); raises
+    :class:`bus.messages.BusDecodeError` for a message that is not a record."""
+    for record_type, (table, build) in ROW_BUILDERS.items():
+        if isinstance(message, record_type):
+            return table, build(message)
     raise BusDecodeError(f"{message.TOPIC} is not a record the recorder stores")
 
 

@@ -238,22 +238,36 @@ def results_markdown(rows: list[dict]) -> str:
                 for r in runs
             ]  # fmt: skip
         else:
-            columns = ["Regime", "Seed", "Model", "Controller", "Status", "Epochs", f"Final {objective}",
-                       f"Best {objective}", "Best Epoch"]  # fmt: skip
-            body = []
-            for i, r in enumerate(runs):
-                body.append((r["regime"], r["seed"], r["arm"], r["controller"], r["status"], r["epochs_run"],
-                             _num(r["final_objective"]), _num(r["best_objective"]), r["best_epoch"]))  # fmt: skip
-                nxt = runs[i + 1] if i + 1 < len(runs) else None
-                if nxt is None or (nxt["regime"], nxt["seed"]) != (r["regime"], r["seed"]):
-                    ref = next((x for x in runs if (x["regime"], x["seed"]) == (r["regime"], r["seed"])
-                                and x["reference"] is not None), None)  # fmt: skip
-                    if ref is not None:
-                        label = REFERENCE_PREFIXES.get(ref["reference"], ref["reference"])
-                        value = _num(ref["reference_objective"])
-                        body.append((r["regime"], r["seed"], f"reference: {label}", "", "", "", value, value, ""))
+            columns, body = _task_results(objective, runs)
         parts.append(head + markdown_table(columns, body))
     return "\n\n".join(parts)
+
+
+def _task_results(objective: str, runs: list[dict]) -> tuple[list[str], list[tuple]]:
+    """Columns and rows for a task other than MNIST: the objective at the last and best epoch, the task's
+    summary metrics at the best epoch, and after each (regime, seed) the task's reference, if it reports one."""
+    names = list(dict.fromkeys(n for r in runs for n in r.get("summary", {}) if not n.startswith(_REF_NAMES)))
+    columns = ["Regime", "Seed", "Model", "Controller", "Status", "Epochs", f"Final {objective}",
+               f"Best {objective}", "Best Epoch", *(f"{n} at best" for n in names)]  # fmt: skip
+    body = []
+    for i, r in enumerate(runs):
+        summary = r.get("summary", {})
+        body.append((r["regime"], r["seed"], r["arm"], r["controller"], r["status"], r["epochs_run"],
+                     _num(r["final_objective"]), _num(r["best_objective"]), r["best_epoch"],
+                     *(_num(summary.get(n)) for n in names)))  # fmt: skip
+        nxt = runs[i + 1] if i + 1 < len(runs) else None
+        if nxt is None or (nxt["regime"], nxt["seed"]) != (r["regime"], r["seed"]):
+            ref = next((x for x in runs if (x["regime"], x["seed"]) == (r["regime"], r["seed"])
+                        and x["reference"] is not None), None)  # fmt: skip
+            if ref is not None:
+                label, prefix = REFERENCE_PREFIXES.get(ref["reference"], ref["reference"]), ref["reference"]
+                value = _num(ref["reference_objective"])
+                refs = (_num(ref.get("summary", {}).get(f"{prefix}_{n}")) for n in names)
+                body.append((r["regime"], r["seed"], f"reference: {label}", "", "", "", value, value, "", *refs))
+    return columns, body
+
+
+_REF_NAMES = tuple(f"{prefix}_" for prefix in REFERENCE_PREFIXES)
 
 
 def results_text(db: Path, run_ids: list[str]) -> str:
@@ -310,7 +324,9 @@ def _knob_order(knobs) -> list[str]:
     return sorted(set(knobs), key=lambda k: (k != "learning_rate", k))
 
 
-def _read_task(reader: Reader, task: str, objective: str, mode: str, prefix: str) -> TaskReport:
+def _read_tables(reader: Reader, task: str, objective: str) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """The rows of ``task_table``, ``paper_table`` (MNIST only, else empty) and ``task_references`` for
+    this task and objective (column order: see :class:`TaskReport`)."""
     table_rows = reader.query(
         "SELECT regime, n_train, arm, controller, n_seeds, final_objective, final_objective_std, best_objective, "
         "best_objective_std, mean_best_epoch FROM task_table WHERE task = ? AND objective = ?",
@@ -327,7 +343,12 @@ def _read_task(reader: Reader, task: str, objective: str, mode: str, prefix: str
         "WHERE task = ? AND objective = ?",
         [task, objective],
     ).rows
-    curves = {"objective": _objective_curves(reader, task, objective)} | _knob_curves(reader, task, objective)
+    return table_rows, paper_rows, references
+
+
+def _read_running(reader: Reader, task: str, objective: str) -> tuple[dict[str, RunningCurve], dict[str, int]]:
+    """The curves of the runs still going (by run id, largest regime first, then by start) and each of
+    their regimes' ``n_train``. A knob first recorded at a later epoch is None at the epochs before."""
     running: dict[str, RunningCurve] = {}
     n_train_of: dict[str, int] = {}
     for run_id, regime, n_train, label, seed, epoch, value, hyperparameters in reader.query(
@@ -346,6 +367,47 @@ def _read_task(reader: Reader, task: str, objective: str, mode: str, prefix: str
         for knob in knobs.keys() | (curve.values.keys() - {"objective"}):
             curve.values.setdefault(knob, [None] * (len(curve.epochs) - 1)).append(knobs.get(knob))
         n_train_of[regime] = n_train
+    return running, n_train_of
+
+
+def _read_timeline(reader: Reader, task: str, objective: str) -> list[TimelineRun]:
+    """Up to :data:`MAX_TIMELINE_RUNS` guided runs (running ones first, then the largest regime) with their
+    per-epoch decisions; a run without epochs is left out. Two queries: the runs, then all their points."""
+    runs = reader.query(
+        """
+        SELECT run_id, regime, controller, seed, status FROM runs
+        WHERE arm = 'guided' AND status IN ('completed', 'running') AND task = ? AND objective = ?
+        ORDER BY status = 'running' DESC, n_train DESC, controller, seed LIMIT ?
+        """,
+        [task, objective, MAX_TIMELINE_RUNS],
+    ).rows
+    if not runs:
+        return []
+    points: dict[str, list] = {}
+    for row in reader.query(
+        f"""
+        SELECT e.run_id, e.epoch, e.objective, d.fallback, d.valid, rf.verdict, d.hyperparameters_changed
+        FROM epochs e
+        LEFT JOIN decision_outcomes d ON d.run_id = e.run_id AND d.epoch = e.epoch
+        LEFT JOIN reflections rf ON rf.run_id = e.run_id AND rf.about_epoch = e.epoch
+        WHERE e.run_id IN ({", ".join("?" * len(runs))}) ORDER BY e.run_id, e.epoch
+        """,
+        [run[0] for run in runs],
+    ).rows:
+        points.setdefault(row[0], []).append(row[1:])
+    return [
+        TimelineRun(run_id, regime, controller, seed, status, points[run_id])
+        for run_id, regime, controller, seed, status in runs
+        if run_id in points
+    ]
+
+
+def _read_task(reader: Reader, task: str, objective: str, mode: str, prefix: str) -> TaskReport:
+    """Everything the report shows for one (task, objective): tables, curves of completed and running
+    runs, the knobs recorded, the regimes (largest ``n_train`` first) and the decision timeline."""
+    table_rows, paper_rows, references = _read_tables(reader, task, objective)
+    curves = {"objective": _objective_curves(reader, task, objective)} | _knob_curves(reader, task, objective)
+    running, n_train_of = _read_running(reader, task, objective)
     n_train_of |= {row[0]: row[1] for row in table_rows}
     regimes = sorted(
         {r for r, _ in curves["objective"].by_group} | {c.regime for c in running.values()},
@@ -353,27 +415,7 @@ def _read_task(reader: Reader, task: str, objective: str, mode: str, prefix: str
     )
     knobs = _knob_order([k for k in curves if k != "objective"] + [k for c in running.values() for k in c.values])
     knobs = [k for k in knobs if k != "objective"]
-    timeline = []
-    for run_id, regime, controller, seed, status in reader.query(
-        """
-        SELECT run_id, regime, controller, seed, status FROM runs
-        WHERE arm = 'guided' AND status IN ('completed', 'running') AND task = ? AND objective = ?
-        ORDER BY status = 'running' DESC, n_train DESC, controller, seed LIMIT ?
-        """,
-        [task, objective, MAX_TIMELINE_RUNS],
-    ).rows:
-        points = reader.query(
-            """
-            SELECT e.epoch, e.objective, d.fallback, d.valid, rf.verdict, d.hyperparameters_changed
-            FROM epochs e
-            LEFT JOIN decision_outcomes d ON d.run_id = e.run_id AND d.epoch = e.epoch
-            LEFT JOIN reflections rf ON rf.run_id = e.run_id AND rf.about_epoch = e.epoch
-            WHERE e.run_id = ? ORDER BY e.epoch
-            """,
-            [run_id],
-        ).rows
-        if points:
-            timeline.append(TimelineRun(run_id, regime, controller, seed, status, points))
+    timeline = _read_timeline(reader, task, objective)
     return TaskReport(task, objective, mode, table_rows, paper_rows, references, curves, knobs,
                       list(running.values()), regimes, timeline, prefix)  # fmt: skip
 

@@ -1,6 +1,6 @@
 """The DuckDB schema users query: tables, analysis views, and the migrations that build them.
 
-The tables are a public interface (DESIGN.md): change them only by appending a migration to
+The tables are a public interface (ARCHITECTURE.md): change them only by appending a migration to
 ``MIGRATIONS``. Views are recreated on every open, so they may change freely; :func:`migrate`
 checkpoints right after, so that DDL never waits in the WAL. Timestamps are UTC.
 

@@ -69,6 +69,9 @@ class Task(ABC):
     default_regime: ClassVar[str]
     default_epochs: ClassVar[int]
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]]
+    # Metrics shown beside the objective in result tables, at the best epoch (a metric ``ols_<name>`` or
+    # ``ref_<name>`` is shown as the reference's value): e.g. R² for a task whose objective is RMSE.
+    summary_metrics: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def setup(self, regime: str, seed: int, device: torch.device) -> None:
@@ -136,22 +139,18 @@ class Task(ABC):
             budget_unit=cls.budget_unit,
             noise_band=cls.noise_band,
             hyperparameters=list(cls.hyperparameters),
+            summary_metrics=list(cls.summary_metrics),
         )
 
     @classmethod
     def hyperparameter(cls, name: str) -> Hyperparameter:
         """The declared knob ``name``; KeyError names the known ones."""
-        for knob in cls.hyperparameters:
-            if knob.name == name:
-                return knob
-        raise KeyError(
-            f"task {cls.name!r} has no hyperparameter {name!r}; it has {[k.name for k in cls.hyperparameters]}"
-        )
+        return cls.spec().knob(name)
 
     @classmethod
     def better(cls, a: float, b: float) -> bool:
         """Whether objective value ``a`` is better than ``b`` under :attr:`mode`."""
-        return a > b if cls.mode == "max" else a < b
+        return cls.spec().better(a, b)
 
 
 @contextlib.contextmanager

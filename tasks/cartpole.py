@@ -62,7 +62,6 @@ from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, torch_thread
 from trainer.blend import BlendedOptimizer
 
 ENV_ID = "CartPole-v1"
-MAX_RETURN = 500.0  # CartPole-v1's TimeLimit: 500 steps, +1 reward each
 CHECKPOINT_FORMAT = "reflectnet-task-cartpole-1"
 
 N_ENVS = 8
@@ -360,6 +359,24 @@ class CartPoleTask(Task):
         self._require_setup()
         if epoch != self.epochs_done + 1:
             raise ValueError(f"epoch {epoch} follows epoch {self.epochs_done}; expected {self.epochs_done + 1}")
+        episodes = self._learn_epoch(epoch)
+        steps = self._steps_taken
+        train = self._logger.pop_means()
+        evaluation = self.evaluate(epoch)
+        self.epochs_done = epoch
+        metrics = self._epoch_metrics(evaluation, episodes, train)
+        grad_norms = {name: float(total) / steps for name, total in self._grad_norm_sums.items()}
+        vectors = {
+            "eval_episode_returns": [float(r) for r in evaluation["returns"]],
+            "eval_episode_lengths": [float(n) for n in evaluation["lengths"]],
+        }
+        return EpochResult(metrics=metrics, grad_norms=grad_norms, vectors=vectors, steps=steps)
+
+    def _learn_epoch(self, epoch: int) -> _EpisodeCollector:
+        """Zero the step and gradient-norm counters, reseed from ``(seed, epoch)`` and run ``epoch_steps``
+        environment steps of ``PPO.learn`` (torch threads set, global RNGs isolated). Returns the training
+        episodes that finished; raises RuntimeError when the optimizer steps differ from
+        :meth:`steps_per_epoch` (the blend's per-step delta would not add up)."""
         ppo = self.ppo
         self._steps_taken = 0
         for total in self._grad_norm_sums.values():
@@ -374,10 +391,14 @@ class CartPoleTask(Task):
                 f"PPO took {steps} optimizer steps, steps_per_epoch() said {self.steps_per_epoch()}: "
                 "the blend's per-step delta would not add up to the epoch's delta"
             )
-        train = self._logger.pop_means()
-        evaluation = self.evaluate(epoch)
-        self.epochs_done = epoch
-        metrics = {
+        return episodes
+
+    def _epoch_metrics(
+        self, evaluation: dict[str, np.ndarray], episodes: _EpisodeCollector, train: dict[str, float]
+    ) -> dict[str, float]:
+        """The epoch's scalar metrics (see :meth:`train_epoch`) from the greedy ``evaluation``, the finished
+        training ``episodes`` and SB3's ``train/*`` means ``train``; the knob and step count from the model."""
+        return {
             "eval_return_mean": float(np.mean(evaluation["returns"])),
             "eval_return_std": float(np.std(evaluation["returns"])),
             "eval_episode_length_mean": float(np.mean(evaluation["lengths"])),
@@ -385,15 +406,9 @@ class CartPoleTask(Task):
             "train_episode_length_mean": float(np.mean(episodes.lengths)) if episodes.lengths else math.nan,
             "episodes": float(len(episodes.returns)),
             **{name: train[name] for name in SB3_TRAIN_METRICS},
-            "ent_coef": float(ppo.ent_coef),
-            "env_steps": float(ppo.num_timesteps),
+            "ent_coef": float(self.ppo.ent_coef),
+            "env_steps": float(self.ppo.num_timesteps),
         }
-        grad_norms = {name: float(total) / steps for name, total in self._grad_norm_sums.items()}
-        vectors = {
-            "eval_episode_returns": [float(r) for r in evaluation["returns"]],
-            "eval_episode_lengths": [float(n) for n in evaluation["lengths"]],
-        }
-        return EpochResult(metrics=metrics, grad_norms=grad_norms, vectors=vectors, steps=steps)
 
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ def _load(reference: str) -> Callable:
     module_name, _, attr = reference.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # a user's module may raise anything on import: one line naming it
         raise UnknownTaskError(f"cannot load task {reference!r}: {type(exc).__name__}: {exc}") from None
     if not callable(factory):
         raise UnknownTaskError(f"task {reference!r} is not callable")
@@ -70,31 +70,42 @@ def accepted_options(factory: Callable, options: dict[str, Any]) -> dict[str, An
     return {k: v for k, v in options.items() if k in names}
 
 
-def make_task(name: str, options: dict[str, Any] | None = None, required: tuple[str, ...] = ()):
-    """A fresh task instance for ``name`` built with the ``options`` its factory accepts; the names in
-    ``required`` must be accepted (options the user set explicitly): UnknownTaskError otherwise, and when
-    the factory raises or returns something that is not a ``tasks.base.Task``."""
+def make_task(name: str, options: dict[str, Any] | None = None):
+    """A fresh task instance for ``name`` built with the ``options`` its factory accepts. UnknownTaskError
+    (one line) when the name does not resolve, the factory raises, or it returns something that is not a
+    ``tasks.base.Task``."""
     from tasks.base import Task
 
     factory = resolve_task_factory(name)
-    options = options or {}
-    kwargs = accepted_options(factory, options)
-    refused = [key for key in required if key not in kwargs]
-    if refused:
-        raise UnknownTaskError(f"task {name!r} takes no option(s) {refused}")
+    kwargs = accepted_options(factory, options or {})
     try:
         task = factory(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise UnknownTaskError(f"task {name!r} could not be built with {kwargs}: {exc}") from None
+    except Exception as exc:  # a user's factory may raise anything: one line naming it
+        raise UnknownTaskError(f"task {name!r} could not be built with {kwargs}: {type(exc).__name__}: {exc}") from None
     if not isinstance(task, Task):
         raise UnknownTaskError(f"task {name!r} gave a {type(task).__name__}, not a tasks.base.Task")
     return task
 
 
-def task_class(name: str):
-    """The task's class (its declarations: regimes, defaults, objective) without building it: the factory
-    itself if it is a class, else the class of one instance built with no options."""
+def task_class(name: str, options: dict[str, Any] | None = None):
+    """The task's class (its declarations: regimes, defaults, objective) without setting it up: the factory
+    itself if it is a class, else the class of one instance built with ``options``. UnknownTaskError as
+    :func:`make_task`."""
     factory = resolve_task_factory(name)
     if inspect.isclass(factory):
+        from tasks.base import Task
+
+        if not issubclass(factory, Task):
+            raise UnknownTaskError(f"task {name!r} is the class {factory.__name__}, not a tasks.base.Task")
         return factory
-    return type(make_task(name))
+    return type(make_task(name, options))
+
+
+def training_defaults(name: str) -> dict[str, Any]:
+    """The keyword defaults of the task's factory (``batch_size=64`` for mnist): what a run that sets no option
+    trains with, so that ``--batch-size 64`` and no flag are the same experiment."""
+    try:
+        parameters = inspect.signature(resolve_task_factory(name)).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}

@@ -1,4 +1,4 @@
-"""The alpha-blended update (paper 2.3, DESIGN.md):
+"""The alpha-blended update (paper 2.3; ARCHITECTURE.md):
 
     param += (1 - alpha) * optimizer_step + alpha * delta
 

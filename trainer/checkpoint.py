@@ -29,10 +29,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, from another run, or from an older ReflectNet."""
 
 
-def checkpoint_path(checkpoint_dir: Path, run_id: str) -> Path:
-    return Path(checkpoint_dir) / f"{run_id}.safetensors"
-
-
 @dataclass
 class TrainingState:
     """What the trainer carries from one epoch to the next, beside the task's own state."""

@@ -11,10 +11,10 @@ import math
 import os
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import torch
-import zmq
 
 from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import HealthCheck
@@ -37,8 +37,8 @@ from bus.messages import (
 )
 from bus.transport import RecordSender, RequestClient
 from tasks.base import DataUnavailableError, EpochResult, Task
-from tasks.registry import UnknownTaskError, make_task
-from trainer.checkpoint import CheckpointError, TrainingState, load_checkpoint, save_checkpoint
+from tasks.registry import make_task
+from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from trainer.config import TrainerConfig
 from trainer.modulation import deltas_from_command
 
@@ -52,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fallback_decision(metrics: EpochMetrics, controller: str, reason: str, waited_ms: float = 0.0) -> Decision:
-    """Keep the current knob values with alpha = 0 and no modulation (DESIGN.md); its latency is the time
+    """Keep the current knob values with alpha = 0 and no modulation (ARCHITECTURE.md, the epoch protocol); its latency is the time
     the trainer spent waiting for the agent before falling back (ms)."""
     return Decision(
         run_id=metrics.run_id,
@@ -121,10 +121,7 @@ def build_task(cfg: TrainerConfig, device: torch.device, log) -> Task:
     task.set_event_sink(lambda level, event, data: getattr(log, level, log.info)(event, **data))
     task.setup(cfg.regime, cfg.seed, device)
     if cfg.hyperparameters:
-        for name, value in cfg.hyperparameters.items():
-            knob = task.hyperparameter(name)
-            if not knob.low <= value <= knob.high:
-                raise ValueError(f"initial {name}={value} is outside the task's bounds [{knob.low}, {knob.high}]")
+        check_hyperparameters(task.spec(), cfg.hyperparameters)
         task.set_hyperparameters(cfg.hyperparameters)
     return task
 
@@ -148,19 +145,23 @@ def resume(cfg: TrainerConfig, task: Task, sender: RecordSender, device: torch.d
     return carry
 
 
-def connect_agent(ctx: zmq.Context, cfg: TrainerConfig, log) -> tuple[RequestClient | None, HealthCheck | None]:
-    """The agent client and its health check (None, None for the baseline arm), after the handshake."""
+def connect_agent(child: Child, cfg: TrainerConfig, log) -> RequestClient | None:
+    """The agent client (None for the baseline arm), after the handshake; its sockets close at shutdown."""
     if not cfg.agent_endpoint:
-        return None, None
-    health = HealthCheck(ctx, cfg.agent_health_endpoint) if cfg.agent_health_endpoint else None
-    agent = RequestClient(ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries, health)
+        return None
+    health = None
+    if cfg.agent_health_endpoint:
+        health = HealthCheck(child.ctx, cfg.agent_health_endpoint)
+        child.on_close.append(health.close)
+    agent = RequestClient(child.ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries, health)
+    child.on_close.append(agent.close)
     hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
     if isinstance(hello.reply, Ready):
         log.info("agent_handshake", agent_pid=hello.reply.pid, attempts=hello.attempts)
     else:
         reason = hello.error or f"agent answered {type(hello.reply).__name__}"
         log.warning("agent_handshake_failed", error=reason, attempts=hello.attempts)
-    return agent, health
+    return agent
 
 
 def train_one_epoch(task: Task, epoch: int, carry: Carry) -> tuple[EpochResult, float]:
@@ -276,14 +277,11 @@ def train(cfg: TrainerConfig, child: Child) -> int:
             carry = resume(cfg, task, child.sender, device, child.log)
         else:
             carry = Carry(hyperparameters=task.hyperparameter_values(), alpha=cfg.alpha)
-        agent, health = connect_agent(child.ctx, cfg, child.log)
-        for client in (agent, health):
-            if client is not None:
-                child.on_close.append(client.close)
+        agent = connect_agent(child, cfg, child.log)
         child.log.info("training_started", task=cfg.task, regime=cfg.regime, epochs=cfg.epochs, device=str(device))
         return run_epochs(cfg, task, carry, agent, child.sender, child.log, child.parent)
-    except (UnknownTaskError, CheckpointError, ValueError, KeyError, RuntimeError, OSError) as exc:
-        return child.fail(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # a task (maybe a user's) may raise anything: one line and a failed run, resumable
+        return child.fail(f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
 
 
 def check_hyperparameters(spec: TaskSpec, values: dict[str, float]) -> None:
@@ -294,8 +292,7 @@ def check_hyperparameters(spec: TaskSpec, values: dict[str, float]) -> None:
             knob = spec.knob(name)
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
-        if not knob.low <= value <= knob.high:
-            raise ValueError(f"{name}={value} is outside the task's bounds [{knob.low}, {knob.high}]")
+        knob.check(value)
 
 
 def ask_agent(

@@ -250,44 +250,64 @@ def validate_answer(text: str, m: EpochMetrics, command_space: str = "free") -> 
         return CheckedAnswer(None, errors=[found.error or "answer contains no JSON object"], notes=found.notes)
     answer = found.value
     checked = CheckedAnswer(None, notes=found.notes)
-    clamped, errors, partial = checked.clamped, checked.errors, checked.partial
     grid = command_space == "grid"
+    _check_required(answer, required, m, grid, checked)
+    _check_weights(answer, m, grid, checked)
+    _check_rest(answer, required, checked)
+    if not checked.errors:
+        checked.command = command_from(checked.partial, m.task.knob_names())
+    return checked
+
+
+def _check_required(answer: dict, required: list[str], m: EpochMetrics, grid: bool, checked: CheckedAnswer) -> None:
+    """Each required number into ``checked.partial``: clamped into its range and, in the grid command
+    space, snapped to its choices (by ratio for a log-scale knob); a missing or bad one is an error."""
     ranges = allowed_ranges(m)
     choices = grid_choices(m) if grid else {}
     log_scale = {k.name for k in m.task.hyperparameters if k.scale == "log"}
     for name in required:
         if name not in answer:
-            errors.append(f"missing required field {name!r}")
+            checked.errors.append(f"missing required field {name!r}")
             continue
-        value = _check_number(name, answer[name], ranges[name], clamped, errors)
+        value = _check_number(name, answer[name], ranges[name], checked.clamped, checked.errors)
         if value is not None and grid:
-            value = _snap(name, value, choices[name], clamped, by_ratio=name in log_scale)
+            value = _snap(name, value, choices[name], checked.clamped, by_ratio=name in log_scale)
         if value is not None:
-            partial[name] = value
+            checked.partial[name] = value
+
+
+def _check_weights(answer: dict, m: EpochMetrics, grid: bool, checked: CheckedAnswer) -> None:
+    """The answer's ``weight_modulation`` (:func:`_check_modulation`): raw deltas that passed go to
+    ``partial["weight_modulation"]``, operations to ``partial["weight_ops"]``, a layer named twice to
+    ``notes["ambiguous"]``."""
     ambiguous: list[str] = []
-    deltas, ops = _check_modulation(answer.get("weight_modulation"), m, clamped, errors, ambiguous, grid)
+    deltas, ops = _check_modulation(
+        answer.get("weight_modulation"), m, checked.clamped, checked.errors, ambiguous, grid
+    )
     if ambiguous:
         checked.notes["ambiguous"] = [*checked.notes.get("ambiguous", []), *ambiguous]
     if deltas:
-        partial["weight_modulation"] = deltas
+        checked.partial["weight_modulation"] = deltas
     if ops:
-        partial["weight_ops"] = ops
+        checked.partial["weight_ops"] = ops
+
+
+def _check_rest(answer: dict, required: list[str], checked: CheckedAnswer) -> None:
+    """The rationale (a string, cut to :data:`MAX_RATIONALE_CHARS`), fields no command has (recorded as
+    ``clamped["ignored_fields"]``, at most 20) and a note naming the fields snapped to the grid."""
     rationale = answer.get("rationale", "")
     if not isinstance(rationale, str):
-        errors.append(f"rationale must be a string, got {type(rationale).__name__}")
+        checked.errors.append(f"rationale must be a string, got {type(rationale).__name__}")
         rationale = ""
-    partial["rationale"] = rationale[:MAX_RATIONALE_CHARS]
+    checked.partial["rationale"] = rationale[:MAX_RATIONALE_CHARS]
     extra = sorted(set(answer) - {*required, "weight_modulation", "rationale"})
     if extra:
-        clamped["ignored_fields"] = extra[:20]
-    snapped = sorted(name for name, entry in clamped.items() if isinstance(entry, dict) and entry.get("grid"))
+        checked.clamped["ignored_fields"] = extra[:20]
+    snapped = sorted(name for name, entry in checked.clamped.items() if isinstance(entry, dict) and entry.get("grid"))
     if snapped:
         checked.notes["off_grid"] = (
             f"{snapped} were off the grid and snapped to the nearest choice: the server may not have applied the schema"
         )
-    if not errors:
-        checked.command = command_from(partial, m.task.knob_names())
-    return checked
 
 
 def command_from(partial: dict[str, Any], knobs: list[str]) -> UpdateCommand:

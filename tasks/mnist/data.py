@@ -1,6 +1,6 @@
 """MNIST, offline, as uint8 tensors loaded once; regimes as seeded class-stratified subsets.
 
-Sources, first that works (DESIGN.md):
+Sources, first that works:
 
 1. a torchvision-layout folder ``<data_dir>/MNIST/raw/*-ubyte``;
 2. torchvision's own download;

@@ -196,8 +196,3 @@ def evaluate(
         hits += torch.bincount(y[logits.argmax(1) == y], minlength=NUM_CLASSES)
     per_class = (hits / totals.clamp(min=1)).tolist()
     return EvalStats(loss=loss_sum.item() / len(images), acc=hits.sum().item() / len(images), per_class_acc=per_class)
-
-
-def weight_norms(model: torch.nn.Module) -> dict[str, float]:
-    with torch.no_grad():
-        return {name: p.norm().item() for name, p in model.named_parameters()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,10 +73,13 @@ class MnistTask(Task):
             raise ValueError(f"unknown regime {regime!r} for task {self.name!r}; known: {list(self.regimes)}")
         self.regime, self.seed, self.device = regime, seed, torch.device(device)
         data = load_mnist(self.data_dir)
-        for repair in data.repairs:
+        for repair in data.repairs:  # recorded, and told on the terminal: the user's cache was touched
             moved = str(repair.moved_to) if repair.moved_to else None
             self.emit("warning", "data_cache_repaired", file=str(repair.path), problem=repair.problem,
                       moved_to=moved, source=data.source)  # fmt: skip
+            where = f", moved to {repair.moved_to.name}" if repair.moved_to else ""
+            print(f"trainer: MNIST cache file {repair.path} {repair.problem}{where}; using {data.source}",
+                  file=sys.stderr, flush=True)  # fmt: skip
         self.emit("info", "data_loaded", source=data.source, device=str(self.device))
         subset = stratified_subset(data.train_labels, self.regimes[regime], seed)
         self.train_x = to_model_input(data.train_images[subset], self.device)
@@ -134,9 +138,7 @@ class MnistTask(Task):
         """``learning_rate`` into Adam's param groups, ``dropout`` into the CNN. KeyError for an unknown knob,
         ValueError for a value outside its hard bounds."""
         for name, value in values.items():
-            knob = self.hyperparameter(name)
-            if not knob.low <= float(value) <= knob.high:
-                raise ValueError(f"{name}={value} is outside [{knob.low}, {knob.high}]")
+            self.hyperparameter(name).check(value)
         self.values = {**self.values, **{k: float(v) for k, v in values.items()}}
         for group in self.optimizer.param_groups:
             group["lr"] = self.values["learning_rate"]

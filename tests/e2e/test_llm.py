@@ -40,9 +40,8 @@ def check_every_guided_epoch_has_a_valid_decision(db: Path, epochs: int) -> list
     for _, controller, _, command, _, _, _ in rows:
         assert controller == "llm"
         applied = json.loads(command)
-        assert (
-            0.0 <= applied["dropout"] <= 0.9 and 1e-6 <= applied["learning_rate"] <= 0.1 and 0 <= applied["alpha"] <= 1
-        )
+        knobs = applied["hyperparameters"]
+        assert 0.0 <= knobs["dropout"] <= 0.9 and 1e-6 <= knobs["learning_rate"] <= 0.1 and 0 <= applied["alpha"] <= 1
     return rows
 
 

@@ -121,7 +121,7 @@ def test_every_kind_of_faulty_answer_is_recovered_or_recorded_never_a_graph_fail
     assert note(4, "validator")["ambiguous"] == [
         "field 'learning_rate' is given more than once; the last value is used"
     ]
-    assert decisions[4]["command"]["learning_rate"] == 0.001
+    assert decisions[4]["command"]["hyperparameters"]["learning_rate"] == 0.001
     assert note(7, "controller")["adapted"] == [
         "HTTP 400 refused response_format json_schema: response_format json_object from now on"
     ]
@@ -133,7 +133,8 @@ def test_every_kind_of_faulty_answer_is_recovered_or_recorded_never_a_graph_fail
         "learning_rate": {"from": 0.0017, "to": 0.002, "grid": True},
         "alpha": {"from": 0.33, "to": 0.4, "grid": True},
     }
-    assert (decisions[10]["command"]["dropout"], decisions[10]["command"]["learning_rate"]) == (0.3, 0.002)
+    knobs = decisions[10]["command"]["hyperparameters"]
+    assert (knobs["dropout"], knobs["learning_rate"]) == (0.3, 0.002)
     assert all(note(e, "controller")["finish_reason"] in ("stop", "length", None) for e in decisions)
 
     # The user's node failed every epoch; each time the validated command was applied all the same.

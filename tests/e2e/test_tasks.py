@@ -163,3 +163,39 @@ def test_a_task_from_a_module_outside_reflectnet_runs_end_to_end(tmp_path):
     bad = run_py("--task", "userpkg.linefit:make_task", "--task-option", "depth=2", "--db", str(db), env=env,
                  timeout=60)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip() == "run.py: error: task 'linefit' takes no option(s) depth"
+
+
+OUTSIDE_CONTROLLER = '''
+import json
+
+from agents.policies import ControllerAnswer
+
+
+class HalvingPolicy:
+    """Halves the learning rate after every epoch, keeps the other knobs."""
+
+    name = "halving"
+
+    def propose(self, state):
+        m = state["metrics"]
+        knobs = {**m.hyperparameters, "learning_rate": m.hyperparameters["learning_rate"] / 2}
+        return ControllerAnswer(json.dumps({**knobs, "alpha": m.alpha, "rationale": f"halve it after {m.epoch}"}))
+
+
+def make_controller(cfg):
+    return HalvingPolicy()
+'''
+
+
+def test_a_controller_from_a_module_outside_reflectnet_steers_a_run(tmp_path):
+    (tmp_path / "userctl.py").write_text(textwrap.dedent(OUTSIDE_CONTROLLER))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    db, out = tmp_path / "h.duckdb", tmp_path / "runs"
+    result = run_py("--task", "diabetes", "--regime", "50", "--epochs", "4", "--arms", "guided", "--controller",
+                    "userctl:make_controller", "--db", str(db), "--out", str(out), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert query(db, "SELECT controller, status FROM runs") == [("userctl:make_controller", "completed")]
+    lrs = [lr for (lr,) in query(db, "SELECT lr FROM epochs ORDER BY epoch")]
+    assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])  # each decision applied at the next epoch
+    decisions = query(db, "SELECT controller, valid, fallback FROM decisions ORDER BY epoch")
+    assert decisions == [("halving", True, False)] * 4

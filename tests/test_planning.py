@@ -1,0 +1,107 @@
+"""Sweep planning as pure functions: which arms a run specification asks for, which recorded pair a new run joins,
+what makes two runs the same experiment; and the defaults the specification owns."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestration.planning import TaskIdentity, experiment, fingerprint, plan_arms, training_options
+from orchestration.spec import LLM_AGENT_SLACK_S, RULE_AGENT_TIMEOUT_S, ModelSpec, RunSpec
+from storage.queries import PairRow
+from trainer.config import TrainerConfig, upgrade_recorded_config
+
+SPEC = RunSpec(task="mnist", regimes=["10", "100"], controllers=["none", "heuristic"], epochs=3, seed=5, seeds=2,
+               pipeline=["prompter", "controller", "validator", "repairer", "reflector"])  # fmt: skip
+MNIST = TaskIdentity("mnist", {"data_dir": None, "batch_size": 64, "compile_eval": True})
+
+
+def test_a_sweep_plans_a_baseline_and_each_controller_per_regime_and_seed():
+    arms = plan_arms(SPEC, MNIST, [], {"heuristic": False})
+    assert [(a.regime, a.seed, a.name, a.controller) for a in arms] == [
+        (regime, seed, name, controller)
+        for regime in ("10", "100")
+        for seed in (5, 6)
+        for name, controller in (("baseline", "none"), ("guided", "heuristic"))
+    ]
+    pairs = {(a.regime, a.seed): a.pair_id for a in arms}
+    assert all(a.pair_id == pairs[(a.regime, a.seed)] for a in arms) and len(set(pairs.values())) == 4
+    assert len({a.fingerprint for a in arms}) == 8 and all(a.status == "pending" for a in arms)
+    assert [a.run_id.split("-", 1)[1] for a in arms[:2]] == ["baseline", "heuristic"]
+
+
+def test_arms_choose_baseline_or_guided_only():
+    guided = plan_arms(SPEC.model_copy(update={"arms": "guided"}), MNIST, [], {"heuristic": False})
+    assert {a.name for a in guided} == {"guided"} and len(guided) == 4
+    baseline = plan_arms(SPEC.model_copy(update={"controllers": ["none"], "arms": "guided"}), MNIST, [], {})
+    assert {a.name for a in baseline} == {"baseline"}  # --controller none: the baseline whatever --arms says
+
+
+def test_a_new_run_joins_the_recorded_pair_of_the_same_task_data_and_schedule():
+    recorded = [
+        PairRow("mnist", "10", 5, 3, {"data_dir": "/a"}, "p-old", "p-old-baseline"),
+        PairRow("diabetes", "100", 5, 3, {}, "p-diabetes", "p-diabetes-baseline"),
+        PairRow("mnist", "100", 5, 7, {}, "p-other-epochs", "p-other-epochs-baseline"),
+    ]
+    spec = SPEC.model_copy(update={"task_options": {"batch_size": 64, "data_dir": "/elsewhere"}, "seeds": 1})
+    arms = plan_arms(spec, MNIST, recorded, {"heuristic": False})
+    by_regime = {a.regime: a.pair_id for a in arms}
+    assert by_regime["10"] == "p-old"  # the data folder is not part of it, and 64 is the default batch size
+    assert by_regime["100"] not in ("p-diabetes", "p-other-epochs")  # another task, another schedule
+    assert "p-old-baseline" not in {a.run_id for a in arms}  # a run id is never reused
+
+
+def test_the_fingerprint_follows_what_changes_the_experiment():
+    base = experiment(SPEC, MNIST, "10", 5, "guided", "llm", uses_llm=True)
+    for same_options in ({"data_dir": "/x", "compile_eval": False}, {"batch_size": 64}):  # places, speed, defaults
+        same = experiment(SPEC.model_copy(update={"task_options": same_options}), MNIST, "10", 5, "guided", "llm",
+                          uses_llm=True)  # fmt: skip
+        assert fingerprint(base) == fingerprint(same)
+    for change in ({"task": "diabetes"}, {"epochs": 4}, {"task_options": {"batch_size": 32}}, {"max_repairs": 0},
+                   {"llm": ModelSpec(temperature=0.7)}, {"llm": ModelSpec(base_url="http://127.0.0.1:9/v1")}):  # fmt: skip
+        other = experiment(SPEC.model_copy(update=change), MNIST, "10", 5, "guided", "llm", uses_llm=True)
+        assert fingerprint(other) != fingerprint(base), change
+    assert "llm_model" not in experiment(SPEC, MNIST, "10", 5, "guided", "heuristic", uses_llm=False)
+    assert training_options({"batch_size": 8, "data_dir": "/d", "compile_eval": True, "x": None}) == {"batch_size": 8}
+
+
+def test_a_run_recorded_before_tasks_existed_is_recognised_by_its_old_fingerprint():
+    # The experiment as ReflectNet hashed it before tasks (commit e8c58c2, orchestration/planning.py).
+    old = {"regime": "10", "seed": 5, "epochs": 3, "batch_size": 64, "arm": "guided", "controller": "heuristic",
+           "nodes": SPEC.pipeline, "max_repairs": 2}  # fmt: skip
+    [arm] = [a for a in plan_arms(SPEC, MNIST, [], {"heuristic": False}) if (a.regime, a.seed, a.name) == ("10", 5, "guided")]
+    assert arm.legacy_fingerprint == fingerprint(old) != arm.fingerprint
+    plateau = plan_arms(SPEC.model_copy(update={"controllers": ["plateau"], "arms": "guided"}), MNIST, [], {})
+    assert all(a.legacy_fingerprint is None for a in plateau)  # it watched val_loss then, the objective now
+    other_task = plan_arms(SPEC.model_copy(update={"task": "diabetes"}), TaskIdentity("diabetes", {}), [], {})
+    assert all(a.legacy_fingerprint is None for a in other_task)
+
+
+def test_the_specification_owns_the_agent_timeouts():
+    assert RunSpec().agent_timeout(uses_llm=False) == RULE_AGENT_TIMEOUT_S == 20.0
+    # 3 controller calls (1 + 2 repairs) and one judge call of 20 s each, plus slack
+    assert RunSpec().agent_timeout(uses_llm=True) == 4 * 20.0 + LLM_AGENT_SLACK_S
+    no_judge = RunSpec(llm=ModelSpec(reflection=False, timeout_s=5.0), max_repairs=0)
+    assert no_judge.agent_timeout(uses_llm=True) == 5.0 + LLM_AGENT_SLACK_S
+    assert RunSpec(agent_timeout_s=3.0).agent_timeout(uses_llm=True) == 3.0
+
+
+def test_model_defaults_are_one_set_for_the_command_line_and_the_agent():
+    from agents.llm import LLMSettings
+
+    settings = LLMSettings(provider="local", base_url="http://127.0.0.1:1/v1", model="m")
+    spec = ModelSpec()
+    assert (settings.timeout_s, settings.max_retries, settings.temperature) == (
+        spec.timeout_s, spec.max_retries, spec.temperature)  # fmt: skip
+    assert spec.resolved_command_space() == "grid" and ModelSpec(provider="openai").resolved_command_space() == "free"
+
+
+def test_a_trainer_config_recorded_before_tasks_is_read_as_an_mnist_run():
+    recorded = {"run_id": "r", "pair_id": "p", "arm": "guided", "controller": "llm", "regime": "1pct", "seed": 0,
+                "epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "dropout": 0.2, "alpha": 0.4, "device": "auto",
+                "compile_eval": True, "data_dir": "/d", "run_dir": "/r", "recorder_endpoint": "tcp://127.0.0.1:1",
+                "replay_commands": None}  # fmt: skip
+    cfg = TrainerConfig.model_validate(upgrade_recorded_config(recorded))
+    assert (cfg.task, cfg.task_options, cfg.hyperparameters) == (
+        "mnist", {"data_dir": "/d", "batch_size": 64, "compile_eval": True}, {"learning_rate": 1e-3, "dropout": 0.2})
+    with pytest.raises(ValueError):
+        TrainerConfig.model_validate(recorded)  # the old form itself is not this version's
