@@ -332,7 +332,6 @@ class CartPoleTask(Task):
                 self.ppo.clip_range = ConstantSchedule(value)
             self._knobs[name] = value
 
-    @property
     def hyperparameter_values(self) -> dict[str, float]:
         """The knob values the next epoch uses."""
         return dict(self._knobs)

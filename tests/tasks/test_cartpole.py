@@ -124,7 +124,7 @@ def test_knobs_are_used_by_the_next_epoch():
     assert [g["lr"] for g in steered.optimizer.param_groups] == [3e-4]
     assert result.metrics["learning_rate"] == 3e-4 and result.metrics["clip_range"] == 0.1
     assert result.metrics["ent_coef"] == 0.01 and steered.ppo.ent_coef == 0.01
-    assert steered.hyperparameter_values == {"learning_rate": 3e-4, "ent_coef": 0.01, "clip_range": 0.1}
+    assert steered.hyperparameter_values() == {"learning_rate": 3e-4, "ent_coef": 0.01, "clip_range": 0.1}
     # The entropy bonus entered the loss: the same epoch without it ends elsewhere.
     moved = [name for name, w in _weights(steered).items() if not torch.equal(w, _weights(control)[name])]
     assert "action_net.weight" in moved
@@ -165,7 +165,7 @@ def test_a_restored_task_continues_bit_for_bit(tmp_path):
     resumed = _task(seed=1)
     with safe_open(str(path), framework="pt") as f:
         resumed.restore_state({k: f.get_tensor(k) for k in list(f.keys())}, json.loads(f.metadata()["state"]))
-    assert resumed.hyperparameter_values == straight.hyperparameter_values
+    assert resumed.hyperparameter_values() == straight.hyperparameter_values()
     got = resumed.train_epoch(3)  # the blend set before epoch 2 is still in force, as in the straight run
     assert got.metrics == expected.metrics and got.grad_norms == expected.grad_norms
     assert got.vectors == expected.vectors and got.steps == expected.steps
