@@ -152,6 +152,9 @@ class TaskReport:
     regimes: list[str]  # with any epoch recorded, largest budget first
     timeline: list[TimelineRun] = field(default_factory=list)
     file_prefix: str = ""  # "" for MNIST (the paper's file names), else "<task>_"
+    # The task's summary metrics at the best epoch: (regime, arm, controller) -> name -> (n, mean, std); a
+    # reference's value under (regime, "reference", <prefix>).
+    summaries: dict[tuple, dict[str, tuple]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -189,19 +192,27 @@ def task_table_markdown(task: TaskReport) -> str:
     """A task's table from rows of the ``task_table`` view: the objective at the last and at the best epoch
     per regime and model, with the task's references (``task_references``) as rows of their own."""
     refs: dict[str, list[tuple]] = {}
-    for regime, n_train, _, label, n, value, value_std in task.references:
+    for regime, n_train, ref, label, n, value, value_std in task.references:
         cell = _pm_num(value, value_std, n)
-        refs.setdefault(regime, []).append((regime, f"{n_train}", f"Reference: {label}", n, cell, cell, ""))
+        refs.setdefault(regime, []).append(((regime, f"{n_train}", f"Reference: {label}", n, cell, cell, ""), ref))
+    names = sorted({name for values in task.summaries.values() for name in values})
+
+    def summary(key: tuple) -> tuple:
+        values = task.summaries.get(key, {})
+        return tuple(_pm_num(values[n][1], values[n][2], values[n][0]) if n in values else "" for n in names)
+
     body: list[tuple] = []
     for i, (regime, n_train, arm, controller, n, fv, fvs, bv, bvs, best_epoch) in enumerate(task.table_rows):
         model = "Baseline" if arm == "baseline" else f"Guided ({controller})"
         epoch = "" if best_epoch is None else f"{best_epoch:.1f}"
-        body.append((regime, f"{n_train}", model, n, _pm_num(fv, fvs, n), _pm_num(bv, bvs, n), epoch))
+        body.append((regime, f"{n_train}", model, n, _pm_num(fv, fvs, n), _pm_num(bv, bvs, n), epoch,
+                     *summary((regime, arm, controller))))  # fmt: skip
         if i + 1 == len(task.table_rows) or task.table_rows[i + 1][0] != regime:
-            body += refs.pop(regime, [])
+            body += [row + summary((regime, "reference", ref)) for row, ref in refs.pop(regime, [])]
     for rows in refs.values():
-        body += rows
-    columns = ["Regime", "Budget", "Model", "Seeds", f"Final {task.objective}", f"Best {task.objective}", "Best epoch"]
+        body += [row + summary((row[0], "reference", ref)) for row, ref in rows]
+    columns = ["Regime", "Budget", "Model", "Seeds", f"Final {task.objective}", f"Best {task.objective}", "Best epoch",
+               *(f"{name} at best" for name in names)]  # fmt: skip
     note = f"Mean ± sample std over seeds; completed runs only; {task.objective}: {task.direction}."
     if task.references:
         names = ", ".join(sorted({f"`{ref}_{task.objective}`" for _, _, ref, *_ in task.references}))
@@ -346,6 +357,40 @@ def _read_tables(reader: Reader, task: str, objective: str) -> tuple[list[tuple]
     return table_rows, paper_rows, references
 
 
+def _read_summaries(reader: Reader, task: str, objective: str) -> dict[tuple, dict[str, tuple]]:
+    """The task's summary metrics (``runs.config->'task'->'summary_metrics'``) at each completed run's best
+    epoch, as (n, mean, sample std) per (regime, arm, controller), and their reference values (``ols_<name>``,
+    ``ref_<name>``) per (regime, "reference", prefix)."""
+    rows = reader.query(
+        """
+        SELECT r.regime, r.arm, r.controller, CAST(r.config->'task'->'summary_metrics' AS VARCHAR),
+               CAST(e.metrics AS VARCHAR)
+        FROM run_results rr JOIN runs r USING (run_id) JOIN epochs e ON e.run_id = rr.run_id AND e.epoch = rr.best_epoch
+        WHERE r.status = 'completed' AND r.task = ? AND r.objective = ?
+        """,
+        [task, objective],
+    ).rows
+    values: dict[tuple, dict[str, list[float]]] = {}
+    for regime, arm, controller, names, metrics in rows:
+        metrics = json.loads(metrics) if metrics else {}
+        for name in json.loads(names) if names else []:
+            groups = [((regime, arm, controller), name, metrics.get(name))]
+            groups += [((regime, "reference", p), name, metrics.get(f"{p}_{name}")) for p in REFERENCE_PREFIXES]
+            for key, metric, value in groups:
+                if value is None or (key[1] == "reference" and arm != "baseline"):  # a reference once per seed
+                    continue
+                values.setdefault(key, {}).setdefault(metric, []).append(float(value))
+    return {key: {name: _mean_std(v) for name, v in by_name.items()} for key, by_name in values.items()}
+
+
+def _mean_std(values: list[float]) -> tuple[int, float, float | None]:
+    """(n, mean, sample std or None for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
+    return n, mean, std
+
+
 def _read_running(reader: Reader, task: str, objective: str) -> tuple[dict[str, RunningCurve], dict[str, int]]:
     """The curves of the runs still going (by run id, largest regime first, then by start) and each of
     their regimes' ``n_train``. A knob first recorded at a later epoch is None at the epochs before."""
@@ -417,7 +462,7 @@ def _read_task(reader: Reader, task: str, objective: str, mode: str, prefix: str
     knobs = [k for k in knobs if k != "objective"]
     timeline = _read_timeline(reader, task, objective)
     return TaskReport(task, objective, mode, table_rows, paper_rows, references, curves, knobs,
-                      list(running.values()), regimes, timeline, prefix)  # fmt: skip
+                      list(running.values()), regimes, timeline, prefix, _read_summaries(reader, task, objective))  # fmt: skip
 
 
 def read_report_data(reader: Reader) -> ReportData:
