@@ -38,7 +38,7 @@ def test_a_killed_trainer_fails_the_run_and_resume_finishes_it_exactly(tmp_path)
     assert outcome.checks["epochs_compared"] == 6 and outcome.checks["max_abs_val_acc_diff_vs_uninterrupted"] == 0.0
 
 
-@pytest.mark.parametrize("inherited", ["default", "ignored"])
+@pytest.mark.parametrize("inherited", ["default", pytest.param("ignored", marks=pytest.mark.slow)])
 def test_ctrl_c_stops_every_child_and_resume_finishes_the_run(tmp_path, inherited):
     # "ignored": run.py started as a background job or under nohup inherits SIGINT ignored; it must still stop.
     outcome = faults.ctrl_c(tmp_path, inherited)
@@ -54,6 +54,7 @@ def test_garbage_on_every_socket_is_rejected_with_a_reason_and_the_run_goes_on(t
     assert outcome.checks["intruder_rows"] == 0
 
 
+@pytest.mark.slow
 def test_the_agent_and_the_model_server_die_or_hang_and_are_restarted(tmp_path):
     outcome = faults.model_server(tmp_path)
     check(outcome)
@@ -67,6 +68,7 @@ def test_the_agent_and_the_model_server_die_or_hang_and_are_restarted(tmp_path):
     assert outcome.checks["model_decisions"] >= 2  # guidance resumed after the restarts
 
 
+@pytest.mark.slow
 def test_a_killed_run_py_leaves_no_child_behind_and_resume_finishes_the_run(tmp_path):
     outcome = faults.orchestrator_killed(tmp_path)
     check(outcome)
