@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_flags(p)
     _run_flags(p)
     _agent_flags(p)
-    _model_flags(p.add_argument_group("language model (--controller llm)"))
+    model = p.add_argument_group("language model (--controller llm)")
+    _model_flags(model)
+    _model_behaviour_flags(model)
     return p
 
 
@@ -205,7 +207,7 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(llm) -> None:
-    """How the ``llm`` controller reaches its model (:class:`orchestration.spec.ModelSpec`)."""
+    """Which model the ``llm`` controller reaches, and how (:class:`orchestration.spec.ModelSpec`)."""
     llm.add_argument(
         "--llm",
         choices=("local", "openai"),
@@ -236,6 +238,10 @@ def _model_flags(llm) -> None:
         default=model_default("max_retries"),
         help=f"HTTP retries per model call on connection errors and 5xx (default: {model_default('max_retries')})",
     )
+
+
+def _model_behaviour_flags(llm) -> None:
+    """How the ``llm`` controller asks: sampling, structured output, command space, reflection."""
     llm.add_argument(
         "--llm-temperature",
         type=_temperature,
