@@ -155,7 +155,7 @@ def test_a_task_from_a_module_outside_reflectnet_runs_end_to_end(tmp_path):
     runs = query(db, "SELECT arm, task, objective, mode, epochs, status FROM runs ORDER BY arm")
     assert runs == [("baseline", "linefit", "val_mse", "min", 4, "completed"),
                     ("guided", "linefit", "val_mse", "min", 4, "completed")]  # fmt: skip
-    mse = [m for (m,) in query(db, "SELECT objective FROM epochs e JOIN runs r USING (run_id) "
+    mse = [m for (m,) in query(db, "SELECT e.objective FROM epochs e JOIN runs r USING (run_id) "
                                    "WHERE r.arm = 'baseline' ORDER BY epoch")]  # fmt: skip
     assert len(mse) == 4 and mse[-1] < mse[0]  # SGD does fit the line
     prompts = query(db, "SELECT prompt FROM decisions")
