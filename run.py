@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from orchestration.analysis import analysis_main
 
         return analysis_main(argv)
+    if argv and argv[0] == "say":
+        from orchestration.steering import say_main
+
+        return say_main(argv[1:])
     parser = build_parser()
     try:
         spec = validate_args(parser.parse_args(argv))

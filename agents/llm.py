@@ -32,7 +32,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.nodes.answer_text import find_answer_object
-from agents.nodes.prompter import command_schema, instructions
+from agents.nodes.prompter import command_schema, instructions, instruction_line
 from agents.defaults import LLM_MAX_RETRIES, LLM_MAX_TOKENS, LLM_TEMPERATURE, LLM_TIMEOUT_S
 from agents.policies import ControllerAnswer
 from agents.state import AgentState
@@ -320,8 +320,9 @@ def judge_prompt(m: EpochMetrics, rule: Reflection, change_text: str) -> str:
     before, after = rule.objective_before, rule.objective_after
     train = train_counterpart(spec.objective, m.metrics)
     now = f"; {train} is now {m.metrics[train]:.{d}f}" if train is not None else ""
+    given = f" {instruction_line(m)}." if m.instruction is not None else ""
     return (
-        f"{instructions(m)}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} the "
+        f"{instructions(m)}{given}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} the "
         f"decision was {change_text}. {rule.objective} ({direction_words(spec)}) went from {before:.{d}f} to "
         f"{after:.{d}f} ({after - before:+.{d}f}; a change within {spec.noise_band:g} is noise){now}. Was the "
         "decision beneficial, harmful or neutral? Give the verdict and one sentence that explains it with these "

@@ -254,6 +254,18 @@ class EpochSummary(BaseModel):
     alpha: float
 
 
+class Instruction(BaseModel):
+    """A user's plain-language instruction to the agent, active from when it is received until replaced or
+    withdrawn. It shapes prompts only: every command still passes the validator's bounds."""
+
+    model_config = _MODEL_CONFIG
+
+    instruction_id: str
+    text: str = Field(min_length=1, max_length=2000)
+    source: Literal["flag", "file", "schedule", "say"]  # --instruction, --instruction @file, --instructions, run.py say
+    received_at: float  # unix time, s
+
+
 class Hello(Message):
     """Start-up handshake: the trainer asks the agent whether it is there before epoch 1."""
 
@@ -298,6 +310,7 @@ class EpochMetrics(Message):
     history: list[EpochSummary]
     previous_command: UpdateCommand | None = None
     previous_reflection: Reflection | None = None
+    instruction: Instruction | None = None  # the user's instruction active for this decision
 
     @property
     def objective_value(self) -> float:
@@ -392,6 +405,7 @@ class DecisionRecord(Message):
 
     decision: Decision
     applied: bool
+    instruction_id: str | None = None  # the instruction the agent was given for this decision
 
 
 class ReflectionRecord(Message):
@@ -399,6 +413,27 @@ class ReflectionRecord(Message):
 
     run_id: str
     reflection: Reflection
+
+
+class InstructionRecord(Message):
+    """One row of ``instructions``: sent when the instruction becomes active (``first_epoch`` None) and again
+    with the epoch of the first decision it shaped."""
+
+    TOPIC: ClassVar[str] = "instruction_record"
+
+    run_id: str
+    instruction: Instruction
+    first_epoch: int | None = None
+
+
+class InstructionUpdate(Message):
+    """Orchestrator -> a running trainer: ``run.py say`` gave this run a new instruction (``instruction`` None:
+    withdrawn). It takes effect at the trainer's next decision."""
+
+    TOPIC: ClassVar[str] = "instruction_update"
+
+    run_id: str
+    instruction: Instruction | None = None
 
 
 class LogEvent(Message):
@@ -446,6 +481,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         EpochRecord,
         DecisionRecord,
         ReflectionRecord,
+        InstructionRecord,
         LogEvent,
         ControlRequest,
         ControlReply,
@@ -531,3 +567,27 @@ class QueryReply(Message):
 
 
 MESSAGE_TYPES.update({cls.TOPIC: cls for cls in (QueryRequest, QueryReply)})
+
+
+# --------------------------------------------------------------------------- run.py say -> the running invocation
+
+
+class SayRequest(Message):
+    """``run.py say``: give ``run_id`` (None: the guided run training now) the instruction ``text``, or withdraw
+    its instruction (``text`` None)."""
+
+    TOPIC: ClassVar[str] = "say"
+    run_id: str | None = None
+    text: str | None = Field(default=None, min_length=1, max_length=2000)
+
+
+class SayReply(Message):
+    """The invocation's answer to a :class:`SayRequest`: delivered to ``run_id``, or refused and why."""
+
+    TOPIC: ClassVar[str] = "say_reply"
+    ok: bool
+    run_id: str | None = None
+    detail: str
+
+
+MESSAGE_TYPES.update({cls.TOPIC: cls for cls in (InstructionUpdate, SayRequest, SayReply)})

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agents.defaults import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME
 from orchestration.spec import RULE_AGENT_TIMEOUT_S, ModelSpec, RunSpec, default, model_default
+from trainer.config import ScheduledInstruction
 
 class CliError(Exception):
     """A bad flag value: printed as one line, exit code 2."""
@@ -178,7 +179,22 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _agent_flags(p: argparse.ArgumentParser) -> None:
-    """The agent's graph and the trainer's patience with it."""
+    """The agent's graph, the user's instructions to it, and the trainer's patience with it."""
+    p.add_argument(
+        "--instruction",
+        default=None,
+        metavar="TEXT|@FILE",
+        help="a plain-language instruction for the guided arms' agent, in every controller and judge prompt from "
+        "the first decision on (e.g. 'it is overfitting, fight it'); @FILE reads it from a file (default: none)",
+    )
+    p.add_argument(
+        "--instructions",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="scripted instructions: lines 'EPOCH TEXT' (active from the decision after EPOCH) or 'EPOCH clear' "
+        "(withdrawn); # starts a comment (default: none)",
+    )
     p.add_argument(
         "--nodes",
         default="",
@@ -391,6 +407,63 @@ def node_pipeline(args: argparse.Namespace) -> list[str]:
     return pipeline_with(extras)
 
 
+MAX_INSTRUCTION_CHARS = 2000
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{flag}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def instruction_text(text: str, where: str) -> str:
+    """An instruction with its whitespace collapsed; CliError when it is empty or too long."""
+    text = " ".join(text.split())
+    if not text:
+        raise CliError(f"{where}: the instruction is empty")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise CliError(f"{where}: the instruction has {len(text)} characters, at most {MAX_INSTRUCTION_CHARS}")
+    return text
+
+
+def parse_schedule(text: str, where: str) -> list[ScheduledInstruction]:
+    """``--instructions`` lines ``EPOCH TEXT`` / ``EPOCH clear`` (``#`` comments, blank lines skipped) as a
+    schedule in epoch order; CliError naming the line for anything else."""
+    schedule: list[ScheduledInstruction] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        epoch, _, rest = line.partition(" ")
+        if not epoch.isdigit() or int(epoch) < 1 or not rest.strip():
+            raise CliError(f"{where}:{number}: expected 'EPOCH TEXT' or 'EPOCH clear' with EPOCH >= 1, got {line[:60]!r}")
+        if schedule and int(epoch) <= schedule[-1].from_epoch:
+            raise CliError(f"{where}:{number}: epoch {epoch} is not after the previous line's {schedule[-1].from_epoch}")
+        cleared = rest.strip().lower() == "clear"
+        body = None if cleared else instruction_text(rest, f"{where}:{number}")
+        schedule.append(ScheduledInstruction(from_epoch=int(epoch), text=body, source="schedule"))
+    return schedule
+
+
+def instruction_schedule(args: argparse.Namespace) -> list[ScheduledInstruction]:
+    """--instruction (from the first decision) and --instructions (scripted) as one schedule."""
+    schedule = []
+    if args.instruction is not None:
+        given = args.instruction
+        source = "file" if given.startswith("@") else "flag"
+        text = _read_text(Path(given[1:]), "--instruction") if source == "file" else given
+        schedule.append(ScheduledInstruction(from_epoch=1, text=instruction_text(text, "--instruction"), source=source))
+    if args.instructions is not None:
+        scripted = parse_schedule(_read_text(args.instructions, "--instructions"), str(args.instructions))
+        if schedule and scripted and scripted[0].from_epoch == 1:
+            raise CliError("--instruction and an --instructions line for epoch 1 both set the first instruction")
+        schedule += scripted
+    if schedule and args.controller == ["none"]:
+        raise CliError("--instruction/--instructions need a guided arm; --controller none runs the baseline only")
+    return schedule
+
+
 def validate_args(args: argparse.Namespace) -> RunSpec:
     """Checks argparse cannot do, the task's defaults filled in (see :func:`resolve_task`), the database
     created and migrated; the :class:`RunSpec` to carry out. Raises CliError (one line)."""
@@ -410,7 +483,7 @@ def validate_args(args: argparse.Namespace) -> RunSpec:
         epochs=args.epochs, seed=args.seed, seeds=args.seeds, arms=args.arms, replay=args.replay,
         resume=args.resume, rerun=args.rerun, db=args.db, out=args.out, device=args.device,
         pipeline=node_pipeline(args), agent_timeout_s=args.agent_timeout, agent_retries=args.agent_retries,
-        max_repairs=args.max_repairs, llm=model_spec(args),
+        max_repairs=args.max_repairs, llm=model_spec(args), instructions=instruction_schedule(args),
     )  # fmt: skip
     preflight_database(spec.db)
     return spec

@@ -92,11 +92,13 @@ def trainer_config(
     if agent is not None:
         timeout_s = spec.agent_timeout(resolve_controller(agent.controller).uses_llm)
         where["agent_timeout_ms"] = int(timeout_s * 1000)
+        where["instruction_endpoint"] = ipc_endpoint(socket_folder(run_dir), socket_name("instructions", arm.run_id))
     if arm.recorded is None:
         return TrainerConfig(
             run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, task=spec.task,
             task_options=spec.task_options, regime=arm.regime, seed=arm.seed, epochs=spec.epochs, **where,
             checkpoint_dir=run_dir.resolve() / "checkpoints", agent_retries=spec.agent_retries,
+            instructions=spec.instructions if arm.name == "guided" else [],
         )  # fmt: skip
     original = TrainerConfig.model_validate(upgrade_recorded_config(arm.recorded["trainer"]))
     if arm.resume_from is not None:

@@ -21,6 +21,7 @@ from bus.transport import RecordSender, RequestClient, remove_socket_folder
 from orchestration.configs import agent_config, recorder_config, run_started, trainer_config
 from orchestration.planning import Arm, prepare_resume
 from orchestration.spec import RunSpec
+from orchestration.steering import SteeringService
 from orchestration.supervisor import (
     AGENT_BUSY_SLACK_S,
     RECORDER_MISSES,
@@ -49,6 +50,7 @@ class Runner:
         self.log = self.orch.log = configure_logging("orchestrator", run_dir / "logs", forward=self.sender.send)
         self.control = RequestClient(self.orch.ctx, self.recorder.control_endpoint, timeout_ms=5000, retries=0)
         self.agents: dict[str, AgentConfig] = {}
+        self.steering: SteeringService | None = None
         self.running: tuple[Arm, TrainerConfig] | None = None
         self.interrupted = self.aborted = False
 
@@ -78,6 +80,10 @@ class Runner:
                                              misses=RECORDER_MISSES))  # fmt: skip
         if not wait_for_recorder(self.control, recorder):
             raise ChildLost(f"the recorder did not start (exit code {recorder.poll()}); see {self.run_dir / 'logs'}")
+        guided = [a.run_id for a in todo if a.name == "guided"]
+        if guided:  # run.py say: instructions during the run
+            self.steering = SteeringService(self.orch.ctx, self.spec.db, self.run_dir, guided, self.log)
+            self.orch.ticks.append(self.steering.serve)
         settings = self.settings
         needs_model = any(a.controller != "none" and resolve_controller(a.controller).uses_llm for a in todo)
         if settings is not None and settings.provider == "local" and needs_model:
@@ -109,9 +115,13 @@ class Runner:
             wait_for_agent(self.orch, agent, arm.run_id, self.sender)
         self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
         self.running = (arm, trainer)
+        if self.steering is not None and trainer.instruction_endpoint is not None:
+            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint)
         self.orch.spawn(ChildSpec("trainer", "trainer", trainer, restart=False))
         ended = self.orch.wait("trainer", self.sender)
         self.running = None
+        if self.steering is not None:
+            self.steering.trainer_stopped(arm.run_id)
         self.orch.stop_child("trainer")
         self.resend_checkpoint_records(trainer)
         arm.status, arm.exit_code = ended.status, ended.code
@@ -183,6 +193,8 @@ class Runner:
                 print(f"run.py: the recorder did not confirm its last commit: {stopped.error}", file=sys.stderr)
             orch.stop_child("recorder")
         self.control.close()
+        if self.steering is not None:
+            self.steering.close()
         if orch.liveness is not None:
             orch.liveness.stop()  # it owns sockets: the context cannot terminate before it
         orch.ctx.term()

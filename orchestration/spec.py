@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from trainer.config import ScheduledInstruction
+
 from agents.defaults import (
     DEFAULT_REMOTE_MODEL,
     LLM_MAX_RETRIES,
@@ -83,6 +85,7 @@ class RunSpec(BaseModel):
     agent_retries: int = Field(default=1, ge=0)
     max_repairs: int = Field(default=2, ge=0)
     llm: ModelSpec = Field(default_factory=ModelSpec)
+    instructions: list[ScheduledInstruction] = Field(default_factory=list)  # for the guided arms, in epoch order
 
     def agent_timeout(self, uses_llm: bool) -> float:
         """The trainer's wait per try for a controller's agent: the flag, else ``RULE_AGENT_TIMEOUT_S``, else

@@ -91,6 +91,8 @@ class Orchestrator:
     liveness: LivenessProbe | None = None
     # name -> (endpoint, busy limit s, misses): how the liveness probe watches that child
     health: dict[str, tuple[str, float | None, int | None]] = field(default_factory=dict)
+    # called on every turn of the waiting loops (e.g. answering run.py say); must not block
+    ticks: list[Callable[[], None]] = field(default_factory=list)
 
     def spawn(self, child: ChildSpec) -> subprocess.Popen:
         """Start ``child`` and watch it as its spec says."""
@@ -110,7 +112,9 @@ class Orchestrator:
         return self.children[child.name]
 
     def supervise(self) -> None:
-        """Restart every service child that died, and the model server if it stopped answering."""
+        """Restart every service child that died, and the model server if it stopped answering; run the ticks."""
+        for tick in self.ticks:
+            tick()
         for name, proc in list(self.children.items()):
             if name not in self.recipes:  # not restarted (the trainer), or no longer
                 continue

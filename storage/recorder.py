@@ -35,6 +35,7 @@ from bus.messages import (
     ControlRequest,
     DecisionRecord,
     EpochRecord,
+    InstructionRecord,
     LogEvent,
     Message,
     ReflectionRecord,
@@ -115,8 +116,12 @@ INSERTS: dict[str, str] = {
     "decisions": _columns(
         "decisions",
         "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
-        "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens",
+        "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id",
     ),
+    # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
+    "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instruction_id) DO UPDATE SET "
+    "first_epoch = coalesce(instructions.first_epoch, excluded.first_epoch)",
     "reflections": _columns(
         "reflections",
         "run_id, epoch, about_epoch, prev_val_acc, val_acc, verdict, text, judge, rule_verdict, objective, "
@@ -126,7 +131,7 @@ INSERTS: dict[str, str] = {
     "finished": "UPDATE runs SET status = ?, status_reason = ?, finished_at = ? WHERE run_id = ?",
 }
 # Order matters within a flush: a run must exist before its status is updated.
-FLUSH_ORDER = ["runs", "epochs", "decisions", "reflections", "events", "finished"]
+FLUSH_ORDER = ["runs", "epochs", "instructions", "decisions", "reflections", "events", "finished"]
 
 # The MNIST columns of the epochs table (schema 1) and the metric, vector or knob each is filled from
 # when a task reports it (else NULL).
@@ -196,7 +201,14 @@ def _decision_row(message: DecisionRecord) -> tuple:
         d.latency_ms,
         d.prompt_tokens,
         d.completion_tokens,
+        message.instruction_id,
     )
+
+
+def _instruction_row(message: InstructionRecord) -> tuple:
+    """An ``instructions`` row (upserted: a later record sets ``first_epoch``)."""
+    i = message.instruction
+    return (i.instruction_id, message.run_id, i.text, i.source, _utc(i.received_at), message.first_epoch)
 
 
 def _reflection_row(message: ReflectionRecord) -> tuple:
@@ -234,6 +246,7 @@ ROW_BUILDERS: dict[type[Message], tuple[str, Callable[[Any], tuple]]] = {
     RunStarted: ("runs", _run_row),
     EpochRecord: ("epochs", _epoch_row),
     DecisionRecord: ("decisions", _decision_row),
+    InstructionRecord: ("instructions", _instruction_row),
     ReflectionRecord: ("reflections", _reflection_row),
     LogEvent: ("events", _event_row),
     RunFinished: ("finished", _finished_row),
@@ -253,7 +266,7 @@ class RecordRejected(ValueError):
     """A well-formed record the database must not take (e.g. for a run it does not know)."""
 
 
-RUN_RECORDS = (EpochRecord, DecisionRecord, ReflectionRecord, RunFinished, LogEvent)
+RUN_RECORDS = (EpochRecord, DecisionRecord, ReflectionRecord, InstructionRecord, RunFinished, LogEvent)
 
 
 def _run_of(message: Message) -> str | None:

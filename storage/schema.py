@@ -142,6 +142,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         UPDATE reflections SET objective = 'val_acc', objective_before = prev_val_acc, objective_after = val_acc;
         """,
     ),
+    (
+        5,
+        """
+        -- The user's instructions to the agent (issue 10): one row per instruction given to a run, with
+        -- the epoch of the first decision it shaped (NULL until one did); each decision names its own.
+        CREATE TABLE instructions (
+            instruction_id VARCHAR PRIMARY KEY,
+            run_id VARCHAR NOT NULL,
+            text VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,           -- flag | file | schedule | say
+            received_at TIMESTAMP NOT NULL,
+            first_epoch INTEGER                -- the decision after this epoch was the first it shaped
+        );
+        ALTER TABLE decisions ADD COLUMN instruction_id VARCHAR;
+        """,
+    ),
 ]
 
 # Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix
@@ -266,12 +282,14 @@ SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, 
        d.hp_after AS hyperparameters_after,
        coalesce(list_bool_or(list_transform(json_keys(d.hp_after), lambda k:
            TRY_CAST(d.hp_after->>k AS DOUBLE) IS DISTINCT FROM TRY_CAST(e0.hyperparameters->>k AS DOUBLE))), false)
-           AS hyperparameters_changed
+           AS hyperparameters_changed,
+       d.instruction_id, i.text AS instruction
 FROM d
 JOIN epochs e0 ON e0.run_id = d.run_id AND e0.epoch = d.epoch
 LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.epoch + 1
 LEFT JOIN runs r ON r.run_id = d.run_id
-LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch;
+LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch
+LEFT JOIN instructions i ON i.instruction_id = d.instruction_id;
 """
 
 

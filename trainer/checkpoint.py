@@ -41,6 +41,9 @@ class TrainingState:
     history: list[dict[str, Any]] = field(default_factory=list)
     previous_command: dict[str, Any] | None = None
     previous_reflection: dict[str, Any] | None = None
+    instruction: dict[str, Any] | None = None  # the user's instruction active now (bus.messages.Instruction)
+    instruction_index: int | None = None  # its place in TrainerConfig.instructions
+    instruction_shaped: bool = False  # whether a decision was made with it yet
     # [topic, json] of records sent but not yet acknowledged when this was written
     pending_records: list[list[str]] = field(default_factory=list)
 

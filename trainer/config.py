@@ -11,6 +11,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from bus.messages import ALPHA_RANGE
 
 
+class ScheduledInstruction(BaseModel):
+    """An instruction given before the run: from the decision after epoch ``from_epoch`` on (1: every
+    decision), ``text`` is the active instruction; ``text`` None withdraws it (``--instructions`` ``clear``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    from_epoch: int = Field(ge=1)
+    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    source: Literal["flag", "file", "schedule"] = "flag"
+
+
 class TrainerConfig(BaseModel):
     """One arm's trainer: which task (``tasks.registry``: a built-in name, an entry point or
     ``module:factory``) with which options, regime, seed and epochs; the initial knob values that
@@ -42,6 +53,10 @@ class TrainerConfig(BaseModel):
     checkpoint_dir: Path | None = None
     # Resume: continue from this checkpoint (the run's last completed epoch) instead of epoch 1.
     resume_from: Path | None = None
+    # The user's instructions to the agent, in epoch order (guided arms only).
+    instructions: list[ScheduledInstruction] = Field(default_factory=list)
+    # PULL: instructions given during the run (run.py say), pushed by the orchestrator; None: not taken.
+    instruction_endpoint: str | None = None
 
     @property
     def checkpoint_file(self) -> Path:

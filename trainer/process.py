@@ -15,6 +15,7 @@ import traceback
 from dataclasses import dataclass, field
 
 import torch
+import zmq
 
 from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import HealthCheck
@@ -26,6 +27,10 @@ from bus.messages import (
     EpochSummary,
     ErrorReply,
     Hello,
+    BusDecodeError,
+    Instruction,
+    InstructionRecord,
+    InstructionUpdate,
     LogEvent,
     Ready,
     Reflection,
@@ -39,7 +44,7 @@ from bus.transport import RecordSender, RequestClient
 from tasks.base import DataUnavailableError, EpochResult, Task
 from tasks.registry import make_task
 from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
-from trainer.config import TrainerConfig
+from trainer.config import ScheduledInstruction, TrainerConfig
 from trainer.modulation import deltas_from_command
 
 
@@ -83,7 +88,8 @@ def format_metrics(spec: TaskSpec, metrics: dict[str, float], others: int = 3) -
 
 
 def progress_line(
-    cfg: TrainerConfig, spec: TaskSpec, summary: EpochSummary, decision: Decision | None, waited_ms: float = 0.0
+    cfg: TrainerConfig, spec: TaskSpec, summary: EpochSummary, decision: Decision | None, waited_ms: float = 0.0,
+    instruction: Instruction | None = None,
 ) -> str:
     """One terminal line per epoch; ``waited_ms`` is the time the trainer spent on the decision (retries and
     timeouts included), not the agent's own latency."""
@@ -96,6 +102,9 @@ def progress_line(
         how = "fallback" if decision.fallback else "valid" if decision.valid else f"repaired x{decision.repair_attempts}"
         verdict = f" | prev: {decision.reflection.verdict}" if decision.reflection else ""
         line += f" -> next {format_knobs(spec, c.hyperparameters, c.alpha)} [{how}, {waited_ms:.0f} ms]{verdict}"
+    if instruction is not None:
+        text = instruction.text if len(instruction.text) <= 40 else instruction.text[:37] + "..."
+        line += f" | instruction: {text!r}"
     return line
 
 
@@ -112,6 +121,9 @@ class Carry:
     previous_command: UpdateCommand | None = None
     previous_reflection: Reflection | None = None
     first_epoch: int = 1
+    instruction: Instruction | None = None  # the user's instruction for the next decision
+    instruction_index: int | None = None  # its entry in TrainerConfig.instructions
+    instruction_shaped: bool = False  # a decision was made with it
 
 
 def build_task(cfg: TrainerConfig, device: torch.device, log) -> Task:
@@ -138,6 +150,8 @@ def resume(cfg: TrainerConfig, task: Task, sender: RecordSender, device: torch.d
             Reflection.model_validate(state.previous_reflection) if state.previous_reflection else None
         ),
         first_epoch=state.epoch + 1,
+        instruction=Instruction.model_validate(state.instruction) if state.instruction else None,
+        instruction_index=state.instruction_index, instruction_shaped=state.instruction_shaped,
     )  # fmt: skip
     for topic, body in state.pending_records:
         sender.send(decode([topic.encode(), body.encode()]))
@@ -162,6 +176,68 @@ def connect_agent(child: Child, cfg: TrainerConfig, log) -> RequestClient | None
         reason = hello.error or f"agent answered {type(hello.reply).__name__}"
         log.warning("agent_handshake_failed", error=reason, attempts=hello.attempts)
     return agent
+
+
+def active_entry(schedule: list[ScheduledInstruction], epoch: int) -> int | None:
+    """The index of the schedule entry in force for the decision after ``epoch``: the last one due by then."""
+    due = [i for i, entry in enumerate(schedule) if entry.from_epoch <= epoch]
+    return due[-1] if due else None
+
+
+class InstructionInbox:
+    """The trainer's PULL socket for instructions given during the run (``run.py say``, pushed by the
+    orchestrator); without an endpoint it is always empty."""
+
+    def __init__(self, child: Child, endpoint: str | None):
+        self.socket = None
+        if endpoint is not None:
+            self.socket = child.ctx.socket(zmq.PULL)
+            self.socket.setsockopt(zmq.LINGER, 0)
+            child.on_close.append(self.socket.close)
+            self.socket.bind(endpoint)
+
+    def updates(self, run_id: str, log) -> list[InstructionUpdate]:
+        """Every update waiting now for this run, oldest first; anything else is logged and dropped."""
+        found = []
+        while self.socket is not None and self.socket.poll(0, zmq.POLLIN):
+            try:
+                update = decode(self.socket.recv_multipart())
+            except BusDecodeError as exc:
+                log.warning("bad_frame", reason=exc.reason, socket="instructions")
+                continue
+            if isinstance(update, InstructionUpdate) and update.run_id == run_id:
+                found.append(update)
+            else:
+                log.warning("bad_frame", reason=f"not an instruction for {run_id}: {update.TOPIC}", socket="instructions")
+        return found
+
+
+def update_instruction(cfg: TrainerConfig, carry: Carry, epoch: int, said: list[InstructionUpdate]) -> list:
+    """Make the instruction in force for this epoch's decision the active one — the scheduled one due now, then
+    what was said since the last decision (the latest wins) — and return the record of a new one."""
+    index = active_entry(cfg.instructions, epoch)
+    changed = index != carry.instruction_index
+    if changed:
+        carry.instruction_index = index
+        entry = cfg.instructions[index] if index is not None else None
+        carry.instruction = None
+        if entry is not None and entry.text is not None:  # else nothing given yet, or withdrawn
+            carry.instruction = Instruction(instruction_id=f"{cfg.run_id}-{index}", text=entry.text,
+                                            source=entry.source, received_at=time.time())  # fmt: skip
+    if said:
+        changed, carry.instruction = True, said[-1].instruction
+    if not changed:
+        return []
+    carry.instruction_shaped = False
+    return [InstructionRecord(run_id=cfg.run_id, instruction=carry.instruction)] if carry.instruction else []
+
+
+def shaped_record(cfg: TrainerConfig, carry: Carry, epoch: int) -> list[InstructionRecord]:
+    """The instruction's record with ``first_epoch``, once: when the first decision is made with it."""
+    if carry.instruction is None or carry.instruction_shaped:
+        return []
+    carry.instruction_shaped = True
+    return [InstructionRecord(run_id=cfg.run_id, instruction=carry.instruction, first_epoch=epoch)]
 
 
 def train_one_epoch(task: Task, epoch: int, carry: Carry) -> tuple[EpochResult, float]:
@@ -190,7 +266,7 @@ def epoch_metrics(cfg: TrainerConfig, task: Task, spec: TaskSpec, result: EpochR
         run_id=cfg.run_id, epoch=record.epoch, epochs_total=cfg.epochs, task=spec, regime=cfg.regime,
         budget=task.regimes[cfg.regime], param_shapes={n: list(p.shape) for n, p in task.model.named_parameters()},
         history=carry.history, previous_command=carry.previous_command,
-        previous_reflection=carry.previous_reflection, **detail,
+        previous_reflection=carry.previous_reflection, instruction=carry.instruction, **detail,
     )  # fmt: skip
     return record, metrics
 
@@ -213,6 +289,8 @@ def save_and_send(cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, send
         last_steps=carry.last_steps, history=[h.model_dump() for h in carry.history],
         previous_command=carry.previous_command.model_dump(mode="json") if carry.previous_command else None,
         previous_reflection=carry.previous_reflection.model_dump(mode="json") if carry.previous_reflection else None,
+        instruction=carry.instruction.model_dump(mode="json") if carry.instruction else None,
+        instruction_index=carry.instruction_index, instruction_shaped=carry.instruction_shaped,
         pending_records=[[f.decode() for f in encode(m)] for m in unconfirmed],
     )  # fmt: skip
     save_checkpoint(cfg.checkpoint_file, state, task, carry.deltas)
@@ -220,7 +298,9 @@ def save_and_send(cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, send
         sender.send(record)
 
 
-def run_epochs(cfg: TrainerConfig, task: Task, carry: Carry, agent, sender: RecordSender, log, parent: int) -> int:
+def run_epochs(
+    cfg: TrainerConfig, task: Task, carry: Carry, agent, inbox: InstructionInbox, sender: RecordSender, log, parent: int
+) -> int:
     """Epochs ``carry.first_epoch`` .. ``cfg.epochs``: train, ask, checkpoint, record, print."""
     spec = task.spec()
     for epoch in range(carry.first_epoch, cfg.epochs + 1):
@@ -231,15 +311,19 @@ def run_epochs(cfg: TrainerConfig, task: Task, carry: Carry, agent, sender: Reco
         summary = EpochSummary(epoch=epoch, metrics=result.metrics, hyperparameters=carry.hyperparameters,
                                alpha=carry.alpha)  # fmt: skip
         carry.history.append(summary)
+        said = inbox.updates(cfg.run_id, log)
+        records: list = update_instruction(cfg, carry, epoch, said) if agent is not None else []
         record, metrics = epoch_metrics(cfg, task, spec, result, wall_s, carry)
-        records: list = [record]
+        records.append(record)
         decision, waited_ms = None, 0.0
         if agent is not None:
             asked = time.perf_counter()
             decision, new_deltas = ask_agent(agent, metrics, cfg.controller, task.model, log)
             waited_ms = (time.perf_counter() - asked) * 1000.0
             applied = epoch < cfg.epochs
-            records.append(DecisionRecord(decision=decision, applied=applied))
+            instruction_id = carry.instruction.instruction_id if carry.instruction else None
+            records += shaped_record(cfg, carry, epoch)
+            records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id))
             if decision.reflection is not None:
                 records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
             # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
@@ -249,7 +333,7 @@ def run_epochs(cfg: TrainerConfig, task: Task, carry: Carry, agent, sender: Reco
         elif carry.deltas:  # a baseline never modulates; a delta lasts one epoch
             carry.deltas = {}
         save_and_send(cfg, task, carry, epoch, sender, records)
-        print(progress_line(cfg, spec, summary, decision, waited_ms), flush=True)
+        print(progress_line(cfg, spec, summary, decision, waited_ms, metrics.instruction), flush=True)
         log.info(
             "epoch_done", epoch=epoch, objective=record.objective, wall_s=round(wall_s, 3),
             decision=decision is not None, reflection=decision is not None and decision.reflection is not None,
@@ -278,8 +362,9 @@ def train(cfg: TrainerConfig, child: Child) -> int:
         else:
             carry = Carry(hyperparameters=task.hyperparameter_values(), alpha=cfg.alpha)
         agent = connect_agent(child, cfg, child.log)
+        inbox = InstructionInbox(child, cfg.instruction_endpoint)
         child.log.info("training_started", task=cfg.task, regime=cfg.regime, epochs=cfg.epochs, device=str(device))
-        return run_epochs(cfg, task, carry, agent, child.sender, child.log, child.parent)
+        return run_epochs(cfg, task, carry, agent, inbox, child.sender, child.log, child.parent)
     except Exception as exc:  # a task (maybe a user's) may raise anything: one line and a failed run, resumable
         return child.fail(f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
 

@@ -180,6 +180,8 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
         + ", ".join(f"{name} {values[name]:.3g} in [{low:.3g}, {high:.3g}]" for name, (low, high) in ranges.items())
         + ".",
     ]
+    if m.instruction is not None:
+        lines.append(instruction_line(m))
     if m.previous_command is not None:
         # The previous command is what "Current" shows (it was applied); its reason is what is new.
         previous = f"That was your previous command: {m.previous_command.rationale[:80]!r}."
@@ -191,6 +193,11 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
         + json.dumps(prompt_schema(m, command_space), separators=(",", ":"))
     )
     return "\n".join(lines)
+
+
+def instruction_line(m: EpochMetrics) -> str:
+    """The user's instruction as the prompt states it: to be followed within the allowed ranges."""
+    return f"The user's instruction (follow it within the allowed ranges): {m.instruction.text!r}"
 
 
 def prompter(state: AgentState) -> dict:

@@ -141,8 +141,8 @@ def test_records_become_rows_once_and_views_compute_the_paper_table(con):
 
 
 def test_migration_is_idempotent_and_versioned(con):
-    assert migrate(con) == 4
-    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(4,)]
+    assert migrate(con) == 5
+    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(5,)]
 
 
 def test_records_of_an_unknown_run_are_rejected_and_watermarks_commit_with_the_rows(con):

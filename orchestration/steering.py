@@ -1,0 +1,168 @@
+"""Instructions during a run: ``python run.py say "TEXT"`` reaches the running invocation, which hands the
+instruction to the trainer of the guided run (it takes effect at that run's next decision).
+
+The invocation publishes ``<db>.invocation.json`` (its pid, a local control socket, its guided runs) for as
+long as it runs; ``run.py say`` reads it, sends a :class:`bus.messages.SayRequest` and prints the answer in
+one line. The orchestrator serves the control socket between its other work (:meth:`SteeringService.serve`)
+and pushes a :class:`bus.messages.InstructionUpdate` to the trainer's instruction socket; the trainer
+records the instruction (``instructions`` table) when it becomes active and again when it first shapes a
+decision.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import zmq
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from bus.messages import (
+    BusDecodeError,
+    Instruction,
+    InstructionUpdate,
+    SayReply,
+    SayRequest,
+    decode,
+    encode,
+)
+from bus.transport import RequestClient, ipc_endpoint, socket_folder
+from orchestration.cli import CliError, OneLineParser, instruction_text
+from orchestration.spec import default
+
+SAY_TIMEOUT_MS = 5000
+
+
+class InvocationEndpoint(BaseModel):
+    """The content of ``<db>.invocation.json``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    pid: int
+    db_path: str
+    control_endpoint: str
+    guided_runs: list[str]
+    started_at: float
+
+
+def invocation_file(db: Path) -> Path:
+    return db.with_name(db.name + ".invocation.json")
+
+
+class SteeringService:
+    """The orchestrator's end: a REP socket for ``run.py say`` and a PUSH socket per trainer of a guided run.
+    ``running`` is the guided run whose trainer runs now (None between arms)."""
+
+    def __init__(self, ctx: zmq.Context, db: Path, run_dir: Path, guided_runs: list[str], log):
+        self.ctx, self.db, self.log = ctx, db.resolve(), log
+        self.guided_runs = list(guided_runs)
+        self.endpoint = ipc_endpoint(socket_folder(run_dir), "control")
+        self.socket = ctx.socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(self.endpoint)
+        self.trainers: dict[str, zmq.Socket] = {}
+        self.running: str | None = None
+        info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
+                                  guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
+        path = invocation_file(self.db)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        partial.write_text(info.model_dump_json(indent=2))
+        os.replace(partial, path)
+
+    def trainer_started(self, run_id: str, instruction_endpoint: str) -> None:
+        """Connect to the trainer of guided run ``run_id``; a ``say`` for it goes there from now on."""
+        push = self.ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 1000)
+        push.connect(instruction_endpoint)
+        self.trainers[run_id] = push
+        self.running = run_id
+
+    def trainer_stopped(self, run_id: str) -> None:
+        push = self.trainers.pop(run_id, None)
+        if push is not None:
+            push.close()
+        if self.running == run_id:
+            self.running = None
+
+    def serve(self) -> None:
+        """Answer every ``say`` waiting now (never blocks)."""
+        while self.socket.poll(0, zmq.POLLIN):
+            try:
+                request = decode(self.socket.recv_multipart())
+            except BusDecodeError as exc:
+                self.socket.send_multipart(encode(SayReply(ok=False, detail=exc.reason)))
+                continue
+            if not isinstance(request, SayRequest):
+                self.socket.send_multipart(encode(SayReply(ok=False, detail=f"not a say request: {request.TOPIC}")))
+                continue
+            self.socket.send_multipart(encode(self.deliver(request)))
+
+    def deliver(self, request: SayRequest) -> SayReply:
+        """Push the instruction to the run's trainer, or say why not."""
+        run_id = request.run_id or self.running
+        if run_id is None:
+            return SayReply(ok=False, detail="no guided run is training now; give --run RUN_ID of a running one")
+        if run_id not in self.trainers:
+            known = ", ".join(self.guided_runs) or "none"
+            return SayReply(ok=False, run_id=run_id, detail=f"run {run_id!r} is not training now (guided runs: {known})")
+        instruction = None
+        if request.text is not None:
+            instruction = Instruction(instruction_id=f"{run_id}-say-{uuid.uuid4().hex[:8]}", text=request.text,
+                                      source="say", received_at=time.time())  # fmt: skip
+        self.trainers[run_id].send_multipart(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
+        self.log.info("instruction_said", run_id=run_id, text=request.text)
+        what = "withdrawn" if instruction is None else f"given: {request.text!r}"
+        return SayReply(ok=True, run_id=run_id, detail=f"run {run_id}: instruction {what}; it applies from its next decision")
+
+    def close(self) -> None:
+        for run_id in list(self.trainers):
+            self.trainer_stopped(run_id)
+        self.socket.close()
+        path = invocation_file(self.db)
+        try:
+            if InvocationEndpoint.model_validate_json(path.read_text()).pid == os.getpid():
+                path.unlink()
+        except (OSError, ValidationError):
+            pass
+
+
+def say_main(argv: list[str]) -> int:
+    """``run.py say "TEXT" [--run RUN_ID] [--db DB]`` / ``run.py say --clear``: 0 when delivered, 2 otherwise,
+    with one line either way."""
+    parser = OneLineParser(prog="run.py say", description="Give the running guided run an instruction.")
+    parser.add_argument("text", nargs="?", help="the instruction, in plain language")
+    parser.add_argument("--clear", action="store_true", help="withdraw the active instruction")
+    parser.add_argument("--run", default=None, metavar="RUN_ID", help="the guided run (default: the one training now)")
+    parser.add_argument("--db", type=Path, default=default("db"), help=f"the run's database (default: {default('db')})")
+    try:
+        args = parser.parse_args(argv)
+        if args.clear == (args.text is not None):
+            raise CliError("give either an instruction or --clear")
+        text = None if args.clear else instruction_text(args.text, "run.py say")
+        reply = send_say(args.db, SayRequest(run_id=args.run, text=text))
+    except CliError as exc:
+        print(f"run.py say: error: {exc}", file=sys.stderr)
+        return 2
+    print(reply.detail if reply.ok else f"run.py say: error: {reply.detail}", file=sys.stdout if reply.ok else sys.stderr)
+    return 0 if reply.ok else 2
+
+
+def send_say(db: Path, request: SayRequest) -> SayReply:
+    """Send ``request`` to the invocation running on ``db``; CliError (one line) when none answers."""
+    try:
+        info = InvocationEndpoint.model_validate_json(invocation_file(db).read_text())
+    except (OSError, ValidationError):
+        raise CliError(f"no run is going on {db} (no {invocation_file(db).name})") from None
+    ctx = zmq.Context()
+    client = RequestClient(ctx, info.control_endpoint, timeout_ms=SAY_TIMEOUT_MS, retries=0)
+    try:
+        outcome = client.request(request)
+    finally:
+        client.close()
+        ctx.term()
+    if not isinstance(outcome.reply, SayReply):
+        raise CliError(f"the run on {db} (pid {info.pid}) did not answer: {outcome.error or outcome.reply}")
+    return outcome.reply

@@ -1,0 +1,98 @@
+"""The user's instructions through the real processes: scripted ones reach every prompt from the decision they
+are due at, are recorded once with the first epoch they shaped, and each decision names its instruction."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def query(db: Path, sql: str):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_scripted_instructions_reach_the_prompts_and_the_record(tmp_path):
+    schedule = tmp_path / "instructions.txt"
+    schedule.write_text("# epoch, instruction\n1 keep the learning rate where it is\n3 clear\n4 raise dropout a little\n")
+    db, out = tmp_path / "i.duckdb", tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "run.py", "--task", "diabetes", "--regime", "50", "--epochs", "5", "--controller", "heuristic",
+         "--instructions", str(schedule), "--db", str(db), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "instruction: 'raise dropout a little'" in result.stdout
+    rows = query(db, "SELECT text, source, first_epoch FROM instructions ORDER BY first_epoch")
+    assert rows == [("keep the learning rate where it is", "schedule", 1), ("raise dropout a little", "schedule", 4)]
+    decisions = query(db, "SELECT d.epoch, i.text, d.prompt FROM decisions d LEFT JOIN instructions i "
+                          "USING (instruction_id) ORDER BY d.epoch")  # fmt: skip
+    assert [(epoch, text) for epoch, text, _ in decisions] == [
+        (1, "keep the learning rate where it is"), (2, "keep the learning rate where it is"), (3, None),
+        (4, "raise dropout a little"), (5, "raise dropout a little"),
+    ]  # fmt: skip
+    for _, text, prompt in decisions:
+        assert (text is not None and repr(text) in prompt) or (text is None and "instruction" not in prompt)
+    # The baseline arm gets no instruction.
+    assert query(db, "SELECT count(*) FROM decisions d JOIN runs r USING (run_id) WHERE r.arm = 'baseline'") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("0 do it\n", "expected 'EPOCH TEXT' or 'EPOCH clear' with EPOCH >= 1"),
+        ("2 a\n2 b\n", "epoch 2 is not after the previous line's 2"),
+        ("3\n", "expected 'EPOCH TEXT' or 'EPOCH clear'"),
+    ],
+)
+def test_a_bad_instruction_file_is_one_line_naming_the_line(tmp_path, content, message):
+    schedule = tmp_path / "bad.txt"
+    schedule.write_text(content)
+    result = subprocess.run([sys.executable, "run.py", "--instructions", str(schedule), "--db", str(tmp_path / "x.duckdb")],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0] and str(schedule) in lines[0]
+
+
+def say(db: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "run.py", "say", *args, "--db", str(db)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+
+
+def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_decision(tmp_path):
+    db, out = tmp_path / "s.duckdb", tmp_path / "runs"
+    nobody = say(db, "anything")
+    assert nobody.returncode == 2 and nobody.stderr.strip() == (
+        f"run.py say: error: no run is going on {db} (no s.duckdb.invocation.json)"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "run.py", "--regime", "100", "--epochs", "6", "--arms", "guided", "--controller", "heuristic",
+         "--no-compile", "--db", str(db), "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while (given := say(db, "  lower the\nlearning rate ")).returncode != 0:  # until the trainer runs
+            assert time.monotonic() < deadline and run.poll() is None, given.stderr
+            time.sleep(0.5)
+        assert "instruction given: 'lower the learning rate'; it applies from its next decision" in given.stdout
+        wrong = say(db, "x", "--run", "no-such-run")
+        assert wrong.returncode == 2 and "run 'no-such-run' is not training now" in wrong.stderr
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr
+    (text, source, first_epoch), = query(db, "SELECT text, source, first_epoch FROM instructions")
+    assert (text, source) == ("lower the learning rate", "say") and 1 <= first_epoch <= 6
+    given_ids = query(db, "SELECT epoch FROM decisions WHERE instruction_id IS NOT NULL ORDER BY epoch")
+    assert [e for (e,) in given_ids] == list(range(first_epoch, 7))  # from the next decision to the end
+    assert "instruction: 'lower the learning rate'" in stdout
+    assert not (tmp_path / "s.duckdb.invocation.json").exists()  # withdrawn when the invocation ended
