@@ -17,12 +17,14 @@ def check(outcome: faults.Outcome) -> None:
     assert a.expected > 0 and a.lost == 0 and a.extra == 0 and a.duplicates == 0, detail
 
 
+@pytest.mark.slow
 def test_a_killed_agent_is_restarted_and_nothing_is_lost(tmp_path):
     outcome = faults.agent_killed(tmp_path)
     check(outcome)
     assert outcome.exit_codes == [0] and outcome.checks["agent_restarts"] == 1
 
 
+@pytest.mark.slow
 def test_a_recorder_killed_twice_loses_and_doubles_nothing(tmp_path):
     outcome = faults.recorder_killed(tmp_path)
     check(outcome)
@@ -30,6 +32,7 @@ def test_a_recorder_killed_twice_loses_and_doubles_nothing(tmp_path):
     assert outcome.audit.detail["epochs"]["found"] == 6 and outcome.audit.detail["decisions"]["found"] == 6
 
 
+@pytest.mark.slow
 def test_a_killed_trainer_fails_the_run_and_resume_finishes_it_exactly(tmp_path):
     outcome = faults.trainer_killed(tmp_path)
     check(outcome)
@@ -47,6 +50,7 @@ def test_ctrl_c_stops_every_child_and_resume_finishes_the_run(tmp_path, inherite
     assert outcome.checks["children_left"] == [] and outcome.checks["stop_s"] < 15
 
 
+@pytest.mark.slow
 def test_garbage_on_every_socket_is_rejected_with_a_reason_and_the_run_goes_on(tmp_path):
     outcome = faults.garbage(tmp_path)
     check(outcome)

@@ -74,7 +74,7 @@ def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_de
         f"run.py say: error: no run is going on {db} (no s.duckdb.invocation.json)"
     )
     run = subprocess.Popen(
-        [sys.executable, "run.py", "--regime", "100", "--epochs", "6", "--arms", "guided", "--controller", "heuristic",
+        [sys.executable, "run.py", "--regime", "100", "--epochs", "4", "--arms", "guided", "--controller", "heuristic",
          "--no-compile", "--db", str(db), "--out", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -91,8 +91,8 @@ def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_de
         run.kill()
     assert run.returncode == 0, stderr
     (text, source, first_epoch), = query(db, "SELECT text, source, first_epoch FROM instructions")
-    assert (text, source) == ("lower the learning rate", "say") and 1 <= first_epoch <= 6
+    assert (text, source) == ("lower the learning rate", "say") and 1 <= first_epoch <= 4
     given_ids = query(db, "SELECT epoch FROM decisions WHERE instruction_id IS NOT NULL ORDER BY epoch")
-    assert [e for (e,) in given_ids] == list(range(first_epoch, 7))  # from the next decision to the end
+    assert [e for (e,) in given_ids] == list(range(first_epoch, 5))  # from the next decision to the end
     assert "instruction: 'lower the learning rate'" in stdout
     assert not (tmp_path / "s.duckdb.invocation.json").exists()  # withdrawn when the invocation ended
