@@ -169,3 +169,32 @@ def torch_threads(n: int) -> Iterator[None]:
 def cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A detached, contiguous CPU copy of ``tensor``, safe to hand to safetensors."""
     return tensor.detach().to("cpu").contiguous().clone()
+
+
+def optimizer_tensors(optimizer) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """An optimizer's per-parameter state for a checkpoint: tensors as ``optim.<index>.<slot>`` (CPU copies,
+    for safetensors) and the non-tensor slots as JSON-able ``{index: {slot: value}}``."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for index, slots in optimizer.state_dict()["state"].items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{slot}"] = cpu_copy(value)
+            else:
+                scalars.setdefault(str(index), {})[slot] = value
+    return tensors, scalars
+
+
+def optimizer_state(tensors: dict[str, torch.Tensor], scalars: dict, params: list[torch.nn.Parameter]) -> dict:
+    """The inverse of :func:`optimizer_tensors`: the ``state`` of an optimizer ``state_dict``. A slot shaped like
+    its parameter (Adam's moments) takes the parameter's device and memory format (channels_last); the rest
+    (Adam's ``step``) stays as saved, and ``load_state_dict`` places it as the optimizer needs."""
+    state: dict[int, dict] = {int(i): dict(slots) for i, slots in scalars.items()}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, slot = key.split(".", 2)
+            param = params[int(index)]
+            if value.shape == param.shape:
+                value = torch.empty_like(param).copy_(value)
+            state.setdefault(int(index), {})[slot] = value
+    return state

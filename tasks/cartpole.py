@@ -58,7 +58,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import ConstantSchedule
 
-from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, torch_threads
+from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, optimizer_state, optimizer_tensors, torch_threads
 from trainer.blend import BlendedOptimizer
 
 ENV_ID = "CartPole-v1"
@@ -453,13 +453,8 @@ class CartPoleTask(Task):
         alpha and Adam's non-tensor state. Environments and RNGs need no state: every epoch reseeds them."""
         self._require_setup()
         tensors = {f"policy.{name}": cpu_copy(value) for name, value in self.ppo.policy.state_dict().items()}
-        optim_scalars: dict[str, dict[str, Any]] = {}
-        for index, slots in self._blended.state_dict()["state"].items():
-            for slot, value in slots.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{index}.{slot}"] = cpu_copy(value)
-                else:
-                    optim_scalars.setdefault(str(index), {})[slot] = value
+        optim, optim_scalars = optimizer_tensors(self._blended)
+        tensors |= optim
         for name, delta in self._blended.step_deltas.items():
             tensors[f"blend.{name}"] = cpu_copy(delta)
         meta = {
@@ -488,16 +483,8 @@ class CartPoleTask(Task):
             raise ValueError(f"checkpoint is from {theirs}, this task was set up as {mine}")
         policy = self.ppo.policy
         policy.load_state_dict({k.removeprefix("policy."): v for k, v in tensors.items() if k.startswith("policy.")})
-        state: dict[int, dict[str, Any]] = defaultdict(dict)
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, slot = key.split(".", 2)
-                state[int(index)][slot] = value
-        for index, slots in meta["optim_scalars"].items():
-            state[int(index)].update(slots)
-        self._blended.load_state_dict(
-            {"state": dict(state), "param_groups": self._blended.state_dict()["param_groups"]}
-        )
+        state = optimizer_state(tensors, meta["optim_scalars"], list(self._params.values()))
+        self._blended.load_state_dict({"state": state, "param_groups": self._blended.state_dict()["param_groups"]})
         self.set_hyperparameters(meta["hyperparameters"])
         for group in self._blended.param_groups:  # as the last train() left them; the next one rewrites them
             group["lr"] = self._knobs["learning_rate"]

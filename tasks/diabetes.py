@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, torch_threads
+from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, optimizer_state, optimizer_tensors, torch_threads
 from trainer.blend import BlendedOptimizer
 
 NUM_FEATURES = 10
@@ -357,14 +357,8 @@ class DiabetesRegression(Task):
         ``exp_avg``, ``exp_avg_sq``), ``rng.order`` and ``rng.dropout`` — contiguous, on the CPU. Meta (JSON):
         regime, seed, the knob values, Adam's param groups and any non-tensor slots."""
         tensors = {f"model.{name}": cpu_copy(value) for name, value in self.model.state_dict().items()}
-        optim = self.optimizer.state_dict()
-        scalars: dict[str, dict] = {}
-        for index, slots in optim["state"].items():
-            for slot, value in slots.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{index}.{slot}"] = cpu_copy(value)
-                else:
-                    scalars.setdefault(str(index), {})[slot] = value
+        optim, scalars = optimizer_tensors(self.optimizer)
+        tensors |= optim
         tensors["rng.order"] = self.order_rng.get_state()
         tensors["rng.dropout"] = self.dropout_rng.get_state()
         meta = {
@@ -372,7 +366,7 @@ class DiabetesRegression(Task):
             "regime": self.regime,
             "seed": self.seed,
             "hyperparameters": dict(self.values),
-            "param_groups": optim["param_groups"],
+            "param_groups": self.optimizer.state_dict()["param_groups"],
             "optim_scalars": scalars,
         }
         return tensors, json.loads(json.dumps(meta))  # exactly what a JSON round trip gives back
@@ -388,13 +382,7 @@ class DiabetesRegression(Task):
                 f"this task is set up for {self.regime!r} seed {self.seed}"
             )
         self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        params = list(self.model.parameters())
-        state: dict[int, dict] = {int(i): dict(slots) for i, slots in meta["optim_scalars"].items()}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, slot = key.split(".", 2)
-                device = params[int(index)].device if value.dim() > 0 else value.device  # ``step`` stays on CPU
-                state.setdefault(int(index), {})[slot] = value.clone().to(device)
+        state = optimizer_state(tensors, meta["optim_scalars"], list(self.model.parameters()))
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.order_rng.set_state(tensors["rng.order"])
         self.dropout_rng.set_state(tensors["rng.dropout"])

@@ -15,11 +15,11 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from tasks.base import EpochResult, Task, cpu_copy
+from tasks.base import EpochResult, Task, cpu_copy, optimizer_state, optimizer_tensors
 from tasks.mnist import (
     DEFAULT_EPOCHS,
     DEFAULT_REGIME,
@@ -149,21 +149,15 @@ class MnistTask(Task):
         knob values, Adam's param groups and non-tensor slots. (Torch's global RNG, which draws the dropout
         masks, is saved by the trainer for every task.)"""
         tensors = {f"model.{name}": cpu_copy(value) for name, value in self.model.state_dict().items()}
-        optim = self.optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for index, slots in optim["state"].items():
-            for slot, value in slots.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optim.{index}.{slot}"] = cpu_copy(value)
-                else:
-                    scalars.setdefault(str(index), {})[slot] = value
+        optim, scalars = optimizer_tensors(self.optimizer)
+        tensors |= optim
         tensors["rng.order"] = self.order_rng.get_state()
         meta = {
             "format": CHECKPOINT_FORMAT,
             "regime": self.regime,
             "seed": self.seed,
             "hyperparameters": dict(self.values),
-            "param_groups": optim["param_groups"],
+            "param_groups": self.optimizer.state_dict()["param_groups"],
             "optim_scalars": scalars,
         }
         return tensors, json.loads(json.dumps(meta))
@@ -178,15 +172,7 @@ class MnistTask(Task):
                 f"this task is set up for {self.regime!r} seed {self.seed}"
             )
         self.model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-        params = list(self.model.parameters())
-        state: dict[int, dict] = {int(i): dict(slots) for i, slots in meta["optim_scalars"].items()}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, slot = key.split(".", 2)
-                param = params[int(index)]
-                if value.shape == param.shape:  # moments keep the parameter's memory format (channels_last)
-                    value = torch.empty_like(param).copy_(value)
-                state.setdefault(int(index), {})[slot] = value.to(param.device)
+        state = optimizer_state(tensors, meta["optim_scalars"], list(self.model.parameters()))
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         self.order_rng.set_state(tensors["rng.order"])
         self.set_hyperparameters(meta["hyperparameters"])
