@@ -1,0 +1,182 @@
+"""The report's figures (matplotlib, imported only when drawing): per task its objective per epoch with the
+reference as a dotted line, the knob trajectories the controllers chose, and the decision timeline coloured by
+verdict. Every figure is laid out at the size it is written, title, axes and legend inside."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+from storage.report_data import Curves, TaskReport, metric_label
+
+VERDICT_COLOURS = {"beneficial": "tab:green", "harmful": "tab:red", "neutral": "tab:gray"}
+DPI = 120  # figures are laid out at the resolution they are written with
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure(n: int, height: float = 3.2):
+    """A figure of ``n`` panels, three to a row, laid out by matplotlib's constrained layout."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(5 * cols, height * rows), squeeze=False, dpi=DPI, layout="constrained"
+    )
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return plt, fig, list(axes.flat)
+
+
+def _suptitle(fig, text: str) -> None:
+    """A figure title wrapped at word boundaries until it fits the figure's width."""
+    title = fig.suptitle(text)
+    renderer = fig.canvas.get_renderer()
+    width = len(text)
+    while title.get_window_extent(renderer).width > 0.96 * fig.bbox.width and width > 10:
+        width = int(width * 0.85)
+        title.set_text(textwrap.fill(text, width))
+
+
+def overflow(fig) -> tuple[float, float, float, float]:
+    """How far (inches) the drawn figure's artists reach past its left, bottom, right and top edges."""
+    fig.draw_without_rendering()
+    box = fig.get_tightbbox(fig.canvas.get_renderer())
+    width, height = fig.get_size_inches()
+    return max(0.0, -box.x0), max(0.0, -box.y0), max(0.0, box.x1 - width), max(0.0, box.y1 - height)
+
+
+def fit_figure(fig) -> None:
+    """Grow ``fig`` until every title, label and legend lies inside it (a no-op when they already do)."""
+    for _ in range(3):
+        left, bottom, right, top = overflow(fig)
+        if max(left, bottom, right, top) < 0.01:
+            return
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width + left + right + 0.1, height + bottom + top + 0.1)
+
+
+def save_figure(plt, fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI`, fitted first (see :func:`fit_figure`)."""
+    fit_figure(fig)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def objective_figure(task: TaskReport):
+    """The task's objective per epoch: per regime, a mean line and min–max band per controller over the
+    completed seeds, a dashed line per run still going, and a dotted line per reference the task reports."""
+    plt, fig, axes = _figure(len(task.regimes))
+    for ax, regime in zip(axes, task.regimes):
+        for (r, label), points in task.curves["objective"].by_group.items():
+            if r == regime:
+                epochs, mean, low, high = zip(*points)
+                line = ax.plot(epochs, mean, label=label, linewidth=1.5)[0]
+                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+        for run in task.running:
+            if run.regime == regime:
+                ax.plot(run.epochs, run.values["objective"], linestyle="--", marker=".",
+                        label=f"{run.label}, seed {run.seed} (running)")  # fmt: skip
+        for r, _, _, label, n, value, _ in task.references:
+            if r == regime and value is not None:
+                seeds = f", mean of {n} seeds" if n > 1 else ""
+                ax.axhline(value, color="black", linestyle=":", linewidth=1.2, label=f"{label} (reference{seeds})")
+        ax.set_title(f"regime {regime}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{task.label} ({task.direction})")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    _suptitle(fig, f"{task.label[:1].upper()}{task.label[1:]} per epoch, {task.direction} "
+                   f"(line: mean over seeds, band: min–max)")  # fmt: skip
+    return plt, fig
+
+
+def hyperparameter_figure(task: TaskReport):
+    """The value of each knob the controllers chose, per regime (mean over seeds; dashed: running)."""
+    knobs = task.knobs or ["learning_rate"]
+    plt, fig, axes = _figure(len(knobs) * len(task.regimes), height=3.0)
+    for i, regime in enumerate(task.regimes):
+        for j, knob in enumerate(knobs):
+            ax = axes[len(knobs) * i + j]
+            values: list[float] = []
+            for (r, label), points in task.curves.get(knob, Curves({})).by_group.items():
+                if r == regime:
+                    epochs, mean, _, _ = zip(*points)
+                    ax.step(epochs, mean, where="post", label=label)
+                    values += [v for v in mean if v is not None]
+            for run in task.running:
+                if run.regime == regime and knob in run.values:
+                    ax.step(run.epochs, [math.nan if v is None else v for v in run.values[knob]], where="post",
+                            linestyle="--", label=f"{run.label}, seed {run.seed} (running)")  # fmt: skip
+                    values += [v for v in run.values[knob] if v is not None]
+            ax.set_title(f"regime {regime}: {metric_label(knob)}")
+            ax.set_xlabel("epoch (value used during it)")
+            positive = [v for v in values if v > 0 and math.isfinite(v)]
+            if (
+                positive
+                and len(positive) == len(values)
+                and (knob == "learning_rate" or max(positive) / min(positive) >= 10)
+            ):
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            _legend(ax)
+    _suptitle(fig, "Hyperparameters the controllers chose (mean over seeds)")
+    return plt, fig
+
+
+def decision_figure(task: TaskReport):
+    """Each guided run's objective with its decisions, coloured by the verdict on them."""
+    plt, fig, axes = _figure(len(task.timeline))
+    for ax, run in zip(axes, task.timeline):
+        epochs = [p[0] for p in run.points]
+        ax.plot(epochs, [p[1] for p in run.points], color="black", linewidth=1, zorder=1)
+        for epoch, value, fallback, valid, verdict, changed in run.points:
+            marker = "x" if fallback else ("o" if valid in (True, None) else "s")
+            size = 60 if changed else 25
+            ax.scatter([epoch], [value], c=VERDICT_COLOURS.get(verdict, "tab:blue"), marker=marker, s=size, zorder=2)
+        running = " (running)" if run.status == "running" else ""
+        ax.set_title(f"{run.regime} · {run.controller} · seed {run.seed}{running}", fontsize=10)
+        ax.set_xlabel("epoch (decision made after it)")
+        ax.set_ylabel(f"{task.label} ({task.direction})")
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker="o", linestyle="", label=v) for v, c in VERDICT_COLOURS.items()]
+    handles += [
+        plt.Line2D([], [], color="tab:blue", marker="o", linestyle="", label="not judged"),
+        plt.Line2D([], [], color="black", marker="s", linestyle="", label="repaired"),
+        plt.Line2D([], [], color="black", marker="x", linestyle="", label="fallback"),
+        plt.Line2D([], [], color="black", marker="o", markersize=9, linestyle="", label="changed a hyperparameter"),
+    ]
+    renderer = fig.canvas.get_renderer()
+    for ncol in range(len(handles), 0, -1):  # as many columns as the figure's width holds
+        legend = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8)
+        if ncol == 1 or legend.get_window_extent(renderer).width <= 0.96 * fig.bbox.width:
+            break
+        legend.remove()
+    _suptitle(fig, "Decisions and the verdicts on them")
+    return plt, fig
+
+
+def figure_names(task: TaskReport) -> dict[str, str]:
+    """The file each of a task's figures is written to: MNIST keeps the paper's names, another task's
+    carry its name (``diabetes_val_rmse.png``, ``diabetes_hyperparameters.png``, ``diabetes_decisions.png``)."""
+    objective = "validation_accuracy.png" if task.file_prefix == "" else f"{task.file_prefix}{task.objective}.png"
+    return {
+        "objective": objective,
+        "hyperparameters": f"{task.file_prefix}hyperparameters.png",
+        "decisions": f"{task.file_prefix}decisions.png",
+    }
