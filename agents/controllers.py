@@ -72,7 +72,8 @@ def _plateau(cfg: AgentConfig):
 
 def _llm(cfg: AgentConfig):
     """The model's policy and, with ``llm_reflection``, its judge. They share one ``ChatCaller``: what
-    the endpoint refuses is learnt once, for both."""
+    the endpoint refuses is learnt once, for both. In the expert decision form (``agents.expert``) the
+    model chooses among candidate actions and the rule judges."""
     from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
 
     if cfg.llm is None:
@@ -81,6 +82,14 @@ def _llm(cfg: AgentConfig):
     caller = ChatCaller(
         make_chat_model(settings), response_formats(settings), settings.temperature, settings.max_tokens
     )
+    if settings.decision_form == "expert":  # the rule judges: its verdict cannot contradict the measurement
+        from agents.expert import ChatChooser, ExpertPolicy, ScoredChooser
+
+        if settings.provider == "local":
+            chooser = ScoredChooser(settings.base_url, settings.model, settings.timeout_s, settings.temperature)
+        else:
+            chooser = ChatChooser(caller)
+        return ExpertPolicy(chooser, settings.model), None
     judge = LLMJudge(caller, settings.model) if cfg.llm_reflection else None
     return LLMPolicy(caller, settings.model), judge
 

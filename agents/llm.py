@@ -86,6 +86,7 @@ class LLMSettings(BaseModel):
     temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
     max_tokens: int = Field(default=LLM_MAX_TOKENS, ge=16)
     response_format: ResponseFormatMode = "auto"
+    decision_form: Literal["expert", "free"] = "free"  # see agents.expert; free: the model writes the command
 
 
 def make_chat_model(settings: LLMSettings) -> BaseChatModel:

@@ -1,20 +1,37 @@
-"""``python -m agents.llm_serve <llama_cpp.server flags>``: llama-cpp-python's OpenAI-compatible server
-with a parent-death watchdog.
+"""``python -m agents.llm_serve <llama_cpp.server flags>``: llama-cpp-python's OpenAI-compatible server with
+a parent-death watchdog and one extra route, ``POST /reflectnet/score``.
 
 run.py starts the model server in its own session (so a Ctrl-C in the terminal reaches run.py only).
 If run.py itself is killed (SIGKILL, OOM killer), nothing would stop the server; this wrapper exits
 as soon as its parent is gone, so no orphaned model server keeps a port and the CPUs busy.
+
+``/reflectnet/score`` returns the log-probability of each option's tokens as the continuation of a prompt:
+what the expert decision form (``agents.expert``) needs to let the embedded model choose among candidate
+actions. The OpenAI completions route can return prompt log-probabilities too (``echo`` with ``logprobs``),
+but llama-cpp-python then sorts the whole 49,152-token vocabulary in Python for every prompt token (seconds
+per call); this route reads only the option's rows of the logits and reuses the evaluated prompt across
+options (llama.cpp's KV cache), so scoring five options costs about as much as evaluating them.
 """
 
-from __future__ import annotations
-
+import argparse
 import os
-import runpy
 import sys
 import threading
 import time
 
+from pydantic import BaseModel, Field
+
 ORPHANED = 3
+SCORE_PATH = "/reflectnet/score"
+MAX_OPTIONS = 16
+
+
+class ScoreRequest(BaseModel):
+    """The body of ``POST /reflectnet/score``."""
+
+    prompt: str = Field(max_length=20_000)
+    options: list[str] = Field(min_length=1, max_length=MAX_OPTIONS)
+    model: str | None = None
 
 
 def watch_parent(parent: int, interval_s: float = 1.0) -> None:
@@ -24,10 +41,75 @@ def watch_parent(parent: int, interval_s: float = 1.0) -> None:
             os._exit(ORPHANED)
 
 
-def main() -> None:
+def common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def option_logprobs(llama, prompt: str, options: list) -> list:
+    """For each option, the log-probability (natural log) of each of its tokens after ``prompt`` + the tokens
+    before it. The prompt is evaluated once; each option reuses it from llama.cpp's KV cache. Needs a model
+    loaded with ``logits_all`` (the server's default)."""
+    import numpy as np
+
+    prefix = llama.tokenize(prompt.encode(), add_bos=True, special=True)
+    scored = []
+    for option in options:
+        full = llama.tokenize((prompt + option).encode(), add_bos=True, special=True)
+        boundary = max(1, min(common_prefix(prefix, full), len(full) - 1))
+        cached = llama.input_ids[: llama.n_tokens].tolist()
+        llama.n_tokens = min(common_prefix(cached, full), boundary - 1)  # re-evaluate at least the token before
+        llama.eval(full[llama.n_tokens :])
+        logits = np.asarray(llama.scores[boundary - 1 : len(full) - 1], dtype=np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        scored.append([float(logp[i, token]) for i, token in enumerate(full[boundary:])])
+    return scored
+
+
+def add_score_route(app) -> None:
+    """``POST /reflectnet/score`` ``{"prompt": str, "options": [str, ...]}`` -> ``{"logprobs": [[float, ...],
+    ...]}``, under the server's model lock (one request at a time, like its completions)."""
+    from fastapi import Depends, HTTPException
+    from llama_cpp.server.app import get_llama_proxy
+    from starlette.concurrency import run_in_threadpool
+
+    @app.post(SCORE_PATH)
+    async def score(body: ScoreRequest, llama_proxy=Depends(get_llama_proxy)) -> dict:
+        llama = llama_proxy(body.model)
+        if not llama._logits_all:
+            raise HTTPException(400, "scoring needs the model loaded with logits_all")
+        try:
+            logprobs = await run_in_threadpool(option_logprobs, llama, body.prompt, body.options)
+        except ValueError as exc:  # a prompt beyond the context, a tokenizer failure
+            raise HTTPException(400, f"{type(exc).__name__}: {exc}") from None
+        return {"logprobs": logprobs}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse llama_cpp.server's flags, build its app with :func:`add_score_route`, and serve it."""
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
+    from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
+
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True, name="parent-watchdog").start()
-    sys.argv = ["llama_cpp.server", *sys.argv[1:]]
-    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+    parser = argparse.ArgumentParser(prog="python -m agents.llm_serve")
+    add_args_from_model(parser, Settings)
+    args = parser.parse_args(argv)
+    try:
+        server_settings = parse_model_from_args(ServerSettings, args)
+        model_settings = [parse_model_from_args(ModelSettings, args)]
+    except Exception as exc:  # pydantic's ValidationError, or whatever the settings raise: one line
+        print(f"llm_serve: bad settings: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    app = create_app(server_settings=server_settings, model_settings=model_settings)
+    add_score_route(app)
+    uvicorn.run(app, host=server_settings.host, port=server_settings.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ class ControllerAnswer:
     error: str | None = None  # the model call failed ("Type: message"); ``text`` is then empty
     finish_reason: str | None = None  # why a model stopped: "stop", "length" (the token cap), ...
     adaptations: tuple[str, ...] = ()  # what this call changed in the requests to the endpoint, and why
+    notes: tuple[dict, ...] = ()  # what the policy wants recorded about this answer (the expert form's choice)
 
 
 class Policy(Protocol):

@@ -16,6 +16,7 @@ import zmq
 from agents.config import AgentConfig
 from agents.controllers import resolve_controller
 from agents.graph import build_agent_graph
+from agents.guidance import held, instruction_outcome
 from agents.llm import LLMJudge
 from agents.policies import Policy
 from bus.child import EXIT_BIND_FAILED, EXIT_CONFIG_INVALID, EXIT_OK, EXIT_ORPHANED, Child, run_child
@@ -44,19 +45,30 @@ def decide(
     state = graph.invoke({**inputs, "command_space": command_space}, {"recursion_limit": limit})
     latency_ms = (time.perf_counter() - started) * 1000.0
     fallback = bool(state.get("fallback"))
+    command = state["command"]
+    notes = state.get("notes", [])
+    expert = next((n for n in notes if n.get("action") == "expert_choice"), None)
+    prompt = state.get("prompt", "")
+    if expert is not None and "prompt" in expert:  # the expert form's model read this summary, not the prompter's text
+        prompt, expert = expert["prompt"], {k: v for k, v in expert.items() if k != "prompt"}
+        notes = [expert if n.get("action") == "expert_choice" else n for n in notes]
     return Decision(
         run_id=metrics.run_id,
         epoch=metrics.epoch,
         controller=policy_name,
-        command=state["command"],
-        prompt=state.get("prompt", ""),
+        command=command,
+        prompt=prompt,
         raw_output=state.get("raw_output", ""),
         valid=state.get("attempts", 0) == 1 and not fallback,
         repair_attempts=state.get("repair_attempts", 0),
         fallback=fallback,
         fallback_reason=state.get("fallback_reason"),
         clamped=state.get("clamped", {}),
-        notes=state.get("notes", []),
+        notes=notes,
+        instruction_outcome=None if fallback else instruction_outcome(metrics, command),
+        held=None if fallback else held(metrics, command),
+        choice=expert.get("choice") if expert and not fallback else None,
+        choice_margin=expert.get("margin") if expert and not fallback else None,
         latency_ms=latency_ms,
         prompt_tokens=state.get("prompt_tokens"),
         completion_tokens=state.get("completion_tokens"),

@@ -241,6 +241,10 @@ class Reflection(BaseModel):
     text: str
     judge: str = "rule"  # "rule", or the name of the model that judged
     rule_verdict: Verdict | None = None  # the rule's verdict, kept beside a model's for comparison
+    # A model's verdict opposite to the rule's (beneficial vs harmful: beyond the noise band by definition) is
+    # not fed back as truth: ``verdict`` is then the rule's, the model's is kept here, and the flag is set.
+    model_verdict: Verdict | None = None
+    contradicts_measurement: bool = False
 
 
 class EpochSummary(BaseModel):
@@ -311,6 +315,7 @@ class EpochMetrics(Message):
     previous_command: UpdateCommand | None = None
     previous_reflection: Reflection | None = None
     instruction: Instruction | None = None  # the user's instruction active for this decision
+    instruction_first_decision: bool = True  # no decision has been made with this instruction yet
 
     @property
     def objective_value(self) -> float:
@@ -339,6 +344,12 @@ class Decision(Message):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     reflection: Reflection | None = None
+    # Against the instruction in force (agents.guidance.instruction_outcome): followed | ignored | contradicted |
+    # respected (a later decision under a one-shot instruction, not against it); None without a readable one.
+    instruction_outcome: Literal["followed", "ignored", "contradicted", "respected"] | None = None
+    held: bool | None = None  # the command changes nothing (knobs, alpha, weights); None for a fallback
+    choice: str | None = None  # the expert form's chosen candidate (agents.expert), e.g. "learning_rate:down"
+    choice_margin: float | None = None  # its calibrated score minus the runner-up's; None without a choice
 
 
 class ErrorReply(Message):

@@ -66,10 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     _experiment_flags(p)
     _run_flags(p)
     _agent_flags(p)
+    add_llm_flags(p)
+    return p
+
+
+def add_llm_flags(p: argparse.ArgumentParser) -> None:
+    """The ``--llm*`` flags (run.py's, and the benchmarks' that ask a model), read by :func:`model_spec`."""
     model = p.add_argument_group("language model (--controller llm)")
     _model_flags(model)
     _model_behaviour_flags(model)
-    return p
 
 
 def _experiment_flags(p: argparse.ArgumentParser) -> None:
@@ -280,6 +285,14 @@ def _model_behaviour_flags(llm) -> None:
         "(default: auto)",
     )
     llm.add_argument(
+        "--llm-decision",
+        choices=("auto", "expert", "free"),
+        default=model_default("decision"),
+        help="'expert': the model chooses among candidate actions derived from the trends and your instruction, "
+        "and says why (agents/expert.py; the rule judges); 'free': the model writes the whole command and judges "
+        "(the paper's form); auto: expert for the embedded model, free for an endpoint (default: auto)",
+    )
+    llm.add_argument(
         "--no-llm-reflection",
         action="store_true",
         help="judge previous decisions by rule instead of asking the model (default: the model judges)",
@@ -385,7 +398,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(
         provider=args.llm, base_url=args.llm_base_url, model=args.llm_model, timeout_s=args.llm_timeout,
         max_retries=args.llm_max_retries, temperature=args.llm_temperature,
-        response_format=args.llm_response_format, command_space=args.llm_command_space,
+        response_format=args.llm_response_format, command_space=args.llm_command_space, decision=args.llm_decision,
         reflection=not args.no_llm_reflection, feed_reflection=not args.no_reflection_feedback,
     )  # fmt: skip
 

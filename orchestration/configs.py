@@ -31,6 +31,7 @@ def llm_settings(spec: RunSpec) -> LLMSettings | None:
         max_retries=llm.max_retries,
         temperature=llm.temperature,
         response_format=llm.response_format,
+        decision_form=llm.resolved_decision(),
     )
 
 

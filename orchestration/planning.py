@@ -188,6 +188,8 @@ def agent_part(spec: RunSpec, controller: str, uses_llm: bool) -> dict:
             "command_space": llm.resolved_command_space(), "temperature": llm.temperature,
             "llm_reflection": llm.reflection, "feed_reflection": llm.feed_reflection,
         }  # fmt: skip
+        if llm.resolved_decision() == "expert":  # absent for the free form: runs recorded before it keep their identity
+            what["decision"] = "expert"
     return what
 
 

@@ -42,6 +42,9 @@ class ModelSpec(BaseModel):
     temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
     response_format: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     command_space: Literal["auto", "grid", "free"] = "auto"  # auto: grid for the local model, free otherwise
+    # expert: the model chooses among the expert block's candidates (agents.expert); free: the paper's form,
+    # the model writes the whole command. auto: expert for the embedded model, free for an endpoint.
+    decision: Literal["auto", "expert", "free"] = "auto"
     reflection: bool = True  # the model judges the previous decision (the rule otherwise)
     feed_reflection: bool = True  # the verdict goes into the next prompt
 
@@ -53,10 +56,17 @@ class ModelSpec(BaseModel):
     def model_name(self) -> str:
         return self.model or (DEFAULT_REMOTE_MODEL if self.remote else LOCAL_MODEL_NAME)
 
+    def resolved_decision(self) -> Literal["expert", "free"]:
+        if self.decision != "auto":
+            return self.decision
+        return "free" if self.remote else "expert"
+
     def resolved_command_space(self) -> Literal["grid", "free"]:
+        """``grid`` or ``free``; auto is grid only for the embedded model writing free-form commands (the expert
+        form's candidates carry their own values, which the grid would snap)."""
         if self.command_space != "auto":
             return self.command_space
-        return "free" if self.remote else "grid"
+        return "free" if self.remote or self.resolved_decision() == "expert" else "grid"
 
 
 class RunSpec(BaseModel):

@@ -116,7 +116,8 @@ INSERTS: dict[str, str] = {
     "decisions": _columns(
         "decisions",
         "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
-        "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id",
+        "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id, instruction_outcome, held, "
+        "choice, choice_margin",
     ),
     # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
     "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch) "
@@ -125,7 +126,7 @@ INSERTS: dict[str, str] = {
     "reflections": _columns(
         "reflections",
         "run_id, epoch, about_epoch, prev_val_acc, val_acc, verdict, text, judge, rule_verdict, objective, "
-        "objective_before, objective_after",
+        "objective_before, objective_after, model_verdict, contradicts_measurement",
     ),
     "events": "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
     "finished": "UPDATE runs SET status = ?, status_reason = ?, finished_at = ? WHERE run_id = ?",
@@ -202,6 +203,10 @@ def _decision_row(message: DecisionRecord) -> tuple:
         d.prompt_tokens,
         d.completion_tokens,
         message.instruction_id,
+        d.instruction_outcome,
+        d.held,
+        d.choice,
+        d.choice_margin,
     )
 
 
@@ -228,6 +233,8 @@ def _reflection_row(message: ReflectionRecord) -> tuple:
         r.objective,
         r.objective_before,
         r.objective_after,
+        r.model_verdict,
+        r.contradicts_measurement,
     )
 
 

@@ -15,7 +15,9 @@ views work for every task:
   best, mean and std over seeds; ``task_references``: the references beside them;
 * ``decision_outcomes``: each decision with the objective before and after it, ``improvement`` (positive
   is better), the knob values before it and those it set (and the MNIST columns lr/dropout/val_acc);
-* ``controller_reliability``: per task, controller and model.
+* ``controller_reliability``: per task, controller and model: valid answers, repairs, fallbacks, latency,
+  the hold rate, the instruction-following rate (decisions that had to act on an instruction), contradicted
+  instructions, the model judge's agreement with the rule, and verdicts that contradicted the measurement.
 """
 
 from __future__ import annotations
@@ -158,6 +160,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE decisions ADD COLUMN instruction_id VARCHAR;
         """,
     ),
+    (
+        6,
+        """
+        ALTER TABLE decisions ADD COLUMN instruction_outcome VARCHAR;  -- followed | ignored | contradicted | respected
+        ALTER TABLE decisions ADD COLUMN held BOOLEAN;                 -- the command changed nothing
+        ALTER TABLE decisions ADD COLUMN choice VARCHAR;               -- the expert form's chosen candidate
+        ALTER TABLE decisions ADD COLUMN choice_margin DOUBLE;         -- its calibrated score over the runner-up's
+        ALTER TABLE reflections ADD COLUMN model_verdict VARCHAR;      -- a model's verdict that contradicted the rule
+        ALTER TABLE reflections ADD COLUMN contradicts_measurement BOOLEAN;
+        """,
+    ),
 ]
 
 # Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix
@@ -239,7 +252,8 @@ FROM (
 GROUP BY task, regime, n_train, objective, mode, reference
 ORDER BY task, n_train DESC, reference;
 
--- How reliable is each controller / model, per task: answers valid at the first try, repaired, fallen back.
+-- How reliable is each controller / model, per task: answers valid at the first try, repaired, fallen back;
+-- how often it held, followed the instruction it had to act on, agreed with the rule's verdict (model judges).
 CREATE OR REPLACE VIEW controller_reliability AS
 SELECT r.task, d.controller, r.llm_model,
        count(*) AS decisions,
@@ -251,8 +265,17 @@ SELECT r.task, d.controller, r.llm_model,
        median(d.latency_ms) AS median_latency_ms,
        quantile_cont(d.latency_ms, 0.95) AS p95_latency_ms,
        avg(d.prompt_tokens) AS mean_prompt_tokens,
-       avg(d.completion_tokens) AS mean_completion_tokens
+       avg(d.completion_tokens) AS mean_completion_tokens,
+       avg(d.held::INT) AS hold_rate,
+       avg((d.instruction_outcome = 'followed')::INT) FILTER (WHERE d.instruction_outcome IN
+           ('followed', 'ignored', 'contradicted')) AS instruction_followed_rate,
+       count(*) FILTER (WHERE d.instruction_outcome = 'contradicted') AS instructions_contradicted,
+       avg((rf.verdict_by_model = rf.rule_verdict)::INT) FILTER (WHERE rf.judge <> 'rule') AS rule_agreement_rate,
+       count(*) FILTER (WHERE rf.contradicts_measurement) AS verdicts_contradicting_measurement
 FROM decisions d JOIN runs r USING (run_id)
+LEFT JOIN (SELECT run_id, about_epoch, judge, rule_verdict, contradicts_measurement,
+                  coalesce(model_verdict, verdict) AS verdict_by_model FROM reflections) rf
+       ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch
 GROUP BY r.task, d.controller, r.llm_model;
 
 -- Each decision with the change in the objective over the epoch it governed (improvement: signed so

@@ -266,7 +266,8 @@ def epoch_metrics(cfg: TrainerConfig, task: Task, spec: TaskSpec, result: EpochR
         run_id=cfg.run_id, epoch=record.epoch, epochs_total=cfg.epochs, task=spec, regime=cfg.regime,
         budget=task.regimes[cfg.regime], param_shapes={n: list(p.shape) for n, p in task.model.named_parameters()},
         history=carry.history, previous_command=carry.previous_command,
-        previous_reflection=carry.previous_reflection, instruction=carry.instruction, **detail,
+        previous_reflection=carry.previous_reflection, instruction=carry.instruction,
+        instruction_first_decision=not carry.instruction_shaped, **detail,
     )  # fmt: skip
     return record, metrics
 

@@ -37,6 +37,8 @@ def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
             if answer.adaptations:
                 note["adapted"] = list(answer.adaptations)
             update["notes"] = [note]
+        if answer.notes:
+            update["notes"] = [*update.get("notes", []), *answer.notes]
         return update
 
     return controller

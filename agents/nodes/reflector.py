@@ -78,10 +78,18 @@ def reflector(state: AgentState) -> dict:
     return {"reflection": judge_previous_decision(state["metrics"])}
 
 
+def contradicts(model: Verdict, rule: Verdict) -> bool:
+    """Whether a model's verdict contradicts the measurement: it calls beneficial what the rule calls harmful,
+    or the reverse. The rule says either only beyond the noise band; a neutral on either side is no contradiction."""
+    return {model, rule} == {"beneficial", "harmful"}
+
+
 def make_reflector(judge) -> Callable[[AgentState], dict]:
     """A reflector whose verdict comes from ``judge`` (an ``agents.llm.LLMJudge``), with the rule's
     judgement as the fallback when the model fails — whatever the failure, even an exception: the
-    verdict must never cost the validated command. Both verdicts are kept."""
+    verdict must never cost the validated command. Both verdicts are kept. A verdict that contradicts the
+    measurement (:func:`contradicts`) is not fed back as truth: the reflection carries the rule's verdict, the
+    model's in ``model_verdict``, and ``contradicts_measurement``; the model's sentence is kept for the record."""
 
     def model_reflector(state: AgentState) -> dict:
         m = state["metrics"]
@@ -99,6 +107,11 @@ def make_reflector(judge) -> Callable[[AgentState], dict]:
             note = {"node": "reflector", "action": "rule_fallback", "reason": (failure or "")[:500]}
             return {"reflection": rule, "notes": [{**note, "latency_ms": latency_ms, **details}]}
         note = {"node": "reflector", "action": "model_verdict", "latency_ms": latency_ms, **details}
+        if contradicts(judged.verdict, rule.verdict):
+            note["contradicts_measurement"] = True
+            judged = judged.model_copy(
+                update={"verdict": rule.verdict, "model_verdict": judged.verdict, "contradicts_measurement": True}
+            )
         return {"reflection": judged, "notes": [note]}
 
     return model_reflector

@@ -1,0 +1,529 @@
+"""The expert block: what a user's instruction asks, what the measured trends say, and the few candidate
+actions a model chooses among.
+
+A 135M-parameter model cannot read a training state and an instruction and derive a good command by itself
+(``../shared/notes/small-model-guidance.md``: free generation and plain enum choice follow position and prior
+biases). Local 14B-32B models come within about a point of GPT-4 at hyperparameter tuning only with a
+deterministic summary of the trajectory (arXiv 2509.15561); a 135M model needs at least as much help. So this
+module, with no model, turns the state into a :class:`Plan`: the instruction read as an :class:`Intent`
+(explicit moves of named knobs, a goal such as "fight overfitting", or "change nothing"), the evidence read as
+a :class:`Signal` (plateau, widening gap, diverging, steady gains), and the :class:`Candidate` actions that
+are consistent with both, each with its reason. A chooser (``agents.expert``) lets the model pick one and say
+why; the validator still bounds the command.
+
+Precedence: the user's instruction, then the evidence. A one-shot instruction ("halve the learning rate") is
+carried out at the first decision it shapes; afterwards it constrains (no candidate moves against it) until
+it is replaced or withdrawn. Instructions that say "every epoch"/"keep lowering" repeat, and "change nothing"
+holds every decision.
+
+Why a lexicon and not a parser library: the vocabulary is the field's own (knob names, "halve", "overfitting")
+and small; a general NLU model is exactly what is not available offline at this size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agents.trends import Trends, current_values, step_digits, training_trends
+from bus.messages import EpochMetrics, Hyperparameter, TaskSpec, UpdateCommand
+
+ALPHA = "alpha"
+# How instructions name the knobs of the built-in tasks and the field's usual ones; any knob is also named by
+# its own name, with underscores read as spaces.
+KNOB_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": ("learning rate", "learning-rate", "lr", "step size", "stepsize"),
+    "dropout": ("dropout", "drop-out", "drop out"),
+    "weight_decay": ("weight decay", "weight-decay", "l2 penalty", "l2"),
+    "ent_coef": ("entropy coefficient", "entropy bonus", "entropy"),
+    "clip_range": ("clip range", "clipping range", "clip"),
+    ALPHA: ("alpha", "blend ratio", "blend"),
+}
+DOWN_WORDS = (
+    r"lower|reduce|decrease|cut|halve|half|drop|shrink|smaller|less|lessen|diminish|divide|slash|weaken|"
+    r"turn down|bring down|scale down|dial down|tone down|go down|down|decay|shorter|softer|weaker|lighter"
+)
+UP_WORDS = (
+    r"raise|increase|higher|bigger|larger|more|boost|bump|double|triple|grow|strengthen|turn up|scale up|"
+    r"crank up|up|heavier|stronger|longer|greater"
+)
+HOLD_PATTERN = re.compile(
+    r"change nothing|don'?t change|do not change|no changes?|keep (?:every|all|the|it|things)|leave (?:every|all|it|"
+    r"things|the)|hold (?:every|all|still|steady|it|the)|stay the course|freeze|as (?:it|they) (?:is|are)|unchanged|"
+    r"don'?t touch|do not touch|hands off"
+)
+REPEAT_PATTERN = re.compile(r"\bevery\b|\beach\b|\bkeep (?:lowering|raising|reducing|increasing|cutting)|\bcontinu|\bagain and again")
+NUMBER = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
+
+# Goals: a pattern over the instruction; GOAL_MOVES says which moves (knob, direction) pursue each, in order of
+# preference. The opposite moves contradict it.
+GOALS: tuple[tuple[str, re.Pattern], ...] = (
+    ("less overfitting", re.compile(r"overfit|over-fit|memori[sz]|generali[sz]|regulari[sz]e more|too well on (?:the )?train")),
+    ("less underfitting", re.compile(r"underfit|under-fit|too much regulari|not learning enough|too weak")),
+    ("stability", re.compile(r"unstable|instabil|jump|oscillat|diverg|spik|noisy|erratic|explod|bounc|fluctuat|careful|"
+                             r"cautious|conservative|safe|gentle|calm")),
+    ("speed", re.compile(r"faster|speed|quick|too slow|slowly|accelerat|aggressive|hurry|rapid")),
+    ("exploration", re.compile(r"explor|more random")),
+    ("exploitation", re.compile(r"exploit|less random|more greedy|greedier")),
+    ("escape the plateau", re.compile(r"stuck|plateau|stall|not improving|stagnat|flat")),
+)  # fmt: skip
+GOAL_MOVES: dict[str, tuple[tuple[str, int], ...]] = {
+    "less overfitting": (("dropout", 1), ("weight_decay", 1), ("learning_rate", -1)),
+    "less underfitting": (("dropout", -1), ("weight_decay", -1), ("learning_rate", 1)),
+    "stability": (("learning_rate", -1), ("clip_range", -1), (ALPHA, -1)),
+    "speed": (("learning_rate", 1),),
+    "exploration": (("ent_coef", 1),),
+    "exploitation": (("ent_coef", -1),),
+    "escape the plateau": (("learning_rate", -1),),
+}
+WEIGHTS_PATTERN = re.compile(r"\bweights?\b(?! decay)|\blayers?\b")
+LAYER_WORDS = {"last": -1, "final": -1, "output": -1, "top": -1, "first": 0, "input": 0, "bottom": 0}
+SMALL_PATTERN = re.compile(r"a little|slightly|a bit|a touch|somewhat|gently|a tad|marginally|\bsmall\b")
+SMALL_OP, DEFAULT_OP = 0.02, 0.03  # weight-operation sizes, as fractions of a layer's norm (at most 0.05)
+SMALL_LOG_FACTOR = 1.5  # "lower the learning rate a little": divide by 1.5 rather than by the knob's step
+PLATEAU_EPOCHS = 2  # as the heuristic: epochs without a new best before a plateau counts
+DIVERGING_BANDS = 10  # the objective worsened by this many noise bands in one epoch: the run is diverging
+GAP_NOISE_BANDS = 15  # as the heuristic (agents.policies): a gap beyond this many bands is overfitting
+
+IntentKind = Literal["explicit", "goal", "hold", "unread", "none"]
+SignalKind = Literal["diverging", "plateau", "overfitting", "steady", "unclear", "start"]
+Outcome = Literal["followed", "ignored", "contradicted", "respected"]
+
+
+@dataclass(frozen=True)
+class Move:
+    """One change an instruction asks for: a knob (or ``alpha``) in a direction (+1 up, -1 down, 0 keep), by a
+    ``factor`` (log-scale knobs), an ``amount`` (linear knobs) or to a ``target``; or a weight operation
+    (``op`` and ``layer`` set, ``amount`` its size as a fraction of the layer's norm)."""
+
+    knob: str | None
+    direction: int
+    factor: float | None = None
+    amount: float | None = None
+    target: float | None = None
+    op: str | None = None
+    layer: str | None = None
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What an instruction asks (:func:`read_instruction`). ``explicit``: named moves; ``goal``: a goal from
+    :data:`GOALS`; ``hold``: change nothing; ``unread``: text this lexicon cannot read (the evidence decides);
+    ``none``: no instruction. ``repeat``: the moves apply at every decision, not once."""
+
+    kind: IntentKind
+    moves: tuple[Move, ...] = ()
+    goal: str | None = None
+    repeat: bool = False
+
+    def words(self) -> str:
+        """The intent in a few words, for records: ``explicit: learning_rate down``, ``goal: speed``."""
+        if self.kind == "explicit":
+            return "explicit: " + ", ".join(f"{m.knob or m.op} {('down', 'keep', 'up')[m.direction + 1]}" for m in self.moves)
+        return f"goal: {self.goal}" if self.kind == "goal" else self.kind
+
+
+@dataclass(frozen=True)
+class Signal:
+    """What the measured trends say after this epoch (:func:`read_signal`), with the sentence that says why."""
+
+    kind: SignalKind
+    reason: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One action a chooser may pick: ``key`` identifies it in records (``learning_rate:down``, ``hold``),
+    ``text`` is how a model reads and scores it ("halve the learning rate"), ``values`` the knob values it
+    sets (every knob), ``alpha``, weight operations as the validator reads them, the expert's reason, and the
+    changes with their numbers."""
+
+    key: str
+    text: str
+    values: dict[str, float]
+    alpha: float
+    weight_modulation: list[dict] = field(default_factory=list)
+    reason: str = ""
+    changes: str = ""  # the numbers: "learning_rate 0.001 -> 0.0005"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The expert block's output for one decision: the intent, the signal, and at least one candidate."""
+
+    intent: Intent
+    signal: Signal
+    candidates: tuple[Candidate, ...]
+    source: Literal["instruction", "evidence"]
+
+
+# --------------------------------------------------------------------------- reading the instruction
+
+
+def knob_mentions(clause: str, spec: TaskSpec) -> list[str]:
+    """The knobs (and ``alpha``) ``clause`` names, in the order they appear; longer names win over their parts."""
+    found: list[tuple[int, str]] = []
+    taken: list[tuple[int, int]] = []
+    names = [*spec.knob_names(), ALPHA]
+    phrases = sorted(
+        ((phrase, name) for name in names for phrase in {*KNOB_ALIASES.get(name, ()), name.replace("_", " "), name}),
+        key=lambda p: -len(p[0]),
+    )
+    for phrase, name in phrases:
+        for match in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", clause):
+            span = match.span()
+            if any(a < span[1] and span[0] < b for a, b in taken):
+                continue
+            taken.append(span)
+            found.append((span[0], name))
+    ordered: list[str] = []
+    for _, name in sorted(found):
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
+def clause_direction(clause: str) -> int:
+    """+1, -1 or 0: the direction words of ``clause`` (the first one wins), 0 when it has none."""
+    match = re.search(rf"\b(?:{DOWN_WORDS})\b|\b(?:{UP_WORDS})\b", clause)
+    if match is None:
+        return 0
+    return -1 if re.fullmatch(DOWN_WORDS, match.group(0)) else 1
+
+
+def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -> dict:
+    """The size of a move in ``clause``: ``target`` ("to 0.3"), ``factor`` ("halve", "by a factor of 3", "by
+    20%", "a little") or ``amount`` ("by 0.1"); empty when the clause says none (the knob's step is used)."""
+    if m := re.search(rf"\bto {NUMBER}", clause):
+        return {"target": float(m.group(1))}
+    if re.search(r"\bhalve|\bhalf\b|\bby half", clause):
+        return {"factor": 0.5}
+    if re.search(r"\bdouble|\btwice", clause):
+        return {"factor": 2.0}
+    if re.search(r"\btriple|\bthree ?times", clause):
+        return {"factor": 3.0}
+    if m := re.search(rf"factor of\s*{NUMBER}|\b{NUMBER}\s*(?:x|times)\b", clause):
+        n = float(m.group(1) or m.group(2))
+        return {"factor": n if direction > 0 else 1 / n} if n > 0 else {}
+    if m := re.search(rf"by {NUMBER}\s*(?:%|percent)", clause):
+        return {"factor": 1 + direction * float(m.group(1)) / 100}
+    if m := re.search(rf"by {NUMBER}", clause):
+        value = float(m.group(1))
+        if knob is not None and knob.scale == "log":
+            return {"factor": value if direction > 0 else 1 / value} if value > 1 else {"amount": value}
+        return {"amount": value}
+    if SMALL_PATTERN.search(clause):
+        return {"small": True}
+    return {}
+
+
+def sized(magnitude: dict, knob: Hyperparameter | None, direction: int) -> dict:
+    """:func:`clause_magnitude`'s answer as :class:`Move` fields: "a little" is a factor of
+    :data:`SMALL_LOG_FACTOR` for a log-scale knob, half a step for a linear one, 0.1 for alpha."""
+    if not magnitude.pop("small", False):
+        return magnitude
+    if knob is None:
+        return {"amount": 0.1}
+    return {"factor": SMALL_LOG_FACTOR**direction} if knob.scale == "log" else {"amount": knob.step / 2}
+
+
+def split_clauses(text: str) -> list[str]:
+    return [c.strip() for c in re.split(r"[;,!?]|\.(?=\s|$)|\band\b|\bthen\b|\bbut\b|\balso\b", text) if c.strip()]
+
+
+def weight_move(clause: str, layers: list[str], direction: int) -> Move | None:
+    """A weight operation asked for in ``clause`` ("shrink the last layer's weights a little", "add noise to
+    the weights"), on the layer it names (by position word or name; the last layer otherwise)."""
+    if not layers or not WEIGHTS_PATTERN.search(clause):
+        return None
+    layer = next((name for name in layers if name.rsplit(".", 1)[0] in clause), None)
+    if layer is None:
+        position = next((i for word, i in LAYER_WORDS.items() if re.search(rf"\b{word}\b", clause)), -1)
+        layer = layers[position]
+    size = SMALL_OP if SMALL_PATTERN.search(clause) else DEFAULT_OP
+    if re.search(r"nois|perturb|jitter|shake", clause):
+        return Move(None, 1, amount=size, op="noise", layer=layer)
+    if direction == 0:
+        return None
+    return Move(None, direction, amount=size, op="scale", layer=layer)
+
+
+def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None = None) -> Intent:
+    """The :class:`Intent` of an instruction ``text`` for the task ``spec`` whose weight layers are ``layers``
+    (names of weight tensors, first to last). Never raises: what it cannot read is ``unread``."""
+    if text is None or not text.strip():
+        return Intent("none")
+    lowered = " ".join(text.lower().split())
+    repeat = bool(REPEAT_PATTERN.search(lowered))
+    moves: list[Move] = []
+    for clause in split_clauses(lowered):
+        direction = clause_direction(clause)
+        knobs = knob_mentions(clause, spec)
+        if knobs:
+            for name in knobs:
+                knob = spec.knob(name) if name != ALPHA else None
+                keep = direction == 0 and re.search(r"\bkeep|\bleave|\bhold|\bsame|\bfix", clause)
+                magnitude = clause_magnitude(clause, knob, direction)
+                if "target" in magnitude or direction != 0 or keep:
+                    moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
+            continue
+        if (op := weight_move(clause, layers or [], direction)) is not None:
+            moves.append(op)
+    if moves:
+        return Intent("explicit", tuple(moves), repeat=repeat)
+    if HOLD_PATTERN.search(lowered):
+        return Intent("hold", repeat=True)
+    for goal, pattern in GOALS:
+        if pattern.search(lowered):
+            return Intent("goal", goal=goal, repeat=repeat)
+    return Intent("unread")
+
+
+# --------------------------------------------------------------------------- reading the evidence
+
+
+def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
+    """The unambiguous signals first: a diverging objective (not finite, or worse by :data:`DIVERGING_BANDS`
+    noise bands in one epoch), a widening generalization gap beyond :data:`GAP_NOISE_BANDS` bands, a plateau
+    (no new best for :data:`PLATEAU_EPOCHS` epochs), steady gains (a new best, beyond the noise band, this
+    epoch); else ``unclear`` (``start`` at the first epoch)."""
+    spec, t = m.task, t or training_trends(m)
+    value = m.objective_value
+    if not math.isfinite(value):
+        return Signal("diverging", f"{spec.objective} is {value}: the run is diverging")
+    if len(m.history) >= 2:
+        before = m.history[-2].metrics.get(spec.objective, math.nan)
+        change = spec.improvement(before, value)
+        if math.isfinite(before) and change < -DIVERGING_BANDS * spec.noise_band:
+            return Signal("diverging", f"{spec.objective} fell from {before:.4g} to {value:.4g} in one epoch")
+    if t.gap is not None and t.previous_gap is not None and t.gap > GAP_NOISE_BANDS * spec.noise_band and t.gap > t.previous_gap:
+        return Signal("overfitting", f"the train/validation gap widened from {t.previous_gap:.3g} to {t.gap:.3g}")
+    if t.epochs_since_best >= PLATEAU_EPOCHS:
+        return Signal("plateau", f"no new best {spec.objective} for {t.epochs_since_best} epochs (best {t.best:.4g} at epoch {t.best_epoch})")
+    if len(m.history) < 2:
+        return Signal("start", "only one epoch so far")
+    before = m.history[-2].metrics.get(spec.objective, math.nan)
+    if t.epochs_since_best == 0 and spec.improvement(before, value) > spec.noise_band:
+        return Signal("steady", f"{spec.objective} improved from {before:.4g} to {value:.4g}, a new best")
+    return Signal("unclear", f"{spec.objective} {value:.4g}, best {t.best:.4g} at epoch {t.best_epoch}")
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def knob_words(name: str) -> str:
+    return "the learning rate" if name == "learning_rate" else name.replace("_", " ")
+
+
+def moved_value(knob: Hyperparameter, current: float, move: Move) -> float:
+    """Where ``move`` takes ``knob`` from ``current``: its target, factor or amount, else one step; inside the
+    hard bounds (the validator then applies the trust region and records a clamp)."""
+    if move.target is not None:
+        value = move.target
+    elif knob.scale == "log":
+        factor = move.factor if move.factor is not None else knob.step ** move.direction
+        value = current * factor if move.amount is None else current + move.direction * move.amount
+    else:
+        amount = move.amount if move.amount is not None else knob.step
+        value = current * move.factor if move.factor is not None else current + move.direction * amount
+        value = round(value, step_digits(knob))
+    return min(max(value, knob.low), knob.high)
+
+
+def move_text(name: str, old: float, new: float, knob: Hyperparameter | None) -> str:
+    """"halve the learning rate", "raise dropout": a change in plain words, without numbers (a model scores
+    this text; the numbers are in :func:`change_text`)."""
+    if knob is not None and knob.scale == "log" and old > 0:
+        ratio = new / old
+        for factor, word in ((0.5, "halve"), (2.0, "double"), (1 / 3, "cut to a third"), (3.0, "triple")):
+            if math.isclose(ratio, factor, rel_tol=1e-3):
+                return f"{word} {knob_words(name)}"
+    return f"{'raise' if new > old else 'lower'} {knob_words(name)}"
+
+
+def change_text(name: str, old: float, new: float) -> str:
+    return f"{name} {old:.3g} -> {new:.3g}"
+
+
+def apply_moves(m: EpochMetrics, moves: tuple[Move, ...]) -> Candidate | None:
+    """The candidate carrying out every move, or None when none of them changes anything (all at a bound)."""
+    values, alpha = current_values(m), m.alpha
+    words, ops, keys, numbers = [], [], [], []
+    for move in moves:
+        if move.op is not None:
+            value = 1 - move.amount if move.op == "scale" and move.direction < 0 else 1 + move.amount if move.op == "scale" else move.amount
+            key = "factor" if move.op == "scale" else "scale"
+            ops.append({"layer": move.layer, "op": move.op, key: round(value, 4)})
+            what = "add a little noise to" if move.op == "noise" else ("shrink" if move.direction < 0 else "grow")
+            words.append(f"{what} the weights of the {'last' if move.layer == layers_last(m) else move.layer.rsplit('.', 1)[0]} layer")
+            numbers.append(f"{move.op} {move.layer} {value:.3g}")
+            keys.append(f"{move.op}:{move.layer}")
+            continue
+        if move.direction == 0 and move.target is None:
+            words.append(f"keep {knob_words(move.knob)}")
+            keys.append(f"{move.knob}:keep")
+            continue
+        if move.knob == ALPHA:
+            new = move.target if move.target is not None else min(1.0, max(0.0, alpha + move.direction * (move.amount or 0.2)))
+            new = min(1.0, max(0.0, new))
+            if new != alpha:
+                words.append(f"{'raise' if new > alpha else 'lower'} alpha")
+                numbers.append(change_text(ALPHA, alpha, new))
+                keys.append(f"alpha:{'up' if new > alpha else 'down'}")
+                alpha = new
+            continue
+        knob = m.task.knob(move.knob)
+        new = moved_value(knob, values[move.knob], move)
+        if knob.direction(new, values[move.knob]) == 0:
+            continue
+        words.append(move_text(move.knob, values[move.knob], new, knob))
+        numbers.append(change_text(move.knob, values[move.knob], new))
+        keys.append(f"{move.knob}:{'up' if new > values[move.knob] else 'down'}")
+        values[move.knob] = new
+    if not words or all(k.endswith(":keep") for k in keys):
+        return None
+    return Candidate("+".join(keys), " and ".join(words), values, alpha, ops, changes=", ".join(numbers))
+
+
+def layers_last(m: EpochMetrics) -> str | None:
+    weights = [name for name in m.param_shapes if name.endswith("weight")]
+    return weights[-1] if weights else None
+
+
+def hold(m: EpochMetrics, reason: str) -> Candidate:
+    return Candidate("hold", "keep every hyperparameter as it is", current_values(m), m.alpha, [], reason, "no change")
+
+
+def goal_candidates(m: EpochMetrics, goal: str, reason: str) -> list[Candidate]:
+    """One candidate per move of ``goal`` that the task has and can still make."""
+    names = {*m.task.knob_names(), ALPHA}
+    found = []
+    for name, direction in GOAL_MOVES.get(goal, ()):
+        if name in names and (c := apply_moves(m, (Move(name, direction),))) is not None:
+            found.append(dataclasses.replace(c, reason=reason))
+    return found
+
+
+SIGNAL_GOALS = {"diverging": "stability", "plateau": "escape the plateau", "overfitting": "less overfitting"}
+
+
+def evidence_candidates(m: EpochMetrics, signal: Signal) -> list[Candidate]:
+    """Candidates the evidence supports: a diverging run -> lower the learning rate (by the knob's step, or to
+    a third); a plateau -> halve or cut it to a third; a widening gap -> the regularisers up or the learning
+    rate down; steady gains and the first epoch -> hold; unclear -> hold, or one step of the plateau's moves."""
+    if signal.kind in ("steady", "start"):
+        return [hold(m, signal.reason)]
+    if signal.kind in ("diverging", "plateau"):
+        found = goal_candidates(m, SIGNAL_GOALS[signal.kind], signal.reason)
+        third = apply_moves(m, (Move("learning_rate", -1, factor=1 / 3),)) if "learning_rate" in m.task.knob_names() else None
+        if third is not None:
+            found.append(dataclasses.replace(third, key=third.key + ":third", reason=signal.reason))
+        return found or [hold(m, f"{signal.reason}, but no knob can move against it")]
+    if signal.kind == "overfitting":
+        return goal_candidates(m, "less overfitting", signal.reason) or [hold(m, f"{signal.reason}; every regulariser is at its bound")]
+    options = [hold(m, f"no clear signal: {signal.reason}")]
+    options += goal_candidates(m, "escape the plateau", f"no clear signal ({signal.reason}): a smaller step may help")
+    return options
+
+
+def contradicts(candidate: Candidate, m: EpochMetrics, intent: Intent) -> bool:
+    """Whether ``candidate`` moves a knob against the direction ``intent`` asks for (a held instruction: any
+    move at all)."""
+    values = current_values(m)
+    moved = {name: m.task.knob(name).direction(candidate.values[name], values[name]) for name in values}
+    moved[ALPHA] = (candidate.alpha > m.alpha) - (candidate.alpha < m.alpha)
+    if intent.kind == "hold":
+        return any(moved.values()) or bool(candidate.weight_modulation)
+    wanted = asked_directions(intent, values, m.alpha)
+    return any(moved.get(name, 0) not in (0, direction) for name, direction in wanted.items() if direction != 0)
+
+
+def target_direction(move: Move, values: dict[str, float], alpha: float) -> int:
+    """The move's direction; for a move to a target, where the target lies from the current value."""
+    if move.target is None or move.knob is None:
+        return move.direction
+    current = alpha if move.knob == ALPHA else values.get(move.knob, move.target)
+    return (move.target > current) - (move.target < current)
+
+
+def asked_directions(intent: Intent, values: dict[str, float] | None = None, alpha: float = 0.0) -> dict[str, int]:
+    """Knob -> the direction the intent asks for (0: keep), targets resolved against ``values``; a goal's
+    preferred moves."""
+    if intent.kind == "explicit":
+        return {move.knob: target_direction(move, values or {}, alpha) for move in intent.moves if move.knob is not None}
+    if intent.kind == "goal":
+        return dict(GOAL_MOVES.get(intent.goal or "", ()))
+    return {}
+
+
+def plan_decision(m: EpochMetrics) -> Plan:
+    """The :class:`Plan` for the decision after ``m``: the instruction's candidates at the first decision it
+    shapes (or at every one when it repeats or holds), else the evidence's candidates minus those that move
+    against the instruction in force. Always at least one candidate."""
+    layers = [name for name in m.param_shapes if name.endswith("weight")]
+    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, layers)
+    signal = read_signal(m)
+    quoted = f"the user asked: {m.instruction.text[:120]!r}" if m.instruction else ""
+    acting = intent.repeat or m.instruction_first_decision
+    if intent.kind == "hold":
+        return Plan(intent, signal, (hold(m, quoted),), "instruction")
+    if intent.kind == "explicit" and acting:
+        c = apply_moves(m, intent.moves)
+        if c is None:
+            return Plan(intent, signal, (hold(m, f"{quoted}; every knob it names is already at its bound"),), "instruction")
+        return Plan(intent, signal, (dataclasses.replace(c, reason=quoted),), "instruction")
+    if intent.kind == "goal" and acting:
+        found = goal_candidates(m, intent.goal or "", f"{quoted} ({intent.goal})")
+        if found:
+            return Plan(intent, signal, tuple(found), "instruction")
+    found = [c for c in evidence_candidates(m, signal) if not contradicts(c, m, intent)]
+    return Plan(intent, signal, tuple(found or [hold(m, f"{signal.reason}; the instruction in force rules out the rest")]), "evidence")
+
+
+# --------------------------------------------------------------------------- judging a command against the instruction
+
+
+def instruction_outcome(m: EpochMetrics, command: UpdateCommand) -> Outcome | None:
+    """Whether ``command`` followed the instruction in force at ``m`` (None without one, or one this lexicon
+    cannot read): ``followed`` (moved every named knob as asked, pursued the goal, or held as told),
+    ``contradicted`` (moved a knob against it), ``ignored`` (did neither), and ``respected`` for a later
+    decision under a one-shot instruction that did not move against it."""
+    layers = [name for name in m.param_shapes if name.endswith("weight")]
+    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, layers)
+    if intent.kind in ("none", "unread"):
+        return None
+    values = current_values(m)
+    moved = {name: m.task.knob(name).direction(command.hyperparameters.get(name, values[name]), values[name]) for name in values}
+    moved[ALPHA] = (command.alpha > m.alpha) - (command.alpha < m.alpha)
+    ops = {(op.layer, op.op) for op in command.weight_ops or []} | {(layer, "raw") for layer in command.weight_modulation or {}}
+    if intent.kind == "hold":
+        return "contradicted" if any(moved.values()) else "followed"
+    wanted = asked_directions(intent, values, m.alpha)
+    if any(moved.get(name, 0) not in (0, d) for name, d in wanted.items() if d != 0 and name in moved):
+        return "contradicted"
+    if not (intent.repeat or m.instruction_first_decision):
+        return "respected"
+    if intent.kind == "goal":
+        return "followed" if any(moved.get(name, 0) == d for name, d in wanted.items() if d != 0) else "ignored"
+    for move in intent.moves:
+        if move.op is not None and not any(layer == move.layer for layer, _ in ops):
+            return "ignored"
+        direction = target_direction(move, values, m.alpha)
+        if move.knob is not None and direction != 0 and moved.get(move.knob, 0) != direction:
+            knob = m.task.knob(move.knob) if move.knob != ALPHA else None
+            at_bound = knob is not None and moved_value(knob, values[move.knob], move) == values[move.knob]
+            if not at_bound:
+                return "ignored"
+        if move.knob is not None and direction == 0 and moved.get(move.knob, 0) != 0:
+            return "contradicted"
+    return "followed"
+
+
+def held(m: EpochMetrics, command: UpdateCommand) -> bool:
+    """Whether ``command`` changes nothing: every knob and alpha as they were, no weight modulation."""
+    values = current_values(m)
+    same = all(m.task.knob(n).direction(command.hyperparameters.get(n, v), v) == 0 for n, v in values.items())
+    return same and math.isclose(command.alpha, m.alpha, abs_tol=1e-12) and not command.modulated_layers()

@@ -1,0 +1,117 @@
+"""The expert block (agents.guidance): reading instructions and evidence, the candidates, and the judgement
+of a command against the instruction. No model: every answer here is the lexicon's or the rule's."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents.guidance import held, instruction_outcome, plan_decision, read_instruction, read_signal
+from bench.guidance import CASES, STATES, Case, case_metrics
+from bus.messages import Instruction, UpdateCommand
+from tasks.mnist import SPEC
+
+LAYERS = ["conv.0.weight", "conv.3.weight", "fc.0.weight", "fc.3.weight"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "moves"),
+    [
+        ("halve the learning rate", "explicit", [("learning_rate", -1, 0.5)]),
+        ("Please double the LR.", "explicit", [("learning_rate", 1, 2.0)]),
+        ("raise dropout by 0.1", "explicit", [("dropout", 1, None)]),
+        ("reduce the step size by a factor of 3", "explicit", [("learning_rate", -1, pytest.approx(1 / 3))]),
+        ("keep the learning rate but lower dropout", "explicit", [("learning_rate", 0, None), ("dropout", -1, None)]),
+        ("change nothing", "hold", []),
+        ("it is overfitting, fight it", "goal", []),
+        ("converge faster", "goal", []),
+        ("sing me a song", "unread", []),
+        (None, "none", []),
+    ],
+)
+def test_instructions_are_read_into_moves_goals_or_holds(text, kind, moves):
+    intent = read_instruction(text, SPEC, LAYERS)
+    assert intent.kind == kind
+    assert [(m.knob, m.direction, m.factor) for m in intent.moves] == moves
+
+
+def test_targets_amounts_and_weight_operations_are_read():
+    (target,) = read_instruction("set dropout to 0.35", SPEC, LAYERS).moves
+    assert (target.knob, target.target) == ("dropout", 0.35)
+    (amount,) = read_instruction("raise dropout by 0.1", SPEC, LAYERS).moves
+    assert amount.amount == 0.1  # "0.1" is not split at its decimal point
+    (op,) = read_instruction("shrink the last layer's weights a little", SPEC, LAYERS).moves
+    assert (op.op, op.layer, op.direction, op.amount) == ("scale", "fc.3.weight", -1, 0.02)
+    (first,) = read_instruction("add noise to the weights of the first layer", SPEC, LAYERS).moves
+    assert (first.op, first.layer) == ("noise", "conv.0.weight")
+    assert read_instruction("lower the lr at every decision", SPEC, LAYERS).repeat
+
+
+def with_instruction(m, text, first=True):
+    instruction = Instruction(instruction_id="i", text=text, source="flag", received_at=0.0)
+    return m.model_copy(update={"instruction": instruction, "instruction_first_decision": first})
+
+
+@pytest.mark.parametrize(("state", "signal"), [("steady", "steady"), ("plateau", "plateau"),
+                                               ("overfitting", "overfitting"), ("diverging", "diverging"),
+                                               ("unclear", "unclear")])  # fmt: skip
+def test_the_evidence_is_read_from_the_trends(state, signal):
+    assert read_signal(case_metrics(Case("evidence", state, None), 0)).kind == signal
+
+
+def test_evidence_candidates_agree_with_the_signal():
+    plateau = plan_decision(case_metrics(Case("evidence", "plateau", None), 0))
+    assert plateau.candidates and all(c.values["learning_rate"] < 1e-3 for c in plateau.candidates)
+    steady = plan_decision(case_metrics(Case("evidence", "steady", None), 0))
+    assert [c.key for c in steady.candidates] == ["hold"]
+    gap = plan_decision(case_metrics(Case("evidence", "overfitting", None), 0))
+    assert {c.key for c in gap.candidates} == {"dropout:up", "learning_rate:down"}
+    unclear = plan_decision(case_metrics(Case("evidence", "unclear", None), 0))
+    assert "hold" in {c.key for c in unclear.candidates} and len(unclear.candidates) > 1
+
+
+def test_an_explicit_instruction_is_the_only_candidate_and_is_bounded_by_the_knob():
+    m = with_instruction(case_metrics(Case("evidence", "plateau", None), 0), "halve the learning rate")
+    (only,) = plan_decision(m).candidates
+    assert only.values["learning_rate"] == pytest.approx(5e-4) and only.text == "halve the learning rate"
+    huge = plan_decision(with_instruction(m, "set the learning rate to 10")).candidates[0]
+    assert huge.values["learning_rate"] == SPEC.knob("learning_rate").high  # the validator then applies the trust region
+
+
+def test_a_one_shot_instruction_constrains_later_decisions_instead_of_repeating():
+    m = case_metrics(Case("evidence", "steady", None), 0)
+    later = plan_decision(with_instruction(m, "double the learning rate", first=False))
+    assert later.source == "evidence" and [c.key for c in later.candidates] == ["hold"]
+    plateau = case_metrics(Case("evidence", "plateau", None), 0)
+    blocked = plan_decision(with_instruction(plateau, "raise the learning rate", first=False))
+    assert all(c.values["learning_rate"] >= 1e-3 for c in blocked.candidates)  # no move against the instruction
+    repeated = plan_decision(with_instruction(m, "lower the lr at every decision", first=False))
+    assert repeated.source == "instruction" and repeated.candidates[0].values["learning_rate"] < 1e-3
+
+
+def command(m, **changes) -> UpdateCommand:
+    values = {**m.hyperparameters, **{k: v for k, v in changes.items() if k != "alpha"}}
+    return UpdateCommand(hyperparameters=values, alpha=changes.get("alpha", m.alpha), rationale="r")
+
+
+def test_commands_are_judged_against_the_instruction():
+    m = with_instruction(case_metrics(Case("evidence", "steady", None), 0), "halve the learning rate")
+    assert instruction_outcome(m, command(m, learning_rate=5e-4)) == "followed"
+    assert instruction_outcome(m, command(m, learning_rate=2e-3)) == "contradicted"
+    assert instruction_outcome(m, command(m, dropout=0.3)) == "ignored"
+    assert instruction_outcome(with_instruction(m, "halve the learning rate", first=False), command(m)) == "respected"
+    hold = with_instruction(m, "change nothing")
+    assert instruction_outcome(hold, command(hold)) == "followed"
+    assert instruction_outcome(hold, command(hold, dropout=0.3)) == "contradicted"
+    goal = with_instruction(m, "it is overfitting, fight it")
+    assert instruction_outcome(goal, command(goal, dropout=0.3)) == "followed"
+    assert instruction_outcome(goal, command(goal, learning_rate=2e-3)) == "contradicted"
+    assert instruction_outcome(with_instruction(m, "sing me a song"), command(m)) is None
+    assert held(m, command(m)) and not held(m, command(m, alpha=0.0))
+
+
+def test_the_benchmark_battery_is_large_and_every_state_exists():
+    kinds = [case.kind for case in CASES]
+    assert len(CASES) >= 40 and kinds.count("explicit") >= 15 and kinds.count("goal") >= 10
+    assert {case.state for case in CASES} <= set(STATES)
+    for i, case in enumerate(CASES):  # every case builds a valid state for its task
+        assert case_metrics(case, i).task.name == case.task
