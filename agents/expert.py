@@ -38,6 +38,7 @@ SYSTEM = "You steer the training of a neural network. You choose what to do afte
 NEUTRAL_STATE = "N/A"
 ANSWER_OPENING = "We should"
 RATIONALE_TOKENS = 40
+RETRY_TEMPERATURE = 0.7  # a second, sampled try when the first rationale copies the prompt
 MIN_RATIONALE_WORDS = 4
 COPY_WORDS = 6  # a rationale sharing a run of this many words with the prompt is copied, not the model's own
 RECENT_EPOCHS = 5
@@ -133,15 +134,23 @@ class ScoredChooser:
         return [s - self.neutral[o] for s, o in zip(self.mean_logprobs(user, options), options)]
 
     def rationale(self, user: str, chosen: Candidate) -> tuple[str, dict]:
-        """The model's sentence after "We should <chosen>, because"; (sentence, usage)."""
+        """The model's sentence after "We should <chosen>, because"; (sentence, usage). A sentence that copies
+        the prompt (:func:`copied`) is asked for once more, sampled at :data:`RETRY_TEMPERATURE`."""
         prompt = chatml(SYSTEM, user, f"{ANSWER_OPENING} {chosen.text}, because")
-        reply = self._post("/v1/completions", {"prompt": prompt, "max_tokens": RATIONALE_TOKENS,
-                                               "temperature": self.temperature, "stop": ["\n", "<|im_end|>"]})  # fmt: skip
+        reason, usage = self.complete(prompt, self.temperature)
+        if copied(reason, user):
+            reason, usage = self.complete(prompt, RETRY_TEMPERATURE)
+        return f"{ANSWER_OPENING} {chosen.text}, because {reason}", usage
+
+    def complete(self, prompt: str, temperature: float) -> tuple[str, dict]:
+        body = {"prompt": prompt, "max_tokens": RATIONALE_TOKENS, "temperature": temperature, "seed": 0,
+                "stop": ["\n", "<|im_end|>"]}  # fmt: skip
+        reply = self._post("/v1/completions", body)
         try:
             text = reply["choices"][0]["text"] or ""
         except (KeyError, IndexError, TypeError):
             raise ChooserError(f"/v1/completions answered without a choice: {str(reply)[:200]}") from None
-        return f"{ANSWER_OPENING} {chosen.text}, because {first_sentence(text)}", reply.get("usage") or {}
+        return first_sentence(text), reply.get("usage") or {}
 
     def choose(self, m: EpochMetrics, plan: Plan) -> Choice:
         user = state_summary(m, plan.signal.reason)

@@ -122,7 +122,10 @@ class Intent:
     def words(self) -> str:
         """The intent in a few words, for records: ``explicit: learning_rate down``, ``goal: speed``."""
         if self.kind == "explicit":
-            return "explicit: " + ", ".join(f"{m.knob or m.op} {('down', 'keep', 'up')[m.direction + 1]}" for m in self.moves)
+            return "explicit: " + ", ".join(
+                f"{m.knob} to {m.target:g}" if m.target is not None else f"{m.knob or m.op} {('down', 'keep', 'up')[m.direction + 1]}"
+                for m in self.moves
+            )
         return f"goal: {self.goal}" if self.kind == "goal" else self.kind
 
 

@@ -92,7 +92,12 @@ def test_model_defaults_are_one_set_for_the_command_line_and_the_agent():
     spec = ModelSpec()
     assert (settings.timeout_s, settings.max_retries, settings.temperature) == (
         spec.timeout_s, spec.max_retries, spec.temperature)  # fmt: skip
-    assert spec.resolved_command_space() == "grid" and ModelSpec(provider="openai").resolved_command_space() == "free"
+    # The embedded model chooses among candidates (expert form), whose values the grid would snap: free space.
+    assert spec.resolved_decision() == "expert" and spec.resolved_command_space() == "free"
+    assert ModelSpec(decision="free").resolved_command_space() == "grid"
+    remote = ModelSpec(provider="openai")
+    assert remote.resolved_decision() == "free" and remote.resolved_command_space() == "free"
+    assert settings.decision_form == "free"  # LLMSettings' own default: the paper's form for a bare agent config
 
 
 def test_a_trainer_config_recorded_before_tasks_is_read_as_an_mnist_run():

@@ -45,15 +45,30 @@ def check_every_guided_epoch_has_a_valid_decision(db: Path, epochs: int) -> list
     return rows
 
 
-def test_default_run_uses_the_embedded_model(tmp_path):
+def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path):
     db, out = tmp_path / "l.duckdb", tmp_path / "runs"
-    result = run_py("--regime", "10", "--epochs", "3", "--db", str(db), "--out", str(out))
+    result = run_py("--regime", "10", "--epochs", "3", "--instruction", "please cut the step size in half",
+                    "--db", str(db), "--out", str(out))  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "controller llm" in result.stdout and "| 10 | 0 | guided | llm | completed | 3 |" in result.stdout
     rows = check_every_guided_epoch_has_a_valid_decision(db, 3)
     assert all(
         raw.strip().startswith("{") and not fallback and tokens > 100 for _, _, raw, _, fallback, _, tokens in rows
     )
+    # The expert form: the instruction was carried out at the first decision and trained with from epoch 2.
+    lrs = query(db, "SELECT e.epoch, e.lr FROM epochs e JOIN runs r USING (run_id) WHERE r.arm = 'guided' ORDER BY 1")
+    assert lrs[0][1] == 1e-3 and lrs[1][1] == pytest.approx(5e-4)
+    decisions = query(
+        db, "SELECT epoch, instruction_outcome, choice, json_extract_string(command, '$.rationale'), prompt "
+        "FROM decisions d JOIN runs r USING (run_id) WHERE r.arm = 'guided' ORDER BY epoch",
+    )  # fmt: skip
+    assert decisions[0][1:3] == ("followed", "learning_rate:down")
+    assert all(outcome != "contradicted" for _, outcome, *_ in decisions)
+    for _, _, choice, rationale, prompt in decisions:  # the model's own sentence, not the prompt's or schema's text
+        assert rationale.startswith("We should ") and ", because " in rationale
+        reason = rationale.split(", because ", 1)[1]
+        assert len(reason.split()) >= 3 and reason not in prompt and "optional operations" not in rationale
+    assert query(db, "SELECT instruction_followed_rate FROM controller_reliability WHERE controller = 'llm'") == [(1.0,)]
     assert query(db, "SELECT llm_model FROM runs WHERE arm = 'guided'") == [(LOCAL_MODEL_NAME,)]
     assert query(db, "SELECT count(*) FROM reflections WHERE judge IN (?, 'rule')", [LOCAL_MODEL_NAME]) == [(2,)]
     (server_pid,) = {

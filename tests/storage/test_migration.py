@@ -169,10 +169,10 @@ def test_a_schema_3_database_migrates_and_every_old_view_column_answers_as_befor
     con = v1_database(path)
     before = {view: answers(con, view) for view in OLD_QUERIES}
     assert before["paper_table"][1][0][4] == 2  # the fixture is not empty: two seeds in the 1pct row
-    assert migrate(con) == 5
+    assert migrate(con) == len(MIGRATIONS)
     con.close()
     con = duckdb.connect(str(path))  # the migration is checkpointed: it survives a reopen
-    assert migrate(con) == 5
+    assert migrate(con) == len(MIGRATIONS)
     for view, (columns, rows) in before.items():
         new_columns, new_rows = answers(con, view, columns)
         assert new_columns == columns
@@ -261,4 +261,4 @@ def test_the_report_of_an_unmigrated_file_migrates_it_once_and_shows_the_papers_
     assert "| 1pct | 600 | Baseline | 2 | 0.6350 ± 0.0212 | 0.6600 ± 0.0566 | 0.8750 ± 0.0354 |" in text
     assert "| g2 | mnist | 100 | guided | llm | 0 | 1/3 | val_acc | 0.3000 | 0.3000 |" in text  # still running
     with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(5,)]
+        assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(len(MIGRATIONS),)]

@@ -24,7 +24,7 @@ from bus.messages import (
 )
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
 from storage.recorder import RecordBuffer, RecorderConfig, RecordRejected
-from storage.schema import migrate
+from storage.schema import MIGRATIONS, migrate
 
 
 def run_started(
@@ -141,8 +141,8 @@ def test_records_become_rows_once_and_views_compute_the_paper_table(con):
 
 
 def test_migration_is_idempotent_and_versioned(con):
-    assert migrate(con) == 5
-    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(5,)]
+    assert migrate(con) == len(MIGRATIONS)
+    assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
 
 
 def test_records_of_an_unknown_run_are_rejected_and_watermarks_commit_with_the_rows(con):
