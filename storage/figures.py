@@ -140,7 +140,8 @@ def hyperparameter_figure(task: TaskReport):
 
 
 def decision_figure(task: TaskReport):
-    """Each guided run's objective with its decisions, coloured by the verdict on them."""
+    """Each guided run's objective with its decisions, coloured by the verdict on them, and a dashed line where
+    a user's instruction first shaped a decision."""
     plt, fig, axes = _figure(len(task.timeline))
     for ax, run in zip(axes, task.timeline):
         epochs = [p[0] for p in run.points]
@@ -149,6 +150,11 @@ def decision_figure(task: TaskReport):
             marker = "x" if fallback else ("o" if valid in (True, None) else "s")
             size = 60 if changed else 25
             ax.scatter([epoch], [value], c=VERDICT_COLOURS.get(verdict, "tab:blue"), marker=marker, s=size, zorder=2)
+        for epoch, text in run.instructions:  # the decision after this epoch was the first the instruction shaped
+            ax.axvline(epoch, color="tab:purple", linestyle="--", linewidth=1, zorder=0)
+            label = text if len(text) <= 28 else text[:25] + "..."
+            ax.annotate(label, (epoch, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -10),
+                        textcoords="offset points", fontsize=7, color="tab:purple")  # fmt: skip
         running = " (running)" if run.status == "running" else ""
         ax.set_title(f"{run.regime} · {run.controller} · seed {run.seed}{running}", fontsize=10)
         ax.set_xlabel("epoch (decision made after it)")
@@ -160,6 +166,7 @@ def decision_figure(task: TaskReport):
         plt.Line2D([], [], color="black", marker="s", linestyle="", label="repaired"),
         plt.Line2D([], [], color="black", marker="x", linestyle="", label="fallback"),
         plt.Line2D([], [], color="black", marker="o", markersize=9, linestyle="", label="changed a hyperparameter"),
+        plt.Line2D([], [], color="tab:purple", linestyle="--", label="instruction (first decision it shaped)"),
     ]
     renderer = fig.canvas.get_renderer()
     for ncol in range(len(handles), 0, -1):  # as many columns as the figure's width holds

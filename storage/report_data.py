@@ -56,7 +56,8 @@ class RunningCurve:
 
 @dataclass
 class TimelineRun:
-    """A guided run's decisions: (epoch, objective, fallback, valid, verdict, changed) per epoch."""
+    """A guided run's decisions: (epoch, objective, fallback, valid, verdict, changed) per epoch, and the
+    user's instructions as (first epoch they shaped, text)."""
 
     run_id: str
     regime: str
@@ -64,6 +65,7 @@ class TimelineRun:
     seed: int
     status: str
     points: list[tuple]
+    instructions: list[tuple[int, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -237,7 +239,8 @@ def _read_running(reader: Reader, task: str, objective: str) -> tuple[dict[str, 
 
 def _read_timeline(reader: Reader, task: str, objective: str) -> list[TimelineRun]:
     """Up to :data:`MAX_TIMELINE_RUNS` guided runs (running ones first, then the largest regime) with their
-    per-epoch decisions; a run without epochs is left out. Two queries: the runs, then all their points."""
+    per-epoch decisions and instructions; a run without epochs is left out. Three queries: the runs, their
+    points, their instructions."""
     runs = reader.query(
         """
         SELECT run_id, regime, controller, seed, status FROM runs
@@ -260,8 +263,17 @@ def _read_timeline(reader: Reader, task: str, objective: str) -> list[TimelineRu
         [run[0] for run in runs],
     ).rows:
         points.setdefault(row[0], []).append(row[1:])
+    instructions: dict[str, list] = {}
+    for run_id, first_epoch, text in reader.query(
+        f"""
+        SELECT run_id, first_epoch, text FROM instructions
+        WHERE first_epoch IS NOT NULL AND run_id IN ({", ".join("?" * len(runs))}) ORDER BY run_id, first_epoch
+        """,
+        [run[0] for run in runs],
+    ).rows:
+        instructions.setdefault(run_id, []).append((first_epoch, text))
     return [
-        TimelineRun(run_id, regime, controller, seed, status, points[run_id])
+        TimelineRun(run_id, regime, controller, seed, status, points[run_id], instructions.get(run_id, []))
         for run_id, regime, controller, seed, status in runs
         if run_id in points
     ]

@@ -187,3 +187,21 @@ def test_the_old_one_panel_layout_cut_the_title_and_the_check_sees_it():
     fig.tight_layout()
     assert len(outside_the_figure(fig)) == 1 and "Validation accuracy" in outside_the_figure(fig)[0]
     plt.close(fig)
+
+
+def test_the_decision_timeline_marks_where_an_instruction_first_shaped_a_decision(db, tmp_path):
+    from bus.messages import Instruction, InstructionRecord
+
+    with duckdb.connect(str(db)) as con:
+        buffer = RecordBuffer(con)
+        said = Instruction(instruction_id="guided0-say-1", text="raise dropout", source="say", received_at=time.time())
+        buffer.add(InstructionRecord(run_id="guided0", instruction=said))
+        buffer.add(InstructionRecord(run_id="guided0", instruction=said, first_epoch=2))
+        buffer.flush()
+    with open_reader(db) as reader:
+        (task,) = read_report_data(reader).tasks
+    marks = {run.run_id: run.instructions for run in task.timeline}
+    assert marks == {"guided0": [(2, "raise dropout")], "guided1": []}
+    _, fig = decision_figure(task)
+    assert "raise dropout" in [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "instruction (first decision it shaped)" in [t.get_text() for t in fig.legends[0].get_texts()]
