@@ -7,8 +7,9 @@ with both. This module lets a model choose among them:
   log-probability as the continuation of "We should" after the state, minus its mean log-probability after a
   content-free state ("N/A") — contextual calibration (Zhao et al. 2021, "Calibrate Before Use",
   arXiv 2102.09690), which took the 135M model from 4/12 to 9/12 on instructions
-  (``../shared/notes/small-model-guidance.md``). The model then continues "We should <chosen>, because" for
-  one sentence: the rationale. One scoring request and one short completion per decision, both on the same
+  (``../shared/notes/small-model-guidance.md``). The model then continues "We should <chosen>, because
+  <objective>" for one sentence: the rationale, checked for copies of the prompt and for numbers the prompt does
+  not hold. One scoring request and one short completion per decision, both on the same
   cached prompt prefix.
 * :class:`ChatChooser` (any OpenAI-compatible chat endpoint): the candidates are listed and the model answers
   ``{"choice": key, "rationale": sentence}`` under a JSON schema.
@@ -34,7 +35,15 @@ from agents.trends import current_values, direction_words, objective_decimals, t
 from bus.messages import EpochMetrics
 
 SCORE_PATH = "/reflectnet/score"  # agents.llm_serve's route
-SYSTEM = "You steer the training of a neural network. You choose what to do after each epoch and say why."
+# Two worked examples, on metrics no task here reports (so a copy of them is caught), lead the 135M model to a
+# sentence about this epoch's numbers; without them it mostly wrote generalities ("it is not possible to change
+# the hyperparameters of a neural network"), measured on bench.guidance's states.
+SYSTEM = (
+    "You steer the training of a neural network. You choose what to do after each epoch and say why, with the "
+    'numbers of this epoch. For example: "We should lower the learning rate, because val_loss has stayed near 0.52 '
+    'since epoch 4." or "We should keep every hyperparameter as it is, because test_f1 rose from 0.61 to 0.64, a new '
+    'best."'
+)
 NEUTRAL_STATE = "N/A"
 ANSWER_OPENING = "We should"
 RATIONALE_TOKENS = 40
@@ -97,6 +106,23 @@ def copied(rationale: str, prompt: str, words: int = COPY_WORDS) -> bool:
     return any(f" {' '.join(tokens[i : i + words])} " in source for i in range(len(tokens) - words + 1))
 
 
+NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?")
+
+
+def unsupported_numbers(text: str, prompt: str) -> list[str]:
+    """The numbers ``text`` cites that ``prompt`` does not hold (within 0.5 % or as written): a model's invented
+    figures. Whole numbers up to 10 (counts of epochs, "2 times") are not checked."""
+    known = [float(n) for n in NUMBER.findall(prompt)]
+    unsupported = []
+    for word in NUMBER.findall(text):
+        value = float(word)
+        if value.is_integer() and value <= 10:
+            continue
+        if not any(math.isclose(value, k, rel_tol=5e-3) for k in known):
+            unsupported.append(word)
+    return unsupported
+
+
 def first_sentence(text: str) -> str:
     """The first sentence (or line) of a generation, stripped, at most 300 characters."""
     text = text.strip().split("\n")[0]
@@ -133,14 +159,24 @@ class ScoredChooser:
             self.neutral.update(zip(missing, self.mean_logprobs(NEUTRAL_STATE, missing)))
         return [s - self.neutral[o] for s, o in zip(self.mean_logprobs(user, options), options)]
 
-    def rationale(self, user: str, chosen: Candidate) -> tuple[str, dict]:
-        """The model's sentence after "We should <chosen>, because"; (sentence, usage). A sentence that copies
-        the prompt (:func:`copied`) is asked for once more, sampled at :data:`RETRY_TEMPERATURE`."""
-        prompt = chatml(SYSTEM, user, f"{ANSWER_OPENING} {chosen.text}, because")
-        reason, usage = self.complete(prompt, self.temperature)
-        if copied(reason, user):
-            reason, usage = self.complete(prompt, RETRY_TEMPERATURE)
-        return f"{ANSWER_OPENING} {chosen.text}, because {reason}", usage
+    def rationale(self, user: str, chosen: Candidate, objective: str) -> tuple[str, dict, dict]:
+        """The model's sentence after "We should <chosen>, because <objective>" (the objective's name opens the
+        reason, so that it is about this run's numbers); (sentence, usage, flags). A sentence that copies the
+        prompt (:func:`copied`) or cites a number the prompt does not hold (:func:`unsupported_numbers`) is
+        asked for once more, sampled at :data:`RETRY_TEMPERATURE`; the better of the two is kept, with its flags."""
+        opening = f"{ANSWER_OPENING} {chosen.text}, because {objective}"
+        prompt = chatml(SYSTEM, user, opening)
+        tries = []
+        for temperature in (self.temperature, RETRY_TEMPERATURE):
+            reason, usage = self.complete(prompt, temperature)
+            joiner = "" if reason[:1] in ("", ",", ".", "'") else " "
+            sentence = f"{opening}{joiner}{reason}".strip()
+            flags = {"rationale_copied": copied(f"{objective} {reason}", user),
+                     "rationale_unsupported_numbers": unsupported_numbers(reason, user)}  # fmt: skip
+            tries.append((sentence, usage, flags))
+            if not flags["rationale_copied"] and not flags["rationale_unsupported_numbers"]:
+                break
+        return min(tries, key=lambda t: (t[2]["rationale_copied"], len(t[2]["rationale_unsupported_numbers"])))
 
     def complete(self, prompt: str, temperature: float) -> tuple[str, dict]:
         body = {"prompt": prompt, "max_tokens": RATIONALE_TOKENS, "temperature": temperature, "seed": 0,
@@ -161,8 +197,8 @@ class ScoredChooser:
             index = max(range(len(scores)), key=scores.__getitem__)
             ranked = sorted(scores, reverse=True)
             margin = ranked[0] - ranked[1]
-        sentence, usage = self.rationale(user, plan.candidates[index])
-        details = {"rationale_copied": copied(sentence.split(", because", 1)[-1], user), "prompt": user}
+        sentence, usage, flags = self.rationale(user, plan.candidates[index], m.task.objective)
+        details = {**flags, "prompt": user}
         return Choice(index, sentence, scores, margin, usage.get("prompt_tokens"), usage.get("completion_tokens"), details)
 
 

@@ -28,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from agents.policies import MAX_HEURISTIC_DROPOUT, MIN_LR
 from agents.trends import Trends, current_values, step_digits, training_trends
 from bus.messages import EpochMetrics, Hyperparameter, TaskSpec, UpdateCommand
 
@@ -89,7 +90,7 @@ DIVERGING_BANDS = 10  # the objective worsened by this many noise bands in one e
 GAP_NOISE_BANDS = 15  # as the heuristic (agents.policies): a gap beyond this many bands is overfitting
 
 IntentKind = Literal["explicit", "goal", "hold", "unread", "none"]
-SignalKind = Literal["diverging", "plateau", "overfitting", "steady", "unclear", "start"]
+SignalKind = Literal["diverging", "plateau", "overfitting", "steady", "unclear", "start", "settling"]
 Outcome = Literal["followed", "ignored", "contradicted", "respected"]
 
 
@@ -288,11 +289,23 @@ def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None 
 # --------------------------------------------------------------------------- reading the evidence
 
 
+def epochs_at_current_values(m: EpochMetrics) -> int:
+    """How many epochs, ending with this one, trained with the knob values and alpha this epoch used."""
+    count = 0
+    for h in reversed(m.history):
+        if h.hyperparameters != m.history[-1].hyperparameters or h.alpha != m.history[-1].alpha:
+            break
+        count += 1
+    return count
+
+
 def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
     """The unambiguous signals first: a diverging objective (not finite, or worse by :data:`DIVERGING_BANDS`
-    noise bands in one epoch), a widening generalization gap beyond :data:`GAP_NOISE_BANDS` bands, a plateau
-    (no new best for :data:`PLATEAU_EPOCHS` epochs), steady gains (a new best, beyond the noise band, this
-    epoch); else ``unclear`` (``start`` at the first epoch)."""
+    noise bands in one epoch); then, unless the knobs changed fewer than :data:`PLATEAU_EPOCHS` epochs ago
+    (``settling``: a change is given time to act, as ``ReduceLROnPlateau``'s cooldown), a widening
+    generalization gap beyond :data:`GAP_NOISE_BANDS` bands, a plateau (no new best for
+    :data:`PLATEAU_EPOCHS` epochs since the best and since the last change), steady gains (a new best, beyond
+    the noise band, this epoch); else ``unclear`` (``start`` at the first epoch)."""
     spec, t = m.task, t or training_trends(m)
     value = m.objective_value
     if not math.isfinite(value):
@@ -302,28 +315,47 @@ def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
         change = spec.improvement(before, value)
         if math.isfinite(before) and change < -DIVERGING_BANDS * spec.noise_band:
             return Signal("diverging", f"{spec.objective} fell from {before:.4g} to {value:.4g} in one epoch")
-    if t.gap is not None and t.previous_gap is not None and t.gap > GAP_NOISE_BANDS * spec.noise_band and t.gap > t.previous_gap:
-        return Signal("overfitting", f"the train/validation gap widened from {t.previous_gap:.3g} to {t.gap:.3g}")
-    if t.epochs_since_best >= PLATEAU_EPOCHS:
-        return Signal("plateau", f"no new best {spec.objective} for {t.epochs_since_best} epochs (best {t.best:.4g} at epoch {t.best_epoch})")
     if len(m.history) < 2:
         return Signal("start", "only one epoch so far")
+    settled = epochs_at_current_values(m)
+    if settled < PLATEAU_EPOCHS:
+        return Signal("settling", f"the hyperparameters changed {settled} epoch(s) ago: their effect is not measured yet")
+    if t.gap is not None and t.previous_gap is not None and t.gap > GAP_NOISE_BANDS * spec.noise_band and t.gap > t.previous_gap:
+        return Signal("overfitting", f"the train/validation gap widened from {t.previous_gap:.3g} to {t.gap:.3g}")
+    if min(t.epochs_since_best, settled) >= PLATEAU_EPOCHS:
+        return Signal("plateau", f"no new best {spec.objective} for {t.epochs_since_best} epochs (best {t.best:.4g} at epoch {t.best_epoch})")
     before = m.history[-2].metrics.get(spec.objective, math.nan)
     if t.epochs_since_best == 0 and spec.improvement(before, value) > spec.noise_band:
         return Signal("steady", f"{spec.objective} improved from {before:.4g} to {value:.4g}, a new best")
-    return Signal("unclear", f"{spec.objective} {value:.4g}, best {t.best:.4g} at epoch {t.best_epoch}")
+    return Signal("unclear", f"{spec.objective} {value:.4g}, best {t.best:.4g} at epoch {t.best_epoch}: no clear trend yet")
 
 
 # --------------------------------------------------------------------------- candidates
 
 
+KNOB_WORDS = {"learning_rate": "the learning rate", "ent_coef": "the entropy coefficient", "clip_range": "the clip range"}
+
+
 def knob_words(name: str) -> str:
-    return "the learning rate" if name == "learning_rate" else name.replace("_", " ")
+    """How a candidate's text names a knob: "the learning rate", "dropout", "weight decay"."""
+    return KNOB_WORDS.get(name, name.replace("_", " "))
 
 
-def moved_value(knob: Hyperparameter, current: float, move: Move) -> float:
-    """Where ``move`` takes ``knob`` from ``current``: its target, factor or amount, else one step; inside the
-    hard bounds (the validator then applies the trust region and records a clamp)."""
+def evidence_bounds(knob: Hyperparameter) -> tuple[float, float]:
+    """How far the evidence alone may move a knob: as the heuristic, the learning rate not below ``MIN_LR`` and
+    dropout not above ``MAX_HEURISTIC_DROPOUT``; any knob within its hard bounds. A user's instruction may go
+    to the hard bounds."""
+    low, high = knob.low, knob.high
+    if knob.name == "learning_rate":
+        low = max(low, MIN_LR)
+    if knob.name == "dropout":
+        high = min(high, MAX_HEURISTIC_DROPOUT)
+    return low, high
+
+
+def moved_value(knob: Hyperparameter, current: float, move: Move, bounds: tuple[float, float] | None = None) -> float:
+    """Where ``move`` takes ``knob`` from ``current``: its target, factor or amount, else one step; inside
+    ``bounds`` (default: the hard bounds; the validator then applies the trust region and records a clamp)."""
     if move.target is not None:
         value = move.target
     elif knob.scale == "log":
@@ -333,7 +365,8 @@ def moved_value(knob: Hyperparameter, current: float, move: Move) -> float:
         amount = move.amount if move.amount is not None else knob.step
         value = current * move.factor if move.factor is not None else current + move.direction * amount
         value = round(value, step_digits(knob))
-    return min(max(value, knob.low), knob.high)
+    low, high = bounds or (knob.low, knob.high)
+    return min(max(value, low), high)
 
 
 def move_text(name: str, old: float, new: float, knob: Hyperparameter | None) -> str:
@@ -341,9 +374,9 @@ def move_text(name: str, old: float, new: float, knob: Hyperparameter | None) ->
     this text; the numbers are in :func:`change_text`)."""
     if knob is not None and knob.scale == "log" and old > 0:
         ratio = new / old
-        for factor, word in ((0.5, "halve"), (2.0, "double"), (1 / 3, "cut to a third"), (3.0, "triple")):
+        for factor, words in ((0.5, "halve {}"), (2.0, "double {}"), (1 / 3, "cut {} to a third"), (3.0, "triple {}")):
             if math.isclose(ratio, factor, rel_tol=1e-3):
-                return f"{word} {knob_words(name)}"
+                return words.format(knob_words(name))
     return f"{'raise' if new > old else 'lower'} {knob_words(name)}"
 
 
@@ -351,8 +384,9 @@ def change_text(name: str, old: float, new: float) -> str:
     return f"{name} {old:.3g} -> {new:.3g}"
 
 
-def apply_moves(m: EpochMetrics, moves: tuple[Move, ...]) -> Candidate | None:
-    """The candidate carrying out every move, or None when none of them changes anything (all at a bound)."""
+def apply_moves(m: EpochMetrics, moves: tuple[Move, ...], evidence: bool = False) -> Candidate | None:
+    """The candidate carrying out every move, or None when none of them changes anything (all at a bound;
+    with ``evidence``, the tighter :func:`evidence_bounds`)."""
     values, alpha = current_values(m), m.alpha
     words, ops, keys, numbers = [], [], [], []
     for move in moves:
@@ -379,8 +413,8 @@ def apply_moves(m: EpochMetrics, moves: tuple[Move, ...]) -> Candidate | None:
                 alpha = new
             continue
         knob = m.task.knob(move.knob)
-        new = moved_value(knob, values[move.knob], move)
-        if knob.direction(new, values[move.knob]) == 0:
+        new = moved_value(knob, values[move.knob], move, evidence_bounds(knob) if evidence else None)
+        if knob.direction(new, values[move.knob]) == 0 or (evidence and knob.direction(new, values[move.knob]) != move.direction):
             continue
         words.append(move_text(move.knob, values[move.knob], new, knob))
         numbers.append(change_text(move.knob, values[move.knob], new))
@@ -400,12 +434,13 @@ def hold(m: EpochMetrics, reason: str) -> Candidate:
     return Candidate("hold", "keep every hyperparameter as it is", current_values(m), m.alpha, [], reason, "no change")
 
 
-def goal_candidates(m: EpochMetrics, goal: str, reason: str) -> list[Candidate]:
-    """One candidate per move of ``goal`` that the task has and can still make."""
+def goal_candidates(m: EpochMetrics, goal: str, reason: str, evidence: bool = False) -> list[Candidate]:
+    """One candidate per move of ``goal`` that the task has and can still make (within :func:`evidence_bounds`
+    when the evidence, not the user, asks)."""
     names = {*m.task.knob_names(), ALPHA}
     found = []
     for name, direction in GOAL_MOVES.get(goal, ()):
-        if name in names and (c := apply_moves(m, (Move(name, direction),))) is not None:
+        if name in names and (c := apply_moves(m, (Move(name, direction),), evidence)) is not None:
             found.append(dataclasses.replace(c, reason=reason))
     return found
 
@@ -414,22 +449,18 @@ SIGNAL_GOALS = {"diverging": "stability", "plateau": "escape the plateau", "over
 
 
 def evidence_candidates(m: EpochMetrics, signal: Signal) -> list[Candidate]:
-    """Candidates the evidence supports: a diverging run -> lower the learning rate (by the knob's step, or to
-    a third); a plateau -> halve or cut it to a third; a widening gap -> the regularisers up or the learning
-    rate down; steady gains and the first epoch -> hold; unclear -> hold, or one step of the plateau's moves."""
-    if signal.kind in ("steady", "start"):
+    """Candidates the evidence supports: a diverging run -> lower the learning rate (by its step or to a third),
+    lower alpha, tighten a clip range; a plateau -> halve the learning rate or cut it to a third; a widening gap
+    -> a regulariser up or the learning rate down; anything else (steady gains, no clear trend, a change still
+    settling, the first epoch) -> hold."""
+    if signal.kind not in SIGNAL_GOALS:
         return [hold(m, signal.reason)]
-    if signal.kind in ("diverging", "plateau"):
-        found = goal_candidates(m, SIGNAL_GOALS[signal.kind], signal.reason)
-        third = apply_moves(m, (Move("learning_rate", -1, factor=1 / 3),)) if "learning_rate" in m.task.knob_names() else None
-        if third is not None:
+    found = goal_candidates(m, SIGNAL_GOALS[signal.kind], signal.reason, evidence=True)
+    if signal.kind in ("diverging", "plateau") and "learning_rate" in m.task.knob_names():
+        third = apply_moves(m, (Move("learning_rate", -1, factor=1 / 3),), evidence=True)
+        if third is not None and third.values != (found[0].values if found else None):
             found.append(dataclasses.replace(third, key=third.key + ":third", reason=signal.reason))
-        return found or [hold(m, f"{signal.reason}, but no knob can move against it")]
-    if signal.kind == "overfitting":
-        return goal_candidates(m, "less overfitting", signal.reason) or [hold(m, f"{signal.reason}; every regulariser is at its bound")]
-    options = [hold(m, f"no clear signal: {signal.reason}")]
-    options += goal_candidates(m, "escape the plateau", f"no clear signal ({signal.reason}): a smaller step may help")
-    return options
+    return found or [hold(m, f"{signal.reason}, but every knob that could answer it is at its limit")]
 
 
 def contradicts(candidate: Candidate, m: EpochMetrics, intent: Intent) -> bool:

@@ -93,7 +93,7 @@ class Services:
     def close(self) -> None:
         for client in self.clients:
             client.close()  # zmq's context.term() waits for every socket to be closed
-        for name in list(self.orch.children):
+        for name in reversed(list(self.orch.children)):  # the recorder last: it acknowledges the others' records
             self.orch.stop_child(name)
         self.ctx.term()
 

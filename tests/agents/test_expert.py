@@ -10,7 +10,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agents.expert import NEUTRAL_STATE, ChatChooser, ExpertPolicy, ScoredChooser, copied, state_summary
+from agents.expert import (
+    NEUTRAL_STATE,
+    ChatChooser,
+    ExpertPolicy,
+    ScoredChooser,
+    copied,
+    state_summary,
+    unsupported_numbers,
+)
 from agents.graph import build_agent_graph, pipeline_with
 from agents.guidance import plan_decision
 from agents.llm import ChatCaller
@@ -68,7 +76,7 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
             "dropout" if "dropout" in option else "learning"
         ]
 
-    server = ScoringServer(logprob, " the gap between train and validation accuracy widened to 0.114 this epoch.")
+    server = ScoringServer(logprob, " fell behind train_acc by 0.114 this epoch, more than the 0.105 before.")
     try:
         chooser = ScoredChooser(server.base_url, "m", timeout_s=5)
         m = overfitting_state()
@@ -77,10 +85,10 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
         assert plan.candidates[choice.index].key == "learning_rate:down"
         assert choice.margin == pytest.approx(2.0)
         assert choice.rationale == (
-            "We should halve the learning rate, because the gap between train and validation accuracy widened to 0.114 "
-            "this epoch."
+            "We should halve the learning rate, because val_acc fell behind train_acc by 0.114 this epoch, more than the "
+            "0.105 before."
         )
-        assert not choice.details["rationale_copied"]
+        assert not choice.details["rationale_copied"] and choice.details["rationale_unsupported_numbers"] == []
         chooser.choose(m, plan)  # the content-free scores are cached: one more scoring request, not two
         paths = [path for path, _ in server.requests]
         assert paths.count("/reflectnet/score") == 3 and paths.count("/v1/completions") == 2
@@ -88,12 +96,13 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
         server.close()
 
 
-def test_a_rationale_that_repeats_the_prompt_is_flagged_as_copied():
+def test_a_rationale_that_repeats_the_prompt_is_flagged_as_copied_and_invented_numbers_are_found():
     m = overfitting_state()
     prompt = state_summary(m, "the train/validation gap widened from 0.105 to 0.114")
     assert copied("the train/validation gap widened from 0.105 to 0.114", prompt)
     assert copied("optional operations", prompt)  # too short to be a reason
     assert not copied("the model memorises its training set, so more dropout should close the gap", prompt)
+    assert unsupported_numbers("val_acc is 0.885 but the learning rate is 0.1, after 3 epochs", prompt) == ["0.1"]
 
 
 def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():

@@ -66,7 +66,23 @@ def test_evidence_candidates_agree_with_the_signal():
     gap = plan_decision(case_metrics(Case("evidence", "overfitting", None), 0))
     assert {c.key for c in gap.candidates} == {"dropout:up", "learning_rate:down"}
     unclear = plan_decision(case_metrics(Case("evidence", "unclear", None), 0))
-    assert "hold" in {c.key for c in unclear.candidates} and len(unclear.candidates) > 1
+    assert [c.key for c in unclear.candidates] == ["hold"]
+
+
+def test_a_change_is_given_time_to_act_and_the_evidence_stays_within_the_heuristics_limits():
+    m = case_metrics(Case("evidence", "plateau", None), 0)
+    history = [*m.history[:-1], m.history[-1].model_copy(update={"hyperparameters": {"dropout": 0.2, "learning_rate": 5e-4}})]
+    changed = m.model_copy(update={"history": history, "hyperparameters": history[-1].hyperparameters})
+    assert read_signal(changed).kind == "settling" and [c.key for c in plan_decision(changed).candidates] == ["hold"]
+    floor = [h.model_copy(update={"hyperparameters": {"dropout": 0.5, "learning_rate": 1.2e-5}}) for h in m.history]
+    low = m.model_copy(update={"history": floor, "hyperparameters": floor[-1].hyperparameters})
+    assert all(c.values["learning_rate"] >= 1e-5 for c in plan_decision(low).candidates)  # MIN_LR, as the heuristic
+    gap = case_metrics(Case("evidence", "overfitting", None), 0)
+    capped = [h.model_copy(update={"hyperparameters": {"dropout": 0.5, "learning_rate": 1e-3}}) for h in gap.history]
+    at_cap = gap.model_copy(update={"history": capped, "hyperparameters": capped[-1].hyperparameters})
+    assert {c.key for c in plan_decision(at_cap).candidates} == {"learning_rate:down"}  # dropout stays <= 0.5
+    told = with_instruction(at_cap, "raise dropout")  # the user may go to the knob's hard bound
+    assert plan_decision(told).candidates[0].values["dropout"] == pytest.approx(0.6)
 
 
 def test_an_explicit_instruction_is_the_only_candidate_and_is_bounded_by_the_knob():

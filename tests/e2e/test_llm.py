@@ -69,6 +69,14 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
         reason = rationale.split(", because ", 1)[1]
         assert len(reason.split()) >= 3 and reason not in prompt and "optional operations" not in rationale
     assert query(db, "SELECT instruction_followed_rate FROM controller_reliability WHERE controller = 'llm'") == [(1.0,)]
+    # Replayed without the model: the same epochs, the recorded commands, no model server started again.
+    (guided,) = query(db, "SELECT run_id FROM runs WHERE arm = 'guided'")[0]
+    replay = run_py("--replay", guided, "--db", str(db), "--out", str(out))
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    assert f"of {guided}: 3 epochs compared; max |delta| val_acc 0.00e+00" in replay.stdout
+    assert query(db, "SELECT count(*) FROM events WHERE event = 'llm_server_ready'") == [(1,)]
+    assert query(db, "SELECT count(*) FROM instructions i JOIN runs r USING (run_id) WHERE r.controller = 'replay' "
+                     "AND i.text = 'please cut the step size in half' AND i.first_epoch = 1") == [(1,)]  # fmt: skip
     assert query(db, "SELECT llm_model FROM runs WHERE arm = 'guided'") == [(LOCAL_MODEL_NAME,)]
     assert query(db, "SELECT count(*) FROM reflections WHERE judge IN (?, 'rule')", [LOCAL_MODEL_NAME]) == [(2,)]
     (server_pid,) = {
