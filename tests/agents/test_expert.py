@@ -76,7 +76,7 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
             "dropout" if "dropout" in option else "learning"
         ]
 
-    server = ScoringServer(logprob, " fell behind train_acc by 0.114 this epoch, more than the 0.105 before.")
+    server = ScoringServer(logprob, " is ahead of val_acc by 0.114 this epoch, more than the 0.105 before.")
     try:
         chooser = ScoredChooser(server.base_url, "m", timeout_s=5)
         m = overfitting_state()
@@ -85,8 +85,8 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
         assert plan.candidates[choice.index].key == "learning_rate:down"
         assert choice.margin == pytest.approx(2.0)
         assert choice.rationale == (
-            "We should halve the learning rate, because val_acc fell behind train_acc by 0.114 this epoch, more than the "
-            "0.105 before."
+            "We should halve the learning rate, because train_acc is ahead of val_acc by 0.114 this epoch, more than the "
+            "0.105 before."  # the widening gap's subject opens the reason (reason_opening)
         )
         assert not choice.details["rationale_copied"] and choice.details["rationale_unsupported_numbers"] == []
         chooser.choose(m, plan)  # the content-free scores are cached: one more scoring request, not two
@@ -103,6 +103,7 @@ def test_a_rationale_that_repeats_the_prompt_is_flagged_as_copied_and_invented_n
     assert copied("optional operations", prompt)  # too short to be a reason
     assert not copied("the model memorises its training set, so more dropout should close the gap", prompt)
     assert unsupported_numbers("val_acc is 0.885 but the learning rate is 0.1, after 3 epochs", prompt) == ["0.1"]
+    assert unsupported_numbers("val_acc rose from 0.88 to 1.", prompt) == ["1"]
 
 
 def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():
@@ -186,3 +187,15 @@ def test_a_copied_rationale_is_asked_for_once_more_and_the_copy_stays_flagged():
     completions = [body for path, body in server.requests if path == "/v1/completions"]
     assert [body["temperature"] for body in completions] == [0.0, 0.7]
     assert choice.details["rationale_copied"]  # both tries copied: recorded, visible in SQL
+
+
+def test_the_reason_opens_with_the_measured_signal_or_the_users_request():
+    from agents.expert import reason_opening
+
+    plateau = case_metrics(Case("evidence", "plateau", None), 0)
+    assert reason_opening(plateau, plan_decision(plateau)) == "val_acc has not"
+    assert reason_opening(overfitting_state(), plan_decision(overfitting_state())) == "train_acc"
+    told = case_metrics(Case("explicit", "steady", "halve the learning rate"), 0)
+    assert reason_opening(told, plan_decision(told)) == "you asked, and val_acc rose"
+    regression = case_metrics(Case("evidence", "steady", None, task="diabetes"), 0)
+    assert reason_opening(regression, plan_decision(regression)) == "val_rmse fell"  # lower is better
