@@ -36,7 +36,7 @@ ALPHA = "alpha"
 # How instructions name the knobs of the built-in tasks and the field's usual ones; any knob is also named by
 # its own name, with underscores read as spaces.
 KNOB_ALIASES: dict[str, tuple[str, ...]] = {
-    "learning_rate": ("learning rate", "learning-rate", "lr", "step size", "stepsize"),
+    "learning_rate": ("learning rate", "learning-rate", "lr", "step size", "stepsize", "steps", "step", "update size"),
     "dropout": ("dropout", "drop-out", "drop out"),
     "weight_decay": ("weight decay", "weight-decay", "l2 penalty", "l2"),
     "ent_coef": ("entropy coefficient", "entropy bonus", "entropy"),
@@ -45,11 +45,15 @@ KNOB_ALIASES: dict[str, tuple[str, ...]] = {
 }
 DOWN_WORDS = (
     r"lower|reduce|decrease|cut|halve|half|drop|shrink|smaller|less|lessen|diminish|divide|slash|weaken|"
-    r"turn down|bring down|scale down|dial down|tone down|go down|down|decay|shorter|softer|weaker|lighter"
+    r"turn down|bring down|scale down|dial down|tone down|go down|down|decay|anneal|shorter|softer|weaker|lighter|"
+    r"slower|tiny|turn off|disable|remove|zero"
 )
+# "the learning rate is too high" asks for the opposite of its adjective: read before the plain words.
+TOO_DOWN = r"too (?:high|large|big|much|strong|aggressive|fast)|excessive"
+TOO_UP = r"too (?:low|small|little|weak|slow|timid)|not enough|insufficient"
 UP_WORDS = (
     r"raise|increase|higher|bigger|larger|more|boost|bump|double|triple|grow|strengthen|turn up|scale up|"
-    r"crank up|up|heavier|stronger|longer|greater"
+    r"crank up|up|heavier|stronger|longer|greater|add"
 )
 HOLD_PATTERN = re.compile(
     r"change nothing|don'?t change|do not change|no changes?|keep (?:every|all|the|it|things)|leave (?:every|all|it|"
@@ -62,10 +66,11 @@ NUMBER = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
 # Goals: a pattern over the instruction; GOAL_MOVES says which moves (knob, direction) pursue each, in order of
 # preference. The opposite moves contradict it.
 GOALS: tuple[tuple[str, re.Pattern], ...] = (
-    ("less overfitting", re.compile(r"overfit|over-fit|memori[sz]|generali[sz]|regulari[sz]e more|too well on (?:the )?train")),
-    ("less underfitting", re.compile(r"underfit|under-fit|too much regulari|not learning enough|too weak")),
-    ("stability", re.compile(r"unstable|instabil|jump|oscillat|diverg|spik|noisy|erratic|explod|bounc|fluctuat|careful|"
-                             r"cautious|conservative|safe|gentle|calm")),
+    ("less underfitting", re.compile(r"underfit|under-fit|too much regulari|(?:less|reduce|lower|weaker|decrease) "
+                                     r"(?:the )?regulari|regulari[sz]e less|not learning enough|too weak")),
+    ("less overfitting", re.compile(r"overfit|over-fit|memori[sz]|generali[sz]|regulari|too well on (?:the )?train")),
+    ("stability", re.compile(r"unstable|instabil|stab(?:le|ility|ilize|ilise)|jump|oscillat|diverg|spik|noisy|erratic|explod|"
+                             r"bounc|fluctuat|careful|cautious|conservative|safe|gentle|calm|slow (?:it )?down|smaller steps")),
     ("speed", re.compile(r"faster|speed|quick|too slow|slowly|accelerat|aggressive|hurry|rapid")),
     ("exploration", re.compile(r"explor|more random")),
     ("exploitation", re.compile(r"exploit|less random|more greedy|greedier")),
@@ -82,7 +87,7 @@ GOAL_MOVES: dict[str, tuple[tuple[str, int], ...]] = {
 }
 WEIGHTS_PATTERN = re.compile(r"\bweights?\b(?! decay)|\blayers?\b")
 LAYER_WORDS = {"last": -1, "final": -1, "output": -1, "top": -1, "first": 0, "input": 0, "bottom": 0}
-SMALL_PATTERN = re.compile(r"a little|slightly|a bit|a touch|somewhat|gently|a tad|marginally|\bsmall\b")
+SMALL_PATTERN = re.compile(r"a little|slightly|a bit|a touch|somewhat|gently|a tad|marginally|(?<!too )\bsmall\b")
 SMALL_OP, DEFAULT_OP = 0.02, 0.03  # weight-operation sizes, as fractions of a layer's norm (at most 0.05)
 SMALL_LOG_FACTOR = 1.5  # "lower the learning rate a little": divide by 1.5 rather than by the knob's step
 PLATEAU_EPOCHS = 2  # as the heuristic: epochs without a new best before a plateau counts
@@ -191,7 +196,12 @@ def knob_mentions(clause: str, spec: TaskSpec) -> list[str]:
 
 
 def clause_direction(clause: str) -> int:
-    """+1, -1 or 0: the direction words of ``clause`` (the first one wins), 0 when it has none."""
+    """+1, -1 or 0: the direction words of ``clause`` ("too high" first, then the first plain word), 0 when it
+    has none."""
+    if re.search(TOO_DOWN, clause):
+        return -1
+    if re.search(TOO_UP, clause):
+        return 1
     match = re.search(rf"\b(?:{DOWN_WORDS})\b|\b(?:{UP_WORDS})\b", clause)
     if match is None:
         return 0
@@ -201,8 +211,10 @@ def clause_direction(clause: str) -> int:
 def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -> dict:
     """The size of a move in ``clause``: ``target`` ("to 0.3"), ``factor`` ("halve", "by a factor of 3", "by
     20%", "a little") or ``amount`` ("by 0.1"); empty when the clause says none (the knob's step is used)."""
-    if m := re.search(rf"\bto {NUMBER}", clause):
+    if m := re.search(rf"(?:\bto|\bat|=)\s*{NUMBER}", clause):
         return {"target": float(m.group(1))}
+    if re.search(r"\bturn off|\bdisable|\bremove|\bto zero|\bzero\b|\bno more\b", clause):
+        return {"target": knob.low} if knob is not None else {"target": 0.0}
     if re.search(r"\bhalve|\bhalf\b|\bby half", clause):
         return {"factor": 0.5}
     if re.search(r"\bdouble|\btwice", clause):
@@ -211,7 +223,11 @@ def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -
         return {"factor": 3.0}
     if m := re.search(rf"factor of\s*{NUMBER}|\b{NUMBER}\s*(?:x|times)\b", clause):
         n = float(m.group(1) or m.group(2))
-        return {"factor": n if direction > 0 else 1 / n} if n > 0 else {}
+        if n <= 0:
+            return {}
+        return {"factor": n if direction >= 0 else 1 / n}  # "lr 2x", without a verb: multiply
+    if m := re.search(rf"\badd\s*{NUMBER}|\bplus\s*{NUMBER}", clause):
+        return {"amount": float(m.group(1) or m.group(2))}
     if m := re.search(rf"by {NUMBER}\s*(?:%|percent)", clause):
         return {"factor": 1 + direction * float(m.group(1)) / 100}
     if m := re.search(rf"by {NUMBER}", clause):
@@ -271,6 +287,8 @@ def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None 
                 knob = spec.knob(name) if name != ALPHA else None
                 keep = direction == 0 and re.search(r"\bkeep|\bleave|\bhold|\bsame|\bfix", clause)
                 magnitude = clause_magnitude(clause, knob, direction)
+                if direction == 0 and magnitude.get("factor", 1.0) != 1.0:
+                    direction = 1 if magnitude["factor"] > 1 else -1
                 if "target" in magnitude or direction != 0 or keep:
                     moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
             continue
@@ -495,8 +513,9 @@ def asked_directions(intent: Intent, values: dict[str, float] | None = None, alp
 
 def plan_decision(m: EpochMetrics) -> Plan:
     """The :class:`Plan` for the decision after ``m``: the instruction's candidates at the first decision it
-    shapes (or at every one when it repeats or holds), else the evidence's candidates minus those that move
-    against the instruction in force. Always at least one candidate."""
+    shapes (or at every one when it repeats or holds; for an instruction the lexicon cannot read, a hold and one
+    step of every knob either way, for the model to choose among), else the evidence's candidates minus those
+    that move against the instruction in force. Always at least one candidate."""
     layers = [name for name in m.param_shapes if name.endswith("weight")]
     intent = read_instruction(m.instruction.text if m.instruction else None, m.task, layers)
     signal = read_signal(m)
@@ -509,6 +528,12 @@ def plan_decision(m: EpochMetrics) -> Plan:
         if c is None:
             return Plan(intent, signal, (hold(m, f"{quoted}; every knob it names is already at its bound"),), "instruction")
         return Plan(intent, signal, (dataclasses.replace(c, reason=quoted),), "instruction")
+    if intent.kind == "unread" and acting:  # the lexicon cannot read it: the model reads it, choosing any one step
+        options = [hold(m, quoted)] + [
+            c for name in m.task.knob_names() for d in (-1, 1) if (c := apply_moves(m, (Move(name, d),))) is not None
+        ]
+        reason = f"{quoted}; the expert block cannot read it, the model chooses"
+        return Plan(intent, signal, tuple(dataclasses.replace(c, reason=reason) for c in options), "instruction")
     if intent.kind == "goal" and acting:
         found = goal_candidates(m, intent.goal or "", f"{quoted} ({intent.goal})")
         if found:

@@ -76,6 +76,10 @@ CASES: tuple[Case, ...] = (
     Case("explicit", "plateau", "decrease the learning rate slightly", want=((LR, DOWN),), against=((LR, UP),), task="diabetes"),
     Case("explicit", "steady", "raise the entropy coefficient", want=((ENT, UP),), against=((ENT, DOWN),), task="cartpole"),
     Case("explicit", "plateau", "lower the clip range", want=((CLIP, DOWN),), against=((CLIP, UP),), task="cartpole"),
+    Case("explicit", "unclear", "the learning rate is too high", want=((LR, DOWN),), against=((LR, UP),)),
+    Case("explicit", "overfitting", "I want dropout at 0.4", want=((DROP, UP),), against=((DROP, DOWN),)),
+    Case("explicit", "steady", "anneal the lr", want=((LR, DOWN),), against=((LR, UP),), task="diabetes"),
+    Case("explicit", "plateau", "lr 2x", want=((LR, UP),), against=((LR, DOWN),), task="cartpole"),
     # goal-like instructions
     Case("goal", "overfitting", "it is overfitting, fight it", want=((DROP, UP), (LR, DOWN)), against=((DROP, DOWN), (LR, UP))),
     Case("goal", "steady", "converge faster", want=((LR, UP),), against=((LR, DOWN),)),
@@ -92,6 +96,9 @@ CASES: tuple[Case, ...] = (
          against=((DROP, UP), (WD, UP)), task="diabetes"),
     Case("goal", "plateau", "explore more", want=((ENT, UP),), against=((ENT, DOWN),), task="cartpole"),
     Case("goal", "steady", "speed things up", want=((LR, UP),), against=((LR, DOWN),), task="cartpole"),
+    Case("goal", "overfitting", "increase regularization", want=((DROP, UP), (LR, DOWN)), against=((DROP, DOWN), (LR, UP))),
+    Case("goal", "diverging", "make training more stable", want=((LR, DOWN), (CLIP, DOWN)), against=((LR, UP),),
+         task="cartpole"),
     # no instruction: unambiguous evidence
     Case("evidence", "plateau", None, want=((LR, DOWN),), against=((LR, UP),)),
     Case("evidence", "plateau", None, want=((LR, DOWN),), against=((LR, UP),), task="diabetes"),

@@ -14,7 +14,8 @@ views work for every task:
 * ``paper_table``: the paper's table, MNIST runs only; ``task_table``: every task's objective, final and
   best, mean and std over seeds; ``task_references``: the references beside them;
 * ``decision_outcomes``: each decision with the objective before and after it, ``improvement`` (positive
-  is better), the knob values before it and those it set (and the MNIST columns lr/dropout/val_acc);
+  is better), the knob values before it and those it set (and the MNIST columns lr/dropout/val_acc), the
+  instruction in force and whether the decision followed it, whether it held, the expert form's choice;
 * ``controller_reliability``: per task, controller and model: valid answers, repairs, fallbacks, latency,
   the hold rate, the instruction-following rate (decisions that had to act on an instruction), contradicted
   instructions, the model judge's agreement with the rule, and verdicts that contradicted the measurement.
@@ -306,7 +307,7 @@ SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, 
        coalesce(list_bool_or(list_transform(json_keys(d.hp_after), lambda k:
            TRY_CAST(d.hp_after->>k AS DOUBLE) IS DISTINCT FROM TRY_CAST(e0.hyperparameters->>k AS DOUBLE))), false)
            AS hyperparameters_changed,
-       d.instruction_id, i.text AS instruction
+       d.instruction_id, i.text AS instruction, d.instruction_outcome, d.held, d.choice, d.choice_margin
 FROM d
 JOIN epochs e0 ON e0.run_id = d.run_id AND e0.epoch = d.epoch
 LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.epoch + 1

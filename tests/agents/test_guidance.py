@@ -24,6 +24,12 @@ LAYERS = ["conv.0.weight", "conv.3.weight", "fc.0.weight", "fc.3.weight"]
         ("change nothing", "hold", []),
         ("it is overfitting, fight it", "goal", []),
         ("converge faster", "goal", []),
+        ("the learning rate is too high", "explicit", [("learning_rate", -1, None)]),
+        ("take smaller steps", "explicit", [("learning_rate", -1, None)]),
+        ("lr 2x", "explicit", [("learning_rate", 1, 2.0)]),
+        ("anneal the learning rate", "explicit", [("learning_rate", -1, None)]),
+        ("increase regularization", "goal", []),
+        ("make training more stable", "goal", []),
         ("sing me a song", "unread", []),
         (None, "none", []),
     ],
@@ -44,6 +50,13 @@ def test_targets_amounts_and_weight_operations_are_read():
     (first,) = read_instruction("add noise to the weights of the first layer", SPEC, LAYERS).moves
     assert (first.op, first.layer) == ("noise", "conv.0.weight")
     assert read_instruction("lower the lr at every decision", SPEC, LAYERS).repeat
+    assert read_instruction("I want dropout at 0.4", SPEC, LAYERS).moves[0].target == 0.4
+    assert read_instruction("set dropout = 0.3", SPEC, LAYERS).moves[0].target == 0.3
+    assert read_instruction("turn off dropout", SPEC, LAYERS).moves[0].target == 0.0
+    (_, more) = read_instruction("halve the step size and add 0.05 dropout", SPEC, LAYERS).moves
+    assert (more.knob, more.direction, more.amount) == ("dropout", 1, 0.05)
+    assert [g.goal for g in (read_instruction(t, SPEC) for t in ("less regularization please", "regularize harder"))] == [
+        "less underfitting", "less overfitting"]  # fmt: skip
 
 
 def with_instruction(m, text, first=True):
@@ -102,6 +115,14 @@ def test_a_one_shot_instruction_constrains_later_decisions_instead_of_repeating(
     assert all(c.values["learning_rate"] >= 1e-3 for c in blocked.candidates)  # no move against the instruction
     repeated = plan_decision(with_instruction(m, "lower the lr at every decision", first=False))
     assert repeated.source == "instruction" and repeated.candidates[0].values["learning_rate"] < 1e-3
+
+
+def test_an_instruction_the_lexicon_cannot_read_is_left_to_the_model_among_single_steps():
+    m = with_instruction(case_metrics(Case("evidence", "steady", None), 0), "be bolder")
+    plan = plan_decision(m)
+    assert plan.intent.kind == "unread" and plan.source == "instruction"
+    assert [c.key for c in plan.candidates] == ["hold", "dropout:down", "dropout:up", "learning_rate:down", "learning_rate:up"]
+    assert instruction_outcome(m, command(m, dropout=0.3)) is None  # nothing to judge it against
 
 
 def command(m, **changes) -> UpdateCommand:
