@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import httpx
 
 from agents.guidance import Candidate, Plan, plan_decision
+from agents.llm_serve import SCORE_PATH
 from agents.policies import ControllerAnswer, command_text
 from agents.state import AgentState
 from agents.trends import current_values, direction_words, objective_decimals, training_trends
 from bus.messages import EpochMetrics
 
-SCORE_PATH = "/reflectnet/score"  # agents.llm_serve's route
 # Two worked examples, on metrics no task here reports (so a copy of them is caught), lead the 135M model to a
 # sentence about this epoch's numbers; without them it mostly wrote generalities ("it is not possible to change
 # the hyperparameters of a neural network"), measured on bench.guidance's states.
@@ -168,8 +168,20 @@ class ScoredChooser:
             raise ChooserError(f"{path}: {type(exc).__name__}: {str(exc)[:300]}") from None
 
     def mean_logprobs(self, user: str, options: list[str]) -> list[float]:
+        """Each option's mean token log-probability after ``user`` and "We should"; :class:`ChooserError` for an
+        answer that is not one non-empty list of finite numbers per option."""
         reply = self._post(SCORE_PATH, {"prompt": chatml(SYSTEM, user, ANSWER_OPENING), "options": [" " + o for o in options]})
-        return [sum(lp) / len(lp) if lp else -math.inf for lp in reply["logprobs"]]
+        scored = reply.get("logprobs") if isinstance(reply, dict) else None
+        if not isinstance(scored, list) or len(scored) != len(options):
+            raise ChooserError(f"{SCORE_PATH} answered {str(reply)[:200]}, not {len(options)} lists of log-probabilities")
+        means = []
+        for logprobs in scored:
+            if not isinstance(logprobs, list) or not logprobs or not all(isinstance(x, (int, float)) for x in logprobs):
+                raise ChooserError(f"{SCORE_PATH} answered a log-probability list {str(logprobs)[:100]}")
+            means.append(sum(logprobs) / len(logprobs))
+        if not all(math.isfinite(x) for x in means):
+            raise ChooserError(f"{SCORE_PATH} answered non-finite log-probabilities {means}")
+        return means
 
     def calibrated_scores(self, user: str, options: list[str]) -> list[float]:
         """Each option's mean log-probability after ``user`` minus after the content-free state (cached)."""

@@ -28,7 +28,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from agents.policies import MAX_HEURISTIC_DROPOUT, MIN_LR
+# The heuristic's thresholds and limits: the evidence reads the trends as the rule policy does.
+from agents.policies import GAP_NOISE_BANDS, MAX_HEURISTIC_DROPOUT, MIN_LR, PLATEAU_EPOCHS
 from agents.trends import Trends, current_values, step_digits, training_trends
 from bus.messages import EpochMetrics, Hyperparameter, TaskSpec, UpdateCommand
 
@@ -44,7 +45,8 @@ KNOB_ALIASES: dict[str, tuple[str, ...]] = {
     ALPHA: ("alpha", "blend ratio", "blend"),
 }
 DOWN_WORDS = (
-    r"lower|reduce|decrease|cut|halve|half|drop|shrink|smaller|less|lessen|diminish|divide|slash|weaken|"
+    r"lower|lowering|reduce|reducing|decrease|decreasing|cut|cutting|halve|halving|half|drop|dropping|shrink|"
+    r"shrinking|smaller|less|lessen|diminish|divide|slash|weaken|"
     r"turn down|bring down|scale down|dial down|tone down|go down|down|decay|anneal|shorter|softer|weaker|lighter|"
     r"slower|tiny|turn off|disable|remove|zero"
 )
@@ -53,8 +55,10 @@ TOO_DOWN = r"too (?:high|large|big|much|strong|aggressive|fast)|excessive"
 TOO_UP = r"too (?:low|small|little|weak|slow|timid)|not enough|insufficient"
 UP_WORDS = (
     r"raise|increase|higher|bigger|larger|more|boost|bump|double|triple|grow|strengthen|turn up|scale up|"
-    r"crank up|up|heavier|stronger|longer|greater|add"
+    r"crank up|up|heavier|stronger|longer|greater|add|adding|raising|increasing|boosting|doubling|tripling|growing"
 )
+NEGATION = re.compile(r"\b(?:do not|don't|dont|never|not|no longer|stop|avoid|without)\b")
+KEEP_WORDS = re.compile(r"\bkeep|\bleave|\bhold|\bsame|\bfix")
 HOLD_PATTERN = re.compile(
     r"change nothing|don'?t change|do not change|no changes?|keep (?:every|all|the|it|things)|leave (?:every|all|it|"
     r"things|the)|hold (?:every|all|still|steady|it|the)|stay the course|freeze|as (?:it|they) (?:is|are)|unchanged|"
@@ -89,10 +93,9 @@ WEIGHTS_PATTERN = re.compile(r"\bweights?\b(?! decay)|\blayers?\b")
 LAYER_WORDS = {"last": -1, "final": -1, "output": -1, "top": -1, "first": 0, "input": 0, "bottom": 0}
 SMALL_PATTERN = re.compile(r"a little|slightly|a bit|a touch|somewhat|gently|a tad|marginally|(?<!too )\bsmall\b")
 SMALL_OP, DEFAULT_OP = 0.02, 0.03  # weight-operation sizes, as fractions of a layer's norm (at most 0.05)
+ALPHA_STEP = 0.2  # how far "lower alpha" moves it (the grid command space's step)
 SMALL_LOG_FACTOR = 1.5  # "lower the learning rate a little": divide by 1.5 rather than by the knob's step
-PLATEAU_EPOCHS = 2  # as the heuristic: epochs without a new best before a plateau counts
 DIVERGING_BANDS = 10  # the objective worsened by this many noise bands in one epoch: the run is diverging
-GAP_NOISE_BANDS = 15  # as the heuristic (agents.policies): a gap beyond this many bands is overfitting
 
 IntentKind = Literal["explicit", "goal", "hold", "unread", "none"]
 SignalKind = Literal["diverging", "plateau", "overfitting", "steady", "unclear", "start", "settling"]
@@ -172,40 +175,61 @@ class Plan:
 # --------------------------------------------------------------------------- reading the instruction
 
 
-def knob_mentions(clause: str, spec: TaskSpec) -> list[str]:
-    """The knobs (and ``alpha``) ``clause`` names, in the order they appear; longer names win over their parts."""
-    found: list[tuple[int, str]] = []
-    taken: list[tuple[int, int]] = []
+def knob_spans(clause: str, spec: TaskSpec) -> list[tuple[int, int, str]]:
+    """Where ``clause`` names the task's knobs (and ``alpha``): (start, end, name), in order; a longer name wins
+    over its parts ("weight decay" over "decay")."""
     names = [*spec.knob_names(), ALPHA]
     phrases = sorted(
         ((phrase, name) for name in names for phrase in {*KNOB_ALIASES.get(name, ()), name.replace("_", " "), name}),
         key=lambda p: -len(p[0]),
     )
+    spans: list[tuple[int, int, str]] = []
     for phrase, name in phrases:
         for match in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", clause):
-            span = match.span()
-            if any(a < span[1] and span[0] < b for a, b in taken):
-                continue
-            taken.append(span)
-            found.append((span[0], name))
-    ordered: list[str] = []
-    for _, name in sorted(found):
-        if name not in ordered:
-            ordered.append(name)
-    return ordered
+            if not any(a < match.end() and match.start() < b for a, b, _ in spans):
+                spans.append((match.start(), match.end(), name))
+    return sorted(spans)
+
+
+def knob_mentions(clause: str, spec: TaskSpec) -> list[str]:
+    """The knobs (and ``alpha``) ``clause`` names, in the order they appear, each once."""
+    return list(dict.fromkeys(name for _, _, name in knob_spans(clause, spec)))
+
+
+def blanked(clause: str, spans: list[tuple[int, int, str]]) -> str:
+    """``clause`` with the knob names masked, so that a name's own words ("decay", "drop out") are not read as
+    directions."""
+    for start, end, _ in spans:
+        clause = clause[:start] + "#" * (end - start) + clause[end:]
+    return clause
+
+
+def direction_words(text: str) -> list[tuple[int, int]]:
+    """(position, +1/-1) of every direction word in ``text``; "too high"/"not enough" phrases, when present,
+    are the only ones read (they mean the opposite of their adjective)."""
+    too = [(m.start(), -1) for m in re.finditer(TOO_DOWN, text)] + [(m.start(), 1) for m in re.finditer(TOO_UP, text)]
+    if too:
+        return sorted(too)
+    return sorted(
+        [(m.start(), -1) for m in re.finditer(rf"\b(?:{DOWN_WORDS})\b", text)]
+        + [(m.start(), 1) for m in re.finditer(rf"\b(?:{UP_WORDS})\b", text)]
+    )
+
+
+def direction_at(position: int, text: str) -> tuple[int, bool]:
+    """The direction asked for the knob named at ``position`` of the masked clause ``text``: the nearest
+    direction word (0 when there is none), and whether a negation ("do not", "never") governs it."""
+    words = direction_words(text)
+    if not words:
+        return 0, False
+    at, direction = min(words, key=lambda w: abs(w[0] - position))
+    return direction, bool(NEGATION.search(text[max(0, at - 20) : at]))
 
 
 def clause_direction(clause: str) -> int:
-    """+1, -1 or 0: the direction words of ``clause`` ("too high" first, then the first plain word), 0 when it
-    has none."""
-    if re.search(TOO_DOWN, clause):
-        return -1
-    if re.search(TOO_UP, clause):
-        return 1
-    match = re.search(rf"\b(?:{DOWN_WORDS})\b|\b(?:{UP_WORDS})\b", clause)
-    if match is None:
-        return 0
-    return -1 if re.fullmatch(DOWN_WORDS, match.group(0)) else 1
+    """+1, -1 or 0: the direction asked in ``clause`` as a whole (its first direction word)."""
+    words = direction_words(clause)
+    return words[0][1] if words else 0
 
 
 def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -> dict:
@@ -232,8 +256,8 @@ def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -
         return {"factor": 1 + direction * float(m.group(1)) / 100}
     if m := re.search(rf"by {NUMBER}", clause):
         value = float(m.group(1))
-        if knob is not None and knob.scale == "log":
-            return {"factor": value if direction > 0 else 1 / value} if value > 1 else {"amount": value}
+        if knob is not None and knob.scale == "log":  # "by 3": a factor; "by 1e-4": an amount; "by 0.5": unclear
+            return {"factor": value if direction > 0 else 1 / value} if value > 1 else {"amount": value} if value < knob.default else {}
         return {"amount": value}
     if SMALL_PATTERN.search(clause):
         return {"small": True}
@@ -273,26 +297,35 @@ def weight_move(clause: str, layers: list[str], direction: int) -> Move | None:
 
 def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None = None) -> Intent:
     """The :class:`Intent` of an instruction ``text`` for the task ``spec`` whose weight layers are ``layers``
-    (names of weight tensors, first to last). Never raises: what it cannot read is ``unread``."""
+    (names of weight tensors, first to last). Each knob named takes the direction word nearest to it; a negated
+    one ("do not lower the learning rate") and "keep X" are keeps (X must not move); a knob named without a
+    direction takes the previous clause's. Never raises: what it cannot read is ``unread``."""
     if text is None or not text.strip():
         return Intent("none")
     lowered = " ".join(text.lower().split())
     repeat = bool(REPEAT_PATTERN.search(lowered))
     moves: list[Move] = []
+    inherited: tuple[int, dict] | None = None  # "halve the learning rate and dropout": dropout is halved too
     for clause in split_clauses(lowered):
-        direction = clause_direction(clause)
-        knobs = knob_mentions(clause, spec)
-        if knobs:
-            for name in knobs:
-                knob = spec.knob(name) if name != ALPHA else None
-                keep = direction == 0 and re.search(r"\bkeep|\bleave|\bhold|\bsame|\bfix", clause)
-                magnitude = clause_magnitude(clause, knob, direction)
-                if direction == 0 and magnitude.get("factor", 1.0) != 1.0:
-                    direction = 1 if magnitude["factor"] > 1 else -1
-                if "target" in magnitude or direction != 0 or keep:
-                    moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
-            continue
-        if (op := weight_move(clause, layers or [], direction)) is not None:
+        spans = knob_spans(clause, spec)
+        masked = blanked(clause, spans)
+        for start, _, name in spans:
+            if any(move.knob == name for move in moves):
+                continue
+            knob = spec.knob(name) if name != ALPHA else None
+            direction, negated = direction_at(start, masked)
+            magnitude = clause_magnitude(masked, knob, direction)
+            if direction == 0 and magnitude.get("factor", 1.0) != 1.0:
+                direction = 1 if magnitude["factor"] > 1 else -1
+            keep = negated or (direction == 0 and "target" not in magnitude and bool(KEEP_WORDS.search(masked)))
+            if direction == 0 and not keep and not magnitude and inherited is not None:
+                direction, magnitude = inherited[0], dict(inherited[1])
+            if keep:
+                moves.append(Move(name, 0))
+            elif "target" in magnitude or direction != 0:
+                inherited = (direction, dict(magnitude))
+                moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
+        if not spans and (op := weight_move(masked, layers or [], clause_direction(masked))) is not None:
             moves.append(op)
     if moves:
         return Intent("explicit", tuple(moves), repeat=repeat)
@@ -340,7 +373,7 @@ def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
         return Signal("settling", f"the hyperparameters changed {settled} epoch(s) ago: their effect is not measured yet")
     if t.gap is not None and t.previous_gap is not None and t.gap > GAP_NOISE_BANDS * spec.noise_band and t.gap > t.previous_gap:
         return Signal("overfitting", f"the train/validation gap widened from {t.previous_gap:.3g} to {t.gap:.3g}")
-    if min(t.epochs_since_best, settled) >= PLATEAU_EPOCHS:
+    if t.epochs_since_best >= PLATEAU_EPOCHS:  # and settled >= PLATEAU_EPOCHS, checked above
         return Signal("plateau", f"no new best {spec.objective} for {t.epochs_since_best} epochs (best {t.best:.4g} at epoch {t.best_epoch})")
     before = m.history[-2].metrics.get(spec.objective, math.nan)
     if t.epochs_since_best == 0 and spec.improvement(before, value) > spec.noise_band:
@@ -402,53 +435,64 @@ def change_text(name: str, old: float, new: float) -> str:
     return f"{name} {old:.3g} -> {new:.3g}"
 
 
+def weight_operation(m: EpochMetrics, move: Move) -> tuple[dict, str, str]:
+    """A weight move as the validator reads it (``scale`` with its factor, ``noise`` with its scale), in words,
+    and with its number."""
+    if move.op == "noise":
+        value, what = move.amount, "add a little noise to"
+    else:
+        value, what = round(1 + move.direction * move.amount, 4), "shrink" if move.direction < 0 else "grow"
+    where = "last" if move.layer == weight_layers(m)[-1] else move.layer.rsplit(".", 1)[0]
+    operation = {"layer": move.layer, "op": move.op, "scale" if move.op == "noise" else "factor": value}
+    return operation, f"{what} the weights of the {where} layer", f"{move.op} {move.layer} {value:.3g}"
+
+
+def alpha_after(alpha: float, move: Move) -> float:
+    """Alpha after ``move``: its target, or one :data:`ALPHA_STEP` (or its amount) in its direction, in [0, 1]."""
+    new = move.target if move.target is not None else alpha + move.direction * (move.amount or ALPHA_STEP)
+    return min(1.0, max(0.0, new))
+
+
 def apply_moves(m: EpochMetrics, moves: tuple[Move, ...], evidence: bool = False) -> Candidate | None:
     """The candidate carrying out every move, or None when none of them changes anything (all at a bound;
-    with ``evidence``, the tighter :func:`evidence_bounds`)."""
+    with ``evidence``, the tighter :func:`evidence_bounds`, and only in the move's own direction)."""
     values, alpha = current_values(m), m.alpha
-    words, ops, keys, numbers = [], [], [], []
+    words, operations, keys, numbers = [], [], [], []
     for move in moves:
         if move.op is not None:
-            value = 1 - move.amount if move.op == "scale" and move.direction < 0 else 1 + move.amount if move.op == "scale" else move.amount
-            key = "factor" if move.op == "scale" else "scale"
-            ops.append({"layer": move.layer, "op": move.op, key: round(value, 4)})
-            what = "add a little noise to" if move.op == "noise" else ("shrink" if move.direction < 0 else "grow")
-            words.append(f"{what} the weights of the {'last' if move.layer == layers_last(m) else move.layer.rsplit('.', 1)[0]} layer")
-            numbers.append(f"{move.op} {move.layer} {value:.3g}")
+            operation, text, number = weight_operation(m, move)
+            operations.append(operation)
+            words.append(text)
+            numbers.append(number)
             keys.append(f"{move.op}:{move.layer}")
             continue
-        if move.direction == 0 and move.target is None:
-            words.append(f"keep {knob_words(move.knob)}")
-            keys.append(f"{move.knob}:keep")
+        if move.direction == 0 and move.target is None:  # a kept knob: nothing to do
             continue
+        old = alpha if move.knob == ALPHA else values[move.knob]
         if move.knob == ALPHA:
-            new = move.target if move.target is not None else min(1.0, max(0.0, alpha + move.direction * (move.amount or 0.2)))
-            new = min(1.0, max(0.0, new))
-            if new != alpha:
-                words.append(f"{'raise' if new > alpha else 'lower'} alpha")
-                numbers.append(change_text(ALPHA, alpha, new))
-                keys.append(f"alpha:{'up' if new > alpha else 'down'}")
-                alpha = new
+            new = alpha_after(alpha, move)
+            text = f"{'raise' if new > old else 'lower'} alpha"
+        else:
+            knob = m.task.knob(move.knob)
+            new = moved_value(knob, old, move, evidence_bounds(knob) if evidence else None)
+            text = move_text(move.knob, old, new, knob)
+        step = (new > old) - (new < old)
+        if math.isclose(new, old, rel_tol=1e-9, abs_tol=1e-12) or (evidence and step != move.direction):
             continue
-        knob = m.task.knob(move.knob)
-        new = moved_value(knob, values[move.knob], move, evidence_bounds(knob) if evidence else None)
-        if knob.direction(new, values[move.knob]) == 0 or (evidence and knob.direction(new, values[move.knob]) != move.direction):
-            continue
-        words.append(move_text(move.knob, values[move.knob], new, knob))
-        numbers.append(change_text(move.knob, values[move.knob], new))
-        keys.append(f"{move.knob}:{'up' if new > values[move.knob] else 'down'}")
-        values[move.knob] = new
-    if not words or all(k.endswith(":keep") for k in keys):
+        words.append(text)
+        numbers.append(change_text(move.knob, old, new))
+        keys.append(f"{move.knob}:{'up' if step > 0 else 'down'}")
+        if move.knob == ALPHA:
+            alpha = new
+        else:
+            values[move.knob] = new
+    if not words:
         return None
-    return Candidate("+".join(keys), " and ".join(words), values, alpha, ops, changes=", ".join(numbers))
+    return Candidate("+".join(keys), " and ".join(words), values, alpha, operations, changes=", ".join(numbers))
 
 
-def layers_last(m: EpochMetrics) -> str | None:
-    weights = [name for name in m.param_shapes if name.endswith("weight")]
-    return weights[-1] if weights else None
-
-
-def hold(m: EpochMetrics, reason: str) -> Candidate:
+def hold_candidate(m: EpochMetrics, reason: str) -> Candidate:
+    """The candidate that changes nothing."""
     return Candidate("hold", "keep every hyperparameter as it is", current_values(m), m.alpha, [], reason, "no change")
 
 
@@ -467,30 +511,46 @@ SIGNAL_GOALS = {"diverging": "stability", "plateau": "escape the plateau", "over
 
 
 def evidence_candidates(m: EpochMetrics, signal: Signal) -> list[Candidate]:
-    """Candidates the evidence supports: a diverging run -> lower the learning rate (by its step or to a third),
+    """Candidates the evidence supports: a diverging run -> lower the learning rate (by the knob's step, or to a third),
     lower alpha, tighten a clip range; a plateau -> halve the learning rate or cut it to a third; a widening gap
     -> a regulariser up or the learning rate down; anything else (steady gains, no clear trend, a change still
     settling, the first epoch) -> hold."""
     if signal.kind not in SIGNAL_GOALS:
-        return [hold(m, signal.reason)]
+        return [hold_candidate(m, signal.reason)]
     found = goal_candidates(m, SIGNAL_GOALS[signal.kind], signal.reason, evidence=True)
     if signal.kind in ("diverging", "plateau") and "learning_rate" in m.task.knob_names():
         third = apply_moves(m, (Move("learning_rate", -1, factor=1 / 3),), evidence=True)
         if third is not None and third.values != (found[0].values if found else None):
             found.append(dataclasses.replace(third, key=third.key + ":third", reason=signal.reason))
-    return found or [hold(m, f"{signal.reason}, but every knob that could answer it is at its limit")]
+    return found or [hold_candidate(m, f"{signal.reason}, but every knob that could answer it is at its limit")]
 
 
-def contradicts(candidate: Candidate, m: EpochMetrics, intent: Intent) -> bool:
-    """Whether ``candidate`` moves a knob against the direction ``intent`` asks for (a held instruction: any
-    move at all)."""
-    values = current_values(m)
-    moved = {name: m.task.knob(name).direction(candidate.values[name], values[name]) for name in values}
-    moved[ALPHA] = (candidate.alpha > m.alpha) - (candidate.alpha < m.alpha)
+def weight_layers(m: EpochMetrics) -> list[str]:
+    """The names of the weight tensors the agent may modulate, first layer to last."""
+    return [name for name in m.param_shapes if name.endswith("weight")]
+
+
+def knob_moves(m: EpochMetrics, values: dict[str, float], alpha: float) -> dict[str, int]:
+    """Knob (and ``alpha``) -> +1, 0 or -1: how ``values`` and ``alpha`` move from what epoch ``m`` used."""
+    current = current_values(m)
+    moved = {name: m.task.knob(name).direction(values.get(name, v), v) for name, v in current.items()}
+    moved[ALPHA] = (alpha > m.alpha) - (alpha < m.alpha)
+    return moved
+
+
+def against(moved: dict[str, int], asked: dict[str, int]) -> bool:
+    """Whether the moves go against what is asked: a knob moved opposite to its direction, or a kept knob
+    (direction 0) moved at all."""
+    return any(moved.get(name, 0) != 0 and moved.get(name, 0) != direction for name, direction in asked.items())
+
+
+def moves_against_instruction(candidate: Candidate, m: EpochMetrics, intent: Intent) -> bool:
+    """Whether ``candidate`` moves a knob against the instruction ``intent`` (one to hold: any move at all; a
+    kept knob: any move of it)."""
+    moved = knob_moves(m, candidate.values, candidate.alpha)
     if intent.kind == "hold":
         return any(moved.values()) or bool(candidate.weight_modulation)
-    wanted = asked_directions(intent, values, m.alpha)
-    return any(moved.get(name, 0) not in (0, direction) for name, direction in wanted.items() if direction != 0)
+    return against(moved, asked_directions(intent, current_values(m), m.alpha))
 
 
 def target_direction(move: Move, values: dict[str, float], alpha: float) -> int:
@@ -516,20 +576,21 @@ def plan_decision(m: EpochMetrics) -> Plan:
     shapes (or at every one when it repeats or holds; for an instruction the lexicon cannot read, a hold and one
     step of every knob either way, for the model to choose among), else the evidence's candidates minus those
     that move against the instruction in force. Always at least one candidate."""
-    layers = [name for name in m.param_shapes if name.endswith("weight")]
-    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, layers)
+    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, weight_layers(m))
     signal = read_signal(m)
     quoted = f"the user asked: {m.instruction.text[:120]!r}" if m.instruction else ""
     acting = intent.repeat or m.instruction_first_decision
     if intent.kind == "hold":
-        return Plan(intent, signal, (hold(m, quoted),), "instruction")
+        return Plan(intent, signal, (hold_candidate(m, quoted),), "instruction")
     if intent.kind == "explicit" and acting:
         c = apply_moves(m, intent.moves)
         if c is None:
-            return Plan(intent, signal, (hold(m, f"{quoted}; every knob it names is already at its bound"),), "instruction")
+            kept = all(move.direction == 0 and move.target is None for move in intent.moves)
+            why = "it asks to keep these values" if kept else "every knob it names is already at its bound"
+            return Plan(intent, signal, (hold_candidate(m, f"{quoted}; {why}"),), "instruction")
         return Plan(intent, signal, (dataclasses.replace(c, reason=quoted),), "instruction")
     if intent.kind == "unread" and acting:  # the lexicon cannot read it: the model reads it, choosing any one step
-        options = [hold(m, quoted)] + [
+        options = [hold_candidate(m, quoted)] + [
             c for name in m.task.knob_names() for d in (-1, 1) if (c := apply_moves(m, (Move(name, d),))) is not None
         ]
         reason = f"{quoted}; the expert block cannot read it, the model chooses"
@@ -538,8 +599,8 @@ def plan_decision(m: EpochMetrics) -> Plan:
         found = goal_candidates(m, intent.goal or "", f"{quoted} ({intent.goal})")
         if found:
             return Plan(intent, signal, tuple(found), "instruction")
-    found = [c for c in evidence_candidates(m, signal) if not contradicts(c, m, intent)]
-    return Plan(intent, signal, tuple(found or [hold(m, f"{signal.reason}; the instruction in force rules out the rest")]), "evidence")
+    found = [c for c in evidence_candidates(m, signal) if not moves_against_instruction(c, m, intent)]
+    return Plan(intent, signal, tuple(found or [hold_candidate(m, f"{signal.reason}; the instruction in force rules out the rest")]), "evidence")
 
 
 # --------------------------------------------------------------------------- judging a command against the instruction
@@ -547,37 +608,33 @@ def plan_decision(m: EpochMetrics) -> Plan:
 
 def instruction_outcome(m: EpochMetrics, command: UpdateCommand) -> Outcome | None:
     """Whether ``command`` followed the instruction in force at ``m`` (None without one, or one this lexicon
-    cannot read): ``followed`` (moved every named knob as asked, pursued the goal, or held as told),
-    ``contradicted`` (moved a knob against it), ``ignored`` (did neither), and ``respected`` for a later
-    decision under a one-shot instruction that did not move against it."""
-    layers = [name for name in m.param_shapes if name.endswith("weight")]
-    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, layers)
+    cannot read): ``contradicted`` (moved a knob against it, moved a knob it says to keep, or changed anything
+    when told to change nothing), ``followed`` (moved every named knob as asked — or found it at its bound —,
+    applied the weight operation, pursued the goal, held as told), ``ignored`` (neither), and ``respected`` for
+    a later decision under a one-shot instruction that did not go against it."""
+    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, weight_layers(m))
     if intent.kind in ("none", "unread"):
         return None
     values = current_values(m)
-    moved = {name: m.task.knob(name).direction(command.hyperparameters.get(name, values[name]), values[name]) for name in values}
-    moved[ALPHA] = (command.alpha > m.alpha) - (command.alpha < m.alpha)
-    ops = {(op.layer, op.op) for op in command.weight_ops or []} | {(layer, "raw") for layer in command.weight_modulation or {}}
+    moved = knob_moves(m, command.hyperparameters, command.alpha)
     if intent.kind == "hold":
-        return "contradicted" if any(moved.values()) else "followed"
-    wanted = asked_directions(intent, values, m.alpha)
-    if any(moved.get(name, 0) not in (0, d) for name, d in wanted.items() if d != 0 and name in moved):
+        return "contradicted" if any(moved.values()) or command.modulated_layers() else "followed"
+    asked = asked_directions(intent, values, m.alpha)
+    if against(moved, asked):
         return "contradicted"
     if not (intent.repeat or m.instruction_first_decision):
         return "respected"
     if intent.kind == "goal":
-        return "followed" if any(moved.get(name, 0) == d for name, d in wanted.items() if d != 0) else "ignored"
+        return "followed" if any(moved.get(name, 0) == d for name, d in asked.items() if d != 0) else "ignored"
     for move in intent.moves:
-        if move.op is not None and not any(layer == move.layer for layer, _ in ops):
+        if move.op is not None and move.layer not in command.modulated_layers():
             return "ignored"
         direction = target_direction(move, values, m.alpha)
-        if move.knob is not None and direction != 0 and moved.get(move.knob, 0) != direction:
-            knob = m.task.knob(move.knob) if move.knob != ALPHA else None
-            at_bound = knob is not None and moved_value(knob, values[move.knob], move) == values[move.knob]
-            if not at_bound:
-                return "ignored"
-        if move.knob is not None and direction == 0 and moved.get(move.knob, 0) != 0:
-            return "contradicted"
+        if move.knob is None or direction == 0 or moved.get(move.knob, 0) == direction:
+            continue
+        knob = m.task.knob(move.knob) if move.knob != ALPHA else None
+        if knob is None or moved_value(knob, values[move.knob], move) != values[move.knob]:  # not merely at its bound
+            return "ignored"
     return "followed"
 
 

@@ -22,14 +22,14 @@ import time
 from pydantic import BaseModel, Field
 
 ORPHANED = 3
-SCORE_PATH = "/reflectnet/score"
+SCORE_PATH = "/reflectnet/score"  # agents.expert posts here
 MAX_OPTIONS = 16
 
 
 class ScoreRequest(BaseModel):
     """The body of ``POST /reflectnet/score``."""
 
-    prompt: str = Field(max_length=20_000)
+    prompt: str = Field(min_length=1, max_length=20_000)
     options: list[str] = Field(min_length=1, max_length=MAX_OPTIONS)
     model: str | None = None
 
@@ -60,7 +60,11 @@ def option_logprobs(llama, prompt: str, options: list) -> list:
     scored = []
     for option in options:
         full = llama.tokenize((prompt + option).encode(), add_bos=True, special=True)
+        if len(full) >= llama.n_ctx():
+            raise ValueError(f"prompt and option are {len(full)} tokens, beyond the context of {llama.n_ctx()}")
         boundary = max(1, min(common_prefix(prefix, full), len(full) - 1))
+        if len(full) - boundary < 1 or not option:
+            raise ValueError("an option adds no token to the prompt")
         cached = llama.input_ids[: llama.n_tokens].tolist()
         llama.n_tokens = min(common_prefix(cached, full), boundary - 1)  # re-evaluate at least the token before
         llama.eval(full[llama.n_tokens :])
@@ -75,23 +79,25 @@ def add_score_route(app) -> None:
     """``POST /reflectnet/score`` ``{"prompt": str, "options": [str, ...]}`` -> ``{"logprobs": [[float, ...],
     ...]}``, under the server's model lock (one request at a time, like its completions)."""
     from fastapi import Depends, HTTPException
-    from llama_cpp.server.app import get_llama_proxy
+    from llama_cpp.server.app import authenticate, get_llama_proxy
     from starlette.concurrency import run_in_threadpool
 
-    @app.post(SCORE_PATH)
+    @app.post(SCORE_PATH, dependencies=[Depends(authenticate)])
     async def score(body: ScoreRequest, llama_proxy=Depends(get_llama_proxy)) -> dict:
         llama = llama_proxy(body.model)
         if not llama._logits_all:
             raise HTTPException(400, "scoring needs the model loaded with logits_all")
         try:
             logprobs = await run_in_threadpool(option_logprobs, llama, body.prompt, body.options)
-        except ValueError as exc:  # a prompt beyond the context, a tokenizer failure
+        except (ValueError, RuntimeError) as exc:  # beyond the context, an empty option, llama_decode failing
             raise HTTPException(400, f"{type(exc).__name__}: {exc}") from None
         return {"logprobs": logprobs}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse llama_cpp.server's flags, build its app with :func:`add_score_route`, and serve it."""
+    """Parse llama_cpp.server's model and server flags, build its app with :func:`add_score_route`, and serve
+    it. (Unlike ``python -m llama_cpp.server`` it reads no ``--config_file``, HOST/PORT or SSL settings: run.py
+    passes everything as flags on loopback.)"""
     import uvicorn
     from llama_cpp.server.app import create_app
     from llama_cpp.server.cli import add_args_from_model, parse_model_from_args

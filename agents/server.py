@@ -29,6 +29,29 @@ def make_policy_and_judge(cfg: AgentConfig) -> tuple[Policy, LLMJudge | None]:
     return resolve_controller(cfg.controller).build(cfg)
 
 
+def expert_fields(state: dict) -> tuple[str, list[dict], dict | None]:
+    """The prompt the model read, the notes, and the expert form's note on the answer applied (the last one;
+    None for another policy). The expert form's model reads its own state summary, not the prompter's text:
+    that summary becomes the decision's prompt and leaves the notes."""
+    notes, prompt = list(state.get("notes", [])), state.get("prompt", "")
+    if not any(n.get("action") == "expert_choice" for n in notes):
+        return prompt, notes, None
+    expert = [n for n in notes if n.get("action") == "expert_choice"][-1]
+    prompt = expert.get("prompt", prompt)
+    notes = [{k: v for k, v in n.items() if k != "prompt"} if n.get("action") == "expert_choice" else n for n in notes]
+    return prompt, notes, [n for n in notes if n.get("action") == "expert_choice"][-1]
+
+
+def instruction_fields(metrics: EpochMetrics, command, notes: list[dict]) -> tuple[str | None, bool | None]:
+    """``instruction_outcome`` and ``held`` of ``command``; (None, None) with a note if they cannot be worked out:
+    this bookkeeping must never cost the validated command."""
+    try:
+        return instruction_outcome(metrics, command), held(metrics, command)
+    except Exception as exc:  # the lexicon reads user text: whatever it raises is a note, not a lost decision
+        notes.append({"node": "decide", "action": "outcome_failed", "error": f"{type(exc).__name__}: {exc}"[:500]})
+        return None, None
+
+
 def decide(
     graph,
     policy_name: str,
@@ -46,12 +69,8 @@ def decide(
     latency_ms = (time.perf_counter() - started) * 1000.0
     fallback = bool(state.get("fallback"))
     command = state["command"]
-    notes = state.get("notes", [])
-    expert = next((n for n in notes if n.get("action") == "expert_choice"), None)
-    prompt = state.get("prompt", "")
-    if expert is not None and "prompt" in expert:  # the expert form's model read this summary, not the prompter's text
-        prompt, expert = expert["prompt"], {k: v for k, v in expert.items() if k != "prompt"}
-        notes = [expert if n.get("action") == "expert_choice" else n for n in notes]
+    prompt, notes, expert = expert_fields(state)
+    outcome, held_still = (None, None) if fallback else instruction_fields(metrics, command, notes)
     return Decision(
         run_id=metrics.run_id,
         epoch=metrics.epoch,
@@ -65,8 +84,8 @@ def decide(
         fallback_reason=state.get("fallback_reason"),
         clamped=state.get("clamped", {}),
         notes=notes,
-        instruction_outcome=None if fallback else instruction_outcome(metrics, command),
-        held=None if fallback else held(metrics, command),
+        instruction_outcome=outcome,
+        held=held_still,
         choice=expert.get("choice") if expert and not fallback else None,
         choice_margin=expert.get("margin") if expert and not fallback else None,
         latency_ms=latency_ms,

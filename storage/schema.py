@@ -254,7 +254,9 @@ GROUP BY task, regime, n_train, objective, mode, reference
 ORDER BY task, n_train DESC, reference;
 
 -- How reliable is each controller / model, per task: answers valid at the first try, repaired, fallen back;
--- how often it held, followed the instruction it had to act on, agreed with the rule's verdict (model judges).
+-- how often it held; of the decisions judged against an instruction (followed, ignored or contradicted; a later
+-- decision under a one-shot instruction counts only when it contradicted it), the share followed; contradicted
+-- instructions; how often a model judge agreed with the rule's verdict, and verdicts contradicting the measurement.
 CREATE OR REPLACE VIEW controller_reliability AS
 SELECT r.task, d.controller, r.llm_model,
        count(*) AS decisions,

@@ -323,7 +323,8 @@ def run_epochs(
             waited_ms = (time.perf_counter() - asked) * 1000.0
             applied = epoch < cfg.epochs
             instruction_id = carry.instruction.instruction_id if carry.instruction else None
-            records += shaped_record(cfg, carry, epoch)
+            if not decision.fallback:  # a fallback did not read the instruction: it is still to be carried out
+                records += shaped_record(cfg, carry, epoch)
             records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id))
             if decision.reflection is not None:
                 records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))

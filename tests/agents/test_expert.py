@@ -13,6 +13,7 @@ import pytest
 from agents.expert import (
     NEUTRAL_STATE,
     ChatChooser,
+    ChooserError,
     ExpertPolicy,
     ScoredChooser,
     copied,
@@ -117,7 +118,7 @@ def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():
         settings = LLMSettings(provider="openai", base_url=server.base_url, model="m", timeout_s=5)
         chooser = ChatChooser(ChatCaller(make_chat_model(settings), response_formats(settings), 0.0, 128))
         assert plan.candidates[chooser.choose(m, plan).index].key == "dropout:up"
-        with pytest.raises(Exception, match="no listed action"):
+        with pytest.raises(ChooserError, match="no listed action"):
             chooser.choose(m, plan)
         (_, body), _ = server.requests
         assert "dropout:up" in json.dumps(body) and "learning_rate:down" in json.dumps(body)

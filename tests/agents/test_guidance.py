@@ -40,6 +40,37 @@ def test_instructions_are_read_into_moves_goals_or_holds(text, kind, moves):
     assert [(m.knob, m.direction, m.factor) for m in intent.moves] == moves
 
 
+@pytest.mark.parametrize(
+    ("text", "moves"),
+    [
+        ("raise dropout and weight decay", [("dropout", 1), ("weight_decay", 1)]),  # "decay" is the knob's name
+        ("weight decay should be higher", [("weight_decay", 1)]),
+        ("reduce overfitting by raising dropout", [("dropout", 1)]),  # the direction word nearest the knob
+        ("do not lower the learning rate", [("learning_rate", 0)]),  # negated: a keep
+        ("never raise dropout", [("dropout", 0)]),
+        ("halve the learning rate and dropout", [("learning_rate", -1), ("dropout", -1)]),  # dropout inherits
+    ],
+)
+def test_each_knob_takes_the_direction_nearest_to_it(text, moves):
+    from tasks.diabetes import DiabetesRegression
+
+    intent = read_instruction(text, DiabetesRegression.spec())
+    assert [(m.knob, m.direction) for m in intent.moves] == moves
+
+
+def test_a_kept_knob_stays_kept_and_change_nothing_covers_weights():
+    plateau = case_metrics(Case("evidence", "plateau", None), 0)
+    kept = with_instruction(plateau, "keep the learning rate", first=False)
+    assert [c.key for c in plan_decision(kept).candidates] == ["hold"]  # the plateau's lr moves are ruled out
+    assert instruction_outcome(kept, command(kept, learning_rate=5e-4)) == "contradicted"
+    first = plan_decision(with_instruction(plateau, "keep the learning rate"))
+    assert first.candidates[0].reason.endswith("it asks to keep these values")
+    hold = with_instruction(plateau, "change nothing")
+    op = UpdateCommand(hyperparameters=hold.hyperparameters, alpha=hold.alpha, rationale="r",
+                       weight_ops=[{"layer": "fc.3.weight", "op": "scale", "value": 0.98}])  # fmt: skip
+    assert instruction_outcome(hold, op) == "contradicted" and not held(hold, op)
+
+
 def test_targets_amounts_and_weight_operations_are_read():
     (target,) = read_instruction("set dropout to 0.35", SPEC, LAYERS).moves
     assert (target.knob, target.target) == ("dropout", 0.35)
