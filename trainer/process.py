@@ -232,6 +232,18 @@ def update_instruction(cfg: TrainerConfig, carry: Carry, epoch: int, said: list[
     return [InstructionRecord(run_id=cfg.run_id, instruction=carry.instruction)] if carry.instruction else []
 
 
+def decision_records(cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool) -> list:
+    """The records of one decision: the instruction's first shaped epoch (only for a decision that read it — a
+    fallback did not, so the instruction is still to be carried out at the next one), the decision naming the
+    instruction in force, and the reflection it carried."""
+    records: list = [] if decision.fallback else shaped_record(cfg, carry, epoch)
+    instruction_id = carry.instruction.instruction_id if carry.instruction else None
+    records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id))
+    if decision.reflection is not None:
+        records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
+    return records
+
+
 def shaped_record(cfg: TrainerConfig, carry: Carry, epoch: int) -> list[InstructionRecord]:
     """The instruction's record with ``first_epoch``, once: when the first decision is made with it."""
     if carry.instruction is None or carry.instruction_shaped:
@@ -322,12 +334,7 @@ def run_epochs(
             decision, new_deltas = ask_agent(agent, metrics, cfg.controller, task.model, log)
             waited_ms = (time.perf_counter() - asked) * 1000.0
             applied = epoch < cfg.epochs
-            instruction_id = carry.instruction.instruction_id if carry.instruction else None
-            if not decision.fallback:  # a fallback did not read the instruction: it is still to be carried out
-                records += shaped_record(cfg, carry, epoch)
-            records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id))
-            if decision.reflection is not None:
-                records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
+            records += decision_records(cfg, carry, epoch, decision, applied)
             # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
             carry.previous_reflection = decision.reflection
             if applied:

@@ -9,7 +9,7 @@ import pytest
 from bus.messages import Instruction, InstructionUpdate
 from orchestration.cli import CliError, parse_schedule
 from trainer.config import ScheduledInstruction, TrainerConfig
-from trainer.process import Carry, active_entry, shaped_record, update_instruction
+from trainer.process import Carry, active_entry, decision_records, shaped_record, update_instruction
 
 SCHEDULE = [
     ScheduledInstruction(from_epoch=1, text="keep it", source="flag"),
@@ -44,6 +44,21 @@ def test_each_instruction_is_recorded_when_it_becomes_active_and_once_more_when_
     assert texts == ["keep it", "halve it", None, None, "raise dropout", "raise dropout"]
     assert records == [(1, "keep it", None), (1, "keep it", 1), (2, "halve it", None), (2, "halve it", 2),
                        (5, "raise dropout", None), (5, "raise dropout", 5)]  # fmt: skip
+
+
+def test_a_fallback_does_not_use_up_the_instruction_it_never_read():
+    from bus.messages import Decision, DecisionRecord, InstructionRecord, UpdateCommand
+
+    cfg, carry = config([]), Carry(hyperparameters={}, alpha=0.4)
+    update_instruction(cfg, carry, 1, [said("halve it")])
+    command = UpdateCommand(hyperparameters={}, alpha=0.0, rationale="fallback")
+    fallback = Decision(run_id="r", epoch=1, controller="llm", command=command, fallback=True)
+    records = decision_records(cfg, carry, 1, fallback, applied=True)
+    assert [type(r) for r in records] == [DecisionRecord] and records[0].instruction_id == "r-say-halve it"
+    assert not carry.instruction_shaped  # the next decision still carries it out first
+    answered = fallback.model_copy(update={"epoch": 2, "fallback": False})
+    first = decision_records(cfg, carry, 2, answered, applied=True)[0]
+    assert isinstance(first, InstructionRecord) and first.first_epoch == 2 and carry.instruction_shaped
 
 
 def test_say_clear_withdraws_the_instruction_until_a_new_one():
