@@ -52,9 +52,8 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     assert "controller llm" in result.stdout and "| 10 | 0 | guided | llm | completed | 3 |" in result.stdout
     rows = check_every_guided_epoch_has_a_valid_decision(db, 3)
-    assert all(
-        raw.strip().startswith("{") and not fallback and tokens > 100 for _, _, raw, _, fallback, _, tokens in rows
-    )
+    for epoch, _, raw, _, fallback, _, tokens in rows:
+        assert raw.strip().startswith("{") and not fallback and tokens > 100, (epoch, raw[:200], fallback, tokens)
     # The expert form: the instruction was carried out at the first decision and trained with from epoch 2.
     lrs = query(db, "SELECT e.epoch, e.lr FROM epochs e JOIN runs r USING (run_id) WHERE r.arm = 'guided' ORDER BY 1")
     assert lrs[0][1] == 1e-3 and lrs[1][1] == pytest.approx(5e-4)
@@ -69,14 +68,6 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
         reason = rationale.split(", because ", 1)[1]
         assert len(reason.split()) >= 3 and reason not in prompt and "optional operations" not in rationale
     assert query(db, "SELECT instruction_followed_rate FROM controller_reliability WHERE controller = 'llm'") == [(1.0,)]
-    # Replayed without the model: the same epochs, the recorded commands, no model server started again.
-    (guided,) = query(db, "SELECT run_id FROM runs WHERE arm = 'guided'")[0]
-    replay = run_py("--replay", guided, "--db", str(db), "--out", str(out))
-    assert replay.returncode == 0, replay.stderr[-2000:]
-    assert f"of {guided}: 3 epochs compared; max |delta| val_acc 0.00e+00" in replay.stdout
-    assert query(db, "SELECT count(*) FROM events WHERE event = 'llm_server_ready'") == [(1,)]
-    assert query(db, "SELECT count(*) FROM instructions i JOIN runs r USING (run_id) WHERE r.controller = 'replay' "
-                     "AND i.text = 'please cut the step size in half' AND i.first_epoch = 1") == [(1,)]  # fmt: skip
     assert query(db, "SELECT llm_model FROM runs WHERE arm = 'guided'") == [(LOCAL_MODEL_NAME,)]
     assert query(db, "SELECT count(*) FROM reflections WHERE judge IN (?, 'rule')", [LOCAL_MODEL_NAME]) == [(2,)]
     (server_pid,) = {
@@ -85,6 +76,14 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
     with pytest.raises(ProcessLookupError):
         os.kill(server_pid, 0)  # stopped at the end
     assert (next(out.glob("*/logs")) / "llm-server.log").stat().st_size > 0
+    # Replayed without the model: the same epochs, the recorded commands, no model server started again.
+    (guided,) = query(db, "SELECT run_id FROM runs WHERE arm = 'guided'")[0]
+    replay = run_py("--replay", guided, "--db", str(db), "--out", str(out))
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    assert f"of {guided}: 3 epochs compared; max |delta| val_acc 0.00e+00" in replay.stdout
+    assert query(db, "SELECT count(*) FROM events WHERE event = 'llm_server_ready'") == [(1,)]
+    assert query(db, "SELECT count(*) FROM instructions i JOIN runs r USING (run_id) WHERE r.controller = 'replay' "
+                     "AND i.text = 'please cut the step size in half' AND i.first_epoch = 1") == [(1,)]  # fmt: skip
 
 
 def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path):
