@@ -153,8 +153,10 @@ def decision_figure(task: TaskReport):
         for epoch, text in run.instructions:  # the decision after this epoch was the first the instruction shaped
             ax.axvline(epoch, color="tab:purple", linestyle="--", linewidth=1, zorder=0)
             label = text if len(text) <= 28 else text[:25] + "..."
-            ax.annotate(label, (epoch, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -10),
-                        textcoords="offset points", fontsize=7, color="tab:purple")  # fmt: skip
+            right = epoch > (epochs[0] + epochs[-1]) / 2  # the label grows towards the middle, inside the panel
+            ax.annotate(label, (epoch, 0.0), xycoords=("data", "axes fraction"), xytext=(-3 if right else 3, 4),
+                        textcoords="offset points", ha="right" if right else "left", fontsize=7, color="tab:purple",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
         running = " (running)" if run.status == "running" else ""
         ax.set_title(f"{run.regime} · {run.controller} · seed {run.seed}{running}", fontsize=10)
         ax.set_xlabel("epoch (decision made after it)")

@@ -197,11 +197,14 @@ def test_the_decision_timeline_marks_where_an_instruction_first_shaped_a_decisio
         said = Instruction(instruction_id="guided0-say-1", text="raise dropout", source="say", received_at=time.time())
         buffer.add(InstructionRecord(run_id="guided0", instruction=said))
         buffer.add(InstructionRecord(run_id="guided0", instruction=said, first_epoch=2))
+        late = said.model_copy(update={"instruction_id": "guided1-say-1", "text": "a long instruction at the last epoch"})
+        buffer.add(InstructionRecord(run_id="guided1", instruction=late, first_epoch=3))
         buffer.flush()
     with open_reader(db) as reader:
         (task,) = read_report_data(reader).tasks
     marks = {run.run_id: run.instructions for run in task.timeline}
-    assert marks == {"guided0": [(2, "raise dropout")], "guided1": []}
+    assert marks == {"guided0": [(2, "raise dropout")], "guided1": [(3, "a long instruction at the last epoch")]}
     _, fig = decision_figure(task)
     assert "raise dropout" in [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "instruction (first decision it shaped)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert outside_the_figure(fig) == []  # the label stays readable inside the figure
