@@ -98,7 +98,7 @@ def state_summary(m: EpochMetrics, signal_reason: str) -> str:
 
 # The subject and verb of each signal's reason; {better}/{worse} say how the objective moved in its mode's terms.
 SIGNAL_OPENINGS = {"steady": "{objective} {better}", "plateau": "{objective} has not", "diverging": "{objective} {worse}",
-                   "overfitting": "{train}"}  # fmt: skip
+                   "overfitting": "{train}", "settling": "the last change", "unclear": "{objective} moved"}  # fmt: skip
 
 
 def reason_opening(m: EpochMetrics, plan: Plan) -> str:
