@@ -129,15 +129,21 @@ NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?")
 
 
 def unsupported_numbers(text: str, prompt: str) -> list[str]:
-    """The numbers ``text`` cites that ``prompt`` does not hold (within 0.5 %): a model's invented figures. A count
-    ("2 epochs", "3 times", "2x") is not checked."""
+    """The numbers ``text`` cites that ``prompt`` does not hold: a model's invented figures. A cited number is
+    supported when a number of the prompt rounds to it at the precision it is cited with ("0.92" for 0.9203;
+    "1.6e-05" within 0.1 %; a whole number within 0.5 %: "456" for 456.2, not "1" for 0.885). A count ("2 epochs", "3 times", "2x") is not checked."""
     known = [float(n) for n in NUMBER.findall(prompt)]
     unsupported = []
     for match in NUMBER.finditer(text):
         word, value = match.group(0), float(match.group(0))
         if re.match(r"\s*(?:epochs?|times|x\b)", text[match.end() :]):
             continue
-        if not any(math.isclose(value, k, rel_tol=5e-3) for k in known):
+        if "e" in word or "." not in word:  # 1.6e-05, or a whole number: as written, give or take 0.5 %
+            supported = any(math.isclose(value, k, rel_tol=5e-3 if "." not in word else 1e-3) for k in known)
+        else:
+            decimals = len(word.partition(".")[2])
+            supported = any(math.isclose(round(k, decimals), value, abs_tol=1e-12) for k in known)
+        if not supported:
             unsupported.append(word)
     return unsupported
 

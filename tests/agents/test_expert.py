@@ -103,8 +103,9 @@ def test_a_rationale_that_repeats_the_prompt_is_flagged_as_copied_and_invented_n
     assert copied("the train/validation gap widened from 0.105 to 0.114", prompt)
     assert copied("optional operations", prompt)  # too short to be a reason
     assert not copied("the model memorises its training set, so more dropout should close the gap", prompt)
-    assert unsupported_numbers("val_acc is 0.885 but the learning rate is 0.1, after 3 epochs", prompt) == ["0.1"]
+    assert unsupported_numbers("val_acc is 0.885 but the learning rate is 0.7, after 3 epochs", prompt) == ["0.7"]
     assert unsupported_numbers("val_acc rose from 0.88 to 1.", prompt) == ["1"]
+    assert unsupported_numbers("val_acc rose to 0.89, not 0.8849", prompt) == ["0.8849"]  # 0.885 cited at 2 decimals
 
 
 def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():
