@@ -12,14 +12,16 @@ import json
 import math
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError
+
+# What a task declares travels in every EpochMetrics; importable from here like every other bus model.
+from bus.task_spec import COMMAND_FIELDS, MODEL_CONFIG, Hyperparameter, Mode, TaskSpec  # noqa: F401
 
 SCHEMA_VERSION = 2  # 2: task-agnostic metrics, objective and hyperparameters by name (issue 12)
 
 # Hard bounds of the blend ratio: the one knob every task has (the trainer's, not the task's).
 ALPHA_RANGE = (0.0, 1.0)
 
-Mode = Literal["max", "min"]
 Verdict = Literal["beneficial", "harmful", "neutral"]
 RunStatus = Literal["running", "completed", "failed", "interrupted"]
 
@@ -32,8 +34,7 @@ class BusDecodeError(ValueError):
         self.reason = reason
 
 
-# NaN/inf travel as JSON constants (a diverged loss is data, not a reason to lose the record).
-_MODEL_CONFIG = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+_MODEL_CONFIG = MODEL_CONFIG  # frozen, strict, NaN/inf as JSON constants (bus.task_spec)
 
 
 class Message(BaseModel):
@@ -43,133 +44,6 @@ class Message(BaseModel):
     TOPIC: ClassVar[str] = ""
 
     v: int = SCHEMA_VERSION
-
-
-# --------------------------------------------------------------------------- what a task declares
-
-
-class Hyperparameter(BaseModel):
-    """A knob an agent may set between epochs, as a task declares it (``tasks.base.Task.hyperparameters``).
-
-    ``scale="log"``: changes are factors — ``step`` is the grid factor (2.0: halve / keep / double)
-    and ``max_change`` the largest factor per decision (3.0: at most ×3 or ÷3). ``scale="linear"``:
-    changes are increments — ``step`` is the grid increment and ``max_change`` the largest one.
-    ``low``/``high`` are hard bounds no command can cross. Raises ValueError (pydantic's
-    ``ValidationError``) for a default outside the bounds or a step that moves nothing.
-    """
-
-    model_config = _MODEL_CONFIG
-
-    name: str  # the key in commands and records, e.g. "learning_rate"
-    default: float
-    low: float
-    high: float
-    scale: Literal["log", "linear"]
-    step: float
-    max_change: float
-    description: str  # plain language, for prompts
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if not self.low <= self.default <= self.high:
-            raise ValueError(
-                f"{self.name}: default must lie in [low, high], got {self.default=} {self.low=} {self.high=}"
-            )
-        if self.scale == "log" and (self.low <= 0 or self.step <= 1 or self.max_change <= 1):
-            raise ValueError(f"{self.name}: a log-scale knob needs low > 0, step > 1, max_change > 1")
-        if self.scale == "linear" and (self.step <= 0 or self.max_change <= 0):
-            raise ValueError(f"{self.name}: a linear knob needs step > 0 and max_change > 0")
-        return self
-
-    def allowed(self, current: float) -> tuple[float, float]:
-        """The range a decision may move to from ``current``: the hard bounds within the trust region."""
-        if self.scale == "log":
-            low, high = current / self.max_change, current * self.max_change
-        else:
-            low, high = current - self.max_change, current + self.max_change
-        return max(self.low, low), min(self.high, high)
-
-    def grid(self, current: float) -> list[float]:
-        """A few choices around ``current`` (which is always one of them, exactly): one ``step`` down and
-        up, rounded to 3 significant digits (a short number costs a small model fewer tokens), inside
-        :meth:`allowed`."""
-        low, high = self.allowed(current)
-        if self.scale == "log":
-            candidates = (current / self.step, current * self.step)
-        else:
-            candidates = (current - self.step, current + self.step)
-        rounded = (float(f"{c:.3g}") for c in candidates)
-        return sorted({current, *(c for c in rounded if low <= c <= high)})
-
-    def check(self, value: float) -> float:
-        """``value`` as a float if it lies within the hard bounds; ValueError naming the knob otherwise."""
-        value = float(value)
-        if not self.low <= value <= self.high:
-            raise ValueError(f"{self.name}={value} is outside its bounds [{self.low}, {self.high}]")
-        return value
-
-    def clamp(self, value: float, current: float) -> float:
-        """``value`` moved into :meth:`allowed`; NaN stays at ``current``."""
-        if math.isnan(value):
-            return current
-        low, high = self.allowed(current)
-        return min(max(value, low), high)
-
-    def direction(self, new: float, old: float) -> int:
-        """+1, 0 or -1: whether ``new`` is above, at (relative 1e-9) or below ``old``."""
-        if math.isclose(new, old, rel_tol=1e-9, abs_tol=1e-12):
-            return 0
-        return 1 if new > old else -1
-
-
-# Fields of a command besides the task's knobs: no knob may take one of these names.
-COMMAND_FIELDS = frozenset({"alpha", "weight_modulation", "weight_ops", "rationale", "hyperparameters"})
-
-
-class TaskSpec(BaseModel):
-    """What the agent knows about the task it steers (``tasks.base.Task.spec()``): its name, a plain-language
-    description, the objective metric and its direction (``mode``, as Ray Tune's ``metric``/``mode``), what a
-    regime's budget counts, the objective's noise band (the reflector's rule calls a smaller change
-    ``neutral``) and the knobs it may set."""
-
-    model_config = _MODEL_CONFIG
-
-    name: str
-    description: str
-    objective: str  # a key of EpochMetrics.metrics
-    mode: Mode
-    budget_unit: str = "training examples"  # what EpochMetrics.budget counts
-    noise_band: float = Field(ge=0.0)  # |change in the objective| below this is noise, not an effect
-    hyperparameters: list[Hyperparameter]
-    summary_metrics: list[str] = Field(default_factory=list)  # shown beside the objective in result tables
-
-    @model_validator(mode="after")
-    def _distinct_knobs(self):
-        names = self.knob_names()
-        if len(set(names)) != len(names):
-            raise ValueError(f"task {self.name!r} declares a hyperparameter twice: {names}")
-        reserved = sorted(set(names) & COMMAND_FIELDS)
-        if reserved:
-            raise ValueError(f"task {self.name!r}: {reserved} are command fields, not hyperparameter names")
-        return self
-
-    def knob(self, name: str) -> Hyperparameter:
-        """The declared knob ``name``; KeyError names the known ones."""
-        for knob in self.hyperparameters:
-            if knob.name == name:
-                return knob
-        raise KeyError(f"task {self.name!r} has no hyperparameter {name!r}; it has {self.knob_names()}")
-
-    def knob_names(self) -> list[str]:
-        return [k.name for k in self.hyperparameters]
-
-    def better(self, a: float, b: float) -> bool:
-        """Whether objective value ``a`` is strictly better than ``b`` under :attr:`mode`."""
-        return a > b if self.mode == "max" else a < b
-
-    def improvement(self, before: float, after: float) -> float:
-        """``after - before`` signed so that positive is better (for ``min``, ``before - after``)."""
-        return after - before if self.mode == "max" else before - after
 
 
 # --------------------------------------------------------------------------- trainer <-> agent
