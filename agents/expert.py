@@ -69,6 +69,7 @@ class Choice:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     details: dict = field(default_factory=dict)
+    prompt: str = ""  # what the model read: the state summary (and, for a chat endpoint, the listed actions)
 
 
 def chatml(system: str, user: str, opening: str) -> str:
@@ -234,8 +235,8 @@ class ScoredChooser:
             ranked = sorted(scores, reverse=True)
             margin = ranked[0] - ranked[1]
         sentence, usage, flags = self.rationale(user, plan.candidates[index], reason_opening(m, plan))
-        details = {**flags, "prompt": user}
-        return Choice(index, sentence, scores, margin, usage.get("prompt_tokens"), usage.get("completion_tokens"), details)
+        return Choice(index, sentence, scores, margin, usage.get("prompt_tokens"), usage.get("completion_tokens"), flags,
+                      prompt=user)  # fmt: skip
 
 
 CHOICE_INSTRUCTIONS = (
@@ -270,7 +271,7 @@ class ChatChooser:
             raise ChooserError(f"the model chose no listed action: {reply.text[:200]!r}")
         sentence = first_sentence(value["rationale"])
         return Choice(keys.index(value["choice"]), sentence, None, None, reply.prompt_tokens, reply.completion_tokens,
-                      {"rationale_copied": copied(sentence, prompt), "prompt": prompt})  # fmt: skip
+                      {"rationale_copied": copied(sentence, prompt)}, prompt=prompt)  # fmt: skip
 
 
 class ExpertPolicy:
@@ -294,7 +295,8 @@ class ExpertPolicy:
         extra = {"weight_modulation": chosen.weight_modulation} if chosen.weight_modulation else {}
         note = plan_note(plan, choice)
         text = command_text(chosen.values, chosen.alpha, choice.rationale, **extra)
-        return ControllerAnswer(text, choice.prompt_tokens, choice.completion_tokens, notes=(note,))
+        return ControllerAnswer(text, choice.prompt_tokens, choice.completion_tokens, notes=(note,),
+                                prompt=choice.prompt or None)  # fmt: skip
 
 
 def plan_note(plan: Plan, choice: Choice) -> dict:

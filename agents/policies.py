@@ -42,6 +42,7 @@ class ControllerAnswer:
     finish_reason: str | None = None  # why a model stopped: "stop", "length" (the token cap), ...
     adaptations: tuple[str, ...] = ()  # what this call changed in the requests to the endpoint, and why
     notes: tuple[dict, ...] = ()  # what the policy wants recorded about this answer (the expert form's choice)
+    prompt: str | None = None  # what the model read, when not the prompter's text (the expert form's summary)
 
 
 class Policy(Protocol):

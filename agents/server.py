@@ -29,19 +29,6 @@ def make_policy_and_judge(cfg: AgentConfig) -> tuple[Policy, LLMJudge | None]:
     return resolve_controller(cfg.controller).build(cfg)
 
 
-def expert_fields(state: dict) -> tuple[str, list[dict], dict | None]:
-    """The prompt the model read, the notes, and the expert form's note on the answer applied (the last one;
-    None for another policy). The expert form's model reads its own state summary, not the prompter's text:
-    that summary becomes the decision's prompt and leaves the notes."""
-    notes, prompt = list(state.get("notes", [])), state.get("prompt", "")
-    if not any(n.get("action") == "expert_choice" for n in notes):
-        return prompt, notes, None
-    expert = [n for n in notes if n.get("action") == "expert_choice"][-1]
-    prompt = expert.get("prompt", prompt)
-    notes = [{k: v for k, v in n.items() if k != "prompt"} if n.get("action") == "expert_choice" else n for n in notes]
-    return prompt, notes, [n for n in notes if n.get("action") == "expert_choice"][-1]
-
-
 def instruction_fields(metrics: EpochMetrics, command, notes: list[dict]) -> tuple[str | None, bool | None]:
     """``instruction_outcome`` and ``held`` of ``command``; (None, None) with a note if they cannot be worked out:
     this bookkeeping must never cost the validated command."""
@@ -69,14 +56,15 @@ def decide(
     latency_ms = (time.perf_counter() - started) * 1000.0
     fallback = bool(state.get("fallback"))
     command = state["command"]
-    prompt, notes, expert = expert_fields(state)
+    notes = list(state.get("notes", []))
+    expert = next((n for n in reversed(notes) if n.get("action") == "expert_choice"), None)  # the applied answer's
     outcome, held_still = (None, None) if fallback else instruction_fields(metrics, command, notes)
     return Decision(
         run_id=metrics.run_id,
         epoch=metrics.epoch,
         controller=policy_name,
         command=command,
-        prompt=prompt,
+        prompt=state.get("prompt", ""),
         raw_output=state.get("raw_output", ""),
         valid=state.get("attempts", 0) == 1 and not fallback,
         repair_attempts=state.get("repair_attempts", 0),

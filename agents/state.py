@@ -15,7 +15,7 @@ class AgentState(TypedDict, total=False):
     feed_reflection: bool  # input: show the previous verdict in the prompt (off for ablations)
     command_space: str  # input: "free" numbers in ranges, or a "grid" of choices around the current values
 
-    prompt: str  # prompter
+    prompt: str  # prompter; the controller replaces it when its model read something else (the expert form)
     raw_output: str  # controller: the answer text exactly as produced
     attempts: int  # controller calls so far (1 = first try)
     prompt_tokens: int | None

@@ -39,6 +39,8 @@ def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
             update["notes"] = [note]
         if answer.notes:
             update["notes"] = [*update.get("notes", []), *answer.notes]
+        if answer.prompt is not None:  # the decision records what the model actually read
+            update["prompt"] = answer.prompt
         return update
 
     return controller

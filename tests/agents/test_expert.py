@@ -132,7 +132,7 @@ class FixedChooser:
         from agents.expert import Choice
 
         return Choice(len(plan.candidates) - 1, "We should do this, because the evidence says so this epoch.",
-                      [0.0] * len(plan.candidates), 0.5 if len(plan.candidates) > 1 else None, 10, 5, {"prompt": "summary"})  # fmt: skip
+                      [0.0] * len(plan.candidates), 0.5 if len(plan.candidates) > 1 else None, 10, 5, {}, prompt="summary")  # fmt: skip
 
 
 def test_the_expert_policy_answers_through_the_validator_and_records_its_choice():
