@@ -301,6 +301,4 @@ def instruction_outcome(m: EpochMetrics, command: UpdateCommand) -> Outcome | No
 
 def held(m: EpochMetrics, command: UpdateCommand) -> bool:
     """Whether ``command`` changes nothing: every knob and alpha as they were, no weight modulation."""
-    values = current_values(m)
-    same = all(m.task.knob(n).direction(command.hyperparameters.get(n, v), v) == 0 for n, v in values.items())
-    return same and math.isclose(command.alpha, m.alpha, abs_tol=1e-12) and not command.modulated_layers()
+    return not any(knob_moves(m, command.hyperparameters, command.alpha).values()) and not command.modulated_layers()
