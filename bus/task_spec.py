@@ -10,6 +10,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Mode = Literal["max", "min"]
+# What a knob is, in the field's terms: the instruction reader's goals ("less overfitting" raises every
+# regularization knob) and the rule policies (a plateau lowers the learning rate) act on families, not on names,
+# so a user's task is steered without an edit to ReflectNet. "other": a knob no goal or rule moves by itself.
+Family = Literal["learning_rate", "regularization", "exploration", "clipping", "other"]
 
 # Every model on the bus is frozen and strict about unknown fields; NaN/inf travel as JSON constants (a
 # diverged loss is data, not a reason to lose the record).
@@ -36,6 +40,10 @@ class Hyperparameter(BaseModel):
     step: float
     max_change: float
     description: str  # plain language, for prompts
+    family: Family = "other"
+    # Other names an instruction may use for this knob ("lr", "step size"); its own name, with underscores read
+    # as spaces, always counts.
+    aliases: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -48,6 +56,11 @@ class Hyperparameter(BaseModel):
         if self.scale == "linear" and (self.step <= 0 or self.max_change <= 0):
             raise ValueError(f"{self.name}: a linear knob needs step > 0 and max_change > 0")
         return self
+
+    def words(self) -> tuple[str, ...]:
+        """Every way an instruction may name this knob, lower case: its name with underscores as spaces, its name
+        as written, then its aliases."""
+        return tuple(dict.fromkeys((self.name.replace("_", " "), self.name, *(a.lower() for a in self.aliases))))
 
     def allowed(self, current: float) -> tuple[float, float]:
         """The range a decision may move to from ``current``: the hard bounds within the trust region."""
