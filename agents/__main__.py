@@ -1,5 +1,5 @@
 import sys
 
-from agents.server import main
+from agents.service import main
 
 sys.exit(main())

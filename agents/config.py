@@ -1,4 +1,5 @@
-"""The agent process's configuration, built once by run.py (it holds no secret)."""
+"""The agent process's configuration, built once by run.py (it holds no secret): :class:`AgentConfig`, with the
+chat model's :class:`LLMSettings`."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agents.controllers import resolve_controller
-from agents.llm import LLMSettings
+from agents.controllers.registry import resolve_controller
+from agents.defaults import LLM_MAX_RETRIES, LLM_MAX_TOKENS, LLM_TEMPERATURE, LLM_TIMEOUT_S
 from bus.messages import UpdateCommand
 from bus.transport import check_endpoint
+
+ResponseFormatMode = Literal["auto", "json_schema", "json_object", "none"]
 
 
 class AgentConfig(BaseModel):
@@ -52,3 +55,19 @@ class AgentConfig(BaseModel):
         if self.health_endpoint is not None:
             check_endpoint(self.health_endpoint, self.allow_remote)
         return self
+
+
+class LLMSettings(BaseModel):
+    """How the agent reaches its chat model. Contains no secret."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Literal["local", "openai"]
+    base_url: str
+    model: str
+    timeout_s: float = Field(default=LLM_TIMEOUT_S, gt=0)
+    max_retries: int = Field(default=LLM_MAX_RETRIES, ge=0)
+    temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=LLM_MAX_TOKENS, ge=16)
+    response_format: ResponseFormatMode = "auto"
+    decision_form: Literal["expert", "free"] = "free"  # see agents.expert; free: the model writes the command

@@ -8,7 +8,7 @@
 Core nodes keep their relative order and ``repairer`` directly follows ``validator``; any other
 node (a critic, or your own) may go anywhere in the list. Node names resolve, in order, to: the
 core nodes, built-in extras (``critic``), the ``reflectnet.nodes`` entry-point group, and
-``package.module:function`` references.
+``package.module:function`` references (``bus.plugins``, the resolver shared with tasks and controllers).
 
 Every extra node and the reflector run guarded (:func:`guarded`): one that raises, or returns an
 update that would break the decision, costs nothing validated — its failure is a note and a
@@ -17,11 +17,8 @@ update that would break the decision, costs nothing validated — its failure is
 
 from __future__ import annotations
 
-import importlib
 import json
-import math
 import traceback
-from importlib.metadata import entry_points
 from typing import Any, Callable, Literal
 
 import structlog
@@ -31,9 +28,10 @@ from pydantic import ValidationError
 from agents.nodes import critic, prompter, reflector, repairer, validator
 from agents.nodes.controller import make_controller
 from agents.nodes.reflector import make_reflector
-from agents.policies import Policy
+from agents.controllers.contract import Policy
 from agents.state import AgentState
 from bus.messages import Reflection, TaskSpec, UpdateCommand
+from bus.plugins import PluginError, PluginKind
 
 CORE_NODES = ("prompter", "controller", "validator", "repairer", "reflector")
 BUILTIN_NODES: dict[str, Callable[[AgentState], dict]] = {"critic": critic}
@@ -42,30 +40,16 @@ ENTRY_POINT_GROUP = "reflectnet.nodes"
 Node = Callable[[AgentState], dict]
 
 
-class UnknownNodeError(ValueError):
-    pass
+class UnknownNodeError(PluginError):
+    """A node name that is neither a built-in extra, nor an entry point, nor a loadable ``module:function``."""
+
+
+NODES = PluginKind("node", ENTRY_POINT_GROUP, BUILTIN_NODES, "package.module:function", UnknownNodeError)
 
 
 def resolve_node(name: str) -> Node:
-    """The function a non-core node name refers to; raises UnknownNodeError with what was tried."""
-    if name in BUILTIN_NODES:
-        return BUILTIN_NODES[name]
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            return ep.load()
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            node = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UnknownNodeError(f"cannot load node {name!r}: {exc}") from None
-        if not callable(node):
-            raise UnknownNodeError(f"node {name!r} is not callable")
-        return node
-    known = sorted({*BUILTIN_NODES, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))})
-    raise UnknownNodeError(
-        f"unknown node {name!r}; built-in extras: {', '.join(known)}; or use package.module:function"
-    )
+    """The function a non-core node name refers to; raises UnknownNodeError in one line with what was tried."""
+    return NODES.callable(name)
 
 
 def knob_problem(command: UpdateCommand, spec: TaskSpec) -> str | None:
@@ -76,7 +60,9 @@ def knob_problem(command: UpdateCommand, spec: TaskSpec) -> str | None:
         return f"set a command with knobs {sorted(command.hyperparameters)[:8]}, the task has {names}"
     for knob in spec.hyperparameters:
         value = command.hyperparameters[knob.name]
-        if not (math.isfinite(value) and knob.low <= value <= knob.high):
+        try:
+            knob.check(value)  # the same check the trainer applies at the bus boundary
+        except ValueError:
             return f"set {knob.name} to {value}, outside its hard bounds [{knob.low:g}, {knob.high:g}]"
     return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
+from agents.proposals.proposal import Proposal
 from bus.messages import EpochMetrics, Reflection, UpdateCommand
 
 
@@ -16,7 +17,8 @@ class AgentState(TypedDict, total=False):
     command_space: str  # input: "free" numbers in ranges, or a "grid" of choices around the current values
 
     prompt: str  # prompter; the controller replaces it when its model read something else (the expert form)
-    raw_output: str  # controller: the answer text exactly as produced
+    proposal: Proposal | None  # controller: a policy's typed proposal (None: a model's text, parsed by the validator)
+    raw_output: str  # controller: the answer text exactly as produced (a proposal's, as its answer text)
     attempts: int  # controller calls so far (1 = first try)
     prompt_tokens: int | None
     completion_tokens: int | None

@@ -91,3 +91,8 @@ def direction_words(spec: TaskSpec) -> str:
     """The task's objective direction for a prompt: ``"higher is better"`` for mode ``max``, else
     ``"lower is better"``."""
     return "higher is better" if spec.mode == "max" else "lower is better"
+
+
+def weight_layers(m: EpochMetrics) -> list[str]:
+    """The names of the weight tensors the agent may modulate, first layer to last."""
+    return [name for name in m.param_shapes if name.endswith("weight")]

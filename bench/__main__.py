@@ -25,8 +25,8 @@ import structlog
 
 from agents.config import AgentConfig
 from agents.graph import pipeline_with
-from agents.llm import LLMSettings
-from agents.llm_server import LocalLLMServer
+from agents.config import LLMSettings
+from model_server.manager import LocalLLMServer
 from bench.throughput import measure
 from bus.messages import Decision, EpochMetrics, EpochSummary, Hello, Ready
 from bus.transport import RequestClient, ipc_endpoint, socket_folder

@@ -206,7 +206,7 @@ def judge_case(case: Case, m: EpochMetrics, decision) -> tuple[bool, bool, bool]
 
 
 def run_cases(graph, policy_name: str, command_space: str, verbose: bool = False) -> list[Outcome]:
-    from agents.server import decide
+    from agents.service import decide
 
     outcomes = []
     for i, case in enumerate(CASES):
@@ -283,7 +283,7 @@ def print_summary(f: dict[str, float], form: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from agents.config import AgentConfig
     from agents.graph import build_agent_graph, pipeline_with
-    from agents.server import make_policy_and_judge
+    from agents.service import make_policy_and_judge
     from orchestration.cli import CliError, add_llm_flags, model_spec
     from orchestration.configs import llm_settings
     from orchestration.spec import RunSpec
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = llm_settings(spec)
         try:
             if not spec.llm.remote:
-                from agents.llm_server import LocalLLMServer
+                from model_server.manager import LocalLLMServer
 
                 server = LocalLLMServer(Path(tmp) / "llm-server.log")
                 server.start()

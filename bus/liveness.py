@@ -11,7 +11,7 @@ keeps its sockets open and only stops answering, so nothing but a question revea
   ``interval_s``; a child that answered once since its start and then misses ``misses`` pings in a
   row, or reports ``busy_s`` above its limit, is *hung*. The orchestrator's loop reads
   :meth:`LivenessProbe.hung` and restarts it (the model server has its own HTTP probe,
-  ``agents.llm_server.HangProbe``).
+  ``model_server.manager.HangProbe``).
 
 The recorder needs no responder: its control socket is served by its main loop, so a ping there is
 already a liveness check of the loop itself.

@@ -14,6 +14,21 @@ Mode = Literal["max", "min"]
 # regularization knob) and the rule policies (a plateau lowers the learning rate) act on families, not on names,
 # so a user's task is steered without an edit to ReflectNet. "other": a knob no goal or rule moves by itself.
 Family = Literal["learning_rate", "regularization", "exploration", "clipping", "other"]
+# The family of a knob that declares none, by the field's usual names (a task written before families existed
+# keeps its rules: its "learning_rate" is still lowered on a plateau).
+USUAL_FAMILIES: dict[str, Family] = {
+    "learning_rate": "learning_rate", "lr": "learning_rate", "dropout": "regularization",
+    "weight_decay": "regularization", "ent_coef": "exploration", "clip_range": "clipping",
+}  # fmt: skip
+# The aliases of a knob that declares none, by the same usual names.
+LEARNING_RATE_ALIASES = ("lr", "learning-rate", "step size", "stepsize", "steps", "step", "update size")
+USUAL_ALIASES: dict[str, tuple[str, ...]] = {
+    "learning_rate": LEARNING_RATE_ALIASES, "lr": ("learning rate", *LEARNING_RATE_ALIASES[1:]),
+    "dropout": ("drop-out", "drop out"), "weight_decay": ("weight-decay", "l2 penalty", "l2"),
+    "ent_coef": ("entropy coefficient", "entropy bonus", "entropy"), "clip_range": ("clipping range", "clip"),
+}  # fmt: skip
+USUAL_LABELS = {"learning_rate": "the learning rate", "lr": "the learning rate", "ent_coef": "the entropy coefficient",
+                "clip_range": "the clip range"}  # fmt: skip
 
 # Every model on the bus is frozen and strict about unknown fields; NaN/inf travel as JSON constants (a
 # diverged loss is data, not a reason to lose the record).
@@ -44,6 +59,18 @@ class Hyperparameter(BaseModel):
     # Other names an instruction may use for this knob ("lr", "step size"); its own name, with underscores read
     # as spaces, always counts.
     aliases: tuple[str, ...] = ()
+    label: str | None = None  # how a sentence names it ("the learning rate"); default: the name, "_" as spaces
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usual_vocabulary(cls, data):
+        """A knob that declares no family, aliases or label gets those of its usual name, if it has one."""
+        if isinstance(data, dict) and data.get("name") in USUAL_FAMILIES:
+            name = data["name"]
+            data = {**data, "family": data.get("family") or USUAL_FAMILIES[name]}
+            data.setdefault("aliases", USUAL_ALIASES[name])
+            data.setdefault("label", USUAL_LABELS.get(name))
+        return data
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -61,6 +88,10 @@ class Hyperparameter(BaseModel):
         """Every way an instruction may name this knob, lower case: its name with underscores as spaces, its name
         as written, then its aliases."""
         return tuple(dict.fromkeys((self.name.replace("_", " "), self.name, *(a.lower() for a in self.aliases))))
+
+    def prose(self) -> str:
+        """How a sentence names this knob: its ``label``, else its name with underscores as spaces."""
+        return self.label or self.name.replace("_", " ")
 
     def allowed(self, current: float) -> tuple[float, float]:
         """The range a decision may move to from ``current``: the hard bounds within the trust region."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agents.config import AgentConfig
 from agents.controllers import resolve_controller
-from agents.llm import LLMSettings
+from agents.config import LLMSettings
 from bus.messages import RunStarted
 from bus.transport import ipc_endpoint, socket_folder, socket_name
 from orchestration.planning import Arm

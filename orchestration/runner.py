@@ -13,8 +13,8 @@ import duckdb
 
 from agents.config import AgentConfig
 from agents.controllers import resolve_controller
-from agents.llm import LLMSettings
-from agents.llm_server import LLMServerError
+from agents.config import LLMSettings
+from model_server.manager import LLMServerError
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, ControlRequest, RunFinished, decode
 from bus.transport import RecordSender, RequestClient, remove_socket_folder

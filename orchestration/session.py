@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from agents.controllers import resolve_controller
-from agents.llm import LLMSettings
+from agents.config import LLMSettings
 from bus.child import EXIT_DATA_UNAVAILABLE
 from orchestration.cli import CliError
 from orchestration.configs import llm_settings

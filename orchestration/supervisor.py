@@ -16,8 +16,8 @@ import zmq
 from pydantic import BaseModel
 
 from agents.config import AgentConfig
-from agents.llm import LLMSettings
-from agents.llm_server import HangProbe, LLMServerError, LocalLLMServer
+from agents.config import LLMSettings
+from model_server.manager import HangProbe, LLMServerError, LocalLLMServer
 from bus.liveness import LivenessProbe
 from bus.messages import ControlReply, ControlRequest, Hello, Ready
 from bus.transport import RecordSender, RequestClient

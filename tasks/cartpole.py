@@ -224,7 +224,7 @@ class CartPoleTask(Task):
             max_change=0.1,
             description="PPO clip range: how far one update may move the action probabilities (ratio 1 ± clip)",
             family="clipping",
-            aliases=("clipping range", "clip", "trust region", "clipping"),
+            aliases=("clipping range", "clip"),
         ),
     )
 

@@ -216,7 +216,7 @@ class DiabetesRegression(Task):
             max_change=0.03,
             description="L2 penalty coefficient added to the gradients (Adam's weight_decay)",
             family="regularization",
-            aliases=("weight-decay", "l2 penalty", "l2", "ridge penalty", "ridge"),
+            aliases=("weight-decay", "l2 penalty", "l2"),
         ),
     )
 

@@ -1,5 +1,6 @@
 """Which task a name means: the built-ins, the ``reflectnet.tasks`` entry-point group, or a
-``package.module:factory`` reference — resolved the way agent nodes and controllers are.
+``package.module:factory`` reference — resolved by the one plugin resolver (``bus.plugins``), as agent nodes and
+controllers are.
 
 A factory is a ``Task`` subclass or any callable returning a ``Task`` instance; its keyword arguments are
 the task's options (``--task-option key=value`` on the command line; ``data_dir``, ``batch_size`` and
@@ -8,10 +9,10 @@ the task's options (``--task-option key=value`` on the command line; ``data_dir`
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from importlib.metadata import entry_points
 from typing import Any, Callable
+
+from bus.plugins import PluginError, PluginKind
 
 BUILTIN_TASKS: dict[str, str] = {
     "mnist": "tasks.mnist.task:MnistTask",
@@ -21,41 +22,21 @@ BUILTIN_TASKS: dict[str, str] = {
 ENTRY_POINT_GROUP = "reflectnet.tasks"
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(PluginError):
     """A task name that is neither built in, nor an entry point, nor a loadable ``module:factory``."""
+
+
+TASKS = PluginKind("task", ENTRY_POINT_GROUP, BUILTIN_TASKS, error=UnknownTaskError)
 
 
 def task_names() -> list[str]:
     """Built-in task names, then those of installed entry points."""
-    names = list(BUILTIN_TASKS)
-    names += sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTIN_TASKS)
-    return names
-
-
-def _load(reference: str) -> Callable:
-    module_name, _, attr = reference.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # a user's module may raise anything on import: one line naming it
-        raise UnknownTaskError(f"cannot load task {reference!r}: {type(exc).__name__}: {exc}") from None
-    if not callable(factory):
-        raise UnknownTaskError(f"task {reference!r} is not callable")
-    return factory
+    return TASKS.names()
 
 
 def resolve_task_factory(name: str) -> Callable:
     """The factory ``name`` refers to; raises UnknownTaskError saying what is known."""
-    if name in BUILTIN_TASKS:
-        return _load(BUILTIN_TASKS[name])
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            try:
-                return ep.load()
-            except Exception as exc:  # a broken plugin is the user's to fix: one line naming it
-                raise UnknownTaskError(f"entry point {name!r} failed to load: {type(exc).__name__}: {exc}") from None
-    if ":" in name:
-        return _load(name)
-    raise UnknownTaskError(f"unknown task {name!r}; known: {', '.join(task_names())}; or use package.module:factory")
+    return TASKS.callable(name)
 
 
 def accepted_options(factory: Callable, options: dict[str, Any]) -> dict[str, Any]:
@@ -77,11 +58,7 @@ def make_task(name: str, options: dict[str, Any] | None = None):
     from tasks.base import Task
 
     factory = resolve_task_factory(name)
-    kwargs = accepted_options(factory, options or {})
-    try:
-        task = factory(**kwargs)
-    except Exception as exc:  # a user's factory may raise anything: one line naming it
-        raise UnknownTaskError(f"task {name!r} could not be built with {kwargs}: {type(exc).__name__}: {exc}") from None
+    task = TASKS.build(name, factory, **accepted_options(factory, options or {}))
     if not isinstance(task, Task):
         raise UnknownTaskError(f"task {name!r} gave a {type(task).__name__}, not a tasks.base.Task")
     return task

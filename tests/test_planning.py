@@ -86,7 +86,7 @@ def test_the_specification_owns_the_agent_timeouts():
 
 
 def test_model_defaults_are_one_set_for_the_command_line_and_the_agent():
-    from agents.llm import LLMSettings
+    from agents.config import LLMSettings
 
     settings = LLMSettings(provider="local", base_url="http://127.0.0.1:1/v1", model="m")
     spec = ModelSpec()

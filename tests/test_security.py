@@ -9,7 +9,7 @@ import pytest
 
 from agents.config import AgentConfig
 from agents.graph import pipeline_with
-from agents.llm_server import LocalLLMServer
+from model_server.manager import LocalLLMServer
 from bus.transport import LOOPBACK, free_tcp_endpoint
 from storage.recorder import RecorderConfig
 

@@ -1,11 +1,14 @@
-"""controller: one call of the policy (a chat model, or the heuristic) per attempt."""
+"""controller: one call of the policy (a chat model, a rule, the expert form, a user's controller) per attempt. A
+typed :class:`~agents.proposals.proposal.Proposal` goes to the validator as it is (and is recorded as its answer
+text); a model's answer text is parsed there."""
 
 from __future__ import annotations
 
 import time
 from typing import Callable
 
-from agents.policies import ControllerAnswer, Policy
+from agents.controllers.contract import ControllerAnswer, Policy
+from agents.proposals.proposal import Proposal
 from agents.state import AgentState
 
 
@@ -19,9 +22,15 @@ def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
             answer = policy.propose(state)
         except Exception as exc:  # the model-call boundary: any failure is recorded as the model's
             answer = ControllerAnswer("", error=f"{type(exc).__name__}: {exc}"[:1000])
+        if not isinstance(answer, (Proposal, ControllerAnswer)):
+            kind = type(answer).__name__
+            answer = ControllerAnswer("", error=f"TypeError: {policy.name} answered a {kind}, not a Proposal"[:1000])
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         attempt = state.get("attempts", 0) + 1
+        if isinstance(answer, Proposal):
+            return _proposal_update(state, answer, attempt, elapsed_ms)
         update = {
+            "proposal": None,
             "raw_output": answer.text,
             "llm_error": answer.error,
             "finish_reason": answer.finish_reason,
@@ -44,6 +53,25 @@ def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
         return update
 
     return controller
+
+
+def _proposal_update(state: AgentState, proposal: Proposal, attempt: int, elapsed_ms: float) -> dict:
+    """The state update for a typed proposal: the proposal itself, its answer text for the record, its tokens."""
+    update = {
+        "proposal": proposal,
+        "raw_output": proposal.answer_text(),
+        "llm_error": None,
+        "finish_reason": None,
+        "attempts": attempt,
+        "prompt_tokens": _add(state.get("prompt_tokens"), proposal.prompt_tokens),
+        "completion_tokens": _add(state.get("completion_tokens"), proposal.completion_tokens),
+        "llm_latency_ms": state.get("llm_latency_ms", 0.0) + elapsed_ms,
+    }
+    if proposal.notes:
+        update["notes"] = list(proposal.notes)
+    if proposal.prompt is not None:  # the decision records what the model actually read
+        update["prompt"] = proposal.prompt
+    return update
 
 
 def _add(total: int | None, more: int | None) -> int | None:

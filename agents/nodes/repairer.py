@@ -4,7 +4,7 @@ a modulation that failed — and record the fallback with its reason."""
 
 from __future__ import annotations
 
-from agents.nodes.validator import ALPHA, command_from
+from agents.proposals.check import ALPHA, command_from
 from agents.state import AgentState
 from agents.trends import current_values
 from bus.messages import UpdateCommand

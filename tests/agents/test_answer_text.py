@@ -9,8 +9,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.nodes.answer_text import find_answer_object, split_reasoning
-from agents.nodes.validator import validate_answer
+from agents.proposals.answer_text import find_answer_object, split_reasoning
+from agents.proposals.check import validate_answer
 from tests.helpers import make_metrics
 
 METRICS = make_metrics([0.9, 0.91])

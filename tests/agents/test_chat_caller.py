@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from agents.llm import ChatCaller, LLMSettings, make_chat_model, response_formats
+from agents.chat import ChatCaller, make_chat_model, response_formats
+from agents.config import LLMSettings
 from tests.helpers import ScriptedOpenAI, ScriptedReply
 
 GOOD = json.dumps({"dropout": 0.25, "learning_rate": 5e-4, "alpha": 0.3, "rationale": "ok"})

@@ -1,6 +1,7 @@
 """The controller registry: built-ins, entry points and module:factory references, resolved and run
 through the real graph."""
 
+import json
 import textwrap
 
 import pytest
@@ -14,7 +15,7 @@ from agents.controllers import (
     resolve_controller,
 )
 from agents.graph import CORE_NODES, build_agent_graph, pipeline_with
-from agents.server import decide, make_policy_and_judge
+from agents.service import decide, make_policy_and_judge
 from bus.messages import WeightOp
 from bus.transport import free_tcp_endpoint
 from tests.helpers import make_command, make_metrics, make_regression_metrics
@@ -23,7 +24,7 @@ USER_MODULE = '''
 import json
 
 from agents.controllers import Controller
-from agents.policies import ControllerAnswer
+from agents.controllers import ControllerAnswer
 
 
 class HalvingPolicy:
@@ -42,6 +43,32 @@ def make_controller(cfg):
 
 CONTROLLER = Controller("ignored", "halves every knob through a model", True, make_controller)
 NOT_A_CONTROLLER = 7
+
+
+class TenfoldPolicy:
+    """Proposes a typed command: ten times the learning rate (beyond the trust region), dropout 5 on request."""
+
+    name = "tenfold"
+
+    def __init__(self, dropout=None):
+        self.dropout = dropout
+
+    def propose(self, state):
+        from agents.controllers import Proposal
+
+        m = state["metrics"]
+        knobs = {**m.hyperparameters, "learning_rate": m.hyperparameters["learning_rate"] * 10}
+        if self.dropout is not None:
+            knobs["dropout"] = self.dropout
+        return Proposal(knobs, m.alpha, rationale="ten times the learning rate")
+
+
+def make_tenfold(cfg):
+    return TenfoldPolicy()
+
+
+def make_invalid(cfg):
+    return TenfoldPolicy(dropout=5.0)
 '''
 
 
@@ -134,3 +161,16 @@ def test_replay_answers_the_recorded_commands_through_the_validator(tmp_path):
     assert held.rationale == "replay: no command was recorded for epoch 3 of run 'run-test': hold, alpha 0"
     with pytest.raises(ValidationError, match="controller 'replay' needs command_space 'free'"):
         config(tmp_path, controller="replay", command_space="grid")
+
+
+def test_a_controller_from_outside_returns_a_proposal_and_is_clamped_like_the_builtins(tmp_path, user_module):
+    decision = decide_with(config(tmp_path, controller=f"{user_module}:make_tenfold"), make_metrics([0.8, 0.85]))
+    assert (decision.controller, decision.valid, decision.fallback) == ("tenfold", True, False)
+    assert decision.command.hyperparameters == {"dropout": 0.2, "learning_rate": pytest.approx(3e-3)}  # x3 at most
+    assert decision.clamped == {"learning_rate": {"from": pytest.approx(1e-2), "to": pytest.approx(3e-3)}}
+    assert json.loads(decision.raw_output)["learning_rate"] == pytest.approx(1e-2)  # what it proposed, recorded
+    # a value that is no setting at all is an error for the repairer, then the deterministic repair keeps the rest
+    invalid = decide_with(config(tmp_path, controller=f"{user_module}:make_invalid"), make_metrics([0.8, 0.85]))
+    assert (invalid.valid, invalid.fallback) == (False, True)
+    assert "dropout=5 is not a valid setting" in invalid.fallback_reason
+    assert invalid.command.hyperparameters == {"dropout": 0.2, "learning_rate": pytest.approx(3e-3)}

@@ -1,4 +1,4 @@
-"""The expert decision form (agents.expert): calibrated choice against a scripted scoring server on loopback,
+"""The expert decision form (agents.controllers.expert, agents.expert.choosers): calibrated choice against a scripted scoring server on loopback,
 the chat choice, copied rationales, the policy through the real graph, and the reflector's contradiction flag.
 The real embedded model is exercised end to end in tests/e2e/test_llm.py."""
 
@@ -10,21 +10,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agents.expert import (
-    NEUTRAL_STATE,
-    ChatChooser,
-    ChooserError,
-    ExpertPolicy,
-    ScoredChooser,
-    copied,
-    state_summary,
-    unsupported_numbers,
-)
+from agents.chat import ChatCaller
+from agents.controllers.expert import ExpertPolicy
+from agents.expert.candidates import plan_decision
+from agents.expert.choosers import ChatChooser, ChooserError, ScoredChooser
+from agents.expert.rationale import copied, unsupported_numbers
 from agents.graph import build_agent_graph, pipeline_with
-from agents.guidance import plan_decision
-from agents.llm import ChatCaller
+from agents.prompts import NEUTRAL_STATE, state_summary
 from agents.nodes.reflector import judge_previous_decision, make_reflector
-from agents.server import decide
+from agents.service import decide
 from bench.guidance import Case, case_metrics
 from bus.messages import Instruction, UpdateCommand
 from tests.helpers import ScriptedOpenAI, ScriptedReply
@@ -114,7 +108,8 @@ def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():
     good = ScriptedReply(json.dumps({"choice": "dropout:up", "rationale": "Training accuracy runs away from validation."}))
     bad = ScriptedReply(json.dumps({"choice": "learning_rate:up", "rationale": "faster"}))
     with ScriptedOpenAI({"controller": [good, bad]}, {"controller": good}) as server:
-        from agents.llm import LLMSettings, make_chat_model, response_formats
+        from agents.chat import make_chat_model, response_formats
+        from agents.config import LLMSettings
 
         settings = LLMSettings(provider="openai", base_url=server.base_url, model="m", timeout_s=5)
         chooser = ChatChooser(ChatCaller(make_chat_model(settings), response_formats(settings), 0.0, 128))
@@ -129,7 +124,7 @@ class FixedChooser:
     """A chooser that picks the last candidate (a fake: the policy and graph around it are real)."""
 
     def choose(self, m, plan):
-        from agents.expert import Choice
+        from agents.expert.choosers import Choice
 
         return Choice(len(plan.candidates) - 1, "We should do this, because the evidence says so this epoch.",
                       [0.0] * len(plan.candidates), 0.5 if len(plan.candidates) > 1 else None, 10, 5, {}, prompt="summary")  # fmt: skip
@@ -154,7 +149,7 @@ class Judge:
         self.verdict = verdict
 
     def judge(self, m, rule, change_text):
-        from agents.llm import Judgement
+        from agents.controllers.llm import Judgement
 
         return Judgement(rule.model_copy(update={"verdict": self.verdict, "text": "fine", "judge": "m"}))
 
@@ -192,7 +187,7 @@ def test_a_copied_rationale_is_asked_for_once_more_and_the_copy_stays_flagged():
 
 
 def test_the_reason_opens_with_the_measured_signal_or_the_users_request():
-    from agents.expert import reason_opening
+    from agents.expert.rationale import reason_opening
 
     plateau = case_metrics(Case("evidence", "plateau", None), 0)
     assert reason_opening(plateau, plan_decision(plateau)) == "val_acc has not"

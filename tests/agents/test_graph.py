@@ -5,8 +5,9 @@ import json
 import pytest
 
 from agents.graph import CORE_NODES, UnknownNodeError, build_agent_graph, pipeline_with, resolve_node
-from agents.policies import ControllerAnswer, HeuristicPolicy
-from agents.server import decide
+from agents.controllers import ControllerAnswer
+from agents.controllers.rules import HeuristicPolicy
+from agents.service import decide
 from tests.helpers import make_command, make_metrics, make_regression_metrics
 
 GOOD = json.dumps({"dropout": 0.25, "learning_rate": 5e-4, "alpha": 0.3, "rationale": "fine"})

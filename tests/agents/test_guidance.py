@@ -1,13 +1,14 @@
-"""The expert block (agents.instructions, agents.evidence, agents.guidance): reading instructions and evidence, the candidates, and the judgement
+"""The expert block (agents.expert: instructions, evidence, candidates, outcome): reading instructions and evidence, the candidates, and the judgement
 of a command against the instruction. No model: every answer here is the lexicon's or the rule's."""
 
 from __future__ import annotations
 
 import pytest
 
-from agents.evidence import read_signal
-from agents.guidance import held, instruction_outcome, plan_decision
-from agents.instructions import read_instruction
+from agents.expert.evidence import read_signal
+from agents.expert.candidates import plan_decision
+from agents.expert.outcome import held, instruction_outcome
+from agents.expert.instructions import read_instruction
 from bench.guidance import CASES, STATES, Case, case_metrics
 from bus.messages import Instruction, UpdateCommand
 from tasks.mnist import SPEC

@@ -16,8 +16,10 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
 from agents.graph import CORE_NODES, build_agent_graph
-from agents.llm import ChatCaller, LLMJudge, LLMPolicy, LLMSettings, make_chat_model, response_formats, scrub
-from agents.server import decide
+from agents.chat import ChatCaller, make_chat_model, response_formats, scrub
+from agents.config import LLMSettings
+from agents.controllers.llm import LLMJudge, LLMPolicy
+from agents.service import decide
 from bus.messages import UpdateCommand
 from tests.helpers import make_command, make_metrics, make_regression_metrics
 

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from agents.policies import GAP_NOISE_BANDS, HeuristicPolicy, PlateauPolicy, ReplayPolicy, gap_threshold
+from agents.controllers.replay import ReplayPolicy
+from agents.controllers.rules import GAP_NOISE_BANDS, HeuristicPolicy, PlateauPolicy, gap_threshold
 from bus.messages import WeightOp
 from tasks.mnist import SPEC as MNIST_SPEC
 from tests.helpers import (

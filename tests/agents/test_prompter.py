@@ -2,7 +2,7 @@
 
 import pytest
 
-from agents.nodes.prompter import command_schema, display_metrics, instructions, render_prompt
+from agents.prompts import command_schema, display_metrics, instructions, render_prompt
 from bus.messages import TaskSpec
 from tasks.mnist import SPEC as MNIST_SPEC
 from tests.helpers import (

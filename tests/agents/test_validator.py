@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from agents.nodes.validator import MAX_DELTA_NORM_RATIO, allowed_ranges, grid_choices, validate_answer
+from agents.proposals.check import MAX_DELTA_NORM_RATIO, allowed_ranges, grid_choices, validate_answer
 from tests.helpers import make_metrics, make_regression_metrics
 
 METRICS = make_metrics([0.9, 0.91])
@@ -25,10 +25,10 @@ def test_valid_answer_inside_prose_and_fences():
 
 def test_values_outside_the_trust_region_are_clamped_and_recorded():
     # current: dropout 0.2, lr 1e-3 -> allowed dropout [0.0, 0.4], lr [3.33e-4, 3e-3], alpha [0, 1]
-    command, _, clamped, errors = check({"dropout": 1.5, "learning_rate": 2.0, "alpha": -0.1, "rationale": ""})
+    command, _, clamped, errors = check({"dropout": 0.9, "learning_rate": 0.05, "alpha": 0.0, "rationale": ""})
     assert errors == []
     assert command.hyperparameters == {"dropout": 0.4, "learning_rate": pytest.approx(3e-3)} and command.alpha == 0.0
-    assert clamped["dropout"] == {"from": 1.5, "to": 0.4} and clamped["alpha"] == {"from": -0.1, "to": 0.0}
+    assert clamped["dropout"] == {"from": 0.9, "to": 0.4} and "alpha" not in clamped
     assert clamped["learning_rate"]["to"] == pytest.approx(3e-3)
     command, _, clamped, _ = check({"dropout": 0.0, "learning_rate": 1e-6, "alpha": 1.0, "rationale": ""})
     assert command.hyperparameters["learning_rate"] == pytest.approx(1e-3 / 3) and "dropout" not in clamped
@@ -64,13 +64,20 @@ def test_values_outside_the_trust_region_are_clamped_and_recorded():
             "not a rectangular array",
         ),
         ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 0.4, "rationale": 7}, "rationale must be a string"),
+        # not a setting at all: an error for the repairer, not a clamp into a real move
+        ({"dropout": 0.2, "learning_rate": -0.01, "alpha": 0.4}, "learning_rate=-0.01 is not a valid setting"),
+        ({"dropout": 0.2, "learning_rate": 0.0, "alpha": 0.4}, "learning_rate=0 is not a valid setting"),
+        ({"dropout": 5, "learning_rate": 1e-3, "alpha": 0.4}, "dropout=5 is not a valid setting: it must lie in [0, 0.9]"),
+        ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 1.5}, "alpha=1.5 is not a valid setting"),
+        ({"dropout": "0.2x", "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
+        ({"dropout": "nan", "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
     ],
 )
 def test_invalid_answers_name_the_problem_and_keep_the_valid_parts(answer, error):
     command, partial, _, errors = check(answer)
     assert command is None
     assert any(error in e for e in errors), errors
-    if isinstance(answer, dict) and isinstance(answer.get("learning_rate"), float):
+    if isinstance(answer, dict) and isinstance(answer.get("learning_rate"), float) and "learning_rate" not in error:
         assert partial["learning_rate"] == answer["learning_rate"]
 
 
@@ -240,7 +247,7 @@ REGRESSION = make_regression_metrics([60.0, 58.0], lr=1e-3, weight_decay=0.02)
 
 
 def test_a_min_task_answer_names_its_own_knobs_and_is_clamped_by_them():
-    answer = {"learning_rate": 0.5, "dropout": 0.1, "weight_decay": 0.09, "alpha": 0.4, "rationale": "r"}
+    answer = {"learning_rate": 0.05, "dropout": 0.1, "weight_decay": 0.09, "alpha": 0.4, "rationale": "r"}
     result = validate_answer(json.dumps(answer), REGRESSION)
     assert result.errors == []
     assert result.command.hyperparameters == {
@@ -266,3 +273,30 @@ def test_a_min_task_grid_snaps_each_knob_on_its_own_scale():
     result = validate_answer(json.dumps(answer), REGRESSION, "grid")
     assert result.command.hyperparameters == {"learning_rate": 0.002, "dropout": 0.0, "weight_decay": 0.03}
     assert set(result.clamped) == {"learning_rate", "dropout", "weight_decay"}
+
+
+def test_numbers_written_as_strings_are_read_as_numbers_with_a_note():
+    # what a held-back server that writes every number as a string sends
+    answer = {"dropout": "0.2", "learning_rate": "5e-4", "alpha": "0.4", "rationale": "r",
+              "weight_modulation": [{"layer": "fc.3.weight", "op": "scale", "factor": "0.98"}]}  # fmt: skip
+    result = checked(json.dumps(answer))
+    assert result.errors == [] and result.clamped == {}
+    assert result.command.hyperparameters == {"dropout": 0.2, "learning_rate": 5e-4} and result.command.alpha == 0.4
+    assert result.command.weight_ops[0].value == 0.98
+    assert "['dropout', 'learning_rate', 'alpha'] were written as strings" in result.notes["numbers_as_strings"]
+
+
+def test_a_typed_proposal_passes_the_same_checks_as_its_text():
+    from agents.proposals.check import check_proposal
+    from agents.proposals.parse import parse_answer
+    from agents.proposals.proposal import Proposal, WeightChange
+
+    proposal = Proposal({"dropout": 0.9, "learning_rate": 0.05}, 0.4, (WeightChange("fc.3.weight", "scale", 1.5),), "r")
+    typed = check_proposal(proposal, METRICS)
+    parsed = check_proposal(parse_answer(proposal.answer_text(), METRICS).proposal, METRICS)
+    assert typed.command == parsed.command and typed.clamped == parsed.clamped
+    assert typed.clamped == {"dropout": {"from": 0.9, "to": 0.4}, "learning_rate": {"from": 0.05, "to": pytest.approx(3e-3)},
+                             "weight_ops.fc.3.weight.factor": {"from": 1.5, "to": 1.05}}  # fmt: skip
+    bad = check_proposal(Proposal({"dropout": 0.2, "learning_rate": -1.0}, 0.4), METRICS)
+    assert bad.command is None and bad.errors == ["learning_rate=-1 is not a valid setting: it must lie in [1e-06, 0.1]"]
+    assert bad.partial == {"dropout": 0.2, "alpha": 0.4, "rationale": ""}

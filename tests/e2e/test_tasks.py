@@ -168,7 +168,7 @@ def test_a_task_from_a_module_outside_reflectnet_runs_end_to_end(tmp_path):
 OUTSIDE_CONTROLLER = '''
 import json
 
-from agents.policies import ControllerAnswer
+from agents.controllers import ControllerAnswer
 
 
 class HalvingPolicy:

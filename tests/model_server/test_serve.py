@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.expert import ANSWER_OPENING, SYSTEM, chatml
-from agents.llm_server import local_gguf
-from agents.llm_serve import option_logprobs
+from agents.prompts import ANSWER_OPENING, EXPERT_SYSTEM, chatml
+from model_server.manager import local_gguf
+from model_server.serve import option_logprobs
 
 OPTIONS = [" halve the learning rate", " raise dropout", " keep every hyperparameter as it is"]
 
@@ -20,7 +20,7 @@ def llama():
 
 
 def test_option_scores_do_not_depend_on_the_cache_the_order_or_a_completion_in_between(llama):
-    prompt = chatml(SYSTEM, "val_acc 0.91, no new best for 3 epochs. What should we do?", ANSWER_OPENING)
+    prompt = chatml(EXPERT_SYSTEM, "val_acc 0.91, no new best for 3 epochs. What should we do?", ANSWER_OPENING)
     first = option_logprobs(llama, prompt, OPTIONS)
     assert all(len(lp) >= 2 for lp in first)  # every option is several tokens, each scored
     assert all(x < 0 for lp in first for x in lp)

@@ -1,6 +1,6 @@
 """Reading the measured trends into a :class:`Signal`: diverging, a widening generalization gap, a plateau,
-steady gains, a change still settling, or no clear trend — as the heuristic (``agents.policies``) reads them,
-with its thresholds.
+steady gains, a change still settling, or no clear trend — with the heuristic's rule set
+(``agents.controllers.rules``: the same tests, the same thresholds).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from agents.policies import GAP_NOISE_BANDS, PLATEAU_EPOCHS
+from agents.controllers.rules import PLATEAU_EPOCHS, gap_widening, on_plateau
 from agents.trends import Trends, training_trends
 from bus.messages import EpochMetrics
 
@@ -58,9 +58,9 @@ def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
     settled = epochs_at_current_values(m)
     if settled < PLATEAU_EPOCHS:
         return Signal("settling", f"the hyperparameters changed {settled} epoch(s) ago: their effect is not measured yet")
-    if t.gap is not None and t.previous_gap is not None and t.gap > GAP_NOISE_BANDS * spec.noise_band and t.gap > t.previous_gap:
+    if gap_widening(spec, t):
         return Signal("overfitting", f"the train/validation gap widened from {t.previous_gap:.3g} to {t.gap:.3g}")
-    if t.epochs_since_best >= PLATEAU_EPOCHS:  # and settled >= PLATEAU_EPOCHS, checked above
+    if on_plateau(t):  # and settled >= PLATEAU_EPOCHS, checked above
         return Signal("plateau", f"no new best {spec.objective} for {t.epochs_since_best} epochs (best {t.best:.4g} at epoch {t.best_epoch})")
     before = m.history[-2].metrics.get(spec.objective, math.nan)
     if t.epochs_since_best == 0 and spec.improvement(before, value) > spec.noise_band:

@@ -1,15 +1,15 @@
 """The controllers an agent can run, in one registry.
 
-A controller is what answers the agent graph's controller node: a policy (``agents.policies.Policy``)
-and, optionally, a judge behind the reflector (``agents.llm.LLMJudge`` or anything with its ``judge``
+A controller is what answers the agent graph's controller node: a policy (``agents.controllers.contract.Policy``)
+and, optionally, a judge behind the reflector (``agents.controllers.llm.LLMJudge`` or anything with its ``judge``
 method). Each entry says its name, a one-line description (for ``--help``), whether it calls a language
 model (the orchestrator gives such controllers the model's timeout, the others a short one), whether it
 needs an agent process at all (``none``, the baseline arm, does not), and its factory
 ``(AgentConfig) -> (policy, judge or None)``.
 
 Names resolve, in order, to: the built-ins (``heuristic``, ``plateau``, ``llm``, ``replay``, ``none``),
-the ``reflectnet.controllers`` entry-point group, and ``package.module:factory`` references. An entry
-point or reference names either a :class:`Controller` or a factory; a bare factory may say
+the ``reflectnet.controllers`` entry-point group, and ``package.module:factory`` references (``bus.plugins``, the
+resolver shared with tasks and nodes). An entry point or reference names either a :class:`Controller` or a factory; a bare factory may say
 ``uses_llm = True`` as an attribute, and its docstring's first line is its description. This module
 imports no model stack and no torch (the command line lists the names).
 """
@@ -17,22 +17,22 @@ imports no model stack and no torch (the command line lists the names).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
+
+from bus.plugins import PluginError, PluginKind
 
 if TYPE_CHECKING:
     from agents.config import AgentConfig
-    from agents.policies import Policy
+    from agents.controllers.contract import Policy
 
 ENTRY_POINT_GROUP = "reflectnet.controllers"
 
 Factory = Callable[["AgentConfig"], Any]
 
 
-class UnknownControllerError(ValueError):
+class UnknownControllerError(PluginError):
     """A controller name that resolves to no controller; the message is one line that says what was tried."""
 
 
@@ -48,10 +48,11 @@ class Controller:
 
     def build(self, cfg: AgentConfig) -> tuple[Policy, Any]:
         """The policy and judge (or None) for ``cfg``; a factory may also return the policy alone. Raises
-        ValueError for a controller without an agent, TypeError when the factory returns no policy."""
+        ValueError for a controller without an agent, :class:`UnknownControllerError` when the factory raises,
+        TypeError when it returns no policy."""
         if self.factory is None or not self.needs_agent:
             raise ValueError(f"controller {self.name!r} runs no agent")
-        made = self.factory(cfg)
+        made = CONTROLLERS.build(self.name, self.factory, cfg)
         policy, judge = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
         if not callable(getattr(policy, "propose", None)) or not isinstance(getattr(policy, "name", None), str):
             raise TypeError(f"controller {self.name!r}: the factory returned {type(policy).__name__}, not a policy")
@@ -59,13 +60,13 @@ class Controller:
 
 
 def _heuristic(cfg: AgentConfig):
-    from agents.policies import HeuristicPolicy
+    from agents.controllers.rules import HeuristicPolicy
 
     return HeuristicPolicy(), None
 
 
 def _plateau(cfg: AgentConfig):
-    from agents.policies import PlateauPolicy
+    from agents.controllers.rules import PlateauPolicy
 
     return PlateauPolicy(), None
 
@@ -74,7 +75,8 @@ def _llm(cfg: AgentConfig):
     """The model's policy and, with ``llm_reflection``, its judge. They share one ``ChatCaller``: what
     the endpoint refuses is learnt once, for both. In the expert decision form (``agents.expert``) the
     model chooses among candidate actions and the rule judges."""
-    from agents.llm import ChatCaller, LLMJudge, LLMPolicy, make_chat_model, response_formats
+    from agents.chat import ChatCaller, make_chat_model, response_formats
+    from agents.controllers.llm import LLMJudge, LLMPolicy
 
     if cfg.llm is None:
         raise ValueError("controller 'llm' needs llm settings")
@@ -83,7 +85,8 @@ def _llm(cfg: AgentConfig):
         make_chat_model(settings), response_formats(settings), settings.temperature, settings.max_tokens
     )
     if settings.decision_form == "expert":  # the rule judges: its verdict cannot contradict the measurement
-        from agents.expert import ChatChooser, ExpertPolicy, ScoredChooser
+        from agents.controllers.expert import ExpertPolicy
+        from agents.expert.choosers import ChatChooser, ScoredChooser
 
         if settings.provider == "local":
             chooser = ScoredChooser(settings.base_url, settings.model, settings.timeout_s, settings.temperature)
@@ -95,7 +98,7 @@ def _llm(cfg: AgentConfig):
 
 
 def _replay(cfg: AgentConfig):
-    from agents.policies import ReplayPolicy
+    from agents.controllers.replay import ReplayPolicy
 
     return ReplayPolicy(cfg.replay_commands), None
 
@@ -114,18 +117,12 @@ BUILTINS: dict[str, Controller] = {
 }
 
 
-def _entry_points() -> list:
-    return [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTINS]
+CONTROLLERS = PluginKind("controller", ENTRY_POINT_GROUP, BUILTINS, error=UnknownControllerError)
 
 
 def controller_names() -> list[str]:
     """Every name that resolves without a reference: the built-ins, then the entry points (sorted)."""
-    return [*BUILTINS, *sorted({ep.name for ep in _entry_points()})]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return CONTROLLERS.names()
 
 
 def _as_controller(name: str, obj: Any) -> Controller:
@@ -140,25 +137,5 @@ def _as_controller(name: str, obj: Any) -> Controller:
 
 def resolve_controller(name: str) -> Controller:
     """The controller ``name`` refers to (see the module docstring); raises :class:`UnknownControllerError`."""
-    if name in BUILTINS:
-        return BUILTINS[name]
-    for ep in _entry_points():
-        if ep.name == name:
-            try:
-                return _as_controller(name, ep.load())
-            except UnknownControllerError:
-                raise
-            except Exception as exc:  # a user's package may raise anything on import
-                raise UnknownControllerError(
-                    f"cannot load controller {name!r} ({ep.value}): {_first_line(exc)}"
-                ) from None
-    if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # ImportError, AttributeError, or whatever the user's module raises
-            raise UnknownControllerError(f"cannot load controller {name!r}: {_first_line(exc)}") from None
-        return _as_controller(name, obj)
-    raise UnknownControllerError(
-        f"unknown controller {name!r}; known: {', '.join(controller_names())}; or use package.module:factory"
-    )
+    found = CONTROLLERS.resolve(name)
+    return found if name in BUILTINS else _as_controller(name, found)

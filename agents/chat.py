@@ -1,5 +1,5 @@
-"""Chat models for the controller and the reflector: one factory, one caller per endpoint, one policy,
-one judge.
+"""Calling a chat model: one factory, one caller per endpoint, shared by the free-form policy, the judge and the
+expert form's chat chooser.
 
 Every model — the embedded SmolLM2 served by llama-cpp-python on loopback, or any
 OpenAI-compatible endpoint (OpenAI, vLLM, Ollama) — is reached through ``langchain-openai``'s
@@ -28,36 +28,13 @@ from typing import Literal
 
 import openai
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from pydantic import BaseModel, ConfigDict, Field
+from langchain_core.messages import AIMessage, BaseMessage
 
-from agents.nodes.answer_text import find_answer_object
-from agents.nodes.prompter import command_schema, instructions, instruction_line
-from agents.defaults import LLM_MAX_RETRIES, LLM_MAX_TOKENS, LLM_TEMPERATURE, LLM_TIMEOUT_S
-from agents.policies import ControllerAnswer
-from agents.state import AgentState
-from agents.trends import direction_words, objective_decimals, train_counterpart
-from bus.messages import EpochMetrics, Reflection
+from agents.config import LLMSettings
 
 NO_KEY = "no-key-set"  # ChatOpenAI needs a value; local servers ignore it
 
-ResponseFormatMode = Literal["auto", "json_schema", "json_object", "none"]
 
-# The controller and the judge share the system message and the first part of the user message, so
-# llama.cpp reuses that cached prefix across both calls instead of evaluating it twice per epoch.
-SYSTEM = (
-    "You are the controller of a neural-network training run. You read the training state and answer "
-    "with exactly one JSON object that follows the given schema. No prose outside the JSON."
-)
-MAX_JUDGE_TEXT = 300
-JUDGE_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "verdict": {"type": "string", "enum": ["beneficial", "harmful", "neutral"]},
-        "text": {"type": "string", "maxLength": MAX_JUDGE_TEXT},
-    },
-    "required": ["verdict", "text"],
-}
 ResponseForm = Literal["json_schema", "json_object"] | None
 # The names a token cap goes by, best first: every OpenAI-compatible server honours max_tokens;
 # OpenAI's reasoning models refuse it by name and take max_completion_tokens instead.
@@ -71,22 +48,6 @@ REFUSAL = re.compile(
     r"|input should be|literal_error|invalid schema|only the default|cannot both|at the same time",
     re.IGNORECASE,
 )
-
-
-class LLMSettings(BaseModel):
-    """How the agent reaches its chat model. Contains no secret."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    provider: Literal["local", "openai"]
-    base_url: str
-    model: str
-    timeout_s: float = Field(default=LLM_TIMEOUT_S, gt=0)
-    max_retries: int = Field(default=LLM_MAX_RETRIES, ge=0)
-    temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=LLM_MAX_TOKENS, ge=16)
-    response_format: ResponseFormatMode = "auto"
-    decision_form: Literal["expert", "free"] = "free"  # see agents.expert; free: the model writes the command
 
 
 def make_chat_model(settings: LLMSettings) -> BaseChatModel:
@@ -267,102 +228,3 @@ def _text(message: AIMessage) -> str:
     return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
 
 
-class LLMPolicy:
-    """The controller's policy when a language model decides (recorded as controller ``llm``; the
-    model's name is in ``runs.llm_model``).
-
-    First attempt: system + prompt. A repair round adds the rejected answer and the exact errors.
-    """
-
-    name = "llm"
-
-    def __init__(self, caller: ChatCaller, model_name: str):
-        self._call = caller
-        self.model_name = model_name
-
-    def propose(self, state: AgentState) -> ControllerAnswer:
-        messages: list[BaseMessage] = [SystemMessage(SYSTEM), HumanMessage(state["prompt"])]
-        feedback = state.get("feedback") or []
-        if feedback:
-            messages += [
-                AIMessage(state.get("raw_output", "")[:4000]),
-                HumanMessage(
-                    "That answer was rejected:\n- "
-                    + "\n- ".join(feedback)
-                    + "\nAnswer again with one corrected JSON object only."
-                ),
-            ]
-        schema = command_schema(state["metrics"], state.get("command_space", "free"))
-        reply = self._call(messages, schema, "update_command")
-        return ControllerAnswer(
-            reply.text,
-            reply.prompt_tokens,
-            reply.completion_tokens,
-            error=reply.error,
-            finish_reason=reply.finish_reason,
-            adaptations=tuple(reply.adaptations),
-        )
-
-
-@dataclass
-class Judgement:
-    """The judge's outcome: a reflection, or None with ``failure`` saying why (the rule then judges);
-    ``details`` (finish reason, request changes, how the JSON was found) go into the reflector's note."""
-
-    reflection: Reflection | None
-    failure: str | None = None
-    details: dict = field(default_factory=dict)
-
-
-def judge_prompt(m: EpochMetrics, rule: Reflection, change_text: str) -> str:
-    """The judge's prompt: the controller's fixed opening (a shared cached prefix), then the objective's
-    name, direction and values before and after the decision, its noise band, and its training counterpart."""
-    spec, d = m.task, objective_decimals(m.task)
-    before, after = rule.objective_before, rule.objective_after
-    train = train_counterpart(spec.objective, m.metrics)
-    now = f"; {train} is now {m.metrics[train]:.{d}f}" if train is not None else ""
-    given = f" {instruction_line(m)}." if m.instruction is not None else ""
-    return (
-        f"{instructions(m)}{given}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} the "
-        f"decision was {change_text}. {rule.objective} ({direction_words(spec)}) went from {before:.{d}f} to "
-        f"{after:.{d}f} ({after - before:+.{d}f}; a change within {spec.noise_band:g} is noise){now}. Was the "
-        "decision beneficial, harmful or neutral? Give the verdict and one sentence that explains it with these "
-        "numbers."
-    )
-
-
-class LLMJudge:
-    """The reflector's model: a verdict and one sentence, checked; a failure is a :class:`Judgement`
-    without reflection, never an exception."""
-
-    def __init__(self, caller: ChatCaller, name: str):
-        self._call = caller
-        self.name = name
-
-    def judge(self, m: EpochMetrics, rule: Reflection, change_text: str) -> Judgement:
-        """The model's verdict on the decision ``rule`` judges (``change_text`` says what it changed)."""
-        prompt = judge_prompt(m, rule, change_text)
-        reply = self._call([SystemMessage(SYSTEM), HumanMessage(prompt)], JUDGE_SCHEMA, "reflection")
-        details: dict = {"finish_reason": reply.finish_reason}
-        if reply.adaptations:
-            details["adapted"] = reply.adaptations
-
-        def failed(reason: str) -> Judgement:  # the prompt goes with the failure, for the record
-            return Judgement(None, reason, {**details, "prompt": prompt})
-
-        if reply.error:
-            return failed(f"model call failed: {reply.error}")
-        found = find_answer_object(reply.text, ("verdict", "text"))
-        details.update(found.notes)
-        if found.value is None:
-            return failed(f"judge {found.error}")
-        verdict, text = found.value.get("verdict"), found.value.get("text")
-        if verdict not in ("beneficial", "harmful", "neutral"):
-            return failed(f"judge verdict must be beneficial, harmful or neutral, got {str(verdict)[:40]!r}")
-        if not isinstance(text, str) or not text.strip():
-            return failed("judge gave no sentence")
-        sentence = text.strip().split("\n")[0][:MAX_JUDGE_TEXT]
-        reflection = rule.model_copy(
-            update={"verdict": verdict, "text": sentence, "judge": self.name, "rule_verdict": rule.verdict}
-        )
-        return Judgement(reflection, None, details)

@@ -13,19 +13,13 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from agents.trends import step_digits
 from bus.messages import Hyperparameter, TaskSpec
 
 ALPHA = "alpha"
-# How instructions name the knobs of the built-in tasks and the field's usual ones; any knob is also named by
-# its own name, with underscores read as spaces.
-KNOB_ALIASES: dict[str, tuple[str, ...]] = {
-    "learning_rate": ("learning rate", "learning-rate", "lr", "step size", "stepsize", "steps", "step", "update size"),
-    "dropout": ("dropout", "drop-out", "drop out"),
-    "weight_decay": ("weight decay", "weight-decay", "l2 penalty", "l2"),
-    "ent_coef": ("entropy coefficient", "entropy bonus", "entropy"),
-    "clip_range": ("clip range", "clipping range", "clip"),
-    ALPHA: ("alpha", "blend ratio", "blend"),
-}
+# How instructions name alpha, ReflectNet's own blend ratio. A task's knobs are named by their own name and the
+# aliases the task declares (``Hyperparameter.words``): nothing here knows a task's knobs.
+ALPHA_WORDS = ("alpha", "blend ratio", "blend")
 DOWN_WORDS = (
     r"lower|lowering|reduce|reducing|decrease|decreasing|cut|cutting|halve|halving|half|drop|dropping|shrink|"
     r"shrinking|smaller|less|lessen|diminish|divide|slash|weaken|"
@@ -62,13 +56,15 @@ GOALS: tuple[tuple[str, re.Pattern], ...] = (
     ("exploitation", re.compile(r"exploit|less random|more greedy|greedier")),
     ("escape the plateau", re.compile(r"stuck|plateau|stall|not improving|stagnat|flat")),
 )  # fmt: skip
+# By knob family (``Hyperparameter.family``), or alpha: a family stands for each of the task's knobs of it, in the
+# task's order.
 GOAL_MOVES: dict[str, tuple[tuple[str, int], ...]] = {
-    "less overfitting": (("dropout", 1), ("weight_decay", 1), ("learning_rate", -1)),
-    "less underfitting": (("dropout", -1), ("weight_decay", -1), ("learning_rate", 1)),
-    "stability": (("learning_rate", -1), ("clip_range", -1), (ALPHA, -1)),
+    "less overfitting": (("regularization", 1), ("learning_rate", -1)),
+    "less underfitting": (("regularization", -1), ("learning_rate", 1)),
+    "stability": (("learning_rate", -1), ("clipping", -1), (ALPHA, -1)),
     "speed": (("learning_rate", 1),),
-    "exploration": (("ent_coef", 1),),
-    "exploitation": (("ent_coef", -1),),
+    "exploration": (("exploration", 1),),
+    "exploitation": (("exploration", -1),),
     "escape the plateau": (("learning_rate", -1),),
 }
 WEIGHTS_PATTERN = re.compile(r"\bweights?\b(?! decay)|\blayers?\b")
@@ -105,6 +101,7 @@ class Intent:
     moves: tuple[Move, ...] = ()
     goal: str | None = None
     repeat: bool = False
+    goal_moves: tuple[tuple[str, int], ...] = ()  # a goal's moves on this task's knobs (:func:`goal_moves`)
 
     def words(self) -> str:
         """The intent in a few words, for records: ``explicit: learning_rate down``, ``goal: speed``."""
@@ -119,11 +116,8 @@ class Intent:
 def knob_spans(clause: str, spec: TaskSpec) -> list[tuple[int, int, str]]:
     """Where ``clause`` names the task's knobs (and ``alpha``): (start, end, name), in order; a longer name wins
     over its parts ("weight decay" over "decay")."""
-    names = [*spec.knob_names(), ALPHA]
-    phrases = sorted(
-        ((phrase, name) for name in names for phrase in {*KNOB_ALIASES.get(name, ()), name.replace("_", " "), name}),
-        key=lambda p: -len(p[0]),
-    )
+    named = [(knob.name, knob.words()) for knob in spec.hyperparameters] + [(ALPHA, ALPHA_WORDS)]
+    phrases = sorted(((phrase, name) for name, words in named for phrase in words), key=lambda p: -len(p[0]))
     spans: list[tuple[int, int, str]] = []
     for phrase, name in phrases:
         for match in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", clause):
@@ -274,7 +268,7 @@ def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None 
         return Intent("hold", repeat=True)
     for goal, pattern in GOALS:
         if pattern.search(lowered):
-            return Intent("goal", goal=goal, repeat=repeat)
+            return Intent("goal", goal=goal, repeat=repeat, goal_moves=goal_moves(goal, spec))
     return Intent("unread")
 
 
@@ -292,5 +286,33 @@ def asked_directions(intent: Intent, values: dict[str, float] | None = None, alp
     if intent.kind == "explicit":
         return {move.knob: target_direction(move, values or {}, alpha) for move in intent.moves if move.knob is not None}
     if intent.kind == "goal":
-        return dict(GOAL_MOVES.get(intent.goal or "", ()))
+        return dict(intent.goal_moves)
     return {}
+
+
+def moved_value(knob: Hyperparameter, current: float, move: Move, bounds: tuple[float, float] | None = None) -> float:
+    """Where ``move`` takes ``knob`` from ``current``: its target, factor or amount, else one step; inside
+    ``bounds`` (default: the hard bounds; the validator then applies the trust region and records a clamp)."""
+    if move.target is not None:
+        value = move.target
+    elif knob.scale == "log":
+        factor = move.factor if move.factor is not None else knob.step ** move.direction
+        value = current * factor if move.amount is None else current + move.direction * move.amount
+    else:
+        amount = move.amount if move.amount is not None else knob.step
+        value = current * move.factor if move.factor is not None else current + move.direction * amount
+        value = round(value, step_digits(knob))
+    low, high = bounds or (knob.low, knob.high)
+    return min(max(value, low), high)
+
+
+def goal_moves(goal: str, spec: TaskSpec) -> tuple[tuple[str, int], ...]:
+    """The moves (knob or ``alpha``, direction) that pursue ``goal`` on the task ``spec``, in order of preference:
+    :data:`GOAL_MOVES` with each family replaced by the task's knobs of that family, in the task's order."""
+    moves: list[tuple[str, int]] = []
+    for family, direction in GOAL_MOVES.get(goal, ()):
+        if family == ALPHA:
+            moves.append((ALPHA, direction))
+        else:
+            moves += [(k.name, direction) for k in spec.hyperparameters if k.family == family]
+    return tuple(moves)

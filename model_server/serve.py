@@ -1,4 +1,4 @@
-"""``python -m agents.llm_serve <llama_cpp.server flags>``: llama-cpp-python's OpenAI-compatible server with
+"""``python -m model_server.serve <llama_cpp.server flags>``: llama-cpp-python's OpenAI-compatible server with
 a parent-death watchdog and one extra route, ``POST /reflectnet/score``.
 
 run.py starts the model server in its own session (so a Ctrl-C in the terminal reaches run.py only).
@@ -6,7 +6,7 @@ If run.py itself is killed (SIGKILL, OOM killer), nothing would stop the server;
 as soon as its parent is gone, so no orphaned model server keeps a port and the CPUs busy.
 
 ``/reflectnet/score`` returns the log-probability of each option's tokens as the continuation of a prompt:
-what the expert decision form (``agents.expert``) needs to let the embedded model choose among candidate
+what the expert decision form (``agents.expert.choosers``) needs to let the embedded model choose among candidate
 actions. The OpenAI completions route can return prompt log-probabilities too (``echo`` with ``logprobs``),
 but llama-cpp-python then sorts the whole 49,152-token vocabulary in Python for every prompt token (seconds
 per call); this route reads only the option's rows of the logits and reuses the evaluated prompt across
@@ -22,7 +22,7 @@ import time
 from pydantic import BaseModel, Field
 
 ORPHANED = 3
-SCORE_PATH = "/reflectnet/score"  # agents.expert posts here
+SCORE_PATH = "/reflectnet/score"  # agents.expert.choosers posts here
 MAX_OPTIONS = 16
 
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
 
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True, name="parent-watchdog").start()
-    parser = argparse.ArgumentParser(prog="python -m agents.llm_serve")
+    parser = argparse.ArgumentParser(prog="python -m model_server.serve")
     add_args_from_model(parser, Settings)
     args = parser.parse_args(argv)
     try:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-import agents.llm_server
-from agents.llm_server import GRAMMAR_PROBE, LLMServerError, LocalLLMServer, check_schemas_compile
+import model_server.manager
+from model_server.manager import GRAMMAR_PROBE, LLMServerError, LocalLLMServer, check_schemas_compile
 from tests.helpers import ScriptedOpenAI, ScriptedReply
 
 
@@ -42,6 +42,6 @@ def test_a_server_that_ignores_the_grammar_is_refused(tmp_path):
 
 def test_the_command_schemas_compile_and_an_uncompilable_one_is_named(monkeypatch):
     check_schemas_compile()
-    monkeypatch.setattr(agents.llm_server, "command_schema", lambda m, space: {"$ref": "#/definitions/missing"})
+    monkeypatch.setattr(model_server.manager, "command_schema", lambda m, space: {"$ref": "#/definitions/missing"})
     with pytest.raises(LLMServerError, match="cannot compile the grid command schema"):
         check_schemas_compile()

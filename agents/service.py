@@ -10,18 +10,21 @@ import os
 import time
 import traceback
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import zmq
 
 from agents.config import AgentConfig
-from agents.controllers import resolve_controller
+from agents.controllers.contract import Policy
+from agents.controllers.registry import resolve_controller
+from agents.expert.outcome import held, instruction_outcome
 from agents.graph import build_agent_graph
-from agents.guidance import held, instruction_outcome
-from agents.llm import LLMJudge
-from agents.policies import Policy
 from bus.child import EXIT_BIND_FAILED, EXIT_CONFIG_INVALID, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import BusyClock, HealthResponder
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Message, Ready, decode, encode
+
+if TYPE_CHECKING:
+    from agents.controllers.llm import LLMJudge
 
 
 def make_policy_and_judge(cfg: AgentConfig) -> tuple[Policy, LLMJudge | None]:
@@ -57,7 +60,7 @@ def decide(
     fallback = bool(state.get("fallback"))
     command = state["command"]
     notes = list(state.get("notes", []))
-    expert = next((n for n in reversed(notes) if n.get("action") == "expert_choice"), None)  # the applied answer's
+    proposal = None if fallback else state.get("proposal")  # the applied answer's, when a policy typed it
     outcome, held_still = (None, None) if fallback else instruction_fields(metrics, command, notes)
     return Decision(
         run_id=metrics.run_id,
@@ -74,8 +77,8 @@ def decide(
         notes=notes,
         instruction_outcome=outcome,
         held=held_still,
-        choice=expert.get("choice") if expert and not fallback else None,
-        choice_margin=expert.get("margin") if expert and not fallback else None,
+        choice=proposal.choice if proposal is not None else None,
+        choice_margin=None if proposal is None or proposal.margin is None else round(proposal.margin, 4),
         latency_ms=latency_ms,
         prompt_tokens=state.get("prompt_tokens"),
         completion_tokens=state.get("completion_tokens"),

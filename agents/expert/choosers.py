@@ -1,0 +1,167 @@
+"""The expert decision form's choosers: the model chooses one of the expert block's candidate actions and says why.
+
+``agents.expert.candidates`` turns the state and the user's instruction into a few candidate actions, each consistent
+with both. This module lets a model choose among them:
+
+* :class:`ScoredChooser` (the embedded model): each candidate's text is scored by its mean token
+  log-probability as the continuation of "We should" after the state, minus its mean log-probability after a
+  content-free state ("N/A") — contextual calibration (Zhao et al. 2021, "Calibrate Before Use",
+  arXiv 2102.09690), which took the 135M model from 4/12 to 9/12 on instructions
+  (``../shared/notes/small-model-guidance.md``). The model then continues "We should <chosen>, because
+  <signal's subject>" for one sentence (``agents.expert.rationale``): the rationale, checked for copies of the prompt
+  and for numbers the prompt does not hold. One scoring request and one short completion per decision, both on the same
+  cached prompt prefix.
+* :class:`ChatChooser` (any OpenAI-compatible chat endpoint): the candidates are listed and the model answers
+  ``{"choice": key, "rationale": sentence}`` under a JSON schema.
+
+``agents.controllers.expert.ExpertPolicy`` wraps either as a controller policy. The texts the model reads are in
+``agents.prompts``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import httpx
+
+from agents.expert.candidates import Candidate, Plan
+from agents.expert.rationale import copied, first_sentence, reason_opening, unsupported_numbers
+from agents.prompts import ANSWER_OPENING, CHOICE_INSTRUCTIONS, EXPERT_SYSTEM, NEUTRAL_STATE, chatml, state_summary
+from agents.proposals.answer_text import find_answer_object
+from bus.messages import EpochMetrics
+from model_server.serve import SCORE_PATH
+
+RATIONALE_TOKENS = 40
+RETRY_TEMPERATURE = 0.7  # a second, sampled try when the first rationale copies the prompt
+
+
+class ChooserError(RuntimeError):
+    """The model could not be asked or answered nothing usable; the message is one line."""
+
+
+@dataclass
+class Choice:
+    """A chooser's outcome: the index of the chosen candidate, the rationale, the calibrated scores (None when
+    there was only one candidate or the model chose by name), the margin between the best two, and token counts."""
+
+    index: int
+    rationale: str
+    scores: list[float] | None = None
+    margin: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    details: dict = field(default_factory=dict)
+    prompt: str = ""  # what the model read: the state summary (and, for a chat endpoint, the listed actions)
+
+
+class ScoredChooser:
+    """Chooses by calibrated option scoring on the embedded model's server (``agents.llm_serve``) and writes
+    the rationale with one short completion. Raises :class:`ChooserError` when the server fails."""
+
+    def __init__(self, base_url: str, model: str, timeout_s: float, temperature: float = 0.0):
+        self.root = base_url.removesuffix("/").removesuffix("/v1")
+        self.model, self.temperature = model, temperature
+        self.http = httpx.Client(timeout=timeout_s)
+        self.neutral: dict[str, float] = {}  # option text -> mean log-probability after the content-free state
+
+    def _post(self, path: str, body: dict) -> dict:
+        try:
+            response = self.http.post(self.root + path, json={"model": self.model, **body})
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ChooserError(f"{path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+
+    def mean_logprobs(self, user: str, options: list[str]) -> list[float]:
+        """Each option's mean token log-probability after ``user`` and "We should"; :class:`ChooserError` for an
+        answer that is not one non-empty list of finite numbers per option."""
+        reply = self._post(SCORE_PATH, {"prompt": chatml(EXPERT_SYSTEM, user, ANSWER_OPENING), "options": [" " + o for o in options]})
+        scored = reply.get("logprobs") if isinstance(reply, dict) else None
+        if not isinstance(scored, list) or len(scored) != len(options):
+            raise ChooserError(f"{SCORE_PATH} answered {str(reply)[:200]}, not {len(options)} lists of log-probabilities")
+        means = []
+        for logprobs in scored:
+            if not isinstance(logprobs, list) or not logprobs or not all(isinstance(x, (int, float)) for x in logprobs):
+                raise ChooserError(f"{SCORE_PATH} answered a log-probability list {str(logprobs)[:100]}")
+            means.append(sum(logprobs) / len(logprobs))
+        if not all(math.isfinite(x) for x in means):
+            raise ChooserError(f"{SCORE_PATH} answered non-finite log-probabilities {means}")
+        return means
+
+    def calibrated_scores(self, user: str, options: list[str]) -> list[float]:
+        """Each option's mean log-probability after ``user`` minus after the content-free state (cached)."""
+        missing = [o for o in options if o not in self.neutral]
+        if missing:
+            self.neutral.update(zip(missing, self.mean_logprobs(NEUTRAL_STATE, missing)))
+        return [s - self.neutral[o] for s, o in zip(self.mean_logprobs(user, options), options)]
+
+    def rationale(self, user: str, chosen: Candidate, opening: str) -> tuple[str, dict, dict]:
+        """The model's sentence after "We should <chosen>, because <opening>" (:func:`reason_opening`); (sentence,
+        usage, flags). A sentence that copies the prompt (:func:`copied`) or cites a number the prompt does not
+        hold (:func:`unsupported_numbers`) is asked for once more, sampled at :data:`RETRY_TEMPERATURE`; the
+        better of the two is kept, with its flags."""
+        start = f"{ANSWER_OPENING} {chosen.text}, because {opening}"
+        prompt = chatml(EXPERT_SYSTEM, user, start)
+        tries = []
+        for temperature in (self.temperature, RETRY_TEMPERATURE):
+            reason, usage = self.complete(prompt, temperature)
+            joiner = "" if reason[:1] in ("", ",", ".", "'") else " "
+            flags = {"rationale_copied": copied(f"{opening}{joiner}{reason}", user),
+                     "rationale_unsupported_numbers": unsupported_numbers(reason, user)}  # fmt: skip
+            tries.append((f"{start}{joiner}{reason}".strip(), usage, flags))
+            if not flags["rationale_copied"] and not flags["rationale_unsupported_numbers"]:
+                break
+        return min(tries, key=lambda t: (t[2]["rationale_copied"], len(t[2]["rationale_unsupported_numbers"])))
+
+    def complete(self, prompt: str, temperature: float) -> tuple[str, dict]:
+        body = {"prompt": prompt, "max_tokens": RATIONALE_TOKENS, "temperature": temperature, "seed": 0,
+                "stop": ["\n", "<|im_end|>"]}  # fmt: skip
+        reply = self._post("/v1/completions", body)
+        try:
+            text = reply["choices"][0]["text"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise ChooserError(f"/v1/completions answered without a choice: {str(reply)[:200]}") from None
+        return first_sentence(text), reply.get("usage") or {}
+
+    def choose(self, m: EpochMetrics, plan: Plan) -> Choice:
+        user = state_summary(m, plan.signal.reason)
+        scores = margin = None
+        index = 0
+        if len(plan.candidates) > 1:
+            scores = self.calibrated_scores(user, [c.text for c in plan.candidates])
+            index = max(range(len(scores)), key=scores.__getitem__)
+            ranked = sorted(scores, reverse=True)
+            margin = ranked[0] - ranked[1]
+        sentence, usage, flags = self.rationale(user, plan.candidates[index], reason_opening(m, plan))
+        return Choice(index, sentence, scores, margin, usage.get("prompt_tokens"), usage.get("completion_tokens"), flags,
+                      prompt=user)  # fmt: skip
+
+
+class ChatChooser:
+    """Chooses through a chat endpoint: the candidates listed with their reasons, the answer a JSON object
+    ``{"choice": key, "rationale": sentence}`` under a schema (``agents.llm.ChatCaller``)."""
+
+    def __init__(self, caller):
+        self._call = caller
+
+    def choose(self, m: EpochMetrics, plan: Plan) -> Choice:
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        keys = [c.key for c in plan.candidates]
+        listed = "\n".join(f"- {c.key}: {c.text} ({c.changes}; {c.reason})" for c in plan.candidates)
+        prompt = f"{state_summary(m, plan.signal.reason)}\n\nActions:\n{listed}\n\n{CHOICE_INSTRUCTIONS}"
+        schema = {"type": "object", "properties": {"choice": {"enum": keys}, "rationale": {"type": "string", "maxLength": 300}},
+                  "required": ["choice", "rationale"]}  # fmt: skip
+        reply = self._call([SystemMessage(EXPERT_SYSTEM), HumanMessage(prompt)], schema, "choice")
+        if reply.error:
+            raise ChooserError(f"model call failed: {reply.error}")
+        found = find_answer_object(reply.text, ("choice", "rationale"))
+        value = found.value or {}
+        if value.get("choice") not in keys or not isinstance(value.get("rationale"), str):
+            raise ChooserError(f"the model chose no listed action: {reply.text[:200]!r}")
+        sentence = first_sentence(value["rationale"])
+        return Choice(keys.index(value["choice"]), sentence, None, None, reply.prompt_tokens, reply.completion_tokens,
+                      {"rationale_copied": copied(sentence, prompt)}, prompt=prompt)  # fmt: skip
+
+
