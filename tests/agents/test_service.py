@@ -59,7 +59,7 @@ def test_same_run_and_epoch_asked_twice_gets_the_same_decision(agent, tmp_path):
 
 
 def test_garbage_gets_an_error_reply_and_a_failing_node_a_note_not_a_dead_agent(agent, tmp_path):
-    client = agent(["tests.agents.test_server:exploding_node"])
+    client = agent(["tests.agents.test_service:exploding_node"])
     raw = client._socket()
     raw.send_multipart([b"epoch_metrics", b"\x00garbage"])
     assert raw.poll(5000)
@@ -72,7 +72,7 @@ def test_garbage_gets_an_error_reply_and_a_failing_node_a_note_not_a_dead_agent(
     failed = [n for n in reply.notes if n.get("action") == "failed"]
     assert failed == [
         {
-            "node": "tests.agents.test_server:exploding_node",
+            "node": "tests.agents.test_service:exploding_node",
             "action": "failed",
             "error": "KeyError: 'budget'",
             "kept": "the command as it was before this node",
