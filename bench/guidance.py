@@ -215,14 +215,15 @@ def run_cases(graph, policy_name: str, command_space: str, verbose: bool = False
         decision = decide(graph, policy_name, m, max_repairs=2, command_space=command_space)
         latency = time.perf_counter() - started
         followed, contradicted, held = judge_case(case, m, decision)
+        # the recorded plan: how many candidates there were, and the rationale's flags
         note = next((n for n in decision.notes if n.get("action") == "expert_choice"), {})
         outcomes.append(Outcome(case, followed, contradicted, held, latency, decision.command.rationale,
-                                note.get("choice"), note.get("margin"), len(note.get("candidates", [])) or 1,
+                                decision.choice, decision.choice_margin, len(note.get("candidates", [])) or 1,
                                 bool(note.get("rationale_copied")), bool(note.get("rationale_unsupported_numbers")),
                                 decision.fallback, decision.notes))  # fmt: skip
         mark = "ok " if followed else "NO "
         print(f"  {mark} {case.kind:<8} {case.task:<8} {case.state:<11} {str(case.instruction)[:46]!r:<48} "
-              f"{latency:5.2f}s {note.get('choice') or '-'}", flush=True)  # fmt: skip
+              f"{latency:5.2f}s {decision.choice or '-'}", flush=True)  # fmt: skip
         if verbose:
             print(f"      {decision.command.rationale}")
     return outcomes

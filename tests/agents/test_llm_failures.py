@@ -78,7 +78,9 @@ def test_valid_json_at_first_try_records_tokens_and_raw_text():
         ("Lower the learning rate a little.", "not valid JSON"),
         ('{"dropout": 0.25, "learning_rate": 0.0005, "alph', "is cut off: the text ends inside a string"),
         ('{"dropout": 0.25, "learning_rate": 0.00', "the text ends after the field 'learning_rate'"),
-        (json.dumps({**GOOD, "dropout": "0.3"}), "dropout must be a number"),
+        (json.dumps({**GOOD, "dropout": "0.3 or so"}), "dropout must be a number"),
+        (json.dumps({**GOOD, "learning_rate": -0.01}), "learning_rate=-0.01 is not a valid setting"),
+        (json.dumps({**GOOD, "alpha": 7}), "alpha=7 is not a valid setting"),
         ('{"dropout": NaN, "learning_rate": 0.0005, "alpha": 0.3, "rationale": ""}', "dropout must be finite"),
         (
             json.dumps({**GOOD, "weight_modulation": [{"layer": "fc.7.weight", "op": "scale", "factor": 0.98}]}),
@@ -116,11 +118,18 @@ def test_an_oversized_answer_is_rejected_before_parsing():
     assert len(decision.notes[0]["answer"]) == 500
 
 
-def test_out_of_range_values_are_clamped_not_repaired():
-    decision = run_llm(scripted(json.dumps({**GOOD, "learning_rate": 0.5, "alpha": 7})))
+def test_valid_values_beyond_the_trust_region_are_clamped_not_repaired():
+    decision = run_llm(scripted(json.dumps({**GOOD, "learning_rate": 0.05, "dropout": 0.8})))
     assert decision.valid and decision.repair_attempts == 0
-    assert decision.command.hyperparameters["learning_rate"] == pytest.approx(3e-3) and decision.command.alpha == 1.0
-    assert decision.clamped["alpha"] == {"from": 7.0, "to": 1.0}
+    assert decision.command.hyperparameters == {"dropout": pytest.approx(0.4), "learning_rate": pytest.approx(3e-3)}
+    assert decision.clamped["dropout"] == {"from": 0.8, "to": pytest.approx(0.4)}
+
+
+def test_a_server_that_writes_every_number_as_a_string_is_understood():
+    as_strings = {"dropout": "0.2", "learning_rate": "5e-4", "alpha": "0.4", "rationale": "val acc stalls"}
+    decision = run_llm(scripted(json.dumps(as_strings)))
+    assert decision.valid and not decision.fallback and decision.repair_attempts == 0
+    assert decision.command.hyperparameters == {"dropout": 0.2, "learning_rate": 5e-4} and decision.command.alpha == 0.4
 
 
 def test_compact_operations_are_validated_capped_and_seeded():

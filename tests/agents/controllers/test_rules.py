@@ -16,7 +16,7 @@ from tests.helpers import (
 
 
 def propose(metrics, policy=None) -> dict:
-    return json.loads((policy or HeuristicPolicy()).propose({"metrics": metrics}).text)
+    return json.loads((policy or HeuristicPolicy()).propose({"metrics": metrics}).answer_text())
 
 
 def test_plateau_halves_the_learning_rate():
@@ -132,5 +132,5 @@ def test_replay_answers_the_recorded_command_with_its_seeds_or_holds():
 
 @pytest.mark.parametrize("policy", [HeuristicPolicy(), PlateauPolicy()])
 def test_commands_name_every_knob_of_the_task_in_its_order(policy):
-    text = policy.propose({"metrics": make_regression_metrics([60.0, 58.0])}).text
+    text = policy.propose({"metrics": make_regression_metrics([60.0, 58.0])}).answer_text()
     assert list(json.loads(text)) == ["learning_rate", "dropout", "weight_decay", "alpha", "rationale"]
