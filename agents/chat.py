@@ -226,5 +226,3 @@ def _text(message: AIMessage) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
-
-

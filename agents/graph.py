@@ -26,7 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
 from agents.nodes import critic, prompter, reflector, repairer, validator
-from agents.nodes.controller import make_controller
+from agents.nodes.controller import controller_node
 from agents.nodes.reflector import make_reflector
 from agents.controllers.contract import Policy
 from agents.state import AgentState
@@ -158,7 +158,7 @@ def build_agent_graph(names: list[str], policy: Policy, judge=None):
     check_pipeline(names)
     nodes: dict[str, Node] = {
         "prompter": prompter,
-        "controller": make_controller(policy),
+        "controller": controller_node(policy),
         "validator": validator,
         "repairer": repairer,
         "reflector": make_reflector(judge) if judge is not None else reflector,

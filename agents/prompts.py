@@ -51,7 +51,7 @@ def judge_prompt(m: EpochMetrics, rule: Reflection, change_text: str) -> str:
     now = f"; {train} is now {m.metrics[train]:.{d}f}" if train is not None else ""
     given = f" {instruction_line(m)}." if m.instruction is not None else ""
     return (
-        f"{instructions(m)}{given}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} the "
+        f"{preamble(m)}{given}\n\nNow judge your previous decision instead. After epoch {rule.about_epoch} the "
         f"decision was {change_text}. {rule.objective} ({direction_words(spec)}) went from {before:.{d}f} to "
         f"{after:.{d}f} ({after - before:+.{d}f}; a change within {spec.noise_band:g} is noise){now}. Was the "
         "decision beneficial, harmful or neutral? Give the verdict and one sentence that explains it with these "
@@ -60,8 +60,6 @@ def judge_prompt(m: EpochMetrics, rule: Reflection, change_text: str) -> str:
 
 
 HISTORY_ROWS = 5  # with the rest, ~800 tokens: well inside the local model's 2048-token context
-
-
 OTHER_METRICS = 3  # history columns beside the objective
 
 
@@ -129,7 +127,7 @@ def hints(m: EpochMetrics) -> str:
     return f": {', '.join(rules)}" if rules else ""
 
 
-def instructions(m: EpochMetrics) -> str:
+def preamble(m: EpochMetrics) -> str:
     """The part of the prompt that stays the same for a whole run: what to do, the task and its
     objective, the knobs. The judge's prompt opens with it too (one cached prefix for both)."""
     spec = m.task
@@ -197,7 +195,7 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
     """The controller's prompt for the state after epoch ``m`` (fixed part first, see :func:`instructions`)."""
     values = {**current_values(m), ALPHA: m.alpha}
     ranges = allowed_ranges(m)
-    lines = [instructions(m), "", f"Epoch {m.epoch} of {m.epochs_total} just finished.", *history_lines(m)]
+    lines = [preamble(m), "", f"Epoch {m.epoch} of {m.epochs_total} just finished.", *history_lines(m)]
     lines += [
         trend_line(m),
         "Gradient/weight norms: "
@@ -225,6 +223,11 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
     return "\n".join(lines)
 
 
+def repair_request(errors: list[str]) -> str:
+    """What the free-form model reads after a rejected answer: the exact errors, and how to answer again."""
+    return "That answer was rejected:\n- " + "\n- ".join(errors) + "\nAnswer again with one corrected JSON object only."
+
+
 def instruction_line(m: EpochMetrics) -> str:
     """The user's instruction as the prompt states it: to be followed within the allowed ranges."""
     return f"The user's instruction (follow it within the allowed ranges): {m.instruction.text!r}"
@@ -239,20 +242,18 @@ EXPERT_SYSTEM = (
     'since epoch 4." or "We should keep every hyperparameter as it is, because test_f1 rose from 0.61 to 0.64, a new '
     'best."'
 )
-
-
 NEUTRAL_STATE = "N/A"
 
 
 ANSWER_OPENING = "We should"
-
-
 RECENT_EPOCHS = 5
 
 
 def chatml(system: str, user: str, opening: str) -> str:
     """A raw prompt in the ChatML template that SmolLM2-Instruct was trained with, the assistant's answer opened."""
-    return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{opening}"
+    return (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{opening}"
+    )
 
 
 def state_summary(m: EpochMetrics, signal_reason: str) -> str:
@@ -266,11 +267,15 @@ def state_summary(m: EpochMetrics, signal_reason: str) -> str:
         f"best {t.best:.{d}f} at epoch {t.best_epoch}.",
     ]
     if t.gap is not None:
-        lines.append(f"{t.train_metric} is better than {spec.objective} by {t.gap:.{d}f} (previous epoch {t.previous_gap:.{d}f}).")
-    lines.append("Now: " + ", ".join(f"{name.replace('_', ' ')} {value:.3g}" for name, value in current_values(m).items()) + ".")
+        lines.append(
+            f"{t.train_metric} is better than {spec.objective} by {t.gap:.{d}f} (previous epoch {t.previous_gap:.{d}f})."
+        )
+    lines.append(
+        "Now: " + ", ".join(f"{name.replace('_', ' ')} {value:.3g}" for name, value in current_values(m).items()) + "."
+    )
     lines.append(f"Evidence: {signal_reason}.")
     if m.instruction is not None:
-        lines.append(f"The user says: \"{m.instruction.text[:300]}\"")
+        lines.append(f'The user says: "{m.instruction.text[:300]}"')
     lines.append("What should we do for the next epoch?")
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ from agents.expert.choosers import Choice, ChooserError
 from agents.proposals.proposal import Proposal
 from agents.state import AgentState
 
+
 class ExpertPolicy:
     """The controller's policy in the expert decision form (recorded as controller ``llm``): plan with
     ``agents.expert.candidates``, let ``chooser`` pick, propose the chosen candidate with the choice, its margin,

@@ -9,14 +9,12 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from agents.chat import ChatCaller
 from agents.controllers.contract import ControllerAnswer
-from agents.prompts import CONTROLLER_SYSTEM, command_schema, judge_prompt
+from agents.prompts import CONTROLLER_SYSTEM, command_schema, judge_prompt, repair_request
 from agents.proposals.answer_text import find_answer_object
 from agents.state import AgentState
 from bus.messages import EpochMetrics, Reflection
 
 MAX_JUDGE_TEXT = 300
-
-
 JUDGE_SCHEMA = {
     "type": "object",
     "properties": {
@@ -46,11 +44,7 @@ class LLMPolicy:
         if feedback:
             messages += [
                 AIMessage(state.get("raw_output", "")[:4000]),
-                HumanMessage(
-                    "That answer was rejected:\n- "
-                    + "\n- ".join(feedback)
-                    + "\nAnswer again with one corrected JSON object only."
-                ),
+                HumanMessage(repair_request(feedback)),
             ]
         schema = command_schema(state["metrics"], state.get("command_space", "free"))
         reply = self._call(messages, schema, "update_command")

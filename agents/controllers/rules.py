@@ -178,5 +178,3 @@ class PlateauPolicy:
             f"{reductions} reduction(s) so far"
         )
         return Proposal(values, m.alpha, rationale=rationale)
-
-

@@ -65,7 +65,7 @@ class Plan:
 
 
 def move_text(old: float, new: float, knob: Hyperparameter) -> str:
-    """"halve the learning rate", "raise dropout": a change in plain words, without numbers (a model scores
+    """ "halve the learning rate", "raise dropout": a change in plain words, without numbers (a model scores
     this text; the numbers are in :func:`change_text`)."""
     if knob.scale == "log" and old > 0:
         ratio = new / old
@@ -87,7 +87,11 @@ def weight_operation(m: EpochMetrics, move: Move) -> tuple[WeightChange, str, st
     else:
         value, what = round(1 + move.direction * move.amount, 4), "shrink" if move.direction < 0 else "grow"
     where = "last" if move.layer == weight_layers(m)[-1] else move.layer.rsplit(".", 1)[0]
-    return WeightChange(move.layer, move.op, value), f"{what} the weights of the {where} layer", f"{move.op} {move.layer} {value:.3g}"
+    return (
+        WeightChange(move.layer, move.op, value),
+        f"{what} the weights of the {where} layer",
+        f"{move.op} {move.layer} {value:.3g}",
+    )
 
 
 def alpha_after(alpha: float, move: Move) -> float:
@@ -198,9 +202,12 @@ def plan_decision(m: EpochMetrics) -> Plan:
         if found:
             return Plan(intent, signal, tuple(found), "instruction")
     found = [c for c in evidence_candidates(m, signal) if not moves_against_instruction(c, m, intent)]
-    return Plan(intent, signal, tuple(found or [hold_candidate(m, f"{signal.reason}; the instruction in force rules out the rest")]), "evidence")
+    return Plan(
+        intent,
+        signal,
+        tuple(found or [hold_candidate(m, f"{signal.reason}; the instruction in force rules out the rest")]),
+        "evidence",
+    )
 
 
 # --------------------------------------------------------------------------- judging a command against the instruction
-
-

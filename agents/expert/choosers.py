@@ -76,10 +76,14 @@ class ScoredChooser:
     def mean_logprobs(self, user: str, options: list[str]) -> list[float]:
         """Each option's mean token log-probability after ``user`` and "We should"; :class:`ChooserError` for an
         answer that is not one non-empty list of finite numbers per option."""
-        reply = self._post(SCORE_PATH, {"prompt": chatml(EXPERT_SYSTEM, user, ANSWER_OPENING), "options": [" " + o for o in options]})
+        reply = self._post(
+            SCORE_PATH, {"prompt": chatml(EXPERT_SYSTEM, user, ANSWER_OPENING), "options": [" " + o for o in options]}
+        )
         scored = reply.get("logprobs") if isinstance(reply, dict) else None
         if not isinstance(scored, list) or len(scored) != len(options):
-            raise ChooserError(f"{SCORE_PATH} answered {str(reply)[:200]}, not {len(options)} lists of log-probabilities")
+            raise ChooserError(
+                f"{SCORE_PATH} answered {str(reply)[:200]}, not {len(options)} lists of log-probabilities"
+            )
         means = []
         for logprobs in scored:
             if not isinstance(logprobs, list) or not logprobs or not all(isinstance(x, (int, float)) for x in logprobs):
@@ -163,5 +167,3 @@ class ChatChooser:
         sentence = first_sentence(value["rationale"])
         return Choice(keys.index(value["choice"]), sentence, None, None, reply.prompt_tokens, reply.completion_tokens,
                       {"rationale_copied": copied(sentence, prompt)}, prompt=prompt)  # fmt: skip
-
-

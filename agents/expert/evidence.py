@@ -57,12 +57,19 @@ def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
         return Signal("start", "only one epoch so far")
     settled = epochs_at_current_values(m)
     if settled < PLATEAU_EPOCHS:
-        return Signal("settling", f"the hyperparameters changed {settled} epoch(s) ago: their effect is not measured yet")
+        return Signal(
+            "settling", f"the hyperparameters changed {settled} epoch(s) ago: their effect is not measured yet"
+        )
     if gap_widening(spec, t):
         return Signal("overfitting", f"the train/validation gap widened from {t.previous_gap:.3g} to {t.gap:.3g}")
     if on_plateau(t):  # and settled >= PLATEAU_EPOCHS, checked above
-        return Signal("plateau", f"no new best {spec.objective} for {t.epochs_since_best} epochs (best {t.best:.4g} at epoch {t.best_epoch})")
+        return Signal(
+            "plateau",
+            f"no new best {spec.objective} for {t.epochs_since_best} epochs (best {t.best:.4g} at epoch {t.best_epoch})",
+        )
     before = m.history[-2].metrics.get(spec.objective, math.nan)
     if t.epochs_since_best == 0 and spec.improvement(before, value) > spec.noise_band:
         return Signal("steady", f"{spec.objective} improved from {before:.4g} to {value:.4g}, a new best")
-    return Signal("unclear", f"{spec.objective} {value:.4g}, best {t.best:.4g} at epoch {t.best_epoch}: no clear trend yet")
+    return Signal(
+        "unclear", f"{spec.objective} {value:.4g}, best {t.best:.4g} at epoch {t.best_epoch}: no clear trend yet"
+    )

@@ -40,7 +40,9 @@ HOLD_PATTERN = re.compile(
     r"things|the)|hold (?:every|all|still|steady|it|the)|stay the course|freeze|as (?:it|they) (?:is|are)|unchanged|"
     r"don'?t touch|do not touch|hands off"
 )
-REPEAT_PATTERN = re.compile(r"\bevery\b|\beach\b|\bkeep (?:lowering|raising|reducing|increasing|cutting)|\bcontinu|\bagain and again")
+REPEAT_PATTERN = re.compile(
+    r"\bevery\b|\beach\b|\bkeep (?:lowering|raising|reducing|increasing|cutting)|\bcontinu|\bagain and again"
+)
 NUMBER = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
 
 # Goals: a pattern over the instruction; GOAL_MOVES says which moves (knob, direction) pursue each, in order of
@@ -107,7 +109,9 @@ class Intent:
         """The intent in a few words, for records: ``explicit: learning_rate down``, ``goal: speed``."""
         if self.kind == "explicit":
             return "explicit: " + ", ".join(
-                f"{m.knob} to {m.target:g}" if m.target is not None else f"{m.knob or m.op} {('down', 'keep', 'up')[m.direction + 1]}"
+                f"{m.knob} to {m.target:g}"
+                if m.target is not None
+                else f"{m.knob or m.op} {('down', 'keep', 'up')[m.direction + 1]}"
                 for m in self.moves
             )
         return f"goal: {self.goal}" if self.kind == "goal" else self.kind
@@ -139,7 +143,7 @@ def blanked(clause: str, spans: list[tuple[int, int, str]]) -> str:
     return clause
 
 
-def direction_words(text: str) -> list[tuple[int, int]]:
+def direction_word_positions(text: str) -> list[tuple[int, int]]:
     """(position, +1/-1) of every direction word in ``text``; "too high"/"not enough" phrases, when present,
     are the only ones read (they mean the opposite of their adjective)."""
     too = [(m.start(), -1) for m in re.finditer(TOO_DOWN, text)] + [(m.start(), 1) for m in re.finditer(TOO_UP, text)]
@@ -154,7 +158,7 @@ def direction_words(text: str) -> list[tuple[int, int]]:
 def direction_at(position: int, text: str) -> tuple[int, bool]:
     """The direction asked for the knob named at ``position`` of the masked clause ``text``: the nearest
     direction word (0 when there is none), and whether a negation ("do not", "never") governs it."""
-    words = direction_words(text)
+    words = direction_word_positions(text)
     if not words:
         return 0, False
     at, direction = min(words, key=lambda w: abs(w[0] - position))
@@ -163,7 +167,7 @@ def direction_at(position: int, text: str) -> tuple[int, bool]:
 
 def clause_direction(clause: str) -> int:
     """+1, -1 or 0: the direction asked in ``clause`` as a whole (its first direction word)."""
-    words = direction_words(clause)
+    words = direction_word_positions(clause)
     return words[0][1] if words else 0
 
 
@@ -192,7 +196,13 @@ def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -
     if m := re.search(rf"by {NUMBER}", clause):
         value = float(m.group(1))
         if knob is not None and knob.scale == "log":  # "by 3": a factor; "by 1e-4": an amount; "by 0.5": unclear
-            return {"factor": value if direction > 0 else 1 / value} if value > 1 else {"amount": value} if value < knob.default else {}
+            return (
+                {"factor": value if direction > 0 else 1 / value}
+                if value > 1
+                else {"amount": value}
+                if value < knob.default
+                else {}
+            )
         return {"amount": value}
     if SMALL_PATTERN.search(clause):
         return {"small": True}
@@ -284,7 +294,9 @@ def asked_directions(intent: Intent, values: dict[str, float] | None = None, alp
     """Knob -> the direction the intent asks for (0: keep), targets resolved against ``values``; a goal's
     preferred moves."""
     if intent.kind == "explicit":
-        return {move.knob: target_direction(move, values or {}, alpha) for move in intent.moves if move.knob is not None}
+        return {
+            move.knob: target_direction(move, values or {}, alpha) for move in intent.moves if move.knob is not None
+        }
     if intent.kind == "goal":
         return dict(intent.goal_moves)
     return {}
@@ -296,7 +308,7 @@ def moved_value(knob: Hyperparameter, current: float, move: Move, bounds: tuple[
     if move.target is not None:
         value = move.target
     elif knob.scale == "log":
-        factor = move.factor if move.factor is not None else knob.step ** move.direction
+        factor = move.factor if move.factor is not None else knob.step**move.direction
         value = current * factor if move.amount is None else current + move.direction * move.amount
     else:
         amount = move.amount if move.amount is not None else knob.step

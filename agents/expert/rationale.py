@@ -11,8 +11,6 @@ from agents.trends import training_trends
 from bus.messages import EpochMetrics
 
 MIN_RATIONALE_WORDS = 4
-
-
 COPY_WORDS = 6  # a rationale sharing a run of this many words with the prompt is copied, not the model's own
 
 
@@ -45,16 +43,16 @@ def copied(rationale: str, prompt: str, words: int = COPY_WORDS) -> bool:
     return any(f" {' '.join(tokens[i : i + words])} " in source for i in range(len(tokens) - words + 1))
 
 
-NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?")
+CITED_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?")
 
 
 def unsupported_numbers(text: str, prompt: str) -> list[str]:
     """The numbers ``text`` cites that ``prompt`` does not hold: a model's invented figures. A cited number is
     supported when a number of the prompt rounds to it at the precision it is cited with ("0.92" for 0.9203;
     "1.6e-05" within 0.1 %; a whole number within 0.5 %: "456" for 456.2, not "1" for 0.885). A count ("2 epochs", "3 times", "2x") is not checked."""
-    known = [float(n) for n in NUMBER.findall(prompt)]
+    known = [float(n) for n in CITED_NUMBER.findall(prompt)]
     unsupported = []
-    for match in NUMBER.finditer(text):
+    for match in CITED_NUMBER.finditer(text):
         word, value = match.group(0), float(match.group(0))
         if re.match(r"\s*(?:epochs?|times|x\b)", text[match.end() :]):
             continue

@@ -1,5 +1,5 @@
 """The agent's nodes. Each is a plain function ``AgentState -> partial update``; ``controller`` is
-made by :func:`agents.nodes.controller.make_controller` around a policy."""
+made by :func:`agents.nodes.controller.controller_node` around a policy."""
 
 from agents.nodes.critic import critic
 from agents.nodes.prompter import prompter

@@ -12,7 +12,7 @@ from agents.proposals.proposal import Proposal
 from agents.state import AgentState
 
 
-def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
+def controller_node(policy: Policy) -> Callable[[AgentState], dict]:
     """The controller node around ``policy``. Whatever ``policy.propose`` raises is a model error
     (``llm_error`` "Type: message"), never a graph failure: the validator and repairer take it from there."""
 
@@ -40,7 +40,12 @@ def make_controller(policy: Policy) -> Callable[[AgentState], dict]:
             "llm_latency_ms": state.get("llm_latency_ms", 0.0) + elapsed_ms,
         }
         if answer.finish_reason is not None or answer.error or answer.adaptations:
-            note = {"node": "controller", "action": "model_call", "attempt": attempt, "finish_reason": answer.finish_reason}
+            note = {
+                "node": "controller",
+                "action": "model_call",
+                "attempt": attempt,
+                "finish_reason": answer.finish_reason,
+            }
             if answer.error:
                 note["error"] = answer.error
             if answer.adaptations:

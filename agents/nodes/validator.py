@@ -47,5 +47,7 @@ def validator(state: AgentState) -> dict:
         "errors": errors,
     }
     if checked.notes:
-        update["notes"] = [{"node": "validator", "action": "parse", "attempt": state.get("attempts", 0), **checked.notes}]
+        update["notes"] = [
+            {"node": "validator", "action": "parse", "attempt": state.get("attempts", 0), **checked.notes}
+        ]
     return update

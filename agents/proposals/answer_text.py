@@ -215,9 +215,8 @@ def find_answer_object(text: str, required: tuple[str, ...]) -> FoundObject:
         commands = [v for v, *_ in found if all(name in v for name in required)]
         differ = sorted({k for v in commands for k in {*v, *value} if v.get(k) != value.get(k)})
         chosen = "the first of those is used" if commands else "the one with the most of them is used"
-        notes["objects"] = (
-            f"{len(found)} JSON objects, {len(commands)} with all of {list(required)}; {chosen}"
-            + (f"; the others differ in {differ[:10]}" if differ else "")
+        notes["objects"] = f"{len(found)} JSON objects, {len(commands)} with all of {list(required)}; {chosen}" + (
+            f"; the others differ in {differ[:10]}" if differ else ""
         )
     if lenient is not None:
         notes["lenient_json"] = [_clip(step) for step in lenient]

@@ -95,8 +95,6 @@ def _check_raw_delta(name: str, values: Any, m: EpochMetrics, clamped: dict, err
     return delta.tolist()
 
 
-
-
 def _hard_bounds(m: EpochMetrics) -> dict[str, tuple[float, float]]:
     return {**{k.name: (k.low, k.high) for k in m.task.hyperparameters}, ALPHA: ALPHA_RANGE}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agents.prompts import command_schema, display_metrics, instructions, render_prompt
+from agents.prompts import command_schema, display_metrics, preamble, render_prompt
 from bus.messages import TaskSpec
 from tasks.mnist import SPEC as MNIST_SPEC
 from tests.helpers import (
@@ -53,8 +53,8 @@ def test_the_mnist_prompt_shows_the_task_knobs_history_and_trends():
 
 def test_the_fixed_part_comes_first_and_stays_the_same_all_run():
     first, later = make_metrics([0.8]), make_metrics([0.8, 0.85, 0.83, 0.9], lr=5e-4, dropout=0.3)
-    assert render_prompt(first).startswith(instructions(first) + "\n\nEpoch 1 of 20")
-    assert instructions(first) == instructions(later)
+    assert render_prompt(first).startswith(preamble(first) + "\n\nEpoch 1 of 20")
+    assert preamble(first) == preamble(later)
     assert len(render_prompt(later)) < 2400  # about 800 tokens: the embedded model has 2048
 
 

@@ -39,7 +39,10 @@ class ScoringServer:
                 if self.path == "/reflectnet/score":
                     reply = {"logprobs": [[logprob(body["prompt"], o)] * len(o.split()) for o in body["options"]]}
                 else:
-                    reply = {"choices": [{"text": completion}], "usage": {"prompt_tokens": 200, "completion_tokens": 12}}
+                    reply = {
+                        "choices": [{"text": completion}],
+                        "usage": {"prompt_tokens": 200, "completion_tokens": 12},
+                    }
                 payload = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(payload)))
@@ -105,7 +108,9 @@ def test_a_rationale_that_repeats_the_prompt_is_flagged_as_copied_and_invented_n
 def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():
     m = overfitting_state()
     plan = plan_decision(m)
-    good = ScriptedReply(json.dumps({"choice": "dropout:up", "rationale": "Training accuracy runs away from validation."}))
+    good = ScriptedReply(
+        json.dumps({"choice": "dropout:up", "rationale": "Training accuracy runs away from validation."})
+    )
     bad = ScriptedReply(json.dumps({"choice": "learning_rate:up", "rationale": "faster"}))
     with ScriptedOpenAI({"controller": [good, bad]}, {"controller": good}) as server:
         from agents.chat import make_chat_model, response_formats
@@ -139,7 +144,9 @@ def test_the_expert_policy_answers_through_the_validator_and_records_its_choice(
     assert decision.instruction_outcome == "followed" and decision.held is False
     assert decision.choice == "learning_rate:up" and decision.prompt == "summary"
     (note,) = [n for n in decision.notes if n.get("action") == "expert_choice"]
-    assert note["intent"] == "explicit: learning_rate to 10" and note["source"] == "instruction" and "prompt" not in note
+    assert (
+        note["intent"] == "explicit: learning_rate to 10" and note["source"] == "instruction" and "prompt" not in note
+    )
     gap = decide(graph, "llm", overfitting_state(), max_repairs=2)
     assert gap.choice == "learning_rate:down" and gap.choice_margin == 0.5 and gap.instruction_outcome is None
 
@@ -168,7 +175,9 @@ def test_a_verdict_that_contradicts_the_measurement_is_flagged_and_not_fed_back(
 
 def test_the_instruction_is_in_the_summary_the_model_reads():
     m = overfitting_state()
-    m = m.model_copy(update={"instruction": Instruction(instruction_id="i", text="be gentle", source="say", received_at=0)})
+    m = m.model_copy(
+        update={"instruction": Instruction(instruction_id="i", text="be gentle", source="say", received_at=0)}
+    )
     assert 'The user says: "be gentle"' in state_summary(m, "reason")
 
 

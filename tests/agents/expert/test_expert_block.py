@@ -118,7 +118,10 @@ def test_evidence_candidates_agree_with_the_signal():
 
 def test_a_change_is_given_time_to_act_and_the_evidence_stays_within_the_heuristics_limits():
     m = case_metrics(Case("evidence", "plateau", None), 0)
-    history = [*m.history[:-1], m.history[-1].model_copy(update={"hyperparameters": {"dropout": 0.2, "learning_rate": 5e-4}})]
+    history = [
+        *m.history[:-1],
+        m.history[-1].model_copy(update={"hyperparameters": {"dropout": 0.2, "learning_rate": 5e-4}}),
+    ]
     changed = m.model_copy(update={"history": history, "hyperparameters": history[-1].hyperparameters})
     assert read_signal(changed).kind == "settling" and [c.key for c in plan_decision(changed).candidates] == ["hold"]
     floor = [h.model_copy(update={"hyperparameters": {"dropout": 0.5, "learning_rate": 1.2e-5}}) for h in m.history]
@@ -137,7 +140,9 @@ def test_an_explicit_instruction_is_the_only_candidate_and_is_bounded_by_the_kno
     (only,) = plan_decision(m).candidates
     assert only.values["learning_rate"] == pytest.approx(5e-4) and only.text == "halve the learning rate"
     huge = plan_decision(with_instruction(m, "set the learning rate to 10")).candidates[0]
-    assert huge.values["learning_rate"] == SPEC.knob("learning_rate").high  # the validator then applies the trust region
+    assert (
+        huge.values["learning_rate"] == SPEC.knob("learning_rate").high
+    )  # the validator then applies the trust region
 
 
 def test_a_one_shot_instruction_constrains_later_decisions_instead_of_repeating():
@@ -155,7 +160,13 @@ def test_an_instruction_the_lexicon_cannot_read_is_left_to_the_model_among_singl
     m = with_instruction(case_metrics(Case("evidence", "steady", None), 0), "be bolder")
     plan = plan_decision(m)
     assert plan.intent.kind == "unread" and plan.source == "instruction"
-    assert [c.key for c in plan.candidates] == ["hold", "dropout:down", "dropout:up", "learning_rate:down", "learning_rate:up"]
+    assert [c.key for c in plan.candidates] == [
+        "hold",
+        "dropout:down",
+        "dropout:up",
+        "learning_rate:down",
+        "learning_rate:up",
+    ]
     assert instruction_outcome(m, command(m, dropout=0.3)) is None  # nothing to judge it against
 
 

@@ -67,7 +67,10 @@ def test_values_outside_the_trust_region_are_clamped_and_recorded():
         # not a setting at all: an error for the repairer, not a clamp into a real move
         ({"dropout": 0.2, "learning_rate": -0.01, "alpha": 0.4}, "learning_rate=-0.01 is not a valid setting"),
         ({"dropout": 0.2, "learning_rate": 0.0, "alpha": 0.4}, "learning_rate=0 is not a valid setting"),
-        ({"dropout": 5, "learning_rate": 1e-3, "alpha": 0.4}, "dropout=5 is not a valid setting: it must lie in [0, 0.9]"),
+        (
+            {"dropout": 5, "learning_rate": 1e-3, "alpha": 0.4},
+            "dropout=5 is not a valid setting: it must lie in [0, 0.9]",
+        ),
         ({"dropout": 0.2, "learning_rate": 1e-3, "alpha": 1.5}, "alpha=1.5 is not a valid setting"),
         ({"dropout": "0.2x", "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
         ({"dropout": "nan", "learning_rate": 1e-3, "alpha": 0.4}, "dropout must be a number"),
@@ -298,5 +301,7 @@ def test_a_typed_proposal_passes_the_same_checks_as_its_text():
     assert typed.clamped == {"dropout": {"from": 0.9, "to": 0.4}, "learning_rate": {"from": 0.05, "to": pytest.approx(3e-3)},
                              "weight_ops.fc.3.weight.factor": {"from": 1.5, "to": 1.05}}  # fmt: skip
     bad = check_proposal(Proposal({"dropout": 0.2, "learning_rate": -1.0}, 0.4), METRICS)
-    assert bad.command is None and bad.errors == ["learning_rate=-1 is not a valid setting: it must lie in [1e-06, 0.1]"]
+    assert bad.command is None and bad.errors == [
+        "learning_rate=-1 is not a valid setting: it must lie in [1e-06, 0.1]"
+    ]
     assert bad.partial == {"dropout": 0.2, "alpha": 0.4, "rationale": ""}
