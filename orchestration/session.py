@@ -26,6 +26,7 @@ from orchestration.planning import (
 from orchestration.runner import Runner, interrupt_on_stop_signals
 from orchestration.spec import RunSpec
 from tasks.registry import task_class, training_defaults
+from trainer.checkpoint import CheckpointError, read_state
 
 
 def plan(spec: RunSpec) -> tuple[list[Arm], LLMSettings | None]:
@@ -103,14 +104,29 @@ def run_invocation(spec: RunSpec) -> int:
 
 
 def report_outcome(spec: RunSpec, arms: list[Arm]) -> None:
-    """The results table, how a replay compares with its original, how to resume what did not finish."""
+    """The results table, how a replay compares with its original, and what to run for each run that did not
+    finish: ``--resume`` from its checkpoint, or, stopped before its first epoch ended (no checkpoint, which
+    ``--resume`` refuses), the same command again, which starts it over."""
     if any(a.status != "pending" for a in arms):
         print_results(spec.db, [a.replay_of for a in arms if a.replay_of] + [a.run_id for a in arms if a.status != "pending"])
     for arm in arms:
         if arm.replay_of and arm.status == "completed":
             print(compare_replay(spec.db, arm.replay_of, arm.run_id))
         if arm.status in ("failed", "interrupted") and arm.exit_code != EXIT_DATA_UNAVAILABLE:
-            print(f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {spec.db}")
+            print(resume_hint(spec, arm))
+
+
+def resume_hint(spec: RunSpec, arm: Arm) -> str:
+    """What to run to finish ``arm``, which failed or was interrupted: what ``--resume`` accepts (a readable
+    checkpoint of the run, see ``planning.plan_resume``) or else the same command again."""
+    try:
+        if arm.checkpoint is None:
+            raise CheckpointError("no trainer was configured")
+        read_state(arm.checkpoint)
+    except CheckpointError:
+        return (f"run {arm.run_id} stopped before its first epoch ended, so there is nothing to resume: run the same "
+                f"command again to start it over (runs already completed are skipped)")  # fmt: skip
+    return f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {spec.db}"
 
 
 def print_results(db: Path, run_ids: list[str]) -> None:
