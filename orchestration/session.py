@@ -117,16 +117,20 @@ def report_outcome(spec: RunSpec, arms: list[Arm]) -> None:
 
 
 def resume_hint(spec: RunSpec, arm: Arm) -> str:
-    """What to run to finish ``arm``, which failed or was interrupted: what ``--resume`` accepts (a readable
-    checkpoint of the run, see ``planning.plan_resume``) or else the same command again."""
+    """What to run to finish ``arm``, which failed or was interrupted: ``--resume`` when it has a readable
+    checkpoint (what ``planning.plan_resume`` accepts), else the same command again."""
+    if arm.checkpoint is not None and _readable(arm.checkpoint):
+        return f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {spec.db}"
+    return (f"run {arm.run_id} stopped before its first epoch ended, so there is nothing to resume: run the same "
+            f"command again to start it over (runs already completed are skipped)")  # fmt: skip
+
+
+def _readable(checkpoint: Path) -> bool:
     try:
-        if arm.checkpoint is None:
-            raise CheckpointError("no trainer was configured")
-        read_state(arm.checkpoint)
+        read_state(checkpoint)
     except CheckpointError:
-        return (f"run {arm.run_id} stopped before its first epoch ended, so there is nothing to resume: run the same "
-                f"command again to start it over (runs already completed are skipped)")  # fmt: skip
-    return f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {spec.db}"
+        return False
+    return True
 
 
 def print_results(db: Path, run_ids: list[str]) -> None:
