@@ -56,13 +56,21 @@ def headline(spec: RunSpec, arms: list[Arm], todo: list[Arm]) -> str:
             f"ReflectNet | resuming run {arm.run_id} ({arm.name}, controller {arm.controller}, regime {arm.regime}, "
             f"seed {arm.seed}) after epoch {arm.resume_epoch} of {arm.recorded['trainer']['epochs']} | {spec.db}"
         )
-    task = arms[0].recorded["trainer"].get("task", "mnist") if spec.replay else spec.task
+    trainer = arms[0].recorded["trainer"] if spec.replay else {"task": spec.task, "task_options": spec.task_options}
+    task = task_label(trainer.get("task", "mnist"), trainer.get("task_options", {}))
     regimes = ",".join(dict.fromkeys(a.regime for a in arms))
     return (
         f"ReflectNet | task {task} | regime {regimes} | seeds {spec.seed}..{spec.seed + spec.seeds - 1} | "
         f"{spec.epochs} epochs | controller {','.join(spec.controllers)} | {len(arms)} run(s), "
         f"{len(arms) - len(todo)} already completed in {spec.db}"
     )
+
+
+def task_label(task: str, options: dict) -> str:
+    """The task's declared name, with how it was given when that differs (a plugin: ``linefit
+    (userpkg.linefit:make_task)``)."""
+    name = task_class(task, options).name
+    return name if name == task else f"{name} ({task})"
 
 
 def make_run_dir(spec: RunSpec, arms: list[Arm]) -> Path:

@@ -73,3 +73,9 @@ def test_the_resume_hint_proposes_what_works(tmp_path):
                                       "are skipped)")  # fmt: skip
     arm.checkpoint = tmp_path / "checkpoints" / "p-heuristic.safetensors"  # configured, but no epoch written
     assert resume_hint(spec, arm).startswith("run p-heuristic stopped before its first epoch ended")
+
+
+def test_the_headline_names_the_task_by_its_declared_name():
+    from orchestration.session import task_label
+
+    assert task_label("diabetes", {}) == "diabetes"
