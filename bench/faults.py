@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench.fault_audit import Audit, Outcome, audit, report  # noqa: F401 (Audit: the scenarios' result type)
+from bench.fault_audit import Outcome, audit, report
 from bench.fault_run import LiveRun, alive, decisions, kill, query, restarts, run_id_of, send_garbage
 
 HEURISTIC = ["--regime", "100", "--epochs", "6", "--arms", "guided", "--controller", "heuristic"]
