@@ -2,6 +2,7 @@
 
     python run.py --regime 1pct              # the paper's CNN on MNIST
     python run.py --task diabetes            # or cartpole, or package.module:factory
+    python run.py report | sql | say ...     # the subcommands (orchestration/commands/)
 
 runs a baseline arm (the task's optimizer alone) and a guided arm with the same seed and data. The
 trainer, the agent and the recorder are separate OS processes talking over ZeroMQ on local sockets;
@@ -12,28 +13,12 @@ from __future__ import annotations
 
 import sys
 
-from orchestration.cli import CliError, build_parser, validate_args
+from orchestration.commands import main as run_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("report", "sql"):
-        from orchestration.analysis import analysis_main
-
-        return analysis_main(argv)
-    if argv and argv[0] == "say":
-        from orchestration.steering import say_main
-
-        return say_main(argv[1:])
-    parser = build_parser()
-    try:
-        spec = validate_args(parser.parse_args(argv))
-    except CliError as exc:
-        print(f"run.py: error: {exc}", file=sys.stderr)
-        return 2
-    from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
-
-    return run_invocation(spec)
+    """Run the command ``argv`` names (default: ``sys.argv[1:]``); its exit code."""
+    return run_command(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class AgentConfig(BaseModel):
     replay_commands: dict[str, dict[int, UpdateCommand]] | None = None
     llm_reflection: bool = True  # the model judges the previous decision (rule judgement as fallback)
     feed_reflection: bool = True  # the verdict goes into the next prompt
-    command_space: Literal["free", "grid"] = "free"  # see agents.nodes.prompter.command_schema
+    command_space: Literal["free", "grid"] = "free"  # see agents.prompts.command_schema
     nodes: list[str]  # the full ordered pipeline
     max_repairs: int = Field(default=2, ge=0)
     cache_size: int = Field(default=4096, ge=1)

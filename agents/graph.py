@@ -154,7 +154,7 @@ def check_pipeline(names: list[str]) -> None:
 
 def build_agent_graph(names: list[str], policy: Policy, judge=None):
     """Compile the graph for the ordered node ``names`` with ``policy`` behind the controller and,
-    if given, ``judge`` (an ``agents.llm.LLMJudge``) behind the reflector."""
+    if given, ``judge`` (an ``agents.controllers.llm.LLMJudge``) behind the reflector."""
     check_pipeline(names)
     nodes: dict[str, Node] = {
         "prompter": prompter,

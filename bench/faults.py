@@ -16,272 +16,26 @@ the run where the scenario says so, and then audits the database against what ac
   events stored twice. All three must be 0, and every run must end ``completed``.
 
 tests/e2e/test_faults.py runs the same scenarios and asserts exactly that.
+
+The parts: ``bench.fault_run`` drives run.py and its processes, ``bench.fault_audit`` audits and reports;
+this module holds the scenarios and the command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import duckdb
-import zmq
+from bench.fault_audit import Outcome, audit, report
+from bench.fault_run import LiveRun, alive, decisions, kill, query, restarts, run_id_of, send_garbage
 
-from trainer.checkpoint import CheckpointError, read_state
-
-REPO = Path(__file__).resolve().parents[1]
 HEURISTIC = ["--regime", "100", "--epochs", "6", "--arms", "guided", "--controller", "heuristic"]
-
-
-class LiveRun:
-    """One ``python run.py ...`` in the background, with its run directory's logs at hand."""
-
-    def __init__(self, args: list[str], db: Path, out: Path, name: str, sigint: str = "default"):
-        """``sigint``: how run.py inherits SIGINT — ``default`` (from a terminal) or ``ignored`` (started as a
-        background job, under nohup, by some CI runners), set in the child before it starts."""
-        self.db, self.out = db, out
-        self.stdout_path = out.parent / f"{name}.stdout.txt"
-        out.mkdir(parents=True, exist_ok=True)
-        disposition = {"default": signal.SIG_DFL, "ignored": signal.SIG_IGN}[sigint]
-        with self.stdout_path.open("a") as stdout:
-            self.proc = subprocess.Popen(
-                [sys.executable, "run.py", *args, "--db", str(db), "--out", str(out)],
-                cwd=REPO,
-                stdout=stdout,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
-            )
-        self.started = time.monotonic()
-
-    def records(self, component: str) -> list[tuple[int, dict]]:
-        """(pid, event) for every JSON line ``component`` processes logged under ``out``."""
-        found = []
-        for path in sorted(self.out.glob(f"*/logs/{component}-*.jsonl")):
-            pid = int(path.stem.rsplit("-", 1)[1])
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    found.append((pid, json.loads(line)))
-                except ValueError:
-                    continue  # a line cut short by a kill
-        return found
-
-    def pid(self, component: str) -> int:
-        """The live process of ``component`` (trainer, agent, recorder, orchestrator, llm)."""
-        if component == "llm":
-            pids = [
-                r.get("server_pid") or r.get("pid")
-                for _, r in self.records("orchestrator")
-                if r.get("event") == "llm_server_ready" or (r.get("event") == "child_restarted" and r["child"] == "llm")
-            ]
-        else:
-            pids = [pid for pid, _ in self.records(component)]
-        for pid in reversed(pids):
-            if alive(pid):
-                return pid
-        raise RuntimeError(f"no live {component} process under {self.out}")
-
-    def endpoints(self) -> dict[str, str]:
-        """The bus endpoints of this invocation, from the configs run.py wrote into the run directory."""
-        run_dir = max(self.out.glob("*/recorder.json"), key=lambda p: p.stat().st_mtime).parent
-        recorder = json.loads((run_dir / "recorder.json").read_text())
-        found = {"recorder": recorder["endpoint"], "recorder_control": recorder["control_endpoint"]}
-        for path in run_dir.glob("agent-*.json"):
-            found[path.stem] = json.loads(path.read_text())["endpoint"]
-        return found
-
-    def wait_epoch(self, epoch: int, timeout: float = 300) -> None:
-        """Until the current trainer has logged ``epoch`` (an epoch number of its run, resumed ones included)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            done = [r["epoch"] for _, r in self.records("trainer") if r.get("event") == "epoch_done"]
-            if done and max(done) >= epoch:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"run.py exited with {self.proc.returncode} before epoch {epoch}: {self.tail()}")
-            time.sleep(0.2)
-        raise RuntimeError(f"no epoch {epoch} within {timeout:g} s: {self.tail()}")
-
-    def wait_event(self, component: str, event: str, timeout: float = 300, **fields) -> dict:
-        """Until ``component`` has logged ``event`` with these field values."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for _, r in self.records(component):
-                if r.get("event") == event and all(r.get(k) == v for k, v in fields.items()):
-                    return r
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"run.py exited with {self.proc.returncode} before {event}: {self.tail()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"no {component} event {event!r} within {timeout:g} s: {self.tail()}")
-
-    def finish(self, timeout: float = 600) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-    def tail(self, lines: int = 15) -> str:
-        return "\n".join(self.stdout_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not reaped yet) counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def query(db: Path, sql: str, params=None) -> list[tuple]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql, params or []).fetchall()
-
-
-def send_garbage(endpoints: dict[str, str], frames_per_socket: int, seed: int = 0) -> int:
-    """Random and malformed multipart frames to every socket of the bus; returns how many were sent."""
-    rng = random.Random(seed)
-    samples = [
-        [b"epoch_record", b"{garbage"],
-        [b"\xff\xfe", b"{}"],
-        [b"decision", b'{"v": 999}'],
-        [b"epoch_metrics", b'{"v": 1, "run_id": "not-a-run-of-this-invocation"}'],
-        [b"control", b'{"v": 1, "op": "format-the-disk"}'],
-        [b"1", b"log_event", b'{"v": 1, "ts": 0, "run_id": "intruder", "component": "x", "pid": 1, "level": "info", "event": "x"}'],
-        [b"99999999999999999999", b"epoch_record", b"{}"],
-        [b""],
-    ]  # fmt: skip
-    ctx = zmq.Context()
-    sent = 0
-    try:
-        for name, endpoint in endpoints.items():
-            for i in range(frames_per_socket):
-                frames = samples[i % len(samples)] if i < len(samples) else [
-                    rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(1, 4))
-                ]  # fmt: skip
-                # REP peers need a REQ-shaped envelope; DEALER gives any frames to the recorder's ROUTER.
-                kind = zmq.DEALER if name == "recorder" else zmq.REQ
-                sock = ctx.socket(kind)
-                sock.setsockopt(zmq.LINGER, 200)
-                sock.connect(endpoint)
-                sock.send_multipart(frames)
-                if kind == zmq.REQ:
-                    sock.poll(2000)  # a REP peer answers every request, garbage included
-                sock.close()
-                sent += 1
-    finally:
-        ctx.term()
-    return sent
-
-
-@dataclass
-class Audit:
-    runs: int = 0
-    completed: int = 0
-    expected: int = 0
-    found: int = 0
-    lost: int = 0
-    extra: int = 0
-    duplicates: int = 0
-    detail: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def audit(db: Path, out: Path) -> Audit:
-    """Compare the database with what the trainers of every run under ``out`` checkpointed and logged."""
-    runs = query(db, "SELECT run_id, arm, status, config FROM runs")
-    logged: dict[tuple[str, int], dict] = {}
-    for path in out.glob("*/logs/trainer-*.jsonl"):
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("event") == "epoch_done":
-                logged[(record["run_id"], record["epoch"])] = record
-    expected: dict[str, set] = {"epochs": set(), "decisions": set(), "reflections": set()}
-    result = Audit(runs=len(runs), completed=sum(status == "completed" for _, _, status, _ in runs))
-    for run_id, arm, _, config in runs:
-        trainer = json.loads(config)["trainer"]
-        checkpoint = (
-            Path(trainer["checkpoint_dir"] or Path(trainer["run_dir"]) / "checkpoints") / f"{run_id}.safetensors"
-        )
-        try:
-            ran = read_state(checkpoint).epoch
-        except CheckpointError:
-            ran = 0
-        for epoch in range(1, ran + 1):
-            expected["epochs"].add((run_id, epoch))
-            if arm == "guided":
-                expected["decisions"].add((run_id, epoch))
-                if logged.get((run_id, epoch), {}).get("reflection"):
-                    expected["reflections"].add((run_id, epoch))
-    for table, keys in expected.items():
-        rows = query(db, f"SELECT run_id, epoch FROM {table}")
-        found = set(rows)
-        if table == "reflections":  # the log may miss the last epoch before a kill: count it as expected if stored
-            keys = keys | {k for k in found if k in expected["decisions"] and k not in logged}
-        lost, extra, dup = len(keys - found), len(found - keys), len(rows) - len(found)
-        result.detail[table] = {"expected": len(keys), "found": len(found), "lost": lost, "extra": extra, "dup": dup}
-        result.expected += len(keys)
-        result.found += len(found)
-        result.lost += lost
-        result.extra += extra
-        result.duplicates += dup
-    twice = query(
-        db, "SELECT count(*) - count(DISTINCT (ts, pid, component, event, CAST(data AS VARCHAR))) FROM events"
-    )[0][0]
-    result.detail["events"] = {"found": query(db, "SELECT count(*) FROM events")[0][0], "dup": twice}
-    result.duplicates += twice
-    return result
-
-
-@dataclass
-class Outcome:
-    scenario: str
-    faults: list[str]
-    exit_codes: list[int]
-    audit: Audit
-    wall_s: float
-    checks: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        a = self.audit
-        return a.lost == 0 and a.duplicates == 0 and a.extra == 0 and a.completed == a.runs > 0
-
-
-def kill(run: LiveRun, component: str, sig: int = signal.SIGKILL) -> str:
-    pid = run.pid(component)
-    os.kill(pid, sig)
-    return f"{signal.Signals(sig).name} {component} (pid {pid})"
-
-
-def run_id_of(db: Path) -> str:
-    return query(db, "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1")[0][0]
-
-
-def decisions(db: Path) -> list[tuple]:
-    return query(db, "SELECT epoch, fallback, fallback_reason FROM decisions ORDER BY epoch")
-
-
-def restarts(run: LiveRun, child_prefix: str) -> int:
-    return sum(
-        1
-        for _, r in run.records("orchestrator")
-        if r.get("event") == "child_restarted" and r["child"].startswith(child_prefix)
-    )
 
 
 def agent_killed(work: Path) -> Outcome:
@@ -449,31 +203,6 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "garbage": garbage,
     "llm": model_server,
 }
-
-
-def report(outcomes: list[Outcome]) -> str:
-    lines = [
-        "| scenario | faults injected | exit codes | runs completed | records expected | found | lost | extra | duplicates | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for o in outcomes:
-        a = o.audit
-        lines.append(
-            f"| {o.scenario} | {'; '.join(o.faults)} | {' '.join(map(str, o.exit_codes))} | {a.completed}/{a.runs} | "
-            f"{a.expected} | {a.found} | {a.lost} | {a.extra} | {a.duplicates} | {o.wall_s:.0f} |"
-        )
-    total = Counter()
-    for o in outcomes:
-        total.update(faults=len(o.faults), runs=o.audit.runs, completed=o.audit.completed, expected=o.audit.expected,
-                     found=o.audit.found, lost=o.audit.lost, extra=o.audit.extra, duplicates=o.audit.duplicates)  # fmt: skip
-    lines.append(
-        f"| **all** | {total['faults']} | | {total['completed']}/{total['runs']} | {total['expected']} | "
-        f"{total['found']} | **{total['lost']}** | {total['extra']} | **{total['duplicates']}** | |"
-    )
-    lines.append("")
-    for o in outcomes:
-        lines.append(f"- {o.scenario}: {json.dumps(o.checks)}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

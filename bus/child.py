@@ -61,7 +61,8 @@ class Child:
             self.event_sink(event)
 
     def orphaned(self) -> bool:
-        """Whether the orchestrator that started this process is gone."""
+        """Whether the orchestrator that started this process is gone (the parent pid the watchdog,
+        :func:`bus.lifecycle.watch_parent`, also watches)."""
         return os.getppid() != self.parent
 
     def fail(self, message: str, code: int = EXIT_FAILED, **event) -> int:
@@ -97,7 +98,7 @@ def run_child(
     child.log = configure_logging(component, Path(cfg.run_dir) / "logs", forward=child.forward_event, run_id=run_id(cfg))
     log = child.log
     stop_on_signals()
-    stop_when_orphaned()
+    stop_when_orphaned(parent=child.parent)  # the same parent pid that child.orphaned() compares with
     try:
         return body(cfg, child)
     except Stop as stop:

@@ -1,5 +1,6 @@
 """What every child process does the same way: read its config, turn SIGTERM/SIGINT into an
-exception that unwinds through ``finally`` blocks, and stop reacting to signals while it cleans up."""
+exception that unwinds through ``finally`` blocks, notice that its parent is gone (:func:`watch_parent`,
+the one parent watchdog), and stop reacting to signals while it cleans up."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,17 +34,32 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGINT, _raise_stop)
 
 
-def stop_when_orphaned(interval_s: float = 1.0) -> None:
-    """Raise :class:`Stop` in the main thread as soon as the parent (run.py) is gone, whatever the main
-    thread is blocked in (a long epoch, a request to an agent that died with run.py)."""
-    parent = os.getppid()
+def watch_parent(on_orphaned: Callable[[], None], interval_s: float = 1.0, parent: int | None = None) -> None:
+    """Start a daemon thread that calls ``on_orphaned()`` once, from that thread, when this process's parent
+    changes from ``parent`` (default: ``os.getppid()`` now), i.e. when the process that started it is gone.
+
+    The one parent watchdog of every ReflectNet child process. ``interval_s``: seconds between checks (how
+    late the loss is noticed at most). Polling ``os.getppid()`` works on every POSIX system; Linux's
+    ``PR_SET_PDEATHSIG`` would need ctypes and fires on the death of the parent *thread*.
+    """
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be above 0 s, got {interval_s=}")
+    watched = os.getppid() if parent is None else parent
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == watched:
             time.sleep(interval_s)
-        os.kill(os.getpid(), signal.SIGTERM)  # the main thread unwinds through its finally blocks
+        on_orphaned()
 
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
+
+
+def stop_when_orphaned(interval_s: float = 1.0, parent: int | None = None) -> None:
+    """Raise :class:`Stop` in the main thread as soon as the parent (run.py) is gone, whatever the main
+    thread is blocked in (a long epoch, a request to an agent that died with run.py): a SIGTERM to itself,
+    which :func:`stop_on_signals` turns into :class:`Stop`, so the main thread unwinds through its
+    ``finally`` blocks."""
+    watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM), interval_s, parent)
 
 
 def ignore_signals() -> None:

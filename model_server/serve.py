@@ -16,12 +16,12 @@ options (llama.cpp's KV cache), so scoring five options costs about as much as e
 import argparse
 import os
 import sys
-import threading
-import time
 
 from pydantic import BaseModel, Field
 
-ORPHANED = 3
+from bus.child import EXIT_ORPHANED
+from bus.lifecycle import watch_parent
+
 SCORE_PATH = "/reflectnet/score"  # agents.expert.choosers posts here
 MAX_OPTIONS = 16
 
@@ -32,13 +32,6 @@ class ScoreRequest(BaseModel):
     prompt: str = Field(min_length=1, max_length=20_000)
     options: list[str] = Field(min_length=1, max_length=MAX_OPTIONS)
     model: str | None = None
-
-
-def watch_parent(parent: int, interval_s: float = 1.0) -> None:
-    while True:
-        time.sleep(interval_s)
-        if os.getppid() != parent:
-            os._exit(ORPHANED)
 
 
 def common_prefix(a, b) -> int:
@@ -103,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
     from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
 
-    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True, name="parent-watchdog").start()
+    watch_parent(lambda: os._exit(EXIT_ORPHANED))  # the process has no finally blocks worth running: exit at once
     parser = argparse.ArgumentParser(prog="python -m model_server.serve")
     add_args_from_model(parser, Settings)
     args = parser.parse_args(argv)
@@ -111,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         server_settings = parse_model_from_args(ServerSettings, args)
         model_settings = [parse_model_from_args(ModelSettings, args)]
     except Exception as exc:  # pydantic's ValidationError, or whatever the settings raise: one line
-        print(f"llm_serve: bad settings: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"model_server.serve: bad settings: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(2)
     app = create_app(server_settings=server_settings, model_settings=model_settings)
     add_score_route(app)

@@ -12,7 +12,7 @@ from agents.config import LLMSettings
 from bus.messages import RunStarted
 from bus.transport import ipc_endpoint, socket_folder, socket_name
 from orchestration.planning import Arm
-from orchestration.spec import RunSpec
+from orchestration.spec import RULE_AGENT_TIMEOUT_S, RunSpec
 from storage.recorder import RecorderConfig
 from tasks.registry import task_class
 from trainer.config import TrainerConfig, upgrade_recorded_config
@@ -95,11 +95,13 @@ def trainer_config(
         where["agent_timeout_ms"] = int(timeout_s * 1000)
         where["instruction_endpoint"] = ipc_endpoint(socket_folder(run_dir), socket_name("instructions", arm.run_id))
     if arm.recorded is None:
+        # A baseline has no agent to wait for; its config records the wait a controller without a model gets.
+        unused_wait = {} if agent is not None else {"agent_timeout_ms": int(RULE_AGENT_TIMEOUT_S * 1000)}
         return TrainerConfig(
             run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, task=spec.task,
             task_options=spec.task_options, regime=arm.regime, seed=arm.seed, epochs=spec.epochs, **where,
-            checkpoint_dir=run_dir.resolve() / "checkpoints", agent_retries=spec.agent_retries,
-            instructions=spec.instructions if arm.name == "guided" else [],
+            **unused_wait, alpha=spec.alpha, checkpoint_dir=run_dir.resolve() / "checkpoints",
+            agent_retries=spec.agent_retries, instructions=spec.instructions if arm.name == "guided" else [],
         )  # fmt: skip
     original = TrainerConfig.model_validate(upgrade_recorded_config(arm.recorded["trainer"]))
     if arm.resume_from is not None:

@@ -37,6 +37,7 @@ class Arm:
     resume_from: Path | None = None  # resume: the run's checkpoint
     resume_epoch: int = 0  # resume: the last completed epoch, the one the checkpoint holds
     exit_code: int | None = None  # the trainer's, once it ran
+    checkpoint: Path | None = None  # the trainer's checkpoint file, once its config is built
 
 
 def plan_replay(spec: RunSpec) -> Arm:

@@ -97,6 +97,7 @@ class Runner:
             self.agents[arm.controller] = agent_config(self.spec, arm, todo, self.recorder, self.run_dir, self.settings)
         agent = self.agents.get(arm.controller)
         trainer = trainer_config(self.spec, arm, self.run_dir, self.recorder, agent)
+        arm.checkpoint = trainer.checkpoint_file
         declared = task_class(trainer.task, trainer.task_options)
         print(f"{counter} {declared.name} | regime {arm.regime} ({declared.regimes[arm.regime]} {declared.budget_unit}) "
               f"| seed {arm.seed} | {arm.name} | controller {arm.controller}", flush=True)  # fmt: skip

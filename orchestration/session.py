@@ -26,6 +26,7 @@ from orchestration.planning import (
 from orchestration.runner import Runner, interrupt_on_stop_signals
 from orchestration.spec import RunSpec
 from tasks.registry import task_class, training_defaults
+from trainer.checkpoint import CheckpointError, read_state
 
 
 def plan(spec: RunSpec) -> tuple[list[Arm], LLMSettings | None]:
@@ -55,13 +56,21 @@ def headline(spec: RunSpec, arms: list[Arm], todo: list[Arm]) -> str:
             f"ReflectNet | resuming run {arm.run_id} ({arm.name}, controller {arm.controller}, regime {arm.regime}, "
             f"seed {arm.seed}) after epoch {arm.resume_epoch} of {arm.recorded['trainer']['epochs']} | {spec.db}"
         )
-    task = arms[0].recorded["trainer"].get("task", "mnist") if spec.replay else spec.task
+    trainer = arms[0].recorded["trainer"] if spec.replay else {"task": spec.task, "task_options": spec.task_options}
+    task = task_label(trainer.get("task", "mnist"), trainer.get("task_options", {}))
     regimes = ",".join(dict.fromkeys(a.regime for a in arms))
     return (
         f"ReflectNet | task {task} | regime {regimes} | seeds {spec.seed}..{spec.seed + spec.seeds - 1} | "
         f"{spec.epochs} epochs | controller {','.join(spec.controllers)} | {len(arms)} run(s), "
         f"{len(arms) - len(todo)} already completed in {spec.db}"
     )
+
+
+def task_label(task: str, options: dict) -> str:
+    """The task's declared name, with how it was given when that differs (a plugin: ``linefit
+    (userpkg.linefit:make_task)``)."""
+    name = task_class(task, options).name
+    return name if name == task else f"{name} ({task})"
 
 
 def make_run_dir(spec: RunSpec, arms: list[Arm]) -> Path:
@@ -103,14 +112,33 @@ def run_invocation(spec: RunSpec) -> int:
 
 
 def report_outcome(spec: RunSpec, arms: list[Arm]) -> None:
-    """The results table, how a replay compares with its original, how to resume what did not finish."""
+    """The results table, how a replay compares with its original, and what to run for each run that did not
+    finish: ``--resume`` from its checkpoint, or, stopped before its first epoch ended (no checkpoint, which
+    ``--resume`` refuses), the same command again, which starts it over."""
     if any(a.status != "pending" for a in arms):
         print_results(spec.db, [a.replay_of for a in arms if a.replay_of] + [a.run_id for a in arms if a.status != "pending"])
     for arm in arms:
         if arm.replay_of and arm.status == "completed":
             print(compare_replay(spec.db, arm.replay_of, arm.run_id))
         if arm.status in ("failed", "interrupted") and arm.exit_code != EXIT_DATA_UNAVAILABLE:
-            print(f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {spec.db}")
+            print(resume_hint(spec, arm))
+
+
+def resume_hint(spec: RunSpec, arm: Arm) -> str:
+    """What to run to finish ``arm``, which failed or was interrupted: ``--resume`` when it has a readable
+    checkpoint (what ``planning.plan_resume`` accepts), else the same command again."""
+    if arm.checkpoint is not None and _readable(arm.checkpoint):
+        return f"resume {arm.run_id} from its last completed epoch: python run.py --resume {arm.run_id} --db {spec.db}"
+    return (f"run {arm.run_id} stopped before its first epoch ended, so there is nothing to resume: run the same "
+            f"command again to start it over (runs already completed are skipped)")  # fmt: skip
+
+
+def _readable(checkpoint: Path) -> bool:
+    try:
+        read_state(checkpoint)
+    except CheckpointError:
+        return False
+    return True
 
 
 def print_results(db: Path, run_ids: list[str]) -> None:

@@ -1,9 +1,10 @@
 """The run specification: what one invocation of ``run.py`` does, typed, with every default in one place.
 
 ``orchestration.cli`` builds its flags' defaults from these fields and turns checked flags into a
-:class:`RunSpec`; planning, the runner and the supervisor read only the spec. Defaults that belong to a
-task (regime, epochs, batch size) come from the task's declarations (``tasks.base.Task``); those of the
-agent's model calls from ``agents.defaults``. No heavy import here: ``run.py --help`` stays fast.
+:class:`RunSpec`; planning, the runner and the supervisor read only the spec, and ``orchestration.configs``
+passes every value on to the child processes' configs, which define no defaults of their own for them.
+Defaults that belong to a task (regime, epochs, batch size, knob values) come from the task's declarations
+(``tasks.base.Task``); those of the agent's model calls from ``agents.defaults``. No heavy import here: ``run.py --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.config import ScheduledInstruction
-
 from agents.defaults import (
     DEFAULT_REMOTE_MODEL,
     LLM_MAX_RETRIES,
@@ -22,6 +21,8 @@ from agents.defaults import (
     LLM_TIMEOUT_S,
     LOCAL_MODEL_NAME,
 )
+from bus.messages import ALPHA_RANGE
+from trainer.config import ScheduledInstruction
 
 # The trainer's wait for a controller that calls no model (heuristic, plateau, replay, your own): per try, s.
 RULE_AGENT_TIMEOUT_S = 20.0
@@ -91,6 +92,8 @@ class RunSpec(BaseModel):
     out: Path = Path("runs")  # run directories (configs, logs, checkpoints, sockets)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     pipeline: list[str] = Field(default_factory=list)  # the agent's full node list (core nodes + extras)
+    # The blend ratio every arm starts with (the paper's 0.4); the agent moves it from the first decision on.
+    alpha: float = Field(default=0.4, ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])
     agent_timeout_s: float | None = Field(default=None, gt=0)  # per try; None: derived, see agent_timeout()
     agent_retries: int = Field(default=1, ge=0)
     max_repairs: int = Field(default=2, ge=0)
@@ -98,7 +101,7 @@ class RunSpec(BaseModel):
     instructions: list[ScheduledInstruction] = Field(default_factory=list)  # for the guided arms, in epoch order
 
     def agent_timeout(self, uses_llm: bool) -> float:
-        """The trainer's wait per try for a controller's agent: the flag, else ``RULE_AGENT_TIMEOUT_S``, else
+        """The trainer's wait per try for a controller's agent, s: the flag, else ``RULE_AGENT_TIMEOUT_S``, else
         (a controller that calls a model) every model call one decision can make, plus slack."""
         if self.agent_timeout_s is not None:
             return self.agent_timeout_s

@@ -1,4 +1,4 @@
-"""Instructions during a run: ``python run.py say "TEXT"`` reaches the running invocation, which hands the
+"""Instructions during a run: ``python run.py say "TEXT"`` (``orchestration.commands.say``) reaches the running invocation, which hands the
 instruction to the trainer of the guided run (it takes effect at that run's next decision).
 
 The invocation publishes ``<db>.invocation.json`` (its pid, a local control socket, its guided runs) for as
@@ -12,14 +12,13 @@ decision.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import zmq
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
 from bus.messages import (
     BusDecodeError,
     Instruction,
@@ -30,26 +29,9 @@ from bus.messages import (
     encode,
 )
 from bus.transport import RequestClient, ipc_endpoint, socket_folder
-from orchestration.cli import CliError, OneLineParser, instruction_text
-from orchestration.spec import default
+from orchestration.cli import CliError
 
 SAY_TIMEOUT_MS = 5000
-
-
-class InvocationEndpoint(BaseModel):
-    """The content of ``<db>.invocation.json``."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    pid: int
-    db_path: str
-    control_endpoint: str
-    guided_runs: list[str]
-    started_at: float
-
-
-def invocation_file(db: Path) -> Path:
-    return db.with_name(db.name + ".invocation.json")
 
 
 class SteeringService:
@@ -67,10 +49,7 @@ class SteeringService:
         self.running: str | None = None
         info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
                                   guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
-        path = invocation_file(self.db)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        partial.write_text(info.model_dump_json(indent=2))
-        os.replace(partial, path)
+        publish(info)
 
     def trainer_started(self, run_id: str, instruction_endpoint: str) -> None:
         """Connect to the trainer of guided run ``run_id``; a ``say`` for it goes there from now on."""
@@ -121,41 +100,16 @@ class SteeringService:
         for run_id in list(self.trainers):
             self.trainer_stopped(run_id)
         self.socket.close()
-        path = invocation_file(self.db)
-        try:
-            if InvocationEndpoint.model_validate_json(path.read_text()).pid == os.getpid():
-                path.unlink()
-        except (OSError, ValidationError):
-            pass
-
-
-def say_main(argv: list[str]) -> int:
-    """``run.py say "TEXT" [--run RUN_ID] [--db DB]`` / ``run.py say --clear``: 0 when delivered, 2 otherwise,
-    with one line either way."""
-    parser = OneLineParser(prog="run.py say", description="Give the running guided run an instruction.")
-    parser.add_argument("text", nargs="?", help="the instruction, in plain language")
-    parser.add_argument("--clear", action="store_true", help="withdraw the active instruction")
-    parser.add_argument("--run", default=None, metavar="RUN_ID", help="the guided run (default: the one training now)")
-    parser.add_argument("--db", type=Path, default=default("db"), help=f"the run's database (default: {default('db')})")
-    try:
-        args = parser.parse_args(argv)
-        if args.clear == (args.text is not None):
-            raise CliError("give either an instruction or --clear")
-        text = None if args.clear else instruction_text(args.text, "run.py say")
-        reply = send_say(args.db, SayRequest(run_id=args.run, text=text))
-    except CliError as exc:
-        print(f"run.py say: error: {exc}", file=sys.stderr)
-        return 2
-    print(reply.detail if reply.ok else f"run.py say: error: {reply.detail}", file=sys.stdout if reply.ok else sys.stderr)
-    return 0 if reply.ok else 2
+        withdraw(InvocationEndpoint, self.db, os.getpid())
 
 
 def send_say(db: Path, request: SayRequest) -> SayReply:
-    """Send ``request`` to the invocation running on ``db``; CliError (one line) when none answers."""
-    try:
-        info = InvocationEndpoint.model_validate_json(invocation_file(db).read_text())
-    except (OSError, ValidationError):
-        raise CliError(f"no run is going on {db} (no {invocation_file(db).name})") from None
+    """Send ``request`` to the invocation running on ``db``; CliError (one line) when none answers: no
+    ``<db>.invocation.json``, one whose process has exited (noticed from its pid, at once), or no reply."""
+    found = lookup(InvocationEndpoint, db)
+    if found.live is None:
+        raise CliError(f"no run is going on {db} ({found.why_not()})")
+    info = found.live
     ctx = zmq.Context()
     client = RequestClient(ctx, info.control_endpoint, timeout_ms=SAY_TIMEOUT_MS, retries=0)
     try:

@@ -16,16 +16,8 @@ from typing import Protocol
 import duckdb
 
 from storage.database import DatabaseError, DatabaseLocked, first_line, open_database
-from storage.live import (
-    LiveRecorder,
-    QueryRefused,
-    QueryResult,
-    RecorderEndpoint,
-    RecorderUnavailable,
-    endpoint_file,
-    live_recorder,
-    read_endpoint,
-)
+from bus.discovery import Lookup, RecorderEndpoint, lookup
+from storage.live import LiveRecorder, QueryRefused, QueryResult, RecorderUnavailable
 from storage.schema import MIGRATIONS, migrate
 
 # A recorder that is starting has the file locked a moment before it publishes its endpoint, and one
@@ -108,16 +100,16 @@ class LiveReader:
             self._direct.close()
 
 
-def why_not_live(db: Path, holder_pid: int | None, info: RecorderEndpoint | None) -> str:
-    """Why the process holding ``db`` cannot answer queries, and what to do, in a few words."""
+def why_not_live(holder_pid: int | None, found: Lookup[RecorderEndpoint]) -> str:
+    """Why the process holding the database cannot answer queries, and what to do, in a few words;
+    ``found``: what :func:`bus.discovery.lookup` found beside the file."""
     holder = f"PID {holder_pid}" if holder_pid is not None else "its holder"
-    published = endpoint_file(db)
-    if info is not None:
-        return f"{published} names recorder pid {info.pid}, not {holder}: query when {holder} lets go of the file"
-    stale = read_endpoint(db)
-    if stale is not None:
+    published = found.path
+    if found.live is not None:
+        return f"{published} names recorder pid {found.info.pid}, not {holder}: query when {holder} lets go of the file"
+    if found.info is not None:
         return (
-            f"{published} names recorder pid {stale.pid}, which is gone, so {holder} is not a ReflectNet recorder: "
+            f"{published} names recorder pid {found.info.pid}, which is gone, so {holder} is not a ReflectNet recorder: "
             f"query when it lets go of the file"
         )
     return (
@@ -175,15 +167,17 @@ def _migrate_and_reopen(db: Path) -> duckdb.DuckDBPyConnection:
 def _connect(db: Path, lock_wait_s: float) -> tuple[duckdb.DuckDBPyConnection | None, LiveRecorder | None]:
     """A read-only connection, or else a client of the live recorder holding the file."""
     deadline = time.monotonic() + lock_wait_s
+    stale = None  # a stale file is removed when first found: keep what it said for the message
     while True:
         try:
             return open_database(db, read_only=True), None
         except DatabaseLocked as locked:
-            info = live_recorder(db)
-            if info is not None and locked.holder_pid in (None, info.pid):
-                return None, LiveRecorder(info)
+            found = lookup(RecorderEndpoint, db)
+            stale = stale if found.info is None else found
+            if found.live is not None and locked.holder_pid in (None, found.live.pid):
+                return None, LiveRecorder(found.live)
             if time.monotonic() >= deadline:
-                raise ReaderError(f"{locked}; {why_not_live(db, locked.holder_pid, info)}") from None
+                raise ReaderError(f"{locked}; {why_not_live(locked.holder_pid, stale or found)}") from None
         except DatabaseError as exc:
             raise ReaderError(str(exc)) from None
         time.sleep(0.1)

@@ -14,14 +14,10 @@ stored once. Records of a run the database does not know are rejected with a rea
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import zmq
@@ -29,29 +25,12 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from bus.child import EXIT_BIND_FAILED, EXIT_DATABASE_UNUSABLE, EXIT_OK, Child, run_child
 from bus.lifecycle import Stop, ignore_signals
-from bus.messages import (
-    BusDecodeError,
-    ControlReply,
-    ControlRequest,
-    DecisionRecord,
-    EpochRecord,
-    InstructionRecord,
-    LogEvent,
-    Message,
-    ReflectionRecord,
-    RunFinished,
-    RunStarted,
-    decode,
-    encode,
-)
+from bus.messages import BusDecodeError, ControlReply, ControlRequest, LogEvent, decode, encode
+from bus.discovery import RecorderEndpoint, publish, withdraw
 from bus.transport import check_endpoint
-from storage.database import (
-    DatabaseLocked,
-    DatabaseUnusable,
-    first_line,
-    open_database,
-)
-from storage.live import QueryService, RecorderEndpoint, publish_endpoint, query_endpoint_for, withdraw_endpoint
+from storage.database import DatabaseLocked, DatabaseUnusable, first_line, open_database
+from storage.query_service import QueryService, query_endpoint_for
+from storage.record_buffer import RecordBuffer, RecordRejected  # RecordRejected: importable from here too
 from storage.schema import migrate
 
 # How long the recorder waits for a reader (run.py sql / report) to let go of the file at start.
@@ -89,299 +68,6 @@ class RecorderConfig(BaseModel):
         check_endpoint(self.endpoint, self.allow_remote)
         check_endpoint(self.control_endpoint, self.allow_remote)
         return self
-
-
-def _utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None)
-
-
-def _columns(table: str, names: str, values: str | None = None) -> str:
-    """``INSERT INTO table (names) VALUES (?, ...)``: columns by name, as migrations append them."""
-    count = len(names.split(","))
-    return f"INSERT INTO {table} ({names}) VALUES ({values or ', '.join('?' * count)}) ON CONFLICT DO NOTHING"
-
-
-INSERTS: dict[str, str] = {
-    "runs": _columns(
-        "runs",
-        "run_id, pair_id, arm, regime, n_train, controller, llm_model, seed, epochs, status, status_reason, "
-        "started_at, finished_at, config, task, objective, mode",
-        "?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', NULL, ?, NULL, ?, ?, ?, ?",
-    ),
-    "epochs": _columns(
-        "epochs",
-        "run_id, epoch, train_loss, train_acc, val_loss, val_acc, lr, dropout, alpha, wall_s, per_class_val_acc, "
-        "grad_norms, weight_norms, objective, metrics, hyperparameters, vectors",
-    ),
-    "decisions": _columns(
-        "decisions",
-        "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
-        "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id, instruction_outcome, held, "
-        "choice, choice_margin",
-    ),
-    # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
-    "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instruction_id) DO UPDATE SET "
-    "first_epoch = coalesce(instructions.first_epoch, excluded.first_epoch)",
-    "reflections": _columns(
-        "reflections",
-        "run_id, epoch, about_epoch, prev_val_acc, val_acc, verdict, text, judge, rule_verdict, objective, "
-        "objective_before, objective_after, model_verdict, contradicts_measurement",
-    ),
-    "events": "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "finished": "UPDATE runs SET status = ?, status_reason = ?, finished_at = ? WHERE run_id = ?",
-}
-# Order matters within a flush: a run must exist before its status is updated.
-FLUSH_ORDER = ["runs", "epochs", "instructions", "decisions", "reflections", "events", "finished"]
-
-# The MNIST columns of the epochs table (schema 1) and the metric, vector or knob each is filled from
-# when a task reports it (else NULL).
-LEGACY_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
-LEGACY_KNOBS = {"lr": "learning_rate", "dropout": "dropout"}
-LEGACY_VECTOR = "per_class_val_acc"
-LEGACY_OBJECTIVE = "val_acc"  # reflections.prev_val_acc / val_acc hold a reflection on this objective only
-
-
-def _run_row(m: RunStarted) -> tuple:
-    """A ``runs`` row: the run as it starts (status 'running' and NULL finish come from the SQL)."""
-    return (
-        m.run_id,
-        m.pair_id,
-        m.arm,
-        m.regime,
-        m.budget,  # n_train: training examples, or environment steps per epoch
-        m.controller,
-        m.llm_model,
-        m.seed,
-        m.epochs,
-        _utc(m.started_at),
-        json.dumps(m.config),
-        m.task,
-        m.objective,
-        m.mode,
-    )
-
-
-def _epoch_row(m: EpochRecord) -> tuple:
-    """An ``epochs`` row: the MNIST columns (NULL where the task does not report them), then JSON columns."""
-    return (
-        m.run_id,
-        m.epoch,
-        *(m.metrics.get(name) for name in LEGACY_METRICS),
-        m.hyperparameters.get(LEGACY_KNOBS["lr"]),
-        m.hyperparameters.get(LEGACY_KNOBS["dropout"]),
-        m.alpha,
-        m.wall_s,
-        m.vectors.get(LEGACY_VECTOR),
-        json.dumps(m.grad_norms),
-        json.dumps(m.weight_norms),
-        m.objective,
-        json.dumps(m.metrics),
-        json.dumps(m.hyperparameters),
-        json.dumps(m.vectors),
-    )
-
-
-def _decision_row(message: DecisionRecord) -> tuple:
-    """A ``decisions`` row: the decision, its command as JSON, and whether the trainer applied it."""
-    d = message.decision
-    return (
-        d.run_id,
-        d.epoch,
-        d.controller,
-        d.prompt,
-        d.raw_output,
-        d.command.model_dump_json(),
-        d.valid,
-        d.repair_attempts,
-        d.fallback,
-        d.fallback_reason,
-        json.dumps(d.clamped),
-        json.dumps(d.notes),
-        message.applied,
-        d.latency_ms,
-        d.prompt_tokens,
-        d.completion_tokens,
-        message.instruction_id,
-        d.instruction_outcome,
-        d.held,
-        d.choice,
-        d.choice_margin,
-    )
-
-
-def _instruction_row(message: InstructionRecord) -> tuple:
-    """An ``instructions`` row (upserted: a later record sets ``first_epoch``)."""
-    i = message.instruction
-    return (i.instruction_id, message.run_id, i.text, i.source, _utc(i.received_at), message.first_epoch)
-
-
-def _reflection_row(message: ReflectionRecord) -> tuple:
-    """A ``reflections`` row; ``prev_val_acc`` / ``val_acc`` only for a reflection on :data:`LEGACY_OBJECTIVE`."""
-    r = message.reflection
-    legacy = r.objective == LEGACY_OBJECTIVE
-    return (
-        message.run_id,
-        r.epoch,
-        r.about_epoch,
-        r.objective_before if legacy else None,
-        r.objective_after if legacy else None,
-        r.verdict,
-        r.text,
-        r.judge,
-        r.rule_verdict,
-        r.objective,
-        r.objective_before,
-        r.objective_after,
-        r.model_verdict,
-        r.contradicts_measurement,
-    )
-
-
-def _event_row(m: LogEvent) -> tuple:
-    """An ``events`` row (its ``data`` as JSON, anything unserialisable by its repr)."""
-    return (_utc(m.ts), m.run_id, m.component, m.pid, m.level, m.event, json.dumps(m.data, default=repr))
-
-
-def _finished_row(message: RunFinished) -> tuple:
-    """The parameters of the ``finished`` UPDATE: status, reason, finish time, run id."""
-    return (message.status, message.reason, _utc(message.finished_at), message.run_id)
-
-
-# Record type -> (table in INSERTS, row builder); checked in this order with isinstance.
-ROW_BUILDERS: dict[type[Message], tuple[str, Callable[[Any], tuple]]] = {
-    RunStarted: ("runs", _run_row),
-    EpochRecord: ("epochs", _epoch_row),
-    DecisionRecord: ("decisions", _decision_row),
-    InstructionRecord: ("instructions", _instruction_row),
-    ReflectionRecord: ("reflections", _reflection_row),
-    LogEvent: ("events", _event_row),
-    RunFinished: ("finished", _finished_row),
-}
-
-
-def row_for(message: Message) -> tuple[str, tuple]:
-    """The table and row a record message becomes (columns in the order of :data:`INSERTS`); raises
-    :class:`bus.messages.BusDecodeError` for a message that is not a record."""
-    for record_type, (table, build) in ROW_BUILDERS.items():
-        if isinstance(message, record_type):
-            return table, build(message)
-    raise BusDecodeError(f"{message.TOPIC} is not a record the recorder stores")
-
-
-class RecordRejected(ValueError):
-    """A well-formed record the database must not take (e.g. for a run it does not know)."""
-
-
-RUN_RECORDS = (EpochRecord, DecisionRecord, ReflectionRecord, InstructionRecord, RunFinished, LogEvent)
-
-
-def _run_of(message: Message) -> str | None:
-    if isinstance(message, DecisionRecord):
-        return message.decision.run_id
-    return getattr(message, "run_id", None)
-
-
-class RecordBuffer:
-    """Rows waiting for the next batched commit, per table, and the senders' delivery watermarks."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self._con = con
-        self._rows: dict[str, list[tuple]] = {table: [] for table in FLUSH_ORDER}
-        self.pending = 0
-        self.written = 0
-        self.known_runs: set[str] = {run_id for (run_id,) in con.execute("SELECT run_id FROM runs").fetchall()}
-        # sender -> highest seq committed (from the database) and accepted (committed or in this buffer)
-        self.committed: dict[str, int] = dict(con.execute("SELECT sender, seq FROM delivery").fetchall())
-        self.accepted: dict[str, int] = dict(self.committed)
-        self._marks: dict[str, int] = {}
-
-    def add(self, message: Message) -> None:
-        """Queue ``message``'s row; raises :class:`RecordRejected` for a run this database does not know."""
-        run_id = _run_of(message)
-        if isinstance(message, RUN_RECORDS) and run_id is not None and run_id not in self.known_runs:
-            raise RecordRejected(f"{message.TOPIC} for unknown run {run_id[:80]!r}")
-        table, row = row_for(message)
-        if isinstance(message, RunStarted):
-            self.known_runs.add(message.run_id)
-        self._rows[table].append(row)
-        self.pending += 1
-
-    @property
-    def unsaved(self) -> bool:
-        """Rows or watermarks not committed yet."""
-        return bool(self.pending or self._marks)
-
-    def accept(self, sender: str, seq: int) -> str:
-        """Where message ``seq`` of ``sender`` stands: 'new' (take it), 'duplicate' or 'gap' (drop it)."""
-        last = self.accepted.get(sender, 0)
-        if seq <= last:
-            return "duplicate"
-        if seq > last + 1:
-            return "gap"
-        self.accepted[sender] = seq
-        self._marks[sender] = seq
-        return "new"
-
-    def flush(self) -> dict[str, int]:
-        """Commit every pending row and watermark in one transaction; returns the senders to acknowledge.
-
-        If the batch fails, it is retried row by row so one bad row costs only itself; each
-        rejected row becomes an event that says why.
-        """
-        marks, self._marks = self._marks, {}
-        if not self.pending and not marks:
-            return {}
-        batch = {table: rows for table, rows in self._rows.items() if rows}
-        self._rows = {table: [] for table in FLUSH_ORDER}
-        flushed, self.pending = self.pending, 0
-        now = _utc(time.time())
-        try:
-            self._con.execute("BEGIN TRANSACTION")
-            for table in FLUSH_ORDER:
-                if table in batch:
-                    self._con.executemany(INSERTS[table], batch[table])
-            if marks:
-                self._con.executemany(UPSERT_DELIVERY, [(sender, seq, now) for sender, seq in marks.items()])
-            self._con.execute("COMMIT")
-        except BaseException as exc:
-            self._con.execute("ROLLBACK")
-            if not isinstance(exc, duckdb.Error):  # interrupted (Stop): keep the rows for the final flush
-                for table, rows in batch.items():
-                    self._rows[table][:0] = rows
-                self.pending += flushed
-                self._marks = {**marks, **self._marks}
-                raise
-            try:
-                for table in FLUSH_ORDER:
-                    for row in batch.get(table, []):
-                        try:
-                            self._con.execute(INSERTS[table], row)
-                        except duckdb.Error as exc:
-                            flushed -= 1
-                            reason = json.dumps({"table": table, "error": str(exc)[:500]})
-                            self._con.execute(
-                                INSERTS["events"],
-                                (_utc(time.time()), None, "recorder", os.getpid(), "error", "record_rejected", reason),
-                            )
-                if marks:
-                    self._con.executemany(UPSERT_DELIVERY, [(sender, seq, now) for sender, seq in marks.items()])
-            except BaseException:
-                # Interrupted half-way: forget what these senders sent since their last commit, so it is
-                # taken again when they resend (a later mark must not acknowledge rows that were dropped).
-                for sender in marks:
-                    self.accepted[sender] = self.committed.get(sender, 0)
-                self._marks = {s: m for s, m in self._marks.items() if s not in marks}
-                raise
-        self.written += flushed
-        self.committed.update(marks)
-        return marks
-
-
-UPSERT_DELIVERY = (
-    "INSERT INTO delivery VALUES (?, ?, ?) ON CONFLICT (sender) DO UPDATE SET seq = excluded.seq, "
-    "updated_at = excluded.updated_at"
-)
 
 
 def open_recorder_database(db: Path, lock_wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
@@ -446,7 +132,7 @@ class Recorder:
         poller = zmq.Poller()
         for sock in (self.pull, self.control, self.queries.socket, self.queries.results):
             poller.register(sock, zmq.POLLIN)
-        publish_endpoint(
+        publish(
             RecorderEndpoint(pid=os.getpid(), db_path=str(cfg.db_path.resolve()), query_endpoint=self.queries.endpoint,
                              control_endpoint=cfg.control_endpoint, started_at=time.time())
         )  # fmt: skip
@@ -547,7 +233,7 @@ class Recorder:
         """Withdraw the live endpoint, commit the rest, checkpoint, close the file and sockets."""
         if self.queries is not None:
             self.queries.close()
-            withdraw_endpoint(self.cfg.db_path.resolve(), os.getpid())
+            withdraw(RecorderEndpoint, self.cfg.db_path.resolve(), os.getpid())
         self.flush()
         timings = sorted(self.flush_ms) or [0.0]
         self.log.info(

@@ -27,7 +27,7 @@ from storage.figures import (  # noqa: F401  (re-exported: the report's figures)
     save_figure,
 )
 from storage.live import MAX_REPLY_BYTES
-from storage.reader import open_reader
+from storage.reader import ReaderError, open_reader
 from storage.report_data import (  # noqa: F401  (re-exported: what the report reads)
     ReportData,
     ReportError,
@@ -52,8 +52,25 @@ def markdown_table(columns: list[str], rows: list[tuple]) -> str:
     return "\n".join(lines)
 
 
+def check_not_empty(query: str) -> None:
+    """Raise :class:`ReaderError` (one line) when ``query`` holds no statement: empty, blank or only comments
+    (DuckDB's own parser decides, so ``--`` and ``/* */`` comments count as nothing)."""
+    import duckdb
+
+    try:
+        with duckdb.connect(":memory:") as parser:
+            statements = parser.extract_statements(query)
+    except duckdb.Error:
+        return  # not parseable: the database says what is wrong with it
+    if not statements:
+        what = "only a comment" if query.strip() else "empty"
+        raise ReaderError(f'the query is {what}: give a SQL statement, e.g. "SELECT * FROM paper_table"')
+
+
 def run_sql(db: Path, query: str) -> str:
-    """The answer to ``query`` as a Markdown table; during a run, from the live recorder (SELECT only)."""
+    """The answer to ``query`` as a Markdown table; during a run, from the live recorder (SELECT only). Raises
+    :class:`ReaderError` (one line) for an empty query, a database that cannot be read, or a refused query."""
+    check_not_empty(query)
     with open_reader(db) as reader:
         result = reader.query(query)
     if not result.columns:

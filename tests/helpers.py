@@ -244,3 +244,16 @@ class ScriptedOpenAI:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def trainer_config(**fields):
+    """A :class:`trainer.config.TrainerConfig` for a test, with what the run specification decides (task, alpha,
+    device, the agent's timeout and retries) taken from :class:`orchestration.spec.RunSpec`'s defaults, as
+    ``orchestration.configs`` passes them; ``fields`` give the rest (run_id, arm, regime, ...) or override."""
+    from orchestration.spec import RULE_AGENT_TIMEOUT_S, RunSpec
+    from trainer.config import TrainerConfig
+
+    spec = RunSpec()
+    decided = {"task": spec.task, "alpha": spec.alpha, "device": spec.device, "agent_retries": spec.agent_retries,
+               "agent_timeout_ms": int(RULE_AGENT_TIMEOUT_S * 1000)}  # fmt: skip
+    return TrainerConfig(**{**decided, **fields})

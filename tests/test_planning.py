@@ -101,12 +101,32 @@ def test_model_defaults_are_one_set_for_the_command_line_and_the_agent():
 
 
 def test_a_trainer_config_recorded_before_tasks_is_read_as_an_mnist_run():
+    # Every version recorded its whole trainer config (model_dump), agent timeout and retries included.
     recorded = {"run_id": "r", "pair_id": "p", "arm": "guided", "controller": "llm", "regime": "1pct", "seed": 0,
                 "epochs": 30, "batch_size": 64, "learning_rate": 1e-3, "dropout": 0.2, "alpha": 0.4, "device": "auto",
                 "compile_eval": True, "data_dir": "/d", "run_dir": "/r", "recorder_endpoint": "tcp://127.0.0.1:1",
-                "replay_commands": None}  # fmt: skip
+                "replay_commands": None, "agent_timeout_ms": 20_000, "agent_retries": 1}  # fmt: skip
     cfg = TrainerConfig.model_validate(upgrade_recorded_config(recorded))
     assert (cfg.task, cfg.task_options, cfg.hyperparameters) == (
         "mnist", {"data_dir": "/d", "batch_size": 64, "compile_eval": True}, {"learning_rate": 1e-3, "dropout": 0.2})
     with pytest.raises(ValueError):
         TrainerConfig.model_validate(recorded)  # the old form itself is not this version's
+
+
+DECIDED_BY_THE_SPEC = ("task", "alpha", "device", "agent_timeout_ms", "agent_retries")
+
+
+def test_the_trainer_config_takes_what_the_specification_decides_and_defines_no_default_for_it():
+    assert all(TrainerConfig.model_fields[name].is_required() for name in DECIDED_BY_THE_SPEC)
+    from orchestration.configs import trainer_config
+    from orchestration.planning import Arm
+    from storage.recorder import RecorderConfig
+
+    spec = SPEC.model_copy(update={"alpha": 0.6, "device": "cpu", "agent_retries": 3})
+    recorder = RecorderConfig(db_path="/r/x.duckdb", endpoint="ipc:///r/s/recorder", control_endpoint="ipc:///r/s/c",
+                              run_dir="/r")  # fmt: skip
+    baseline = Arm("baseline", "none", "10", 5, "p", "p-baseline", "f")
+    cfg = trainer_config(spec, baseline, recorder.run_dir, recorder, None)
+    assert (cfg.task, cfg.alpha, cfg.device, cfg.agent_retries) == ("mnist", 0.6, "cpu", 3)
+    assert cfg.agent_timeout_ms == RULE_AGENT_TIMEOUT_S * 1000  # no agent: the rule controllers' wait, as recorded before
+    assert RunSpec().alpha == 0.4  # the paper's starting blend

@@ -1,5 +1,6 @@
-"""The trainer process's configuration: built once by the orchestrator, written to the run directory as
-JSON, and stored in ``runs.config``."""
+"""The trainer process's configuration: built once by the orchestrator (``orchestration.configs``, from the
+run specification, where every default lives), written to the run directory as JSON, and stored in
+``runs.config``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ class ScheduledInstruction(BaseModel):
 class TrainerConfig(BaseModel):
     """One arm's trainer: which task (``tasks.registry``: a built-in name, an entry point or
     ``module:factory``) with which options, regime, seed and epochs; the initial knob values that
-    differ from the task's defaults; and where its peers are."""
+    differ from the task's defaults; and where its peers are. What the run specification decides (task,
+    starting alpha, device, the agent's timeout and retries) has no default here: the orchestrator passes
+    it (``orchestration.spec.RunSpec``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -33,21 +36,21 @@ class TrainerConfig(BaseModel):
     pair_id: str
     arm: Literal["baseline", "guided"]
     controller: str
-    task: str = "mnist"
+    task: str
     task_options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the task's factory
     regime: str
     seed: int
     epochs: int = Field(ge=1)
     hyperparameters: dict[str, float] = Field(default_factory=dict)  # initial values; the task's defaults otherwise
-    alpha: float = Field(default=0.4, ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])  # the paper's starting blend
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    alpha: float = Field(ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])  # the starting blend (RunSpec.alpha)
+    device: Literal["auto", "cpu", "cuda"]
     threads: int | None = None
     run_dir: Path
     recorder_endpoint: str
     agent_endpoint: str | None = None  # None: the baseline arm, no agent
     agent_health_endpoint: str | None = None  # the agent's liveness pings (bus.liveness)
-    agent_timeout_ms: int = Field(default=20_000, ge=1)
-    agent_retries: int = Field(default=1, ge=0)
+    agent_timeout_ms: int = Field(ge=1)  # per try (RunSpec.agent_timeout)
+    agent_retries: int = Field(ge=0)
     handshake_timeout_ms: int = Field(default=60_000, ge=1)
     # Checkpoints: one file per run, rewritten after every epoch (trainer.checkpoint); None: run_dir/checkpoints.
     checkpoint_dir: Path | None = None

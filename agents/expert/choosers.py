@@ -56,7 +56,7 @@ class Choice:
 
 
 class ScoredChooser:
-    """Chooses by calibrated option scoring on the embedded model's server (``agents.llm_serve``) and writes
+    """Chooses by calibrated option scoring on the embedded model's server (``model_server.serve``) and writes
     the rationale with one short completion. Raises :class:`ChooserError` when the server fails."""
 
     def __init__(self, base_url: str, model: str, timeout_s: float, temperature: float = 0.0):
@@ -144,7 +144,7 @@ class ScoredChooser:
 
 class ChatChooser:
     """Chooses through a chat endpoint: the candidates listed with their reasons, the answer a JSON object
-    ``{"choice": key, "rationale": sentence}`` under a schema (``agents.llm.ChatCaller``)."""
+    ``{"choice": key, "rationale": sentence}`` under a schema (``agents.chat.ChatCaller``)."""
 
     def __init__(self, caller):
         self._call = caller

@@ -4,7 +4,7 @@ a size), a weight operation, a goal ("fight overfitting", "converge faster"), or
 Why a lexicon and not a parser library: the vocabulary is the field's own (knob names, "halve", "overfitting")
 and small; a general NLU model is exactly what is not available offline at this size, and the embedded 135M
 model reads instructions poorly (``../shared/notes/small-model-guidance.md``). What the lexicon cannot read is
-``unread`` and left to the model (``agents.guidance``).
+``unread`` and left to the model (``agents.expert.candidates``).
 """
 
 from __future__ import annotations

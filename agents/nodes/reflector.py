@@ -85,7 +85,7 @@ def contradicts(model: Verdict, rule: Verdict) -> bool:
 
 
 def make_reflector(judge) -> Callable[[AgentState], dict]:
-    """A reflector whose verdict comes from ``judge`` (an ``agents.llm.LLMJudge``), with the rule's
+    """A reflector whose verdict comes from ``judge`` (an ``agents.controllers.llm.LLMJudge``), with the rule's
     judgement as the fallback when the model fails — whatever the failure, even an exception: the
     verdict must never cost the validated command. Both verdicts are kept. A verdict that contradicts the
     measurement (:func:`contradicts`) is not fed back as truth: the reflection carries the rule's verdict, the

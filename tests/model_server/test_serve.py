@@ -1,4 +1,4 @@
-"""The embedded server's scoring route (agents.llm_serve.option_logprobs) on the shipped 135M model, in process:
+"""The embedded server's scoring route (model_server.serve.option_logprobs) on the shipped 135M model, in process:
 the KV-cache reuse across options must not change a single log-probability."""
 
 from __future__ import annotations

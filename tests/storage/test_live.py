@@ -17,16 +17,8 @@ from hypothesis import strategies as st
 from bus.messages import ControlRequest, QueryReply, QueryRequest, decode
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint
 from storage.database import EXIT_DATABASE_UNUSABLE, WalReplayError, open_database, wal_path
-from storage.live import (
-    QueryRefused,
-    QueryService,
-    RecorderEndpoint,
-    answer_query,
-    check_select,
-    endpoint_file,
-    from_json_value,
-    publish_endpoint,
-)
+from bus.discovery import RecorderEndpoint, discovery_file, publish
+from storage.live import QueryRefused, QueryService, answer_query, check_select, from_json_value
 from storage.reader import ReaderError, open_reader
 from storage.recorder import RecordBuffer, RecorderConfig
 from storage.report import run_sql
@@ -156,7 +148,7 @@ def test_sql_and_report_during_a_run_are_answered_by_the_live_recorder(tmp_path)
     sender = RecordSender(ctx, cfg.endpoint)
     try:
         wait_ping(control, proc)
-        published = RecorderEndpoint.model_validate_json(endpoint_file(cfg.db_path).read_text())
+        published = RecorderEndpoint.model_validate_json(discovery_file(RecorderEndpoint, cfg.db_path).read_text())
         assert published.pid == proc.pid and published.db_path == str(cfg.db_path)
         sender.send(run_started("r1"))
         for epoch in (1, 2, 3):
@@ -199,7 +191,7 @@ def test_sql_and_report_during_a_run_are_answered_by_the_live_recorder(tmp_path)
         if proc.poll() is None:
             proc.kill()
         ctx.term()
-    assert not endpoint_file(cfg.db_path).exists()  # withdrawn at a clean exit
+    assert not discovery_file(RecorderEndpoint, cfg.db_path).exists()  # withdrawn at a clean exit
     with open_reader(cfg.db_path) as reader:  # after the run: the file itself, read-only
         assert not reader.live and reader.query("SELECT count(*) FROM epochs").rows == [(4,)]
 
@@ -215,7 +207,7 @@ def test_a_file_held_by_another_process_under_a_stale_endpoint_gives_one_line(tm
     dead.wait()
     try:
         assert holder.stdout.readline().strip() == "held"
-        publish_endpoint(RecorderEndpoint(pid=dead.pid, db_path=str(db.resolve()), query_endpoint="tcp://127.0.0.1:9",
+        publish(RecorderEndpoint(pid=dead.pid, db_path=str(db.resolve()), query_endpoint="tcp://127.0.0.1:9",
                                           control_endpoint="tcp://127.0.0.1:9", started_at=time.time()))  # fmt: skip
         started = time.monotonic()
         with pytest.raises(ReaderError) as refused:
@@ -276,7 +268,7 @@ def test_an_unreplayable_wal_stops_the_recorder_with_one_line_and_exit_code_65(t
     assert len(lines) == 1
     assert lines[0].startswith(f"recorder: the write-ahead log {wal} cannot be replayed (Corrupt WAL")
     assert f"the database {db} stays unusable until that file is moved aside" in lines[0]
-    assert time.monotonic() - started < 30 and not endpoint_file(db).exists()
+    assert time.monotonic() - started < 30 and not discovery_file(RecorderEndpoint, db).exists()
     for command in ("sql", "report"):
         result = run_py(command, *(["SELECT 1"] if command == "sql" else []), "--db", str(db))
         lines = result.stderr.strip().splitlines()
@@ -305,7 +297,7 @@ def live_recorder_process(tmp_path_factory):
     control = RequestClient(ctx, cfg.control_endpoint, timeout_ms=1000, retries=0)
     wait_ping(control, proc)
     yield {"cfg": cfg, "proc": proc, "ctx": ctx, "endpoint": RecorderEndpoint.model_validate_json(
-        endpoint_file(cfg.db_path).read_text()).query_endpoint}  # fmt: skip
+        discovery_file(RecorderEndpoint, cfg.db_path).read_text()).query_endpoint}  # fmt: skip
     stop(control, proc)
     control.close()
     ctx.term()

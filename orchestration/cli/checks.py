@@ -1,0 +1,153 @@
+"""The checks of run.py's flags that argparse cannot do: the task and its regimes and options, controllers,
+nodes, the model flags, the database; :func:`validate_args` turns checked flags into a :class:`RunSpec`.
+What a check needs (the task registry, torch, DuckDB) is imported inside it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from orchestration.cli.one_line import CliError
+from orchestration.cli.schedule import instruction_schedule
+from orchestration.spec import ModelSpec, RunSpec
+
+
+def preflight_database(db: Path) -> None:
+    """Create and migrate the database now, so a bad path, a held lock or a damaged WAL fails before any
+    process starts."""
+    import duckdb
+
+    from storage.database import DatabaseError, open_database
+    from storage.schema import migrate
+
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--db {db}: cannot open for writing: {exc.strerror}") from None
+    try:
+        con = open_database(db)
+    except DatabaseError as exc:
+        raise CliError(f"--db {db}: {exc}") from None
+    try:
+        migrate(con)
+    except duckdb.Error as exc:
+        raise CliError(f"--db {db}: not a usable ReflectNet database: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+
+
+def _option_value(text: str):
+    """A --task-option value: JSON when it parses (numbers, true/false, lists), else the text itself."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def task_options(args: argparse.Namespace) -> dict:
+    """The task factory's keyword arguments from --task-option, --data-dir, --batch-size and --no-compile."""
+    options = {}
+    for item in args.task_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise CliError(f"--task-option must be KEY=VALUE with KEY a Python identifier, got {item!r}")
+        options[key.strip()] = _option_value(value)
+    flags = {"data_dir": args.data_dir and str(args.data_dir.resolve()), "batch_size": args.batch_size,
+             "compile_eval": False if args.no_compile else None}  # fmt: skip
+    options.update({key: value for key, value in flags.items() if value is not None})
+    return options
+
+
+def resolve_task(args: argparse.Namespace) -> None:
+    """Check --task, --regime, --epochs and the task options against the task's declarations and fill in the
+    task's defaults: ``args.regime`` becomes the list of regimes, ``args.epochs`` a number, and
+    ``args.task_options`` the factory's keyword arguments (each must be one the factory takes)."""
+    from tasks.registry import UnknownTaskError, accepted_options, resolve_task_factory, task_class
+
+    options = task_options(args)
+    try:
+        refused = sorted(set(options) - set(accepted_options(resolve_task_factory(args.task), options)))
+        declared = task_class(args.task, {k: v for k, v in options.items() if k not in refused})
+    except UnknownTaskError as exc:
+        raise CliError(f"--task: {exc}") from None
+    if refused:
+        raise CliError(f"task {declared.name!r} takes no option(s) {', '.join(refused)}")
+    regimes = args.regime or [declared.default_regime]
+    regimes = list(declared.regimes) if regimes == ["all"] else regimes
+    unknown = [r for r in regimes if r not in declared.regimes]
+    if unknown:
+        known = ", ".join(f"{k}={v}" for k, v in declared.regimes.items())
+        raise CliError(
+            f"--regime: task {declared.name!r} has no regime {', '.join(map(repr, unknown))} (choose from {known}, or all)"
+        )
+    args.regime, args.epochs, args.task_options = regimes, args.epochs or declared.default_epochs, options
+
+
+def validate_controllers(args: argparse.Namespace) -> None:
+    """Every --controller name must resolve (built-in, entry point or module:factory)."""
+    from agents.controllers import resolve_controller
+
+    for name in args.controller:
+        if name == "replay":
+            raise CliError("--controller replay: replay a recorded run with --replay RUN_ID")
+        if name != "none":
+            try:
+                resolve_controller(name)
+            except ValueError as exc:
+                raise CliError(f"--controller: {exc}") from None
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The ``--llm*`` flags as a :class:`ModelSpec`."""
+    if args.llm_base_url is not None and not args.llm_base_url.startswith(("http://", "https://")):
+        raise CliError(f"--llm-base-url must start with http:// or https://, got {args.llm_base_url!r}")
+    return ModelSpec(
+        provider=args.llm, base_url=args.llm_base_url, model=args.llm_model, timeout_s=args.llm_timeout,
+        max_retries=args.llm_max_retries, temperature=args.llm_temperature,
+        response_format=args.llm_response_format, command_space=args.llm_command_space, decision=args.llm_decision,
+        reflection=not args.no_llm_reflection, feed_reflection=not args.no_reflection_feedback,
+    )  # fmt: skip
+
+
+def node_pipeline(args: argparse.Namespace) -> list[str]:
+    """The agent's full node list: the core nodes with the --nodes extras after validation."""
+    from agents.graph import UnknownNodeError, check_pipeline, pipeline_with, resolve_node
+
+    extras = [n.strip() for n in args.nodes.split(",") if n.strip()]
+    for name in extras:
+        try:
+            resolve_node(name)
+        except UnknownNodeError as exc:
+            raise CliError(f"--nodes: {exc}") from None
+    try:
+        check_pipeline(pipeline_with(extras))
+    except ValueError as exc:
+        raise CliError(f"--nodes: {exc}") from None
+    return pipeline_with(extras)
+
+
+def validate_args(args: argparse.Namespace) -> RunSpec:
+    """Checks argparse cannot do, the task's defaults filled in (see :func:`resolve_task`), the database
+    created and migrated; the :class:`RunSpec` to carry out. Raises CliError (one line)."""
+    resolve_task(args)
+    validate_controllers(args)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CliError("--device cuda: torch.cuda.is_available() is False on this machine")
+    if args.resume and args.replay:
+        raise CliError("--resume and --replay cannot be combined")
+    if args.controller == ["none"] and args.arms == "guided":
+        raise CliError("--arms guided needs a controller; --controller none runs the baseline only")
+    spec = RunSpec(
+        task=args.task, task_options=args.task_options, regimes=args.regime, controllers=args.controller,
+        epochs=args.epochs, seed=args.seed, seeds=args.seeds, arms=args.arms, replay=args.replay,
+        resume=args.resume, rerun=args.rerun, db=args.db, out=args.out, device=args.device,
+        pipeline=node_pipeline(args), agent_timeout_s=args.agent_timeout, agent_retries=args.agent_retries,
+        max_repairs=args.max_repairs, llm=model_spec(args), instructions=instruction_schedule(args),
+    )  # fmt: skip
+    preflight_database(spec.db)
+    return spec

@@ -1,0 +1,66 @@
+"""The user's instructions from the command line: ``--instruction TEXT|@FILE`` and the ``--instructions``
+file of ``EPOCH TEXT`` / ``EPOCH clear`` lines, as one schedule (``run.py say`` checks its text here too)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from orchestration.cli.one_line import CliError
+from trainer.config import ScheduledInstruction
+
+MAX_INSTRUCTION_CHARS = 2000
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"{flag}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def instruction_text(text: str, where: str) -> str:
+    """An instruction with its whitespace collapsed; CliError when it is empty or too long."""
+    text = " ".join(text.split())
+    if not text:
+        raise CliError(f"{where}: the instruction is empty")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise CliError(f"{where}: the instruction has {len(text)} characters, at most {MAX_INSTRUCTION_CHARS}")
+    return text
+
+
+def parse_schedule(text: str, where: str) -> list[ScheduledInstruction]:
+    """``--instructions`` lines ``EPOCH TEXT`` / ``EPOCH clear`` (``#`` comments, blank lines skipped) as a
+    schedule in epoch order; CliError naming the line for anything else."""
+    schedule: list[ScheduledInstruction] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        epoch, _, rest = line.partition(" ")
+        if not epoch.isdigit() or int(epoch) < 1 or not rest.strip():
+            raise CliError(f"{where}:{number}: expected 'EPOCH TEXT' or 'EPOCH clear' with EPOCH >= 1, got {line[:60]!r}")
+        if schedule and int(epoch) <= schedule[-1].from_epoch:
+            raise CliError(f"{where}:{number}: epoch {epoch} is not after the previous line's {schedule[-1].from_epoch}")
+        cleared = rest.strip().lower() == "clear"
+        body = None if cleared else instruction_text(rest, f"{where}:{number}")
+        schedule.append(ScheduledInstruction(from_epoch=int(epoch), text=body, source="schedule"))
+    return schedule
+
+
+def instruction_schedule(args: argparse.Namespace) -> list[ScheduledInstruction]:
+    """--instruction (from the first decision) and --instructions (scripted) as one schedule."""
+    schedule = []
+    if args.instruction is not None:
+        given = args.instruction
+        source = "file" if given.startswith("@") else "flag"
+        text = _read_text(Path(given[1:]), "--instruction") if source == "file" else given
+        schedule.append(ScheduledInstruction(from_epoch=1, text=instruction_text(text, "--instruction"), source=source))
+    if args.instructions is not None:
+        scripted = parse_schedule(_read_text(args.instructions, "--instructions"), str(args.instructions))
+        if schedule and scripted and scripted[0].from_epoch == 1:
+            raise CliError("--instruction and an --instructions line for epoch 1 both set the first instruction")
+        schedule += scripted
+    if schedule and args.controller == ["none"]:
+        raise CliError("--instruction/--instructions need a guided arm; --controller none runs the baseline only")
+    return schedule

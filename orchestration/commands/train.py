@@ -1,0 +1,29 @@
+"""``python run.py [FLAGS]``: train a task with and without an agent steering it (the default command)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orchestration.cli import CliError, build_parser, validate_args
+from orchestration.commands import command_listing
+
+
+def parser() -> argparse.ArgumentParser:
+    """The training flags, with the subcommands listed after them in ``--help``."""
+    p = build_parser()
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the listing's lines; flag help still wraps
+    p.epilog = command_listing()
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Check the flags, then run the invocation; 2 with one line for a bad flag."""
+    try:
+        spec = validate_args(parser().parse_args(argv))
+    except CliError as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+    from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
+
+    return run_invocation(spec)
