@@ -1,15 +1,16 @@
 """The agent process's configuration, built once by run.py (it holds no secret): :class:`AgentConfig`, with the
-chat model's :class:`LLMSettings`."""
+chat model's :class:`LLMSettings`. Neither defines a default for what the run specification decides (the
+controller, the model's settings, the repair budget, the pipeline): ``orchestration.configs`` passes every value
+from ``orchestration.spec.RunSpec``, the one source of defaults."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.controllers.registry import resolve_controller
-from agents.defaults import LLM_MAX_RETRIES, LLM_MAX_TOKENS, LLM_TEMPERATURE, LLM_TIMEOUT_S
 from bus.messages import UpdateCommand
 from bus.transport import check_endpoint
 
@@ -17,22 +18,24 @@ ResponseFormatMode = Literal["auto", "json_schema", "json_object", "none"]
 
 
 class AgentConfig(BaseModel):
+    """One agent process: where it listens, which controller answers, and how it decides."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     endpoint: str  # REP: EpochMetrics in, Decision out
     health_endpoint: str | None = None  # REP: liveness pings, answered by a thread (bus.liveness)
     recorder_endpoint: str
     run_dir: Path
-    controller: str = "heuristic"  # a name agents.controllers resolves (built-in, entry point, module:factory)
+    controller: str  # a name agents.controllers resolves (built-in, entry point, module:factory)
     llm: LLMSettings | None = None  # required when controller == "llm"
     # controller "replay": run_id of the replaying run -> epoch -> the command recorded after that epoch
     replay_commands: dict[str, dict[int, UpdateCommand]] | None = None
-    llm_reflection: bool = True  # the model judges the previous decision (rule judgement as fallback)
-    feed_reflection: bool = True  # the verdict goes into the next prompt
-    command_space: Literal["free", "grid"] = "free"  # see agents.prompts.command_schema
+    llm_reflection: bool  # the model judges the previous decision (rule judgement as fallback)
+    feed_reflection: bool  # the verdict goes into the next prompt
+    command_space: Literal["free", "grid"]  # see agents.prompts.command_schema
     nodes: list[str]  # the full ordered pipeline
-    max_repairs: int = Field(default=2, ge=0)
-    cache_size: int = Field(default=4096, ge=1)
+    max_repairs: int = Field(ge=0)
+    cache_size: int = Field(default=4096, ge=1)  # decisions kept for retried requests (not a user's setting)
     run_ids: list[str] | None = None  # the runs this agent serves; a request for another run is refused
     allow_remote: bool = False  # bind a non-loopback address (only when the user passed one explicitly)
 
@@ -65,9 +68,18 @@ class LLMSettings(BaseModel):
     provider: Literal["local", "openai"]
     base_url: str
     model: str
-    timeout_s: float = Field(default=LLM_TIMEOUT_S, gt=0)
-    max_retries: int = Field(default=LLM_MAX_RETRIES, ge=0)
-    temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
-    max_tokens: int = Field(default=LLM_MAX_TOKENS, ge=16)
-    response_format: ResponseFormatMode = "auto"
-    decision_form: Literal["expert", "free"] = "free"  # see agents.expert; free: the model writes the command
+    timeout_s: float = Field(gt=0)  # per call, s
+    max_retries: int = Field(ge=0)  # HTTP retries per call
+    temperature: float = Field(ge=0.0, le=2.0)
+    max_tokens: int = Field(ge=16)  # the answer's token cap
+    response_format: ResponseFormatMode
+    decision_form: Literal["expert", "free"]  # expert: agents.controllers.expert; free: the model writes the command
+
+
+def upgrade_recorded_agent(recorded: dict[str, Any]) -> dict[str, Any]:
+    """An agent config as ``runs.config`` stored it in any ReflectNet version, in this version's form: runs recorded
+    before the expert form (migration 6) decided in the free form, and say no ``decision_form``."""
+    llm = recorded.get("llm")
+    if isinstance(llm, dict) and "decision_form" not in llm:
+        return {**recorded, "llm": {**llm, "decision_form": "free"}}
+    return dict(recorded)

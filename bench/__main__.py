@@ -30,7 +30,7 @@ from model_server.manager import LocalLLMServer
 from bench.throughput import measure
 from bus.messages import Decision, EpochMetrics, EpochSummary, Hello, Ready
 from bus.transport import RequestClient, ipc_endpoint, socket_folder
-from orchestration.configs import llm_settings, recorder_config
+from orchestration.configs import agent_settings, llm_settings, recorder_config
 from orchestration.supervisor import ChildSpec, Orchestrator, wait_for_recorder
 from orchestration.spec import RunSpec
 from tasks.mnist import SPEC as MNIST_SPEC
@@ -80,9 +80,9 @@ class Services:
 
     def agent(self, controller: str, llm: LLMSettings | None = None, command_space: str = "free") -> RequestClient:
         sockets = socket_folder(self.workdir)
+        decided = {**agent_settings(RunSpec(pipeline=pipeline_with([])), controller, llm), "command_space": command_space}
         cfg = AgentConfig(endpoint=ipc_endpoint(sockets, f"agent-{controller}"), recorder_endpoint=self.recorder.endpoint,
-                          run_dir=self.workdir, controller=controller, llm=llm, command_space=command_space,
-                          nodes=pipeline_with([]))  # fmt: skip
+                          run_dir=self.workdir, **decided)  # fmt: skip
         self.orch.spawn(ChildSpec(f"agent-{controller}", "agents", cfg))
         client = RequestClient(self.ctx, cfg.endpoint, timeout_ms=120_000, retries=0)
         self.clients.append(client)

@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     from agents.graph import build_agent_graph, pipeline_with
     from agents.service import make_policy_and_judge
     from orchestration.cli import CliError, add_llm_flags, model_spec
-    from orchestration.configs import llm_settings
+    from orchestration.configs import agent_settings, llm_settings
     from orchestration.spec import RunSpec
 
     parser = argparse.ArgumentParser(prog="python -m bench.guidance", description=__doc__.split("\n\n")[0])
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     add_llm_flags(parser)
     args = parser.parse_args(argv)
     try:
-        spec = RunSpec(controllers=["llm"], llm=model_spec(args))
+        spec = RunSpec(controllers=["llm"], llm=model_spec(args), pipeline=pipeline_with([]))
     except CliError as exc:
         parser.error(str(exc))
     server = None
@@ -309,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.wait_ready()
                 settings = settings.model_copy(update={"base_url": server.base_url})
             cfg = AgentConfig(endpoint="ipc:///unused", recorder_endpoint="ipc:///unused", run_dir=Path(tmp),
-                              controller="llm", llm=settings, nodes=pipeline_with([]), llm_reflection=spec.llm.reflection,
-                              command_space=spec.llm.resolved_command_space())  # fmt: skip
+                              **agent_settings(spec, "llm", settings))  # fmt: skip
             policy, judge = make_policy_and_judge(cfg)
             graph = build_agent_graph(cfg.nodes, policy, judge)
             print(f"{len(CASES)} cases, model {settings.model} at {settings.base_url}, decision form {settings.decision_form}")

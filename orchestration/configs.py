@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agents.config import AgentConfig
+from agents.config import AgentConfig, upgrade_recorded_agent
 from agents.controllers import resolve_controller
 from agents.config import LLMSettings
 from bus.messages import RunStarted
 from bus.transport import ipc_endpoint, socket_folder, socket_name
 from orchestration.planning import Arm
-from orchestration.spec import RULE_AGENT_TIMEOUT_S, RunSpec
+from orchestration.spec import RULE_AGENT_TIMEOUT_S, ModelSpec, RunSpec
 from storage.recorder import RecorderConfig
 from tasks.registry import task_class
 from trainer.config import TrainerConfig, upgrade_recorded_config
@@ -22,7 +22,11 @@ def llm_settings(spec: RunSpec) -> LLMSettings | None:
     """How the agent reaches its model; None when no guided arm uses a model-calling controller."""
     if not any(c != "none" and resolve_controller(c).uses_llm for c in spec.controllers):
         return None
-    llm = spec.llm
+    return model_settings(spec.llm)
+
+
+def model_settings(llm: ModelSpec) -> LLMSettings:
+    """The agent's settings of the model ``llm`` describes, every value from the spec."""
     return LLMSettings(
         provider="openai" if llm.remote else "local",
         base_url=llm.base_url or ("https://api.openai.com/v1" if llm.remote else "http://127.0.0.1:0/v1"),
@@ -30,6 +34,7 @@ def llm_settings(spec: RunSpec) -> LLMSettings | None:
         timeout_s=llm.timeout_s,
         max_retries=llm.max_retries,
         temperature=llm.temperature,
+        max_tokens=llm.max_tokens,
         response_format=llm.response_format,
         decision_form=llm.resolved_decision(),
     )
@@ -61,22 +66,28 @@ def agent_config(
     }
     if arm.replay_of is not None and arm.resume_from is None:
         commands = {arm.run_id: arm.recorded["commands"]}
-        return AgentConfig(**fresh, controller="replay", nodes=spec.pipeline, replay_commands=commands)
+        return AgentConfig(**fresh, **agent_settings(spec, "replay", None), replay_commands=commands)
     if arm.recorded is not None and arm.recorded.get("agent"):
-        recorded = AgentConfig.model_validate(arm.recorded["agent"])
+        recorded = AgentConfig.model_validate(upgrade_recorded_agent(arm.recorded["agent"]))
         llm = settings if recorded.llm is not None else None
         return recorded.model_copy(update={**fresh, "llm": llm})
-    uses_llm = resolve_controller(arm.controller).uses_llm
-    return AgentConfig(
-        **fresh,
-        controller=arm.controller,
-        llm=settings if uses_llm else None,
-        llm_reflection=spec.llm.reflection,
-        feed_reflection=spec.llm.feed_reflection,
-        command_space=spec.llm.resolved_command_space() if uses_llm else "free",
-        nodes=spec.pipeline,
-        max_repairs=spec.max_repairs,
-    )
+    return AgentConfig(**fresh, **agent_settings(spec, arm.controller, settings))
+
+
+def agent_settings(spec: RunSpec, controller: str, settings: LLMSettings | None) -> dict:
+    """How an agent of ``controller`` decides, every value from ``spec``: the model's settings (only for a
+    controller that calls a model), the judge, the verdict in the prompt, the command space, the pipeline and
+    the repair budget. The keyword arguments of :class:`AgentConfig` besides its endpoints."""
+    uses_llm = resolve_controller(controller).uses_llm
+    return {
+        "controller": controller,
+        "llm": settings if uses_llm else None,
+        "llm_reflection": spec.llm.reflection,
+        "feed_reflection": spec.llm.feed_reflection,
+        "command_space": spec.llm.resolved_command_space() if uses_llm else "free",
+        "nodes": spec.pipeline,
+        "max_repairs": spec.max_repairs,
+    }
 
 
 def trainer_config(

@@ -4,7 +4,8 @@
 :class:`RunSpec`; planning, the runner and the supervisor read only the spec, and ``orchestration.configs``
 passes every value on to the child processes' configs, which define no defaults of their own for them.
 Defaults that belong to a task (regime, epochs, batch size, knob values) come from the task's declarations
-(``tasks.base.Task``); those of the agent's model calls from ``agents.defaults``. No heavy import here: ``run.py --help`` stays fast.
+(``tasks.base.Task``). The child configs (``TrainerConfig``, ``AgentConfig``, ``LLMSettings``) define none of
+their own: ``orchestration.configs`` fills them from here. No heavy import here: ``run.py --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,13 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.defaults import (
-    DEFAULT_REMOTE_MODEL,
-    LLM_MAX_RETRIES,
-    LLM_TEMPERATURE,
-    LLM_TIMEOUT_S,
-    LOCAL_MODEL_NAME,
-)
+from model_server import LOCAL_MODEL_NAME
 from bus.messages import ALPHA_RANGE
 from trainer.config import ScheduledInstruction
 
@@ -28,6 +23,14 @@ from trainer.config import ScheduledInstruction
 RULE_AGENT_TIMEOUT_S = 20.0
 # Added to the model calls' worst case when the trainer waits for a model-calling controller, s.
 LLM_AGENT_SLACK_S = 10.0
+
+DEFAULT_REMOTE_MODEL = "gpt-4o-mini"
+# How the agent calls a chat model unless told otherwise. 20 s per call: the embedded model answers in 2-8 s on 2
+# cores.
+LLM_TIMEOUT_S = 20.0
+LLM_MAX_RETRIES = 0  # HTTP retries per call (connection errors, 5xx); the repair loop asks again anyway
+LLM_TEMPERATURE = 0.2
+LLM_MAX_TOKENS = 256
 
 
 class ModelSpec(BaseModel):
@@ -41,6 +44,7 @@ class ModelSpec(BaseModel):
     timeout_s: float = Field(default=LLM_TIMEOUT_S, gt=0)  # per model call
     max_retries: int = Field(default=LLM_MAX_RETRIES, ge=0)  # HTTP retries per call
     temperature: float = Field(default=LLM_TEMPERATURE, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=LLM_MAX_TOKENS, ge=16)  # the free-form answer's token cap
     response_format: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     command_space: Literal["auto", "grid", "free"] = "auto"  # auto: grid for the local model, free otherwise
     # expert: the model chooses among the expert block's candidates (agents.expert); free: the paper's form,

@@ -257,3 +257,28 @@ def trainer_config(**fields):
     decided = {"task": spec.task, "alpha": spec.alpha, "device": spec.device, "agent_retries": spec.agent_retries,
                "agent_timeout_ms": int(RULE_AGENT_TIMEOUT_S * 1000)}  # fmt: skip
     return TrainerConfig(**{**decided, **fields})
+
+
+def agent_config(**fields):
+    """An :class:`agents.config.AgentConfig` for a test, with how it decides (controller ``heuristic`` unless given,
+    the judge, the command space, the pipeline without extras, the repair budget) taken from
+    :class:`orchestration.spec.RunSpec`'s defaults, as ``orchestration.configs`` passes them; ``fields`` give the
+    endpoints and run folder, or override."""
+    from agents.config import AgentConfig
+    from agents.graph import pipeline_with
+    from orchestration.configs import agent_settings
+    from orchestration.spec import RunSpec
+
+    controller = fields.pop("controller", "heuristic")
+    decided = agent_settings(RunSpec(pipeline=pipeline_with([])), controller, fields.pop("llm", None))
+    return AgentConfig(**{**decided, **fields})
+
+
+def llm_settings(**fields):
+    """:class:`agents.config.LLMSettings` for a test: the model spec's defaults (``orchestration.spec.ModelSpec``,
+    as ``orchestration.configs.model_settings`` passes them), with ``fields`` (provider, base_url, model, ...)
+    overriding."""
+    from orchestration.configs import model_settings
+    from orchestration.spec import ModelSpec
+
+    return model_settings(ModelSpec()).model_copy(update=fields)

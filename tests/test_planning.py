@@ -87,17 +87,30 @@ def test_the_specification_owns_the_agent_timeouts():
 
 def test_model_defaults_are_one_set_for_the_command_line_and_the_agent():
     from agents.config import LLMSettings
+    from orchestration.configs import model_settings
 
-    settings = LLMSettings(provider="local", base_url="http://127.0.0.1:1/v1", model="m")
     spec = ModelSpec()
-    assert (settings.timeout_s, settings.max_retries, settings.temperature) == (
-        spec.timeout_s, spec.max_retries, spec.temperature)  # fmt: skip
+    settings = model_settings(spec)
+    assert (settings.timeout_s, settings.max_retries, settings.temperature, settings.max_tokens) == (
+        spec.timeout_s, spec.max_retries, spec.temperature, spec.max_tokens)  # fmt: skip
+    # the agent's settings define no default of their own for what the spec decides
+    decided = {"timeout_s", "max_retries", "temperature", "max_tokens", "response_format", "decision_form"}
+    assert {name for name, f in LLMSettings.model_fields.items() if f.is_required()} >= decided
     # The embedded model chooses among candidates (expert form), whose values the grid would snap: free space.
     assert spec.resolved_decision() == "expert" and spec.resolved_command_space() == "free"
     assert ModelSpec(decision="free").resolved_command_space() == "grid"
     remote = ModelSpec(provider="openai")
     assert remote.resolved_decision() == "free" and remote.resolved_command_space() == "free"
-    assert settings.decision_form == "free"  # LLMSettings' own default: the paper's form for a bare agent config
+    assert settings.decision_form == "expert" and model_settings(remote).decision_form == "free"
+
+
+def test_an_agent_config_decides_only_with_the_values_it_is_given():
+    from agents.config import AgentConfig, upgrade_recorded_agent
+
+    decided = {"controller", "llm_reflection", "feed_reflection", "command_space", "nodes", "max_repairs"}
+    assert {name for name, f in AgentConfig.model_fields.items() if f.is_required()} >= decided
+    recorded = {"llm": {"provider": "local", "base_url": "http://127.0.0.1:1/v1", "model": "m"}}  # before the expert form
+    assert upgrade_recorded_agent(recorded)["llm"]["decision_form"] == "free"
 
 
 def test_a_trainer_config_recorded_before_tasks_is_read_as_an_mnist_run():

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import AgentConfig
-from agents.graph import pipeline_with
 from model_server.manager import LocalLLMServer
 from bus.transport import LOOPBACK, free_tcp_endpoint
 from storage.recorder import RecorderConfig
+from tests.helpers import agent_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +92,6 @@ def test_every_socket_and_the_model_server_default_to_loopback(tmp_path):
         RecorderConfig(db_path=tmp_path / "x.duckdb", endpoint="tcp://0.0.0.0:5555",
                        control_endpoint=free_tcp_endpoint(), run_dir=tmp_path)  # fmt: skip
     with pytest.raises(ValueError, match="not loopback"):
-        AgentConfig(endpoint="tcp://192.168.1.5:5555", recorder_endpoint=recorder.endpoint, run_dir=tmp_path,
-                    nodes=pipeline_with([]))  # fmt: skip
+        agent_config(endpoint="tcp://192.168.1.5:5555", recorder_endpoint=recorder.endpoint, run_dir=tmp_path)
     server = LocalLLMServer(tmp_path / "llm.log")
     assert server.host == LOOPBACK and server.base_url.startswith(f"http://{LOOPBACK}:")

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agents.defaults import DEFAULT_REMOTE_MODEL, LOCAL_MODEL_NAME
+from model_server import LOCAL_MODEL_NAME
 from orchestration.cli.one_line import OneLineParser
-from orchestration.spec import RULE_AGENT_TIMEOUT_S, default, model_default
+from orchestration.spec import DEFAULT_REMOTE_MODEL, RULE_AGENT_TIMEOUT_S, default, model_default
 
 
 def _number(kind: type, low: float | None = None, high: float | None = None, low_open: bool = False):

@@ -9,8 +9,7 @@ import json
 import pytest
 
 from agents.chat import ChatCaller, make_chat_model, response_formats
-from agents.config import LLMSettings
-from tests.helpers import ScriptedOpenAI, ScriptedReply
+from tests.helpers import ScriptedOpenAI, ScriptedReply, llm_settings
 
 GOOD = json.dumps({"dropout": 0.25, "learning_rate": 5e-4, "alpha": 0.3, "rationale": "ok"})
 SCHEMA = {"type": "object", "properties": {"dropout": {"type": "number"}}, "required": ["dropout"]}
@@ -27,7 +26,7 @@ CONTEXT_400 = ScriptedReply(
 
 
 def caller_for(server: ScriptedOpenAI, provider: str = "openai", response_format: str = "auto") -> ChatCaller:
-    settings = LLMSettings(
+    settings = llm_settings(
         provider=provider,
         base_url=server.base_url,
         model="m",

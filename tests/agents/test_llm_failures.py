@@ -21,7 +21,7 @@ from agents.config import LLMSettings
 from agents.controllers.llm import LLMJudge, LLMPolicy
 from agents.service import decide
 from bus.messages import UpdateCommand
-from tests.helpers import make_command, make_metrics, make_regression_metrics
+from tests.helpers import llm_settings, make_command, make_metrics, make_regression_metrics
 
 GOOD = {"dropout": 0.25, "learning_rate": 5e-4, "alpha": 0.3, "rationale": "val acc stalls"}
 PREVIOUS = make_command(dropout=0.25, learning_rate=5e-4, alpha=0.3, rationale="val acc stalls")
@@ -226,7 +226,7 @@ class RejectsJsonSchema(RecordingFake):
 
 
 def test_structured_output_degrades_to_the_form_the_server_accepts_and_remembers_it():
-    settings = LLMSettings(provider="openai", base_url="http://127.0.0.1:1/v1", model="m")
+    settings = llm_settings(provider="openai", base_url="http://127.0.0.1:1/v1", model="m")
     model = RejectsJsonSchema(messages=iter([AIMessage(json.dumps(GOOD)), AIMessage(json.dumps(GOOD))]), calls=[])
     caller = ChatCaller(model, response_formats(settings))
     schema = {"type": "object"}
@@ -305,7 +305,7 @@ def test_a_judge_that_raises_keeps_the_validated_command_and_the_rule_verdict():
 
 def test_the_api_key_is_read_from_the_environment_and_scrubbed_from_errors(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-abcdefghijklmnop")
-    model = make_chat_model(LLMSettings(provider="openai", base_url="http://127.0.0.1:1/v1", model="m"))
+    model = make_chat_model(llm_settings(provider="openai", base_url="http://127.0.0.1:1/v1", model="m"))
     assert model.openai_api_key.get_secret_value() == "sk-test-abcdefghijklmnop"
     assert "sk-test" not in repr(model) and "sk-test" not in str(LLMSettings.model_fields)
     assert scrub("401: bad key sk-test-abcdefghijklmnop") == "401: bad key ***"

@@ -7,11 +7,10 @@ import time
 import pytest
 import zmq
 
-from agents.config import AgentConfig
 from agents.graph import pipeline_with
 from bus.messages import Decision, ErrorReply, Hello, Ready, decode
 from bus.transport import RequestClient, free_tcp_endpoint
-from tests.helpers import make_metrics
+from tests.helpers import agent_config, make_metrics
 
 
 def exploding_node(state):
@@ -21,7 +20,7 @@ def exploding_node(state):
 @pytest.fixture
 def agent(tmp_path):
     def start(extra_nodes=(), run_ids=None):
-        cfg = AgentConfig(
+        cfg = agent_config(
             endpoint=free_tcp_endpoint(),
             recorder_endpoint=free_tcp_endpoint(),
             run_dir=tmp_path,
@@ -94,7 +93,7 @@ def test_requests_for_a_run_the_agent_does_not_serve_are_refused_with_a_reason(a
 
 
 def test_a_non_loopback_endpoint_is_refused_unless_allowed(tmp_path):
-    common = {"recorder_endpoint": free_tcp_endpoint(), "run_dir": tmp_path, "nodes": pipeline_with([])}
+    common = {"recorder_endpoint": free_tcp_endpoint(), "run_dir": tmp_path}
     with pytest.raises(ValueError, match="not loopback"):
-        AgentConfig(endpoint="tcp://0.0.0.0:5555", **common)
-    assert AgentConfig(endpoint="tcp://0.0.0.0:5555", allow_remote=True, **common).allow_remote
+        agent_config(endpoint="tcp://0.0.0.0:5555", **common)
+    assert agent_config(endpoint="tcp://0.0.0.0:5555", allow_remote=True, **common).allow_remote

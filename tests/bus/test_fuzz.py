@@ -19,8 +19,6 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.config import AgentConfig
-from agents.graph import pipeline_with
 from bus.messages import (
     MESSAGE_TYPES,
     BusDecodeError,
@@ -35,6 +33,7 @@ from bus.messages import (
 )
 from bus.transport import RequestClient, free_tcp_endpoint
 from storage.recorder import RecorderConfig
+from tests.helpers import agent_config
 
 topics = st.sampled_from([t.encode() for t in MESSAGE_TYPES] + [b"", b"nope", b"\xff"])
 json_values = st.recursive(
@@ -72,9 +71,9 @@ def services(tmp_path_factory):
     recorder = RecorderConfig(
         db_path=tmp / "fuzz.duckdb", endpoint=free_tcp_endpoint(), control_endpoint=free_tcp_endpoint(), run_dir=tmp
     )
-    agent = AgentConfig(
+    agent = agent_config(
         endpoint=free_tcp_endpoint(), recorder_endpoint=recorder.endpoint, run_dir=tmp, controller="heuristic",
-        nodes=pipeline_with([]), run_ids=["fuzz-run"],
+        run_ids=["fuzz-run"],
     )  # fmt: skip
     procs = {}
     for name, module, cfg in (("recorder", "storage", recorder), ("agent", "agents", agent)):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.defaults import LOCAL_MODEL_NAME
+from model_server import LOCAL_MODEL_NAME
 from model_server.manager import LocalLLMServer
 from bus.transport import free_tcp_endpoint
 from tests.e2e.test_run import REPO, query

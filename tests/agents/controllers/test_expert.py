@@ -21,7 +21,7 @@ from agents.nodes.reflector import judge_previous_decision, make_reflector
 from agents.service import decide
 from bench.guidance import Case, case_metrics
 from bus.messages import Instruction, UpdateCommand
-from tests.helpers import ScriptedOpenAI, ScriptedReply
+from tests.helpers import ScriptedOpenAI, ScriptedReply, llm_settings
 
 
 class ScoringServer:
@@ -114,9 +114,8 @@ def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():
     bad = ScriptedReply(json.dumps({"choice": "learning_rate:up", "rationale": "faster"}))
     with ScriptedOpenAI({"controller": [good, bad]}, {"controller": good}) as server:
         from agents.chat import make_chat_model, response_formats
-        from agents.config import LLMSettings
 
-        settings = LLMSettings(provider="openai", base_url=server.base_url, model="m", timeout_s=5)
+        settings = llm_settings(provider="openai", base_url=server.base_url, model="m", timeout_s=5)
         chooser = ChatChooser(ChatCaller(make_chat_model(settings), response_formats(settings), 0.0, 128))
         assert plan.candidates[chooser.choose(m, plan).index].key == "dropout:up"
         with pytest.raises(ChooserError, match="no listed action"):

@@ -14,11 +14,11 @@ from agents.controllers import (
     controller_names,
     resolve_controller,
 )
-from agents.graph import CORE_NODES, build_agent_graph, pipeline_with
+from agents.graph import CORE_NODES, build_agent_graph
 from agents.service import decide, make_policy_and_judge
 from bus.messages import WeightOp
 from bus.transport import free_tcp_endpoint
-from tests.helpers import make_command, make_metrics, make_regression_metrics
+from tests.helpers import agent_config, make_command, make_metrics, make_regression_metrics
 
 USER_MODULE = '''
 import json
@@ -80,10 +80,7 @@ def user_module(tmp_path, monkeypatch):
 
 
 def config(tmp_path, **fields) -> AgentConfig:
-    return AgentConfig(
-        endpoint=free_tcp_endpoint(), recorder_endpoint=free_tcp_endpoint(), run_dir=tmp_path,
-        nodes=pipeline_with([]), **fields,
-    )  # fmt: skip
+    return agent_config(endpoint=free_tcp_endpoint(), recorder_endpoint=free_tcp_endpoint(), run_dir=tmp_path, **fields)
 
 
 def decide_with(cfg: AgentConfig, metrics):
@@ -110,10 +107,11 @@ def test_unknown_names_are_refused_in_one_line(tmp_path, user_module):
         resolve_controller("no.such:thing")
     with pytest.raises(UnknownControllerError, match="is a int, not a Controller or a factory"):
         resolve_controller(f"{user_module}:NOT_A_CONTROLLER")
+    valid = config(tmp_path).model_dump()
     with pytest.raises(ValidationError, match="unknown controller 'nosuch'"):
-        config(tmp_path, controller="nosuch")
+        AgentConfig.model_validate({**valid, "controller": "nosuch"})
     with pytest.raises(ValidationError, match="controller 'none' runs no agent process"):
-        config(tmp_path, controller="none")
+        AgentConfig.model_validate({**valid, "controller": "none"})
     with pytest.raises(ValueError, match="controller 'llm' needs llm settings"):
         make_policy_and_judge(config(tmp_path, controller="llm"))
 
