@@ -9,7 +9,8 @@ import pytest
 from bus.messages import Instruction, InstructionUpdate
 from orchestration.cli import CliError, parse_schedule
 from trainer.config import ScheduledInstruction, TrainerConfig
-from trainer.process import Carry, active_entry, decision_records, shaped_record, update_instruction
+from trainer.inbox import active_entry, decision_records, shaped_record, update_instruction
+from trainer.process import Carry
 
 SCHEDULE = [
     ScheduledInstruction(from_epoch=1, text="keep it", source="flag"),
