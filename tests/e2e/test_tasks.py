@@ -114,8 +114,8 @@ def test_a_task_from_a_module_outside_reflectnet_runs_end_to_end(tmp_path):
 def test_a_task_that_omits_its_objective_fails_its_run_with_the_reason(tmp_path):
     env = user_package(tmp_path)
     db, out = tmp_path / "f.duckdb", tmp_path / "runs"
-    result = run_py("--task", "userpkg.forgetful:Forgetful", "--arms", "baseline", "--db", str(db), "--out", str(out),
-                    env=env, timeout=120)  # fmt: skip
+    result = run_py("--task", "userpkg.forgetful:Forgetful", "--arms", "baseline", "--controller", "heuristic",
+                    "--db", str(db), "--out", str(out), env=env, timeout=120)  # fmt: skip
     reason = "task 'linefit' at epoch 1: its metrics lack the objective 'val_mse' (it reported train_mse)"
     assert result.returncode == 1
     assert f"trainer failed: {reason}\n" in result.stderr and "Traceback" not in result.stderr, result.stderr
