@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,16 @@ class Case:
     name: str
     regime: str
     options: dict[str, Any] = field(default_factory=dict)
+    shrink: Callable[[Task], None] | None = None  # after setup: what keeps a big evaluation fast, contract untouched
+
+
+def first_test_images(task: Task) -> None:
+    """MNIST validates on the first 1,000 of the 10,000 test images here (a tenth of the time; the same code)."""
+    task.val_x, task.val_y = task.val_x[:1000], task.val_y[:1000]
 
 
 CASES = [
-    Case("mnist", "10", {"compile_eval": False}),  # 10 training images; validation is still the 10,000 test images
+    Case("mnist", "10", {"compile_eval": False}, first_test_images),  # 10 training images, one per class
     Case("diabetes", "50"),
     Case("cartpole", "2k", {"epoch_steps": 256, "eval_episodes": 2}),  # one rollout per epoch: 20 optimizer steps
     Case("examples.linefit:LineFit", "small"),
@@ -51,6 +58,8 @@ def case(request) -> Case:
 def build(case: Case, seed: int = 0) -> Task:
     task = make_task(case.name, case.options)
     task.setup(case.regime, seed, CPU)
+    if case.shrink is not None:
+        case.shrink(task)
     return task
 
 
