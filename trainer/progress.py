@@ -31,7 +31,7 @@ def progress_line(
     """One terminal line per epoch; ``waited_ms`` is the time the trainer spent on the decision (retries and
     timeouts included), not the agent's own latency."""
     line = (
-        f"{cfg.arm:<8} {cfg.task} {cfg.regime:>5} seed {cfg.seed} | epoch {summary.epoch:>3}/{cfg.epochs} | "
+        f"{cfg.arm:<8} {spec.name} {cfg.regime:>5} seed {cfg.seed} | epoch {summary.epoch:>3}/{cfg.epochs} | "
         f"{format_metrics(spec, summary.metrics)} | {format_knobs(spec, summary.hyperparameters, summary.alpha)}"
     )
     if decision is not None:
