@@ -22,6 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from trainer.contract import check_hyperparameters
+
 FORMAT = "reflectnet-checkpoint-2"  # 2: the task's own tensors and JSON (any task), knobs by name
 
 
@@ -105,6 +107,9 @@ def load_checkpoint(path: Path, run_id: str, task, device: torch.device) -> tupl
         task.restore_state(
             {k[len("task.") :]: v for k, v in tensors.items() if k.startswith("task.")}, json.loads(metadata["task"])
         )
+        # Knob values from a file are held to the declarations as the agent's are (ValueError otherwise).
+        check_hyperparameters(task.spec(), state.hyperparameters)
+        check_hyperparameters(task.spec(), task.hyperparameter_values())
         deltas = {k[len("delta.") :]: v.to(device) for k, v in tensors.items() if k.startswith("delta.")}
         torch.set_rng_state(tensors["rng.torch"])
         cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))

@@ -16,81 +16,30 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
-# A task written by a user in their own module: least-squares regression y = X w + noise on 64 synthetic
-# examples, trained by SGD; one knob, the learning rate. Nothing of ReflectNet is edited to run it.
-OUTSIDE_TASK = '''
-import math
-import torch
-from tasks.base import EpochResult, Hyperparameter, Task
-from trainer.blend import BlendedOptimizer
+# A task written by a user in their own module (examples/linefit.py): least-squares regression on 64 synthetic
+# examples by SGD, one knob. The tests copy the file outside the repository: nothing of ReflectNet is edited to run it.
+LINEFIT = REPO / "examples" / "linefit.py"
+
+# The same task with a defect: its epochs report no objective.
+WITHOUT_OBJECTIVE = """
+from userpkg.linefit import LineFit
 
 
-class LineFit(Task):
-    name = "linefit"
-    description = "SGD fits a linear model to 64 noisy synthetic examples of 4 features."
-    objective = "val_mse"
-    mode = "min"
-    noise_band = 1e-4
-    regimes = {"small": 64}
-    default_regime = "small"
-    default_epochs = 4
-    hyperparameters = (
-        Hyperparameter(name="learning_rate", default=0.05, low=1e-4, high=0.5, scale="log", step=2.0,
-                       max_change=3.0, description="SGD step size"),
-    )
-
-    def __init__(self, width: int = 4):
-        self.width = width
-
-    def setup(self, regime, seed, device):
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(self.width, 1, generator=g)
-        self.x = torch.randn(self.regimes[regime], self.width, generator=g)
-        self.y = self.x @ w + 0.1 * torch.randn(self.regimes[regime], 1, generator=g)
-        torch.manual_seed(seed)
-        self.net = torch.nn.Linear(self.width, 1)
-        self.opt = BlendedOptimizer(torch.optim.SGD(self.net.parameters(), lr=0.05), dict(self.net.named_parameters()))
-
-    @property
-    def model(self):
-        return self.net
-
-    @property
-    def optimizer(self):
-        return self.opt
-
-    def steps_per_epoch(self):
-        return 4
-
+class Forgetful(LineFit):
     def train_epoch(self, epoch):
-        for i in range(4):
-            xb, yb = self.x[i * 16:(i + 1) * 16], self.y[i * 16:(i + 1) * 16]
-            loss = torch.nn.functional.mse_loss(self.net(xb), yb)
-            self.opt.zero_grad()
-            loss.backward()
-            self.opt.step()
-        with torch.no_grad():
-            mse = torch.nn.functional.mse_loss(self.net(self.x), self.y).item()
-        return EpochResult({"train_mse": mse, "val_mse": mse}, steps=4)
-
-    def hyperparameter_values(self):
-        return {"learning_rate": self.opt.param_groups[0]["lr"]}
-
-    def set_hyperparameters(self, values):
-        for group in self.opt.param_groups:
-            group["lr"] = values.get("learning_rate", group["lr"])
-
-    def checkpoint_state(self):
-        return {f"model.{k}": v.detach().clone() for k, v in self.net.state_dict().items()}, self.hyperparameter_values()
-
-    def restore_state(self, tensors, meta):
-        self.net.load_state_dict({k[len("model."):]: v for k, v in tensors.items()})
-        self.set_hyperparameters(meta)
+        result = super().train_epoch(epoch)
+        del result.metrics["val_mse"]
+        return result
+"""
 
 
-def make_task(width: int = 4):
-    return LineFit(width=width)
-'''
+def user_package(tmp_path: Path) -> dict:
+    """``userpkg.linefit`` (a copy of examples/linefit.py) under ``tmp_path``; the environment that finds it."""
+    (tmp_path / "userpkg").mkdir()
+    (tmp_path / "userpkg" / "__init__.py").write_text("")
+    (tmp_path / "userpkg" / "linefit.py").write_text(LINEFIT.read_text())
+    (tmp_path / "userpkg" / "forgetful.py").write_text(WITHOUT_OBJECTIVE)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
 
 
 def run_py(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -144,10 +93,7 @@ def test_the_rl_task_trains_ppo_through_the_optimizer_wrapper(tmp_path):
 
 
 def test_a_task_from_a_module_outside_reflectnet_runs_end_to_end(tmp_path):
-    (tmp_path / "userpkg").mkdir()
-    (tmp_path / "userpkg" / "__init__.py").write_text("")
-    (tmp_path / "userpkg" / "linefit.py").write_text(textwrap.dedent(OUTSIDE_TASK))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env = user_package(tmp_path)
     db, out = tmp_path / "u.duckdb", tmp_path / "runs"
     result = run_py("--task", "userpkg.linefit:make_task", "--task-option", "width=4", "--controller", "heuristic",
                     "--db", str(db), "--out", str(out), env=env)  # fmt: skip
@@ -163,6 +109,20 @@ def test_a_task_from_a_module_outside_reflectnet_runs_end_to_end(tmp_path):
     bad = run_py("--task", "userpkg.linefit:make_task", "--task-option", "depth=2", "--db", str(db), env=env,
                  timeout=60)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip() == "run.py: error: task 'linefit' takes no option(s) depth"
+
+
+def test_a_task_that_omits_its_objective_fails_its_run_with_the_reason(tmp_path):
+    env = user_package(tmp_path)
+    db, out = tmp_path / "f.duckdb", tmp_path / "runs"
+    result = run_py("--task", "userpkg.forgetful:Forgetful", "--arms", "baseline", "--controller", "heuristic",
+                    "--db", str(db), "--out", str(out), env=env, timeout=120)  # fmt: skip
+    reason = "task 'linefit' at epoch 1: its metrics lack the objective 'val_mse' (it reported train_mse)"
+    assert result.returncode == 1
+    assert f"trainer failed: {reason}\n" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert query(db, "SELECT status FROM runs") == [("failed",)]
+    assert query(db, "SELECT count(*) FROM epochs") == [(0,)]  # the broken epoch is not recorded
+    events = query(db, "SELECT level, data->>'error' FROM events WHERE event = 'trainer_failed'")
+    assert events == [("error", reason)]
 
 
 OUTSIDE_CONTROLLER = '''

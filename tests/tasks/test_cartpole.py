@@ -17,6 +17,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from tasks.base import Task
 from tasks.cartpole import ENV_ID, N_ENVS, PPO_SETTINGS, CartPoleTask, start_epoch
 from trainer.blend import BlendedOptimizer
+from trainer.contract import set_hyperparameters
 
 CPU = torch.device("cpu")
 EPOCH_STEPS = 1024
@@ -71,10 +72,12 @@ def test_setup_builds_the_policy_and_installs_the_blended_optimizer():
         CartPoleTask().setup("1M", 0, CPU)
     with pytest.raises(ValueError, match="multiple of the rollout size"):
         CartPoleTask(epoch_steps=1000)
+    # The trainer holds the task to its declaration (trainer.contract); the task itself re-checks nothing.
     with pytest.raises(ValueError, match="outside"):
-        task.set_hyperparameters({"clip_range": 0.9})
-    with pytest.raises(KeyError, match="no hyperparameter"):
-        task.set_hyperparameters({"dropout": 0.1})
+        set_hyperparameters(task, {"clip_range": 0.9})
+    with pytest.raises(ValueError, match="no hyperparameter"):
+        set_hyperparameters(task, {"dropout": 0.1})
+    assert task.hyperparameter_values() == {"learning_rate": 1e-3, "ent_coef": 0.0, "clip_range": 0.2}
     with pytest.raises(ValueError, match="expected 1"):
         task.train_epoch(2)
 

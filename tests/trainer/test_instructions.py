@@ -9,7 +9,9 @@ import pytest
 from bus.messages import Instruction, InstructionUpdate
 from orchestration.cli import CliError, parse_schedule
 from trainer.config import ScheduledInstruction, TrainerConfig
-from trainer.process import Carry, active_entry, decision_records, shaped_record, update_instruction
+from trainer.inbox import active_entry, decision_records, shaped_record, update_instruction
+from trainer.process import Carry
+from tests.helpers import trainer_config
 
 SCHEDULE = [
     ScheduledInstruction(from_epoch=1, text="keep it", source="flag"),
@@ -19,8 +21,8 @@ SCHEDULE = [
 
 
 def config(schedule=SCHEDULE) -> TrainerConfig:
-    return TrainerConfig(run_id="r", pair_id="p", arm="guided", controller="heuristic", regime="100", seed=0,
-                         epochs=8, run_dir="/tmp/r", recorder_endpoint="ipc:///tmp/r/x", instructions=schedule)  # fmt: skip
+    return trainer_config(run_id="r", pair_id="p", arm="guided", controller="heuristic", regime="100", seed=0,
+                          epochs=8, run_dir="/tmp/r", recorder_endpoint="ipc:///tmp/r/x", instructions=schedule)  # fmt: skip
 
 
 def said(text: str | None) -> InstructionUpdate:

@@ -10,8 +10,8 @@ from pathlib import Path
 import zmq
 
 from bus.messages import LogEvent, decode
-from trainer.config import TrainerConfig
 from trainer.process import EXIT_DATA_UNAVAILABLE
+from tests.helpers import trainer_config
 
 
 def _fake_recorder(sock: zmq.Socket, received: list, stop: threading.Event) -> None:
@@ -35,7 +35,7 @@ def test_no_working_source_exits_with_the_data_code_and_one_line(tmp_path):
     stop = threading.Event()
     thread = threading.Thread(target=_fake_recorder, args=(sock, received, stop))
     thread.start()
-    cfg = TrainerConfig(
+    cfg = trainer_config(
         run_id="r1", pair_id="p1", arm="baseline", controller="none", regime="100", seed=0, epochs=1,
         task_options={"data_dir": str(tmp_path / "data")}, run_dir=tmp_path / "run", recorder_endpoint=f"tcp://127.0.0.1:{port}",
     )  # fmt: skip

@@ -1,163 +1,34 @@
-"""Reinforcement learning behind the task seam: Stable-Baselines3 PPO on Gymnasium's CartPole-v1.
-
-One *epoch* is ``epoch_steps`` environment steps of PPO training (the regime; summed over the 8
-parallel environments), run as one ``PPO.learn`` call that continues the previous ones
-(``reset_num_timesteps=False``), then a seeded, greedy evaluation of ``eval_episodes`` episodes on
-separate environments. The objective is the mean evaluation return (``max``; an episode returns
-+1 per step the pole stays up, so 500, the time limit, is the ceiling).
-
-PPO settings are RL-Zoo's tuned set for CartPole-v1 (rl-baselines3-zoo ``hyperparams/ppo.yml``) —
-8 environments × 32 steps = one rollout of 256 transitions, one minibatch of 256, 20 passes per
-rollout, gamma 0.98, GAE lambda 0.8 — except that Zoo's linearly decaying learning rate and clip
-range are constants here (1e-3 and 0.2): they are the agent's knobs, and a ``lin_`` schedule would
-restart at every chunked ``learn`` call anyway. An epoch of 8192 steps is 32 rollouts × 20 = 640
-optimizer steps (Adam, eps 1e-5, gradients clipped to norm 0.5 by SB3).
-
-Knobs (set between epochs): ``learning_rate`` (``model.lr_schedule``, which SB3 writes into every
-Adam param group at the start of each ``train()``), ``ent_coef`` (read by ``PPO.train``) and
-``clip_range`` (``PPO.clip_range``, a schedule called once per ``train()``). Weight modulation goes
-through :class:`trainer.blend.BlendedOptimizer`, installed as ``ppo.policy.optimizer``; SB3 calls
-its ``zero_grad``/``step`` and sets its ``param_groups[i]["lr"]`` as it would Adam's.
-
-Determinism and resume: at the start of every epoch the process-global RNGs PPO draws from (Python's
-``random``, NumPy's, torch's: action sampling, minibatch order) and the training environments are
-reseeded from ``(seed, epoch)`` and the environments reset. An epoch therefore depends only on the
-weights, the Adam state, the knobs, the blend and ``(seed, epoch)``, and a checkpoint of those
-(tensors and JSON; no pickle) continues bit-exactly. The price: an episode in progress at an epoch
-boundary is cut off (PPO bootstraps its value, as at a time limit) and not counted in
-``train_return_mean``. The global RNG states and torch's intra-op thread count are saved before and
-restored after every call into the task, so the task neither sees nor disturbs other code's streams.
-
-Threads: the task runs torch with ``torch_threads`` (default 1) intra-op threads while inside its
-methods. For a 64-unit MLP and 256-row minibatches, thread hand-offs cost more than they save
-(measured: 45-57 s CPU for 12 epochs of 8192 steps on one thread), and a fixed count keeps float
-reductions — and so resumed runs — bit-identical. ``torch.set_num_threads`` is process-wide, so the
-previous count is restored on the way out: code sharing the process (other tasks, tests) keeps its own.
-
-Run the baseline over seeds: ``python -m tasks.cartpole --seeds 5``.
-"""
+"""CartPole behind the task seam: :class:`CartPoleTask` (see ``tasks.cartpole`` for the protocol, the
+determinism and the threads)."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import math
-import random
-import time
-from collections import defaultdict
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import ConstantSchedule
 
 from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, optimizer_state, optimizer_tensors, torch_threads
+from tasks.cartpole.ppo import (
+    ENV_ID,
+    N_ENVS,
+    PPO_SETTINGS,
+    ROLLOUT_STEPS,
+    SB3_TRAIN_METRICS,
+    EpisodeCollector,
+    MetricsLogger,
+    epoch_seed,
+    isolated_rngs,
+    start_epoch,
+)
 from trainer.blend import BlendedOptimizer
 
-ENV_ID = "CartPole-v1"
 CHECKPOINT_FORMAT = "reflectnet-task-cartpole-1"
-
-N_ENVS = 8
-# RL-Zoo's CartPole-v1 PPO set (hyperparams/ppo.yml), schedules made constant; keyword arguments of PPO().
-PPO_SETTINGS: dict[str, Any] = {
-    "n_steps": 32,  # per environment per rollout: a rollout is N_ENVS * n_steps = 256 transitions
-    "batch_size": 256,
-    "n_epochs": 20,  # passes over each rollout
-    "gamma": 0.98,
-    "gae_lambda": 0.8,
-}
-ROLLOUT_STEPS = N_ENVS * PPO_SETTINGS["n_steps"]
-
-# The SB3 ``train/*`` values kept as epoch metrics (each is logged once per rollout; the epoch reports their mean).
-SB3_TRAIN_METRICS = (
-    "policy_gradient_loss",
-    "value_loss",
-    "entropy_loss",
-    "approx_kl",
-    "clip_fraction",
-    "explained_variance",
-    "learning_rate",
-    "clip_range",
-)
-
-
-def epoch_seed(seed: int, epoch: int, stream: int) -> int:
-    """A 31-bit seed for ``(run seed, epoch, stream)``: stream 0 seeds training, stream 1 evaluation."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def start_epoch(ppo: PPO, seed: int, epoch: int) -> None:
-    """Reseed the global RNGs, the action space and the training environments from ``(seed, epoch)``
-    and reset the environments: what makes an epoch depend on nothing before it but the model state.
-
-    Touches the process-global ``random``, NumPy and torch RNGs (SB3's ``set_random_seed``); the task
-    calls it inside :func:`_isolated_rngs`.
-    """
-    ppo.set_random_seed(epoch_seed(seed, epoch, 0))  # the VecEnv applies its seeds at the next reset
-    ppo._last_obs = ppo.env.reset()  # [N_ENVS, 4] observations
-    ppo._last_episode_starts = np.ones((ppo.env.num_envs,), dtype=bool)
-
-
-@contextlib.contextmanager
-def _isolated_rngs() -> Iterator[None]:
-    """Run the body with the caller's global RNG states (random, NumPy, torch, CUDA) saved and restored."""
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-class _MetricsLogger(Logger):
-    """An SB3 Logger with no output formats that keeps the ``train/*`` values of :data:`SB3_TRAIN_METRICS`.
-
-    SB3 records each once per ``train()`` call, i.e. once per rollout; :meth:`pop_means` averages them.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(folder=None, output_formats=[])
-        self.history: dict[str, list[float]] = defaultdict(list)
-
-    def record(self, key: str, value: Any, exclude: str | tuple[str, ...] | None = None) -> None:
-        super().record(key, value, exclude)
-        name = key.removeprefix("train/")
-        if name in SB3_TRAIN_METRICS and key.startswith("train/"):
-            self.history[name].append(float(value))
-
-    def pop_means(self) -> dict[str, float]:
-        means = {name: float(np.mean(values)) for name, values in self.history.items()}
-        self.history.clear()
-        return means
-
-
-class _EpisodeCollector(BaseCallback):
-    """Returns and lengths of the training episodes that finish during ``learn`` (SB3's Monitor puts them
-    in ``info["episode"]``: ``r`` the return, ``l`` the length in steps)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.returns: list[float] = []
-        self.lengths: list[int] = []
-
-    def _on_step(self) -> bool:
-        for info in self.locals["infos"]:
-            episode = info.get("episode")
-            if episode is not None:
-                self.returns.append(float(episode["r"]))
-                self.lengths.append(int(episode["l"]))
-        return True
 
 
 class CartPoleTask(Task):
@@ -249,7 +120,7 @@ class CartPoleTask(Task):
         self.regime, self.seed = regime, int(seed)
         self.epoch_steps = self._epoch_steps_override or self.regimes[regime]
         self.epochs_done = 0
-        with torch_threads(self.torch_threads), _isolated_rngs():
+        with torch_threads(self.torch_threads), isolated_rngs():
             env = make_vec_env(ENV_ID, n_envs=N_ENVS, seed=self.seed)  # each wrapped in a Monitor
             defaults = {knob.name: knob.default for knob in self.hyperparameters}
             self.ppo = PPO(
@@ -263,7 +134,7 @@ class CartPoleTask(Task):
                 verbose=0,
                 **PPO_SETTINGS,
             )
-        self._logger = _MetricsLogger()
+        self._logger = MetricsLogger()
         self.ppo.set_logger(self._logger)  # before learn(): else learn() configures its own printing logger
         policy = self.ppo.policy
         self._params = dict(policy.named_parameters())
@@ -321,14 +192,11 @@ class CartPoleTask(Task):
     # -- knobs
 
     def set_hyperparameters(self, values: dict[str, float]) -> None:
-        """Use ``values`` from the next ``train_epoch`` on. Unknown names: KeyError; values outside the
-        declared hard bounds: ValueError (the validator should never let one through)."""
+        """Use ``values`` from the next ``train_epoch`` on. The values are the trainer's, checked against the
+        declarations already (``trainer.contract``)."""
         self._require_setup()
         for name, value in values.items():
-            knob = self.hyperparameter(name)
             value = float(value)
-            if not knob.low <= value <= knob.high:
-                raise ValueError(f"{name}={value} is outside [{knob.low}, {knob.high}]")
             if name == "learning_rate":
                 self.ppo.learning_rate = value
                 self.ppo.lr_schedule = ConstantSchedule(value)
@@ -377,7 +245,7 @@ class CartPoleTask(Task):
         }
         return EpochResult(metrics=metrics, grad_norms=grad_norms, vectors=vectors, steps=steps)
 
-    def _learn_epoch(self, epoch: int) -> _EpisodeCollector:
+    def _learn_epoch(self, epoch: int) -> EpisodeCollector:
         """Zero the step and gradient-norm counters, reseed from ``(seed, epoch)`` and run ``epoch_steps``
         environment steps of ``PPO.learn`` (torch threads set, global RNGs isolated). Returns the training
         episodes that finished; raises RuntimeError when the optimizer steps differ from
@@ -386,8 +254,8 @@ class CartPoleTask(Task):
         self._steps_taken = 0
         for total in self._grad_norm_sums.values():
             total.zero_()
-        episodes = _EpisodeCollector()
-        with torch_threads(self.torch_threads), _isolated_rngs():
+        episodes = EpisodeCollector()
+        with torch_threads(self.torch_threads), isolated_rngs():
             start_epoch(ppo, self.seed, epoch)
             ppo.learn(total_timesteps=self.epoch_steps, callback=episodes, log_interval=None, reset_num_timesteps=False)
         steps = self._steps_taken
@@ -399,7 +267,7 @@ class CartPoleTask(Task):
         return episodes
 
     def _epoch_metrics(
-        self, evaluation: dict[str, np.ndarray], episodes: _EpisodeCollector, train: dict[str, float]
+        self, evaluation: dict[str, np.ndarray], episodes: EpisodeCollector, train: dict[str, float]
     ) -> dict[str, float]:
         """The epoch's scalar metrics (see :meth:`train_epoch`) from the greedy ``evaluation``, the finished
         training ``episodes`` and SB3's ``train/*`` means ``train``; the knob and step count from the model."""
@@ -503,45 +371,3 @@ class CartPoleTask(Task):
         self.epochs_done = int(meta["epochs_done"])
         self.ppo.num_timesteps = int(meta["num_timesteps"])
         self.ppo._n_updates = int(meta["n_updates"])
-
-
-def _baseline(seeds: list[int], regime: str, epochs: int) -> None:
-    """Train the baseline arm (default knobs, no modulation) for each seed in turn; one line per seed."""
-    finals = []
-    for seed in seeds:
-        task = CartPoleTask()
-        wall, cpu = time.perf_counter(), time.process_time()
-        task.setup(regime, seed, torch.device("cpu"))
-        returns = [task.train_epoch(epoch).metrics["eval_return_mean"] for epoch in range(1, epochs + 1)]
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        finals.append(returns[-1])
-        line = {
-            "seed": seed,
-            "final_return": returns[-1],
-            "best_return": max(returns),
-            "returns": [round(r, 1) for r in returns],
-            "wall_s": round(wall, 1),
-            "cpu_s": round(cpu, 1),
-        }
-        print(json.dumps(line), flush=True)
-    print(
-        f"{len(seeds)} seeds, regime {regime} x {epochs} epochs: final return mean {np.mean(finals):.1f}, "
-        f"min {min(finals):.1f}",
-        flush=True,
-    )
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m tasks.cartpole", description="Baseline PPO on CartPole-v1 over seeds (no agent)."
-    )
-    parser.add_argument("--seeds", type=int, default=5, help="number of seeds, from --seed on (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--regime", choices=sorted(CartPoleTask.regimes), default=CartPoleTask.default_regime)
-    parser.add_argument("--epochs", type=int, default=CartPoleTask.default_epochs)
-    args = parser.parse_args(argv)
-    _baseline(list(range(args.seed, args.seed + args.seeds)), args.regime, args.epochs)
-
-
-if __name__ == "__main__":
-    main()

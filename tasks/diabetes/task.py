@@ -1,43 +1,10 @@
-"""Regression on real tabular data: disease progression of the diabetes set, by a small MLP.
-
-Data: scikit-learn's bundled diabetes set (Efron, Hastie, Johnstone & Tibshirani, "Least Angle
-Regression", Annals of Statistics 32(2), 2004), shipped inside the scikit-learn wheel — no download.
-442 patients × 10 baseline features (age, sex, body-mass index, average blood pressure, six blood-serum
-measurements s1–s6), loaded unscaled (``scaled=False``: years, mg/dL, ...); the target is a
-quantitative measure of disease progression one year after baseline (range 25–346).
-
-Split: a seeded 80/20 split (``train_test_split(test_size=0.2, random_state=seed)``: 353 training,
-89 validation patients). A regime is a training budget — the first ``n`` of a seeded permutation of the
-353, so smaller budgets are nested in larger ones — while validation is always the full 20 %. Features
-and target are standardised with the mean and (population) standard deviation of the training budget
-only. RMSE and MAE are reported in the target's original units.
-
-Reference: ordinary least squares (``sklearn.linear_model.LinearRegression``) fitted once per run on
-exactly the same training budget and feature standardisation, reported every epoch as
-``ols_val_rmse``/``ols_val_r2`` so tables and figures can show it next to the MLP. On these splits least
-squares reaches validation R² 0.33–0.44; the MLP under its default knobs peaks near it within a few dozen
-epochs and then overfits — room for a controller.
-
-Randomness: the split and budget come from ``seed`` through scikit-learn and numpy; the initial weights from
-``seed`` under a forked global torch RNG; batch order and dropout masks from the task's own generators. So
-the task neither reads nor advances any global RNG stream, and a checkpoint holds all it needs.
-
-Threads: the task runs torch with ``torch_threads`` (default 1) intra-op threads inside its methods and
-restores the process's count on the way out. Its tensors are tiny (128 × 64); thread hand-offs cost more
-than they save (measured on 2 busy cores: 100 epochs in 0.5 s on one thread, 27 s on two), and a fixed
-count keeps float reductions — and so resumed runs — bit-identical.
-
-Run ``python -m tasks.diabetes`` for the baseline table (per seed: OLS R², the MLP's best-epoch and
-final-epoch R², wall time).
-"""
+"""The diabetes task behind the task seam: :class:`DiabetesRegression` (see ``tasks.diabetes`` for the data,
+the split, the reference and the randomness)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import time
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -45,111 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from tasks.base import EpochResult, Hyperparameter, Task, cpu_copy, optimizer_state, optimizer_tensors, torch_threads
+from tasks.diabetes.data import load_split, regression_metrics
+from tasks.diabetes.model import Regressor, SeededDropout, make_mlp
 from trainer.blend import BlendedOptimizer
 
-NUM_FEATURES = 10
-VAL_FRACTION = 0.2
 CHECKPOINT_FORMAT = "reflectnet.tasks.diabetes/1"
-
-
-@dataclass(frozen=True)
-class DiabetesSplit:
-    """One seed's split of the diabetes set, in original units (float64).
-
-    ``train_index``/``val_index``: row numbers in ``load_diabetes()``; ``x_*`` [N, 10], ``y_*`` [N].
-    """
-
-    train_index: np.ndarray
-    val_index: np.ndarray
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-
-
-def load_split(seed: int, budget: int) -> DiabetesSplit:
-    """The seeded 80/20 split, the training part cut to its first ``budget`` rows in a seeded order.
-
-    The validation part depends on ``seed`` only, never on ``budget``. Raises ValueError for a budget
-    outside [1, training part].
-    """
-    # scikit-learn costs about a second to import; only a run of this task needs it.
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_diabetes(return_X_y=True, scaled=False)
-    x, y = x.astype(np.float64), y.astype(np.float64)
-    train_part, val_index = train_test_split(np.arange(len(y)), test_size=VAL_FRACTION, random_state=seed)
-    if not 1 <= budget <= len(train_part):
-        raise ValueError(f"a training budget must be in [1, {len(train_part)}], got {budget}")
-    order = np.random.default_rng(seed).permutation(len(train_part))
-    train_index = train_part[order[:budget]]
-    return DiabetesSplit(
-        train_index=train_index,
-        val_index=val_index,
-        x_train=x[train_index],
-        y_train=y[train_index],
-        x_val=x[val_index],
-        y_val=y[val_index],
-    )
-
-
-def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """RMSE and MAE (target units) and R² (1 − SS_res / SS_tot about the target's own mean, as sklearn's
-    ``r2_score``) of predictions ``pred`` [N] against ``target`` [N]."""
-    err = pred - target
-    ss_tot = float(np.sum((target - target.mean()) ** 2))
-    return {
-        "rmse": float(np.sqrt(np.mean(err**2))),
-        "mae": float(np.mean(np.abs(err))),
-        "r2": 1.0 - float(np.sum(err**2)) / ss_tot,
-    }
-
-
-class SeededDropout(torch.nn.Dropout):
-    """Inverted dropout whose masks come from its own ``torch.Generator``, not the global RNG, so a run is
-    reproducible and resumable from the task's own state whatever else draws random numbers in the process.
-
-    ``p`` is read at every forward, so setting it takes effect at the next batch.
-    """
-
-    def __init__(self, p: float, generator: torch.Generator):
-        super().__init__(p)
-        self.generator = generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if self.p >= 1.0:
-            return torch.zeros_like(x)
-        keep = torch.rand(x.shape, generator=self.generator, device=x.device, dtype=x.dtype) >= self.p
-        return x * keep / (1.0 - self.p)
-
-
-def make_mlp(width: int, depth: int, dropout: float, generator: torch.Generator) -> torch.nn.Sequential:
-    """10 → width (→ width)^(depth−1) → 1, ReLU then dropout after each hidden layer.
-
-    Parameter names are stable: with depth 2, ``net.0`` (10→w), ``net.3`` (w→w), ``net.6`` (w→1),
-    ``.weight``/``.bias``; PyTorch's default Linear initialisation (Kaiming-uniform).
-    """
-    layers: list[torch.nn.Module] = []
-    fan_in = NUM_FEATURES
-    for _ in range(depth):
-        layers += [torch.nn.Linear(fan_in, width), torch.nn.ReLU(), SeededDropout(dropout, generator)]
-        fan_in = width
-    layers.append(torch.nn.Linear(fan_in, 1))
-    return torch.nn.Sequential(*layers)
-
-
-class _Regressor(torch.nn.Module):
-    """Holds the MLP as ``net`` so parameter names read ``net.0.weight`` ...; [B, 10] → [B]."""
-
-    def __init__(self, net: torch.nn.Sequential):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
 
 
 class DiabetesRegression(Task):
@@ -230,7 +97,7 @@ class DiabetesRegression(Task):
         self.torch_threads = torch_threads
         self.width = width
         self.depth = depth
-        self._model: _Regressor | None = None
+        self._model: Regressor | None = None
         self._optimizer: BlendedOptimizer | None = None
 
     # -- setup -------------------------------------------------------------------------------------------
@@ -268,7 +135,7 @@ class DiabetesRegression(Task):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = make_mlp(self.width, self.depth, values["dropout"], self.dropout_rng)
-        self._model = _Regressor(net).to(self.device)
+        self._model = Regressor(net).to(self.device)
         adam = torch.optim.Adam(
             self._model.parameters(), lr=values["learning_rate"], weight_decay=values["weight_decay"]
         )
@@ -345,9 +212,8 @@ class DiabetesRegression(Task):
         return dict(self.values)
 
     def set_hyperparameters(self, values: dict[str, float]) -> None:
-        """Learning rate and weight decay into every Adam param group, dropout into every dropout module."""
-        for name in values:
-            self.hyperparameter(name)  # KeyError for a knob this task does not have
+        """Learning rate and weight decay into every Adam param group, dropout into every dropout module. The
+        values are the trainer's, checked against the declarations already (``trainer.contract``)."""
         self.values = {**self.values, **{k: float(v) for k, v in values.items()}}
         for group in self.optimizer.param_groups:
             group["lr"] = self.values["learning_rate"]
@@ -393,57 +259,3 @@ class DiabetesRegression(Task):
         self.order_rng.set_state(tensors["rng.order"])
         self.dropout_rng.set_state(tensors["rng.dropout"])
         self.set_hyperparameters(meta["hyperparameters"])
-
-
-# -- the baseline table ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BaselineRun:
-    """One baseline run (default knobs, no agent): validation R² of OLS and of the MLP per epoch."""
-
-    seed: int
-    ols_r2: float
-    val_r2: list[float]  # per epoch, epoch 1 first
-    seconds: float  # wall time of setup plus training
-
-    @property
-    def best_epoch(self) -> int:
-        """The epoch (from 1) of the lowest validation RMSE — equivalently the highest R² on a fixed split."""
-        return int(np.argmax(self.val_r2)) + 1
-
-    @property
-    def best_r2(self) -> float:
-        return self.val_r2[self.best_epoch - 1]
-
-
-def run_baseline(seed: int, regime: str = "full", epochs: int | None = None) -> BaselineRun:
-    """Train the baseline arm on the CPU: default knobs, alpha 0, no deltas."""
-    started = time.perf_counter()
-    task = DiabetesRegression()
-    task.setup(regime, seed, torch.device("cpu"))
-    val_r2 = [task.train_epoch(epoch).metrics["val_r2"] for epoch in range(1, (epochs or task.default_epochs) + 1)]
-    return BaselineRun(seed=seed, ols_r2=task.ols_val_r2, val_r2=val_r2, seconds=time.perf_counter() - started)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Baseline arm of the diabetes task against least squares.")
-    parser.add_argument("--regime", default=DiabetesRegression.default_regime, choices=list(DiabetesRegression.regimes))
-    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1")
-    parser.add_argument("--epochs", type=int, default=DiabetesRegression.default_epochs)
-    args = parser.parse_args(argv)
-    DiabetesRegression().setup("50", 0, torch.device("cpu"))  # import scikit-learn (seconds) before any clock starts
-    runs = [run_baseline(seed, args.regime, args.epochs) for seed in range(args.seeds)]
-    print("| Seed | OLS val R² | MLP best val R² | Best epoch | MLP final val R² | Wall s |")
-    print("|---|---|---|---|---|---|")
-    for r in runs:
-        print(
-            f"| {r.seed} | {r.ols_r2:.4f} | {r.best_r2:.4f} | {r.best_epoch} | {r.val_r2[-1]:.4f} | {r.seconds:.2f} |"
-        )
-    ols, best, final = (float(np.mean(v)) for v in zip(*[(r.ols_r2, r.best_r2, r.val_r2[-1]) for r in runs]))
-    print(f"| mean | {ols:.4f} | {best:.4f} | | {final:.4f} | {sum(r.seconds for r in runs):.2f} |")
-    print(f"MLP best minus OLS: {best - ols:+.4f} (target: within 0.05)")
-
-
-if __name__ == "__main__":
-    main()

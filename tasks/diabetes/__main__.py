@@ -1,0 +1,5 @@
+"""``python -m tasks.diabetes``: the baseline table (``tasks.diabetes.baseline``)."""
+
+from tasks.diabetes.baseline import main
+
+main()

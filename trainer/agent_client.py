@@ -1,0 +1,77 @@
+"""The trainer's side of the agent: the handshake, one decision per epoch, and the recorded fallback when the agent
+gives none it can use (ARCHITECTURE.md, the epoch protocol)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bus.child import Child
+from bus.liveness import HealthCheck
+from bus.messages import Decision, EpochMetrics, ErrorReply, Hello, Ready, UpdateCommand
+from bus.transport import RequestClient
+from trainer.config import TrainerConfig
+from trainer.contract import check_hyperparameters
+from trainer.modulation import deltas_from_command
+
+
+def fallback_decision(metrics: EpochMetrics, controller: str, reason: str, waited_ms: float = 0.0) -> Decision:
+    """Keep the current knob values with alpha = 0 and no modulation (ARCHITECTURE.md, the epoch protocol); its latency is the time
+    the trainer spent waiting for the agent before falling back (ms)."""
+    return Decision(
+        run_id=metrics.run_id,
+        epoch=metrics.epoch,
+        controller=controller,
+        command=UpdateCommand(hyperparameters=dict(metrics.hyperparameters), alpha=0.0, rationale=f"fallback: {reason}"),
+        valid=False,
+        fallback=True,
+        fallback_reason=reason,
+        latency_ms=waited_ms,
+    )
+
+
+def connect_agent(child: Child, cfg: TrainerConfig, log) -> RequestClient | None:
+    """The agent client (None for the baseline arm), after the handshake; its sockets close at shutdown."""
+    if not cfg.agent_endpoint:
+        return None
+    health = None
+    if cfg.agent_health_endpoint:
+        health = HealthCheck(child.ctx, cfg.agent_health_endpoint)
+        child.on_close.append(health.close)
+    agent = RequestClient(child.ctx, cfg.agent_endpoint, cfg.agent_timeout_ms, cfg.agent_retries, health)
+    child.on_close.append(agent.close)
+    hello = agent.request(Hello(run_id=cfg.run_id, component="trainer"), timeout_ms=cfg.handshake_timeout_ms)
+    if isinstance(hello.reply, Ready):
+        log.info("agent_handshake", agent_pid=hello.reply.pid, attempts=hello.attempts)
+    else:
+        reason = hello.error or f"agent answered {type(hello.reply).__name__}"
+        log.warning("agent_handshake_failed", error=reason, attempts=hello.attempts)
+    return agent
+
+
+def ask_agent(
+    agent: RequestClient, metrics: EpochMetrics, controller: str, model, log
+) -> tuple[Decision, dict[str, torch.Tensor]]:
+    """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
+    log.info("agent_asked", epoch=metrics.epoch)
+    started = time.perf_counter()
+    outcome = agent.request(metrics)
+    waited_ms = (time.perf_counter() - started) * 1000.0
+    reply = outcome.reply
+    if reply is not None and outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
+        log.warning("agent_retried", epoch=metrics.epoch, attempts=outcome.attempts)
+    if reply is None:
+        reason = f"agent: {outcome.error} after {outcome.attempts} attempt(s)"
+    elif isinstance(reply, ErrorReply):
+        reason = f"agent error: {reply.reason}"
+    elif not isinstance(reply, Decision) or (reply.run_id, reply.epoch) != (metrics.run_id, metrics.epoch):
+        reason = f"agent answered {type(reply).__name__} for another request"
+    else:
+        try:
+            check_hyperparameters(metrics.task, reply.command.hyperparameters)
+            return reply, deltas_from_command(reply.command, model)
+        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a delta of strings that pydantic let through
+            reason = f"trainer refused the command: {exc}"
+    log.warning("fallback", epoch=metrics.epoch, reason=reason, waited_ms=round(waited_ms))
+    return fallback_decision(metrics, controller, reason, waited_ms), {}

@@ -1,0 +1,99 @@
+"""The user's instructions as the trainer carries them: the schedule given before the run, what is said during it
+(``run.py say``, through a PULL socket), which one is in force for each decision, and their records."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import zmq
+
+from bus.child import Child
+from bus.messages import (
+    BusDecodeError,
+    Decision,
+    DecisionRecord,
+    Instruction,
+    InstructionRecord,
+    InstructionUpdate,
+    ReflectionRecord,
+    decode,
+)
+from trainer.config import ScheduledInstruction, TrainerConfig
+
+if TYPE_CHECKING:
+    from trainer.process import Carry
+
+
+def active_entry(schedule: list[ScheduledInstruction], epoch: int) -> int | None:
+    """The index of the schedule entry in force for the decision after ``epoch``: the last one due by then."""
+    due = [i for i, entry in enumerate(schedule) if entry.from_epoch <= epoch]
+    return due[-1] if due else None
+
+
+class InstructionInbox:
+    """The trainer's PULL socket for instructions given during the run (``run.py say``, pushed by the
+    orchestrator); without an endpoint it is always empty."""
+
+    def __init__(self, child: Child, endpoint: str | None):
+        self.socket = None
+        if endpoint is not None:
+            self.socket = child.ctx.socket(zmq.PULL)
+            self.socket.setsockopt(zmq.LINGER, 0)
+            child.on_close.append(self.socket.close)
+            self.socket.bind(endpoint)
+
+    def updates(self, run_id: str, log) -> list[InstructionUpdate]:
+        """Every update waiting now for this run, oldest first; anything else is logged and dropped."""
+        found = []
+        while self.socket is not None and self.socket.poll(0, zmq.POLLIN):
+            try:
+                update = decode(self.socket.recv_multipart())
+            except BusDecodeError as exc:
+                log.warning("bad_frame", reason=exc.reason, socket="instructions")
+                continue
+            if isinstance(update, InstructionUpdate) and update.run_id == run_id:
+                found.append(update)
+            else:
+                log.warning("bad_frame", reason=f"not an instruction for {run_id}: {update.TOPIC}", socket="instructions")
+        return found
+
+
+def update_instruction(cfg: TrainerConfig, carry: Carry, epoch: int, said: list[InstructionUpdate]) -> list:
+    """Make the instruction in force for this epoch's decision the active one — the scheduled one due now, then
+    what was said since the last decision (the latest wins) — and return the record of a new one."""
+    index = active_entry(cfg.instructions, epoch)
+    changed = index != carry.instruction_index
+    if changed:
+        carry.instruction_index = index
+        entry = cfg.instructions[index] if index is not None else None
+        carry.instruction = None
+        if entry is not None and entry.text is not None:  # else nothing given yet, or withdrawn
+            carry.instruction = Instruction(instruction_id=f"{cfg.run_id}-{index}", text=entry.text,
+                                            source=entry.source, received_at=time.time())  # fmt: skip
+    if said:
+        changed, carry.instruction = True, said[-1].instruction
+    if not changed:
+        return []
+    carry.instruction_shaped = False
+    return [InstructionRecord(run_id=cfg.run_id, instruction=carry.instruction)] if carry.instruction else []
+
+
+def decision_records(cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool) -> list:
+    """The records of one decision: the instruction's first shaped epoch (only for a decision that read it — a
+    fallback did not, so the instruction is still to be carried out at the next one), the decision naming the
+    instruction in force, and the reflection it carried."""
+    records: list = [] if decision.fallback else shaped_record(cfg, carry, epoch)
+    instruction_id = carry.instruction.instruction_id if carry.instruction else None
+    records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id))
+    if decision.reflection is not None:
+        records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
+    return records
+
+
+def shaped_record(cfg: TrainerConfig, carry: Carry, epoch: int) -> list[InstructionRecord]:
+    """The instruction's record with ``first_epoch``, once: when the first decision is made with it."""
+    if carry.instruction is None or carry.instruction_shaped:
+        return []
+    carry.instruction_shaped = True
+    return [InstructionRecord(run_id=cfg.run_id, instruction=carry.instruction, first_epoch=epoch)]
