@@ -7,7 +7,7 @@ order, cross-entropy with label smoothing. An epoch over the full budget takes a
 
 Nothing of ReflectNet is edited to steer it. With the repository root on ``PYTHONPATH``::
 
-    python run.py --task examples.momentum_task:MomentumDigits --controller heuristic \\
+    python run.py --task examples.momentum_task:MomentumDigits --controller llm \\
         --instruction "raise the momentum"
 
 The knobs' ``family`` and ``aliases`` are what the instruction reader and the rules go by: "raise the momentum"

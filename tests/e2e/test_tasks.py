@@ -126,24 +126,27 @@ def test_a_task_that_omits_its_objective_fails_its_run_with_the_reason(tmp_path)
 
 
 OUTSIDE_CONTROLLER = '''
-import json
-
-from agents.controllers import ControllerAnswer
+from agents.controllers import Proposal
 
 
-class HalvingPolicy:
-    """Halves the learning rate after every epoch, keeps the other knobs."""
+class ScalingPolicy:
+    """Multiplies the learning rate by ``factor`` after every epoch, keeps the other knobs."""
 
-    name = "halving"
+    def __init__(self, name, factor):
+        self.name, self.factor = name, factor
 
     def propose(self, state):
         m = state["metrics"]
-        knobs = {**m.hyperparameters, "learning_rate": m.hyperparameters["learning_rate"] / 2}
-        return ControllerAnswer(json.dumps({**knobs, "alpha": m.alpha, "rationale": f"halve it after {m.epoch}"}))
+        knobs = {**m.hyperparameters, "learning_rate": m.hyperparameters["learning_rate"] * self.factor}
+        return Proposal(knobs, m.alpha, rationale=f"scale it by {self.factor} after {m.epoch}")
 
 
 def make_controller(cfg):
-    return HalvingPolicy()
+    return ScalingPolicy("halving", 0.5)
+
+
+def make_tenfold(cfg):
+    return ScalingPolicy("tenfold", 10.0)
 '''
 
 
@@ -159,3 +162,28 @@ def test_a_controller_from_a_module_outside_reflectnet_steers_a_run(tmp_path):
     assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4])  # each decision applied at the next epoch
     decisions = query(db, "SELECT controller, valid, fallback FROM decisions ORDER BY epoch")
     assert decisions == [("halving", True, False)] * 4
+
+
+def test_a_proposal_from_outside_is_clamped_like_the_builtins_and_recorded(tmp_path):
+    (tmp_path / "userctl.py").write_text(textwrap.dedent(OUTSIDE_CONTROLLER))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    db, out = tmp_path / "t.duckdb", tmp_path / "runs"
+    result = run_py("--task", "diabetes", "--regime", "50", "--epochs", "3", "--arms", "guided", "--controller",
+                    "userctl:make_tenfold", "--db", str(db), "--out", str(out), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lrs = [lr for (lr,) in query(db, "SELECT lr FROM epochs ORDER BY epoch")]
+    assert lrs == pytest.approx([1e-3, 3e-3, 9e-3])  # x10 proposed, x3 at most per decision (the trust region)
+    clamps = query(db, "SELECT valid, clamped->'learning_rate'->>'from', raw_output::JSON->>'learning_rate' FROM decisions "
+                       "WHERE epoch = 1")  # fmt: skip
+    assert clamps[0][0] is True and float(clamps[0][1]) == pytest.approx(1e-2) == float(clamps[0][2])
+
+
+def test_a_plugin_tasks_new_knob_is_steered_by_an_instruction_with_no_edit(tmp_path):
+    db, out = tmp_path / "m.duckdb", tmp_path / "runs"
+    result = run_py("--task", "examples.momentum_task:MomentumDigits", "--regime", "500", "--epochs", "2", "--arms",
+                    "guided", "--controller", "llm", "--instruction", "raise the momentum", "--db", str(db),
+                    "--out", str(out), timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    momentum = [m for (m,) in query(db, "SELECT (hyperparameters->>'momentum')::DOUBLE FROM epochs ORDER BY epoch")]
+    assert momentum[1] > momentum[0]
+    assert query(db, "SELECT choice, instruction_outcome FROM decisions WHERE epoch = 1") == [("momentum:up", "followed")]

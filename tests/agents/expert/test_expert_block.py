@@ -197,3 +197,23 @@ def test_the_benchmark_battery_is_large_and_every_state_exists():
     assert {case.state for case in CASES} <= set(STATES)
     for i, case in enumerate(CASES):  # every case builds a valid state for its task
         assert case_metrics(case, i).task.name == case.task
+
+
+def test_a_plugin_tasks_knobs_are_read_and_moved_by_what_they_declare():
+    """Knobs ReflectNet has never seen (examples/momentum_task.py): named by their name or declared alias, moved by
+    goals through their family, with no edit to the reader or the candidates."""
+    import time
+
+    from tasks.registry import make_task
+    from tests.helpers import metrics_from
+
+    spec = make_task("examples.momentum_task:MomentumDigits").spec()
+    assert read_instruction("more beta please", spec).moves[0].knob == "momentum"
+    assert read_instruction("reduce overfitting", spec).goal_moves == (("label_smoothing", 1), ("learning_rate", -1))
+    values = {k.name: k.default for k in spec.hyperparameters}
+    scores = [{"train_loss": 1.0, "val_loss": 1.0, "val_acc": acc} for acc in (0.5, 0.6)]
+    for text, key in [("raise the momentum", "momentum:up"), ("it overfits, regularize", "label_smoothing:up")]:
+        m = metrics_from(spec, scores, values).model_copy(
+            update={"instruction": Instruction(instruction_id="i", text=text, source="flag", received_at=time.time())}
+        )
+        assert plan_decision(m).candidates[0].key == key
