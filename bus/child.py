@@ -31,6 +31,7 @@ EXIT_FAILED = 1  # a failure the process reported in one line (a resume may help
 EXIT_BIND_FAILED = 2  # an endpoint could not be bound
 EXIT_ORPHANED = 3  # the orchestrator died; the process stopped on its own
 EXIT_DATA_UNAVAILABLE = 4  # the task's data cannot be had: --resume cannot help until it is fixed
+EXIT_TASK_BROKEN = 5  # the task broke its declaration (trainer.contract): its code must be fixed before a resume
 EXIT_DATABASE_UNUSABLE = 65  # the recorder cannot use the database file (EX_DATAERR): restarting it cannot help
 EXIT_CONFIG_INVALID = 78  # the process cannot be built from its config (EX_CONFIG), e.g. a controller's factory
 #                           raised: restarting it cannot help

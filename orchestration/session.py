@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agents.controllers import resolve_controller
 from agents.config import LLMSettings
-from bus.child import EXIT_DATA_UNAVAILABLE
+from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_TASK_BROKEN
 from orchestration.cli import CliError
 from orchestration.configs import llm_settings
 from orchestration.planning import (
@@ -120,7 +120,7 @@ def report_outcome(spec: RunSpec, arms: list[Arm]) -> None:
     for arm in arms:
         if arm.replay_of and arm.status == "completed":
             print(compare_replay(spec.db, arm.replay_of, arm.run_id))
-        if arm.status in ("failed", "interrupted") and arm.exit_code != EXIT_DATA_UNAVAILABLE:
+        if arm.status in ("failed", "interrupted") and arm.exit_code not in (EXIT_DATA_UNAVAILABLE, EXIT_TASK_BROKEN):
             print(resume_hint(spec, arm))
 
 

@@ -21,7 +21,14 @@ from model_server.manager import HangProbe, LLMServerError, LocalLLMServer
 from bus.liveness import LivenessProbe
 from bus.messages import ControlReply, ControlRequest, Hello, Ready
 from bus.transport import RecordSender, RequestClient
-from bus.child import EXIT_CONFIG_INVALID, EXIT_DATA_UNAVAILABLE, EXIT_DATABASE_UNUSABLE, EXIT_INTERRUPTED, EXIT_OK
+from bus.child import (
+    EXIT_CONFIG_INVALID,
+    EXIT_DATA_UNAVAILABLE,
+    EXIT_DATABASE_UNUSABLE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TASK_BROKEN,
+)
 
 STARTUP_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
@@ -67,6 +74,8 @@ class ChildExit:
             return None
         if self.code == EXIT_DATA_UNAVAILABLE:  # --resume cannot help: the data must be fixed first
             return "data_error: the task's data is unavailable (see the trainer's message)"
+        if self.code == EXIT_TASK_BROKEN:  # nor here: the task's code must be fixed first
+            return "task_error: the task broke its declaration (see the trainer's message)"
         return f"{self.name} exit code {self.code}"
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_OK, EXIT_ORPHANED, Child, run_child
+from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_OK, EXIT_ORPHANED, EXIT_TASK_BROKEN, Child, run_child
 from bus.messages import (
     Decision,
     EpochMetrics,
@@ -227,7 +227,7 @@ def train(cfg: TrainerConfig, child: Child) -> int:
         child.log.info("training_started", task=cfg.task, regime=cfg.regime, epochs=cfg.epochs, device=str(device))
         return run_epochs(cfg, task, carry, agent, inbox, child.sender, child.log, child.orphaned)
     except TaskContractError as exc:  # the task's defect, not ours: one line saying what it broke, no traceback
-        return child.fail(str(exc), task=cfg.task)
+        return child.fail(str(exc), EXIT_TASK_BROKEN, task=cfg.task)
     except Exception as exc:  # a task (maybe a user's) may raise anything: one line and a failed run, resumable
         return child.fail(f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=8))
 

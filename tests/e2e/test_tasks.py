@@ -119,7 +119,9 @@ def test_a_task_that_omits_its_objective_fails_its_run_with_the_reason(tmp_path)
     reason = "task 'linefit' at epoch 1: its metrics lack the objective 'val_mse' (it reported train_mse)"
     assert result.returncode == 1
     assert f"trainer failed: {reason}\n" in result.stderr and "Traceback" not in result.stderr, result.stderr
-    assert query(db, "SELECT status FROM runs") == [("failed",)]
+    assert query(db, "SELECT status, status_reason FROM runs") == [
+        ("failed", "task_error: the task broke its declaration (see the trainer's message)")]  # fmt: skip
+    assert "--resume" not in result.stdout  # the task must be fixed first
     assert query(db, "SELECT count(*) FROM epochs") == [(0,)]  # the broken epoch is not recorded
     events = query(db, "SELECT level, data->>'error' FROM events WHERE event = 'trainer_failed'")
     assert events == [("error", reason)]
