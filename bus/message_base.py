@@ -9,7 +9,8 @@ from pydantic import BaseModel
 
 from bus.task_spec import MODEL_CONFIG
 
-SCHEMA_VERSION = 2  # 2: task-agnostic metrics, objective and hyperparameters by name (issue 12)
+# 2: task-agnostic metrics, objective and hyperparameters by name (issue 12); 3: a knob's family, aliases, label
+SCHEMA_VERSION = 3
 
 # Hard bounds of the blend ratio: the one knob every task has (the trainer's, not the task's).
 ALPHA_RANGE = (0.0, 1.0)
