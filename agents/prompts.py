@@ -284,3 +284,11 @@ CHOICE_INSTRUCTIONS = (
     "Choose one of these actions for the next epoch and say why in one sentence about this epoch's numbers. "
     'Answer with JSON only: {"choice": <action key>, "rationale": <sentence>}.'
 )
+
+
+# The subject and verb of each signal's reason; {better}/{worse} say how the objective moved in its mode's terms.
+SIGNAL_OPENINGS = {"steady": "{objective} {better}", "plateau": "{objective} has not", "diverging": "{objective} {worse}",
+                   "overfitting": "{train}", "settling": "the last change", "unclear": "{objective} moved"}  # fmt: skip
+# How a candidate action reads to the model that scores it: a log-scale knob's usual factors have their own verb.
+FACTOR_PHRASES = ((0.5, "halve {}"), (2.0, "double {}"), (1 / 3, "cut {} to a third"), (3.0, "triple {}"))
+HOLD_PHRASE = "keep every hyperparameter as it is"

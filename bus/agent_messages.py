@@ -45,7 +45,7 @@ class UpdateCommand(BaseModel):
     """A validated command as the trainer applies it at the next epoch boundary (paper 2.3).
 
     ``hyperparameters``: the task's knobs by name (``TaskSpec.hyperparameters``), each inside its hard
-    bounds (the validator clamps; the trainer refuses anything else). ``weight_modulation`` maps a
+    bounds (the agent's checks refuse anything else, and so does the trainer). ``weight_modulation`` maps a
     parameter name to a delta of exactly that parameter's shape, as nested lists (the paper's raw form);
     ``weight_ops`` are compact operations (see ``WeightOp``). The trainer spreads each delta over the
     epoch's optimizer steps so that one epoch adds ``alpha * delta`` in total.

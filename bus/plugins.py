@@ -21,7 +21,7 @@ class PluginError(ValueError):
     """A plugin name that cannot be resolved or built; the message is one line saying what was tried."""
 
 
-def first_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """``"Type: first line of the message"``: how a plugin's own error is reported."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
@@ -58,7 +58,7 @@ class PluginKind:
                 try:
                     return ep.load()
                 except Exception as exc:  # a user's package may raise anything on import
-                    raise self.error(f"cannot load {self.kind} {name!r} ({ep.value}): {first_line(exc)}") from None
+                    raise self.error(f"cannot load {self.kind} {name!r} ({ep.value}): {error_line(exc)}") from None
         if ":" in name:
             return self.load_reference(name, name)
         raise self.error(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}; or use {self.reference}")
@@ -70,7 +70,7 @@ class PluginKind:
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # ImportError, or whatever the user's module raises on import
-            raise self.error(f"cannot load {self.kind} {name!r}: {first_line(exc)}") from None
+            raise self.error(f"cannot load {self.kind} {name!r}: {error_line(exc)}") from None
         if not hasattr(module, attribute):
             raise self.error(f"cannot load {self.kind} {name!r}: module {module_name!r} has no attribute {attribute!r}")
         return getattr(module, attribute)
@@ -87,4 +87,4 @@ class PluginKind:
         try:
             return factory(*args, **kwargs)
         except Exception as exc:  # a user's factory may raise anything
-            raise self.error(f"{self.kind} {name!r} could not be built: {first_line(exc)}") from None
+            raise self.error(f"{self.kind} {name!r} could not be built: {error_line(exc)}") from None

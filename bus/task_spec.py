@@ -14,8 +14,9 @@ Mode = Literal["max", "min"]
 # regularization knob) and the rule policies (a plateau lowers the learning rate) act on families, not on names,
 # so a user's task is steered without an edit to ReflectNet. "other": a knob no goal or rule moves by itself.
 Family = Literal["learning_rate", "regularization", "exploration", "clipping", "other"]
-# The family of a knob that declares none, by the field's usual names (a task written before families existed
-# keeps its rules: its "learning_rate" is still lowered on a plateau).
+# The family of a knob that declares none, by the field's usual names: the built-in tasks' knobs get theirs this
+# way, and a task written before families existed keeps its rules (its "learning_rate" is still lowered on a
+# plateau).
 USUAL_FAMILIES: dict[str, Family] = {
     "learning_rate": "learning_rate", "lr": "learning_rate", "dropout": "regularization",
     "weight_decay": "regularization", "ent_coef": "exploration", "clip_range": "clipping",
@@ -84,10 +85,11 @@ class Hyperparameter(BaseModel):
             raise ValueError(f"{self.name}: a linear knob needs step > 0 and max_change > 0")
         return self
 
-    def words(self) -> tuple[str, ...]:
+    def vocabulary(self) -> tuple[str, ...]:
         """Every way an instruction may name this knob, lower case: its name with underscores as spaces, its name
         as written, then its aliases."""
-        return tuple(dict.fromkeys((self.name.replace("_", " "), self.name, *(a.lower() for a in self.aliases))))
+        name = self.name.lower()
+        return tuple(dict.fromkeys((name.replace("_", " "), name, *(a.lower() for a in self.aliases))))
 
     def prose(self) -> str:
         """How a sentence names this knob: its ``label``, else its name with underscores as spaces."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 from pydantic import ValidationError
 
-from agents.config import AgentConfig
+from agents.config import AgentConfig, upgrade_recorded_agent
 from orchestration.cli import CliError
 from orchestration.spec import RunSpec
 from storage import queries
@@ -75,7 +75,7 @@ def plan_resume(spec: RunSpec) -> Arm:
     trainer = recorded_trainer(spec.resume, config, "--resume")
     if config.get("agent"):
         try:
-            AgentConfig.model_validate(config["agent"])  # its controller must still resolve
+            AgentConfig.model_validate(upgrade_recorded_agent(config["agent"]))  # its controller must still resolve
         except ValueError as exc:
             raise CliError(f"--resume: run {spec.resume!r} has an agent this installation cannot start: "
                            f"{_first_error(exc)}") from None  # fmt: skip

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from agents.controllers import resolve_controller
-from agents.config import LLMSettings
+from agents.config import LLMSettings, upgrade_recorded_agent
 from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_TASK_BROKEN
 from orchestration.cli import CliError
 from orchestration.configs import llm_settings
@@ -37,7 +37,8 @@ def plan(spec: RunSpec) -> tuple[list[Arm], LLMSettings | None]:
     if spec.resume:
         arm = plan_resume(spec)
         agent = arm.recorded["agent"]
-        return [arm], LLMSettings.model_validate(agent["llm"]) if agent and agent.get("llm") else None
+        llm = upgrade_recorded_agent(agent)["llm"] if agent and agent.get("llm") else None
+        return [arm], LLMSettings.model_validate(llm) if llm else None
     uses_llm = {c: resolve_controller(c).uses_llm for c in spec.controllers if c != "none"}
     task = TaskIdentity(task_class(spec.task, spec.task_options).name, training_defaults(spec.task))
     arms = plan_arms(spec, task, read_recorded_runs(spec.db), uses_llm)

@@ -4,7 +4,7 @@ metrics a task hands back.
 Knobs: every value the trainer sets — the run's initial values, the agent's command, a checkpoint's — goes
 through :func:`set_hyperparameters`, which checks each one with the declared knob's
 :meth:`~bus.task_spec.Hyperparameter.check` first; tasks apply values and check nothing. The trainer never
-trusts the bus: the agent's validator clamps into the bounds already, so a refusal here means a defect or a
+trusts the bus: the agent's checks refuse values outside the bounds already, so a refusal here means a defect or a
 foreign peer.
 
 Metrics: after each epoch, :func:`check_epoch_result` refuses a result whose objective is missing, NaN or

@@ -23,6 +23,7 @@ MIN_LR = 1e-5  # the rules never lower a learning rate below this (nor below the
 # objective: a gap 15 times the smallest change the task calls real (0.03 for MNIST's band of 0.002,
 # the rule's original threshold; 7.5 RMSE for the diabetes task's band of 0.5).
 GAP_NOISE_BANDS = 15
+DIVERGING_BANDS = 10  # the objective worsened by this many noise bands in one epoch: the run is diverging
 # The rules never raise a regularization knob above this (nor above its high): dropout beyond 0.5 starves the
 # paper's small CNN. Knobs of a smaller range (weight decay, at most 0.1) stop at their own bound.
 MAX_RULE_REGULARIZATION = 0.5

@@ -28,6 +28,7 @@ from agents.controllers.rules import evidence_bounds, learning_rate_knob
 from agents.expert.evidence import Signal, read_signal
 from agents.expert.instructions import ALPHA, Intent, Move, goal_moves, moved_value, read_instruction
 from agents.expert.outcome import moves_against_instruction
+from agents.prompts import FACTOR_PHRASES, HOLD_PHRASE
 from agents.proposals.proposal import WeightChange
 from agents.trends import current_values, weight_layers
 from bus.messages import EpochMetrics, Hyperparameter
@@ -69,7 +70,7 @@ def move_text(old: float, new: float, knob: Hyperparameter) -> str:
     this text; the numbers are in :func:`change_text`)."""
     if knob.scale == "log" and old > 0:
         ratio = new / old
-        for factor, words in ((0.5, "halve {}"), (2.0, "double {}"), (1 / 3, "cut {} to a third"), (3.0, "triple {}")):
+        for factor, words in FACTOR_PHRASES:
             if math.isclose(ratio, factor, rel_tol=1e-3):
                 return words.format(knob.prose())
     return f"{'raise' if new > old else 'lower'} {knob.prose()}"
@@ -88,7 +89,7 @@ def weight_operation(m: EpochMetrics, move: Move) -> tuple[WeightChange, str, st
         value, what = round(1 + move.direction * move.amount, 4), "shrink" if move.direction < 0 else "grow"
     where = "last" if move.layer == weight_layers(m)[-1] else move.layer.rsplit(".", 1)[0]
     return (
-        WeightChange(move.layer, move.op, value),
+        WeightChange(move.layer, move.op, value, key="scale" if move.op == "noise" else "factor"),
         f"{what} the weights of the {where} layer",
         f"{move.op} {move.layer} {value:.3g}",
     )
@@ -140,7 +141,7 @@ def apply_moves(m: EpochMetrics, moves: tuple[Move, ...], evidence: bool = False
 
 def hold_candidate(m: EpochMetrics, reason: str) -> Candidate:
     """The candidate that changes nothing."""
-    return Candidate("hold", "keep every hyperparameter as it is", current_values(m), m.alpha, (), reason, "no change")
+    return Candidate("hold", HOLD_PHRASE, current_values(m), m.alpha, (), reason, "no change")
 
 
 def goal_candidates(m: EpochMetrics, goal: str, reason: str, evidence: bool = False) -> list[Candidate]:
@@ -208,6 +209,3 @@ def plan_decision(m: EpochMetrics) -> Plan:
         tuple(found or [hold_candidate(m, f"{signal.reason}; the instruction in force rules out the rest")]),
         "evidence",
     )
-
-
-# --------------------------------------------------------------------------- judging a command against the instruction

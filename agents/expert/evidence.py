@@ -9,11 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from agents.controllers.rules import PLATEAU_EPOCHS, gap_widening, on_plateau
+from agents.controllers.rules import DIVERGING_BANDS, PLATEAU_EPOCHS, gap_widening, on_plateau
 from agents.trends import Trends, training_trends
 from bus.messages import EpochMetrics
-
-DIVERGING_BANDS = 10  # the objective worsened by this many noise bands in one epoch: the run is diverging
 
 
 SignalKind = Literal["diverging", "plateau", "overfitting", "steady", "unclear", "start", "settling"]
@@ -41,7 +39,7 @@ def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
     """The unambiguous signals first: a diverging objective (not finite, or worse by :data:`DIVERGING_BANDS`
     noise bands in one epoch); then, unless the knobs changed fewer than :data:`PLATEAU_EPOCHS` epochs ago
     (``settling``: a change is given time to act, as ``ReduceLROnPlateau``'s cooldown), a widening
-    generalization gap beyond :data:`GAP_NOISE_BANDS` bands, a plateau (no new best for
+    generalization gap beyond :data:`~agents.controllers.rules.GAP_NOISE_BANDS` bands, a plateau (no new best for
     :data:`PLATEAU_EPOCHS` epochs since the best and since the last change), steady gains (a new best, beyond
     the noise band, this epoch); else ``unclear`` (``start`` at the first epoch)."""
     spec, t = m.task, t or training_trends(m)

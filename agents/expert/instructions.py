@@ -13,12 +13,12 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from agents.proposals.parse import ALPHA
 from agents.trends import step_digits
 from bus.messages import Hyperparameter, TaskSpec
 
-ALPHA = "alpha"
 # How instructions name alpha, ReflectNet's own blend ratio. A task's knobs are named by their own name and the
-# aliases the task declares (``Hyperparameter.words``): nothing here knows a task's knobs.
+# aliases the task declares (``Hyperparameter.vocabulary``): nothing here knows a task's knobs.
 ALPHA_WORDS = ("alpha", "blend ratio", "blend")
 DOWN_WORDS = (
     r"lower|lowering|reduce|reducing|decrease|decreasing|cut|cutting|halve|halving|half|drop|dropping|shrink|"
@@ -120,7 +120,7 @@ class Intent:
 def knob_spans(clause: str, spec: TaskSpec) -> list[tuple[int, int, str]]:
     """Where ``clause`` names the task's knobs (and ``alpha``): (start, end, name), in order; a longer name wins
     over its parts ("weight decay" over "decay")."""
-    named = [(knob.name, knob.words()) for knob in spec.hyperparameters] + [(ALPHA, ALPHA_WORDS)]
+    named = [(knob.name, knob.vocabulary()) for knob in spec.hyperparameters] + [(ALPHA, ALPHA_WORDS)]
     phrases = sorted(((phrase, name) for name, words in named for phrase in words), key=lambda p: -len(p[0]))
     spans: list[tuple[int, int, str]] = []
     for phrase, name in phrases:

@@ -3,9 +3,7 @@ Recorded for every controller (``decisions.instruction_outcome``, ``decisions.he
 
 from __future__ import annotations
 
-from typing import Literal
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from agents.expert.instructions import ALPHA, Intent, asked_directions, moved_value, read_instruction, target_direction
 from agents.trends import current_values, weight_layers

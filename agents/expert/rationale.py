@@ -7,16 +7,12 @@ import math
 import re
 
 from agents.expert.candidates import Plan
+from agents.prompts import SIGNAL_OPENINGS
 from agents.trends import training_trends
 from bus.messages import EpochMetrics
 
 MIN_RATIONALE_WORDS = 4
 COPY_WORDS = 6  # a rationale sharing a run of this many words with the prompt is copied, not the model's own
-
-
-# The subject and verb of each signal's reason; {better}/{worse} say how the objective moved in its mode's terms.
-SIGNAL_OPENINGS = {"steady": "{objective} {better}", "plateau": "{objective} has not", "diverging": "{objective} {worse}",
-                   "overfitting": "{train}", "settling": "the last change", "unclear": "{objective} moved"}  # fmt: skip
 
 
 def reason_opening(m: EpochMetrics, plan: Plan) -> str:

@@ -28,7 +28,10 @@ def controller_node(policy: Policy) -> Callable[[AgentState], dict]:
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         attempt = state.get("attempts", 0) + 1
         if isinstance(answer, Proposal):
-            return _proposal_update(state, answer, attempt, elapsed_ms)
+            try:
+                return _proposal_update(state, answer, attempt, elapsed_ms)
+            except (TypeError, ValueError) as exc:  # a user's proposal that cannot even be written down
+                answer = ControllerAnswer("", error=f"{type(exc).__name__}: {policy.name}'s proposal: {exc}"[:1000])
         update = {
             "proposal": None,
             "raw_output": answer.text,

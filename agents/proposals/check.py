@@ -13,14 +13,15 @@ repair keeps them). :func:`validate_answer` is the whole path for an answer text
 from __future__ import annotations
 
 import math
+import numbers
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from agents.proposals.parse import ALPHA, OP_VALUE_KEYS, parse_answer, required_fields
-from agents.proposals.proposal import Proposal, WeightChange
+from agents.proposals.parse import ALPHA, MAX_IGNORED_FIELDS, OP_VALUE_KEYS, parse_answer, required_fields
+from agents.proposals.proposal import NOT_GIVEN, Proposal, WeightChange
 from agents.trends import current_values
 from bus.messages import ALPHA_RANGE, MAX_OP_FRACTION, EpochMetrics, UpdateCommand, WeightOp
 
@@ -101,8 +102,8 @@ def _hard_bounds(m: EpochMetrics) -> dict[str, tuple[float, float]]:
 
 def _check_number(name: str, value: Any, m: EpochMetrics, clamped: dict, errors: list[str]) -> float | None:
     """``value`` as a float inside :func:`allowed_ranges` (clamped there and recorded), or None with an error: not
-    a number, not finite, or outside the hard bounds (for a knob, ``Hyperparameter.check``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    a number, not finite, or outside the hard bounds. Any real number counts (numpy's scalars too), not a bool."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         errors.append(f"{name} must be a number, got {type(value).__name__} {str(value)[:40]!r}")
         return None
     try:
@@ -130,7 +131,7 @@ def _check_op(change: WeightChange, m: EpochMetrics, clamped: dict, errors: list
         errors.append(f"operation on {layer!r} must have op one of {sorted(OP_VALUE_KEYS)}, got {str(op)[:40]!r}")
         return None
     key, value = OP_VALUE_KEYS[op], change.value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         errors.append(f"{op} on {layer!r} needs a number {key!r}, got {str(value)[:40]!r}")
         return None
     if isinstance(value, int) and abs(value) > 1e6:  # also keeps huge integers away from float()
@@ -153,7 +154,7 @@ def _seed(change: WeightChange, m: EpochMetrics, clamped: dict) -> int:
     derived one, and that is recorded as a clamp."""
     derived = zlib.crc32(f"{m.run_id}:{m.epoch}:{change.layer}".encode())
     seed = change.seed
-    if seed is None:
+    if seed is NOT_GIVEN:
         return derived
     if isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED:
         return seed
@@ -225,7 +226,7 @@ def check_proposal(proposal: Proposal, m: EpochMetrics, command_space: str = "fr
     grid = command_space == "grid"
     _check_required(proposal, m, grid, checked)
     _check_weights(proposal, m, grid, checked)
-    _check_rest(proposal, checked)
+    _check_rest(proposal, m.task.knob_names(), checked)
     if not checked.errors:
         checked.command = command_from(checked.partial, m.task.knob_names())
     return checked
@@ -236,7 +237,7 @@ def _check_required(proposal: Proposal, m: EpochMetrics, grid: bool, checked: Ch
     snapped to its choices (by ratio for a log-scale knob); a missing or bad one is an error."""
     choices = grid_choices(m) if grid else {}
     log_scale = {k.name for k in m.task.hyperparameters if k.scale == "log"}
-    given = {**proposal.hyperparameters, **({ALPHA: proposal.alpha} if proposal.alpha is not None else {})}
+    given = {**proposal.hyperparameters, **({ALPHA: proposal.alpha} if proposal.alpha is not NOT_GIVEN else {})}
     for name in required_fields(m):
         if name not in given:
             checked.errors.append(f"missing required field {name!r}")
@@ -262,7 +263,7 @@ def _check_weights(proposal: Proposal, m: EpochMetrics, grid: bool, checked: Che
         checked.partial["weight_ops"] = ops
 
 
-def _check_rest(proposal: Proposal, checked: CheckedAnswer) -> None:
+def _check_rest(proposal: Proposal, knobs: list[str], checked: CheckedAnswer) -> None:
     """The rationale (a string, cut to :data:`MAX_RATIONALE_CHARS`), fields no command has (recorded as
     ``clamped["ignored_fields"]``) and a note naming the fields snapped to the grid."""
     rationale = proposal.rationale
@@ -270,8 +271,10 @@ def _check_rest(proposal: Proposal, checked: CheckedAnswer) -> None:
         checked.errors.append(f"rationale must be a string, got {type(rationale).__name__}")
         rationale = ""
     checked.partial["rationale"] = rationale[:MAX_RATIONALE_CHARS]
-    if proposal.ignored_fields:
-        checked.clamped["ignored_fields"] = list(proposal.ignored_fields)
+    unknown = sorted(set(proposal.hyperparameters) - set(knobs))  # a typed proposal's knobs the task does not have
+    ignored = sorted({*proposal.ignored_fields, *unknown})[:MAX_IGNORED_FIELDS]
+    if ignored:
+        checked.clamped["ignored_fields"] = ignored
     snapped = sorted(name for name, entry in checked.clamped.items() if isinstance(entry, dict) and entry.get("grid"))
     if snapped:
         checked.notes["off_grid"] = (

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agents.proposals.answer_text import find_answer_object
-from agents.proposals.proposal import Proposal, WeightChange
+from agents.proposals.proposal import NOT_GIVEN, Proposal, WeightChange
 from bus.messages import EpochMetrics
 
 ALPHA = "alpha"  # the trainer's blend ratio: every command has it beside the task's knobs
@@ -75,11 +75,15 @@ def weight_changes(raw: Any, errors: list[str]) -> tuple[WeightChange, ...]:
 
 
 def _weight_change(layer: str, spec: Any) -> WeightChange:
+    """A raw delta (anything but an object), or an operation object: its ``op``, its value under the op's own name
+    (``factor``, ``amount``, ``scale``) or ``value``, and its ``seed`` if it gives one (even null: the checker
+    records replacing it)."""
     if not isinstance(spec, dict):
-        return WeightChange(layer, None, spec)
+        return WeightChange(layer, None, spec, is_delta=True)
     op = spec.get("op")
-    key = OP_VALUE_KEYS.get(op, "value") if isinstance(op, str) else "value"
-    return WeightChange(layer, op, number_from_text(spec.get(key, spec.get("value"))), spec.get("seed"))
+    own = OP_VALUE_KEYS.get(op) if isinstance(op, str) else None
+    key = own if own is not None and own in spec else "value"
+    return WeightChange(layer, op, number_from_text(spec.get(key)), spec.get("seed", NOT_GIVEN), key)
 
 
 def proposal_from_object(answer: dict, m: EpochMetrics, notes: dict[str, Any]) -> tuple[Proposal, list[str]]:
@@ -96,7 +100,7 @@ def proposal_from_object(answer: dict, m: EpochMetrics, notes: dict[str, Any]) -
     ignored = sorted(set(answer) - {*required, "weight_modulation", "rationale"})[:MAX_IGNORED_FIELDS]
     proposal = Proposal(
         hyperparameters={name: values[name] for name in m.task.knob_names() if name in values},
-        alpha=values.get(ALPHA),
+        alpha=values.get(ALPHA, NOT_GIVEN),
         weight_changes=changes,
         rationale=answer.get("rationale", ""),
         ignored_fields=tuple(ignored),

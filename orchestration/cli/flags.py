@@ -279,7 +279,7 @@ def _model_behaviour_flags(llm) -> None:
         choices=("auto", "expert", "free"),
         default=model_default("decision"),
         help="'expert': the model chooses among candidate actions derived from the trends and your instruction, "
-        "and says why (agents/expert.py; the rule judges); 'free': the model writes the whole command and judges "
+        "and says why (agents/controllers/expert.py; the rule judges); 'free': the model writes the whole command and judges "
         "(the paper's form); auto: expert for the embedded model, free for an endpoint (default: auto)",
     )
     llm.add_argument(

@@ -70,8 +70,6 @@ class CartPoleTask(Task):
             step=2.0,
             max_change=3.0,
             description="Adam step size of the PPO update, constant within an epoch",
-            family="learning_rate",
-            aliases=("lr", "learning-rate", "step size", "stepsize", "steps", "step", "update size"),
         ),
         Hyperparameter(
             name="ent_coef",
@@ -82,8 +80,6 @@ class CartPoleTask(Task):
             step=0.005,
             max_change=0.01,
             description="weight of the entropy bonus in the PPO loss: higher keeps the policy exploring",
-            family="exploration",
-            aliases=("entropy coefficient", "entropy bonus", "entropy"),
         ),
         Hyperparameter(
             name="clip_range",
@@ -94,8 +90,6 @@ class CartPoleTask(Task):
             step=0.05,
             max_change=0.1,
             description="PPO clip range: how far one update may move the action probabilities (ratio 1 ± clip)",
-            family="clipping",
-            aliases=("clipping range", "clip"),
         ),
     )
 

@@ -58,8 +58,6 @@ class DiabetesRegression(Task):
             step=2.0,
             max_change=3.0,
             description="Adam's step size",
-            family="learning_rate",
-            aliases=("lr", "learning-rate", "step size", "stepsize", "steps", "step", "update size"),
         ),
         Hyperparameter(
             name="dropout",
@@ -70,8 +68,6 @@ class DiabetesRegression(Task):
             step=0.1,
             max_change=0.2,
             description="probability of zeroing each hidden unit during training",
-            family="regularization",
-            aliases=("drop-out", "drop out"),
         ),
         Hyperparameter(
             name="weight_decay",
@@ -82,8 +78,6 @@ class DiabetesRegression(Task):
             step=0.01,
             max_change=0.03,
             description="L2 penalty coefficient added to the gradients (Adam's weight_decay)",
-            family="regularization",
-            aliases=("weight-decay", "l2 penalty", "l2"),
         ),
     )
 

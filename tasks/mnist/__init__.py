@@ -27,8 +27,6 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         step=0.1,
         max_change=0.2,
         description="probability of zeroing each unit of the 128-unit fully connected layer during training",
-        family="regularization",
-        aliases=("drop-out", "drop out"),
     ),
     Hyperparameter(
         name="learning_rate",
@@ -39,8 +37,6 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
         step=2.0,
         max_change=3.0,
         description="Adam's step size",
-        family="learning_rate",
-        aliases=("lr", "learning-rate", "step size", "stepsize", "steps", "step", "update size"),
     ),
 )
 

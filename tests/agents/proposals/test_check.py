@@ -305,3 +305,45 @@ def test_a_typed_proposal_passes_the_same_checks_as_its_text():
         "learning_rate=-1 is not a valid setting: it must lie in [1e-06, 0.1]"
     ]
     assert bad.partial == {"dropout": 0.2, "alpha": 0.4, "rationale": ""}
+
+
+def test_a_proposal_is_recorded_in_the_form_its_policy_would_write():
+    from agents.proposals.proposal import Proposal, WeightChange
+
+    expert = Proposal(
+        {"dropout": 0.2, "learning_rate": 1e-3}, 0.4, (WeightChange("fc.3.weight", "scale", 0.97, key="factor"),), "r"
+    )
+    assert json.loads(expert.answer_text())["weight_modulation"] == [
+        {"layer": "fc.3.weight", "op": "scale", "factor": 0.97}
+    ]
+    replayed = Proposal(
+        {"dropout": 0.2, "learning_rate": 1e-3}, 0.4, (WeightChange("fc.3.weight", "noise", 0.01, 7),), "r"
+    )
+    assert json.loads(replayed.answer_text())["weight_modulation"] == {
+        "fc.3.weight": {"op": "noise", "value": 0.01, "seed": 7}
+    }
+
+
+def test_null_values_and_an_operation_without_op_are_refused_as_such():
+    assert "alpha must be a number, got NoneType" in checked(json.dumps({**GOOD, "alpha": None})).errors[0]
+    no_op = checked(json.dumps({**GOOD, "weight_modulation": {"fc.3.bias": {"value": [0.0] * 10}}}))
+    assert no_op.command is None and "must have op one of ['noise', 'scale', 'shrink'], got 'None'" in no_op.errors[0]
+    null_seed = checked(
+        json.dumps(
+            {**GOOD, "weight_modulation": [{"layer": "fc.3.weight", "op": "noise", "scale": 0.01, "seed": None}]}
+        )
+    )
+    assert null_seed.errors == [] and null_seed.clamped["weight_ops.fc.3.weight.seed"]["from"] == "None"
+
+
+def test_a_typed_proposal_with_numpy_values_and_a_knob_the_task_lacks():
+    import numpy as np
+
+    from agents.proposals.check import check_proposal
+    from agents.proposals.proposal import Proposal
+
+    proposal = Proposal({"dropout": np.float32(0.25), "learning_rate": np.float64(5e-4), "momentum": 0.9}, 0.4)
+    result = check_proposal(proposal, METRICS)
+    assert result.errors == [] and result.command.hyperparameters == {"dropout": 0.25, "learning_rate": 5e-4}
+    assert result.clamped == {"ignored_fields": ["momentum"]}
+    assert json.loads(proposal.answer_text())["dropout"] == 0.25
