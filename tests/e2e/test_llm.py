@@ -115,7 +115,11 @@ def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path)
         server.stop()
     assert result.returncode == 0, result.stderr[-2000:]
     rows = check_every_guided_epoch_has_a_valid_decision(db, 2)
-    assert not any(fallback for *_, fallback, _, _ in rows)
+    # The 135M model in the free form may write a value outside a knob's hard bounds (a learning rate of 1.9):
+    # that is no setting at all, so it goes back to the repairer and, still invalid, to the recorded repair.
+    # Any other fallback would be the endpoint failing.
+    reasons = [reason for (reason,) in query(db, "SELECT fallback_reason FROM decisions WHERE fallback")]
+    assert all("is not a valid setting" in reason for reason in reasons), reasons
     config = json.loads(query(db, "SELECT config FROM runs")[0][0])
     assert config["agent"]["llm"]["provider"] == "openai" and config["agent"]["command_space"] == "free"
     # The key is used, never written down.
