@@ -117,7 +117,7 @@ class Runner:
         self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
         self.running = (arm, trainer)
         if self.steering is not None and trainer.instruction_endpoint is not None:
-            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint)
+            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, declared.spec())
         self.orch.spawn(ChildSpec("trainer", "trainer", trainer, restart=False))
         ended = self.orch.wait("trainer", self.sender)
         self.running = None

@@ -102,6 +102,9 @@ def run_invocation(spec: RunSpec) -> int:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"run directory {run_dir}", flush=True)
+    if any(arm.name == "guided" for arm in todo):
+        for line in instruction_readings(spec):
+            print(line, flush=True)
     runner = Runner(spec, run_dir, settings)
     runner.run(todo)
     report_outcome(spec, arms)
@@ -110,6 +113,21 @@ def run_invocation(spec: RunSpec) -> int:
     if runner.aborted:
         return 1
     return 0 if all(a.status == "completed" for a in arms) else 1
+
+
+def instruction_readings(spec: RunSpec) -> list[str]:
+    """How each instruction of ``--instruction``/``--instructions`` is read for the task, one line each, said back
+    before training starts (``agents.expert.reading``): ``instruction from epoch 1: 'TEXT' -> read as: ...``."""
+    if not any(item.text for item in spec.instructions):
+        return []
+    from agents.expert.reading import read
+
+    task = task_class(spec.task, spec.task_options).spec()
+    return [
+        f"instruction from epoch {item.from_epoch}: {item.text!r} -> {read(item.text, task).said_back(task)}"
+        if item.text else f"instruction from epoch {item.from_epoch}: cleared"
+        for item in spec.instructions
+    ]  # fmt: skip
 
 
 def report_outcome(spec: RunSpec, arms: list[Arm]) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import zmq
 
+from agents.expert.reading import read
+
 from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
 from bus.messages import (
     BusDecodeError,
@@ -28,6 +30,7 @@ from bus.messages import (
     decode,
     encode,
 )
+from bus.task_spec import TaskSpec
 from bus.transport import RequestClient, ipc_endpoint, socket_folder
 from orchestration.cli import CliError
 
@@ -46,17 +49,20 @@ class SteeringService:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.endpoint)
         self.trainers: dict[str, zmq.Socket] = {}
+        self.tasks: dict[str, TaskSpec] = {}  # what each trainer trains: what a ``say`` is read for
         self.running: str | None = None
         info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
                                   guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
         publish(info)
 
-    def trainer_started(self, run_id: str, instruction_endpoint: str) -> None:
-        """Connect to the trainer of guided run ``run_id``; a ``say`` for it goes there from now on."""
+    def trainer_started(self, run_id: str, instruction_endpoint: str, task: TaskSpec) -> None:
+        """Connect to the trainer of guided run ``run_id`` (which trains ``task``); a ``say`` for it goes there
+        from now on, and is read back for that task."""
         push = self.ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 1000)
         push.connect(instruction_endpoint)
         self.trainers[run_id] = push
+        self.tasks[run_id] = task
         self.running = run_id
 
     def trainer_stopped(self, run_id: str) -> None:
@@ -93,8 +99,11 @@ class SteeringService:
                                       source="say", received_at=time.time())  # fmt: skip
         self.trainers[run_id].send_multipart(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
         self.log.info("instruction_said", run_id=run_id, text=request.text)
-        what = "withdrawn" if instruction is None else f"given: {request.text!r}"
-        return SayReply(ok=True, run_id=run_id, detail=f"run {run_id}: instruction {what}; it applies from its next decision")
+        if instruction is None:
+            return SayReply(ok=True, run_id=run_id, detail=f"run {run_id}: instruction withdrawn from its next decision")
+        said_back = read(request.text, self.tasks[run_id]).said_back(self.tasks[run_id])
+        detail = f"{said_back}\nrun {run_id}: instruction given: {request.text!r}; it applies from its next decision"
+        return SayReply(ok=True, run_id=run_id, detail=detail)
 
     def close(self) -> None:
         for run_id in list(self.trainers):

@@ -26,7 +26,7 @@ def run_py(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_every_command_is_a_module_with_a_main():
-    assert list(COMMANDS) == ["report", "sql", "say"]
+    assert list(COMMANDS) == ["report", "sql", "say", "explain"]
     for command in [TRAIN, *COMMANDS.values()]:
         assert command.module == f"orchestration.commands.{command.name}"
         assert callable(importlib.import_module(command.module).main)
@@ -79,3 +79,23 @@ def test_the_headline_names_the_task_by_its_declared_name():
     from orchestration.session import task_label
 
     assert task_label("diabetes", {}) == "diabetes"
+
+
+def test_explain_reads_an_instruction_for_a_task_without_a_run():
+    """``run.py explain``: the same reading --instruction and say give back, and one line for a bad task."""
+
+    def explain(*args):
+        return run_py("explain", *args)
+
+    halve = explain("halve the learning rate")
+    assert halve.returncode == 0 and halve.stdout.splitlines() == [
+        "read as: learning_rate × 0.5 at the next decision, then kept",
+        "(task mnist; reader lexicon, confidence 1: explicit)",
+    ]
+    song = explain("sing me a song", "--task", "cartpole")
+    assert song.returncode == 0 and song.stdout.startswith(
+        "not understood: nothing will change because of it; e.g. 'lower the learning rate'\n")
+    weights = explain("shrink the last layer's weights a little", "--task", "diabetes")
+    assert weights.stdout.startswith("read as: scale down last layer at the next decision")
+    bad = explain("x", "--task", "nosuch")
+    assert bad.returncode == 2 and bad.stderr.startswith("run.py explain: error: unknown task 'nosuch'; known: ")

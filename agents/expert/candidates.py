@@ -26,7 +26,8 @@ from typing import Literal
 # The rules' limits: the evidence alone moves knobs no further than the heuristic does.
 from agents.controllers.rules import evidence_bounds, learning_rate_knob
 from agents.expert.evidence import Signal, read_signal
-from agents.expert.instructions import ALPHA, Intent, Move, goal_moves, moved_value, read_instruction
+from agents.expert.instructions import ALPHA, Intent, Move, goal_moves, moved_value
+from agents.expert.reading import read
 from agents.expert.outcome import moves_against_instruction
 from agents.prompts import FACTOR_PHRASES, HOLD_PHRASE
 from agents.proposals.proposal import WeightChange
@@ -176,10 +177,10 @@ def evidence_candidates(m: EpochMetrics, signal: Signal) -> list[Candidate]:
 
 def plan_decision(m: EpochMetrics) -> Plan:
     """The :class:`Plan` for the decision after ``m``: the instruction's candidates at the first decision it
-    shapes (or at every one when it repeats or holds; for an instruction the lexicon cannot read, a hold and one
-    step of every knob either way, for the model to choose among), else the evidence's candidates minus those
-    that move against the instruction in force. Always at least one candidate."""
-    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, weight_layers(m))
+    shapes (or at every one when it repeats or holds), else the evidence's candidates minus those that move
+    against the instruction in force. An instruction not read with confidence (``agents.expert.reading``) is not
+    acted on: the evidence decides, as without one. Always at least one candidate."""
+    intent = read(m.instruction.text if m.instruction else None, m.task, weight_layers(m)).intent  # unread: no branch
     signal = read_signal(m)
     quoted = f"the user asked: {m.instruction.text[:120]!r}" if m.instruction else ""
     acting = intent.repeat or m.instruction_first_decision
@@ -192,12 +193,6 @@ def plan_decision(m: EpochMetrics) -> Plan:
             why = "it asks to keep these values" if kept else "every knob it names is already at its bound"
             return Plan(intent, signal, (hold_candidate(m, f"{quoted}; {why}"),), "instruction")
         return Plan(intent, signal, (dataclasses.replace(c, reason=quoted),), "instruction")
-    if intent.kind == "unread" and acting:  # the lexicon cannot read it: the model reads it, choosing any one step
-        options = [hold_candidate(m, quoted)] + [
-            c for name in m.task.knob_names() for d in (-1, 1) if (c := apply_moves(m, (Move(name, d),))) is not None
-        ]
-        reason = f"{quoted}; the expert block cannot read it, the model chooses"
-        return Plan(intent, signal, tuple(dataclasses.replace(c, reason=reason) for c in options), "instruction")
     if intent.kind == "goal" and acting:
         found = goal_candidates(m, intent.goal or "", f"{quoted} ({intent.goal})")
         if found:

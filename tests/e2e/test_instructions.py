@@ -84,6 +84,7 @@ def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_de
             assert time.monotonic() < deadline and run.poll() is None, given.stderr
             time.sleep(0.5)
         assert "instruction given: 'lower the learning rate'; it applies from its next decision" in given.stdout
+        assert given.stdout.startswith("read as: learning_rate down one step at the next decision, then kept\n")
         wrong = say(db, "x", "--run", "no-such-run")
         assert wrong.returncode == 2 and "run 'no-such-run' is not training now" in wrong.stderr
         stdout, stderr = run.communicate(timeout=300)

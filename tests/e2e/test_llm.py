@@ -114,7 +114,7 @@ def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path)
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = check_every_guided_epoch_has_a_valid_decision(db, 2)
+    check_every_guided_epoch_has_a_valid_decision(db, 2)
     # The 135M model in the free form may write a value outside a knob's hard bounds (a learning rate of 1.9):
     # that is no setting at all, so it goes back to the repairer and, still invalid, to the recorded repair.
     # Any other fallback would be the endpoint failing.

@@ -8,6 +8,7 @@ import pytest
 from agents.expert.evidence import read_signal
 from agents.expert.candidates import plan_decision
 from agents.expert.outcome import held, instruction_outcome
+from agents.expert.reading import read
 from agents.expert.instructions import read_instruction
 from bench.guidance import CASES, STATES, Case, case_metrics
 from bus.messages import Instruction, UpdateCommand
@@ -156,18 +157,31 @@ def test_a_one_shot_instruction_constrains_later_decisions_instead_of_repeating(
     assert repeated.source == "instruction" and repeated.candidates[0].values["learning_rate"] < 1e-3
 
 
-def test_an_instruction_the_lexicon_cannot_read_is_left_to_the_model_among_single_steps():
+def test_an_instruction_not_understood_is_not_acted_on_and_is_said_so():
+    # issue 18: a misreading turned into a move goes against the user half the time; the evidence decides instead
     m = with_instruction(case_metrics(Case("evidence", "steady", None), 0), "be bolder")
     plan = plan_decision(m)
-    assert plan.intent.kind == "unread" and plan.source == "instruction"
-    assert [c.key for c in plan.candidates] == [
-        "hold",
-        "dropout:down",
-        "dropout:up",
-        "learning_rate:down",
-        "learning_rate:up",
-    ]
+    assert plan.intent.kind == "unread" and plan.source == "evidence"
+    assert [c.key for c in plan.candidates] == [c.key for c in plan_decision(m.model_copy(update={"instruction": None})).candidates]
     assert instruction_outcome(m, command(m, dropout=0.3)) is None  # nothing to judge it against
+    assert read("be bolder", SPEC).said_back(SPEC) == "not understood: nothing will change because of it; e.g. 'lower dropout'"
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("halve the learning rate", "read as: learning_rate × 0.5 at the next decision, then kept"),
+        ("set dropout to 0.35", "read as: dropout to 0.35 at the next decision, then kept"),
+        ("raise dropout by 0.1 every epoch", "read as: dropout + 0.1 at every decision"),
+        ("keep the learning rate as it is but lower dropout", "read as: learning_rate kept, dropout down one step at the next decision, then kept"),
+        ("change nothing", "read as: change nothing, at every decision"),
+        ("it is overfitting", "read as: less overfitting (raise dropout or lower learning_rate) at the next decision, then kept"),
+    ],
+)
+def test_every_reading_is_said_back_in_one_line(text, said):
+    reading = read(text, SPEC)
+    assert (reading.understood, reading.confidence, reading.reader) == (True, 1.0, "lexicon")
+    assert reading.said_back(SPEC) == said
 
 
 def command(m, **changes) -> UpdateCommand:
