@@ -76,13 +76,15 @@ class ReflectionRecord(Message):
 
 class InstructionRecord(Message):
     """One row of ``instructions``: sent when the instruction becomes active (``first_epoch`` None) and again
-    with the epoch of the first decision it shaped."""
+    with the epoch of the first decision it shaped; an instruction replaced before any decision read it (two
+    ``say`` within one epoch) is sent once, with the instruction that replaced it (``superseded_by``)."""
 
     TOPIC: ClassVar[str] = "instruction_record"
 
     run_id: str
     instruction: Instruction
     first_epoch: int | None = None
+    superseded_by: Instruction | None = None
 
 
 class LogEvent(Message):

@@ -52,9 +52,11 @@ INSERTS: dict[str, str] = {
         "choice, choice_margin",
     ),
     # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
-    "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (instruction_id) DO UPDATE SET "
-    "first_epoch = coalesce(instructions.first_epoch, excluded.first_epoch)",
+    "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch, "
+    "superseded_by, superseded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instruction_id) DO UPDATE SET "
+    "first_epoch = coalesce(instructions.first_epoch, excluded.first_epoch), "
+    "superseded_by = coalesce(instructions.superseded_by, excluded.superseded_by), "
+    "superseded_at = coalesce(instructions.superseded_at, excluded.superseded_at)",
     "reflections": _columns(
         "reflections",
         "run_id, epoch, about_epoch, prev_val_acc, val_acc, verdict, text, judge, rule_verdict, objective, "
@@ -144,8 +146,10 @@ def _decision_row(message: DecisionRecord) -> tuple:
 
 def _instruction_row(message: InstructionRecord) -> tuple:
     """An ``instructions`` row (upserted: a later record sets ``first_epoch``)."""
-    i = message.instruction
-    return (i.instruction_id, message.run_id, i.text, i.source, utc_datetime(i.received_at), message.first_epoch)
+    i, by = message.instruction, message.superseded_by
+    superseded = (by.instruction_id, utc_datetime(by.received_at)) if by is not None else (None, None)
+    return (i.instruction_id, message.run_id, i.text, i.source, utc_datetime(i.received_at), message.first_epoch,
+            *superseded)  # fmt: skip
 
 
 def _reflection_row(message: ReflectionRecord) -> tuple:

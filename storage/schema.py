@@ -172,6 +172,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE reflections ADD COLUMN contradicts_measurement BOOLEAN;
         """,
     ),
+    (
+        7,
+        """
+        -- Every instruction given is a row (issue 18): one replaced before any decision read it says by what, when.
+        ALTER TABLE instructions ADD COLUMN superseded_by VARCHAR;     -- the instruction_id that replaced it
+        ALTER TABLE instructions ADD COLUMN superseded_at TIMESTAMP;   -- when that one arrived
+        """,
+    ),
 ]
 
 # Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix

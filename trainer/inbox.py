@@ -71,12 +71,23 @@ def update_instruction(cfg: TrainerConfig, carry: Carry, epoch: int, said: list[
         if entry is not None and entry.text is not None:  # else nothing given yet, or withdrawn
             carry.instruction = Instruction(instruction_id=f"{cfg.run_id}-{index}", text=entry.text,
                                             source=entry.source, received_at=time.time())  # fmt: skip
+    records = superseded_records(cfg.run_id, said)
     if said:
         changed, carry.instruction = True, said[-1].instruction
     if not changed:
-        return []
+        return records
     carry.instruction_shaped = False
-    return [InstructionRecord(run_id=cfg.run_id, instruction=carry.instruction)] if carry.instruction else []
+    return ([InstructionRecord(run_id=cfg.run_id, instruction=carry.instruction)] if carry.instruction else []) + records
+
+
+def superseded_records(run_id: str, said: list[InstructionUpdate]) -> list[InstructionRecord]:
+    """The rows of instructions said since the last decision and replaced before one read them (all but the last
+    update), each with what replaced it (None: a withdrawal, which has no row of its own)."""
+    return [
+        InstructionRecord(run_id=run_id, instruction=update.instruction, superseded_by=later.instruction)
+        for update, later in zip(said, said[1:])
+        if update.instruction is not None
+    ]
 
 
 def decision_records(cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool) -> list:

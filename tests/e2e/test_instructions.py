@@ -97,3 +97,30 @@ def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_de
     assert [e for (e,) in given_ids] == list(range(first_epoch, 5))  # from the next decision to the end
     assert "instruction: 'lower the learning rate'" in stdout
     assert not (tmp_path / "s.duckdb.invocation.json").exists()  # withdrawn when the invocation ended
+
+
+def test_two_instructions_said_in_a_row_are_both_rows_and_the_replaced_one_says_by_what(tmp_path):
+    db, out = tmp_path / "t.duckdb", tmp_path / "runs"
+    run = subprocess.Popen(
+        [sys.executable, "run.py", "--regime", "100", "--epochs", "4", "--arms", "guided", "--controller", "heuristic",
+         "--no-compile", "--db", str(db), "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while (first := say(db, "raise dropout")).returncode != 0:  # until the trainer runs
+            assert time.monotonic() < deadline and run.poll() is None, first.stderr
+            time.sleep(0.5)
+        second = say(db, "lower dropout")
+        assert second.returncode == 0 and second.stdout.startswith("read as: dropout down one step"), second.stderr
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr
+    rows = query(db, "SELECT text, first_epoch, superseded_by FROM instructions ORDER BY received_at")
+    assert [text for text, *_ in rows] == ["raise dropout", "lower dropout"]
+    (_, raised_first, raised_by), (_, lowered_first, lowered_by) = rows
+    ids = dict(query(db, "SELECT text, instruction_id FROM instructions"))
+    # replaced before any decision read it (the two arrived within one epoch), or read first and replaced later
+    assert (raised_first is None and raised_by == ids["lower dropout"]) or (raised_first is not None and raised_by is None)
+    assert lowered_first is not None and lowered_by is None

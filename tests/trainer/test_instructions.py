@@ -71,6 +71,14 @@ def test_say_clear_withdraws_the_instruction_until_a_new_one():
     assert update_instruction(cfg, carry, 3, [said("a"), said("b")])[0].instruction.text == "b"  # the latest wins
 
 
+def test_every_instruction_said_is_a_row_and_one_replaced_before_a_decision_says_by_what():
+    cfg, carry = config([]), Carry(hyperparameters={}, alpha=0.4)
+    a, withdrawal, b, c = said("a"), said(None), said("b"), said("c")
+    records = update_instruction(cfg, carry, 1, [a, withdrawal, b, c])
+    rows = [(r.instruction.text, r.superseded_by.text if r.superseded_by else None) for r in records]
+    assert rows == [("c", None), ("a", None), ("b", "c")] and carry.instruction.text == "c"
+
+
 def test_an_instruction_file_is_read_in_epoch_order_with_clear_and_comments():
     text = "# scripted\n1 it is overfitting, fight it\n\n4 clear  # enough\n6   converge  faster \n"
     assert [(e.from_epoch, e.text) for e in parse_schedule(text, "f.txt")] == [
