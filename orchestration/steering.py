@@ -19,7 +19,6 @@ from pathlib import Path
 import zmq
 
 from agents.expert.reading import read
-
 from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
 from bus.messages import (
     BusDecodeError,
@@ -67,6 +66,7 @@ class SteeringService:
 
     def trainer_stopped(self, run_id: str) -> None:
         push = self.trainers.pop(run_id, None)
+        self.tasks.pop(run_id, None)
         if push is not None:
             push.close()
         if self.running == run_id:

@@ -67,22 +67,30 @@ def say(db: Path, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=60)  # fmt: skip
 
 
+def start_guided_run(db: Path, out: Path, first_say: str) -> tuple[subprocess.Popen, subprocess.CompletedProcess]:
+    """A 4-epoch guided heuristic run, and ``run.py say first_say`` repeated until its trainer takes it."""
+    run = subprocess.Popen(
+        [sys.executable, "run.py", "--regime", "100", "--epochs", "4", "--arms", "guided", "--controller", "heuristic",
+         "--no-compile", "--db", str(db), "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while (given := say(db, first_say)).returncode != 0:  # until the trainer runs
+        if time.monotonic() > deadline or run.poll() is not None:
+            run.kill()
+            raise AssertionError(given.stderr)
+        time.sleep(0.5)
+    return run, given
+
+
 def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_decision(tmp_path):
     db, out = tmp_path / "s.duckdb", tmp_path / "runs"
     nobody = say(db, "anything")
     assert nobody.returncode == 2 and nobody.stderr.strip() == (
         f"run.py say: error: no run is going on {db} (no s.duckdb.invocation.json)"
     )
-    run = subprocess.Popen(
-        [sys.executable, "run.py", "--regime", "100", "--epochs", "4", "--arms", "guided", "--controller", "heuristic",
-         "--no-compile", "--db", str(db), "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run, given = start_guided_run(db, out, "  lower the\nlearning rate ")
     try:
-        deadline = time.monotonic() + 120
-        while (given := say(db, "  lower the\nlearning rate ")).returncode != 0:  # until the trainer runs
-            assert time.monotonic() < deadline and run.poll() is None, given.stderr
-            time.sleep(0.5)
         assert "instruction given: 'lower the learning rate'; it applies from its next decision" in given.stdout
         assert given.stdout.startswith("read as: learning_rate down one step at the next decision, then kept\n")
         wrong = say(db, "x", "--run", "no-such-run")
@@ -101,16 +109,8 @@ def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_de
 
 def test_two_instructions_said_in_a_row_are_both_rows_and_the_replaced_one_says_by_what(tmp_path):
     db, out = tmp_path / "t.duckdb", tmp_path / "runs"
-    run = subprocess.Popen(
-        [sys.executable, "run.py", "--regime", "100", "--epochs", "4", "--arms", "guided", "--controller", "heuristic",
-         "--no-compile", "--db", str(db), "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    run, _ = start_guided_run(db, out, "raise dropout")
     try:
-        deadline = time.monotonic() + 120
-        while (first := say(db, "raise dropout")).returncode != 0:  # until the trainer runs
-            assert time.monotonic() < deadline and run.poll() is None, first.stderr
-            time.sleep(0.5)
         second = say(db, "lower dropout")
         assert second.returncode == 0 and second.stdout.startswith("read as: dropout down one step"), second.stderr
         stdout, stderr = run.communicate(timeout=300)
