@@ -3,11 +3,18 @@
     python -m bench.guidance                         # the embedded model, the CLI's default settings
     python -m bench.guidance --llm-decision free     # the paper's free form, for comparison
     python -m bench.guidance --llm-base-url URL --llm-model NAME   # any OpenAI-compatible endpoint
+    python -m bench.guidance --cases held_back.jsonl --json figures.json --per-case cases.jsonl
 
 Runs the real agent graph (prompter -> controller -> validator -> repairer -> reflector, built as the agent
 process builds it) on a battery of (training state, instruction, expected effect) cases and prints the share
 of explicit instructions followed and contradicted, of goal-like instructions followed, the agreement with
-unambiguous evidence when there is no instruction, the hold rates, and the decision latency.
+unambiguous evidence when there is no instruction, the hold rates, and the decision latency; then the rates per
+language with the share of instructions the reader did not understand (and so did not act on).
+
+``--cases FILE`` runs the cases of a JSON-lines file instead of the built-in ones (the form is in
+:mod:`bench.guidance_cases`); ``--json OUT`` writes the figures as ``{"all": {...}, "languages": {"en": {...}}}``
+(shares in [0, 1], null where a category has no case); ``--per-case OUT`` writes one JSON line per case with the
+outcome, the moves made, the decision's choice and the reading said back, to study what went wrong.
 
 A case's expected effect is written here, independently of the expert block's lexicon: ``want`` lists moves
 (knob, direction) of which at least one must happen (all of them with ``all_of``), ``hold`` asks for no change
@@ -18,6 +25,7 @@ contradicted, goal-like >= 70 %, evidence >= 80 % agreement and >= 80 % holds on
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -26,152 +34,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bus.messages import EpochMetrics, EpochSummary, Instruction, TaskSpec
+from bench.guidance_cases import CASES, STATES, Case, CaseFileError, case_metrics, case_record, load_cases, task_spec
+from bus.messages import EpochMetrics
 
+__all__ = ["CASES", "STATES", "Case", "Outcome", "case_metrics", "judge_case", "main", "run_cases", "summary",
+           "task_spec"]  # fmt: skip
 TARGETS = {"explicit": 0.90, "goal": 0.70, "evidence": 0.80, "steady_hold": 0.80}
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark case: a ``state`` name (:data:`STATES`), an instruction (None: evidence only), what to
-    expect, and the kind of case it counts for."""
-
-    kind: str  # explicit | goal | evidence
-    state: str
-    instruction: str | None
-    want: tuple[tuple[str, int], ...] = ()
-    against: tuple[tuple[str, int], ...] = ()
-    hold: bool = False
-    all_of: bool = False
-    weights: bool = False  # a weight modulation must be applied
-    task: str = "mnist"
-
-
-LR, DROP, WD, ENT, CLIP = "learning_rate", "dropout", "weight_decay", "ent_coef", "clip_range"
-DOWN, UP = -1, 1
-
-CASES: tuple[Case, ...] = (
-    # explicit instructions, several wordings and states
-    Case("explicit", "steady", "halve the learning rate", want=((LR, DOWN),), against=((LR, UP),)),
-    Case("explicit", "plateau", "Please double the learning rate.", want=((LR, UP),), against=((LR, DOWN),)),
-    Case("explicit", "overfitting", "raise dropout by 0.1", want=((DROP, UP),), against=((DROP, DOWN),)),
-    Case("explicit", "steady", "lower the dropout a bit", want=((DROP, DOWN),), against=((DROP, UP),)),
-    Case("explicit", "plateau", "change nothing", hold=True),
-    Case("explicit", "overfitting", "Don't touch anything this epoch.", hold=True),
-    Case("explicit", "steady", "shrink the last layer's weights a little", weights=True),
-    Case("explicit", "steady", "add a little noise to the weights of the first layer", weights=True),
-    Case("explicit", "unclear", "increase the step size", want=((LR, UP),), against=((LR, DOWN),)),
-    Case("explicit", "unclear", "reduce the lr by a factor of 3", want=((LR, DOWN),), against=((LR, UP),)),
-    Case("explicit", "steady", "set dropout to 0.35", want=((DROP, UP),), against=((DROP, DOWN),)),
-    Case("explicit", "steady", "set the learning rate to 10", want=((LR, UP),), against=((LR, DOWN),)),
-    Case("explicit", "plateau", "cut the learning rate and raise dropout", want=((LR, DOWN), (DROP, UP)), all_of=True,
-         against=((LR, UP), (DROP, DOWN))),
-    Case("explicit", "diverging", "keep the learning rate as it is but lower dropout", want=((DROP, DOWN),),
-         against=((LR, UP), (LR, DOWN), (DROP, UP))),
-    Case("explicit", "steady", "make the step size smaller at every single decision", want=((LR, DOWN),), against=((LR, UP),)),
-    Case("explicit", "plateau", "turn dropout down to zero", want=((DROP, DOWN),), against=((DROP, UP),)),
-    Case("explicit", "steady", "raise the learning rate by 50%", want=((LR, UP),), against=((LR, DOWN),)),
-    Case("explicit", "steady", "leave everything as it is", hold=True),
-    Case("explicit", "steady", "bump weight decay up", want=((WD, UP),), against=((WD, DOWN),), task="diabetes"),
-    Case("explicit", "plateau", "decrease the learning rate slightly", want=((LR, DOWN),), against=((LR, UP),), task="diabetes"),
-    Case("explicit", "steady", "raise the entropy coefficient", want=((ENT, UP),), against=((ENT, DOWN),), task="cartpole"),
-    Case("explicit", "plateau", "lower the clip range", want=((CLIP, DOWN),), against=((CLIP, UP),), task="cartpole"),
-    Case("explicit", "unclear", "the learning rate is too high", want=((LR, DOWN),), against=((LR, UP),)),
-    Case("explicit", "overfitting", "I want dropout at 0.4", want=((DROP, UP),), against=((DROP, DOWN),)),
-    Case("explicit", "steady", "anneal the lr", want=((LR, DOWN),), against=((LR, UP),), task="diabetes"),
-    Case("explicit", "plateau", "lr 2x", want=((LR, UP),), against=((LR, DOWN),), task="cartpole"),
-    # goal-like instructions
-    Case("goal", "overfitting", "it is overfitting, fight it", want=((DROP, UP), (LR, DOWN)), against=((DROP, DOWN), (LR, UP))),
-    Case("goal", "steady", "converge faster", want=((LR, UP),), against=((LR, DOWN),)),
-    Case("goal", "diverging", "be careful, the run is unstable", want=((LR, DOWN), ("alpha", DOWN)), against=((LR, UP),)),
-    Case("goal", "overfitting", "the network memorizes the training set", want=((DROP, UP), (LR, DOWN)),
-         against=((DROP, DOWN), (LR, UP))),
-    Case("goal", "plateau", "we are stuck, do something", want=((LR, DOWN), (LR, UP))),
-    Case("goal", "steady", "training is too slow", want=((LR, UP),), against=((LR, DOWN),)),
-    Case("goal", "diverging", "the loss is jumping around", want=((LR, DOWN), ("alpha", DOWN)), against=((LR, UP),)),
-    Case("goal", "steady", "be conservative from now on", want=((LR, DOWN), ("alpha", DOWN)), against=((LR, UP),)),
-    Case("goal", "overfitting", "it generalizes badly", want=((WD, UP), (DROP, UP), (LR, DOWN)),
-         against=((WD, DOWN), (DROP, DOWN), (LR, UP)), task="diabetes"),
-    Case("goal", "steady", "the model underfits; regularize less", want=((DROP, DOWN), (WD, DOWN), (LR, UP)),
-         against=((DROP, UP), (WD, UP)), task="diabetes"),
-    Case("goal", "plateau", "explore more", want=((ENT, UP),), against=((ENT, DOWN),), task="cartpole"),
-    Case("goal", "steady", "speed things up", want=((LR, UP),), against=((LR, DOWN),), task="cartpole"),
-    Case("goal", "overfitting", "increase regularization", want=((DROP, UP), (LR, DOWN)), against=((DROP, DOWN), (LR, UP))),
-    Case("goal", "diverging", "make training more stable", want=((LR, DOWN), (CLIP, DOWN)), against=((LR, UP),),
-         task="cartpole"),
-    # no instruction: unambiguous evidence
-    Case("evidence", "plateau", None, want=((LR, DOWN),), against=((LR, UP),)),
-    Case("evidence", "plateau", None, want=((LR, DOWN),), against=((LR, UP),), task="diabetes"),
-    Case("evidence", "plateau", None, want=((LR, DOWN),), against=((LR, UP),), task="cartpole"),
-    Case("evidence", "overfitting", None, want=((DROP, UP), (LR, DOWN)), against=((DROP, DOWN), (LR, UP))),
-    Case("evidence", "overfitting", None, want=((DROP, UP), (WD, UP), (LR, DOWN)), against=((DROP, DOWN), (LR, UP)),
-         task="diabetes"),
-    Case("evidence", "diverging", None, want=((LR, DOWN),), against=((LR, UP),)),
-    Case("evidence", "diverging", None, want=((LR, DOWN),), against=((LR, UP),), task="diabetes"),
-    Case("evidence", "diverging", None, want=((LR, DOWN), (CLIP, DOWN)), against=((LR, UP), (CLIP, UP)), task="cartpole"),
-    Case("evidence", "steady", None, hold=True),
-    Case("evidence", "steady", None, hold=True, task="diabetes"),
-    Case("evidence", "steady", None, hold=True, task="cartpole"),
-    Case("evidence", "steady_late", None, hold=True),
-)  # fmt: skip
-
-# Objective series (the last value is this epoch) per state, as multiples of the task's scale below; the
-# training counterpart's series for the gap. "unclear": a small dip within the noise band.
-STATES: dict[str, tuple[list[float], list[float]]] = {
-    "steady": ([0.60, 0.70, 0.78, 0.84, 0.88, 0.91], [0.61, 0.71, 0.79, 0.85, 0.89, 0.92]),
-    "steady_late": ([0.80, 0.85, 0.88, 0.90, 0.91, 0.92, 0.93, 0.94, 0.95, 0.955], [0.81, 0.86, 0.89, 0.91, 0.92, 0.93, 0.94, 0.95, 0.96, 0.965]),
-    "plateau": ([0.60, 0.80, 0.900, 0.912, 0.911, 0.910], [0.61, 0.81, 0.91, 0.922, 0.921, 0.920]),
-    "overfitting": ([0.60, 0.75, 0.82, 0.86, 0.88, 0.885], [0.62, 0.80, 0.90, 0.96, 0.985, 0.999]),
-    "diverging": ([0.60, 0.75, 0.82, 0.86, 0.88, 0.40], [0.61, 0.76, 0.83, 0.87, 0.89, 0.42]),
-    "unclear": ([0.60, 0.75, 0.82, 0.86, 0.880, 0.8795], [0.61, 0.76, 0.83, 0.87, 0.89, 0.8895]),
-}  # fmt: skip
-
-
-def task_spec(name: str) -> TaskSpec:
-    from tasks.registry import task_class
-
-    return task_class(name).spec()
-
-
-TASK_METRICS = {  # objective, training counterpart, how a fraction in STATES maps to the objective's units
-    "mnist": ("val_acc", "train_acc", lambda x: x),
-    "diabetes": ("val_rmse", "train_rmse", lambda x: 120.0 - 80.0 * x),  # 0.885 -> 49.2 RMSE; the gap beyond 7.5
-    "cartpole": ("eval_return_mean", "train_return_mean", lambda x: 500.0 * x),
-}
-PARAM_SHAPES = {
-    "mnist": {"conv.0.weight": [32, 1, 3, 3], "conv.0.bias": [32], "fc.3.weight": [10, 128], "fc.3.bias": [10]},
-    "diabetes": {"net.0.weight": [64, 10], "net.0.bias": [64], "net.3.weight": [1, 64], "net.3.bias": [1]},
-    "cartpole": {"policy_net.0.weight": [64, 4], "action_net.weight": [2, 64], "value_net.weight": [1, 64]},
-}
-
-
-def case_metrics(case: Case, index: int) -> EpochMetrics:
-    """The ``EpochMetrics`` of ``case``: the task's spec at its defaults, the state's history, the instruction
-    given now (its first decision)."""
-    spec = task_spec(case.task)
-    objective, train, scale = TASK_METRICS[case.task]
-    values = {k.name: k.default for k in spec.hyperparameters}
-    val_series, train_series = STATES[case.state]
-    history = [
-        EpochSummary(epoch=e + 1, metrics={objective: scale(v), train: scale(t)}, hyperparameters=values, alpha=0.4)
-        for e, (v, t) in enumerate(zip(val_series, train_series))
-    ]
-    shapes = PARAM_SHAPES[case.task]
-    instruction = (
-        Instruction(instruction_id=f"case-{index}", text=case.instruction, source="flag", received_at=time.time())
-        if case.instruction
-        else None
-    )
-    return EpochMetrics(
-        run_id=f"guidance-{index}", epoch=len(history), epochs_total=30, task=spec, regime="bench", budget=1000,
-        metrics=history[-1].metrics, hyperparameters=values, alpha=0.4, grad_norms={n: 0.1 for n in shapes},
-        weight_norms={n: 5.0 for n in shapes}, param_shapes=shapes, wall_s=1.0, history=history,
-        instruction=instruction,
-    )  # fmt: skip
 
 
 @dataclass
 class Outcome:
+    """What the agent did with one case: judged ``followed`` / ``contradicted`` / ``held`` (:func:`judge_case`), the
+    knobs it ``moved`` ({knob or "alpha": -1, 0 or 1}), and whether the reader ``understood`` the instruction (None
+    without one) with the line it ``said_back``."""
+
     case: Case
     followed: bool
     contradicted: bool
@@ -185,13 +61,22 @@ class Outcome:
     invented_numbers: bool = False
     fallback: bool = False
     notes: list = field(default_factory=list)
+    understood: bool | None = None
+    said_back: str | None = None
+    moved: dict[str, int] = field(default_factory=dict)
+
+
+def moved_directions(m: EpochMetrics, decision) -> dict[str, int]:
+    """Which way the decision moved each knob of ``m`` and the blend weight ``alpha``: -1, 0 (kept) or 1."""
+    command, before = decision.command, m.hyperparameters
+    moved = {name: m.task.knob(name).direction(command.hyperparameters[name], before[name]) for name in before}
+    moved["alpha"] = (command.alpha > m.alpha) - (command.alpha < m.alpha)
+    return moved
 
 
 def judge_case(case: Case, m: EpochMetrics, decision) -> tuple[bool, bool, bool]:
     """(followed, contradicted, held) of a decision against the case's expectation."""
-    command, before = decision.command, m.hyperparameters
-    moved = {name: m.task.knob(name).direction(command.hyperparameters[name], before[name]) for name in before}
-    moved["alpha"] = (command.alpha > m.alpha) - (command.alpha < m.alpha)
+    command, moved = decision.command, moved_directions(m, decision)
     held = not any(moved.values()) and not command.modulated_layers()
     hits = [moved.get(name, 0) == d for name, d in case.want]
     contradicted = any(moved.get(name, 0) == d for name, d in case.against)
@@ -205,12 +90,18 @@ def judge_case(case: Case, m: EpochMetrics, decision) -> tuple[bool, bool, bool]
     return followed, contradicted, held
 
 
-def run_cases(graph, policy_name: str, command_space: str, verbose: bool = False) -> list[Outcome]:
+def run_cases(graph, policy_name: str, command_space: str, verbose: bool = False,
+              cases: tuple[Case, ...] = CASES) -> list[Outcome]:  # fmt: skip
+    """Each of ``cases`` decided by ``graph`` as the agent decides an epoch, judged, with one progress line each."""
+    from agents.expert.reading import read
     from agents.service import decide
+    from agents.trends import weight_layers
 
     outcomes = []
-    for i, case in enumerate(CASES):
+    for i, case in enumerate(cases):
         m = case_metrics(case, i)
+        # read as the expert block reads it (agents.expert.candidates), the layers included
+        reading = read(case.instruction, m.task, weight_layers(m)) if case.instruction is not None else None
         started = time.perf_counter()
         decision = decide(graph, policy_name, m, max_repairs=2, command_space=command_space)
         latency = time.perf_counter() - started
@@ -220,36 +111,60 @@ def run_cases(graph, policy_name: str, command_space: str, verbose: bool = False
         outcomes.append(Outcome(case, followed, contradicted, held, latency, decision.command.rationale,
                                 decision.choice, decision.choice_margin, len(note.get("candidates", [])) or 1,
                                 bool(note.get("rationale_copied")), bool(note.get("rationale_unsupported_numbers")),
-                                decision.fallback, decision.notes))  # fmt: skip
-        mark = "ok " if followed else "NO "
-        print(f"  {mark} {case.kind:<8} {case.task:<8} {case.state:<11} {str(case.instruction)[:46]!r:<48} "
-              f"{latency:5.2f}s {decision.choice or '-'}", flush=True)  # fmt: skip
+                                decision.fallback, decision.notes, reading and reading.understood,
+                                reading and reading.said_back(m.task), moved_directions(m, decision)))  # fmt: skip
+        mark = ("ok " if followed else "NO ") + ("?" if reading and not reading.understood else " ")
+        print(f"  {mark} {case.kind:<8} {case.lang:<3} {case.task:<8} {case.state:<11} "
+              f"{str(case.instruction)[:46]!r:<48} {latency:5.2f}s {decision.choice or '-'}", flush=True)  # fmt: skip
         if verbose:
             print(f"      {decision.command.rationale}")
     return outcomes
 
 
 def share(values: list[bool]) -> float:
+    """The share of true ``values``, in [0, 1]; NaN when there are none."""
     return sum(values) / len(values) if values else math.nan
 
 
-def summary(outcomes: list[Outcome]) -> dict[str, float]:
-    """The rates the issue's targets are stated in, plus latency and how often the model had a real choice."""
-    by = {kind: [o for o in outcomes if o.case.kind == kind] for kind in ("explicit", "goal", "evidence")}
-    steady = [o for o in by["evidence"] if o.case.hold]
-    latencies = sorted(o.latency_s for o in outcomes)
-    choices = [o for o in outcomes if o.candidates > 1]
+def rates(outcomes: list[Outcome]) -> dict[str, float]:
+    """The rates reported for every language: shares in [0, 1] (NaN for a category without cases) and ``cases``.
+    ``hold_held`` counts the instructions that ask for no change (``hold`` with an instruction; the evidence
+    cases that should hold are ``steady_hold``); ``not_understood`` the instructions the reader did not
+    understand."""
+    by = {kind: [o for o in outcomes if o.case.kind == kind] for kind in ("explicit", "goal")}
+    instructed = [o for o in outcomes if o.case.instruction is not None]
     return {
         "cases": len(outcomes),
         "explicit_followed": share([o.followed for o in by["explicit"]]),
         "explicit_contradicted": share([o.contradicted for o in by["explicit"]]),
         "goal_followed": share([o.followed for o in by["goal"]]),
         "goal_contradicted": share([o.contradicted for o in by["goal"]]),
-        "evidence_agreement": share([o.followed for o in by["evidence"] if not o.case.hold]),
+        "hold_held": share([o.held for o in instructed if o.case.hold]),
+        "not_understood": share([not o.understood for o in instructed]),
+    }
+
+
+def languages(outcomes: list[Outcome]) -> dict[str, dict[str, float]]:
+    """:func:`rates` per ``Case.lang``, languages in alphabetical order."""
+    return {lang: rates([o for o in outcomes if o.case.lang == lang]) for lang in sorted({o.case.lang for o in outcomes})}
+
+
+def summary(outcomes: list[Outcome]) -> dict[str, float]:
+    """:func:`rates` over all ``outcomes``, plus agreement with the evidence, the hold rates, latency (seconds) and
+    how often the model had a real choice."""
+    evidence = [o for o in outcomes if o.case.kind == "evidence"]
+    steady = [o for o in evidence if o.case.hold]
+    latencies = sorted(o.latency_s for o in outcomes)
+    choices = [o for o in outcomes if o.candidates > 1]
+    return {
+        **rates(outcomes),
+        "evidence_agreement": share([o.followed for o in evidence if not o.case.hold]),
         "steady_hold": share([o.held for o in steady]),
         "hold_rate": share([o.held for o in outcomes]),
-        "latency_p50_s": statistics.median(latencies),
-        "latency_p95_s": statistics.quantiles(latencies, n=20, method="inclusive")[-1],
+        "latency_p50_s": statistics.median(latencies) if latencies else math.nan,
+        # quantiles() needs two points; one latency is its own 95th percentile
+        "latency_p95_s": statistics.quantiles(latencies, n=20, method="inclusive")[-1] if len(latencies) > 1
+        else latencies[0] if latencies else math.nan,
         "model_choices": len(choices),
         "median_margin": statistics.median([o.margin for o in choices if o.margin is not None]) if choices else math.nan,
         "copied_rationales": sum(o.copied for o in outcomes),
@@ -258,15 +173,20 @@ def summary(outcomes: list[Outcome]) -> dict[str, float]:
     }
 
 
-def print_summary(f: dict[str, float], form: str) -> None:
-    def pct(x):
-        return f"{100 * x:5.1f} %"
+def pct(x: float) -> str:
+    """A share as a percentage for the terminal; a dash for a category without cases."""
+    return "    —  " if math.isnan(x) else f"{100 * x:5.1f} %"
 
+
+def print_summary(f: dict[str, float], form: str) -> None:
+    """The figures of :func:`summary` as the terminal shows them, each with its target where the issue sets one."""
     rows = [
         (f"explicit instructions followed (target >= {TARGETS['explicit']:.0%})", pct(f["explicit_followed"])),
         ("explicit instructions contradicted (target 0)", pct(f["explicit_contradicted"])),
         (f"goal-like instructions followed (target >= {TARGETS['goal']:.0%})", pct(f["goal_followed"])),
         ("goal-like instructions contradicted", pct(f["goal_contradicted"])),
+        ("instructions asking for no change: held", pct(f["hold_held"])),
+        ("instructions not understood (not acted on)", pct(f["not_understood"])),
         (f"no instruction: agrees with the evidence (target >= {TARGETS['evidence']:.0%})", pct(f["evidence_agreement"])),
         (f"no instruction: holds on steady gains (target >= {TARGETS['steady_hold']:.0%})", pct(f["steady_hold"])),
         ("hold rate, all cases", pct(f["hold_rate"])),
@@ -274,14 +194,52 @@ def print_summary(f: dict[str, float], form: str) -> None:
         ("cases where the model chose among candidates", f"{f['model_choices']} (median margin {f['median_margin']:.2f})"),
         ("rationales copied from the prompt / citing a number not in it", f"{f['copied_rationales']} / {f['invented_numbers']}"),
         ("fallbacks", f"{f['fallbacks']}"),
-    ]
+    ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print(f"\nReflectNet guidance benchmark: {f['cases']} cases, decision form {form}")
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
 
 
+def print_languages(figures: dict) -> None:
+    """The rates per language of :func:`figures_by_language`, one row each and one for all."""
+    print("\n  language  cases  explicit followed / contradicted  goal followed / contradicted  hold held  not understood")
+    for lang, r in [*figures["languages"].items(), ("all", figures["all"])]:
+        print(f"  {lang:<8}  {r['cases']:>5}  {pct(r['explicit_followed']):>17} / {pct(r['explicit_contradicted']):<12}"
+              f"  {pct(r['goal_followed']):>13} / {pct(r['goal_contradicted']):<12}  {pct(r['hold_held']):>9}"
+              f"  {pct(r['not_understood']):>14}")  # fmt: skip
+
+
+def figures_by_language(outcomes: list[Outcome]) -> dict:
+    """``{"all": summary(outcomes), "languages": {lang: rates, ...}}``, the figures ``--json`` writes."""
+    return {"all": summary(outcomes), "languages": languages(outcomes)}
+
+
+def without_nan(value):
+    """``value`` with every NaN replaced by None (JSON null): a share of an empty category is not a number."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def per_case_record(o: Outcome) -> dict:
+    """One line of ``--per-case``: the case in the cases file's form and what became of it."""
+    return {"case": case_record(o.case), "followed": o.followed, "contradicted": o.contradicted, "held": o.held,
+            "understood": o.understood, "said_back": o.said_back, "choice": o.choice, "moved": o.moved,
+            "rationale": o.rationale, "latency_s": round(o.latency_s, 3), "fallback": o.fallback}  # fmt: skip
+
+
+def unwritable(path: Path | None) -> str | None:
+    """Why ``path`` cannot be written to (checked before a long run), or None when it can."""
+    if path is not None and not path.parent.is_dir():
+        return f"{path}: no such folder {path.parent}"
+    if path is not None and path.is_dir():
+        return f"{path} is a folder; give a file name"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The benchmark's command line; returns the exit status: 0, or 2 for a bad cases file or output path."""
     from agents.config import AgentConfig
     from agents.graph import build_agent_graph, pipeline_with
     from agents.service import make_policy_and_judge
@@ -291,12 +249,24 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.guidance", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verbose", action="store_true", help="print each decision's rationale")
+    parser.add_argument("--cases", type=Path, metavar="FILE",
+                        help="run the cases of this JSON-lines file instead of the built-in ones")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the figures, overall and per language, here")
+    parser.add_argument("--per-case", type=Path, metavar="OUT", help="write one JSON line per case's outcome here")
     add_llm_flags(parser)
     args = parser.parse_args(argv)
     try:
         spec = RunSpec(controllers=["llm"], llm=model_spec(args), pipeline=pipeline_with([]))
     except CliError as exc:
         parser.error(str(exc))
+    try:
+        cases = load_cases(args.cases) if args.cases is not None else CASES
+    except CaseFileError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    for problem in filter(None, (unwritable(args.json), unwritable(args.per_case))):
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
     server = None
     with tempfile.TemporaryDirectory(prefix="reflectnet-guidance-") as tmp:
         settings = llm_settings(spec)
@@ -312,17 +282,25 @@ def main(argv: list[str] | None = None) -> int:
                               **agent_settings(spec, "llm", settings))  # fmt: skip
             policy, judge = make_policy_and_judge(cfg)
             graph = build_agent_graph(cfg.nodes, policy, judge)
-            print(f"{len(CASES)} cases, model {settings.model} at {settings.base_url}, decision form {settings.decision_form}")
-            outcomes = run_cases(graph, policy.name, cfg.command_space, args.verbose)
+            print(f"{len(cases)} cases{f' from {args.cases}' if args.cases else ''}, model {settings.model} at "
+                  f"{settings.base_url}, decision form {settings.decision_form}")  # fmt: skip
+            outcomes = run_cases(graph, policy.name, cfg.command_space, args.verbose, cases)
         finally:
             if server is not None:
                 server.stop()
-    figures = summary(outcomes)
-    print_summary(figures, settings.decision_form)
-    met = (figures["explicit_followed"] >= TARGETS["explicit"] and figures["explicit_contradicted"] == 0
-           and figures["goal_followed"] >= TARGETS["goal"] and figures["evidence_agreement"] >= TARGETS["evidence"]
-           and figures["steady_hold"] >= TARGETS["steady_hold"])  # fmt: skip
+    figures = figures_by_language(outcomes)
+    print_summary(figures["all"], settings.decision_form)
+    f = figures["all"]
+    met = (f["explicit_followed"] >= TARGETS["explicit"] and f["explicit_contradicted"] == 0
+           and f["goal_followed"] >= TARGETS["goal"] and f["evidence_agreement"] >= TARGETS["evidence"]
+           and f["steady_hold"] >= TARGETS["steady_hold"])  # fmt: skip
     print(f"  targets {'met' if met else 'NOT met'}")
+    print_languages(figures)
+    if args.json is not None:
+        args.json.write_text(json.dumps(without_nan(figures), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if args.per_case is not None:
+        lines = (json.dumps(without_nan(per_case_record(o)), ensure_ascii=False, allow_nan=False) for o in outcomes)
+        args.per_case.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return 0
 
 
