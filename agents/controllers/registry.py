@@ -4,13 +4,16 @@ A controller is what answers the agent graph's controller node: a policy (``agen
 and, optionally, a judge behind the reflector (``agents.controllers.llm.LLMJudge`` or anything with its ``judge``
 method). Each entry says its name, a one-line description (for ``--help``), whether it calls a language
 model (the orchestrator gives such controllers the model's timeout, the others a short one), whether it
-needs an agent process at all (``none``, the baseline arm, does not), and its factory
+needs an agent process at all (``none``, the baseline arm, does not), whether its policy reads the user's
+instruction (``reads_instructions``: only then is an instruction followed; for any other controller it is only a
+guard against moves that go against it, and the user is told so before training), and its factory
 ``(AgentConfig) -> (policy, judge or None)``.
 
 Names resolve, in order, to: the built-ins (``heuristic``, ``plateau``, ``llm``, ``replay``, ``none``),
 the ``reflectnet.controllers`` entry-point group, and ``package.module:factory`` references (``bus.plugins``, the
 resolver shared with tasks and nodes). An entry point or reference names either a :class:`Controller` or a factory; a bare factory may say
-``uses_llm = True`` as an attribute, and its docstring's first line is its description. This module
+``uses_llm = True`` and ``reads_instructions = True`` as attributes (both False when absent: a controller that
+does not say it reads instructions is taken not to), and its docstring's first line is its description. This module
 imports no model stack and no torch (the command line lists the names).
 """
 
@@ -45,6 +48,7 @@ class Controller:
     uses_llm: bool = False
     factory: Factory | None = None
     needs_agent: bool = True  # False: no agent process runs for this controller (the baseline arm)
+    reads_instructions: bool = False  # its policy reads the user's instruction (``EpochMetrics.instruction``)
 
     def build(self, cfg: AgentConfig) -> tuple[Policy, Any]:
         """The policy and judge (or None) for ``cfg``; a factory may also return the policy alone. Raises
@@ -110,7 +114,8 @@ BUILTINS: dict[str, Controller] = {
             "heuristic", "rules: lower the learning rate on a plateau, regularise a widening gap", False, _heuristic
         ),
         Controller("plateau", "torch's ReduceLROnPlateau on the task's objective", False, _plateau),
-        Controller("llm", "a language model decides and judges (embedded SmolLM2 or --llm-base-url)", True, _llm),
+        Controller("llm", "a language model decides and judges (embedded SmolLM2 or --llm-base-url)", True, _llm,
+                   reads_instructions=True),
         Controller("replay", "the recorded commands of a run, without a model call", False, _replay),
         Controller("none", "no agent: the baseline arm only", False, None, needs_agent=False),
     )
@@ -131,7 +136,8 @@ def _as_controller(name: str, obj: Any) -> Controller:
     if callable(obj):
         doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
         description = doc[0] if doc else f"controller from {name}"
-        return Controller(name, description, bool(getattr(obj, "uses_llm", False)), obj)
+        return Controller(name, description, bool(getattr(obj, "uses_llm", False)), obj,
+                          reads_instructions=bool(getattr(obj, "reads_instructions", False)))
     raise UnknownControllerError(f"controller {name!r} is a {type(obj).__name__}, not a Controller or a factory")
 
 

@@ -27,7 +27,7 @@ from typing import Literal
 from agents.controllers.rules import evidence_bounds, learning_rate_knob
 from agents.expert.evidence import Signal, read_signal
 from agents.expert.instructions import ALPHA, Intent, Move, goal_moves, moved_value
-from agents.expert.reading import read
+from agents.expert.reading import Reading, read
 from agents.expert.outcome import moves_against_instruction
 from agents.prompts import FACTOR_PHRASES, HOLD_PHRASE
 from agents.proposals.proposal import WeightChange
@@ -51,6 +51,7 @@ class Candidate:
     weight_changes: tuple[WeightChange, ...] = ()
     reason: str = ""
     changes: str = ""  # the numbers: "learning_rate 0.001 -> 0.0005"
+    asked: bool = False  # the confident reading's own moves make it: only then is it justified by "you asked"
 
 
 @dataclass(frozen=True)
@@ -175,12 +176,62 @@ def evidence_candidates(m: EpochMetrics, signal: Signal) -> list[Candidate]:
     return found or [hold_candidate(m, f"{signal.reason}, but every knob that could answer it is at its limit")]
 
 
+def asked_changes(intent: Intent) -> set[str]:
+    """The candidate key parts (``learning_rate:down``, ``scale:fc.3.weight``) that ``intent``'s own moves and goal
+    moves ask for; a target asks for its knob in either direction (which one depends on the value now)."""
+    asked: set[str] = set()
+    for move in intent.moves:
+        if move.op is not None:
+            asked.add(f"{move.op}:{move.layer}")
+        elif move.target is not None:
+            asked |= {f"{move.knob}:up", f"{move.knob}:down"}
+        elif move.direction:
+            asked.add(f"{move.knob}:{'up' if move.direction > 0 else 'down'}")
+    asked |= {f"{name}:{'up' if direction > 0 else 'down'}" for name, direction in intent.goal_moves}
+    return asked
+
+
+def from_reading(candidate: Candidate, reading: Reading) -> bool:
+    """Whether ``candidate`` is what the confident ``reading`` asked: a hold for "change nothing" (or only kept
+    knobs), else every change of it one of :func:`asked_changes`. A reading not understood asks nothing."""
+    intent = reading.intent
+    if not reading.understood:
+        return False
+    if candidate.key == "hold":
+        return intent.kind == "hold" or (
+            intent.kind == "explicit" and all(m.direction == 0 and m.target is None and m.op is None for m in intent.moves)
+        )  # fmt: skip
+    asked = asked_changes(intent)
+    return all(":".join(part.split(":")[:2]) in asked for part in candidate.key.split("+"))
+
+
+def justified(plan: Plan, reading: Reading) -> Plan:
+    """``plan`` with each candidate of an instruction's plan that the reading asked for marked ``asked`` (the
+    evidence's candidates never are: the evidence chose them), and every other move of an instruction's plan given the evidence's reason instead of the user's words: a move the reader did not derive
+    from the instruction is never justified as the user's request."""
+    candidates = []
+    for c in plan.candidates:
+        if plan.source == "instruction" and from_reading(c, reading):
+            candidates.append(dataclasses.replace(c, asked=True))
+        elif plan.source == "instruction" and c.key != "hold":
+            candidates.append(dataclasses.replace(c, reason=plan.signal.reason))
+        else:
+            candidates.append(c)
+    return dataclasses.replace(plan, candidates=tuple(candidates))
+
+
 def plan_decision(m: EpochMetrics) -> Plan:
-    """The :class:`Plan` for the decision after ``m``: the instruction's candidates at the first decision it
-    shapes (or at every one when it repeats or holds), else the evidence's candidates minus those that move
-    against the instruction in force. An instruction not read with confidence (``agents.expert.reading``) is not
-    acted on: the evidence decides, as without one. Always at least one candidate."""
-    intent = read(m.instruction.text if m.instruction else None, m.task, weight_layers(m)).intent  # unread: no branch
+    """The :class:`Plan` for the decision after ``m`` (see :func:`instruction_plan`), each candidate marked
+    ``asked`` or given the evidence's reason (:func:`justified`)."""
+    reading = read(m.instruction.text if m.instruction else None, m.task, weight_layers(m))
+    return justified(instruction_plan(m, reading.intent), reading)
+
+
+def instruction_plan(m: EpochMetrics, intent: Intent) -> Plan:
+    """The instruction's candidates at the first decision it shapes (or at every one when it repeats or holds),
+    else the evidence's candidates minus those that move against the instruction in force. An instruction not
+    read with confidence (``agents.expert.reading``) is not acted on: the evidence decides, as without one.
+    Always at least one candidate."""
     signal = read_signal(m)
     quoted = f"the user asked: {m.instruction.text[:120]!r}" if m.instruction else ""
     acting = intent.repeat or m.instruction_first_decision

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from agents.expert.candidates import Candidate, Plan
-from agents.expert.rationale import copied, first_sentence, reason_opening, unsupported_numbers
+from agents.expert.rationale import copied, first_sentence, metric_values, reason_opening, unsupported_numbers
 from agents.prompts import ANSWER_OPENING, CHOICE_INSTRUCTIONS, EXPERT_SYSTEM, NEUTRAL_STATE, chatml, state_summary
 from agents.proposals.answer_text import find_answer_object
 from bus.messages import EpochMetrics
@@ -100,10 +100,12 @@ class ScoredChooser:
             self.neutral.update(zip(missing, self.mean_logprobs(NEUTRAL_STATE, missing)))
         return [s - self.neutral[o] for s, o in zip(self.mean_logprobs(user, options), options)]
 
-    def rationale(self, user: str, chosen: Candidate, opening: str) -> tuple[str, dict, dict]:
+    def rationale(self, user: str, chosen: Candidate, opening: str, metrics: dict[str, list[float]] | None = None
+                  ) -> tuple[str, dict, dict]:  # fmt: skip
         """The model's sentence after "We should <chosen>, because <opening>" (:func:`reason_opening`); (sentence,
         usage, flags). A sentence that copies the prompt (:func:`copied`) or cites a number the prompt does not
-        hold (:func:`unsupported_numbers`) is asked for once more, sampled at :data:`RETRY_TEMPERATURE`; the
+        hold, or under a metric's name a number that metric never took (:func:`unsupported_numbers` with
+        ``metrics``, :func:`metric_values`), is asked for once more, sampled at :data:`RETRY_TEMPERATURE`; the
         better of the two is kept, with its flags."""
         start = f"{ANSWER_OPENING} {chosen.text}, because {opening}"
         prompt = chatml(EXPERT_SYSTEM, user, start)
@@ -111,8 +113,9 @@ class ScoredChooser:
         for temperature in (self.temperature, RETRY_TEMPERATURE):
             reason, usage = self.complete(prompt, temperature)
             joiner = "" if reason[:1] in ("", ",", ".", "'") else " "
-            flags = {"rationale_copied": copied(f"{opening}{joiner}{reason}", user),
-                     "rationale_unsupported_numbers": unsupported_numbers(reason, user)}  # fmt: skip
+            said = f"{opening}{joiner}{reason}"  # the opening names the metric a number may be cited under
+            flags = {"rationale_copied": copied(said, user),
+                     "rationale_unsupported_numbers": unsupported_numbers(said, user, metrics)}  # fmt: skip
             tries.append((f"{start}{joiner}{reason}".strip(), usage, flags))
             if not flags["rationale_copied"] and not flags["rationale_unsupported_numbers"]:
                 break
@@ -137,7 +140,8 @@ class ScoredChooser:
             index = max(range(len(scores)), key=scores.__getitem__)
             ranked = sorted(scores, reverse=True)
             margin = ranked[0] - ranked[1]
-        sentence, usage, flags = self.rationale(user, plan.candidates[index], reason_opening(m, plan))
+        chosen = plan.candidates[index]
+        sentence, usage, flags = self.rationale(user, chosen, reason_opening(m, plan, chosen), metric_values(m))
         return Choice(index, sentence, scores, margin, usage.get("prompt_tokens"), usage.get("completion_tokens"), flags,
                       prompt=user)  # fmt: skip
 
@@ -165,5 +169,7 @@ class ChatChooser:
         if value.get("choice") not in keys or not isinstance(value.get("rationale"), str):
             raise ChooserError(f"the model chose no listed action: {reply.text[:200]!r}")
         sentence = first_sentence(value["rationale"])
+        flags = {"rationale_copied": copied(sentence, prompt),
+                 "rationale_unsupported_numbers": unsupported_numbers(sentence, prompt, metric_values(m))}  # fmt: skip
         return Choice(keys.index(value["choice"]), sentence, None, None, reply.prompt_tokens, reply.completion_tokens,
-                      {"rationale_copied": copied(sentence, prompt)}, prompt=prompt)  # fmt: skip
+                      flags, prompt=prompt)  # fmt: skip

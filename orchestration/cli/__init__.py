@@ -17,10 +17,16 @@ from orchestration.cli.checks import (
 )
 from orchestration.cli.flags import add_llm_flags, build_parser
 from orchestration.cli.one_line import CliError, OneLineParser
-from orchestration.cli.schedule import MAX_INSTRUCTION_CHARS, instruction_schedule, instruction_text, parse_schedule
+from orchestration.cli.schedule import (
+    MAX_INSTRUCTION_CHARS,
+    instruction_notices,
+    instruction_schedule,
+    instruction_text,
+    parse_schedule,
+)
 
 __all__ = [
-    "MAX_INSTRUCTION_CHARS", "CliError", "OneLineParser", "add_llm_flags", "build_parser", "instruction_schedule",
-    "instruction_text", "model_spec", "node_pipeline", "parse_schedule", "preflight_database", "resolve_task",
-    "task_options", "validate_args", "validate_controllers",
+    "MAX_INSTRUCTION_CHARS", "CliError", "OneLineParser", "add_llm_flags", "build_parser", "instruction_notices",
+    "instruction_schedule", "instruction_text", "model_spec", "node_pipeline", "parse_schedule", "preflight_database",
+    "resolve_task", "task_options", "validate_args", "validate_controllers",
 ]  # fmt: skip

@@ -188,7 +188,8 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="scripted instructions: lines 'EPOCH TEXT' (active from the decision after EPOCH) or 'EPOCH clear' "
-        "(withdrawn); # starts a comment (default: none)",
+        "(withdrawn); # starts a comment; a line for the last epoch or later cannot take effect and is said so "
+        "before training (default: none)",
     )
     p.add_argument(
         "--nodes",

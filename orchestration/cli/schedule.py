@@ -58,9 +58,37 @@ def instruction_schedule(args: argparse.Namespace) -> list[ScheduledInstruction]
         schedule.append(ScheduledInstruction(from_epoch=1, text=instruction_text(text, "--instruction"), source=source))
     if args.instructions is not None:
         scripted = parse_schedule(_read_text(args.instructions, "--instructions"), str(args.instructions))
+        if not scripted:
+            raise CliError(f"--instructions {args.instructions}: no instruction in it; write lines 'EPOCH TEXT' or "
+                           f"'EPOCH clear'")  # fmt: skip
         if schedule and scripted and scripted[0].from_epoch == 1:
             raise CliError("--instruction and an --instructions line for epoch 1 both set the first instruction")
         schedule += scripted
     if schedule and args.controller == ["none"]:
         raise CliError("--instruction/--instructions need a guided arm; --controller none runs the baseline only")
     return schedule
+
+
+def instruction_notices(schedule: list[ScheduledInstruction], epochs: int, controllers: list[str]) -> list[str]:
+    """What of ``schedule`` cannot take effect in a run of ``epochs`` epochs steered by ``controllers``, one line
+    each, said before training starts: a line after the last epoch (never given: no decision follows it), a line
+    for the last epoch (read only by the decision after it, which is recorded but never applied), and a controller
+    that does not read instructions (``agents.controllers.Controller.reads_instructions``)."""
+    from agents.controllers import resolve_controller
+
+    notices = []
+    for entry in schedule:
+        what = f"instruction from epoch {entry.from_epoch}: {entry.text!r}" if entry.text else (
+            f"'clear' at epoch {entry.from_epoch}")  # fmt: skip
+        if entry.from_epoch > epochs:
+            notices.append(f"{what} will not be given: the run ends after epoch {epochs}, and no decision follows "
+                           f"epoch {entry.from_epoch}; the other instructions still apply")  # fmt: skip
+        elif entry.from_epoch == epochs:
+            notices.append(f"{what} cannot change training: only the decision after epoch {epochs}, the last, reads "
+                           f"it, and that decision is recorded but not applied")  # fmt: skip
+    if any(entry.text for entry in schedule):
+        for name in dict.fromkeys(c for c in controllers if c != "none"):
+            if not resolve_controller(name).reads_instructions:
+                notices.append(f"the {name} controller does not read instructions: it will only be kept from moving "
+                               f"against it")  # fmt: skip
+    return notices

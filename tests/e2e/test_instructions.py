@@ -45,12 +45,41 @@ def test_scripted_instructions_reach_the_prompts_and_the_record(tmp_path):
     assert query(db, "SELECT count(*) FROM decisions d JOIN runs r USING (run_id) WHERE r.arm = 'baseline'") == [(0,)]
 
 
+def test_what_cannot_take_effect_is_said_before_training_and_the_rest_still_runs(tmp_path):
+    # issue 18: an instruction to a controller that ignores instructions was shown as in force, and a schedule line
+    # after the last epoch was silently never given
+    schedule = tmp_path / "plan.txt"
+    schedule.write_text("2 raise dropout a little\n9 halve the learning rate\n")
+    db, out = tmp_path / "n.duckdb", tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "run.py", "--task", "diabetes", "--regime", "50", "--epochs", "3", "--arms", "guided",
+         "--controller", "heuristic", "--instruction", "lower the learning rate", "--instructions", str(schedule),
+         "--db", str(db), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    notices = [
+        "instruction from epoch 9: 'halve the learning rate' will not be given: the run ends after epoch 3, and no "
+        "decision follows epoch 9; the other instructions still apply",
+        "the heuristic controller does not read instructions: it will only be kept from moving against it",
+    ]
+    assert [line for line in lines if line in notices] == notices  # each once, in this order
+    first_epoch = next(i for i, line in enumerate(lines) if "| epoch " in line)
+    assert all(lines.index(notice) < first_epoch for notice in notices)  # before training starts
+    assert "Traceback" not in result.stderr
+    rows = query(db, "SELECT text, first_epoch FROM instructions ORDER BY first_epoch")
+    assert rows == [("lower the learning rate", 1), ("raise dropout a little", 2)]  # the others still run
+    assert query(db, "SELECT count(*), max(epoch) FROM decisions") == [(3, 3)]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
         ("0 do it\n", "expected 'EPOCH TEXT' or 'EPOCH clear' with EPOCH >= 1"),
         ("2 a\n2 b\n", "epoch 2 is not after the previous line's 2"),
         ("3\n", "expected 'EPOCH TEXT' or 'EPOCH clear'"),
+        ("# nothing yet\n\n", "no instruction in it; write lines 'EPOCH TEXT' or 'EPOCH clear'"),
     ],
 )
 def test_a_bad_instruction_file_is_one_line_naming_the_line(tmp_path, content, message):

@@ -69,6 +69,15 @@ def make_tenfold(cfg):
 
 def make_invalid(cfg):
     return TenfoldPolicy(dropout=5.0)
+
+
+def make_reader(cfg):
+    """Reads the user's instruction (it says so)."""
+    return TenfoldPolicy()
+
+
+make_reader.reads_instructions = True
+READER = Controller("ignored", "reads instructions", False, make_tenfold, reads_instructions=True)
 '''
 
 
@@ -93,6 +102,14 @@ def test_the_builtins_are_listed_with_what_the_orchestrator_needs_to_know():
     assert [name for name, c in BUILTINS.items() if c.uses_llm] == ["llm"]
     assert [name for name, c in BUILTINS.items() if not c.needs_agent] == ["none"]
     assert resolve_controller("plateau") is BUILTINS["plateau"]
+    assert [name for name, c in BUILTINS.items() if c.reads_instructions] == ["llm"]
+
+
+def test_a_plugin_reads_instructions_only_when_it_says_so(user_module):
+    assert not resolve_controller(f"{user_module}:make_controller").reads_instructions  # not declared
+    assert not resolve_controller(f"{user_module}:CONTROLLER").reads_instructions
+    assert resolve_controller(f"{user_module}:make_reader").reads_instructions  # the factory's attribute
+    assert resolve_controller(f"{user_module}:READER").reads_instructions  # the Controller's field
 
 
 def test_unknown_names_are_refused_in_one_line(tmp_path, user_module):
