@@ -63,9 +63,10 @@ def instruction_label(text: str, read_as: str | None, draws=font_draws) -> str:
 
 def label_levels(epochs: list[float], span: float) -> list[int]:
     """The row (0 lowest) of each instruction label drawn at ``epochs`` (in the order given) on a panel ``span``
-    epochs wide: a label takes the lowest row not held by one within a third of the panel before it, so that
-    labels of instructions close together stack instead of overlapping."""
-    reach = max(span, 1.0) / 3
+    epochs wide: a label takes the lowest row not held by one within two thirds of the panel before it (a label
+    spans about a third, growing left or right towards the middle), so that labels of instructions close together
+    stack instead of overlapping."""
+    reach = max(span, 1.0) * 2 / 3
     placed: list[tuple[float, int]] = []
     levels = []
     for epoch in epochs:
