@@ -98,12 +98,14 @@ class SteeringService:
         if request.text is not None:
             reading = read(request.text, task)
             instruction = Instruction(instruction_id=f"{run_id}-say-{uuid.uuid4().hex[:8]}", text=request.text,
-                                      source="say", received_at=time.time(), reading=reading_record(reading, task))  # fmt: skip
+                                      source="say", received_at=time.time(),
+                                      reading=reading_record(reading, task))  # fmt: skip
         self.trainers[run_id].send_multipart(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
         self.log.info("instruction_said", run_id=run_id, text=request.text)
         if instruction is None:
             return SayReply(ok=True, run_id=run_id, detail=f"run {run_id}: instruction withdrawn from its next decision")
-        detail = f"{instruction.reading.read_as}\nrun {run_id}: instruction given: {request.text!r}; it applies from its next decision"
+        given = f"run {run_id}: instruction given: {request.text!r}; it applies from its next decision"
+        detail = f"{instruction.reading.read_as}\n{given}"
         return SayReply(ok=True, run_id=run_id, detail=detail)
 
     def close(self) -> None:

@@ -184,9 +184,9 @@ MIGRATIONS: list[tuple[int, str]] = [
         8,
         """
         -- Every instruction keeps how it was read when given (issue 18); NULL where it was not read (before this).
-        ALTER TABLE instructions ADD COLUMN read_as VARCHAR;     -- the line said back: 'read as: ...' | 'not understood: ...'
-        ALTER TABLE instructions ADD COLUMN intent VARCHAR;      -- e.g. 'explicit: learning_rate down', 'goal: speed', 'hold'
-        ALTER TABLE instructions ADD COLUMN moves JSON;          -- [{knob, direction, factor, amount, target, op, layer}]
+        ALTER TABLE instructions ADD COLUMN read_as VARCHAR;     -- 'read as: ...' | 'not understood: ...'
+        ALTER TABLE instructions ADD COLUMN intent VARCHAR;      -- 'explicit: learning_rate down' | 'goal: speed' | 'hold'
+        ALTER TABLE instructions ADD COLUMN moves JSON;          -- [{knob, direction, factor, target, ...}]
         ALTER TABLE instructions ADD COLUMN confidence DOUBLE;   -- the reader's, in [0, 1]
         ALTER TABLE instructions ADD COLUMN reader VARCHAR;      -- which reader produced it
         -- A move against a confident reading is not applied (agents.nodes.guard): instruction_outcome 'overridden',

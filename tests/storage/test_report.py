@@ -203,7 +203,8 @@ def test_the_decision_timeline_marks_where_an_instruction_first_shaped_a_decisio
     with open_reader(db) as reader:
         (task,) = read_report_data(reader).tasks
     marks = {run.run_id: run.instructions for run in task.timeline}
-    assert marks == {"guided0": [(2, "raise dropout", None)], "guided1": [(3, "a long instruction at the last epoch", None)]}
+    late_mark = (3, "a long instruction at the last epoch", None)
+    assert marks == {"guided0": [(2, "raise dropout", None)], "guided1": [late_mark]}
     _, fig = decision_figure(task)
     assert "raise dropout" in [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "instruction (first decision it shaped)" in [t.get_text() for t in fig.legends[0].get_texts()]
@@ -218,7 +219,8 @@ def test_an_instruction_label_is_its_reading_and_never_a_row_of_boxes():
     assert instruction_label("把学习率降低一半", one_shot) == "learning_rate × 0.5"
     assert not font_draws("把学习率降低一半") and font_draws("learning_rate × 0.5")
     assert instruction_label("把学习率降低一半", "not understood: nothing will change") == "not understood"
-    assert instruction_label("lowr teh lernin rate a lot pls", "not understood: x") == "not understood: 'lowr teh lernin...'"
+    excerpt = "not understood: 'lowr teh lernin...'"
+    assert instruction_label("lowr teh lernin rate a lot pls", "not understood: x") == excerpt
     assert instruction_label("学习率", None) == "instruction"  # recorded before readings, in a script not drawable
     assert instruction_label("raise dropout", None) == "raise dropout"
 
@@ -241,8 +243,9 @@ def test_the_timeline_labels_readings_at_close_epochs_apart_and_drawable(db, tmp
 
     with duckdb.connect(str(db)) as con:
         buffer = RecordBuffer(con)
-        for n, (text, read_as) in enumerate([("把学习率降低一半", "read as: learning_rate × 0.5 at the next decision, then kept"),
-                                             ("请不要改变任何东西吧", "not understood: nothing will change because of it")]):
+        given = [("把学习率降低一半", "read as: learning_rate × 0.5 at the next decision, then kept"),
+                 ("请不要改变任何东西吧", "not understood: nothing will change because of it")]
+        for n, (text, read_as) in enumerate(given):
             buffer.add(InstructionRecord(run_id="guided0", instruction=said(n, text, read_as), first_epoch=2 + n))
         buffer.flush()
     with open_reader(db) as reader:
