@@ -19,6 +19,7 @@ from agents.controllers.contract import Policy
 from agents.controllers.registry import resolve_controller
 from agents.expert.outcome import held, instruction_outcome
 from agents.graph import build_agent_graph
+from agents.nodes.guard import guard
 from bus.child import EXIT_BIND_FAILED, EXIT_CONFIG_INVALID, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import BusyClock, HealthResponder
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Message, Ready, decode, encode
@@ -42,6 +43,21 @@ def instruction_fields(metrics: EpochMetrics, command, notes: list[dict]) -> tup
         return None, None
 
 
+# The controller whose commands are not guarded: a replay answers a recorded run's commands again, exactly, so that
+# the two runs can be compared move for move; they were guarded when first decided (or recorded before the guard,
+# and then a guarded replay would not be a replay).
+UNGUARDED = ("replay",)
+
+
+def guarded_state(state: dict, policy_name: str) -> dict:
+    """``state`` after the instruction guard (``agents.nodes.guard``), which runs here, after every node of any
+    pipeline, so that nothing between the policy and the trainer can move a knob against a confident reading."""
+    if policy_name in UNGUARDED:
+        return state
+    update = guard(state)
+    return {**state, **update, "notes": [*state.get("notes", []), *update.get("notes", [])]}
+
+
 def decide(
     graph,
     policy_name: str,
@@ -50,18 +66,23 @@ def decide(
     feed_reflection: bool = True,
     command_space: str = "free",
 ) -> Decision:
-    """Run the graph once for ``metrics`` and package the outcome as a Decision."""
+    """Run the graph once for ``metrics``, guard its command against the instruction in force
+    (:func:`guarded_state`) and package the outcome as a Decision."""
     started = time.perf_counter()
     inputs = {"metrics": metrics, "max_repairs": max_repairs, "feed_reflection": feed_reflection, "notes": []}
     # Each repair round is three steps; langgraph's default step limit differs between versions.
     limit = 3 * (max_repairs + 1) + len(graph.nodes) + 10
     state = graph.invoke({**inputs, "command_space": command_space}, {"recursion_limit": limit})
+    state = guarded_state(state, policy_name)
     latency_ms = (time.perf_counter() - started) * 1000.0
     fallback = bool(state.get("fallback"))
     command = state["command"]
     notes = list(state.get("notes", []))
     proposal = None if fallback else state.get("proposal")  # the applied answer's, when a policy typed it
+    overridden = state.get("overridden")
     outcome, held_still = (None, None) if fallback else instruction_fields(metrics, command, notes)
+    if overridden is not None:
+        outcome = "overridden"  # whatever the applied command does, the policy's own proposal went against the user
     return Decision(
         run_id=metrics.run_id,
         epoch=metrics.epoch,
@@ -77,6 +98,7 @@ def decide(
         notes=notes,
         instruction_outcome=outcome,
         held=held_still,
+        overridden_proposal=overridden,
         choice=proposal.choice if proposal is not None else None,
         choice_margin=None if proposal is None or proposal.margin is None else round(proposal.margin, 4),
         latency_ms=latency_ms,

@@ -35,5 +35,6 @@ class AgentState(TypedDict, total=False):
     fallback: bool
     fallback_reason: str | None
 
+    overridden: dict[str, Any] | None  # guard: the policy's proposal it overrode (agents.nodes.guard.proposal_record)
     reflection: Reflection | None  # reflector
     notes: Annotated[list[dict[str, Any]], operator.add]  # any node: what it did and why

@@ -94,9 +94,25 @@ class EpochSummary(BaseModel):
     alpha: float
 
 
+class InstructionReading(BaseModel):
+    """How an instruction was read when it was given (``agents.expert.reading.Reading``, as recorded): the line said
+    back to the user (``read_as``, beginning "read as:" or "not understood:"), the intent in a few words
+    (``Intent.words()``), its moves (``knob``, ``direction``, ``factor``, ``amount``, ``target``, ``op``, ``layer``;
+    the fields a move does not set left out), the reader's ``confidence`` in [0, 1] and which ``reader`` it was."""
+
+    model_config = MODEL_CONFIG
+
+    read_as: str = Field(max_length=2000)
+    intent: str = Field(max_length=2000)
+    moves: list[dict[str, Any]] = Field(default_factory=list)
+    confidence: float = Field(ge=0.0, le=1.0)
+    reader: str = Field(max_length=200)
+
+
 class Instruction(BaseModel):
     """A user's plain-language instruction to the agent, active from when it is received until replaced or
-    withdrawn. It shapes prompts only: every command still passes the validator's bounds."""
+    withdrawn. A confident reading of it constrains every controller (``agents.nodes.guard``); ``reading`` is how
+    the orchestrator read it when it was given, for the record (None: not read there)."""
 
     model_config = MODEL_CONFIG
 
@@ -104,6 +120,7 @@ class Instruction(BaseModel):
     text: str = Field(min_length=1, max_length=2000)
     source: Literal["flag", "file", "schedule", "say"]  # --instruction, --instruction @file, --instructions, run.py say
     received_at: float  # unix time, s
+    reading: InstructionReading | None = None
 
 
 class Hello(Message):
@@ -182,7 +199,11 @@ class Decision(Message):
     reflection: Reflection | None = None
     # Against the instruction in force (agents.expert.outcome.instruction_outcome): followed | ignored | contradicted |
     # respected (a later decision under a one-shot instruction, not against it); None without a readable one.
-    instruction_outcome: Literal["followed", "ignored", "contradicted", "respected"] | None = None
+    # overridden: the policy proposed a move against a confident reading, which the guard put back (agents.nodes.guard).
+    instruction_outcome: Literal["followed", "ignored", "contradicted", "respected", "overridden"] | None = None
+    # What the policy proposed when the guard overrode it: {"hyperparameters", "alpha", "weight_ops",
+    # "weight_modulation_layers"}; None when nothing was overridden.
+    overridden_proposal: dict[str, Any] | None = None
     held: bool | None = None  # the command changes nothing (knobs, alpha, weights); None for a fallback
     choice: str | None = None  # the expert form's chosen candidate (agents.expert), e.g. "learning_rate:down"
     choice_margin: float | None = None  # its calibrated score minus the runner-up's; None without a choice

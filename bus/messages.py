@@ -25,6 +25,7 @@ from bus.agent_messages import (
     ErrorReply,
     Hello,
     Instruction,
+    InstructionReading,
     Ready,
     Reflection,
     UpdateCommand,
@@ -110,7 +111,8 @@ __all__ = [
     "ALPHA_RANGE", "COMMAND_FIELDS", "MAX_FRAME_BYTES", "MAX_OP_FRACTION", "MESSAGE_TYPES", "MODEL_CONFIG",
     "SCHEMA_VERSION", "BusDecodeError", "ControlReply", "ControlRequest", "Decision", "DecisionRecord",
     "EpochMetrics", "EpochRecord", "EpochSummary", "ErrorReply", "Hello", "Hyperparameter", "Instruction",
-    "InstructionRecord", "InstructionUpdate", "LogEvent", "Message", "Mode", "QueryParam", "QueryReply",
+    "InstructionReading", "InstructionRecord", "InstructionUpdate", "LogEvent", "Message", "Mode", "QueryParam",
+    "QueryReply",
     "QueryRequest", "Ready", "Reflection", "ReflectionRecord", "RunFinished", "RunStarted", "RunStatus",
     "SayReply", "SayRequest", "TaskSpec", "UpdateCommand", "Verdict", "WeightOp", "WeightOpName", "decode", "encode",
 ]  # fmt: skip

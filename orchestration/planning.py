@@ -181,7 +181,8 @@ def agent_part(spec: RunSpec, controller: str, uses_llm: bool) -> dict:
     if controller != "none":
         what |= {"nodes": spec.pipeline, "max_repairs": spec.max_repairs}
         if spec.instructions:  # absent when none: runs recorded before instructions existed keep their identity
-            what["instructions"] = [i.model_dump() for i in spec.instructions]
+            # How an instruction was read is a record of the reader, not part of the experiment.
+            what["instructions"] = [i.model_dump(exclude={"reading"}) for i in spec.instructions]
     if uses_llm:
         llm = spec.llm
         what |= {

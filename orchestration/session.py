@@ -103,6 +103,7 @@ def run_invocation(spec: RunSpec) -> int:
         return 2
     print(f"run directory {run_dir}", flush=True)
     if any(arm.name == "guided" for arm in todo):
+        spec = with_readings(spec)
         for line in instruction_readings(spec):
             print(line, flush=True)
     runner = Runner(spec, run_dir, settings)
@@ -115,18 +116,32 @@ def run_invocation(spec: RunSpec) -> int:
     return 0 if all(a.status == "completed" for a in arms) else 1
 
 
-def instruction_readings(spec: RunSpec) -> list[str]:
-    """How each instruction of ``--instruction``/``--instructions`` is read for the task, one line each, said back
-    before training starts (``agents.expert.reading``): ``instruction from epoch 1: 'TEXT' -> read as: ...``."""
-    if not any(item.text for item in spec.instructions):
-        return []
+def with_readings(spec: RunSpec) -> RunSpec:
+    """``spec`` with each instruction of ``--instruction``/``--instructions`` carrying its reading for the task
+    (``agents.expert.reading``, as ``agents.expert.record.reading_record`` records it), which the trainer sends on
+    with the instruction to the ``instructions`` table; a replay or resume keeps the readings it recorded."""
+    if not any(item.text and item.reading is None for item in spec.instructions):
+        return spec
     from agents.expert.reading import read
+    from agents.expert.record import reading_record
 
     task = task_class(spec.task, spec.task_options).spec()
-    return [
-        f"instruction from epoch {item.from_epoch}: {item.text!r} -> {read(item.text, task).said_back(task)}"
-        if item.text else f"instruction from epoch {item.from_epoch}: cleared"
+    instructions = [
+        item.model_copy(update={"reading": reading_record(read(item.text, task), task)})
+        if item.text and item.reading is None else item
         for item in spec.instructions
+    ]  # fmt: skip
+    return spec.model_copy(update={"instructions": instructions})
+
+
+def instruction_readings(spec: RunSpec) -> list[str]:
+    """How each instruction of ``--instruction``/``--instructions`` is read for the task, one line each, said back
+    before training starts: ``instruction from epoch 1: 'TEXT' -> read as: ...`` (the readings
+    :func:`with_readings` attached)."""
+    return [
+        f"instruction from epoch {item.from_epoch}: {item.text!r} -> {item.reading.read_as}"
+        if item.text and item.reading is not None else f"instruction from epoch {item.from_epoch}: cleared"
+        for item in with_readings(spec).instructions
     ]  # fmt: skip
 
 

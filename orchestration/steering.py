@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from agents.expert.reading import read
+from agents.expert.record import reading_record
 from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
 from bus.messages import (
     BusDecodeError,
@@ -93,16 +94,18 @@ class SteeringService:
         if run_id not in self.trainers:
             known = ", ".join(self.guided_runs) or "none"
             return SayReply(ok=False, run_id=run_id, detail=f"run {run_id!r} is not training now (guided runs: {known})")
-        instruction = None
+        instruction, task = None, self.tasks[run_id]
         if request.text is not None:
+            reading = read(request.text, task)
             instruction = Instruction(instruction_id=f"{run_id}-say-{uuid.uuid4().hex[:8]}", text=request.text,
-                                      source="say", received_at=time.time())  # fmt: skip
+                                      source="say", received_at=time.time(),
+                                      reading=reading_record(reading, task))  # fmt: skip
         self.trainers[run_id].send_multipart(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
         self.log.info("instruction_said", run_id=run_id, text=request.text)
         if instruction is None:
             return SayReply(ok=True, run_id=run_id, detail=f"run {run_id}: instruction withdrawn from its next decision")
-        said_back = read(request.text, self.tasks[run_id]).said_back(self.tasks[run_id])
-        detail = f"{said_back}\nrun {run_id}: instruction given: {request.text!r}; it applies from its next decision"
+        given = f"run {run_id}: instruction given: {request.text!r}; it applies from its next decision"
+        detail = f"{instruction.reading.read_as}\n{given}"
         return SayReply(ok=True, run_id=run_id, detail=detail)
 
     def close(self) -> None:

@@ -4,6 +4,7 @@ verdict. Every figure is laid out at the size it is written, title, axes and leg
 
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
 from pathlib import Path
@@ -12,6 +13,68 @@ from storage.report_data import Curves, TaskReport, metric_label
 
 VERDICT_COLOURS = {"beneficial": "tab:green", "harmful": "tab:red", "neutral": "tab:gray"}
 DPI = 120  # figures are laid out at the resolution they are written with
+LABEL_CHARS = 32  # an instruction's label at fontsize 7 spans about a third of a panel
+EXCERPT_CHARS = 18  # of a text not understood, beside "not understood: "
+# The said-back line's "when", shortened for a label: what moves matters more than the rest of a long line.
+LABEL_WHEN = {" at the next decision, then kept": "", " at every decision": ", every decision"}
+LABEL_STEP_PT = 11  # the vertical distance between staggered labels, in points
+
+
+# --------------------------------------------------------------------------- instruction labels
+
+
+@functools.cache
+def _default_font_codepoints() -> frozenset[int]:
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+
+
+def font_draws(text: str) -> bool:
+    """Whether matplotlib's default font has a glyph for every character of ``text`` (DejaVu Sans draws Latin,
+    Greek and Cyrillic, not CJK: those would be boxes)."""
+    codepoints = _default_font_codepoints()
+    return all(ord(c) in codepoints or c.isspace() for c in text)
+
+
+def shortened(text: str, limit: int = LABEL_CHARS) -> str:
+    """``text`` on one line, cut to ``limit`` characters with "..." when longer."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
+
+
+def instruction_label(text: str, read_as: str | None, draws=font_draws) -> str:
+    """The timeline's label of an instruction: the reading said back when it was given, without its "read as: "
+    (``learning_rate × 0.5 at the next decision, then kept``, shortened); "not understood" with a short excerpt of
+    the text; the text itself for one recorded before readings were. What the font cannot draw (``draws``; CJK
+    text in the default font) is left out, so that no label is a row of boxes."""
+    excerpt = shortened(text, EXCERPT_CHARS)
+    if read_as is not None and read_as.startswith("read as:"):
+        reading = read_as.removeprefix("read as:").strip()
+        for when, short in LABEL_WHEN.items():
+            reading = reading.replace(when, short)
+        reading = shortened(reading)
+        return reading if draws(reading) else "".join(c for c in reading if draws(c))
+    if read_as is not None:  # "not understood: ..."
+        return f"not understood: '{excerpt}'" if draws(excerpt) else "not understood"
+    return shortened(text) if draws(text) else "instruction"
+
+
+def label_levels(epochs: list[float], span: float) -> list[int]:
+    """The row (0 lowest) of each instruction label drawn at ``epochs`` (in the order given) on a panel ``span``
+    epochs wide: a label takes the lowest row not held by one within two thirds of the panel before it (a label
+    spans about a third, growing left or right towards the middle), so that labels of instructions close together
+    stack instead of overlapping."""
+    reach = max(span, 1.0) * 2 / 3
+    placed: list[tuple[float, int]] = []
+    levels = []
+    for epoch in epochs:
+        held = {level for at, level in placed if abs(epoch - at) < reach}
+        level = next(i for i in range(len(placed) + 1) if i not in held)
+        placed.append((epoch, level))
+        levels.append(level)
+    return levels
 
 
 # --------------------------------------------------------------------------- figures
@@ -150,11 +213,15 @@ def decision_figure(task: TaskReport):
             marker = "x" if fallback else ("o" if valid in (True, None) else "s")
             size = 60 if changed else 25
             ax.scatter([epoch], [value], c=VERDICT_COLOURS.get(verdict, "tab:blue"), marker=marker, s=size, zorder=2)
-        for epoch, text in run.instructions:  # the decision after this epoch was the first the instruction shaped
+        marks = sorted(run.instructions, key=lambda mark: mark[0])
+        levels = label_levels([mark[0] for mark in marks], epochs[-1] - epochs[0])
+        # The decision after this epoch was the first the instruction shaped.
+        for (epoch, text, read_as), level in zip(marks, levels):
             ax.axvline(epoch, color="tab:purple", linestyle="--", linewidth=1, zorder=0)
-            label = text if len(text) <= 28 else text[:25] + "..."
+            label = instruction_label(text, read_as)
             right = epoch > (epochs[0] + epochs[-1]) / 2  # the label grows towards the middle, inside the panel
-            ax.annotate(label, (epoch, 0.0), xycoords=("data", "axes fraction"), xytext=(-3 if right else 3, 4),
+            ax.annotate(label, (epoch, 0.0), xycoords=("data", "axes fraction"),
+                        xytext=(-3 if right else 3, 4 + LABEL_STEP_PT * level),
                         textcoords="offset points", ha="right" if right else "left", fontsize=7, color="tab:purple",
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
         running = " (running)" if run.status == "running" else ""

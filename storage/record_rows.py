@@ -49,11 +49,12 @@ INSERTS: dict[str, str] = {
         "decisions",
         "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
         "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id, instruction_outcome, held, "
-        "choice, choice_margin",
+        "choice, choice_margin, overridden_proposal",
     ),
     # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
     "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch, "
-    "superseded_by, superseded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instruction_id) DO UPDATE SET "
+    "superseded_by, superseded_at, read_as, intent, moves, confidence, reader) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (instruction_id) DO UPDATE SET "
     "first_epoch = coalesce(instructions.first_epoch, excluded.first_epoch), "
     "superseded_by = coalesce(instructions.superseded_by, excluded.superseded_by), "
     "superseded_at = coalesce(instructions.superseded_at, excluded.superseded_at)",
@@ -141,6 +142,7 @@ def _decision_row(message: DecisionRecord) -> tuple:
         d.held,
         d.choice,
         d.choice_margin,
+        json.dumps(d.overridden_proposal) if d.overridden_proposal is not None else None,
     )
 
 
@@ -148,8 +150,10 @@ def _instruction_row(message: InstructionRecord) -> tuple:
     """An ``instructions`` row (upserted: a later record sets ``first_epoch``)."""
     i, by = message.instruction, message.superseded_by
     superseded = (by.instruction_id, utc_datetime(by.received_at)) if by is not None else (None, None)
+    r = i.reading
+    reading = (r.read_as, r.intent, json.dumps(r.moves), r.confidence, r.reader) if r is not None else (None,) * 5
     return (i.instruction_id, message.run_id, i.text, i.source, utc_datetime(i.received_at), message.first_epoch,
-            *superseded)  # fmt: skip
+            *superseded, *reading)  # fmt: skip
 
 
 def _reflection_row(message: ReflectionRecord) -> tuple:

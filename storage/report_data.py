@@ -57,7 +57,8 @@ class RunningCurve:
 @dataclass
 class TimelineRun:
     """A guided run's decisions: (epoch, objective, fallback, valid, verdict, changed) per epoch, and the
-    user's instructions as (first epoch they shaped, text)."""
+    user's instructions as (first epoch they shaped, text, the line said back when it was given: None before
+    readings were recorded)."""
 
     run_id: str
     regime: str
@@ -65,7 +66,7 @@ class TimelineRun:
     seed: int
     status: str
     points: list[tuple]
-    instructions: list[tuple[int, str]] = field(default_factory=list)
+    instructions: list[tuple[int, str, str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -264,14 +265,14 @@ def _read_timeline(reader: Reader, task: str, objective: str) -> list[TimelineRu
     ).rows:
         points.setdefault(row[0], []).append(row[1:])
     instructions: dict[str, list] = {}
-    for run_id, first_epoch, text in reader.query(
+    for run_id, first_epoch, text, read_as in reader.query(
         f"""
-        SELECT run_id, first_epoch, text FROM instructions
+        SELECT run_id, first_epoch, text, read_as FROM instructions
         WHERE first_epoch IS NOT NULL AND run_id IN ({", ".join("?" * len(runs))}) ORDER BY run_id, first_epoch
         """,
         [run[0] for run in runs],
     ).rows:
-        instructions.setdefault(run_id, []).append((first_epoch, text))
+        instructions.setdefault(run_id, []).append((first_epoch, text, read_as))
     return [
         TimelineRun(run_id, regime, controller, seed, status, points[run_id], instructions.get(run_id, []))
         for run_id, regime, controller, seed, status in runs

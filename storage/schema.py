@@ -180,6 +180,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE instructions ADD COLUMN superseded_at TIMESTAMP;   -- when that one arrived
         """,
     ),
+    (
+        8,
+        """
+        -- Every instruction keeps how it was read when given (issue 18); NULL where it was not read (before this).
+        ALTER TABLE instructions ADD COLUMN read_as VARCHAR;     -- 'read as: ...' | 'not understood: ...'
+        ALTER TABLE instructions ADD COLUMN intent VARCHAR;      -- 'explicit: learning_rate down' | 'goal: speed' | 'hold'
+        ALTER TABLE instructions ADD COLUMN moves JSON;          -- [{knob, direction, factor, target, ...}]
+        ALTER TABLE instructions ADD COLUMN confidence DOUBLE;   -- the reader's, in [0, 1]
+        ALTER TABLE instructions ADD COLUMN reader VARCHAR;      -- which reader produced it
+        -- A move against a confident reading is not applied (agents.nodes.guard): instruction_outcome 'overridden',
+        -- and what the policy proposed is kept here {hyperparameters, alpha, weight_ops, weight_modulation_layers}.
+        ALTER TABLE decisions ADD COLUMN overridden_proposal JSON;
+        """,
+    ),
 ]
 
 # Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix
@@ -264,7 +278,8 @@ ORDER BY task, n_train DESC, reference;
 -- How reliable is each controller / model, per task: answers valid at the first try, repaired, fallen back;
 -- how often it held; of the decisions judged against an instruction (followed, ignored or contradicted; a later
 -- decision under a one-shot instruction counts only when it contradicted it), the share followed; contradicted
--- instructions; how often a model judge agreed with the rule's verdict, and verdicts contradicting the measurement.
+-- instructions and those the guard overrode; how often a model judge agreed with the rule's verdict, and verdicts contradicting
+-- the measurement.
 CREATE OR REPLACE VIEW controller_reliability AS
 SELECT r.task, d.controller, r.llm_model,
        count(*) AS decisions,
@@ -281,6 +296,7 @@ SELECT r.task, d.controller, r.llm_model,
        avg((d.instruction_outcome = 'followed')::INT) FILTER (WHERE d.instruction_outcome IN
            ('followed', 'ignored', 'contradicted')) AS instruction_followed_rate,
        count(*) FILTER (WHERE d.instruction_outcome = 'contradicted') AS instructions_contradicted,
+       count(*) FILTER (WHERE d.instruction_outcome = 'overridden') AS instructions_overridden,
        avg((rf.verdict_by_model = rf.rule_verdict)::INT) FILTER (WHERE rf.judge <> 'rule') AS rule_agreement_rate,
        count(*) FILTER (WHERE rf.contradicts_measurement) AS verdicts_contradicting_measurement
 FROM decisions d JOIN runs r USING (run_id)
@@ -317,7 +333,8 @@ SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, 
        coalesce(list_bool_or(list_transform(json_keys(d.hp_after), lambda k:
            TRY_CAST(d.hp_after->>k AS DOUBLE) IS DISTINCT FROM TRY_CAST(e0.hyperparameters->>k AS DOUBLE))), false)
            AS hyperparameters_changed,
-       d.instruction_id, i.text AS instruction, d.instruction_outcome, d.held, d.choice, d.choice_margin
+       d.instruction_id, i.text AS instruction, d.instruction_outcome, d.held, d.choice, d.choice_margin,
+       i.read_as AS instruction_read_as, d.overridden_proposal
 FROM d
 JOIN epochs e0 ON e0.run_id = d.run_id AND e0.epoch = d.epoch
 LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.epoch + 1

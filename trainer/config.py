@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bus.messages import ALPHA_RANGE
+from bus.messages import ALPHA_RANGE, InstructionReading
 
 
 class ScheduledInstruction(BaseModel):
@@ -21,6 +21,7 @@ class ScheduledInstruction(BaseModel):
     from_epoch: int = Field(ge=1)
     text: str | None = Field(default=None, min_length=1, max_length=2000)
     source: Literal["flag", "file", "schedule"] = "flag"
+    reading: InstructionReading | None = None  # how the orchestrator read it before training (for the record)
 
 
 class TrainerConfig(BaseModel):

@@ -70,7 +70,8 @@ def update_instruction(cfg: TrainerConfig, carry: Carry, epoch: int, said: list[
         carry.instruction = None
         if entry is not None and entry.text is not None:  # else nothing given yet, or withdrawn
             carry.instruction = Instruction(instruction_id=f"{cfg.run_id}-{index}", text=entry.text,
-                                            source=entry.source, received_at=time.time())  # fmt: skip
+                                            source=entry.source, received_at=time.time(),
+                                            reading=entry.reading)  # fmt: skip
     records = superseded_records(cfg.run_id, said)
     if said:
         changed, carry.instruction = True, said[-1].instruction

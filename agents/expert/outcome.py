@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from agents.expert.instructions import ALPHA, Intent, asked_directions, moved_value, read_instruction, target_direction
+from agents.expert.instructions import ALPHA, Intent, asked_directions, moved_value, target_direction
+from agents.expert.reading import Reading, read
 from agents.trends import current_values, weight_layers
 from bus.messages import EpochMetrics, UpdateCommand
 
 if TYPE_CHECKING:
     from agents.expert.candidates import Candidate
 
-Outcome = Literal["followed", "ignored", "contradicted", "respected"]
+Outcome = Literal["followed", "ignored", "contradicted", "respected", "overridden"]
 
 
 def knob_moves(m: EpochMetrics, values: dict[str, float], alpha: float) -> dict[str, int]:
@@ -29,15 +30,23 @@ def against(moved: dict[str, int], asked: dict[str, int]) -> bool:
     return any(moved.get(name, 0) != 0 and moved.get(name, 0) != direction for name, direction in asked.items())
 
 
+def instruction_reading(m: EpochMetrics) -> Reading | None:
+    """The reading of the instruction in force at ``m`` (``agents.expert.reading.read``), None without one."""
+    if m.instruction is None:
+        return None
+    return read(m.instruction.text, m.task, weight_layers(m))
+
+
 def instruction_outcome(m: EpochMetrics, command: UpdateCommand) -> Outcome | None:
-    """Whether ``command`` followed the instruction in force at ``m`` (None without one, or one this lexicon
-    cannot read): ``contradicted`` (moved a knob against it, moved a knob it says to keep, or changed anything
+    """Whether ``command`` followed the instruction in force at ``m`` (None without one, or one not understood):
+    ``contradicted`` (moved a knob against it, moved a knob it says to keep, or changed anything
     when told to change nothing), ``followed`` (moved every named knob as asked — or found it at its bound —,
     applied the weight operation, pursued the goal, held as told), ``ignored`` (neither), and ``respected`` for
     a later decision under a one-shot instruction that did not go against it."""
-    intent = read_instruction(m.instruction.text if m.instruction else None, m.task, weight_layers(m))
-    if intent.kind in ("none", "unread"):
+    reading = instruction_reading(m)
+    if reading is None or not reading.understood:
         return None
+    intent = reading.intent
     values = current_values(m)
     moved = knob_moves(m, command.hyperparameters, command.alpha)
     if intent.kind == "hold":

@@ -3,6 +3,7 @@ are due at, are recorded once with the first epoch they shaped, and each decisio
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -33,6 +34,11 @@ def test_scripted_instructions_reach_the_prompts_and_the_record(tmp_path):
     assert "instruction: 'raise dropout a little'" in result.stdout
     rows = query(db, "SELECT text, source, first_epoch FROM instructions ORDER BY first_epoch")
     assert rows == [("keep the learning rate where it is", "schedule", 1), ("raise dropout a little", "schedule", 4)]
+    # Each row keeps the reading said back before training.
+    readings = query(db, "SELECT read_as, intent, moves, reader FROM instructions ORDER BY first_epoch")
+    for read_as, intent, moves, reader in readings:
+        assert f"-> {read_as}" in result.stdout and intent and reader and json.loads(moves)
+    assert readings[1][1] == "explicit: dropout up"
     decisions = query(db, "SELECT d.epoch, i.text, d.prompt FROM decisions d LEFT JOIN instructions i "
                           "USING (instruction_id) ORDER BY d.epoch")  # fmt: skip
     assert [(epoch, text) for epoch, text, _ in decisions] == [
@@ -128,8 +134,11 @@ def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_de
     finally:
         run.kill()
     assert run.returncode == 0, stderr
-    (text, source, first_epoch), = query(db, "SELECT text, source, first_epoch FROM instructions")
+    (text, source, first_epoch, read_as, moves), = query(db, "SELECT text, source, first_epoch, read_as, moves "
+                                                         "FROM instructions")  # fmt: skip
     assert (text, source) == ("lower the learning rate", "say") and 1 <= first_epoch <= 4
+    assert given.stdout.startswith(read_as + "\n")  # the row keeps what the reply said
+    assert json.loads(moves) == [{"knob": "learning_rate", "direction": -1}]
     given_ids = query(db, "SELECT epoch FROM decisions WHERE instruction_id IS NOT NULL ORDER BY epoch")
     assert [e for (e,) in given_ids] == list(range(first_epoch, 5))  # from the next decision to the end
     assert "instruction: 'lower the learning rate'" in stdout

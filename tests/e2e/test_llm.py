@@ -156,3 +156,31 @@ def test_an_unreachable_endpoint_still_finishes_on_recorded_fallbacks(tmp_path):
     assert all(reason.startswith("model call failed: ") and "Connection" in reason for _, _, reason, _ in rows)
     assert query(db, "SELECT status FROM runs") == [("completed",)]
     assert query(db, "SELECT fallback_rate FROM controller_reliability") == [(1.0,)]
+
+
+def test_a_remote_model_in_free_form_moving_against_the_instruction_is_overridden(tmp_path):
+    """The scripted model raises the learning rate at every decision while the run's instruction asks to lower it:
+    the trainer never trains with a higher one, and every decision says it was overridden and keeps the proposal."""
+    from tests.helpers import ScriptedOpenAI, ScriptedReply
+
+    raise_it = json.dumps({"learning_rate": 0.002, "dropout": 0.0, "weight_decay": 0.0, "alpha": 0.0,
+                           "rationale": "the loss falls slowly: raise the learning rate"})  # fmt: skip
+    judge = json.dumps({"verdict": "neutral", "text": "no change"})
+    db, out = tmp_path / "g.duckdb", tmp_path / "runs"
+    with ScriptedOpenAI({}, {"controller": ScriptedReply(raise_it), "judge": ScriptedReply(judge)}) as model:
+        result = run_py("--task", "diabetes", "--regime", "50", "--epochs", "3", "--arms", "guided",
+                        "--controller", "llm", "--llm-base-url", model.base_url, "--llm-model", "scripted",
+                        "--llm-decision", "free", "--llm-command-space", "free", "--no-llm-reflection",
+                        "--instruction", "lower the learning rate", "--db", str(db), "--out", str(out),
+                        env={"OPENAI_API_KEY": SECRET}, timeout=300)  # fmt: skip
+        asked = [name for name, _ in model.requests]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "controller" in asked  # the model was asked: the override is not a fallback's doing
+    applied = query(db, "SELECT epoch, CAST(hyperparameters->>'learning_rate' AS DOUBLE) FROM epochs ORDER BY epoch")
+    assert [lr for _, lr in applied] == [1e-3] * 3
+    decisions = query(db, "SELECT instruction_outcome, overridden_proposal, fallback, notes FROM decisions ORDER BY epoch")
+    assert len(decisions) == 3
+    for outcome, proposal, fallback, notes in decisions:
+        assert not fallback and outcome == "overridden"
+        assert json.loads(proposal)["hyperparameters"]["learning_rate"] == 0.002
+        assert any(note.get("action") == "instruction_guard" for note in json.loads(notes))

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import time
 
+import json
+
+from agents.expert.reading import read
+from agents.expert.record import reading_record
 from bus.messages import Decision, DecisionRecord, Instruction, InstructionRecord, UpdateCommand
+from tasks.mnist import SPEC
 from storage.recorder import RecordBuffer
 from tests.storage.test_recorder import run_started
 
@@ -49,3 +54,27 @@ def test_an_instruction_replaced_before_any_decision_is_a_row_saying_by_what_and
     ).fetchall()
     assert [r[:3] for r in rows] == [("r1-say-a", None, "r1-say-b"), ("r1-say-b", 3, None)]
     assert abs(rows[0][3] - second.received_at) < 1e-3 and rows[1][3] is None
+
+
+def test_an_instruction_keeps_its_reading_and_an_overridden_decision_its_proposal(con):
+    buffer = RecordBuffer(con)
+    buffer.add(run_started("r1"))
+    reading = reading_record(read("halve the learning rate", SPEC), SPEC)
+    given = Instruction(instruction_id="r1-0", text="halve the learning rate", source="flag", received_at=time.time(),
+                        reading=reading)  # fmt: skip
+    unread = Instruction(instruction_id="r1-1", text="no reading sent", source="say", received_at=time.time())
+    command = UpdateCommand(hyperparameters={"learning_rate": 1e-3, "dropout": 0.2}, alpha=0.4)
+    proposal = {"hyperparameters": {"learning_rate": 2e-3, "dropout": 0.2}, "alpha": 0.4}
+    decision = Decision(run_id="r1", epoch=1, controller="x", command=command, instruction_outcome="overridden",
+                        overridden_proposal=proposal)  # fmt: skip
+    for record in (InstructionRecord(run_id="r1", instruction=given), InstructionRecord(run_id="r1", instruction=unread),
+                   DecisionRecord(decision=decision, applied=True, instruction_id="r1-0")):  # fmt: skip
+        buffer.add(record)
+    buffer.flush()
+    rows = con.execute("SELECT read_as, intent, moves, confidence, reader FROM instructions ORDER BY instruction_id")
+    (read_as, intent, moves, confidence, reader), absent = rows.fetchall()
+    assert read_as.startswith("read as: learning_rate × 0.5") and intent == "explicit: learning_rate down"
+    assert json.loads(moves) == [{"knob": "learning_rate", "direction": -1, "factor": 0.5}]
+    assert (confidence, reader) == (reading.confidence, reading.reader) and absent == (None,) * 5
+    outcome, kept = con.execute("SELECT instruction_outcome, overridden_proposal FROM decisions").fetchall()[0]
+    assert outcome == "overridden" and json.loads(kept) == proposal

@@ -262,3 +262,19 @@ def test_the_report_of_an_unmigrated_file_migrates_it_once_and_shows_the_papers_
     assert "| g2 | mnist | 100 | guided | llm | 0 | 1/3 | val_acc | 0.3000 | 0.3000 |" in text  # still running
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+
+
+def test_a_schema_7_database_gains_the_reading_columns_empty(tmp_path):
+    con = duckdb.connect(str(tmp_path / "v7.duckdb"))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for version, ddl in MIGRATIONS[:7]:
+        con.execute(ddl)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con.execute("INSERT INTO instructions (instruction_id, run_id, text, source, received_at) "
+                "VALUES ('r-0', 'r', 'halve the learning rate', 'flag', now())")  # fmt: skip
+    assert migrate(con) == 8
+    row = con.execute("SELECT text, read_as, intent, moves, confidence, reader FROM instructions").fetchall()
+    assert row == [("halve the learning rate", None, None, None, None, None)]
+    columns = [c[0] for c in con.execute("DESCRIBE decisions").fetchall()]
+    assert "overridden_proposal" in columns
+    con.close()

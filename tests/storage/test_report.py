@@ -203,8 +203,56 @@ def test_the_decision_timeline_marks_where_an_instruction_first_shaped_a_decisio
     with open_reader(db) as reader:
         (task,) = read_report_data(reader).tasks
     marks = {run.run_id: run.instructions for run in task.timeline}
-    assert marks == {"guided0": [(2, "raise dropout")], "guided1": [(3, "a long instruction at the last epoch")]}
+    late_mark = (3, "a long instruction at the last epoch", None)
+    assert marks == {"guided0": [(2, "raise dropout", None)], "guided1": [late_mark]}
     _, fig = decision_figure(task)
     assert "raise dropout" in [t.get_text() for ax in fig.axes for t in ax.texts]
     assert "instruction (first decision it shaped)" in [t.get_text() for t in fig.legends[0].get_texts()]
     assert outside_the_figure(fig) == []  # the label stays readable inside the figure
+
+
+def test_an_instruction_label_is_its_reading_and_never_a_row_of_boxes():
+    from storage.figures import font_draws, instruction_label
+
+    one_shot = "read as: learning_rate × 0.5 at the next decision, then kept"
+    assert instruction_label("halve the learning rate", one_shot) == "learning_rate × 0.5"
+    assert instruction_label("把学习率降低一半", one_shot) == "learning_rate × 0.5"
+    assert not font_draws("把学习率降低一半") and font_draws("learning_rate × 0.5")
+    assert instruction_label("把学习率降低一半", "not understood: nothing will change") == "not understood"
+    excerpt = "not understood: 'lowr teh lernin...'"
+    assert instruction_label("lowr teh lernin rate a lot pls", "not understood: x") == excerpt
+    assert instruction_label("学习率", None) == "instruction"  # recorded before readings, in a script not drawable
+    assert instruction_label("raise dropout", None) == "raise dropout"
+
+
+def test_labels_of_instructions_close_together_are_stacked():
+    from storage.figures import label_levels
+
+    assert label_levels([2, 3, 4, 12], span=12) == [0, 1, 2, 0]
+    assert label_levels([1, 10], span=10) == [0, 0]
+    assert label_levels([2, 3], span=2) == [0, 1]
+
+
+def test_the_timeline_labels_readings_at_close_epochs_apart_and_drawable(db, tmp_path):
+    from bus.messages import Instruction, InstructionReading, InstructionRecord
+
+    def said(n, text, read_as):
+        reading = InstructionReading(read_as=read_as, intent="x", confidence=1.0, reader="lexicon")
+        return Instruction(instruction_id=f"guided0-say-{n}", text=text, source="say", received_at=time.time(),
+                           reading=reading)  # fmt: skip
+
+    with duckdb.connect(str(db)) as con:
+        buffer = RecordBuffer(con)
+        given = [("把学习率降低一半", "read as: learning_rate × 0.5 at the next decision, then kept"),
+                 ("请不要改变任何东西吧", "not understood: nothing will change because of it")]
+        for n, (text, read_as) in enumerate(given):
+            buffer.add(InstructionRecord(run_id="guided0", instruction=said(n, text, read_as), first_epoch=2 + n))
+        buffer.flush()
+    with open_reader(db) as reader:
+        (task,) = read_report_data(reader).tasks
+    _, fig = decision_figure(task)
+    labels = [t for ax in fig.axes for t in ax.texts if t.get_text() in ("learning_rate × 0.5", "not understood")]
+    assert len(labels) == 2
+    first, second = (label.get_window_extent(fig.canvas.get_renderer()) for label in labels)
+    assert not first.overlaps(second)
+    assert outside_the_figure(fig) == []
