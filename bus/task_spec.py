@@ -22,11 +22,12 @@ USUAL_FAMILIES: dict[str, Family] = {
     "weight_decay": "regularization", "ent_coef": "exploration", "clip_range": "clipping",
 }  # fmt: skip
 # The aliases of a knob that declares none, by the same usual names.
-LEARNING_RATE_ALIASES = ("lr", "learning-rate", "step size", "stepsize", "steps", "step", "update size")
+LEARNING_RATE_ALIASES = ("lr", "learning-rate", "step size", "stepsize", "steps", "update size")
 USUAL_ALIASES: dict[str, tuple[str, ...]] = {
     "learning_rate": LEARNING_RATE_ALIASES, "lr": ("learning rate", *LEARNING_RATE_ALIASES[1:]),
-    "dropout": ("drop-out", "drop out"), "weight_decay": ("weight-decay", "l2 penalty", "l2"),
-    "ent_coef": ("entropy coefficient", "entropy bonus", "entropy"), "clip_range": ("clipping range", "clip"),
+    "dropout": ("drop-out", "drop out"), "weight_decay": ("weight-decay", "l2 penalty", "l2", "ridge penalty", "ridge", "l2 regularization",
+                     "l2 regularisation", "l2 reg", "wd"),
+    "ent_coef": ("entropy coefficient", "entropy bonus", "entropy"), "clip_range": ("clipping range", "clip", "clip epsilon", "clip ratio"),
 }  # fmt: skip
 USUAL_LABELS = {"learning_rate": "the learning rate", "lr": "the learning rate", "ent_coef": "the entropy coefficient",
                 "clip_range": "the clip range"}  # fmt: skip

@@ -90,7 +90,7 @@ def test_explain_reads_an_instruction_for_a_task_without_a_run():
     halve = explain("halve the learning rate")
     assert halve.returncode == 0 and halve.stdout.splitlines() == [
         "read as: learning_rate × 0.5 at the next decision, then kept",
-        "(task mnist; reader lexicon, confidence 1: explicit)",
+        "(task mnist; reader grammar, confidence 1: explicit)",
     ]
     song = explain("sing me a song", "--task", "cartpole")
     assert song.returncode == 0 and song.stdout.startswith(

@@ -146,12 +146,14 @@ def hold_candidate(m: EpochMetrics, reason: str) -> Candidate:
     return Candidate("hold", HOLD_PHRASE, current_values(m), m.alpha, (), reason, "no change")
 
 
-def goal_candidates(m: EpochMetrics, goal: str, reason: str, evidence: bool = False) -> list[Candidate]:
-    """One candidate per move of ``goal`` that the task has and can still make (within :func:`evidence_bounds`
-    when the evidence, not the user, asks)."""
+def goal_candidates(
+    m: EpochMetrics, goal: str, reason: str, evidence: bool = False, moves: tuple[tuple[str, int], ...] | None = None
+) -> list[Candidate]:
+    """One candidate per move of ``goal`` (or of ``moves``, the goal's moves an instruction left free) that the
+    task has and can still make (within :func:`evidence_bounds` when the evidence, not the user, asks)."""
     names = {*m.task.knob_names(), ALPHA}
     found = []
-    for name, direction in goal_moves(goal, m.task):
+    for name, direction in goal_moves(goal, m.task) if moves is None else moves:
         if name in names and (c := apply_moves(m, (Move(name, direction),), evidence)) is not None:
             found.append(dataclasses.replace(c, reason=reason))
     return found
@@ -224,7 +226,7 @@ def plan_decision(m: EpochMetrics) -> Plan:
     """The :class:`Plan` for the decision after ``m`` (see :func:`instruction_plan`), each candidate marked
     ``asked`` or given the evidence's reason (:func:`justified`)."""
     reading = read(m.instruction.text if m.instruction else None, m.task, weight_layers(m))
-    return justified(instruction_plan(m, reading.intent), reading)
+    return justified(instruction_plan(m, reading.intent if reading.understood else Intent("unread")), reading)
 
 
 def instruction_plan(m: EpochMetrics, intent: Intent) -> Plan:
@@ -245,7 +247,7 @@ def instruction_plan(m: EpochMetrics, intent: Intent) -> Plan:
             return Plan(intent, signal, (hold_candidate(m, f"{quoted}; {why}"),), "instruction")
         return Plan(intent, signal, (dataclasses.replace(c, reason=quoted),), "instruction")
     if intent.kind == "goal" and acting:
-        found = goal_candidates(m, intent.goal or "", f"{quoted} ({intent.goal})")
+        found = goal_candidates(m, intent.goal or "", f"{quoted} ({intent.goal})", moves=intent.goal_moves)
         if found:
             return Plan(intent, signal, tuple(found), "instruction")
     found = [c for c in evidence_candidates(m, signal) if not moves_against_instruction(c, m, intent)]

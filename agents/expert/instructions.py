@@ -10,9 +10,15 @@ model reads instructions poorly (``../shared/notes/small-model-guidance.md``). W
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
+from agents.expert.lexicon import (
+    OFF, DOWN_PATTERN, GOALS, HOLD_PATTERN, KEEP_PATTERN, NEGATION, REPEAT_PATTERN, SMALL_PATTERN, STATE_DOWN, STATE_UP,
+    UP_PATTERN, gap_goal,
+)
+from agents.expert.sizes import clause_magnitude, code_magnitude, sized
 from agents.proposals.parse import ALPHA
 from agents.trends import step_digits
 from bus.messages import Hyperparameter, TaskSpec
@@ -20,44 +26,6 @@ from bus.messages import Hyperparameter, TaskSpec
 # How instructions name alpha, ReflectNet's own blend ratio. A task's knobs are named by their own name and the
 # aliases the task declares (``Hyperparameter.vocabulary``): nothing here knows a task's knobs.
 ALPHA_WORDS = ("alpha", "blend ratio", "blend")
-DOWN_WORDS = (
-    r"lower|lowering|reduce|reducing|decrease|decreasing|cut|cutting|halve|halving|half|drop|dropping|shrink|"
-    r"shrinking|smaller|less|lessen|diminish|divide|slash|weaken|"
-    r"turn down|bring down|scale down|dial down|tone down|go down|down|decay|anneal|shorter|softer|weaker|lighter|"
-    r"slower|tiny|turn off|disable|remove|zero"
-)
-# "the learning rate is too high" asks for the opposite of its adjective: read before the plain words.
-TOO_DOWN = r"too (?:high|large|big|much|strong|aggressive|fast)|excessive"
-TOO_UP = r"too (?:low|small|little|weak|slow|timid)|not enough|insufficient"
-UP_WORDS = (
-    r"raise|increase|higher|bigger|larger|more|boost|bump|double|triple|grow|strengthen|turn up|scale up|"
-    r"crank up|up|heavier|stronger|longer|greater|add|adding|raising|increasing|boosting|doubling|tripling|growing"
-)
-NEGATION = re.compile(r"\b(?:do not|don't|dont|never|not|no longer|stop|avoid|without)\b")
-KEEP_WORDS = re.compile(r"\bkeep|\bleave|\bhold|\bsame|\bfix")
-HOLD_PATTERN = re.compile(
-    r"change nothing|don'?t change|do not change|no changes?|keep (?:every|all|the|it|things)|leave (?:every|all|it|"
-    r"things|the)|hold (?:every|all|still|steady|it|the)|stay the course|freeze|as (?:it|they) (?:is|are)|unchanged|"
-    r"don'?t touch|do not touch|hands off"
-)
-REPEAT_PATTERN = re.compile(
-    r"\bevery\b|\beach\b|\bkeep (?:lowering|raising|reducing|increasing|cutting)|\bcontinu|\bagain and again"
-)
-NUMBER = r"(\d+(?:\.\d+)?(?:e-?\d+)?)"
-
-# Goals: a pattern over the instruction; GOAL_MOVES says which moves (knob, direction) pursue each, in order of
-# preference. The opposite moves contradict it.
-GOALS: tuple[tuple[str, re.Pattern], ...] = (
-    ("less underfitting", re.compile(r"underfit|under-fit|too much regulari|(?:less|reduce|lower|weaker|decrease) "
-                                     r"(?:the )?regulari|regulari[sz]e less|not learning enough|too weak")),
-    ("less overfitting", re.compile(r"overfit|over-fit|memori[sz]|generali[sz]|regulari|too well on (?:the )?train")),
-    ("stability", re.compile(r"unstable|instabil|stab(?:le|ility|ilize|ilise)|jump|oscillat|diverg|spik|noisy|erratic|explod|"
-                             r"bounc|fluctuat|careful|cautious|conservative|safe|gentle|calm|slow (?:it )?down|smaller steps")),
-    ("speed", re.compile(r"faster|speed|quick|too slow|slowly|accelerat|aggressive|hurry|rapid")),
-    ("exploration", re.compile(r"explor|more random")),
-    ("exploitation", re.compile(r"exploit|less random|more greedy|greedier")),
-    ("escape the plateau", re.compile(r"stuck|plateau|stall|not improving|stagnat|flat")),
-)  # fmt: skip
 # By knob family (``Hyperparameter.family``), or alpha: a family stands for each of the task's knobs of it, in the
 # task's order.
 GOAL_MOVES: dict[str, tuple[tuple[str, int], ...]] = {
@@ -69,11 +37,23 @@ GOAL_MOVES: dict[str, tuple[tuple[str, int], ...]] = {
     "exploitation": (("exploration", -1),),
     "escape the plateau": (("learning_rate", -1),),
 }
-WEIGHTS_PATTERN = re.compile(r"\bweights?\b(?! decay)|\blayers?\b")
-LAYER_WORDS = {"last": -1, "final": -1, "output": -1, "top": -1, "first": 0, "input": 0, "bottom": 0}
-SMALL_PATTERN = re.compile(r"a little|slightly|a bit|a touch|somewhat|gently|a tad|marginally|(?<!too )\bsmall\b")
+# Words that name the one knob of a family, when the task has exactly one ("tighten the PPO clipping").
+FAMILY_WORDS = {
+    "learning_rate": ("learning rate", "step size", "lr"),
+    "clipping": ("clipping", "clip epsilon", "clip eps", "ppo clip", "clip ratio", "trust region", "clip"),
+    "exploration": ("entropy bonus", "entropy", "exploration bonus"),
+}
+DIRECTION_VERBS = {"increase": 1, "raise": 1, "double": 1, "decrease": -1, "reduce": -1, "lower": -1, "halve": -1}
+FUZZY_SCORE = 85  # rapidfuzz ratio (0-100) above which a misspelt phrase of 6+ letters names a knob
+WEIGHTS_PATTERN = re.compile(
+    r"\bweights?\b(?! decay)|\blayers?\b|gewicht|\bpoids\b|\bpesos?\b|\bpesi\b|权重(?!衰减)|重み(?!減衰)|\bschicht|\bcouche|\bcapa\b|"
+    r"\bcamada|\bstrato|层|層"
+)
+LAYER_WORDS = {"last": -1, "final": -1, "output": -1, "top": -1, "first": 0, "input": 0, "bottom": 0, "letzte": -1,
+               "dernière": -1, "última": -1, "ultimo": -1, "erste": 0, "première": 0, "primera": 0, "primeira": 0}
 SMALL_OP, DEFAULT_OP = 0.02, 0.03  # weight-operation sizes, as fractions of a layer's norm (at most 0.05)
-SMALL_LOG_FACTOR = 1.5  # "lower the learning rate a little": divide by 1.5 rather than by the knob's step
+# A knob named after these is excluded, not asked for: "raise dropout instead of the learning rate".
+EXCLUDED_BEFORE = re.compile(r"(?:instead of|rather than|not|except|apart from|other than|but not|nor|sans|sin|ohne|sem|senza)\W*(?:the\W*)?$")
 
 IntentKind = Literal["explicit", "goal", "hold", "unread", "none"]
 
@@ -104,6 +84,8 @@ class Intent:
     goal: str | None = None
     repeat: bool = False
     goal_moves: tuple[tuple[str, int], ...] = ()  # a goal's moves on this task's knobs (:func:`goal_moves`)
+    misspelt: tuple[str, ...] = ()  # knobs named only by a misspelling (another reader must agree)
+    named: tuple[str, ...] = ()  # knobs the embedding named for a clause the grammar found no name in
 
     def words(self) -> str:
         """The intent in a few words, for records: ``explicit: learning_rate down``, ``goal: speed``."""
@@ -117,17 +99,50 @@ class Intent:
         return f"goal: {self.goal}" if self.kind == "goal" else self.kind
 
 
-def knob_spans(clause: str, spec: TaskSpec) -> list[tuple[int, int, str]]:
-    """Where ``clause`` names the task's knobs (and ``alpha``): (start, end, name), in order; a longer name wins
-    over its parts ("weight decay" over "decay")."""
+def knob_phrases(spec: TaskSpec) -> list[tuple[str, str]]:
+    """(phrase, knob name) for every way an instruction may name a knob of ``spec`` or alpha, longest first: the
+    knobs' vocabularies, :data:`ALPHA_WORDS`, and :data:`FAMILY_WORDS` of a family the task has one knob of."""
     named = [(knob.name, knob.vocabulary()) for knob in spec.hyperparameters] + [(ALPHA, ALPHA_WORDS)]
-    phrases = sorted(((phrase, name) for name, words in named for phrase in words), key=lambda p: -len(p[0]))
+    for family, words in FAMILY_WORDS.items():
+        members = [k.name for k in spec.hyperparameters if k.family == family]
+        if len(members) == 1:
+            named.append((members[0], words))
+    return sorted(((phrase, name) for name, words in named for phrase in words), key=lambda p: -len(p[0]))
+
+
+def knob_spans(clause: str, spec: TaskSpec, fuzzy: bool = True) -> list[tuple[int, int, str]]:
+    """Where ``clause`` names the task's knobs (and ``alpha``): (start, end, name), in order; a longer name wins
+    over its parts ("weight decay" over "decay"); a plural or "-ing" form counts ("clipping"); with ``fuzzy``, a
+    misspelling of a name of 6+ letters (:func:`fuzzy_spans`) too, after the exact names."""
     spans: list[tuple[int, int, str]] = []
-    for phrase, name in phrases:
-        for match in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", clause):
+    for phrase, name in knob_phrases(spec):
+        for match in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?:s|es|ping|ing)?(?![\w-])", clause):
             if not any(a < match.end() and match.start() < b for a, b, _ in spans):
                 spans.append((match.start(), match.end(), name))
+    if fuzzy:
+        spans += [s for s in fuzzy_spans(clause, spec) if not any(a < s[1] and s[0] < b for a, b, _ in spans)]
     return sorted(spans)
+
+
+def fuzzy_spans(clause: str, spec: TaskSpec) -> list[tuple[int, int, str]]:
+    """Misspelt knob names in ``clause`` ("learnin rate", "droupout"): word windows as long as a name of 6+
+    letters whose rapidfuzz ratio to it is at least :data:`FUZZY_SCORE`. Why rapidfuzz: edit distance is a
+    solved problem; the threshold is the only thing ReflectNet decides."""
+    from rapidfuzz import fuzz
+
+    words = list(re.finditer(r"[\w'-]+", clause))
+    found: list[tuple[int, int, str]] = []
+    for phrase, name in knob_phrases(spec):
+        if len(phrase) < 6:
+            continue
+        size = len(phrase.split())
+        for i in range(len(words) - size + 1):
+            start, end = words[i].start(), words[i + size - 1].end()
+            if fuzz.ratio(clause[start:end], phrase) >= FUZZY_SCORE and not any(
+                a < end and start < b for a, b, _ in found
+            ):
+                found.append((start, end, name))
+    return found
 
 
 def knob_mentions(clause: str, spec: TaskSpec) -> list[str]:
@@ -144,15 +159,26 @@ def blanked(clause: str, spans: list[tuple[int, int, str]]) -> str:
 
 
 def direction_word_positions(text: str) -> list[tuple[int, int]]:
-    """(position, +1/-1) of every direction word in ``text``; "too high"/"not enough" phrases, when present,
-    are the only ones read (they mean the opposite of their adjective)."""
-    too = [(m.start(), -1) for m in re.finditer(TOO_DOWN, text)] + [(m.start(), 1) for m in re.finditer(TOO_UP, text)]
-    if too:
-        return sorted(too)
-    return sorted(
-        [(m.start(), -1) for m in re.finditer(rf"\b(?:{DOWN_WORDS})\b", text)]
-        + [(m.start(), 1) for m in re.finditer(rf"\b(?:{UP_WORDS})\b", text)]
-    )
+    """(position, +1/-1) of every direction word in ``text``; state phrases ("too high", "seems low", "not
+    enough"), when present, are the only ones read (they ask for the opposite of their adjective)."""
+    states = [(m.start(), -1) for m in STATE_DOWN.finditer(text)] + [(m.start(), 1) for m in STATE_UP.finditer(text)]
+    if states:
+        return sorted(states)
+    words = [(m.start(), -1) for m in DOWN_PATTERN.finditer(text)] + [(m.start(), 1) for m in UP_PATTERN.finditer(text)]
+    return sorted(words) or misspelt_directions(text)
+
+
+def misspelt_directions(text: str) -> list[tuple[int, int]]:
+    """(position, +1/-1) of misspelt direction verbs ("incrase", "decraese", "lowr"): words of 5+ letters within
+    :data:`FUZZY_SCORE` of one of :data:`DIRECTION_VERBS` (rapidfuzz ratio)."""
+    from rapidfuzz import fuzz, process
+
+    found = []
+    for word in re.finditer(r"[a-z]{5,}", text):
+        match = process.extractOne(word.group(0), list(DIRECTION_VERBS), scorer=fuzz.ratio, score_cutoff=FUZZY_SCORE)
+        if match is not None:
+            found.append((word.start(), DIRECTION_VERBS[match[0]]))
+    return found
 
 
 def direction_at(position: int, text: str) -> tuple[int, bool]:
@@ -171,56 +197,14 @@ def clause_direction(clause: str) -> int:
     return words[0][1] if words else 0
 
 
-def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -> dict:
-    """The size of a move in ``clause``: ``target`` ("to 0.3"), ``factor`` ("halve", "by a factor of 3", "by
-    20%", "a little") or ``amount`` ("by 0.1"); empty when the clause says none (the knob's step is used)."""
-    if m := re.search(rf"(?:\bto|\bat|=)\s*{NUMBER}", clause):
-        return {"target": float(m.group(1))}
-    if re.search(r"\bturn off|\bdisable|\bremove|\bto zero|\bzero\b|\bno more\b", clause):
-        return {"target": knob.low} if knob is not None else {"target": 0.0}
-    if re.search(r"\bhalve|\bhalf\b|\bby half", clause):
-        return {"factor": 0.5}
-    if re.search(r"\bdouble|\btwice", clause):
-        return {"factor": 2.0}
-    if re.search(r"\btriple|\bthree ?times", clause):
-        return {"factor": 3.0}
-    if m := re.search(rf"factor of\s*{NUMBER}|\b{NUMBER}\s*(?:x|times)\b", clause):
-        n = float(m.group(1) or m.group(2))
-        if n <= 0:
-            return {}
-        return {"factor": n if direction >= 0 else 1 / n}  # "lr 2x", without a verb: multiply
-    if m := re.search(rf"\badd\s*{NUMBER}|\bplus\s*{NUMBER}", clause):
-        return {"amount": float(m.group(1) or m.group(2))}
-    if m := re.search(rf"by {NUMBER}\s*(?:%|percent)", clause):
-        return {"factor": 1 + direction * float(m.group(1)) / 100}
-    if m := re.search(rf"by {NUMBER}", clause):
-        value = float(m.group(1))
-        if knob is not None and knob.scale == "log":  # "by 3": a factor; "by 1e-4": an amount; "by 0.5": unclear
-            return (
-                {"factor": value if direction > 0 else 1 / value}
-                if value > 1
-                else {"amount": value}
-                if value < knob.default
-                else {}
-            )
-        return {"amount": value}
-    if SMALL_PATTERN.search(clause):
-        return {"small": True}
-    return {}
-
-
-def sized(magnitude: dict, knob: Hyperparameter | None, direction: int) -> dict:
-    """:func:`clause_magnitude`'s answer as :class:`Move` fields: "a little" is a factor of
-    :data:`SMALL_LOG_FACTOR` for a log-scale knob, half a step for a linear one, 0.1 for alpha."""
-    if not magnitude.pop("small", False):
-        return magnitude
-    if knob is None:
-        return {"amount": 0.1}
-    return {"factor": SMALL_LOG_FACTOR**direction} if knob.scale == "log" else {"amount": knob.step / 2}
-
-
 def split_clauses(text: str) -> list[str]:
-    return [c.strip() for c in re.split(r"[;,!?]|\.(?=\s|$)|\band\b|\bthen\b|\bbut\b|\balso\b", text) if c.strip()]
+    """``text`` cut where a new request may begin: punctuation (not a decimal point or code), "and", "then",
+    "but", "also", and their equivalents in the other languages read."""
+    pieces = re.split(
+        r"[;!?？！。；、]|,(?!\d)|\.(?=\s|$)|\n|\b(?:and|then|but|also|plus|y|et|und|e|mais|pero|aber|però|ma|mas|sondern)\b|但|并且|然后|而且|でも|そして",
+        text,
+    )
+    return [c.strip() for c in pieces if c and c.strip()]
 
 
 def weight_move(clause: str, layers: list[str], direction: int) -> Move | None:
@@ -233,53 +217,135 @@ def weight_move(clause: str, layers: list[str], direction: int) -> Move | None:
         position = next((i for word, i in LAYER_WORDS.items() if re.search(rf"\b{word}\b", clause)), -1)
         layer = layers[position]
     size = SMALL_OP if SMALL_PATTERN.search(clause) else DEFAULT_OP
-    if re.search(r"nois|perturb|jitter|shake", clause):
+    if re.search(r"nois|perturb|jitter|shake|rausch|bruit|ruido|ruído|rumore|噪声|ノイズ", clause):
         return Move(None, 1, amount=size, op="noise", layer=layer)
     if direction == 0:
         return None
     return Move(None, direction, amount=size, op="scale", layer=layer)
 
 
-def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None = None) -> Intent:
-    """The :class:`Intent` of an instruction ``text`` for the task ``spec`` whose weight layers are ``layers``
-    (names of weight tensors, first to last). Each knob named takes the direction word nearest to it; a negated
-    one ("do not lower the learning rate") and "keep X" are keeps (X must not move); a knob named without a
-    direction takes the previous clause's. Never raises: what it cannot read is ``unread``."""
+def knob_move(clause: str, masked: str, start: int, end: int, knob: Hyperparameter | None) -> tuple[int, dict, bool]:
+    """(direction, magnitude, keep) asked for the knob named at ``clause[start:end]``: code notation right after
+    the name wins; then the nearest direction word and the clause's size; a negated one, an excluded one
+    ("instead of X") or one with a keep word and no direction is a keep."""
+    if EXCLUDED_BEFORE.search(masked[max(0, start - 16) : start]):
+        return 0, {}, True
+    magnitude = code_magnitude(masked[end : end + 24])
+    direction, negated = direction_at(start, masked)
+    if not magnitude:
+        magnitude = clause_magnitude(masked, knob, direction)
+    if "direction" in magnitude:
+        direction = magnitude["direction"]
+    elif magnitude.get("factor", 1.0) != 1.0:
+        direction = 1 if magnitude["factor"] > 1 else -1
+    if negated and not OFF.search(masked):  # "no more dropout" is off, not a keep
+        return 0, {}, True
+    if direction == 0 and "target" not in magnitude and (NEGATION.search(masked) or KEEP_PATTERN.search(masked)):
+        return 0, {}, True
+    return direction, magnitude, False
+
+
+Namer = Callable[[str], "str | None"]
+PRONOUN = re.compile(r"(?<!\w)(?:it|them|that one|this one|lo|la|le|les|es|ihn|sie|o|a)(?!\w)")
+
+
+def clause_spans(clause: str, spec: TaskSpec, namer: Namer | None) -> tuple[list[tuple[int, int, str]], list[str], list[str]]:
+    """The knobs ``clause`` names: (spans, misspelt, named by ``namer``). A clause that names none but asks a
+    direction or a size ("baja la tasa de aprendizaje", "学習率を下げて") asks ``namer`` (the embedding) which knob
+    it is about; the whole clause then stands for that knob's name."""
+    spans = knob_spans(clause, spec)
+    exact = {name for _, _, name in knob_spans(clause, spec, fuzzy=False)}
+    misspelt = [name for _, _, name in spans if name not in exact]
+    asks = direction_word_positions(clause) or clause_magnitude(clause, None, 0) or KEEP_PATTERN.search(clause)
+    if spans or namer is None or not asks or WEIGHTS_PATTERN.search(clause):  # a weight operation names no knob
+        return spans, misspelt, []
+    name = namer(clause)
+    return ([(0, 0, name)], [], [name]) if name is not None else ([], [], [])
+
+
+def clause_moves(clause: str, spec: TaskSpec, inherited: tuple[int, dict, bool] | None, namer: Namer | None = None):
+    """The moves one clause asks; the (direction, size, keep) a following bare knob name inherits ("halve the
+    learning rate and dropout", "keep the learning rate, dropout and weight decay"); the knobs named only by a
+    misspelling; those named by ``namer``."""
+    spans, misspelt, named = clause_spans(clause, spec, namer)
+    masked = blanked(clause, spans)
+    moves: list[Move] = []
+    for start, end, name in spans:
+        knob = spec.knob(name) if name != ALPHA else None
+        direction, magnitude, keep = knob_move(clause, masked, start, end, knob)
+        bare = direction == 0 and not keep and not magnitude
+        if bare and inherited is not None:
+            direction, magnitude, keep = inherited[0], dict(inherited[1]), inherited[2]
+        if keep:
+            inherited = (0, {}, True)
+            moves.append(Move(name, 0))
+        elif "target" in magnitude or direction != 0:
+            inherited = (direction, dict(magnitude), False)
+            moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
+    return moves, inherited, misspelt, named
+
+
+def pronoun_move(clause: str, previous: Move | None, spec: TaskSpec) -> Move | None:
+    """ "Don't raise dropout. Lower it.": a clause without a knob name that refers back to the last knob named."""
+    if previous is None or previous.knob is None or not PRONOUN.search(clause):
+        return None
+    found, *_ = clause_moves(clause.replace(PRONOUN.search(clause).group(0), "#", 1), spec, None,
+                             namer=lambda _: previous.knob)  # fmt: skip
+    return found[0] if found and found[0].direction else None
+
+
+def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None = None, namer: Namer | None = None) -> Intent:
+    """The grammar's :class:`Intent` of an instruction ``text`` for the task ``spec`` whose weight layers are
+    ``layers`` (names of weight tensors, first to last). Each knob named takes the direction word nearest to it; a
+    negated or excluded one ("do not lower the learning rate", "instead of dropout") and "keep X" are keeps (X
+    must not move); a knob named without a direction takes the previous clause's. ``namer`` (clause -> knob name
+    or None) names the knob of a clause that asks a direction without a name the grammar knows. Never raises:
+    what it cannot read is ``unread``."""
     if text is None or not text.strip():
         return Intent("none")
-    lowered = " ".join(text.lower().split())
+    lowered = normalized(text)
     repeat = bool(REPEAT_PATTERN.search(lowered))
     moves: list[Move] = []
-    inherited: tuple[int, dict] | None = None  # "halve the learning rate and dropout": dropout is halved too
+    misspelt: list[str] = []
+    named: list[str] = []
+    inherited = None
     for clause in split_clauses(lowered):
-        spans = knob_spans(clause, spec)
-        masked = blanked(clause, spans)
-        for start, _, name in spans:
-            if any(move.knob == name for move in moves):
-                continue
-            knob = spec.knob(name) if name != ALPHA else None
-            direction, negated = direction_at(start, masked)
-            magnitude = clause_magnitude(masked, knob, direction)
-            if direction == 0 and magnitude.get("factor", 1.0) != 1.0:
-                direction = 1 if magnitude["factor"] > 1 else -1
-            keep = negated or (direction == 0 and "target" not in magnitude and bool(KEEP_WORDS.search(masked)))
-            if direction == 0 and not keep and not magnitude and inherited is not None:
-                direction, magnitude = inherited[0], dict(inherited[1])
-            if keep:
-                moves.append(Move(name, 0))
-            elif "target" in magnitude or direction != 0:
-                inherited = (direction, dict(magnitude))
-                moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
-        if not spans and (op := weight_move(masked, layers or [], clause_direction(masked))) is not None:
-            moves.append(op)
-    if moves:
-        return Intent("explicit", tuple(moves), repeat=repeat)
-    if HOLD_PATTERN.search(lowered):
+        found, inherited, wrong, guessed = clause_moves(clause, spec, inherited, namer)
+        if not found and (move := pronoun_move(clause, moves[-1] if moves else None, spec)) is not None:
+            moves = [m for m in moves if m.knob != move.knob]
+            found = [move]
+        misspelt += wrong
+        named += guessed
+        moves += [move for move in found if not any(m.knob == move.knob for m in moves)]
+        if not found and not knob_spans(clause, spec):
+            op = weight_move(clause, layers or [], clause_direction(clause))
+            moves += [op] if op is not None else []
+    return intent_of(lowered, spec, moves, repeat, tuple(misspelt), tuple(named))
+
+
+def intent_of(lowered: str, spec: TaskSpec, moves: list[Move], repeat: bool, misspelt: tuple, named: tuple) -> Intent:
+    """The :class:`Intent` of the moves read: explicit moves; else "change nothing" (also every knob kept); else
+    a goal, with the knobs the text keeps taken out of its moves ("fight overfitting but leave the learning rate
+    alone"); else keeps alone; else unread."""
+    if any(move.direction != 0 or move.target is not None or move.op for move in moves):
+        return Intent("explicit", tuple(moves), repeat=repeat, misspelt=misspelt, named=named)
+    kept = {move.knob for move in moves}
+    if (HOLD_PATTERN.search(lowered) and not kept) or (kept and kept >= {k.name for k in spec.hyperparameters}):
         return Intent("hold", repeat=True)
-    for goal, pattern in GOALS:
-        if pattern.search(lowered):
-            return Intent("goal", goal=goal, repeat=repeat, goal_moves=goal_moves(goal, spec))
+    goal = next((goal for goal, pattern in GOALS if pattern.search(lowered)), None) or gap_goal(lowered)
+    if goal is not None:
+        pursued = tuple((name, d) for name, d in goal_moves(goal, spec) if name not in kept)
+        return Intent("goal", tuple(moves), goal=goal, repeat=repeat, goal_moves=pursued, named=named)
+    if moves:  # only keeps: "don't touch dropout"
+        return Intent("explicit", tuple(moves), repeat=repeat, misspelt=misspelt, named=named)
     return Intent("unread")
+
+
+def normalized(text: str) -> str:
+    """``text`` as the grammar reads it: NFKC (full-width digits and punctuation as ASCII), lower case, one space
+    between words, decimal commas as points ("0,1" -> "0.1")."""
+    lowered = " ".join(unicodedata.normalize("NFKC", text).lower().replace("`", " ").split())
+    return re.sub(r"(?<=\d),(?=\d)", ".", lowered)
 
 
 def target_direction(move: Move, values: dict[str, float], alpha: float) -> int:
@@ -298,7 +364,7 @@ def asked_directions(intent: Intent, values: dict[str, float] | None = None, alp
             move.knob: target_direction(move, values or {}, alpha) for move in intent.moves if move.knob is not None
         }
     if intent.kind == "goal":
-        return dict(intent.goal_moves)
+        return {**dict(intent.goal_moves), **{move.knob: 0 for move in intent.moves if move.knob is not None}}
     return {}
 
 

@@ -12,13 +12,16 @@ or a target, a goal, "change nothing" — it reads with confidence 1; anything e
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from agents.expert.instructions import ALPHA, Intent, Move, read_instruction
+from agents.expert.embedding import HOLD, Vote, knob_label
+from agents.expert.embedding import vote as embedding_vote
+from agents.expert.instructions import ALPHA, Intent, Move, goal_moves, read_instruction
 from bus.messages import TaskSpec
 
 CONFIDENT = 0.5  # a reading below this confidence is "not understood" and constrains nothing
-LEXICON = "lexicon"
+GRAMMAR, EMBEDDING = "grammar", "embedding"
 # A task's weight layers are known only once its model is built; before that (``run.py explain``, the reply to
 # ``run.py say``), the positions the reader understands stand for them.
 POSITION_LAYERS = ["first layer", "last layer"]
@@ -74,9 +77,68 @@ def move_words(move: Move) -> str:
     return f"{name} {'up' if move.direction > 0 else 'down'} one step"
 
 
+# How far the embedding's best label must lead the next one (cosine units) for it to count on its own; tuned on
+# the development half of bench/cases (never on the test half). A margin of twice the threshold is confidence 1.
+HOLD_MARGIN, GOAL_MARGIN, KNOB_MARGIN = 0.02, 0.03, 0.015
+# The embedding contradicts the grammar only when it is this sure of something else.
+DISSENT_MARGIN = 0.05
+
+
+def confidence(margin: float, threshold: float) -> float:
+    """A margin as a confidence in [0, 1]: :data:`CONFIDENT` exactly at ``threshold``."""
+    return max(0.0, min(1.0, CONFIDENT * margin / threshold))
+
+
+def combined(text: str, grammar: Intent, vote: Vote | None, spec: TaskSpec) -> Reading:
+    """The reading two readers agree on. The grammar's reading stands (a knob it knows only by a misspelling must
+    be the embedding's knob too; moves it reads must not meet a sure "change nothing"); what the grammar cannot
+    read the embedding reads when its margin is large enough: "change nothing" or a goal. A knob without a
+    direction is not understood: the embedding cannot tell "raise" from "lower"."""
+    reader = f"{GRAMMAR}+{EMBEDDING}" if grammar.named else GRAMMAR
+    if grammar.kind not in ("unread", "none"):
+        if vote is None:
+            return Reading(text, grammar, 0.0 if grammar.misspelt else 1.0, reader)
+        if grammar.misspelt and vote.label not in {knob_label(name) for name in grammar.misspelt}:
+            return Reading(text, grammar, 0.0, f"{reader}: the misspelt name is not confirmed")
+        if vote.label == HOLD and vote.margin >= DISSENT_MARGIN and any(m.direction or m.target for m in grammar.moves):
+            return Reading(text, grammar, 0.0, f"{reader}: the embedding reads 'change nothing'")
+        return Reading(text, grammar, 1.0, reader)
+    if vote is None:
+        return Reading(text, grammar, 0.0, GRAMMAR)
+    if vote.label == HOLD:
+        return Reading(text, Intent("hold", repeat=True), confidence(vote.margin, HOLD_MARGIN), EMBEDDING)
+    if vote.label.startswith("goal:"):
+        goal = vote.label.removeprefix("goal:")
+        intent = Intent("goal", goal=goal, goal_moves=goal_moves(goal, spec))
+        return Reading(text, intent, confidence(vote.margin, GOAL_MARGIN), EMBEDDING)
+    return Reading(text, grammar, 0.0, f"{EMBEDDING}: {vote.label.removeprefix('knob:')}, no direction")
+
+
+def embedding_namer(spec: TaskSpec):
+    """A namer for the grammar: the knob the embedding reads a clause to be about, when it leads by
+    :data:`KNOB_MARGIN`; else None."""
+
+    def namer(clause: str) -> str | None:
+        vote = embedding_vote(clause, spec)
+        if vote is None or not vote.label.startswith("knob:") or vote.margin < KNOB_MARGIN:
+            return None
+        return vote.label.removeprefix("knob:")
+
+    return namer
+
+
+@functools.lru_cache(maxsize=256)
+def cached_read(text: str | None, spec_json: str, layers: tuple[str, ...]) -> Reading:
+    spec = TaskSpec.model_validate_json(spec_json)
+    grammar = read_instruction(text, spec, list(layers), namer=embedding_namer(spec))
+    if grammar.kind == "none":
+        return Reading(text, grammar, 0.0, GRAMMAR)
+    return combined(text, grammar, embedding_vote(text, spec), spec)
+
+
 def read(text: str | None, spec: TaskSpec, layers: list[str] | None = None) -> Reading:
     """The :class:`Reading` of instruction ``text`` for the task ``spec`` (whose weight layers are ``layers``, first
-    to last; :data:`POSITION_LAYERS` when not known). Never raises: what cannot be read is not understood."""
-    intent = read_instruction(text, spec, POSITION_LAYERS if layers is None else layers)
-    confidence = 0.0 if intent.kind in ("unread", "none") else 1.0
-    return Reading(text, intent, confidence, LEXICON)
+    to last; :data:`POSITION_LAYERS` when not known), from the grammar and the embedding together
+    (:func:`combined`); cached, so the several readers of one decision cost one reading. Never raises: what
+    cannot be read is not understood."""
+    return cached_read(text, spec.model_dump_json(), tuple(POSITION_LAYERS if layers is None else layers))

