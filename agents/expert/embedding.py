@@ -112,16 +112,20 @@ def prototype_table(spec_json: str):
     return labels, encode([text for _, text in rows])
 
 
-def vote(text: str, spec: TaskSpec) -> Vote | None:
-    """The embedding's :class:`Vote` for instruction ``text`` on task ``spec``; None when the reader is
-    unavailable."""
+def vote(text: str, spec: TaskSpec, knobs_only: bool = False) -> Vote | None:
+    """The embedding's :class:`Vote` for instruction ``text`` on task ``spec`` — among the knobs alone with
+    ``knobs_only`` (for a clause known to ask a move: which knob?); None when the reader is unavailable or
+    there are fewer than two labels to choose from."""
     if not available():
         return None
     labels, table = prototype_table(spec.model_dump_json())
     scores = table @ encode([text])[0]
     best: dict[str, float] = {}
     for label, score in zip(labels, scores.tolist()):
-        best[label] = max(best.get(label, -1.0), score)
+        if not knobs_only or label.startswith("knob:"):
+            best[label] = max(best.get(label, -1.0), score)
+    if len(best) < 2:
+        return Vote(next(iter(best)), max(best.values()), 1.0, "") if best else None
     ranked = sorted(best.items(), key=lambda item: -item[1])
     (label, score), (runner_up, second) = ranked[0], ranked[1]
     return Vote(label, score, score - second, runner_up)

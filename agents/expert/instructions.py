@@ -1,10 +1,13 @@
-"""Reading a user's plain-language instruction into an :class:`Intent`: moves of named knobs (with a direction and
-a size), a weight operation, a goal ("fight overfitting", "converge faster"), or "change nothing".
+"""The grammar reader of instructions: an instruction read into an :class:`Intent` — moves of named knobs (with a
+direction and a size), a weight operation, a goal ("fight overfitting", "converge faster"), or "change nothing".
 
-Why a lexicon and not a parser library: the vocabulary is the field's own (knob names, "halve", "overfitting")
-and small; a general NLU model is exactly what is not available offline at this size, and the embedded 135M
-model reads instructions poorly (``../shared/notes/small-model-guidance.md``). What the lexicon cannot read is
-``unread`` and left to the model (``agents.expert.candidates``).
+Clause by clause, each knob named (by the task's vocabulary, a family word, a misspelling within rapidfuzz's
+reach, or — for a clause that names none the grammar knows, "baja la tasa de aprendizaje" — by the embedding
+reader's ``namer``) takes the nearest direction word (``agents.expert.lexicon``), the size the clause gives
+(``agents.expert.sizes``), or is kept when negated or excluded. Why a grammar at all beside the embedding:
+direction, negation, numbers and code notation are what sentence embeddings read poorly
+(``../shared/notes/instruction-readers.md``); ``agents.expert.reading`` combines the two and decides what is
+understood.
 """
 
 from __future__ import annotations
@@ -245,7 +248,7 @@ def knob_move(clause: str, masked: str, start: int, end: int, knob: Hyperparamet
     return direction, magnitude, False
 
 
-Namer = Callable[[str], "str | None"]
+Namer = Callable[[str, bool], "str | None"]  # (clause, whether it asks a move) -> knob name or None
 PRONOUN = re.compile(r"(?<!\w)(?:it|them|that one|this one|lo|la|le|les|es|ihn|sie|o|a)(?!\w)")
 
 
@@ -256,10 +259,10 @@ def clause_spans(clause: str, spec: TaskSpec, namer: Namer | None) -> tuple[list
     spans = knob_spans(clause, spec)
     exact = {name for _, _, name in knob_spans(clause, spec, fuzzy=False)}
     misspelt = [name for _, _, name in spans if name not in exact]
-    asks = direction_word_positions(clause) or clause_magnitude(clause, None, 0) or KEEP_PATTERN.search(clause)
-    if spans or namer is None or not asks or WEIGHTS_PATTERN.search(clause):  # a weight operation names no knob
-        return spans, misspelt, []
-    name = namer(clause)
+    moves = bool(direction_word_positions(clause) or clause_magnitude(clause, None, 0))
+    if spans or namer is None or not (moves or KEEP_PATTERN.search(clause)) or WEIGHTS_PATTERN.search(clause):
+        return spans, misspelt, []  # (a weight operation names no knob)
+    name = namer(clause, moves)
     return ([(0, 0, name)], [], [name]) if name is not None else ([], [], [])
 
 
@@ -290,7 +293,7 @@ def pronoun_move(clause: str, previous: Move | None, spec: TaskSpec) -> Move | N
     if previous is None or previous.knob is None or not PRONOUN.search(clause):
         return None
     found, *_ = clause_moves(clause.replace(PRONOUN.search(clause).group(0), "#", 1), spec, None,
-                             namer=lambda _: previous.knob)  # fmt: skip
+                             namer=lambda *_: previous.knob)  # fmt: skip
     return found[0] if found and found[0].direction else None
 
 

@@ -20,7 +20,7 @@ EN_DOWN = (
     r"down|downward|decay|anneal\w*|shorter|softer|weaker|lighter|slower|tiny|tighten\w*|tighter|narrow\w*|"
     r"fewer|minus|shave|trim|ease off|back off|pull back|dampen|soften|gentler|calmer"
 )
-ARROWS_DOWN, ARROWS_UP = r"↓|⬇|⇩|--", r"↑|⬆|⇧|\+\+"
+ARROWS_DOWN, ARROWS_UP = r"↓|⬇|⇩|--|(?<=\w)-(?=\s*$)", r"↑|⬆|⇧|\+\+|(?<=\w)\+(?=\s*$)"
 EN_UP = (
     r"rais\w*|increas\w*|higher|bigger|larger|more|boost\w*|bump\w*|doubl\w*|tripl\w*|grow\w*|strengthen\w*|"
     r"turn up|scale up|crank up|ramp up|step up|go up|up|upward|heavier|stronger|longer|greater|add|adding|"

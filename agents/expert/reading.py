@@ -1,13 +1,19 @@
-"""An instruction read once: what it asks (:class:`~agents.expert.instructions.Intent`), how sure the reader is,
+"""An instruction read once: what it asks (:class:`~agents.expert.instructions.Intent`), how sure the readers are,
 which reader said so, and the sentence that says it back to the user.
 
-Only a reading made with confidence is acted on. An instruction the reader does not understand changes nothing:
-the decision is taken on the evidence alone, as without an instruction, and the user is told so at once
+Two readers, which must agree (measured side by side on the development half of ``bench/cases``; README):
+
+* the grammar (``agents.expert.instructions``): knob names, directions, negation, sizes, code notation, goals and
+  "change nothing", from word lists in eight languages;
+* a multilingual sentence embedding (``agents.expert.embedding``): which knob a clause is about when the grammar
+  knows no name in it, and "change nothing" or a goal when the grammar reads nothing.
+
+A grammar reading stands unless the embedding is sure of something else; an embedding reading stands when its
+margin is large enough; a knob without a direction, a misspelling the embedding does not confirm, or readers that
+disagree are "not understood". Only a reading made with confidence is acted on: one not understood changes
+nothing — the decision is taken on the evidence alone, as without an instruction, and the user is told at once
 ("not understood: ..."). Guessing would be worse than doing nothing: a misreading turned into a move goes against
 the user half the time.
-
-The one reader today is the lexicon (``agents.expert.instructions``): what it reads — named knobs with a direction
-or a target, a goal, "change nothing" — it reads with confidence 1; anything else with confidence 0.
 """
 
 from __future__ import annotations
@@ -56,18 +62,23 @@ class Reading:
             return "read as: change nothing, at every decision"
         if intent.kind == "goal":
             moves = " or ".join(f"{'raise' if d > 0 else 'lower'} {name}" for name, d in intent.goal_moves)
-            return f"read as: {intent.goal} ({moves or 'no knob of this task serves it'}) {when}"
-        return f"read as: {', '.join(move_words(move) for move in intent.moves)} {when}"
+            kept = "".join(f", {move_words(move, spec)}" for move in intent.moves)
+            return f"read as: {intent.goal} ({moves or 'no knob of this task serves it'}{kept}) {when}"
+        return f"read as: {', '.join(move_words(move, spec) for move in intent.moves)} {when}"
 
 
-def move_words(move: Move) -> str:
+def move_words(move: Move, spec: TaskSpec | None = None) -> str:
     """One move in the said-back form: ``learning_rate × 0.5``, ``dropout to 0.35``, ``dropout + 0.1``,
-    ``learning_rate up one step``, ``dropout kept``, ``noise on fc.3.weight``."""
+    ``learning_rate up one step``, ``dropout kept``, ``noise on fc.3.weight``; a target beyond the knob's hard
+    bounds in ``spec`` says where it stops (``learning_rate to 100 (stops at its bound 0.1)``)."""
     if move.op is not None:
         return f"{move.op} {'down' if move.direction < 0 else 'up' if move.op == 'scale' else 'on'} {move.layer}"
     name = move.knob if move.knob is not None else ALPHA
     if move.target is not None:
-        return f"{name} to {move.target:g}"
+        knob = spec.knob(name) if spec is not None and name in spec.knob_names() else None
+        low, high = (knob.low, knob.high) if knob is not None else (0.0, 1.0)
+        bound = min(max(move.target, low), high)
+        return f"{name} to {move.target:g}" + (f" (stops at its bound {bound:g})" if bound != move.target else "")
     if move.direction == 0:
         return f"{name} kept"
     if move.factor is not None:
@@ -115,12 +126,16 @@ def combined(text: str, grammar: Intent, vote: Vote | None, spec: TaskSpec) -> R
 
 
 def embedding_namer(spec: TaskSpec):
-    """A namer for the grammar: the knob the embedding reads a clause to be about, when it leads by
-    :data:`KNOB_MARGIN`; else None."""
+    """A namer for the grammar: the knob the embedding reads a clause to be about — its best label must be a
+    knob, not a goal or "change nothing" — when it leads the other knobs (``moves``: the clause asks a move) or
+    every other label (it only asks to keep something) by :data:`KNOB_MARGIN`; else None."""
 
-    def namer(clause: str) -> str | None:
-        vote = embedding_vote(clause, spec)
-        if vote is None or not vote.label.startswith("knob:") or vote.margin < KNOB_MARGIN:
+    def namer(clause: str, moves: bool = True) -> str | None:
+        overall = embedding_vote(clause, spec)
+        if overall is None or not overall.label.startswith("knob:"):  # about a goal, or "change nothing"
+            return None
+        vote = embedding_vote(clause, spec, knobs_only=True) if moves else overall
+        if vote is None or vote.margin < KNOB_MARGIN:
             return None
         return vote.label.removeprefix("knob:")
 
