@@ -14,21 +14,30 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
+from agents.expert.knob_names import FUZZY_SCORE, blanked, knob_spans
 from agents.expert.lexicon import (
-    OFF, DOWN_PATTERN, GOALS, HOLD_PATTERN, KEEP_PATTERN, NEGATION, REPEAT_PATTERN, SMALL_PATTERN, STATE_DOWN, STATE_UP,
-    UP_PATTERN, gap_goal,
+    DOWN_PATTERN,
+    GOALS,
+    HOLD_PATTERN,
+    KEEP_PATTERN,
+    NEGATION,
+    OFF,
+    REPEAT_PATTERN,
+    SMALL_PATTERN,
+    STATE_DOWN,
+    STATE_UP,
+    UP_PATTERN,
+    gap_goal,
 )
 from agents.expert.sizes import clause_magnitude, code_magnitude, sized
 from agents.proposals.parse import ALPHA
 from agents.trends import step_digits
 from bus.messages import Hyperparameter, TaskSpec
 
-# How instructions name alpha, ReflectNet's own blend ratio. A task's knobs are named by their own name and the
-# aliases the task declares (``Hyperparameter.vocabulary``): nothing here knows a task's knobs.
-ALPHA_WORDS = ("alpha", "blend ratio", "blend")
 # By knob family (``Hyperparameter.family``), or alpha: a family stands for each of the task's knobs of it, in the
 # task's order.
 GOAL_MOVES: dict[str, tuple[tuple[str, int], ...]] = {
@@ -40,23 +49,33 @@ GOAL_MOVES: dict[str, tuple[tuple[str, int], ...]] = {
     "exploitation": (("exploration", -1),),
     "escape the plateau": (("learning_rate", -1),),
 }
-# Words that name the one knob of a family, when the task has exactly one ("tighten the PPO clipping").
-FAMILY_WORDS = {
-    "learning_rate": ("learning rate", "step size", "lr"),
-    "clipping": ("clipping", "clip epsilon", "clip eps", "ppo clip", "clip ratio", "trust region", "clip"),
-    "exploration": ("entropy bonus", "entropy", "exploration bonus"),
-}
 DIRECTION_VERBS = {"increase": 1, "raise": 1, "double": 1, "decrease": -1, "reduce": -1, "lower": -1, "halve": -1}
-FUZZY_SCORE = 85  # rapidfuzz ratio (0-100) above which a misspelt phrase of 6+ letters names a knob
 WEIGHTS_PATTERN = re.compile(
     r"\bweights?\b(?! decay)|\blayers?\b|gewicht|\bpoids\b|\bpesos?\b|\bpesi\b|权重(?!衰减)|重み(?!減衰)|\bschicht|\bcouche|\bcapa\b|"
     r"\bcamada|\bstrato|层|層"
 )
-LAYER_WORDS = {"last": -1, "final": -1, "output": -1, "top": -1, "first": 0, "input": 0, "bottom": 0, "letzte": -1,
-               "dernière": -1, "última": -1, "ultimo": -1, "erste": 0, "première": 0, "primera": 0, "primeira": 0}
+LAYER_WORDS = {
+    "last": -1,
+    "final": -1,
+    "output": -1,
+    "top": -1,
+    "first": 0,
+    "input": 0,
+    "bottom": 0,
+    "letzte": -1,
+    "dernière": -1,
+    "última": -1,
+    "ultimo": -1,
+    "erste": 0,
+    "première": 0,
+    "primera": 0,
+    "primeira": 0,
+}
 SMALL_OP, DEFAULT_OP = 0.02, 0.03  # weight-operation sizes, as fractions of a layer's norm (at most 0.05)
 # A knob named after these is excluded, not asked for: "raise dropout instead of the learning rate".
-EXCLUDED_BEFORE = re.compile(r"(?:instead of|rather than|not|except|apart from|other than|but not|nor|sans|sin|ohne|sem|senza)\W*(?:the\W*)?$")
+EXCLUDED_BEFORE = re.compile(
+    r"(?:instead of|rather than|not|except|apart from|other than|but not|nor|sans|sin|ohne|sem|senza)\W*(?:the\W*)?$"
+)
 
 IntentKind = Literal["explicit", "goal", "hold", "unread", "none"]
 
@@ -100,65 +119,6 @@ class Intent:
                 for m in self.moves
             )
         return f"goal: {self.goal}" if self.kind == "goal" else self.kind
-
-
-def knob_phrases(spec: TaskSpec) -> list[tuple[str, str]]:
-    """(phrase, knob name) for every way an instruction may name a knob of ``spec`` or alpha, longest first: the
-    knobs' vocabularies, :data:`ALPHA_WORDS`, and :data:`FAMILY_WORDS` of a family the task has one knob of."""
-    named = [(knob.name, knob.vocabulary()) for knob in spec.hyperparameters] + [(ALPHA, ALPHA_WORDS)]
-    for family, words in FAMILY_WORDS.items():
-        members = [k.name for k in spec.hyperparameters if k.family == family]
-        if len(members) == 1:
-            named.append((members[0], words))
-    return sorted(((phrase, name) for name, words in named for phrase in words), key=lambda p: -len(p[0]))
-
-
-def knob_spans(clause: str, spec: TaskSpec, fuzzy: bool = True) -> list[tuple[int, int, str]]:
-    """Where ``clause`` names the task's knobs (and ``alpha``): (start, end, name), in order; a longer name wins
-    over its parts ("weight decay" over "decay"); a plural or "-ing" form counts ("clipping"); with ``fuzzy``, a
-    misspelling of a name of 6+ letters (:func:`fuzzy_spans`) too, after the exact names."""
-    spans: list[tuple[int, int, str]] = []
-    for phrase, name in knob_phrases(spec):
-        for match in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?:s|es|ping|ing)?(?![\w-])", clause):
-            if not any(a < match.end() and match.start() < b for a, b, _ in spans):
-                spans.append((match.start(), match.end(), name))
-    if fuzzy:
-        spans += [s for s in fuzzy_spans(clause, spec) if not any(a < s[1] and s[0] < b for a, b, _ in spans)]
-    return sorted(spans)
-
-
-def fuzzy_spans(clause: str, spec: TaskSpec) -> list[tuple[int, int, str]]:
-    """Misspelt knob names in ``clause`` ("learnin rate", "droupout"): word windows as long as a name of 6+
-    letters whose rapidfuzz ratio to it is at least :data:`FUZZY_SCORE`. Why rapidfuzz: edit distance is a
-    solved problem; the threshold is the only thing ReflectNet decides."""
-    from rapidfuzz import fuzz
-
-    words = list(re.finditer(r"[\w'-]+", clause))
-    found: list[tuple[int, int, str]] = []
-    for phrase, name in knob_phrases(spec):
-        if len(phrase) < 6:
-            continue
-        size = len(phrase.split())
-        for i in range(len(words) - size + 1):
-            start, end = words[i].start(), words[i + size - 1].end()
-            if fuzz.ratio(clause[start:end], phrase) >= FUZZY_SCORE and not any(
-                a < end and start < b for a, b, _ in found
-            ):
-                found.append((start, end, name))
-    return found
-
-
-def knob_mentions(clause: str, spec: TaskSpec) -> list[str]:
-    """The knobs (and ``alpha``) ``clause`` names, in the order they appear, each once."""
-    return list(dict.fromkeys(name for _, _, name in knob_spans(clause, spec)))
-
-
-def blanked(clause: str, spans: list[tuple[int, int, str]]) -> str:
-    """``clause`` with the knob names masked, so that a name's own words ("decay", "drop out") are not read as
-    directions."""
-    for start, end, _ in spans:
-        clause = clause[:start] + "#" * (end - start) + clause[end:]
-    return clause
 
 
 def direction_word_positions(text: str) -> list[tuple[int, int]]:
@@ -252,7 +212,9 @@ Namer = Callable[[str, bool], "str | None"]  # (clause, whether it asks a move) 
 PRONOUN = re.compile(r"(?<!\w)(?:it|them|that one|this one|lo|la|le|les|es|ihn|sie|o|a)(?!\w)")
 
 
-def clause_spans(clause: str, spec: TaskSpec, namer: Namer | None) -> tuple[list[tuple[int, int, str]], list[str], list[str]]:
+def clause_spans(
+    clause: str, spec: TaskSpec, namer: Namer | None
+) -> tuple[list[tuple[int, int, str]], list[str], list[str]]:
     """The knobs ``clause`` names: (spans, misspelt, named by ``namer``). A clause that names none but asks a
     direction or a size ("baja la tasa de aprendizaje", "学習率を下げて") asks ``namer`` (the embedding) which knob
     it is about; the whole clause then stands for that knob's name."""
@@ -297,7 +259,9 @@ def pronoun_move(clause: str, previous: Move | None, spec: TaskSpec) -> Move | N
     return found[0] if found and found[0].direction else None
 
 
-def read_instruction(text: str | None, spec: TaskSpec, layers: list[str] | None = None, namer: Namer | None = None) -> Intent:
+def read_instruction(
+    text: str | None, spec: TaskSpec, layers: list[str] | None = None, namer: Namer | None = None
+) -> Intent:
     """The grammar's :class:`Intent` of an instruction ``text`` for the task ``spec`` whose weight layers are
     ``layers`` (names of weight tensors, first to last). Each knob named takes the direction word nearest to it; a
     negated or excluded one ("do not lower the learning rate", "instead of dropout") and "keep X" are keeps (X

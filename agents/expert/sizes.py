@@ -8,7 +8,14 @@ from __future__ import annotations
 import re
 
 from agents.expert.lexicon import (
-    DOUBLE, HALF, NUMBER, OFF, ORDER_OF_MAGNITUDE, SMALL_PATTERN, TARGET_WORDS, TRIPLE,
+    DOUBLE,
+    HALF,
+    NUMBER,
+    OFF,
+    ORDER_OF_MAGNITUDE,
+    SMALL_PATTERN,
+    TARGET_WORDS,
+    TRIPLE,
 )
 from bus.messages import Hyperparameter
 
@@ -57,7 +64,9 @@ def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -
     if OFF.search(clause) or re.search(r"\bno #", clause):
         return {"target": knob.low} if knob is not None else {"target": 0.0}
     if m := ORDER_OF_MAGNITUDE.search(clause):
-        orders = 2 if re.search(r"\btwo\b|\b2\b|dos|deux|zwei|duas|两|二", clause[max(0, m.start() - 12) : m.start()]) else 1
+        orders = (
+            2 if re.search(r"\btwo\b|\b2\b|dos|deux|zwei|duas|两|二", clause[max(0, m.start() - 12) : m.start()]) else 1
+        )
         return {"factor": 10.0 ** (orders if direction >= 0 else -orders)}
     if m := re.search(rf"{NUMBER}\s*(?:%|percent|por ?ciento|pour ?cent|prozent|por cento)", clause):
         share = float(m.group(1)) / 100
