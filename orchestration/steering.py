@@ -57,6 +57,7 @@ class SteeringService:
         self.said: dict[str, Instruction] = {}  # the last instruction said to each running trainer (not withdrawn)
         self.controllers: dict[str, tuple[str, bool]] = {}  # run -> its controller, and whether it reads instructions
         self.running: str | None = None
+        self.reader_ready = False
         info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
                                   guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
         publish(info)
@@ -64,6 +65,11 @@ class SteeringService:
     def trainer_started(self, run_id: str, instruction_endpoint: str, task: TaskSpec) -> None:
         """Connect to the trainer of guided run ``run_id`` (which trains ``task``); a ``say`` for it goes there
         from now on, and is read back for that task."""
+        if not self.reader_ready:
+            # The reader loads its sentence embedding on first use (seconds on 2 cores): load it now, before the
+            # trainer starts, rather than while a ``run.py say`` waits for its reply (SAY_TIMEOUT_MS).
+            read("lower the learning rate", task)
+            self.reader_ready = True
         push = self.ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 1000)
         push.connect(instruction_endpoint)

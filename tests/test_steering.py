@@ -35,7 +35,8 @@ def steering(tmp_path):
         run_dir = tmp_path / controller
         run_dir.mkdir()
         cfg = trainer_config(run_id="r", pair_id="p", arm="guided", controller=controller, task="diabetes",
-                             regime="50", seed=0, epochs=4, run_dir=run_dir, recorder_endpoint="tcp://127.0.0.1:1")  # fmt: skip
+                             regime="50", seed=0, epochs=4, run_dir=run_dir,
+                             recorder_endpoint="tcp://127.0.0.1:1")  # fmt: skip
         (run_dir / "trainer.json").write_text(cfg.model_dump_json())
         endpoint = ipc_endpoint(socket_folder(run_dir), "instructions-r")
         pull = ctx.socket(zmq.PULL)
