@@ -20,6 +20,7 @@ from pathlib import Path
 
 import zmq
 
+from agents.expert.embedding import available as embedding_available
 from agents.expert.reading import read
 from agents.expert.record import reading_record
 from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
@@ -58,6 +59,9 @@ class SteeringService:
         self.controllers: dict[str, tuple[str, bool]] = {}  # run -> its controller, and whether it reads instructions
         self.running: str | None = None
         self.reader_ready = False
+        # The reader's sentence embedding loads on first use (seconds on 2 cores): before the invocation is
+        # published, so that no ``run.py say`` waits for it (SAY_TIMEOUT_MS).
+        embedding_available()
         info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
                                   guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
         publish(info)
@@ -66,8 +70,8 @@ class SteeringService:
         """Connect to the trainer of guided run ``run_id`` (which trains ``task``); a ``say`` for it goes there
         from now on, and is read back for that task."""
         if not self.reader_ready:
-            # The reader loads its sentence embedding on first use (seconds on 2 cores): load it now, before the
-            # trainer starts, rather than while a ``run.py say`` waits for its reply (SAY_TIMEOUT_MS).
+            # The reader encodes the task's knob descriptions on its first reading for the task: here, not while a
+            # say waits for its reply.
             read("lower the learning rate", task)
             self.reader_ready = True
         push = self.ctx.socket(zmq.PUSH)
