@@ -93,7 +93,8 @@ def agent_settings(spec: RunSpec, controller: str, settings: LLMSettings | None)
 def trainer_config(
     spec: RunSpec, arm: Arm, run_dir: Path, recorder: RecorderConfig, agent: AgentConfig | None
 ) -> TrainerConfig:
-    """A new run's trainer from the spec; a replayed or resumed one's from its recorded config."""
+    """A new run's trainer from the spec; a replayed or resumed one's from its recorded config. Whether the run's
+    controller reads instructions is the registry's answer now (a replay's ``replay`` controller does not)."""
     where = {
         "run_dir": run_dir.resolve(),
         "recorder_endpoint": recorder.endpoint,
@@ -109,16 +110,20 @@ def trainer_config(
         # A baseline has no agent to wait for; its config records the wait a controller without a model gets.
         unused_wait = {} if agent is not None else {"agent_timeout_ms": int(RULE_AGENT_TIMEOUT_S * 1000)}
         return TrainerConfig(
-            run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller, task=spec.task,
+            run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller,
+            instructions_read=resolve_controller(arm.controller).reads_instructions, task=spec.task,
             task_options=spec.task_options, regime=arm.regime, seed=arm.seed, epochs=spec.epochs, **where,
             **unused_wait, alpha=spec.alpha, checkpoint_dir=run_dir.resolve() / "checkpoints",
             agent_retries=spec.agent_retries, instructions=spec.instructions if arm.name == "guided" else [],
         )  # fmt: skip
     original = TrainerConfig.model_validate(upgrade_recorded_config(arm.recorded["trainer"]))
     if arm.resume_from is not None:
-        return original.model_copy(update={**where, "checkpoint_dir": arm.resume_from.parent, "resume_from": arm.resume_from})
+        reads = resolve_controller(original.controller).reads_instructions
+        return original.model_copy(update={**where, "checkpoint_dir": arm.resume_from.parent,
+                                           "resume_from": arm.resume_from, "instructions_read": reads})
     return original.model_copy(
         update={**where, "run_id": arm.run_id, "controller": "replay", "resume_from": None,
+                "instructions_read": resolve_controller("replay").reads_instructions,
                 "checkpoint_dir": run_dir.resolve() / "checkpoints"}
     )  # fmt: skip
 

@@ -12,6 +12,7 @@ from agents.controllers import resolve_controller
 from agents.config import LLMSettings, upgrade_recorded_agent
 from bus.child import EXIT_DATA_UNAVAILABLE, EXIT_TASK_BROKEN
 from orchestration.cli import CliError
+from orchestration.cli.schedule import controller_notices, schedule_notice
 from orchestration.configs import llm_settings
 from orchestration.planning import (
     Arm,
@@ -27,6 +28,7 @@ from orchestration.runner import Runner, interrupt_on_stop_signals
 from orchestration.spec import RunSpec
 from tasks.registry import task_class, training_defaults
 from trainer.checkpoint import CheckpointError, read_state
+from trainer.config import ScheduledInstruction
 
 
 def plan(spec: RunSpec) -> tuple[list[Arm], LLMSettings | None]:
@@ -102,9 +104,10 @@ def run_invocation(spec: RunSpec) -> int:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
     print(f"run directory {run_dir}", flush=True)
-    if any(arm.name == "guided" for arm in todo):
+    guided = [arm.controller for arm in todo if arm.name == "guided"]
+    if guided and not (spec.replay or spec.resume):  # a replay or a resume runs the instructions it recorded
         spec = with_readings(spec)
-        for line in instruction_readings(spec):
+        for line in instruction_readings(spec, guided):
             print(line, flush=True)
     runner = Runner(spec, run_dir, settings)
     runner.run(todo)
@@ -117,10 +120,11 @@ def run_invocation(spec: RunSpec) -> int:
 
 
 def with_readings(spec: RunSpec) -> RunSpec:
-    """``spec`` with each instruction of ``--instruction``/``--instructions`` carrying its reading for the task
-    (``agents.expert.reading``, as ``agents.expert.record.reading_record`` records it), which the trainer sends on
-    with the instruction to the ``instructions`` table; a replay or resume keeps the readings it recorded."""
-    if not any(item.text and item.reading is None for item in spec.instructions):
+    """``spec`` with each instruction of ``--instruction``/``--instructions`` that the run will give carrying its
+    reading for the task (``agents.expert.reading``, as ``agents.expert.record.reading_record`` records it), which
+    the trainer sends on with the instruction to the ``instructions`` table. A line after the last epoch is never
+    given, so it is not read."""
+    if not any(_to_read(item, spec.epochs) for item in spec.instructions):
         return spec
     from agents.expert.reading import read
     from agents.expert.record import reading_record
@@ -128,21 +132,30 @@ def with_readings(spec: RunSpec) -> RunSpec:
     task = task_class(spec.task, spec.task_options).spec()
     instructions = [
         item.model_copy(update={"reading": reading_record(read(item.text, task), task)})
-        if item.text and item.reading is None else item
+        if _to_read(item, spec.epochs) else item
         for item in spec.instructions
     ]  # fmt: skip
     return spec.model_copy(update={"instructions": instructions})
 
 
-def instruction_readings(spec: RunSpec) -> list[str]:
-    """How each instruction of ``--instruction``/``--instructions`` is read for the task, one line each, said back
-    before training starts: ``instruction from epoch 1: 'TEXT' -> read as: ...`` (the readings
-    :func:`with_readings` attached)."""
-    return [
-        f"instruction from epoch {item.from_epoch}: {item.text!r} -> {item.reading.read_as}"
-        if item.text and item.reading is not None else f"instruction from epoch {item.from_epoch}: cleared"
-        for item in with_readings(spec).instructions
-    ]  # fmt: skip
+def _to_read(item: ScheduledInstruction, epochs: int) -> bool:
+    return item.text is not None and item.reading is None and item.from_epoch <= epochs
+
+
+def instruction_readings(spec: RunSpec, controllers: list[str]) -> list[str]:
+    """What becomes of each instruction of ``--instruction``/``--instructions``, said before training starts, one
+    line each: how it is read for the task (``instruction from epoch 1: 'TEXT' -> read as: ...``, the reading
+    :func:`with_readings` attached), or for a line after the last epoch that it will not be given; a line for the
+    last epoch is followed by why it cannot change training; then, once each, the ``controllers`` (those of the
+    guided runs) that do not read instructions (``orchestration.cli.schedule``)."""
+    lines = []
+    for item in with_readings(spec).instructions:
+        if item.from_epoch <= spec.epochs:  # with_readings read every one of these that has a text
+            lines.append(f"instruction from epoch {item.from_epoch}: {item.text!r} -> {item.reading.read_as}"
+                         if item.text else f"instruction from epoch {item.from_epoch}: cleared")  # fmt: skip
+        if (notice := schedule_notice(item, spec.epochs)) is not None:
+            lines.append(notice)
+    return lines + controller_notices(spec.instructions, controllers)
 
 
 def report_outcome(spec: RunSpec, arms: list[Arm]) -> None:

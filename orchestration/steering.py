@@ -1,12 +1,14 @@
-"""Instructions during a run: ``python run.py say "TEXT"`` (``orchestration.commands.say``) reaches the running invocation, which hands the
-instruction to the trainer of the guided run (it takes effect at that run's next decision).
+"""Instructions during a run: ``python run.py say "TEXT"`` (``orchestration.commands.say``) reaches the running
+invocation, which hands the instruction to the trainer of the guided run (it takes effect at that run's next
+decision).
 
 The invocation publishes ``<db>.invocation.json`` (its pid, a local control socket, its guided runs) for as
-long as it runs; ``run.py say`` reads it, sends a :class:`bus.messages.SayRequest` and prints the answer in
-one line. The orchestrator serves the control socket between its other work (:meth:`SteeringService.serve`)
-and pushes a :class:`bus.messages.InstructionUpdate` to the trainer's instruction socket; the trainer
-records the instruction (``instructions`` table) when it becomes active and again when it first shapes a
-decision.
+long as it runs; ``run.py say`` reads it, sends a :class:`bus.messages.SayRequest` and prints the answer: how
+the instruction was read (its first line, "read as:" or "not understood:"), that the run's controller does not
+read instructions when so, that it was given, and which earlier instruction it replaces. The orchestrator serves
+the control socket between its other work (:meth:`SteeringService.serve`) and pushes a
+:class:`bus.messages.InstructionUpdate` to the trainer's instruction socket; the trainer records the instruction
+(``instructions`` table) when it becomes active and again when it first shapes a decision.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import zmq
 
+from agents.expert.embedding import available as embedding_available
 from agents.expert.reading import read
 from agents.expert.record import reading_record
 from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
@@ -33,6 +36,8 @@ from bus.messages import (
 from bus.task_spec import TaskSpec
 from bus.transport import RequestClient, ipc_endpoint, socket_folder
 from orchestration.cli import CliError
+from orchestration.cli.schedule import unread_notice
+from trainer.config import TrainerConfig
 
 SAY_TIMEOUT_MS = 5000
 
@@ -42,7 +47,7 @@ class SteeringService:
     ``running`` is the guided run whose trainer runs now (None between arms)."""
 
     def __init__(self, ctx: zmq.Context, db: Path, run_dir: Path, guided_runs: list[str], log):
-        self.ctx, self.db, self.log = ctx, db.resolve(), log
+        self.ctx, self.db, self.log, self.run_dir = ctx, db.resolve(), log, run_dir
         self.guided_runs = list(guided_runs)
         self.endpoint = ipc_endpoint(socket_folder(run_dir), "control")
         self.socket = ctx.socket(zmq.REP)
@@ -50,7 +55,13 @@ class SteeringService:
         self.socket.bind(self.endpoint)
         self.trainers: dict[str, zmq.Socket] = {}
         self.tasks: dict[str, TaskSpec] = {}  # what each trainer trains: what a ``say`` is read for
+        self.said: dict[str, Instruction] = {}  # the last instruction said to each running trainer (not withdrawn)
+        self.controllers: dict[str, tuple[str, bool]] = {}  # run -> its controller, and whether it reads instructions
         self.running: str | None = None
+        self.reader_ready = False
+        # The reader's sentence embedding loads on first use (seconds on 2 cores): before the invocation is
+        # published, so that no ``run.py say`` waits for it (SAY_TIMEOUT_MS).
+        embedding_available()
         info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
                                   guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
         publish(info)
@@ -58,6 +69,11 @@ class SteeringService:
     def trainer_started(self, run_id: str, instruction_endpoint: str, task: TaskSpec) -> None:
         """Connect to the trainer of guided run ``run_id`` (which trains ``task``); a ``say`` for it goes there
         from now on, and is read back for that task."""
+        if not self.reader_ready:
+            # The reader encodes the task's knob descriptions on its first reading for the task: here, not while a
+            # say waits for its reply.
+            read("lower the learning rate", task)
+            self.reader_ready = True
         push = self.ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 1000)
         push.connect(instruction_endpoint)
@@ -67,7 +83,8 @@ class SteeringService:
 
     def trainer_stopped(self, run_id: str) -> None:
         push = self.trainers.pop(run_id, None)
-        self.tasks.pop(run_id, None)
+        for known in (self.tasks, self.said, self.controllers):
+            known.pop(run_id, None)
         if push is not None:
             push.close()
         if self.running == run_id:
@@ -102,17 +119,48 @@ class SteeringService:
                                       reading=reading_record(reading, task))  # fmt: skip
         self.trainers[run_id].send_multipart(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
         self.log.info("instruction_said", run_id=run_id, text=request.text)
+        earlier = self.said.pop(run_id, None)
         if instruction is None:
-            return SayReply(ok=True, run_id=run_id, detail=f"run {run_id}: instruction withdrawn from its next decision")
-        given = f"run {run_id}: instruction given: {request.text!r}; it applies from its next decision"
-        detail = f"{instruction.reading.read_as}\n{given}"
-        return SayReply(ok=True, run_id=run_id, detail=detail)
+            withdrawn = f"instruction {earlier.text!r} (given at {clock(earlier)})" if earlier else "instruction"
+            detail = f"run {run_id}: {withdrawn} withdrawn from its next decision"
+            return SayReply(ok=True, run_id=run_id, detail=detail)
+        self.said[run_id] = instruction
+        lines = [instruction.reading.read_as]
+        steered_by = self.controller(run_id)
+        if reading.understood and steered_by is not None and not steered_by[1]:
+            lines.append(unread_notice(steered_by[0]))  # the guard still keeps it from moving against the reading
+        lines.append(f"run {run_id}: instruction given: {request.text!r}; it applies from its next decision")
+        if earlier is not None:
+            lines.append(f"it replaces the instruction {earlier.text!r} given at {clock(earlier)}; if no decision "
+                         f"has read that one yet, none will (it is recorded as replaced)")  # fmt: skip
+        return SayReply(ok=True, run_id=run_id, detail="\n".join(lines))
+
+    def controller(self, run_id: str) -> tuple[str, bool] | None:
+        """Run ``run_id``'s controller and whether it reads instructions, from the config its trainer was started
+        with (``<run_dir>/trainer.json``, written by the supervisor before the trainer starts, so there before any
+        ``say`` is answered); None when that file cannot be read or is not this run's."""
+        if run_id not in self.controllers:
+            path = self.run_dir / "trainer.json"
+            try:
+                cfg = TrainerConfig.model_validate_json(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                self.log.warning("trainer_config_unreadable", run_id=run_id, path=str(path), error=str(exc)[:200])
+                return None
+            if cfg.run_id != run_id:
+                return None
+            self.controllers[run_id] = (cfg.controller, cfg.instructions_read)
+        return self.controllers[run_id]
 
     def close(self) -> None:
         for run_id in list(self.trainers):
             self.trainer_stopped(run_id)
         self.socket.close()
         withdraw(InvocationEndpoint, self.db, os.getpid())
+
+
+def clock(instruction: Instruction) -> str:
+    """When ``instruction`` was received, ``HH:MM:SS`` local time (the user's terminal clock)."""
+    return time.strftime("%H:%M:%S", time.localtime(instruction.received_at))
 
 
 def send_say(db: Path, request: SayRequest) -> SayReply:

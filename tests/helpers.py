@@ -248,14 +248,17 @@ class ScriptedOpenAI:
 
 def trainer_config(**fields):
     """A :class:`trainer.config.TrainerConfig` for a test, with what the run specification decides (task, alpha,
-    device, the agent's timeout and retries) taken from :class:`orchestration.spec.RunSpec`'s defaults, as
-    ``orchestration.configs`` passes them; ``fields`` give the rest (run_id, arm, regime, ...) or override."""
+    device, the agent's timeout and retries) taken from :class:`orchestration.spec.RunSpec`'s defaults and whether
+    the controller reads instructions from the registry, as ``orchestration.configs`` passes them; ``fields`` give
+    the rest (run_id, arm, regime, ...) or override."""
+    from agents.controllers import resolve_controller
     from orchestration.spec import RULE_AGENT_TIMEOUT_S, RunSpec
     from trainer.config import TrainerConfig
 
-    spec = RunSpec()
+    spec, controller = RunSpec(), resolve_controller(fields.get("controller", "none"))
     decided = {"task": spec.task, "alpha": spec.alpha, "device": spec.device, "agent_retries": spec.agent_retries,
-               "agent_timeout_ms": int(RULE_AGENT_TIMEOUT_S * 1000)}  # fmt: skip
+               "agent_timeout_ms": int(RULE_AGENT_TIMEOUT_S * 1000),
+               "instructions_read": controller.reads_instructions}  # fmt: skip
     return TrainerConfig(**{**decided, **fields})
 
 

@@ -74,3 +74,44 @@ def test_a_plugin_controller_reads_instructions_only_when_it_declares_it(tmp_pat
     assert instruction_notices(given, 5, ["notice_controllers:silent", "notice_controllers:reader"]) == [
         "the notice_controllers:silent controller does not read instructions: it will only be kept from moving against it"
     ]
+
+
+def read_as(text: str) -> "InstructionReading":
+    from bus.messages import InstructionReading
+
+    return InstructionReading(read_as=f"read as: {text}", intent=text, confidence=0.9, reader="test")
+
+
+def test_before_training_each_line_is_said_back_and_what_cannot_take_effect_is_said_in_its_place():
+    from orchestration.session import instruction_readings, with_readings
+    from orchestration.spec import RunSpec
+
+    schedule = [
+        ScheduledInstruction(from_epoch=1, text="lower the learning rate", source="schedule",
+                             reading=read_as("learning_rate down")),
+        ScheduledInstruction(from_epoch=2, text=None, source="schedule"),
+        ScheduledInstruction(from_epoch=3, text="raise dropout", source="schedule", reading=read_as("dropout up")),
+        ScheduledInstruction(from_epoch=7, text="halve the learning rate", source="schedule"),  # never read
+    ]  # fmt: skip
+    spec = RunSpec(task="diabetes", epochs=3, instructions=schedule)
+    assert with_readings(spec) is spec  # the line after the last epoch is not read: it will not be given
+    assert instruction_readings(spec, ["heuristic", "llm"]) == [
+        "instruction from epoch 1: 'lower the learning rate' -> read as: learning_rate down",
+        "instruction from epoch 2: cleared",
+        "instruction from epoch 3: 'raise dropout' -> read as: dropout up",
+        "instruction from epoch 3: 'raise dropout' cannot change training: only the decision after epoch 3, the "
+        "last, reads it, and that decision is recorded but not applied",
+        "instruction from epoch 7: 'halve the learning rate' will not be given: the run ends after epoch 3, and no "
+        "decision follows epoch 7; the other instructions still apply",
+        HEURISTIC_NOTICE,
+    ]
+    assert instruction_readings(spec, ["llm"])[-1].startswith("instruction from epoch 7")  # llm reads them
+
+
+def test_the_notices_are_printed_by_the_invocation_not_by_the_flag_checks(tmp_path, monkeypatch, capsys):
+    # once, with the readings (orchestration.session); a bad run never gets this far
+    seen = []
+    monkeypatch.setattr("orchestration.session.run_invocation", lambda spec: seen.append(spec) or 0)
+    code = train.main(["--task", "diabetes", "--epochs", "2", "--controller", "heuristic", "--instruction",
+                       "lower the learning rate", "--db", str(tmp_path / "x.duckdb")])  # fmt: skip
+    assert code == 0 and len(seen) == 1 and capsys.readouterr().out == ""

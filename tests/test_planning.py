@@ -3,6 +3,8 @@ what makes two runs the same experiment; and the defaults the specification owns
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestration.planning import TaskIdentity, experiment, fingerprint, plan_arms, training_options
@@ -143,3 +145,29 @@ def test_the_trainer_config_takes_what_the_specification_decides_and_defines_no_
     assert (cfg.task, cfg.alpha, cfg.device, cfg.agent_retries) == ("mnist", 0.6, "cpu", 3)
     assert cfg.agent_timeout_ms == RULE_AGENT_TIMEOUT_S * 1000  # no agent: the rule controllers' wait, as recorded before
     assert RunSpec().alpha == 0.4  # the paper's starting blend
+
+
+def test_the_trainer_config_says_whether_the_controller_reads_instructions_as_the_registry_does():
+    from orchestration.configs import trainer_config
+    from orchestration.planning import Arm
+    from storage.recorder import RecorderConfig
+
+    assert TrainerConfig.model_fields["instructions_read"].is_required()  # decided by the registry, no default here
+    recorder = RecorderConfig(db_path="/r/x.duckdb", endpoint="ipc:///r/s/recorder", control_endpoint="ipc:///r/s/c",
+                              run_dir="/r")  # fmt: skip
+    made = {c: trainer_config(SPEC, Arm("guided", c, "10", 5, "p", f"p-{c}", "f"), recorder.run_dir, recorder, None)
+            for c in ("llm", "heuristic", "plateau")}  # fmt: skip
+    assert {c: cfg.instructions_read for c, cfg in made.items()} == {"llm": True, "heuristic": False, "plateau": False}
+    recorded = made["llm"].model_dump(mode="json")
+    replayed = Arm("guided", "llm", "10", 5, "p", "p-replay", "f", recorded={"trainer": recorded}, replay_of="p-llm")
+    assert trainer_config(SPEC, replayed, recorder.run_dir, recorder, None).instructions_read is False  # replay reads none
+    # A resumed run: the registry's answer now, not what was recorded.
+    stale = {**made["heuristic"].model_dump(mode="json"), "instructions_read": True}
+    resumed = Arm("guided", "heuristic", "10", 5, "p", "p-heuristic", "f", recorded={"trainer": stale},
+                  resume_from=Path("/r/checkpoints/p-heuristic.safetensors"))  # fmt: skip
+    assert trainer_config(SPEC, resumed, recorder.run_dir, recorder, None).instructions_read is False
+    # A config recorded before the field: what that version did (only the llm controller read instructions).
+    before = {k: v for k, v in recorded.items() if k != "instructions_read"}
+    assert TrainerConfig.model_validate(upgrade_recorded_config(before)).instructions_read is True
+    before["controller"] = "heuristic"
+    assert TrainerConfig.model_validate(upgrade_recorded_config(before)).instructions_read is False

@@ -37,6 +37,9 @@ class TrainerConfig(BaseModel):
     pair_id: str
     arm: Literal["baseline", "guided"]
     controller: str
+    # Whether the controller's policy reads the user's instruction (``agents.controllers.Controller``'s
+    # ``reads_instructions``); False: the instruction only keeps the controller from moving against it.
+    instructions_read: bool
     task: str
     task_options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the task's factory
     regime: str
@@ -71,10 +74,14 @@ def upgrade_recorded_config(recorded: dict[str, Any]) -> dict[str, Any]:
     """A trainer config as stored in ``runs.config`` by any ReflectNet version, in this version's form: before
     tasks (schema 1) the trainer trained MNIST with top-level ``learning_rate``/``dropout``/``batch_size``/
     ``data_dir``/``compile_eval`` and replayed with ``replay_commands``; those become task options and initial
-    knob values (replay is now a controller)."""
+    knob values (replay is now a controller). A config recorded before ``instructions_read`` gets what that version
+    did: only the ``llm`` controller read instructions."""
+    upgraded = dict(recorded)
+    if "instructions_read" not in upgraded:
+        upgraded["instructions_read"] = upgraded.get("controller") == "llm"
     if "task" in recorded:
-        return dict(recorded)
-    upgraded = {k: v for k, v in recorded.items() if k not in ("learning_rate", "dropout", "batch_size", "data_dir",
+        return upgraded
+    upgraded = {k: v for k, v in upgraded.items() if k not in ("learning_rate", "dropout", "batch_size", "data_dir",
                                                                  "compile_eval", "replay_commands")}  # fmt: skip
     options = {k: recorded[k] for k in ("data_dir", "batch_size", "compile_eval") if k in recorded}
     knobs = {k: recorded[k] for k in ("learning_rate", "dropout") if k in recorded}

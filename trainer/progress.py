@@ -29,7 +29,8 @@ def progress_line(
     instruction: Instruction | None = None,
 ) -> str:
     """One terminal line per epoch; ``waited_ms`` is the time the trainer spent on the decision (retries and
-    timeouts included), not the agent's own latency."""
+    timeouts included), not the agent's own latency. The instruction in force is shown as read, or, when the
+    controller does not read instructions (``cfg.instructions_read``), as only guarding against contrary moves."""
     line = (
         f"{cfg.arm:<8} {spec.name} {cfg.regime:>5} seed {cfg.seed} | epoch {summary.epoch:>3}/{cfg.epochs} | "
         f"{format_metrics(spec, summary.metrics)} | {format_knobs(spec, summary.hyperparameters, summary.alpha)}"
@@ -41,5 +42,7 @@ def progress_line(
         line += f" -> next {format_knobs(spec, c.hyperparameters, c.alpha)} [{how}, {waited_ms:.0f} ms]{verdict}"
     if instruction is not None:
         text = instruction.text if len(instruction.text) <= 40 else instruction.text[:37] + "..."
-        line += f" | instruction: {text!r}"
+        # A controller that does not read it is only kept from moving against it: not "in force" as a request.
+        guarded = "" if cfg.instructions_read else f" (not read by {cfg.controller}; only guarded)"
+        line += f" | instruction{guarded}: {text!r}"
     return line

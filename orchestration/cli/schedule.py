@@ -69,26 +69,40 @@ def instruction_schedule(args: argparse.Namespace) -> list[ScheduledInstruction]
     return schedule
 
 
-def instruction_notices(schedule: list[ScheduledInstruction], epochs: int, controllers: list[str]) -> list[str]:
-    """What of ``schedule`` cannot take effect in a run of ``epochs`` epochs steered by ``controllers``, one line
-    each, said before training starts: a line after the last epoch (never given: no decision follows it), a line
-    for the last epoch (read only by the decision after it, which is recorded but never applied), and a controller
-    that does not read instructions (``agents.controllers.Controller.reads_instructions``)."""
+def schedule_notice(entry: ScheduledInstruction, epochs: int) -> str | None:
+    """Why the schedule line ``entry`` cannot take effect in a run of ``epochs`` epochs, in one line, or None when
+    it can: a line after the last epoch is never given (no decision follows it); a line for the last epoch is read
+    only by the decision after it, which is recorded but never applied."""
+    what = f"instruction from epoch {entry.from_epoch}: {entry.text!r}" if entry.text else (
+        f"'clear' at epoch {entry.from_epoch}")  # fmt: skip
+    if entry.from_epoch > epochs:
+        return (f"{what} will not be given: the run ends after epoch {epochs}, and no decision follows epoch "
+                f"{entry.from_epoch}; the other instructions still apply")  # fmt: skip
+    if entry.from_epoch == epochs:
+        return (f"{what} cannot change training: only the decision after epoch {epochs}, the last, reads it, and that "
+                f"decision is recorded but not applied")  # fmt: skip
+    return None
+
+
+def unread_notice(controller: str) -> str:
+    """What the user is told of an instruction given to ``controller``, which does not read instructions
+    (``agents.controllers.Controller.reads_instructions``): the guard still keeps it from moving against one."""
+    return f"the {controller} controller does not read instructions: it will only be kept from moving against it"
+
+
+def controller_notices(schedule: list[ScheduledInstruction], controllers: list[str]) -> list[str]:
+    """One :func:`unread_notice` per controller of ``controllers`` that does not read instructions, when
+    ``schedule`` gives any (a schedule of ``clear`` lines only gives nothing to read)."""
     from agents.controllers import resolve_controller
 
-    notices = []
-    for entry in schedule:
-        what = f"instruction from epoch {entry.from_epoch}: {entry.text!r}" if entry.text else (
-            f"'clear' at epoch {entry.from_epoch}")  # fmt: skip
-        if entry.from_epoch > epochs:
-            notices.append(f"{what} will not be given: the run ends after epoch {epochs}, and no decision follows "
-                           f"epoch {entry.from_epoch}; the other instructions still apply")  # fmt: skip
-        elif entry.from_epoch == epochs:
-            notices.append(f"{what} cannot change training: only the decision after epoch {epochs}, the last, reads "
-                           f"it, and that decision is recorded but not applied")  # fmt: skip
-    if any(entry.text for entry in schedule):
-        for name in dict.fromkeys(c for c in controllers if c != "none"):
-            if not resolve_controller(name).reads_instructions:
-                notices.append(f"the {name} controller does not read instructions: it will only be kept from moving "
-                               f"against it")  # fmt: skip
-    return notices
+    if not any(entry.text for entry in schedule):
+        return []
+    names = dict.fromkeys(c for c in controllers if c != "none")
+    return [unread_notice(name) for name in names if not resolve_controller(name).reads_instructions]
+
+
+def instruction_notices(schedule: list[ScheduledInstruction], epochs: int, controllers: list[str]) -> list[str]:
+    """What of ``schedule`` cannot take effect in a run of ``epochs`` epochs steered by ``controllers``, one line
+    each: :func:`schedule_notice` of each line in order, then :func:`controller_notices`."""
+    lines = [notice for entry in schedule if (notice := schedule_notice(entry, epochs)) is not None]
+    return lines + controller_notices(schedule, controllers)

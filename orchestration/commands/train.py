@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestration.cli import CliError, build_parser, instruction_notices, validate_args
+from orchestration.cli import CliError, build_parser, validate_args
 from orchestration.commands import command_listing
 
 
@@ -18,17 +18,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Check the flags, say what of the instructions cannot take effect, then run the invocation; 2 with one line
-    for a bad flag."""
+    """Check the flags, then run the invocation (which says back each instruction, and what of them cannot take
+    effect, before training); 2 with one line for a bad flag."""
     try:
         spec = validate_args(parser().parse_args(argv))
     except CliError as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
-    # A replay or a resume runs the recorded settings, not these flags'; a baseline reads no instruction.
-    if not (spec.replay or spec.resume) and spec.arms != "baseline":
-        for line in instruction_notices(spec.instructions, spec.epochs, spec.controllers):
-            print(line, flush=True)
     from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
 
     return run_invocation(spec)
