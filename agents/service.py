@@ -18,6 +18,7 @@ from agents.config import AgentConfig
 from agents.controllers.contract import Policy
 from agents.controllers.registry import resolve_controller
 from agents.expert.outcome import held, instruction_outcome
+from agents.expert.reading import warm_up as warm_up_reader
 from agents.graph import build_agent_graph
 from agents.nodes.guard import guard
 from bus.child import EXIT_BIND_FAILED, EXIT_CONFIG_INVALID, EXIT_OK, EXIT_ORPHANED, Child, run_child
@@ -188,6 +189,7 @@ def serve(cfg: AgentConfig, child: Child) -> int:
             health.start()
         except zmq.ZMQError as exc:
             return child.fail(f"cannot bind its health socket {cfg.health_endpoint}: {exc}", EXIT_BIND_FAILED)
+    warm_up_reader()  # the embedding's load (about 0.2 s) is not paid by the first decision
     child.log.info("agent_ready", endpoint=cfg.endpoint, controller=service.policy.name, nodes=cfg.nodes,
                    llm_base_url=cfg.llm.base_url if cfg.llm else None, llm_reflection=service.llm_reflection)  # fmt: skip
     while not child.orphaned():

@@ -22,7 +22,7 @@ USUAL_FAMILIES: dict[str, Family] = {
     "weight_decay": "regularization", "ent_coef": "exploration", "clip_range": "clipping",
 }  # fmt: skip
 # The aliases of a knob that declares none, by the same usual names.
-LEARNING_RATE_ALIASES = ("lr", "learning-rate", "step size", "stepsize", "steps", "update size")
+LEARNING_RATE_ALIASES = ("lr", "learning-rate", "step size", "stepsize", "update size")
 USUAL_ALIASES: dict[str, tuple[str, ...]] = {
     "learning_rate": LEARNING_RATE_ALIASES, "lr": ("learning rate", *LEARNING_RATE_ALIASES[1:]),
     "dropout": ("drop-out", "drop out"), "weight_decay": ("weight-decay", "l2 penalty", "l2", "ridge penalty", "ridge", "l2 regularization",

@@ -40,6 +40,12 @@ GOAL_PROTOTYPES: dict[str, tuple[str, ...]] = {
     "escape the plateau": ("progress has stalled", "we are stuck on a plateau", "the metric is not improving"),
 }  # fmt: skip
 KNOB_TEMPLATES = ("the {}", "change the {}", "raise the {}", "lower the {}")
+# Direction without a knob name: a clause with its knob masked ("aumente a it") against these. Antonyms embed
+# close, so only a clear lead counts (``agents.expert.reading.DIRECTION_MARGIN``).
+DIRECTION_PROTOTYPES = {
+    1: ("increase it", "raise it", "make it higher", "more", "go up", "bigger", "boost it"),
+    -1: ("decrease it", "lower it", "make it smaller", "less", "go down", "reduce it", "cut it"),
+}
 
 
 def knob_label(name: str) -> str:
@@ -110,6 +116,25 @@ def prototype_table(spec_json: str):
         rows += [(goal_label(goal), text) for text in texts]
     labels = [label for label, _ in rows]
     return labels, encode([text for _, text in rows])
+
+
+@functools.lru_cache(maxsize=1)
+def direction_table():
+    """(directions, unit embeddings) of :data:`DIRECTION_PROTOTYPES`, one row per sentence."""
+    rows = [(d, text) for d, texts in DIRECTION_PROTOTYPES.items() for text in texts]
+    return [d for d, _ in rows], encode([text for _, text in rows])
+
+
+def direction(text: str) -> tuple[int, float]:
+    """(+1 or -1, lead in cosine over the other direction) for a clause whose knob is masked; (0, 0.0) when the
+    reader is unavailable."""
+    if not available():
+        return 0, 0.0
+    directions, table = direction_table()
+    scores = (table @ encode([text])[0]).tolist()
+    up = max(s for d, s in zip(directions, scores) if d > 0)
+    down = max(s for d, s in zip(directions, scores) if d < 0)
+    return (1 if up > down else -1), abs(up - down)
 
 
 def vote(text: str, spec: TaskSpec, knobs_only: bool = False) -> Vote | None:

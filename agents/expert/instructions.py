@@ -74,7 +74,8 @@ LAYER_WORDS = {
 SMALL_OP, DEFAULT_OP = 0.02, 0.03  # weight-operation sizes, as fractions of a layer's norm (at most 0.05)
 # A knob named after these is excluded, not asked for: "raise dropout instead of the learning rate".
 EXCLUDED_BEFORE = re.compile(
-    r"(?:instead of|rather than|not|except|apart from|other than|but not|nor|sans|sin|ohne|sem|senza)\W*(?:the\W*)?$"
+    r"(?:anything but|everything but|everything except|all but|instead of|rather than|not|except|apart from|other than|"
+    r"but not|nor|sans|sin|ohne|sem|senza)\W*(?:the\W*)?$"
 )
 
 IntentKind = Literal["explicit", "goal", "hold", "unread", "none"]
@@ -164,7 +165,8 @@ def split_clauses(text: str) -> list[str]:
     """``text`` cut where a new request may begin: punctuation (not a decimal point or code), "and", "then",
     "but", "also", and their equivalents in the other languages read."""
     pieces = re.split(
-        r"[;!?？！。；、]|,(?!\d)|\.(?=\s|$)|\n|\b(?:and|then|but|also|plus|y|et|und|e|mais|pero|aber|però|ma|mas|sondern)\b|但|并且|然后|而且|でも|そして",
+        r"[;!?？！。；、]|,(?!\d)|\.(?=\s|$)|\n|\s[-–—]+\s|\b(?:and|then|but|also|plus|y|et|und|e|mais|pero|aber|però|ma|mas|sondern)\b|"
+        r"(?=\b(?:without|sans|sin|ohne|sem|senza)\b)|但|并且|然后|而且|でも|そして",
         text,
     )
     return [c.strip() for c in pieces if c and c.strip()]
@@ -209,6 +211,12 @@ def knob_move(clause: str, masked: str, start: int, end: int, knob: Hyperparamet
 
 
 Namer = Callable[[str, bool], "str | None"]  # (clause, whether it asks a move) -> knob name or None
+Directioner = Callable[[str], int]  # a clause with its knob masked -> +1, -1, or 0 (cannot tell)
+# A clause about a metric ("validation rmse crept up from 55 to 62") describes, it does not ask a knob to move.
+METRIC_WORDS = re.compile(
+    r"\b(?:loss\w*|rmse|mse|mae|acc\w*|returns?|rewards?|scores?|errors?|val|validation|train\w*|gradients?|eval\w*|"
+    r"pérdida|perte|verlust|perda|perdita|recompensa|récompense|belohnung|ricompensa)\b|损失|損失|精度|准确率|奖励|報酬|リターン"
+)
 PRONOUN = re.compile(r"(?<!\w)(?:it|them|that one|this one|lo|la|le|les|es|ihn|sie|o|a)(?!\w)")
 
 
@@ -222,16 +230,22 @@ def clause_spans(
     exact = {name for _, _, name in knob_spans(clause, spec, fuzzy=False)}
     misspelt = [name for _, _, name in spans if name not in exact]
     moves = bool(direction_word_positions(clause) or clause_magnitude(clause, None, 0))
-    if spans or namer is None or not (moves or KEEP_PATTERN.search(clause)) or WEIGHTS_PATTERN.search(clause):
-        return spans, misspelt, []  # (a weight operation names no knob)
+    if spans or namer is None or WEIGHTS_PATTERN.search(clause) or METRIC_WORDS.search(clause):
+        return spans, misspelt, []  # (a weight operation, or numbers about a metric, name no knob)
     name = namer(clause, moves)
     return ([(0, 0, name)], [], [name]) if name is not None else ([], [], [])
 
 
-def clause_moves(clause: str, spec: TaskSpec, inherited: tuple[int, dict, bool] | None, namer: Namer | None = None):
+def clause_moves(
+    clause: str,
+    spec: TaskSpec,
+    inherited: tuple[int, dict, bool] | None,
+    namer: Namer | None = None,
+    directioner: Directioner | None = None,
+):
     """The moves one clause asks; the (direction, size, keep) a following bare knob name inherits ("halve the
     learning rate and dropout", "keep the learning rate, dropout and weight decay"); the knobs named only by a
-    misspelling; those named by ``namer``."""
+    misspelling; those named by ``namer`` or moved in the direction ``directioner`` read (the embedding's)."""
     spans, misspelt, named = clause_spans(clause, spec, namer)
     masked = blanked(clause, spans)
     moves: list[Move] = []
@@ -241,6 +255,8 @@ def clause_moves(clause: str, spec: TaskSpec, inherited: tuple[int, dict, bool] 
         bare = direction == 0 and not keep and not magnitude
         if bare and inherited is not None:
             direction, magnitude, keep = inherited[0], dict(inherited[1]), inherited[2]
+        elif bare and directioner is not None and (direction := directioner(re.sub(r"#+", "it", masked))):
+            named.append(name)
         if keep:
             inherited = (0, {}, True)
             moves.append(Move(name, 0))
@@ -248,6 +264,23 @@ def clause_moves(clause: str, spec: TaskSpec, inherited: tuple[int, dict, bool] 
             inherited = (direction, dict(magnitude), False)
             moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
     return moves, inherited, misspelt, named
+
+
+def merged(moves: list[Move], found: list[Move]) -> list[Move]:
+    """``moves`` with the moves of a later clause added: a knob already moved keeps its first move, unless the
+    later one gives a size and the first did not ("it's too big ... go to 3e-4 on the learning rate")."""
+    result = list(moves)
+    for move in found:
+        index = next((i for i, m in enumerate(result) if m.knob == move.knob), None)
+        if index is None:
+            result.append(move)
+        elif not sized_move(result[index]) and sized_move(move) and result[index].direction != 0:
+            result[index] = move
+    return result
+
+
+def sized_move(move: Move) -> bool:
+    return move.target is not None or move.factor is not None or move.amount is not None
 
 
 def pronoun_move(clause: str, previous: Move | None, spec: TaskSpec) -> Move | None:
@@ -260,14 +293,19 @@ def pronoun_move(clause: str, previous: Move | None, spec: TaskSpec) -> Move | N
 
 
 def read_instruction(
-    text: str | None, spec: TaskSpec, layers: list[str] | None = None, namer: Namer | None = None
+    text: str | None,
+    spec: TaskSpec,
+    layers: list[str] | None = None,
+    namer: Namer | None = None,
+    directioner: Directioner | None = None,
 ) -> Intent:
     """The grammar's :class:`Intent` of an instruction ``text`` for the task ``spec`` whose weight layers are
     ``layers`` (names of weight tensors, first to last). Each knob named takes the direction word nearest to it; a
     negated or excluded one ("do not lower the learning rate", "instead of dropout") and "keep X" are keeps (X
     must not move); a knob named without a direction takes the previous clause's. ``namer`` (clause -> knob name
-    or None) names the knob of a clause that asks a direction without a name the grammar knows. Never raises:
-    what it cannot read is ``unread``."""
+    or None) names the knob of a clause without a name the grammar knows; ``directioner`` reads the direction of
+    a clause that has a knob but no direction word the grammar knows. Never raises: what it cannot read is
+    ``unread``."""
     if text is None or not text.strip():
         return Intent("none")
     lowered = normalized(text)
@@ -277,13 +315,13 @@ def read_instruction(
     named: list[str] = []
     inherited = None
     for clause in split_clauses(lowered):
-        found, inherited, wrong, guessed = clause_moves(clause, spec, inherited, namer)
+        found, inherited, wrong, guessed = clause_moves(clause, spec, inherited, namer, directioner)
         if not found and (move := pronoun_move(clause, moves[-1] if moves else None, spec)) is not None:
             moves = [m for m in moves if m.knob != move.knob]
             found = [move]
         misspelt += wrong
         named += guessed
-        moves += [move for move in found if not any(m.knob == move.knob for m in moves)]
+        moves = merged(moves, found)
         if not found and not knob_spans(clause, spec):
             op = weight_move(clause, layers or [], clause_direction(clause))
             moves += [op] if op is not None else []

@@ -39,7 +39,8 @@ def knob_spans(clause: str, spec: TaskSpec, fuzzy: bool = True) -> list[tuple[in
     misspelling of a name of 6+ letters (:func:`fuzzy_spans`) too, after the exact names."""
     spans: list[tuple[int, int, str]] = []
     for phrase, name in knob_phrases(spec):
-        for match in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?:s|es|ping|ing)?(?![\w-])", clause):
+        pattern = re.sub(r"\\ |_|\\-", r"[\\s_-]", re.escape(phrase))  # "clip range" = clip_range = clip-range
+        for match in re.finditer(rf"(?<![\w-]){pattern}(?:s|es|ping|ing)?(?![\w-])", clause):
             if not any(a < match.end() and match.start() < b for a, b, _ in spans):
                 spans.append((match.start(), match.end(), name))
     if fuzzy:

@@ -20,11 +20,11 @@ EN_DOWN = (
     r"down|downward|decay|anneal\w*|shorter|softer|weaker|lighter|slower|tiny|tighten\w*|tighter|narrow\w*|"
     r"fewer|minus|shave|trim|ease off|back off|pull back|dampen|soften|gentler|calmer"
 )
-ARROWS_DOWN, ARROWS_UP = r"↓|⬇|⇩|--|(?<=\w)-(?=\s*$)", r"↑|⬆|⇧|\+\+|(?<=\w)\+(?=\s*$)"
+ARROWS_DOWN, ARROWS_UP = r"↓|⬇|⇩|(?<=[\w#])--|(?<=[\w#])-(?=\s*$)", r"↑|⬆|⇧|\+\+|(?<=\w)\+(?=\s*$)"
 EN_UP = (
     r"rais\w*|increas\w*|higher|bigger|larger|more|boost\w*|bump\w*|doubl\w*|tripl\w*|grow\w*|strengthen\w*|"
     r"turn up|scale up|crank up|ramp up|step up|go up|up|upward|heavier|stronger|longer|greater|add|adding|"
-    r"loosen\w*|looser|widen\w*|wider|relax\w*|amplif\w*|enlarg\w*|plus|extra|put (?:some|a bit of|more)|bring in"
+    r"loosen\w*|looser|widen\w*|wider|relax\w*|amplif\w*|enlarg\w*|plus|extra|put (?:in )?(?:some|a bit of|more)|bring in|put in"
 )
 # Other languages: verbs by stem, comparatives whole. ("plus"/"más"/"mais"/"mehr"/"più": more.)
 FOREIGN_DOWN = (
@@ -46,14 +46,16 @@ DOWN_PATTERN = re.compile(rf"(?<!\w)(?:{EN_DOWN}|{FOREIGN_DOWN})(?!\w)|{CJK_DOWN
 UP_PATTERN = re.compile(rf"(?<!\w)(?:{EN_UP}|{FOREIGN_UP})(?!\w)|{CJK_UP}|{ARROWS_UP}")
 # A state word asks for the opposite of itself: "the learning rate is too high", "seems a bit low", "not enough".
 STATE_HIGH = (
-    r"too (?:high|large|big|much|strong|aggressive|fast|hot|wide|loose|heavy|generous|big)|excessive|overkill|on the high side|"
+    r"too (?:high|large|big|much|strong|aggressive|fast|hot|wide|loose|heavy|generous|big)|excessive|overkill|"
+    r"on the (?:high|aggressive|large|big|heavy|strong|hot) side|"
     r"(?:is|seems|looks|feels|was|are|'s) (?:a (?:bit|little|tad) |quite |rather |way |really |very |kind of |"
     r"pretty |probably |still |too )?(?:high|large|big|strong|aggressive|fast|hot|wide|loose|heavy)\b|"
     r"demasiado (?:alt|grand|fuert|agresiv)\w*|trop (?:élev|haut|grand|fort)\w*|zu (?:hoch|groß|stark)\w*|"
     r"muito (?:alt|grand|fort)\w*|troppo (?:alt|grand|fort)\w*|太高|太大|太强|高すぎ|大きすぎ|強すぎ"
 )
 STATE_LOW = (
-    r"too (?:low|small|little|weak|slow|timid|tight|narrow|conservative|light|stingy|cautious|tiny)|not enough|insufficient|on the low side|"
+    r"too (?:low|small|little|weak|slow|timid|tight|narrow|conservative|light|stingy|cautious|tiny)|not enough|insufficient|"
+    r"on the (?:low|small|conservative|timid|light|cautious) side|"
     r"(?:is|seems|looks|feels|was|are|'s) (?:a (?:bit|little|tad) |quite |rather |way |really |very |kind of |"
     r"pretty |probably |still |too )?(?:low|small|weak|tiny|tight|narrow|light|stingy)\b|"
     r"demasiado (?:baj|pequeñ|débil|ajustad|estrech)\w*|demasiado lent\w*|trop (?:bas|faible|petit)\w*|zu (?:niedrig|klein|schwach)\w*|"
@@ -63,11 +65,12 @@ STATE_DOWN = re.compile(STATE_HIGH)
 STATE_UP = re.compile(STATE_LOW)
 NEGATION = re.compile(
     r"(?<!\w)(?:do not|don't|dont|doesn't|never|not|no longer|stop|avoid|without|nor|no need to|"
-    r"shouldn't|should not|mustn't|no|ni|nicht|kein\w*|não|nao|non|ne|pas|jamais|nunca)(?!\w)|不要|别|不用|ないで|ません"
+    r"shouldn't|should not|mustn't|no|ni|nicht|kein\w*|não|nao|non|ne|pas|jamais|nunca|sans|sin|ohne|sem|senza)(?!\w)|"
+    r"不要|别|不用|ないで|ません"
 )
 # "keep X", "leave X alone", "don't touch X": X must not move.
 KEEP_PATTERN = re.compile(
-    r"(?<!\w)(?:keep|leave|hold|same|fix|fixed|freeze|frozen|untouched|alone|as is|unchanged|stays?|"
+    r"(?<!\w)(?:keep|leave|hold|same|fix|fixed|freeze|frozen|untouched|alone|as is|unchanged|stays?|hands off|"
     r"touch|chang\w*|modif\w*|adjust\w*|tweak\w*|alter\w*|mess with|mantén|manten\w*|deja|laisse|garde|"
     r"behalte|lass|mantenha|deixe|mantieni|lascia|tocc\w*|toqu\w*|touche\w*|anfass\w*|mex\w*|ändere?)(?!\w)|"
     r"保持|不变|不动|别动|そのまま|維持|触ら|触れ|変えな"
@@ -92,12 +95,12 @@ REPEAT_PATTERN = re.compile(
 )
 
 # --------------------------------------------------------------------------- sizes
-NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)"
+NUMBER = r"((?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)"  # no sign: no knob takes a negative value
 HALF = re.compile(r"\bhalv|\bhalf\b|\bby half|mitad|moitié|halbier|hälfte|metade|metà|dimezz|一半|减半|半分")
 DOUBLE = re.compile(r"\bdoubl|\btwice|dobl|\bdouble|verdoppel|doppelt|dobr|raddoppi|duplic|加倍|翻倍|2倍|二倍")
 TRIPLE = re.compile(r"\btripl|\bthree ?times|triplic|verdreifach|3倍|三倍")
 OFF = re.compile(
-    r"\bturn (?:it )?off|\bswitch (?:it )?off|\boff\b|\bdisabl|\bremov|\bto zero|\bzero\b|\bno more\b|\bkill|"
+    r"\b(?:turn|switch|shut|toggle|flip|set|take)\b[^.]{0,30}\boff\b|#\s*off\b|^\W*off\b|\bdisabl|\bremov|\bto zero|\bzero\b|\bno more\b|\bkill|"
     r"\bget rid of|\beliminat|\bdesactiv|\bdésactiv|\bdeaktiv|\babschalt|\bquit|\bsupprim|"
     r"\belimin|\btogli|\bquita|\bquitar|\bretir|\benlève|\benlever|\bentfern|\bschalt\w*.*\b(?:ab|aus)\b|"
     r"\bapaga|\bdesliga|\bspegn|关闭|去掉|关掉|オフ|無効|なくして|なくす|外して|取り除"
@@ -112,7 +115,7 @@ TARGET_WORDS = r"(?:\bto|\bat|=|->|→|:=|:|\ba|\bà|\bauf|\bpara|\bsu|\bsobre|�
 # --------------------------------------------------------------------------- goals
 # A pattern over the instruction per goal; ``instructions.GOAL_MOVES`` says which moves pursue each.
 GOALS: tuple[tuple[str, re.Pattern], ...] = (
-    ("less underfitting", re.compile(r"underfit|under-fit|too much regulari|(?:less|reduce|lower|weaker|decrease) "
+    ("less underfitting", re.compile(r"underfit|under-fit|too much regulari|regulari\w*[^.]{0,20}(?:excessive|too (?:strong|much|heavy|high)|overkill)|(?:less|reduce|lower|weaker|decrease) "
                                      r"(?:the )?regulari|regulari[sz]e less|not learning enough|not (?:even )?fitting|"
                                      r"more (?:freedom|capacity|flexib)|too constrained|can'?t (?:even )?fit|over-?regulari|"
                                      r"sous-apprent|subajust|unteranpass")),
@@ -122,9 +125,9 @@ GOALS: tuple[tuple[str, re.Pattern], ...] = (
                                     r"sobreajust|sur-?appren|surajust|überanpass|sobreajust|过拟合|過学習")),
     ("stability", re.compile(r"unstable|instabil|stab(?:le|ility|ilize|ilise)|jump|oscillat|diverg|spik|noisy|"
                              r"erratic|explod|blow|bounc|fluctuat|careful|cautious|conservative|safe|gentle|calm|"
-                             r"violent|nans?\b|chaotic|wild|collaps|crash|unravel|smaller updates|updates? (?:smaller|gentler)|slow (?:it )?down|smaller steps|inestab|instável|"
+                             r"violent|nans?\b|chaotic|wild|collaps|crash|unravel|smaller updates|updates? (?:smaller|gentler)|too aggressiv|slow (?:it )?down|smaller steps|inestab|instável|"
                              r"不稳定|発散|不安定")),
-    ("speed", re.compile(r"faster|speed|quick|too slow|slowly|accelerat|aggressive|hurry|rapid|más rápido|"
+    ("speed", re.compile(r"faster|speed|quick|too slow|slowly|accelerat|more aggressive|hurry|rapid|más rápido|"
                          r"plus vite|schneller|mais rápido|更快|速く|\blent|\blento|langsam|太慢|遅い|遅すぎ")),
     ("exploration", re.compile(r"explor|more random|erkund|esplor|探索|探検")),
     ("exploitation", re.compile(r"exploit|less random|more greedy|greedier")),

@@ -39,7 +39,7 @@ def code_magnitude(after: str) -> dict:
     if m := re.match(rf"\s*(?:\*=?|x|×)\s*{NUMBER}", after):
         value = float(m.group(1))
         return {"factor": value} if value > 0 else {}
-    if m := re.match(rf"\s*([+-])=\s*{NUMBER}", after):
+    if m := re.match(rf"\s*([+-])=?\s*{NUMBER}", after):  # "dropout += 0.1", "dropout +0.1"
         return {"amount": float(m.group(2)), "direction": 1 if m.group(1) == "+" else -1}
     if m := re.match(rf"\s*(?:=|->|→|:=|:|=>)?\s*{NUMBER}(?![\d.])(?!\s*(?:x|times|%|×|fold))", after):
         return {"target": float(m.group(1))}
@@ -73,6 +73,10 @@ def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -
         return {"factor": 1 + share if direction >= 0 else max(1 - share, 0.01)} if direction != 0 else {}
     if (third := fraction_word(clause)) is not None:
         return {"factor": 1 + third if direction >= 0 else 1 - third}
+    if m := re.search(r"(\d+)\s*分[の之]\s*(?:一|1)", clause):  # "10分の1", "十分之一" after NFKC digits
+        return {"factor": 1 / float(m.group(1))} if float(m.group(1)) > 0 else {}
+    if re.search(r"十分[の之](?:一|1)", clause):
+        return {"factor": 0.1}
     if HALF.search(clause):
         return {"factor": 1.5} if direction > 0 and re.search(r"\bby half|half again", clause) else {"factor": 0.5}
     if re.search(r"quadrupl|vierfach|4倍|四倍", clause):
