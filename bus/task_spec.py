@@ -22,12 +22,12 @@ USUAL_FAMILIES: dict[str, Family] = {
     "weight_decay": "regularization", "ent_coef": "exploration", "clip_range": "clipping",
 }  # fmt: skip
 # The aliases of a knob that declares none, by the same usual names.
-LEARNING_RATE_ALIASES = ("lr", "learning-rate", "step size", "stepsize", "update size")
+LEARNING_RATE_ALIASES = ("lr", "learning-rate", "step size", "stepsize", "steps", "update size", "学习率", "学習率")
 USUAL_ALIASES: dict[str, tuple[str, ...]] = {
     "learning_rate": LEARNING_RATE_ALIASES, "lr": ("learning rate", *LEARNING_RATE_ALIASES[1:]),
-    "dropout": ("drop-out", "drop out"), "weight_decay": ("weight-decay", "l2 penalty", "l2", "ridge penalty", "ridge", "l2 regularization",
-                     "l2 regularisation", "l2 reg", "wd"),
-    "ent_coef": ("entropy coefficient", "entropy bonus", "entropy"), "clip_range": ("clipping range", "clip", "clip epsilon", "clip ratio"),
+    "dropout": ("drop-out", "drop out", "ドロップアウト"), "weight_decay": ("weight-decay", "l2 penalty", "l2", "ridge penalty", "ridge", "l2 regularization",
+                     "l2 regularisation", "l2 reg", "wd", "权重衰减", "重み減衰", "l2正则", "l2 正则"),
+    "ent_coef": ("entropy coefficient", "entropy bonus", "entropy", "熵系数", "エントロピー係数"), "clip_range": ("clipping range", "clip", "clip epsilon", "clip ratio", "裁剪范围", "クリップ範囲"),
 }  # fmt: skip
 USUAL_LABELS = {"learning_rate": "the learning rate", "lr": "the learning rate", "ent_coef": "the entropy coefficient",
                 "clip_range": "the clip range"}  # fmt: skip

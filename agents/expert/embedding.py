@@ -29,13 +29,16 @@ HOLD_PROTOTYPES = (
 # The goals of ``agents.expert.lexicon.GOALS``, each said a few ways in English (the model is multilingual).
 GOAL_PROTOTYPES: dict[str, tuple[str, ...]] = {
     "less overfitting": ("the model is overfitting", "it memorizes the training data", "reduce overfitting",
-                         "validation is much worse than training", "regularize more"),
+                         "validation is much worse than training", "regularize more",
+                         "validation accuracy is dropping while training accuracy keeps rising",
+                         "the validation loss goes up while the training loss goes down"),
     "less underfitting": ("the model is underfitting", "it does not even fit the training data",
-                          "the model needs more capacity", "regularize less"),
+                          "the model needs more capacity", "regularize less", "both training and validation errors are high"),
     "stability": ("training is unstable", "the loss is exploding", "the loss keeps blowing up",
-                  "the updates are too violent", "make training more stable"),
-    "speed": ("training is too slow", "converge faster", "learning is too slow, speed it up"),
-    "exploration": ("explore more", "the agent should try more random actions"),
+                  "the updates are too violent", "make training more stable", "the loss became NaN",
+                  "the reward collapses suddenly", "the return crashes after a while", "the loss curve is very noisy"),
+    "speed": ("training is too slow", "converge faster", "learning is too slow, speed it up", "progress is very slow"),
+    "exploration": ("explore more", "the agent should try more random actions", "the agent always does the same thing"),
     "exploitation": ("explore less", "the agent should act more greedily"),
     "escape the plateau": ("progress has stalled", "we are stuck on a plateau", "the metric is not improving"),
 }  # fmt: skip

@@ -230,8 +230,11 @@ def clause_spans(
     exact = {name for _, _, name in knob_spans(clause, spec, fuzzy=False)}
     misspelt = [name for _, _, name in spans if name not in exact]
     moves = bool(direction_word_positions(clause) or clause_magnitude(clause, None, 0))
+    bare_name = len(clause) <= 16 and not HOLD_PATTERN.search(clause)  # "ドロップアウト", "la tasa de aprendizaje"
     if spans or namer is None or WEIGHTS_PATTERN.search(clause) or METRIC_WORDS.search(clause):
         return spans, misspelt, []  # (a weight operation, or numbers about a metric, name no knob)
+    if not (moves or bare_name or (KEEP_PATTERN.search(clause) and not HOLD_PATTERN.search(clause))):
+        return spans, misspelt, []  # chatter ("sorry", "merci d'avance") names no knob
     name = namer(clause, moves)
     return ([(0, 0, name)], [], [name]) if name is not None else ([], [], [])
 
@@ -260,6 +263,8 @@ def clause_moves(
         if keep:
             inherited = (0, {}, True)
             moves.append(Move(name, 0))
+        elif name in named and "target" in magnitude and knob is not None and not knob.low <= magnitude["target"] <= knob.high:
+            continue  # a number the embedding's knob cannot take is not about that knob ("spikes up to 40")
         elif "target" in magnitude or direction != 0:
             inherited = (direction, dict(magnitude), False)
             moves.append(Move(name, direction, **sized(magnitude, knob, direction)))
@@ -283,13 +288,15 @@ def sized_move(move: Move) -> bool:
     return move.target is not None or move.factor is not None or move.amount is not None
 
 
-def pronoun_move(clause: str, previous: Move | None, spec: TaskSpec) -> Move | None:
-    """ "Don't raise dropout. Lower it.": a clause without a knob name that refers back to the last knob named."""
-    if previous is None or previous.knob is None or not PRONOUN.search(clause):
+def pronoun_move(clause: str, previous: str | None, spec: TaskSpec) -> Move | None:
+    """A clause without a knob name that refers back to the last knob named: "Don't raise dropout. Lower it.",
+    "Only the learning rate - bump it.", "ドロップアウト、もう少し弱めで" (a direction alone, after a bare name)."""
+    if previous is None or not (PRONOUN.search(clause) or direction_word_positions(clause)):
         return None
-    found, *_ = clause_moves(clause.replace(PRONOUN.search(clause).group(0), "#", 1), spec, None,
-                             namer=lambda *_: previous.knob)  # fmt: skip
-    return found[0] if found and found[0].direction else None
+    pronoun = PRONOUN.search(clause)
+    referring = clause.replace(pronoun.group(0), "#", 1) if pronoun else f"# {clause}"
+    found, *_ = clause_moves(referring, spec, None, namer=lambda *_: previous)
+    return found[0] if found and (found[0].direction or found[0].target is not None) else None
 
 
 def read_instruction(
@@ -314,11 +321,13 @@ def read_instruction(
     misspelt: list[str] = []
     named: list[str] = []
     inherited = None
+    last_named: str | None = None
     for clause in split_clauses(lowered):
         found, inherited, wrong, guessed = clause_moves(clause, spec, inherited, namer, directioner)
-        if not found and (move := pronoun_move(clause, moves[-1] if moves else None, spec)) is not None:
+        if not found and not knob_spans(clause, spec) and (move := pronoun_move(clause, last_named, spec)):
             moves = [m for m in moves if m.knob != move.knob]
             found = [move]
+        last_named = next((name for *_, name in reversed(knob_spans(clause, spec))), last_named)
         misspelt += wrong
         named += guessed
         moves = merged(moves, found)

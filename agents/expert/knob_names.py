@@ -19,6 +19,8 @@ FAMILY_WORDS = {
     "clipping": ("clipping", "clip epsilon", "clip eps", "ppo clip", "clip ratio", "trust region", "clip"),
     "exploration": ("entropy bonus", "entropy", "exploration bonus"),
 }
+# A name after a count is a count of something ("every few hundred steps", "40k steps"), never a knob.
+COUNTED = re.compile(r"(?:\d[\d.,]*\s*k?|\bfew|\bhundreds?|\bthousands?|\bmany|\bseveral|\bevery)\s*$")
 FUZZY_SCORE = 85  # rapidfuzz ratio (0-100) above which a misspelt phrase of 6+ letters names a knob
 
 
@@ -40,7 +42,13 @@ def knob_spans(clause: str, spec: TaskSpec, fuzzy: bool = True) -> list[tuple[in
     spans: list[tuple[int, int, str]] = []
     for phrase, name in knob_phrases(spec):
         pattern = re.sub(r"\\ |_|\\-", r"[\\s_-]", re.escape(phrase))  # "clip range" = clip_range = clip-range
-        for match in re.finditer(rf"(?<![\w-]){pattern}(?:s|es|ping|ing)?(?![\w-])", clause):
+        if re.search(r"[\u3040-\u30ff\u4e00-\u9fff]", phrase):  # Chinese, Japanese: no spaces, so no word bounds
+            pattern = rf"(?<![a-z]){pattern}"
+        else:
+            pattern = rf"(?<!\w)(?<!\w-){pattern}(?:s|es|ping|ing)?(?![\w-])"
+        for match in re.finditer(pattern, clause):
+            if COUNTED.search(clause[: match.start()]):  # "every few hundred steps": a duration, not a knob
+                continue
             if not any(a < match.end() and match.start() < b for a, b, _ in spans):
                 spans.append((match.start(), match.end(), name))
     if fuzzy:

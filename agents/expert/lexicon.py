@@ -23,7 +23,7 @@ EN_DOWN = (
 ARROWS_DOWN, ARROWS_UP = r"↓|⬇|⇩|(?<=[\w#])--|(?<=[\w#])-(?=\s*$)", r"↑|⬆|⇧|\+\+|(?<=\w)\+(?=\s*$)"
 EN_UP = (
     r"rais\w*|increas\w*|higher|bigger|larger|more|boost\w*|bump\w*|doubl\w*|tripl\w*|grow\w*|strengthen\w*|"
-    r"turn up|scale up|crank up|ramp up|step up|go up|up|upward|heavier|stronger|longer|greater|add|adding|"
+    r"turn up|scale up|crank\w*|ramp up|step up|go up|up|upward|introduce|give (?:it )?(?:some|more|a bit)|heavier|stronger|longer|greater|add|adding|"
     r"loosen\w*|looser|widen\w*|wider|relax\w*|amplif\w*|enlarg\w*|plus|extra|put (?:in )?(?:some|a bit of|more)|bring in|put in"
 )
 # Other languages: verbs by stem, comparatives whole. ("plus"/"más"/"mais"/"mehr"/"più": more.)
@@ -38,10 +38,12 @@ FOREIGN_UP = (
     r"aument\w*|sub(?:e|ir|a|an|amos|ela|elo|iendo)|más|mayor|augment\w*|plus|hauss\w*|élev\w*|monte\w*|erhöh\w*|höher\w*|mehr|größer\w*|"
     r"vergrößer\w*|steiger\w*|verdoppel\w*|hoch|rauf|herauf\w*|elev\w*|mais|maior|alz\w*|più|raddoppi\w*|"
     r"dobl\w*|dupli\w*|dobr\w*|superior\w*|increment\w*|aggiung\w*|añad\w*|agreg\w*|ajout\w*|hinzu\w*|"
-    r"adicion\w*|acrescent\w*|élarg\w*|ampli\w*|erweiter\w*|lockern\w*|allarg\w*|alarg\w*|dazu|quadrupl\w*"
+    r"adicion\w*|acrescent\w*|élarg\w*|ampl[ií]\w*|erweiter\w*|lockern\w*|allarg\w*|alarg\w*|dazu|quadrupl\w*|"
+    r"sobe|s[uú]bel[oae]|subidinha|coloc\w*|bota|bote|mete|metemos|mets|metti|renforc\w*|reforz\w*|reforç\w*|verstärk\w*|"
+    r"rafforz\w*|introduc\w*|introdu\w*|füg\w* hinzu"
 )
-CJK_DOWN = r"收紧|缩紧|狭め|絞|降低|降|减少|减小|减半|调低|下调|变小|缩小|小一点|低一点|少一点|下げ|減ら|小さく|半分|低く|少なく|弱め|弱く|緩め"
-CJK_UP = r"放宽|加点|加一点|加些|多加|広げ|緩め|提高|提升|增加|增大|加倍|调高|上调|变大|放大|大一点|高一点|多一点|加大|上げ|増や|大きく|倍に|高く|多く|強め|強く"
+CJK_DOWN = r"调小|减小|小さめ|弱め|さげ|收紧|缩紧|狭め|絞|降低|降|减少|减小|减半|调低|下调|变小|缩小|小一点|低一点|少一点|下げ|減ら|小さく|半分|低く|少なく|弱め|弱く|緩め"
+CJK_UP = r"调大|加大|追加|加入|入れ|増し|あげて|加(?=\s*[\d.])|強め|放宽|加点|加一点|加些|多加|広げ|緩め|提高|提升|增加|增大|加倍|调高|上调|变大|放大|大一点|高一点|多一点|加大|上げ|増や|大きく|倍に|高く|多く|強め|強く"
 DOWN_PATTERN = re.compile(rf"(?<!\w)(?:{EN_DOWN}|{FOREIGN_DOWN})(?!\w)|{CJK_DOWN}|{ARROWS_DOWN}")
 UP_PATTERN = re.compile(rf"(?<!\w)(?:{EN_UP}|{FOREIGN_UP})(?!\w)|{CJK_UP}|{ARROWS_UP}")
 # A state word asks for the opposite of itself: "the learning rate is too high", "seems a bit low", "not enough".
@@ -59,7 +61,7 @@ STATE_LOW = (
     r"(?:is|seems|looks|feels|was|are|'s) (?:a (?:bit|little|tad) |quite |rather |way |really |very |kind of |"
     r"pretty |probably |still |too )?(?:low|small|weak|tiny|tight|narrow|light|stingy)\b|"
     r"demasiado (?:baj|pequeñ|débil|ajustad|estrech)\w*|demasiado lent\w*|trop (?:bas|faible|petit)\w*|zu (?:niedrig|klein|schwach)\w*|"
-    r"muito (?:baix|pequen|frac)\w*|troppo (?:bass|piccol|debol)\w*|太低|太小|太弱|太紧|太窄|低すぎ|小さすぎ|弱すぎ|狭すぎ|trop serré\w*|zu eng\w*|muito apertad\w*|troppo stretto"
+    r"muito (?:baix|pequen|frac)\w*|troppo (?:bass|piccol|debol)\w*|太低|太小|太弱|太紧|太窄|紧了|低すぎ|小さすぎ|弱すぎ|狭すぎ|きつすぎ|trop serré\w*|zu eng\w*|muito apertad\w*|troppo stretto"
 )
 STATE_DOWN = re.compile(STATE_HIGH)
 STATE_UP = re.compile(STATE_LOW)
@@ -87,7 +89,8 @@ HOLD_PATTERN = re.compile(
     r"no (?:cambi|toqu)\w* nada|deja (?:todo|las cosas)|ne (?:chang|touch)\w* (?:à )?rien|laisse(?:z)? tout|"
     r"nichts (?:ändern|anfassen|verändern)|ändere nichts|lass (?:alles|es)|não (?:mud|mex|alter)\w* (?:em )?nada|"
     r"deix[ae] (?:tudo|como)|non (?:cambi|tocc)\w* (?:niente|nulla)|lascia (?:tutto|stare)|"
-    r"什么都不|都不要|保持不变|保持现状|不要改|别改|別改|何も(?:変え|し|触ら)|そのまま|現状維持|触らないで|変えないで|いじらないで"
+    r"什么都不|都不要|保持不变|保持现状|不要改|别改|別改|何も(?:変え|し|触ら)|そのまま|現状維持|触らないで|変えないで|いじらないで|"
+    r"sort itself out|be patient|patience|このままで|続けてください|このまま続け|何も変更|ハイパーパラメータに触ら"
 )
 REPEAT_PATTERN = re.compile(
     r"\bevery\b|\beach\b|\bkeep (?:lowering|raising|reducing|increasing|cutting)|\bcontinu|\bagain and again|"
@@ -100,10 +103,10 @@ HALF = re.compile(r"\bhalv|\bhalf\b|\bby half|mitad|moitié|halbier|hälfte|meta
 DOUBLE = re.compile(r"\bdoubl|\btwice|dobl|\bdouble|verdoppel|doppelt|dobr|raddoppi|duplic|加倍|翻倍|2倍|二倍")
 TRIPLE = re.compile(r"\btripl|\bthree ?times|triplic|verdreifach|3倍|三倍")
 OFF = re.compile(
-    r"\b(?:turn|switch|shut|toggle|flip|set|take)\b[^.]{0,30}\boff\b|#\s*off\b|^\W*off\b|\bdisabl|\bremov|\bto zero|\bzero\b|\bno more\b|\bkill|"
+    r"\b(?:turn|switch|shut|toggle|flip|set|take)\b[^.]{0,30}\boff\b|#\s*off\b|^\W*off\b|\bdisabl|\bremov|\bto zero|\bzero (?:it|out|#)|#\s*(?:to|=)?\s*zero\b|\bno more\b|\bkill|"
     r"\bget rid of|\beliminat|\bdesactiv|\bdésactiv|\bdeaktiv|\babschalt|\bquit|\bsupprim|"
     r"\belimin|\btogli|\bquita|\bquitar|\bretir|\benlève|\benlever|\bentfern|\bschalt\w*.*\b(?:ab|aus)\b|"
-    r"\bapaga|\bdesliga|\bspegn|关闭|去掉|关掉|オフ|無効|なくして|なくす|外して|取り除"
+    r"\bapaga|\bdesliga|\bspegn|关闭|去掉|关掉|オフ|無効|なくして|なくす|外し|取り除"
 )
 ORDER_OF_MAGNITUDE = re.compile(r"order(?:s)? of magnitude|orden de magnitud|ordre de grandeur|größenordnung|数量级|桁")
 SMALL_PATTERN = re.compile(
@@ -125,12 +128,12 @@ GOALS: tuple[tuple[str, re.Pattern], ...] = (
                                     r"sobreajust|sur-?appren|surajust|überanpass|sobreajust|过拟合|過学習")),
     ("stability", re.compile(r"unstable|instabil|stab(?:le|ility|ilize|ilise)|jump|oscillat|diverg|spik|noisy|"
                              r"erratic|explod|blow|bounc|fluctuat|careful|cautious|conservative|safe|gentle|calm|"
-                             r"violent|nans?\b|chaotic|wild|collaps|crash|unravel|smaller updates|updates? (?:smaller|gentler)|too aggressiv|slow (?:it )?down|smaller steps|inestab|instável|"
+                             r"violent|nans?\b|\binf\b|swing|chaotic|wild|collaps|crash|unravel|smaller updates|updates? (?:smaller|gentler)|too aggressiv|slow (?:it )?down|smaller steps|inestab|instável|"
                              r"不稳定|発散|不安定")),
-    ("speed", re.compile(r"faster|speed|quick|too slow|slowly|accelerat|more aggressive|hurry|rapid|más rápido|"
+    ("speed", re.compile(r"faster|speed|quick|too slow|slowly|\bslow\b|accelerat|more aggressive|hurry|rapid|más rápido|"
                          r"plus vite|schneller|mais rápido|更快|速く|\blent|\blento|langsam|太慢|遅い|遅すぎ")),
-    ("exploration", re.compile(r"explor|more random|erkund|esplor|探索|探検")),
     ("exploitation", re.compile(r"exploit|less random|more greedy|greedier")),
+    ("exploration", re.compile(r"explor|more random|erkund|esplor|探索|探検|(?:other|new|different) actions|try (?:more|other|new) things")),
     ("escape the plateau", re.compile(r"stuck|plateau|stall|not improving|stagnat|\bflat\b|estanc|bloqué|停滞")),
 )  # fmt: skip
 

@@ -33,6 +33,8 @@ def code_magnitude(after: str) -> dict:
     """Code notation right after a knob's name: ``lr/2``, ``lr *= 0.5``, ``lr x2``, ``dropout=.3``,
     ``lr -> 3e-4``, ``lr: 1e-4``, ``dropout += 0.1``, ``lr = lr * 2``."""
     after = re.sub(r"^\s*=\s*#+", "", after)  # "lr = lr * 2"
+    if m := re.match(rf"\s*[:=]?\s*{NUMBER}\s*(?:->|→|=>|\bto\b)\s*{NUMBER}", after):  # "lr: 1e-3 -> 2e-3"
+        return {"target": float(m.group(2))}
     if m := re.match(rf"\s*(?:/=?|÷)\s*{NUMBER}", after):
         value = float(m.group(1))
         return {"factor": 1 / value} if value > 0 else {}
@@ -41,7 +43,7 @@ def code_magnitude(after: str) -> dict:
         return {"factor": value} if value > 0 else {}
     if m := re.match(rf"\s*([+-])=?\s*{NUMBER}", after):  # "dropout += 0.1", "dropout +0.1"
         return {"amount": float(m.group(2)), "direction": 1 if m.group(1) == "+" else -1}
-    if m := re.match(rf"\s*(?:=|->|→|:=|:|=>)?\s*{NUMBER}(?![\d.])(?!\s*(?:x|times|%|×|fold))", after):
+    if m := re.match(rf"\s*(?:=|->|→|:=|:|=>|\bde\b|\bof\b)?\s*{NUMBER}(?![\d.])(?!\s*(?:x|times|%|×|fold))", after):
         return {"target": float(m.group(1))}
     return {}
 
@@ -57,11 +59,11 @@ def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -
     """The size of a move in ``clause``: ``target`` ("to 0.3", "off"), ``factor`` ("halve", "by a factor of 3",
     "by 20%", "an order of magnitude", "a little") or ``amount`` ("by 0.1"); empty when the clause says none
     (the knob's step is used)."""
-    if m := re.search(rf"(?:multipl\w*|scale\w*).{{0,40}}? by\s*{NUMBER}", clause):
+    if m := re.search(rf"(?:multipl\w*|scale\w*).{{0,40}}? (?:by|par|por|per|mit|um)\s*{NUMBER}", clause):
         return factor_for(float(m.group(1)), 1) if float(m.group(1)) > 1 else {"factor": float(m.group(1))}
-    if m := re.search(rf"divid\w*.{{0,40}}? by\s*{NUMBER}", clause):
+    if m := re.search(rf"(?:divid|divis|teil)\w*.{{0,40}}? (?:by|par|por|per|durch)\s*{NUMBER}", clause):
         return {"factor": 1 / float(m.group(1))} if float(m.group(1)) > 0 else {}
-    if OFF.search(clause) or re.search(r"\bno #", clause):
+    if OFF.search(clause) or re.search(r"(?:^|\bwith |\bplease |\buse )no #", clause):
         return {"target": knob.low} if knob is not None else {"target": 0.0}
     if m := ORDER_OF_MAGNITUDE.search(clause):
         orders = (
@@ -89,8 +91,8 @@ def clause_magnitude(clause: str, knob: Hyperparameter | None, direction: int) -
         return {"target": float(m.group(1))}
     if m := re.search(rf"factor of\s*{NUMBER}|\b{NUMBER}\s*(?:x|times|×|fold)|(?:x|×)\s*{NUMBER}\b", clause):
         return factor_for(float(next(g for g in m.groups() if g)), direction)
-    if m := re.search(rf"\badd\s*{NUMBER}|\bplus\s*{NUMBER}", clause):
-        return {"amount": float(m.group(1) or m.group(2))}
+    if m := re.search(rf"\badd\s*{NUMBER}|\bplus\s*{NUMBER}|加\s*{NUMBER}", clause):
+        return {"amount": float(next(g for g in m.groups() if g))}
     if m := re.search(rf"\bby\s*{NUMBER}", clause):
         value = float(m.group(1))
         if knob is not None and knob.scale == "log":  # "by 3": a factor; "by 1e-4": an amount; "by 0.5": unclear
