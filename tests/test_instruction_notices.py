@@ -76,7 +76,7 @@ def test_a_plugin_controller_reads_instructions_only_when_it_declares_it(tmp_pat
     ]
 
 
-def read_as(text: str) -> "InstructionReading":
+def read_as(text: str):
     from bus.messages import InstructionReading
 
     return InstructionReading(read_as=f"read as: {text}", intent=text, confidence=0.9, reader="test")

@@ -91,7 +91,7 @@ def move_words(move: Move, spec: TaskSpec | None = None) -> str:
 
 # How far the embedding's best label must lead the next one (cosine units) for it to count on its own; tuned on
 # the development half of bench/cases (never on the test half). A margin of twice the threshold is confidence 1.
-HOLD_MARGIN, GOAL_MARGIN, KNOB_MARGIN = 0.02, 0.02, 0.015
+HOLD_MARGIN, GOAL_MARGIN, KNOB_MARGIN = 0.01, 0.02, 0.015
 # A clause is about a knob only if that knob leads every goal and "change nothing" by this much (measured on the
 # development half: below it, chatter such as "lass ihm mehr Freiheit" was named a knob).
 NAMER_LEAD = 0.005

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.guidance import Outcome, figures_by_language, judge_case, main, per_case_record, summary, without_nan
+from bench.guidance import Outcome, figures_by_language, judge_case, main, summary, without_nan
 from bench.guidance_cases import Case, case_metrics
 from bus.messages import Decision, UpdateCommand
 

@@ -14,7 +14,6 @@ from agents.expert.reading import Reading, read
 from agents.prompts import state_summary
 from bench.guidance import Case, case_metrics
 from bus.messages import Instruction
-from tasks.mnist import SPEC
 
 
 def with_instruction(m, text, first=True):
