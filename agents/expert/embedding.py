@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 HOLD = "hold"
 HOLD_PROTOTYPES = (
     "change nothing", "leave everything as it is", "do not change any setting", "keep all settings the same",
-    "no changes this time", "do nothing", "let it run as it is",
+    "no changes this time", "do nothing", "let it run as it is", "it is going well, keep going", "looks good, carry on",
+    "wait and see", "no intervention needed", "don't touch anything",
 )  # fmt: skip
 # The goals of ``agents.expert.lexicon.GOALS``, each said a few ways in English (the model is multilingual).
 GOAL_PROTOTYPES: dict[str, tuple[str, ...]] = {

@@ -90,7 +90,15 @@ HOLD_PATTERN = re.compile(
     r"nichts (?:ändern|anfassen|verändern)|ändere nichts|lass (?:alles|es)|não (?:mud|mex|alter)\w* (?:em )?nada|"
     r"deix[ae] (?:tudo|como)|non (?:cambi|tocc)\w* (?:niente|nulla)|lascia (?:tutto|stare)|"
     r"什么都不|都不要|保持不变|保持现状|不要改|别改|別改|何も(?:変え|し|触ら)|そのまま|現状維持|触らないで|変えないで|いじらないで|"
-    r"sort itself out|be patient|patience|このままで|続けてください|このまま続け|何も変更|ハイパーパラメータに触ら"
+    r"sort itself out|be patient|patience|このままで|続けてください|このまま続け|何も変更|ハイパーパラメータに触ら|"
+    r"wait and see|give it (?:some )?time|no intervention|don'?t intervene|no need to (?:change|touch|intervene|act)|"
+    r"sigue así|que siga|d[ée]jalo (?:correr|así|como está|estar|tranquilo)|no (?:hagas|toques|cambies) nada|nada de cambios|"
+    r"sin cambios|laisse[rz]? (?:tourner|faire|comme|tel)|ne (?:fais|faites|change|touche)\w* rien|aucun changement|"
+    r"continue comme ça|rien à changer|weiterlaufen|lass (?:es|alles|ihn) (?:so|laufen|in ruhe)|nichts (?:tun|machen|ändern)|"
+    r"keine änderung|so lassen|passt so|deix[ae] (?:rodar|assim|como está|quieto)|não (?:faça|faz|mude|mexa|mexe)\w* nada|"
+    r"nenhuma mudança|continua assim|segue assim|sem mudanças|lascia(?:lo)? (?:andare|così|stare|correre)|"
+    r"non (?:fare|toccare|cambiare) (?:niente|nulla)|nessun cambiamento|continua così|"
+    r"不用改|不要动|继续跑|保持原样|不用调|先别改|照旧|维持现状|不做任何|别做任何|何もしない|変更なし|現状のまま|様子を見|様子見"
 )
 REPEAT_PATTERN = re.compile(
     r"\bevery\b|\beach\b|\bkeep (?:lowering|raising|reducing|increasing|cutting)|\bcontinu|\bagain and again|"
