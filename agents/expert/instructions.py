@@ -55,22 +55,9 @@ WEIGHTS_PATTERN = re.compile(
     r"\bcamada|\bstrato|层|層"
 )
 LAYER_WORDS = {
-    "last": -1,
-    "final": -1,
-    "output": -1,
-    "top": -1,
-    "first": 0,
-    "input": 0,
-    "bottom": 0,
-    "letzte": -1,
-    "dernière": -1,
-    "última": -1,
-    "ultimo": -1,
-    "erste": 0,
-    "première": 0,
-    "primera": 0,
-    "primeira": 0,
-}
+    "last": -1, "final": -1, "output": -1, "top": -1, "first": 0, "input": 0, "bottom": 0, "letzte": -1, "dernière": -1,
+    "última": -1, "ultimo": -1, "erste": 0, "première": 0, "primera": 0, "primeira": 0,
+}  # fmt: skip
 SMALL_OP, DEFAULT_OP = 0.02, 0.03  # weight-operation sizes, as fractions of a layer's norm (at most 0.05)
 # A knob named after these is excluded, not asked for: "raise dropout instead of the learning rate".
 EXCLUDED_BEFORE = re.compile(
