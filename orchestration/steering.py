@@ -129,7 +129,9 @@ class SteeringService:
         steered_by = self.controller(run_id)
         if reading.understood and steered_by is not None and not steered_by[1]:
             lines.append(unread_notice(steered_by[0]))  # the guard still keeps it from moving against the reading
-        lines.append(f"run {run_id}: instruction given: {request.text!r}; it applies from its next decision")
+        effect = ("it applies from its next decision" if reading.understood
+                  else "it is recorded, and its next decisions are taken on the evidence alone")  # fmt: skip
+        lines.append(f"run {run_id}: instruction given: {request.text!r}; {effect}")
         if earlier is not None:
             lines.append(f"it replaces the instruction {earlier.text!r} given at {clock(earlier)}; if no decision "
                          f"has read that one yet, none will (it is recorded as replaced)")  # fmt: skip

@@ -73,6 +73,8 @@ def test_say_to_a_controller_that_does_not_read_instructions_says_it_only_guards
     # Not understood: nothing to guard either, so no promise that it will be.
     unread = service.deliver(SayRequest(text="blorp")).detail.splitlines()
     assert unread[0].startswith("not understood:") and not any("does not read" in line for line in unread)
+    # and the reply does not promise that it applies
+    assert unread[1] == "run r: instruction given: 'blorp'; it is recorded, and its next decisions are taken on the evidence alone"
 
 
 def test_say_to_a_controller_that_reads_instructions_has_no_notice(steering):

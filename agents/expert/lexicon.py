@@ -119,7 +119,7 @@ OFF = re.compile(
 ORDER_OF_MAGNITUDE = re.compile(r"order(?:s)? of magnitude|orden de magnitud|ordre de grandeur|größenordnung|数量级|桁")
 SMALL_PATTERN = re.compile(
     r"a little|slightly|a bit|a touch|somewhat|gently|a tad|marginally|a smidge|a hair|(?<!too )\bsmall\b|"
-    r"un poco|ligeramente|un peu|légèrement|etwas|ein bisschen|leicht|um pouco|ligeiramente|un po|一点|稍微|少し|ちょっと|やや"
+    r"un poco|ligeramente|un peu|légèrement|etwas|ein bisschen|ein wenig|leicht|um pouco|ligeiramente|un po|一点|稍微|少し|ちょっと|やや"
 )
 TARGET_WORDS = r"(?:\bto|\bat|=|->|→|:=|:|\ba|\bà|\bauf|\bpara|\bsu|\bsobre|到|为|成|に|を)"
 

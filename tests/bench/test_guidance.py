@@ -127,6 +127,7 @@ def test_judging_is_unchanged_by_the_moves_being_recorded():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a benchmark run (about a minute): run with -m slow; the unit tests above cover its interface
 def test_the_benchmark_runs_a_cases_file_with_the_embedded_model(tmp_path):
     lines = [
         {"kind": "explicit", "task": "mnist", "state": "plateau", "instruction": "halve the learning rate",
