@@ -70,12 +70,21 @@ class ScoredChooser:
         self.neutral: dict[str, float] = {}  # option text -> mean log-probability after the content-free state
 
     def _post(self, path: str, body: dict) -> dict:
-        try:
-            response = self.http.post(self.root + path, json={"model": self.model, **body})
-            response.raise_for_status()
-            return response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise ChooserError(f"{path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        """The server's JSON answer to ``body`` at ``path``. A timed-out call is sent once more: on a loaded 2-core
+        machine the embedded server was seen to stall one request for the whole timeout (20 s) and answer the next
+        at once, and the trainer's wait (``RunSpec.agent_timeout``: every call a decision may make, plus slack)
+        has room for it. Raises :class:`ChooserError` when the second call fails too, or for any other error."""
+        for attempt in (1, 2):
+            try:
+                response = self.http.post(self.root + path, json={"model": self.model, **body})
+                response.raise_for_status()
+                return response.json()
+            except httpx.TimeoutException as exc:
+                if attempt == 2:
+                    raise ChooserError(f"{path}: {type(exc).__name__}: {str(exc)[:300]} (twice)") from None
+            except (httpx.HTTPError, ValueError) as exc:
+                raise ChooserError(f"{path}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        raise AssertionError("unreachable")
 
     def mean_logprobs(self, user: str, options: list[str]) -> list[float]:
         """Each option's mean token log-probability after ``user`` and "We should"; :class:`ChooserError` for an

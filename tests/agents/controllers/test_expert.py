@@ -204,3 +204,29 @@ def test_the_reason_opens_with_the_measured_signal_or_the_users_request():
     assert reason_opening(told, plan_decision(told)) == "you asked, and val_acc rose"
     regression = case_metrics(Case("evidence", "steady", None, task="diabetes"), 0)
     assert reason_opening(regression, plan_decision(regression)) == "val_rmse fell"  # lower is better
+
+
+def test_a_timed_out_server_call_is_sent_once_more_then_fails_in_one_line():
+    import httpx
+
+    from agents.expert.choosers import ChooserError
+
+    calls = []
+
+    def stalls_first(request):
+        calls.append(request.url.path)
+        if len(calls) == 1:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return httpx.Response(200, json={"choices": [{"text": " the gap widened."}], "usage": {}})
+
+    chooser = ScoredChooser("http://server/v1", "m", timeout_s=5)
+    chooser.http = httpx.Client(transport=httpx.MockTransport(stalls_first))
+    assert chooser.complete("prompt", 0.0)[0] == "the gap widened."
+    assert calls == ["/v1/completions", "/v1/completions"]
+
+    def always_stalls(request):
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    chooser.http = httpx.Client(transport=httpx.MockTransport(always_stalls))
+    with pytest.raises(ChooserError, match=r"^/v1/completions: ReadTimeout: timed out \(twice\)$"):
+        chooser.complete("prompt", 0.0)
