@@ -22,15 +22,24 @@ def query(db: Path, sql: str):
         return con.execute(sql).fetchall()
 
 
-def test_scripted_instructions_reach_the_prompts_and_the_record(tmp_path):
-    schedule = tmp_path / "instructions.txt"
-    schedule.write_text("# epoch, instruction\n1 keep the learning rate where it is\n3 clear\n4 raise dropout a little\n")
-    db, out = tmp_path / "i.duckdb", tmp_path / "runs"
+def heuristic_diabetes_run(tmp_path: Path, schedule: str, *flags: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """(database, finished process) of ``run.py --task diabetes --regime 50 --controller heuristic`` with the
+    instruction schedule ``schedule`` and ``flags``."""
+    plan, db = tmp_path / "plan.txt", tmp_path / "i.duckdb"
+    plan.write_text(schedule)
     result = subprocess.run(
-        [sys.executable, "run.py", "--task", "diabetes", "--regime", "50", "--epochs", "5", "--controller", "heuristic",
-         "--instructions", str(schedule), "--db", str(db), "--out", str(out)],
+        [sys.executable, "run.py", "--task", "diabetes", "--regime", "50", "--controller", "heuristic", *flags,
+         "--instructions", str(plan), "--db", str(db), "--out", str(tmp_path / "runs")],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+    return db, result
+
+
+def test_scripted_instructions_reach_the_prompts_and_the_record(tmp_path):
+    db, result = heuristic_diabetes_run(
+        tmp_path, "# epoch, instruction\n1 keep the learning rate where it is\n3 clear\n4 raise dropout a little\n",
+        "--epochs", "5",
+    )
     assert result.returncode == 0, result.stderr
     # the heuristic does not read it: the progress line does not show it as in force (issue 18)
     assert "| instruction (not read by heuristic; only guarded): 'raise dropout a little'" in result.stdout
@@ -57,15 +66,10 @@ def test_scripted_instructions_reach_the_prompts_and_the_record(tmp_path):
 def test_what_cannot_take_effect_is_said_before_training_and_the_rest_still_runs(tmp_path):
     # issue 18: an instruction to a controller that ignores instructions was shown as in force, and a schedule line
     # after the last epoch was silently never given
-    schedule = tmp_path / "plan.txt"
-    schedule.write_text("2 raise dropout a little\n9 halve the learning rate\n")
-    db, out = tmp_path / "n.duckdb", tmp_path / "runs"
-    result = subprocess.run(
-        [sys.executable, "run.py", "--task", "diabetes", "--regime", "50", "--epochs", "3", "--arms", "guided",
-         "--controller", "heuristic", "--instruction", "lower the learning rate", "--instructions", str(schedule),
-         "--db", str(db), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    db, result = heuristic_diabetes_run(
+        tmp_path, "2 raise dropout a little\n9 halve the learning rate\n",
+        "--epochs", "3", "--arms", "guided", "--instruction", "lower the learning rate",
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     notices = [
