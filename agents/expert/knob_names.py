@@ -77,11 +77,6 @@ def fuzzy_spans(clause: str, spec: TaskSpec) -> list[tuple[int, int, str]]:
     return found
 
 
-def knob_mentions(clause: str, spec: TaskSpec) -> list[str]:
-    """The knobs (and ``alpha``) ``clause`` names, in the order they appear, each once."""
-    return list(dict.fromkeys(name for _, _, name in knob_spans(clause, spec)))
-
-
 def blanked(clause: str, spans: list[tuple[int, int, str]]) -> str:
     """``clause`` with the knob names masked, so that a name's own words ("decay", "drop out") are not read as
     directions."""
