@@ -148,6 +148,9 @@ def run_started(arm: Arm, trainer: TrainerConfig, agent: AgentConfig | None, set
         started_at=time.time(),
         config={
             "fingerprint": arm.fingerprint,
+            # The protocol in full (task, options, regime, seed, epochs, arm, controller, agent and model settings):
+            # the report pools only runs whose protocol, seed apart, is the same. None: a replay or a resume.
+            "experiment": arm.experiment,
             "replay_of": arm.replay_of,
             "task": task.model_dump(mode="json"),
             "trainer": trainer.model_dump(mode="json"),

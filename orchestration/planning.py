@@ -38,6 +38,7 @@ class Arm:
     resume_epoch: int = 0  # resume: the last completed epoch, the one the checkpoint holds
     exit_code: int | None = None  # the trainer's, once it ran
     checkpoint: Path | None = None  # the trainer's checkpoint file, once its config is built
+    experiment: dict | None = None  # what the fingerprint hashes (``runs.config->'experiment'``); None: replay, resume
 
 
 def plan_replay(spec: RunSpec) -> Arm:
@@ -88,7 +89,7 @@ def plan_resume(spec: RunSpec) -> Arm:
     return Arm(
         arm, controller, regime, seed, pair_id, spec.resume, config.get("fingerprint") or uuid.uuid4().hex[:16],
         replay_of=config.get("replay_of"), recorded={"trainer": config["trainer"], "agent": config.get("agent")},
-        resume_from=trainer.checkpoint_file, resume_epoch=state.epoch,
+        resume_from=trainer.checkpoint_file, resume_epoch=state.epoch, experiment=config.get("experiment"),
     )  # fmt: skip
 
 
@@ -233,7 +234,7 @@ def plan_arms(spec: RunSpec, task: TaskIdentity, recorded: list[queries.PairRow]
                 run_id = f"{pair_id}-{name if controller == 'none' else controller.replace(':', '.')}"
                 if run_id in taken:  # run again (--rerun, or after a failure): a run id is never reused
                     run_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
-                arm = Arm(name, controller, regime, seed, pair_id, run_id, fingerprint(what))
+                arm = Arm(name, controller, regime, seed, pair_id, run_id, fingerprint(what), experiment=what)
                 arm.legacy_fingerprint = fingerprint(legacy) if legacy is not None else None
                 arms.append(arm)
     return arms
