@@ -227,6 +227,22 @@ def completed_fingerprints(source: Source) -> dict[str, str]:
     return {fingerprint: run_id for fingerprint, run_id in found if fingerprint}
 
 
+def interrupted_runs(source: Source, fingerprints: Sequence[str]) -> list[str]:
+    """The run ids of interrupted runs (stopped, not failed) with one of ``fingerprints`` and no completed run of
+    the same fingerprint, the latest per fingerprint: what ``run.py study`` continues from a checkpoint."""
+    if not fingerprints:
+        return []
+    found = rows(
+        source,
+        "SELECT arg_max(run_id, started_at) FROM runs r WHERE status = 'interrupted' "
+        f"AND config->>'fingerprint' IN ({', '.join('?' * len(fingerprints))}) "
+        "AND NOT EXISTS (SELECT 1 FROM runs c WHERE c.status = 'completed' "
+        "AND c.config->>'fingerprint' = r.config->>'fingerprint') GROUP BY config->>'fingerprint' ORDER BY 1",
+        list(fingerprints),
+    )
+    return [run_id for (run_id,) in found]
+
+
 # --------------------------------------------------------------------------- results after a run
 
 RUN_RESULT_COLUMNS = (

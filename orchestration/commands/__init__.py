@@ -35,6 +35,8 @@ COMMANDS: dict[str, Command] = {
                 "orchestration.commands.report"),
         Command("sql", "answer a SQL query against the database, as a Markdown table", "orchestration.commands.sql"),
         Command("say", "give the running guided run an instruction (or --clear it)", "orchestration.commands.say"),
+        Command("study", "run the study (controls, seeds, bad starts) into one database, resumable, and report it",
+                "orchestration.commands.study"),
         Command("explain", "say how an instruction would be read for a task, without a run",
                 "orchestration.commands.explain"),
     )

@@ -1,0 +1,79 @@
+"""The study's protocol (orchestration.study) and its resume query (storage.queries.interrupted_runs)."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+
+from orchestration.study import (
+    BAD_STARTS,
+    STUDY_CONTROLLERS,
+    STUDY_SEED,
+    StudySweep,
+    run_study,
+    study_sweeps,
+    sweep_spec,
+)
+from storage import queries
+from storage.schema import migrate
+
+
+def test_the_published_study_covers_every_cell_the_issue_asks_for_from_both_starts():
+    sweeps = study_sweeps()
+    cells = {(s.task, s.regime, bool(s.start)) for s in sweeps}
+    for task, regime in [("mnist", "100"), ("mnist", "1pct"), ("diabetes", "full"), ("cartpole", "8k")]:
+        assert {(task, regime, False), (task, regime, True)} <= cells
+    assert all(s.seeds >= 5 and s.seed >= STUDY_SEED for s in sweeps)
+    assert all(s.controllers == STUDY_CONTROLLERS for s in sweeps)
+    assert {"none", "aa", "random", "plateau", "heuristic", "llm"} == set(STUDY_CONTROLLERS)
+
+
+def test_the_quick_study_has_both_starts_and_every_controller_on_a_cheap_task():
+    quick = study_sweeps(quick=True)
+    assert [bool(s.start) for s in quick] == [False, True]
+    assert all(s.task == "diabetes" and s.epochs <= 10 and s.seeds >= 3 for s in quick)
+
+
+def test_a_sweep_becomes_the_training_commands_own_run_specification(tmp_path):
+    sweep = StudySweep("diabetes", "full", 4, 2, BAD_STARTS["diabetes"])
+    spec = sweep_spec(sweep, tmp_path / "s.duckdb", tmp_path / "runs", ["--device", "cpu"])
+    assert (spec.task, spec.regimes, spec.epochs, spec.seed, spec.seeds) == ("diabetes", ["full"], 4, STUDY_SEED, 2)
+    assert spec.controllers == list(STUDY_CONTROLLERS)
+    assert spec.start == BAD_STARTS["diabetes"]
+    assert "bad start learning_rate=0.1" in sweep.label
+
+
+def test_a_sweep_the_training_command_refuses_stops_the_study_with_one_line(tmp_path, capsys):
+    bad = StudySweep("diabetes", "no-such-regime", 2, 1)
+    assert run_study([bad], tmp_path / "s.duckdb", tmp_path / "runs") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-regime" in err[0]
+
+
+def _run(con, run_id, fingerprint, status, started):
+    con.execute(
+        "INSERT INTO runs (run_id, pair_id, arm, regime, n_train, controller, seed, epochs, status, started_at, config)"
+        " VALUES (?, 'p', 'baseline', 'full', 353, 'none', 0, 3, ?, TIMESTAMP '2026-01-01' + to_seconds(?), ?)",
+        [run_id, status, started, json.dumps({"fingerprint": fingerprint})],
+    )
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = duckdb.connect(str(tmp_path / "r.duckdb"))
+    migrate(connection)
+    yield connection
+    connection.close()
+
+
+def test_interrupted_runs_are_the_latest_interrupted_run_of_each_fingerprint_not_completed_since(con):
+    _run(con, "a1", "fa", "interrupted", 1)
+    _run(con, "a2", "fa", "interrupted", 2)  # the later one is continued
+    _run(con, "b1", "fb", "interrupted", 1)
+    _run(con, "b2", "fb", "completed", 2)  # completed since: nothing to continue
+    _run(con, "c1", "fc", "failed", 1)  # a failed run runs again, it is not continued
+    _run(con, "d1", "fd", "interrupted", 1)  # not asked for
+    assert queries.interrupted_runs(con, ["fa", "fb", "fc"]) == ["a2"]
+    assert queries.interrupted_runs(con, []) == []
