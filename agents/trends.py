@@ -30,6 +30,9 @@ class Trends:
     train_metric: str | None  # the objective's training counterpart (val_acc -> train_acc), if reported
     gap: float | None  # how much better the training metric is than the objective now (None: no counterpart)
     previous_gap: float | None  # the same one epoch earlier (equal to gap at epoch 1)
+    # Epochs, ending with this one, trained with this epoch's knob values and alpha (1: they changed just before
+    # it). A change resets a plateau's count, as a reduction resets ReduceLROnPlateau's bad epochs.
+    epochs_since_change: int = 1
 
 
 def train_counterpart(
@@ -64,7 +67,19 @@ def training_trends(m: EpochMetrics) -> Trends:
     if train_metric is not None:
         gap = generalization_gap(spec, m.metrics, train_metric)
         previous_gap = generalization_gap(spec, history[-2].metrics, train_metric) if len(history) >= 2 else gap
-    return Trends(spec.objective, best_value, best_epoch, m.epoch - best_epoch, train_metric, gap, previous_gap)
+    return Trends(spec.objective, best_value, best_epoch, m.epoch - best_epoch, train_metric, gap, previous_gap,
+                  epochs_at_current_values(m))  # fmt: skip
+
+
+def epochs_at_current_values(m: EpochMetrics) -> int:
+    """How many epochs, ending with this one, trained with the knob values and alpha this epoch used (1 with no
+    history)."""
+    count = 0
+    for h in reversed(m.history or []):
+        if h.hyperparameters != m.history[-1].hyperparameters or h.alpha != m.history[-1].alpha:
+            break
+        count += 1
+    return max(count, 1)
 
 
 def current_values(m: EpochMetrics) -> dict[str, float]:

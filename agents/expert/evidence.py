@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agents.controllers.rules import DIVERGING_BANDS, PLATEAU_EPOCHS, gap_widening, on_plateau
-from agents.trends import Trends, training_trends
+from agents.trends import Trends, epochs_at_current_values, training_trends
 from bus.messages import EpochMetrics
 
 
@@ -23,16 +23,6 @@ class Signal:
 
     kind: SignalKind
     reason: str
-
-
-def epochs_at_current_values(m: EpochMetrics) -> int:
-    """How many epochs, ending with this one, trained with the knob values and alpha this epoch used."""
-    count = 0
-    for h in reversed(m.history):
-        if h.hyperparameters != m.history[-1].hyperparameters or h.alpha != m.history[-1].alpha:
-            break
-        count += 1
-    return count
 
 
 def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:

@@ -74,7 +74,7 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
             "dropout" if "dropout" in option else "learning"
         ]
 
-    server = ScoringServer(logprob, " is ahead of val_acc by 0.114 this epoch, more than the 0.105 before.")
+    server = ScoringServer(logprob, " is ahead of val_acc by 0.121 this epoch, more than the 0.105 before.")
     try:
         chooser = ScoredChooser(server.base_url, "m", timeout_s=5)
         m = overfitting_state()
@@ -83,7 +83,7 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
         assert plan.candidates[choice.index].key == "learning_rate:down"
         assert choice.margin == pytest.approx(2.0)
         assert choice.rationale == (
-            "We should halve the learning rate, because train_acc is ahead of val_acc by 0.114 this epoch, more than the "
+            "We should halve the learning rate, because train_acc is ahead of val_acc by 0.121 this epoch, more than the "
             "0.105 before."  # the widening gap's subject opens the reason (reason_opening)
         )
         assert not choice.details["rationale_copied"] and choice.details["rationale_unsupported_numbers"] == []
@@ -96,13 +96,13 @@ def test_the_choice_is_calibrated_against_the_content_free_prompt():
 
 def test_a_rationale_that_repeats_the_prompt_is_flagged_as_copied_and_invented_numbers_are_found():
     m = overfitting_state()
-    prompt = state_summary(m, "the train/validation gap widened from 0.105 to 0.114")
-    assert copied("the train/validation gap widened from 0.105 to 0.114", prompt)
+    prompt = state_summary(m, "the train/validation gap widened from 0.105 to 0.121")
+    assert copied("the train/validation gap widened from 0.105 to 0.121", prompt)
     assert copied("optional operations", prompt)  # too short to be a reason
     assert not copied("the model memorises its training set, so more dropout should close the gap", prompt)
-    assert unsupported_numbers("val_acc is 0.885 but the learning rate is 0.7, after 3 epochs", prompt) == ["0.7"]
+    assert unsupported_numbers("val_acc is 0.878 but the learning rate is 0.7, after 3 epochs", prompt) == ["0.7"]
     assert unsupported_numbers("val_acc rose from 0.88 to 1.", prompt) == ["1"]
-    assert unsupported_numbers("val_acc rose to 0.89, not 0.8849", prompt) == ["0.8849"]  # 0.885 cited at 2 decimals
+    assert unsupported_numbers("val_acc fell to 0.88, not 0.8779", prompt) == ["0.8779"]  # 0.878 cited at 2 decimals
 
 
 def test_the_chat_chooser_takes_a_listed_action_and_refuses_others():
