@@ -68,7 +68,8 @@ PAIRED_PREFIXES = ("val", "eval", "test", "train")
 
 def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
     """JSON schema of the answer for this epoch: one field per knob of the task, ``alpha``, optional
-    ``weight_modulation`` with layers by their real names, and ``rationale``.
+    ``weight_modulation`` with layers by their real names, optional ``rollback`` (to the best epoch so far), and
+    ``rationale``.
 
     ``free``: numbers with the ranges allowed now (the paper's form). ``grid``: each field is one of a
     few values around the current one (each knob's ``Hyperparameter.grid``: MNIST's learning rate
@@ -103,6 +104,7 @@ def command_schema(m: EpochMetrics, command_space: str = "free") -> dict:
         "properties": {
             **fields,
             "weight_modulation": {"type": "array", "items": operation, "maxItems": max_ops},
+            "rollback": {"type": "boolean"},
             "rationale": {"type": "string", "maxLength": 300},
         },
         "required": [*required_fields(m), "rationale"],
@@ -141,6 +143,8 @@ def preamble(m: EpochMetrics) -> str:
         f"weight_modulation is optional: a list like {example}. Ops: scale (factor), shrink (amount), noise "
         f"(scale); each moves a layer by at most {MAX_DELTA_NORM_RATIO:.0%} of its norm, and alpha (0 to 1) weighs "
         "it against the optimizer's step. Leave it out unless you are sure.\n"
+        '"rollback": true returns to the weights of the best epoch so far (shown below), then applies your values: '
+        "only when the objective has collapsed far below that best.\n"
         "Answer with one JSON object only.\n\n"
         f"Task: {spec.description}\n"
         f"Objective: {spec.objective}, {direction_words(spec)}. Regime {m.regime}: {m.budget} {spec.budget_unit}.\n"
@@ -288,6 +292,7 @@ CHOICE_INSTRUCTIONS = (
 
 # The subject and verb of each signal's reason; {better}/{worse} say how the objective moved in its mode's terms.
 SIGNAL_OPENINGS = {"steady": "{objective} {better}", "plateau": "{objective} has not", "diverging": "{objective} {worse}",
+                   "collapsed": "{objective} {worse}",
                    "overfitting": "{train}", "settling": "the last change", "unclear": "{objective} moved"}  # fmt: skip
 # How a candidate action reads to the model that scores it: a log-scale knob's usual factors have their own verb.
 FACTOR_PHRASES = ((0.5, "halve {}"), (2.0, "double {}"), (1 / 3, "cut {} to a third"), (3.0, "triple {}"))

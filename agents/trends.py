@@ -55,13 +55,8 @@ def training_trends(m: EpochMetrics) -> Trends:
     """Best objective so far (the earliest epoch on a tie), epochs since, and the generalization gap now
     and one epoch earlier. ``m.history`` ends with this epoch."""
     spec, history = m.task, m.history or []
-    best_value, best_epoch = m.objective_value, m.epoch
-    if history:
-        best_value, best_epoch = history[0].metrics.get(spec.objective, math.nan), history[0].epoch
-        for h in history[1:]:
-            value = h.metrics.get(spec.objective, math.nan)
-            if spec.better(value, best_value) or (math.isnan(best_value) and not math.isnan(value)):
-                best_value, best_epoch = value, h.epoch
+    best = m.best  # bus.messages.best_epoch: the epoch the trainer keeps for a rollback
+    best_value, best_epoch = (best.metrics[spec.objective], best.epoch) if best else (m.objective_value, m.epoch)
     train_metric = train_counterpart(spec.objective, m.metrics)
     gap = previous_gap = None
     if train_metric is not None:

@@ -48,7 +48,10 @@ class UpdateCommand(BaseModel):
     bounds (the agent's checks refuse anything else, and so does the trainer). ``weight_modulation`` maps a
     parameter name to a delta of exactly that parameter's shape, as nested lists (the paper's raw form);
     ``weight_ops`` are compact operations (see ``WeightOp``). The trainer spreads each delta over the
-    epoch's optimizer steps so that one epoch adds ``alpha * delta`` in total.
+    epoch's optimizer steps so that one epoch adds ``alpha * delta`` in total. ``rollback``: before anything else,
+    return the model and optimizer to the best epoch so far (:func:`best_epoch`; the trainer's best checkpoint),
+    then apply the knobs from there (the agent's checks clear it, with a recorded clamp, when there is no earlier
+    best epoch to return to).
     """
 
     model_config = MODEL_CONFIG
@@ -58,6 +61,7 @@ class UpdateCommand(BaseModel):
     weight_modulation: dict[str, list[Any]] | None = None
     weight_ops: list[WeightOp] | None = None
     rationale: str = ""
+    rollback: bool = False  # absent in commands recorded before it existed: they replay as no rollback
 
     def modulated_layers(self) -> list[str]:
         return [*(self.weight_modulation or {}), *(op.layer for op in self.weight_ops or [])]
@@ -92,6 +96,18 @@ class EpochSummary(BaseModel):
     metrics: dict[str, float]
     hyperparameters: dict[str, float]
     alpha: float
+
+
+def best_epoch(history: list[EpochSummary], spec: TaskSpec) -> EpochSummary | None:
+    """The epoch of ``history`` with the best objective under ``spec.mode`` (the earliest on a tie); a NaN or
+    infinite objective is never best. None when no epoch has a finite objective. The trainer keeps this epoch's
+    checkpoint for a rollback and the agent reads it, from the same history, so the two cannot disagree."""
+    best: EpochSummary | None = None
+    for h in history:
+        value = h.metrics.get(spec.objective, math.nan)
+        if math.isfinite(value) and (best is None or spec.better(value, best.metrics[spec.objective])):
+            best = h
+    return best
 
 
 class InstructionReading(BaseModel):
@@ -174,6 +190,11 @@ class EpochMetrics(Message):
     def objective_value(self) -> float:
         """This epoch's value of the task's objective metric (NaN if the task did not report it)."""
         return self.metrics.get(self.task.objective, math.nan)
+
+    @property
+    def best(self) -> EpochSummary | None:
+        """The best epoch so far (:func:`best_epoch` of the history, this epoch included), None before any."""
+        return best_epoch(self.history, self.task)
 
 
 class Decision(Message):

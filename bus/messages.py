@@ -31,6 +31,7 @@ from bus.agent_messages import (
     UpdateCommand,
     WeightOp,
     WeightOpName,
+    best_epoch,
 )
 from bus.control_messages import (
     ControlReply,
@@ -114,5 +115,6 @@ __all__ = [
     "InstructionReading", "InstructionRecord", "InstructionUpdate", "LogEvent", "Message", "Mode", "QueryParam",
     "QueryReply",
     "QueryRequest", "Ready", "Reflection", "ReflectionRecord", "RunFinished", "RunStarted", "RunStatus",
-    "SayReply", "SayRequest", "TaskSpec", "UpdateCommand", "Verdict", "WeightOp", "WeightOpName", "decode", "encode",
+    "SayReply", "SayRequest", "TaskSpec", "UpdateCommand", "Verdict", "WeightOp", "WeightOpName", "best_epoch", "decode",
+    "encode",
 ]  # fmt: skip

@@ -65,6 +65,7 @@ class DecisionRecord(Message):
     decision: Decision
     applied: bool
     instruction_id: str | None = None  # the instruction the agent was given for this decision
+    rollback_to: int | None = None  # the epoch whose checkpoint the trainer restored for this command, if any
 
 
 class ReflectionRecord(Message):

@@ -49,7 +49,7 @@ INSERTS: dict[str, str] = {
         "decisions",
         "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
         "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id, instruction_outcome, held, "
-        "choice, choice_margin, overridden_proposal",
+        "choice, choice_margin, overridden_proposal, rollback_to",
     ),
     # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
     "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch, "
@@ -118,7 +118,8 @@ def _epoch_row(m: EpochRecord) -> tuple:
 
 
 def _decision_row(message: DecisionRecord) -> tuple:
-    """A ``decisions`` row: the decision, its command as JSON, and whether the trainer applied it."""
+    """A ``decisions`` row: the decision, its command as JSON, whether the trainer applied it and the epoch a
+    rollback restored."""
     d = message.decision
     return (
         d.run_id,
@@ -143,6 +144,7 @@ def _decision_row(message: DecisionRecord) -> tuple:
         d.choice,
         d.choice_margin,
         json.dumps(d.overridden_proposal) if d.overridden_proposal is not None else None,
+        message.rollback_to,
     )
 
 

@@ -194,6 +194,13 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE decisions ADD COLUMN overridden_proposal JSON;
         """,
     ),
+    (
+        9,
+        """
+        -- A command may return to the best epoch so far (issue 19): the epoch whose checkpoint the trainer restored.
+        ALTER TABLE decisions ADD COLUMN rollback_to INTEGER;   -- NULL: no rollback
+        """,
+    ),
 ]
 
 # Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix

@@ -8,6 +8,10 @@ acknowledged yet, the task's JSON) is JSON in the file's metadata. Loading runs 
 only, so a checkpoint from elsewhere cannot execute code.
 
 After the last epoch the file holds the final model; ``load_checkpoint`` works on it too.
+
+Beside it, ``<run_id>.best.safetensors`` (:func:`best_path`) holds the checkpoint of the best epoch so far
+(``bus.messages.best_epoch``), written by the same writer when an epoch becomes the best: what a rollback restores
+(:func:`restore_best`). Its state says which epoch it holds, so a resumed run knows it without reading tensors.
 """
 
 from __future__ import annotations
@@ -92,24 +96,52 @@ def read_state(path: Path) -> TrainingState:
         raise CheckpointError(f"checkpoint {path} has a damaged state: {exc}") from None
 
 
-def load_checkpoint(path: Path, run_id: str, task, device: torch.device) -> tuple[TrainingState, dict[str, torch.Tensor]]:
-    """Restore the task (set up already, with the run's regime and seed) and torch's RNGs from ``path`` in
-    place; returns the state and the pending deltas (on ``device``). CheckpointError when anything does not fit."""
+def best_path(checkpoint_file: Path) -> Path:
+    """Where the best epoch's checkpoint of the run checkpointed at ``checkpoint_file`` lives:
+    ``<run_id>.best.safetensors`` beside ``<run_id>.safetensors``."""
+    return checkpoint_file.with_name(checkpoint_file.name.removesuffix(".safetensors") + ".best.safetensors")
+
+
+def _read(path: Path, run_id: str) -> tuple[TrainingState, dict[str, str], dict[str, torch.Tensor]]:
+    """State, metadata and tensors of the checkpoint at ``path`` of run ``run_id``; CheckpointError otherwise."""
     state = read_state(path)
     if state.run_id != run_id:
         raise CheckpointError(f"checkpoint {path} belongs to run {state.run_id!r}, not {run_id!r}")
     try:
-        metadata = _metadata(path)
-        tensors = load_file(str(path))
+        return state, _metadata(path), load_file(str(path))
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from None
+
+
+def _restore_task(task, metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+    """The task's own state (weights, optimizer, its RNGs, knob values) from a checkpoint's tensors and JSON."""
+    task.restore_state(
+        {k[len("task.") :]: v for k, v in tensors.items() if k.startswith("task.")}, json.loads(metadata["task"])
+    )
+    check_hyperparameters(task.spec(), task.hyperparameter_values())
+
+
+def restore_best(path: Path, run_id: str, task) -> TrainingState:
+    """Restore the task's own state from the best-epoch checkpoint at ``path`` (a rollback): the weights, the
+    optimizer's moments and the task's RNGs as they were after that epoch; torch's global RNG and the pending
+    deltas are left as they are (the command that asked for the rollback sets the blend). Returns the file's
+    state (``state.epoch``: the epoch restored). CheckpointError when it is missing or does not fit."""
+    state, metadata, tensors = _read(path, run_id)
     try:
-        task.restore_state(
-            {k[len("task.") :]: v for k, v in tensors.items() if k.startswith("task.")}, json.loads(metadata["task"])
-        )
+        _restore_task(task, metadata, tensors)
+    except (KeyError, IndexError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this task: {type(exc).__name__}: {exc}") from None
+    return state
+
+
+def load_checkpoint(path: Path, run_id: str, task, device: torch.device) -> tuple[TrainingState, dict[str, torch.Tensor]]:
+    """Restore the task (set up already, with the run's regime and seed) and torch's RNGs from ``path`` in
+    place; returns the state and the pending deltas (on ``device``). CheckpointError when anything does not fit."""
+    state, metadata, tensors = _read(path, run_id)
+    try:
+        _restore_task(task, metadata, tensors)
         # Knob values from a file are held to the declarations as the agent's are (ValueError otherwise).
         check_hyperparameters(task.spec(), state.hyperparameters)
-        check_hyperparameters(task.spec(), task.hyperparameter_values())
         deltas = {k[len("delta.") :]: v.to(device) for k, v in tensors.items() if k.startswith("delta.")}
         torch.set_rng_state(tensors["rng.torch"])
         cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))

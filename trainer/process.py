@@ -2,7 +2,8 @@
 
 Run as ``python -m trainer --config <run_dir>/<run_id>.trainer.json`` (the orchestrator does this). The
 task (``tasks.registry``) owns data, model, optimizer and the epoch; this process owns the protocol:
-checkpoint, records, the agent's decision, the blend of the next epoch.
+checkpoint, records, the agent's decision, the blend of the next epoch, and the best epoch's checkpoint that a
+command with ``rollback`` returns to.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bus.messages import (
     Reflection,
     TaskSpec,
     UpdateCommand,
+    best_epoch,
     decode,
     encode,
 )
@@ -33,7 +35,15 @@ from bus.transport import RecordSender
 from tasks.base import DataUnavailableError, EpochResult, Task
 from tasks.registry import make_task
 from trainer.agent_client import ask_agent, connect_agent
-from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    CheckpointError,
+    TrainingState,
+    best_path,
+    load_checkpoint,
+    read_state,
+    restore_best,
+    save_checkpoint,
+)
 from trainer.config import TrainerConfig
 from trainer.contract import TaskContractError, check_epoch_result, set_hyperparameters
 from trainer.inbox import InstructionInbox, decision_records, update_instruction
@@ -94,8 +104,40 @@ def resume(cfg: TrainerConfig, task: Task, sender: RecordSender, device: torch.d
     )  # fmt: skip
     for topic, body in state.pending_records:
         sender.send(decode([topic.encode(), body.encode()]))
-    log.info("resumed", from_epoch=state.epoch, checkpoint=str(cfg.resume_from), hyperparameters=carry.hyperparameters)
+    best = best_epoch(carry.history, task.spec())
+    if best is not None and best_held(cfg) != best.epoch and best.epoch == state.epoch:
+        save_best(cfg, task, state, deltas)  # the run stopped between the two writes: the task holds that epoch now
+    log.info("resumed", from_epoch=state.epoch, checkpoint=str(cfg.resume_from), hyperparameters=carry.hyperparameters,
+             best_epoch=best_held(cfg))  # fmt: skip
     return carry
+
+
+def best_held(cfg: TrainerConfig) -> int | None:
+    """The epoch the run's best-epoch checkpoint holds, None when there is none (or it cannot be read)."""
+    try:
+        return read_state(best_path(cfg.checkpoint_file)).epoch
+    except CheckpointError:
+        return None
+
+
+def save_best(cfg: TrainerConfig, task: Task, state: TrainingState, deltas: dict[str, torch.Tensor]) -> None:
+    """The checkpoint of this epoch, the best so far, as the run's best (``trainer.checkpoint.best_path``)."""
+    save_checkpoint(best_path(cfg.checkpoint_file), state, task, deltas)
+
+
+def roll_back(cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, log) -> int | None:
+    """For a command with ``rollback`` after ``epoch``: restore the task to the best epoch so far (weights,
+    optimizer, the task's RNGs; ``trainer.checkpoint.restore_best``) and return that epoch. The agent's checks
+    already cleared a rollback with nothing to return to; the trainer does not trust the bus, so such a command,
+    or a best checkpoint that does not hold the best epoch, restores nothing (None, logged)."""
+    best = best_epoch(carry.history, task.spec())
+    held = best_held(cfg)
+    if best is None or best.epoch == epoch or held != best.epoch:
+        log.warning("rollback_refused", epoch=epoch, best_epoch=best.epoch if best else None, checkpoint_epoch=held)
+        return None
+    restored = restore_best(best_path(cfg.checkpoint_file), cfg.run_id, task).epoch
+    log.info("rolled_back", epoch=epoch, to_epoch=restored)
+    return restored
 
 
 def train_one_epoch(task: Task, epoch: int, carry: Carry) -> tuple[EpochResult, float]:
@@ -156,6 +198,9 @@ def save_and_send(cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, send
         pending_records=[[f.decode() for f in encode(m)] for m in unconfirmed],
     )  # fmt: skip
     save_checkpoint(cfg.checkpoint_file, state, task, carry.deltas)
+    best = best_epoch(carry.history, task.spec())
+    if best is not None and best.epoch == epoch:  # after the epoch's own file: a resume can always redo this
+        save_best(cfg, task, state, carry.deltas)
     for record in records:
         sender.send(record)
 
@@ -180,13 +225,14 @@ def run_epochs(
         records: list = update_instruction(cfg, carry, epoch, said) if agent is not None else []
         record, metrics = epoch_metrics(cfg, task, spec, result, wall_s, carry)
         records.append(record)
-        decision, waited_ms = None, 0.0
+        decision, waited_ms, rollback_to = None, 0.0, None
         if agent is not None:
             asked = time.perf_counter()
             decision, new_deltas = ask_agent(agent, metrics, cfg.controller, task.model, log)
             waited_ms = (time.perf_counter() - asked) * 1000.0
             applied = epoch < cfg.epochs
-            records += decision_records(cfg, carry, epoch, decision, applied)
+            rollback_to = roll_back(cfg, task, carry, epoch, log) if applied and decision.command.rollback else None
+            records += decision_records(cfg, carry, epoch, decision, applied, rollback_to)
             # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
             carry.previous_reflection = decision.reflection
             if applied:
@@ -194,7 +240,8 @@ def run_epochs(
         elif carry.deltas:  # a baseline never modulates; a delta lasts one epoch
             carry.deltas = {}
         save_and_send(cfg, task, carry, epoch, sender, records)
-        print(progress_line(cfg, spec, summary, decision, waited_ms, metrics.instruction), flush=True)
+        rolled = f" | rolled back to epoch {rollback_to}" if rollback_to is not None else ""
+        print(progress_line(cfg, spec, summary, decision, waited_ms, metrics.instruction) + rolled, flush=True)
         log.info(
             "epoch_done", epoch=epoch, objective=record.objective, wall_s=round(wall_s, 3),
             decision=decision is not None, reflection=decision is not None and decision.reflection is not None,

@@ -36,6 +36,7 @@ class ExpertPolicy:
             chosen.values, chosen.alpha, chosen.weight_changes, choice.rationale, choice=chosen.key,
             margin=choice.margin, prompt_tokens=choice.prompt_tokens, completion_tokens=choice.completion_tokens,
             reading=plan.intent.words(), prompt=choice.prompt or None, notes=(plan_note(plan, choice),),
+            rollback=chosen.rollback,
         )  # fmt: skip
 
 

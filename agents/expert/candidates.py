@@ -13,7 +13,8 @@ module, with no model, turns the state into a :class:`Plan`: the instruction rea
 Precedence: the user's instruction, then the evidence. A one-shot instruction ("halve the learning rate") is
 carried out at the first decision it shapes; afterwards it constrains (no candidate moves against it) until
 it is replaced or withdrawn. Instructions that say "every epoch"/"keep lowering" repeat, and "change nothing"
-holds every decision.
+holds every decision. A rollback ("go back to the best epoch") is carried out once, at the first decision the
+instruction shapes; the evidence proposes one after a collapse (``agents.controllers.rules.collapse``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Candidate:
     reason: str = ""
     changes: str = ""  # the numbers: "learning_rate 0.001 -> 0.0005"
     asked: bool = False  # the confident reading's own moves make it: only then is it justified by "you asked"
+    rollback: bool = False  # return to the best epoch so far first (``UpdateCommand.rollback``)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,32 @@ def goal_candidates(
     return found
 
 
+def rollback_candidate(m: EpochMetrics, reason: str, moves: tuple[Move, ...] = (), evidence: bool = False) -> Candidate:
+    """Return to the best epoch so far (``EpochMetrics.best``), then make ``moves`` (:func:`apply_moves`; none, or
+    none possible: the values this epoch used). Its key is ``rollback`` plus the moves' keys."""
+    moved = apply_moves(m, moves, evidence) if moves else None
+    best = m.best
+    where = f"epoch {best.epoch}" if best is not None else "the best epoch"
+    text = "go back to the weights of the best epoch" + (f" and {moved.text}" if moved else "")
+    return Candidate(
+        "+".join(["rollback", *([moved.key] if moved else [])]), text,
+        moved.values if moved else current_values(m), moved.alpha if moved else m.alpha,
+        moved.weight_changes if moved else (), reason,
+        ", ".join([f"rollback to {where}", *([moved.changes] if moved else [])]), rollback=True,
+    )  # fmt: skip
+
+
+def collapse_candidates(m: EpochMetrics, signal: Signal) -> list[Candidate]:
+    """After a collapse: go back to the best epoch with the learning rate halved, or cut to a third (the heuristic's
+    rule takes the first); without a learning-rate knob, go back alone."""
+    knob = learning_rate_knob(m.task)
+    if knob is None:
+        return [rollback_candidate(m, signal.reason)]
+    halved = rollback_candidate(m, signal.reason, (Move(knob.name, -1, factor=0.5),), evidence=True)
+    third = rollback_candidate(m, signal.reason, (Move(knob.name, -1, factor=1 / 3),), evidence=True)
+    return [halved] + ([dataclasses.replace(third, key=third.key + ":third")] if third.values != halved.values else [])
+
+
 SIGNAL_GOALS = {"diverging": "stability", "plateau": "escape the plateau", "overfitting": "less overfitting"}
 
 
@@ -166,7 +194,9 @@ def evidence_candidates(m: EpochMetrics, signal: Signal) -> list[Candidate]:
     """Candidates the evidence supports: a diverging run -> lower the learning rate (by the knob's step, or to a third),
     lower alpha, tighten a clip range; a plateau -> halve the learning rate or cut it to a third; a widening gap
     -> a regulariser up or the learning rate down; anything else (steady gains, no clear trend, a change still
-    settling, the first epoch) -> hold."""
+    settling, the first epoch) -> hold; a collapse -> go back to the best epoch (:func:`collapse_candidates`)."""
+    if signal.kind == "collapsed":
+        return collapse_candidates(m, signal)
     if signal.kind not in SIGNAL_GOALS:
         return [hold_candidate(m, signal.reason)]
     found = goal_candidates(m, SIGNAL_GOALS[signal.kind], signal.reason, evidence=True)
@@ -190,7 +220,7 @@ def asked_changes(intent: Intent) -> set[str]:
         elif move.direction:
             asked.add(f"{move.knob}:{'up' if move.direction > 0 else 'down'}")
     asked |= {f"{name}:{'up' if direction > 0 else 'down'}" for name, direction in intent.goal_moves}
-    return asked
+    return asked | ({"rollback"} if intent.rollback else set())
 
 
 def from_reading(candidate: Candidate, reading: Reading) -> bool:
@@ -237,6 +267,9 @@ def instruction_plan(m: EpochMetrics, intent: Intent) -> Plan:
     signal = read_signal(m)
     quoted = f"the user asked: {m.instruction.text[:120]!r}" if m.instruction else ""
     acting = intent.repeat or m.instruction_first_decision
+    if intent.rollback and m.instruction_first_decision:  # once, with the moves asked beside it
+        moves = intent.moves or tuple(Move(name, d) for name, d in intent.goal_moves[:1])
+        return Plan(intent, signal, (rollback_candidate(m, quoted, moves),), "instruction")
     if intent.kind == "hold":
         return Plan(intent, signal, (hold_candidate(m, quoted),), "instruction")
     if intent.kind == "explicit" and acting:

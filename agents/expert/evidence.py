@@ -1,4 +1,4 @@
-"""Reading the measured trends into a :class:`Signal`: diverging, a widening generalization gap, a plateau,
+"""Reading the measured trends into a :class:`Signal`: collapsed (worse than the best epoch by far), diverging, a widening generalization gap, a plateau,
 steady gains, a change still settling, or no clear trend — with the heuristic's rule set
 (``agents.controllers.rules``: the same tests, the same thresholds).
 """
@@ -9,12 +9,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from agents.controllers.rules import DIVERGING_BANDS, PLATEAU_EPOCHS, gap_widening, on_plateau
+from agents.controllers.rules import DIVERGING_BANDS, PLATEAU_EPOCHS, collapse, gap_widening, on_plateau
 from agents.trends import Trends, epochs_at_current_values, training_trends
 from bus.messages import EpochMetrics
 
 
-SignalKind = Literal["diverging", "plateau", "overfitting", "steady", "unclear", "start", "settling"]
+SignalKind = Literal["collapsed", "diverging", "plateau", "overfitting", "steady", "unclear", "start", "settling"]
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,16 @@ class Signal:
 
 
 def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
-    """The unambiguous signals first: a diverging objective (not finite, or worse by :data:`DIVERGING_BANDS`
+    """The unambiguous signals first: a collapse (``agents.controllers.rules.collapse``: far worse than an earlier
+    best epoch, which a rollback returns to), a diverging objective (not finite, or worse by :data:`DIVERGING_BANDS`
     noise bands in one epoch); then, unless the knobs changed fewer than :data:`PLATEAU_EPOCHS` epochs ago
     (``settling``: a change is given time to act, as ``ReduceLROnPlateau``'s cooldown), a widening
     generalization gap beyond :data:`~agents.controllers.rules.GAP_NOISE_BANDS` bands, a plateau (no new best for
     :data:`PLATEAU_EPOCHS` epochs since the best and since the last change), steady gains (a new best, beyond
     the noise band, this epoch); else ``unclear`` (``start`` at the first epoch)."""
     spec, t = m.task, t or training_trends(m)
+    if (collapsed := collapse(m)) is not None:
+        return Signal("collapsed", collapsed)
     value = m.objective_value
     if not math.isfinite(value):
         return Signal("diverging", f"{spec.objective} is {value}: the run is diverging")

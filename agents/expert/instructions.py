@@ -87,7 +87,8 @@ class Move:
 class Intent:
     """What an instruction asks (:func:`read_instruction`). ``explicit``: named moves; ``goal``: a goal from
     :data:`GOALS`; ``hold``: change nothing; ``unread``: text this lexicon cannot read (the evidence decides);
-    ``none``: no instruction. ``repeat``: the moves apply at every decision, not once."""
+    ``none``: no instruction. ``repeat``: the moves apply at every decision, not once. ``rollback``: return to the
+    best epoch so far first, once (``agents.expert.reading.with_rollback``)."""
 
     kind: IntentKind
     moves: tuple[Move, ...] = ()
@@ -96,16 +97,17 @@ class Intent:
     goal_moves: tuple[tuple[str, int], ...] = ()  # a goal's moves on this task's knobs (:func:`goal_moves`)
     misspelt: tuple[str, ...] = ()  # knobs named only by a misspelling (another reader must agree)
     named: tuple[str, ...] = ()  # knobs the embedding named for a clause the grammar found no name in
+    rollback: bool = False
 
     def words(self) -> str:
         """The intent in a few words, for records: ``explicit: learning_rate down``, ``goal: speed``."""
         if self.kind == "explicit":
-            return "explicit: " + ", ".join(
+            return "explicit: " + ", ".join(["rollback"] * self.rollback + [
                 f"{m.knob} to {m.target:g}"
                 if m.target is not None
                 else f"{m.knob or m.op} {('down', 'keep', 'up')[m.direction + 1]}"
                 for m in self.moves
-            )
+            ])  # fmt: skip
         return f"goal: {self.goal}" if self.kind == "goal" else self.kind
 
 

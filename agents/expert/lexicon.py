@@ -162,3 +162,24 @@ def gap_goal(text: str) -> str | None:
         return "less overfitting" if v > 1.3 * t else None
     scale = 100.0 if max(t, v) > 1 else 1.0
     return "less overfitting" if (t - v) / scale > 0.03 else None
+
+
+# --------------------------------------------------------------------------- rollback
+# "Go back to the best epoch": the best checkpoint so far, asked for in English, German, Spanish or French. A verb of
+# returning must come near the word "best" ("return the learning rate to 1e-3" names no best); "roll back" alone
+# is enough.
+ROLLBACK_PATTERN = re.compile(
+    r"\broll(?:ing|ed)?[ -]?back\b|\b(?:back|return\w*|revert\w*|restor\w*|reload\w*|rewind\w*)\b[^.;!?]{0,30}\bbest\b|"
+    r"\b(?:zurück\w*|wiederherstell\w*)[^.;!?]{0,30}\bbest|\bbest\w*\b[^.;!?]{0,30}(?:wieder ?her|zurück)|"
+    r"\b(?:vuelv\w*|volv\w*|regres\w*|restaur\w*|revert\w*|recuper\w*)\b[^.;!?]{0,30}\bmejor|"
+    r"\b(?:revien\w*|reven\w*|retourn\w*|restaur\w*|rétabl\w*|recharg\w*)\b[^.;!?]{0,30}\bmeilleur"
+)
+
+
+def asks_rollback(lowered: str) -> bool:
+    """Whether the lower-cased instruction asks to return to the best epoch so far (:data:`ROLLBACK_PATTERN`),
+    not negated just before ("don't roll back", "ne reviens pas ...": a negation within 20 characters)."""
+    for match in ROLLBACK_PATTERN.finditer(lowered):
+        if not NEGATION.search(lowered[max(0, match.start() - 20) : match.end()]):
+            return True
+    return False

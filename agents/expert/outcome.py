@@ -50,12 +50,14 @@ def instruction_outcome(m: EpochMetrics, command: UpdateCommand) -> Outcome | No
     values = current_values(m)
     moved = knob_moves(m, command.hyperparameters, command.alpha)
     if intent.kind == "hold":
-        return "contradicted" if any(moved.values()) or command.modulated_layers() else "followed"
+        return "contradicted" if any(moved.values()) or command.modulated_layers() or command.rollback else "followed"
     asked = asked_directions(intent, values, m.alpha)
     if against(moved, asked):
         return "contradicted"
     if not (intent.repeat or m.instruction_first_decision):
         return "respected"
+    if intent.rollback and not command.rollback:  # asked once, at this first decision
+        return "ignored"
     if intent.kind == "goal":
         return "followed" if any(moved.get(name, 0) == d for name, d in asked.items() if d != 0) else "ignored"
     for move in intent.moves:
@@ -71,8 +73,9 @@ def instruction_outcome(m: EpochMetrics, command: UpdateCommand) -> Outcome | No
 
 
 def held(m: EpochMetrics, command: UpdateCommand) -> bool:
-    """Whether ``command`` changes nothing: every knob and alpha as they were, no weight modulation."""
-    return not any(knob_moves(m, command.hyperparameters, command.alpha).values()) and not command.modulated_layers()
+    """Whether ``command`` changes nothing: every knob and alpha as they were, no weight modulation, no rollback."""
+    moved = any(knob_moves(m, command.hyperparameters, command.alpha).values())
+    return not moved and not command.modulated_layers() and not command.rollback
 
 
 def moves_against_instruction(candidate: Candidate, m: EpochMetrics, intent: Intent) -> bool:

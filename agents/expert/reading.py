@@ -18,13 +18,15 @@ the user half the time.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
 from agents.expert import embedding
 from agents.expert.embedding import HOLD, Vote, knob_label
 from agents.expert.embedding import vote as embedding_vote
-from agents.expert.instructions import ALPHA, Intent, Move, goal_moves, read_instruction
+from agents.expert.instructions import ALPHA, Intent, Move, goal_moves, normalized, read_instruction
+from agents.expert.lexicon import asks_rollback
 from bus.messages import TaskSpec
 
 CONFIDENT = 0.5  # a reading below this confidence is "not understood" and constrains nothing
@@ -59,13 +61,31 @@ class Reading:
             example = spec.hyperparameters[0].prose() if spec.hyperparameters else "the learning rate"
             return f"not understood: nothing will change because of it; e.g. 'lower {example}'"
         when = "at every decision" if intent.repeat else "at the next decision, then kept"
+        back = [ROLLBACK_WORDS] if intent.rollback else []
         if intent.kind == "hold":
             return "read as: change nothing, at every decision"
         if intent.kind == "goal":
             moves = " or ".join(f"{'raise' if d > 0 else 'lower'} {name}" for name, d in intent.goal_moves)
             kept = "".join(f", {move_words(move, spec)}" for move in intent.moves)
-            return f"read as: {intent.goal} ({moves or 'no knob of this task serves it'}{kept}) {when}"
-        return f"read as: {', '.join(move_words(move, spec) for move in intent.moves)} {when}"
+            first = f"{back[0]}, then " if back else ""
+            return f"read as: {first}{intent.goal} ({moves or 'no knob of this task serves it'}{kept}) {when}"
+        if not intent.moves:  # only a rollback: there is nothing to keep afterwards
+            when = "at the next decision"
+        return f"read as: {', '.join(back + [move_words(move, spec) for move in intent.moves])} {when}"
+
+
+ROLLBACK_WORDS = "roll back to the best epoch so far"
+
+
+def with_rollback(intent: Intent, text: str | None) -> Intent:
+    """``intent`` with ``rollback`` set when ``text`` asks to return to the best epoch
+    (``agents.expert.lexicon.asks_rollback``): on its own ("go back to the best epoch") an explicit intent with no
+    moves; beside moves or a goal ("roll back and halve the learning rate"), those too. "Change nothing" wins."""
+    if text is None or intent.kind == "hold" or not asks_rollback(normalized(text)):
+        return intent
+    if intent.kind in ("unread", "none"):
+        return Intent("explicit", rollback=True)
+    return dataclasses.replace(intent, rollback=True)
 
 
 def move_words(move: Move, spec: TaskSpec | None = None) -> str:
@@ -167,6 +187,7 @@ def embedding_direction(clause: str) -> int:
 def cached_read(text: str | None, spec_json: str, layers: tuple[str, ...]) -> Reading:
     spec = TaskSpec.model_validate_json(spec_json)
     grammar = read_instruction(text, spec, list(layers), namer=embedding_namer(spec), directioner=embedding_direction)
+    grammar = with_rollback(grammar, text)
     if grammar.kind == "none":
         return Reading(text, grammar, 0.0, GRAMMAR)
     return combined(text, grammar, embedding_vote(text, spec), spec)

@@ -5,7 +5,8 @@ so no pipeline can route around it).
 
 What the reading forbids is put back to the value this epoch used, and what it allows stays: a knob moved against
 its asked direction, a knob the instruction keeps (direction 0) moved at all, and under "change nothing" every knob,
-alpha and every weight modulation. The policy's original proposal is kept for the record
+alpha, every weight modulation and a rollback (which replaces the weights). A rollback under any other reading stays:
+the user may have asked for it ("go back to the best epoch"), and it moves no knob. The policy's original proposal is kept for the record
 (``Decision.overridden_proposal``) and the decision's outcome is ``overridden``. A reading that is not understood
 constrains nothing: the evidence decides, as without an instruction.
 """
@@ -44,6 +45,7 @@ def proposal_record(command: UpdateCommand) -> dict[str, Any]:
         "alpha": command.alpha,
         "weight_ops": [op.model_dump() for op in command.weight_ops or []],
         "weight_modulation_layers": sorted(command.weight_modulation or {}),
+        "rollback": command.rollback,
         "rationale": command.rationale[:500],
     }
 
@@ -57,7 +59,7 @@ def guard_command(m: EpochMetrics, command: UpdateCommand, reading: Reading | No
     moved = knob_moves(m, command.hyperparameters, command.alpha)
     if reading.intent.kind == "hold":
         forbidden = [name for name, d in moved.items() if d != 0]
-        weights = bool(command.modulated_layers())
+        weights = bool(command.modulated_layers()) or command.rollback
     else:
         asked = asked_directions(reading.intent, values, m.alpha)
         forbidden = [name for name, d in asked.items() if moved.get(name, 0) not in (0, d)]
@@ -67,7 +69,7 @@ def guard_command(m: EpochMetrics, command: UpdateCommand, reading: Reading | No
     knobs = {name: values[name] if name in forbidden else v for name, v in command.hyperparameters.items()}
     update: dict[str, Any] = {"hyperparameters": knobs, "alpha": m.alpha if ALPHA in forbidden else command.alpha}
     if weights:
-        update.update(weight_modulation=None, weight_ops=None)
+        update.update(weight_modulation=None, weight_ops=None, rollback=False)
     put_back = tuple(forbidden) + (("weights",) if weights else ())
     # The policy's rationale argued for moves that are not made: the command says what the guard did first.
     update["rationale"] = f"put back {', '.join(put_back)}: against the instruction ({reading.said_back(m.task)}); " \

@@ -5,7 +5,9 @@ bounded, whoever proposed it (a rule, a replay, the expert form, a 135M model, a
 declares them) and ``alpha``: types, NaN/inf, the hard bounds (``Hyperparameter.check``: a value outside them —
 a negative learning rate, a dropout of 5 — is not a setting at all and is an error for the repairer), the trust
 region (a valid value beyond it is clamped, and the clamp recorded), layer names, tensor shapes, payload size,
-delta norms, operation values (capped) and seeds. In the grid command space every number is snapped to the
+delta norms, operation values (capped) and seeds, and a rollback (to the best epoch so far: with no earlier best
+epoch to return to it is cleared, and with it the weight changes proposed for the weights it replaces, both
+recorded as clamps). In the grid command space every number is snapped to the
 nearest grid value, recorded as a clamp too. The fields that passed are kept in ``partial`` (the deterministic
 repair keeps them). :func:`validate_answer` is the whole path for an answer text: parse, then check.
 """
@@ -226,6 +228,7 @@ def check_proposal(proposal: Proposal, m: EpochMetrics, command_space: str = "fr
     grid = command_space == "grid"
     _check_required(proposal, m, grid, checked)
     _check_weights(proposal, m, grid, checked)
+    _check_rollback(proposal, m, checked)
     _check_rest(proposal, m.task.knob_names(), checked)
     if not checked.errors:
         checked.command = command_from(checked.partial, m.task.knob_names())
@@ -263,6 +266,30 @@ def _check_weights(proposal: Proposal, m: EpochMetrics, grid: bool, checked: Che
         checked.partial["weight_ops"] = ops
 
 
+def _check_rollback(proposal: Proposal, m: EpochMetrics, checked: CheckedAnswer) -> None:
+    """A rollback asked for (``proposal.rollback`` true) into ``partial["rollback"]`` when there is a best epoch
+    before this one (``EpochMetrics.best``); else cleared with a clamp saying why (not an error: nothing is wrong
+    with the rest of the command). A rollback replaces the weights, so weight changes proposed with it (computed
+    for the weights it replaces) are dropped, recorded too. Anything but a bool is an error."""
+    asked = proposal.rollback
+    if asked is False:
+        return
+    if not isinstance(asked, bool):
+        checked.errors.append(f"rollback must be true or false, got {type(asked).__name__} {str(asked)[:40]!r}")
+        return
+    best = m.best
+    if best is None or best.epoch == m.epoch:
+        why = "no epoch has a finite objective" if best is None else f"epoch {m.epoch} is the best so far"
+        checked.clamped["rollback"] = {"from": True, "to": False, "reason": f"nothing to return to: {why}"}
+        return
+    checked.partial["rollback"] = True
+    dropped = [*checked.partial.pop("weight_modulation", {}), *(op.layer for op in checked.partial.pop("weight_ops", []))]
+    if dropped:
+        checked.clamped["weight_modulation.rollback"] = {"from": dropped, "to": [], "reason": "the rollback replaces them"}
+    objective = m.task.objective
+    checked.notes["rollback"] = f"returns to epoch {best.epoch} ({objective} {best.metrics[objective]:.4g})"
+
+
 def _check_rest(proposal: Proposal, knobs: list[str], checked: CheckedAnswer) -> None:
     """The rationale (a string, cut to :data:`MAX_RATIONALE_CHARS`), fields no command has (recorded as
     ``clamped["ignored_fields"]``) and a note naming the fields snapped to the grid."""
@@ -284,13 +311,14 @@ def _check_rest(proposal: Proposal, knobs: list[str], checked: CheckedAnswer) ->
 
 def command_from(partial: dict[str, Any], knobs: list[str]) -> UpdateCommand:
     """The command from checked fields in the flat answer form: the value of each of ``knobs`` by name,
-    ``alpha``, optional ``weight_modulation`` (raw deltas) and ``weight_ops``, ``rationale``."""
+    ``alpha``, optional ``weight_modulation`` (raw deltas) and ``weight_ops``, ``rationale``, ``rollback``."""
     return UpdateCommand(
         hyperparameters={name: partial[name] for name in knobs},
         alpha=partial[ALPHA],
         weight_modulation=partial.get("weight_modulation") or None,
         weight_ops=partial.get("weight_ops") or None,
         rationale=partial.get("rationale", ""),
+        rollback=partial.get("rollback", False),
     )
 
 

@@ -23,6 +23,7 @@ ALPHA = "alpha"  # the trainer's blend ratio: every command has it beside the ta
 MAX_ANSWER_CHARS = 16 * 1024 * 1024
 MAX_IGNORED_FIELDS = 20
 OP_VALUE_KEYS = {"scale": "factor", "shrink": "amount", "noise": "scale"}  # how an answer names an op's value
+ROLLBACK = "rollback"  # an optional answer field: true returns to the best epoch so far first
 
 
 @dataclass
@@ -50,6 +51,16 @@ def number_from_text(value: Any) -> Any:
     except ValueError:
         return value
     return number if math.isfinite(number) else value
+
+
+def rollback_from_text(value: Any) -> Any:
+    """An answer's ``rollback`` as a bool when it is one, or written as one (``"true"``, ``"false"``, as some
+    servers write every value); anything else unchanged, for the checker to refuse. Null means no rollback."""
+    if value is None:
+        return False
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return value
 
 
 def weight_changes(raw: Any, errors: list[str]) -> tuple[WeightChange, ...]:
@@ -97,13 +108,14 @@ def proposal_from_object(answer: dict, m: EpochMetrics, notes: dict[str, Any]) -
         notes["numbers_as_strings"] = f"{converted} were written as strings and read as numbers"
     errors: list[str] = []
     changes = weight_changes(answer.get("weight_modulation"), errors)
-    ignored = sorted(set(answer) - {*required, "weight_modulation", "rationale"})[:MAX_IGNORED_FIELDS]
+    ignored = sorted(set(answer) - {*required, "weight_modulation", "rationale", ROLLBACK})[:MAX_IGNORED_FIELDS]
     proposal = Proposal(
         hyperparameters={name: values[name] for name in m.task.knob_names() if name in values},
         alpha=values.get(ALPHA, NOT_GIVEN),
         weight_changes=changes,
         rationale=answer.get("rationale", ""),
         ignored_fields=tuple(ignored),
+        rollback=rollback_from_text(answer.get(ROLLBACK, False)),
     )
     return proposal, errors
 

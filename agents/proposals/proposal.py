@@ -55,7 +55,8 @@ class Proposal:
 
     ``hyperparameters``: knob name -> proposed value (a knob left out is an error for the repairer, one the task
     does not have is ignored and recorded); ``alpha``: the blend ratio in [0, 1]; ``weight_changes``: in the order given, at most one per
-    layer counts; ``rationale``: one or two sentences. Metadata, recorded with the decision: ``choice`` (the
+    layer counts; ``rationale``: one or two sentences; ``rollback``: return to the best epoch so far first (as
+    given: anything but ``True``/``False`` is the checker's error). Metadata, recorded with the decision: ``choice`` (the
     expert form's candidate key) and ``margin`` (its calibrated score over the runner-up, nats), the model's
     token counts, the ``reading`` of the user's instruction it acted on (``Intent.words()``), the ``prompt`` the
     model read when it was not the prompter's, ``notes`` to record (dicts, JSON-serialisable), and
@@ -73,22 +74,26 @@ class Proposal:
     prompt: str | None = None
     notes: tuple[dict, ...] = ()
     ignored_fields: tuple[str, ...] = field(default=())
+    rollback: Any = False
 
     @classmethod
     def from_command(cls, command: UpdateCommand, **metadata) -> Proposal:
         """The proposal that repeats ``command`` exactly: knobs, alpha, raw deltas and operations with their
-        recorded seeds (so replayed noise is the recorded noise), rationale."""
+        recorded seeds (so replayed noise is the recorded noise), rationale, rollback."""
         changes = [
             WeightChange(layer, None, delta, is_delta=True)
             for layer, delta in (command.weight_modulation or {}).items()
         ]
         changes += [WeightChange(op.layer, op.op, op.value, op.seed) for op in command.weight_ops or []]
-        return cls(dict(command.hyperparameters), command.alpha, tuple(changes), command.rationale, **metadata)
+        return cls(
+            dict(command.hyperparameters), command.alpha, tuple(changes), command.rationale,
+            rollback=command.rollback, **metadata,
+        )  # fmt: skip
 
     def answer_text(self) -> str:
         """The proposal as one flat JSON object, the form a model answers in: the knobs, ``alpha``,
         ``weight_modulation`` when there is any, ``rationale``. What ``decisions.raw_output`` records for a policy
-        that writes no text. Weight changes are written as a list of operations (``[{"layer", "op", "factor"}]``,
+        that writes no text; ``"rollback": true`` only when it asks one. Weight changes are written as a list of operations (``[{"layer", "op", "factor"}]``,
         as a model writes them) unless one is a raw delta or carries its seed (a replayed command): then by layer.
         Values JSON cannot hold (numpy arrays and scalars) are written as lists and numbers."""
         modulation: Any = None
@@ -98,7 +103,8 @@ class Proposal:
             modulation = {c.layer: c.as_answer() for c in self.weight_changes}
         extra = {"weight_modulation": modulation} if modulation is not None else {}
         alpha = {"alpha": self.alpha} if self.alpha is not NOT_GIVEN else {}
-        answer = {**self.hyperparameters, **alpha, **extra, "rationale": self.rationale}
+        rollback = {"rollback": self.rollback} if self.rollback is not False else {}
+        answer = {**self.hyperparameters, **alpha, **extra, **rollback, "rationale": self.rationale}
         return json.dumps(answer, default=_plain)
 
 

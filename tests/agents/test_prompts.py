@@ -85,8 +85,9 @@ def test_the_schema_has_one_field_per_knob_then_alpha(space):
     schema = command_schema(make_regression_metrics([60.0, 58.0], lr=2e-3, weight_decay=0.02), space)
     assert schema["required"] == ["learning_rate", "dropout", "weight_decay", "alpha", "rationale"]
     assert list(schema["properties"]) == [
-        "learning_rate", "dropout", "weight_decay", "alpha", "weight_modulation", "rationale",
+        "learning_rate", "dropout", "weight_decay", "alpha", "weight_modulation", "rollback", "rationale",
     ]  # fmt: skip
+    assert schema["properties"]["rollback"] == {"type": "boolean"}
     lr = schema["properties"]["learning_rate"]
     if space == "free":
         assert (lr["minimum"], lr["maximum"]) == (pytest.approx(2e-3 / 3), pytest.approx(6e-3))

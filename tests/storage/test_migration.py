@@ -272,9 +272,22 @@ def test_a_schema_7_database_gains_the_reading_columns_empty(tmp_path):
         con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
     con.execute("INSERT INTO instructions (instruction_id, run_id, text, source, received_at) "
                 "VALUES ('r-0', 'r', 'halve the learning rate', 'flag', now())")  # fmt: skip
-    assert migrate(con) == 8
+    assert migrate(con) == len(MIGRATIONS)
     row = con.execute("SELECT text, read_as, intent, moves, confidence, reader FROM instructions").fetchall()
     assert row == [("halve the learning rate", None, None, None, None, None)]
     columns = [c[0] for c in con.execute("DESCRIBE decisions").fetchall()]
     assert "overridden_proposal" in columns
+    con.close()
+
+
+def test_a_schema_8_database_gains_rollback_to_empty(tmp_path):
+    con = duckdb.connect(str(tmp_path / "v8.duckdb"))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for version, ddl in MIGRATIONS[:8]:
+        con.execute(ddl)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    con.execute("INSERT INTO decisions (run_id, epoch, controller, command, valid, repair_attempts, fallback, applied) "
+                "VALUES ('r', 1, 'heuristic', '{}', true, 0, false, true)")  # fmt: skip
+    assert migrate(con) == len(MIGRATIONS)
+    assert con.execute("SELECT epoch, rollback_to FROM decisions").fetchall() == [(1, None)]
     con.close()
