@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from collections.abc import Iterable
 
 from storage.results import RunResult
@@ -33,13 +32,21 @@ def num(value: float | None) -> str:
     return f"{value:.2f}" if abs(value) >= 100 else f"{value:.4f}"
 
 
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of two or more ``values`` (NaN where one is NaN: a diverged run)."""
+    import numpy as np
+
+    return float(np.mean(values)), float(np.std(values, ddof=1))
+
+
 def mean_std(values: list[float]) -> str:
     """``mean ± sample std`` of ``values`` (the mean alone for one value; empty for none)."""
     if not values:
         return ""
     if len(values) == 1:
         return num(values[0])
-    return f"{num(statistics.fmean(values))} ± {num(statistics.stdev(values))}"
+    mean, sd = mean_sd(values)
+    return f"{num(mean)} ± {num(sd)}"
 
 
 def start_label(start: str) -> str:

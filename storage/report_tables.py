@@ -4,13 +4,11 @@ table (MNIST: the paper's columns), the paired statistics (:mod:`storage.report_
 
 from __future__ import annotations
 
-import json
-import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from storage.report_data import direction
-from storage.report_format import group_cells, markdown_table, mean_std, model_labels, num, setting_label, start_label
+from storage.report_format import group_cells, markdown_table, mean_sd, mean_std, model_labels, num, setting_label, start_label
 from storage.report_stats import SettingStats, stats_markdown
 from storage.results import RunResult
 from storage.schema import REFERENCE_PREFIXES
@@ -25,7 +23,8 @@ def _paper_mean_std(values: list[float | None]) -> str:
         return ""
     if len(present) == 1:
         return f"{present[0]:.4f}"
-    return f"{statistics.fmean(present):.4f} ± {statistics.stdev(present):.4f}"
+    mean, sd = mean_sd(present)
+    return f"{mean:.4f} ± {sd:.4f}"
 
 
 def _with_start(columns: list[str], row: Callable[[RunResult], tuple], shows_start: bool):
@@ -70,7 +69,7 @@ def task_table_markdown(runs: list[RunResult], objective: str, mode: str) -> str
          *(f"{n} at best" for n in names)],
         lambda r, rs: (r.regime, f"{r.n_train}", labels[r.cell_key], len(rs),
                        mean_std([x.final_objective for x in rs]), mean_std([x.best_objective for x in rs]),
-                       f"{statistics.fmean(x.best_epoch for x in rs):.1f}" if all(x.best_epoch for x in rs) else "",
+                       f"{statistics.fmean(x.best_epoch for x in rs):.1f}" if all(x.best_epoch is not None for x in rs) else "",
                        *summary(rs)),
         shows_start,
     )  # fmt: skip

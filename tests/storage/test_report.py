@@ -51,16 +51,20 @@ def db(tmp_path) -> Path:
 def test_report_writes_the_table_with_mean_std_and_n_and_three_figures(db, tmp_path):
     files, notes = write_report(db, tmp_path / "report")
     assert [f.name for f in files] == [
+        "results.md",
         "paper_table.md",
+        "results.csv",
+        "paired_differences.png",
         "validation_accuracy.png",
         "hyperparameters.png",
         "decisions.png",
     ]
     assert notes == []
     table = files[0].read_text()
+    assert table.split("higher is better\n\n", 1)[1] in files[1].read_text()  # the paper's file holds the MNIST section
     assert "| 100 | 100 | Baseline | 2 | 0.9200 ± 0.0283 | 0.9200 ± 0.0283 | 0.9000 ± 0.0000 |" in table
     assert "| 100 | 100 | Guided (heuristic) | 2 | 0.9100 ± 0.0283 |" in table
-    for png in files[1:]:
+    for png in files[3:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
