@@ -149,3 +149,18 @@ def test_the_protocol_leaves_out_the_options_the_planner_leaves_out():
     from orchestration.planning import NON_EXPERIMENT_OPTIONS
 
     assert NOT_PROTOCOL_OPTIONS == NON_EXPERIMENT_OPTIONS
+
+
+def test_the_paired_difference_figure_shows_every_cell_inside_it(study, tmp_path):
+    from storage.figures import difference_figure, fit_figure
+    from storage.report_stats import all_stats
+    from tests.storage.test_report import outside_the_figure
+
+    with open_reader(study) as reader:
+        stats = all_stats(read_results(reader))
+    plt, fig = difference_figure("mnist", "val_acc", list(stats.values()))
+    fit_figure(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 3 and "100 · default · A/A (n=3)" in labels  # A/A, guided, bad-start guided
+    assert outside_the_figure(fig) == []
+    plt.close(fig)
