@@ -136,6 +136,35 @@ def save_figure(plt, fig, path: Path) -> Path:
     return path
 
 
+def _panel_title(ax, text: str, fontsize: float | None = None) -> None:
+    """A panel title wrapped at word boundaries until it fits the panel's width, so that it never runs into the
+    panel beside it."""
+    title = ax.set_title(text, fontsize=fontsize)
+    renderer = ax.figure.canvas.get_renderer()
+    width = len(text)
+    while title.get_window_extent(renderer).width > ax.get_window_extent(renderer).width and width > 10:
+        width = int(width * 0.85)
+        title.set_text(textwrap.fill(text, width))
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*")
+
+
+def curve_styles(groups: list[tuple[str, list]]) -> list[tuple[str, dict]]:
+    """For the curves of one panel, (label, plot keyword arguments): each a line style and marker of its own, so
+    that curves drawn on top of each other stay visible, and a curve identical to an earlier one says so in its
+    label ("= baseline"), since it hides it exactly."""
+    styles = []
+    for i, (label, points) in enumerate(groups):
+        same = next((other for other, theirs in groups[:i] if theirs == points), None)
+        every = max(1, len(points) // 10)  # about ten markers whatever the run's length
+        kwargs = {"linestyle": LINE_STYLES[i % len(LINE_STYLES)], "marker": MARKERS[i % len(MARKERS)],
+                  "markevery": (i % every, every), "markersize": 4}  # fmt: skip
+        styles.append((f"{label} (= {same})" if same else label, kwargs))
+    return styles
+
+
 def _legend(ax) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
@@ -146,11 +175,11 @@ def objective_figure(task: TaskReport):
     completed seeds, a dashed line per run still going, and a dotted line per reference the task reports."""
     plt, fig, axes = _figure(len(task.regimes))
     for ax, regime in zip(axes, task.regimes):
-        for (r, label), points in task.curves["objective"].by_group.items():
-            if r == regime:
-                epochs, mean, low, high = zip(*points)
-                line = ax.plot(epochs, mean, label=label, linewidth=1.5)[0]
-                ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+        groups = [(label, points) for (r, label), points in task.curves["objective"].by_group.items() if r == regime]
+        for (label, kwargs), (_, points) in zip(curve_styles(groups), groups):
+            epochs, mean, low, high = zip(*points)
+            line = ax.plot(epochs, mean, label=label, linewidth=1.5, **kwargs)[0]
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
         for run in task.running:
             if run.regime == regime:
                 ax.plot(run.epochs, run.values["objective"], linestyle="--", marker=".",
@@ -159,7 +188,7 @@ def objective_figure(task: TaskReport):
             if r == regime and value is not None:
                 seeds = f", mean of {n} seeds" if n > 1 else ""
                 ax.axhline(value, color="black", linestyle=":", linewidth=1.2, label=f"{label} (reference{seeds})")
-        ax.set_title(f"regime {regime}")
+        _panel_title(ax, f"regime {regime}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{task.label} ({task.direction})")
         ax.grid(alpha=0.3)
@@ -177,17 +206,18 @@ def hyperparameter_figure(task: TaskReport):
         for j, knob in enumerate(knobs):
             ax = axes[len(knobs) * i + j]
             values: list[float] = []
-            for (r, label), points in task.curves.get(knob, Curves({})).by_group.items():
-                if r == regime:
-                    epochs, mean, _, _ = zip(*points)
-                    ax.step(epochs, mean, where="post", label=label)
-                    values += [v for v in mean if v is not None]
+            groups = [(label, points) for (r, label), points in task.curves.get(knob, Curves({})).by_group.items()
+                      if r == regime]  # fmt: skip
+            for (label, kwargs), (_, points) in zip(curve_styles(groups), groups):
+                epochs, mean, _, _ = zip(*points)
+                ax.step(epochs, mean, where="post", label=label, **kwargs)
+                values += [v for v in mean if v is not None]
             for run in task.running:
                 if run.regime == regime and knob in run.values:
                     ax.step(run.epochs, [math.nan if v is None else v for v in run.values[knob]], where="post",
                             linestyle="--", label=f"{run.label}, seed {run.seed} (running)")  # fmt: skip
                     values += [v for v in run.values[knob] if v is not None]
-            ax.set_title(f"regime {regime}: {metric_label(knob)}")
+            _panel_title(ax, f"regime {regime}: {metric_label(knob)}")
             ax.set_xlabel("epoch (value used during it)")
             positive = [v for v in values if v > 0 and math.isfinite(v)]
             if (
@@ -202,11 +232,27 @@ def hyperparameter_figure(task: TaskReport):
     return plt, fig
 
 
-def decision_figure(task: TaskReport):
-    """Each guided run's objective with its decisions, coloured by the verdict on them, and a dashed line where
-    a user's instruction first shaped a decision."""
-    plt, fig, axes = _figure(len(task.timeline))
-    for ax, run in zip(axes, task.timeline):
+TIMELINE_PANELS = 12  # guided runs per decision figure; more runs go on further pages, every one drawn
+
+
+def decision_figures(task: TaskReport):
+    """The decision timeline of every guided run, :data:`TIMELINE_PANELS` runs a figure (pages), each titled with
+    the runs it holds when there are several pages. Yields (plt, fig)."""
+    runs = task.timeline
+    pages = math.ceil(len(runs) / TIMELINE_PANELS)
+    for page in range(pages):
+        chunk = runs[page * TIMELINE_PANELS : (page + 1) * TIMELINE_PANELS]
+        first = page * TIMELINE_PANELS + 1
+        part = f" (runs {first}–{first + len(chunk) - 1} of {len(runs)})" if pages > 1 else ""
+        yield decision_figure(task, chunk, part)
+
+
+def decision_figure(task: TaskReport, runs=None, part: str = ""):
+    """Each guided run's objective (``runs``, default all of the task's) with its decisions, coloured by the
+    verdict on them, and a dashed line where a user's instruction first shaped a decision."""
+    runs = task.timeline if runs is None else runs
+    plt, fig, axes = _figure(len(runs))
+    for ax, run in zip(axes, runs):
         epochs = [p[0] for p in run.points]
         ax.plot(epochs, [p[1] for p in run.points], color="black", linewidth=1, zorder=1)
         for epoch, value, fallback, valid, verdict, changed in run.points:
@@ -225,7 +271,7 @@ def decision_figure(task: TaskReport):
                         textcoords="offset points", ha="right" if right else "left", fontsize=7, color="tab:purple",
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
         running = " (running)" if run.status == "running" else ""
-        ax.set_title(f"{run.regime} · {run.controller} · seed {run.seed}{running}", fontsize=10)
+        _panel_title(ax, f"{run.regime} · {run.controller} · seed {run.seed}{running}", fontsize=10)
         ax.set_xlabel("epoch (decision made after it)")
         ax.set_ylabel(f"{task.label} ({task.direction})")
         ax.grid(alpha=0.3)
@@ -243,7 +289,7 @@ def decision_figure(task: TaskReport):
         if ncol == 1 or legend.get_window_extent(renderer).width <= 0.96 * fig.bbox.width:
             break
         legend.remove()
-    _suptitle(fig, "Decisions and the verdicts on them")
+    _suptitle(fig, f"Decisions and the verdicts on them{part}")
     return plt, fig
 
 
@@ -256,3 +302,50 @@ def figure_names(task: TaskReport) -> dict[str, str]:
         "hyperparameters": f"{task.file_prefix}hyperparameters.png",
         "decisions": f"{task.file_prefix}decisions.png",
     }
+
+
+def difference_figure(task: str, objective: str, settings: list):
+    """Each cell's mean paired difference to the baseline of the same seeds (signed: + is better) with its
+    bootstrap 95 % interval, over a grey band of its A/A noise floor, one row per guided or A/A cell of the task's
+    settings (:class:`storage.report_stats.SettingStats`; with several, each label says which). None when no cell
+    pairs."""
+    from matplotlib.ticker import AutoLocator
+
+    from storage.report_format import setting_label, start_label
+
+    rows = []
+    for s in settings:
+        setting = s.runs[0].setting
+        for key, cell in s.stats.items():
+            if cell.comparison is not None:
+                first = cell.runs[0]
+                label = f"{first.regime} · {start_label(first.start)} · {s.labels[key]} (n={cell.comparison.n})"
+                label += f" · {setting_label(setting)}" if len(settings) > 1 else ""
+                rows.append((label, cell.comparison, s.floors[(first.regime, first.start)][0]))
+    if not rows:
+        return None
+    plt, fig, (ax,) = _figure(1, height=1.2 + 0.35 * len(rows))
+    fig.set_size_inches(8, 1.2 + 0.35 * len(rows))  # a row per cell, as many as the study has
+    ax.xaxis.set_major_locator(AutoLocator())
+    for i, (label, c, floor) in enumerate(rows):
+        y = len(rows) - 1 - i
+        if floor is not None:
+            ax.fill_betweenx([y - 0.4, y + 0.4], -floor, floor, color="tab:gray", alpha=0.25, linewidth=0)
+        if c.ci is None:
+            ax.plot([c.mean], [y], marker="o", markerfacecolor="white", color="tab:blue", linestyle="")
+        else:
+            ax.errorbar([c.mean], [y], xerr=[[c.mean - c.ci[0]], [c.ci[1] - c.mean]], fmt="o", color="tab:blue",
+                        capsize=3)  # fmt: skip
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in reversed(rows)], fontsize=8)
+    ax.set_ylim(-0.6, len(rows) - 0.4)
+    ax.set_xlabel(f"Δ final {metric_label(objective)} vs. the baseline of the same seed (+ is better)")
+    ax.grid(axis="x", alpha=0.3)
+    handles = [
+        plt.Line2D([], [], color="tab:blue", marker="o", label="mean Δ, 95 % bootstrap CI"),
+        plt.Line2D([], [], color="tab:blue", marker="o", markerfacecolor="white", linestyle="", label="1 seed: no CI"),
+        plt.Rectangle((0, 0), 1, 1, color="tab:gray", alpha=0.25, label="A/A noise floor"),
+    ]
+    ax.legend(handles=handles, fontsize=8, loc="best")
+    _suptitle(fig, f"Task {task}: paired differences to the baseline")
+    return plt, fig

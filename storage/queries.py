@@ -295,3 +295,52 @@ def best_epoch_summaries(source: Source, run_ids: Sequence[str]) -> dict[str, di
                     summary[f"{prefix}_{name}"] = metrics[f"{prefix}_{name}"]
         summaries[run_id] = summary
     return summaries
+
+
+# --------------------------------------------------------------------------- the report's per-run rows
+
+REPORT_RUN_COLUMNS = (
+    "run_id", "task", "objective", "mode", "regime", "n_train", "arm", "controller", "llm_model", "seed", "status",
+    "epochs", "epochs_run", "final_objective", "best_objective", "best_epoch", "final_val_acc", "max_val_acc",
+    "final_train_acc", "reference", "reference_objective", "experiment", "trainer", "spec",
+)  # fmt: skip
+COST_COLUMNS = ("decisions", "llm_calls", "prompt_tokens", "completion_tokens", "wait_s", "cost_usd")
+
+
+def has_view(source: Source, name: str) -> bool:
+    """Whether the database defines the view ``name`` (another part of ReflectNet may add it later)."""
+    return rows(source, "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name])[0][0] > 0
+
+
+def report_runs(source: Source) -> list[dict[str, Any]]:
+    """Every completed or running run of a task, earliest finished first (running ones last), as dicts of
+    :data:`REPORT_RUN_COLUMNS` (``experiment``, ``trainer``, ``spec``: the parsed ``runs.config`` parts, None
+    where absent) plus :data:`COST_COLUMNS` from the view ``run_costs`` (None without it) and ``summary`` (see
+    :func:`best_epoch_summaries`). A run with no epoch yet has ``epochs_run`` 0 and no objective."""
+    costs = has_view(source, "run_costs")
+    cost_sql = ", ".join(f"c.{c}" if costs else f"NULL AS {c}" for c in COST_COLUMNS)
+    found = rows(
+        source,
+        f"""
+        SELECT r.run_id, r.task, r.objective, r.mode, r.regime, r.n_train, r.arm, r.controller, r.llm_model, r.seed,
+               r.status, r.epochs, coalesce(rr.epochs_run, 0), rr.final_objective, rr.best_objective, rr.best_epoch,
+               rr.final_val_acc, rr.max_val_acc, rr.final_train_acc, rr.reference, rr.reference_objective,
+               CAST(r.config->'experiment' AS VARCHAR), CAST(r.config->'trainer' AS VARCHAR),
+               CAST(r.config->'spec' AS VARCHAR), {cost_sql}
+        FROM runs r LEFT JOIN run_results rr USING (run_id)
+        {"LEFT JOIN run_costs c USING (run_id)" if costs else ""}
+        WHERE r.status IN ('completed', 'running') AND r.task IS NOT NULL AND r.objective IS NOT NULL
+        ORDER BY r.status = 'running', r.finished_at, r.started_at, r.run_id
+        """,
+    )
+    results = []
+    for row in found:
+        result = dict(zip(REPORT_RUN_COLUMNS + COST_COLUMNS, row))
+        for name in ("experiment", "trainer", "spec"):
+            value = _json(result[name])
+            result[name] = value if isinstance(value, dict) else None
+        results.append(result)
+    summaries = best_epoch_summaries(source, [r["run_id"] for r in results if r["epochs_run"]])
+    for result in results:
+        result["summary"] = summaries.get(result["run_id"], {})
+    return results

@@ -13,13 +13,14 @@ lets go of the file before it draws. Used by ``python run.py report`` and ``pyth
 """
 from __future__ import annotations
 
-import math
+import shutil
 from pathlib import Path
 
 from storage import queries
 from storage.figures import (  # noqa: F401  (re-exported: the report's figures)
     DPI,
     decision_figure,
+    decision_figures,
     figure_names,
     fit_figure,
     hyperparameter_figure,
@@ -33,23 +34,18 @@ from storage.report_data import (  # noqa: F401  (re-exported: what the report r
     ReportError,
     TaskReport,
     direction,
+    file_prefixes,
     metric_label,
     read_report_data,
 )
+from storage.report_format import markdown_table, num
+from storage.report_stats import all_stats
+from storage.report_tables import EXPORT_NAME, report_markdown, task_markdown
+from storage.results import RunResult, read_results_csv, write_results_csv
 from storage.schema import REFERENCE_PREFIXES
 
-
-def markdown_table(columns: list[str], rows: list[tuple]) -> str:
-    """``rows`` as a Markdown table (floats to 4 significant digits, NaN and NULL as empty cells)."""
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.4g}"
-        return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+REPORT_NAME = "results.md"  # the whole report; MNIST's section also as the paper's paper_table.md
+PAPER_NAME = "paper_table.md"
 
 
 def check_not_empty(query: str) -> None:
@@ -87,79 +83,6 @@ def run_sql(db: Path, query: str) -> str:
     return markdown_table(result.columns, result.rows) + "\n" + footer + ")"
 
 
-def _pm(mean: float, std: float | None, n: int) -> str:
-    return f"{mean:.4f} ± {std:.4f}" if n > 1 and std is not None else f"{mean:.4f}"
-
-
-def _num(value: float | None) -> str:
-    """A metric value for a table: 4 decimals, 2 from 100 up (returns, RMSE in target units); empty for NULL."""
-    if value is None:
-        return ""
-    if math.isnan(value) or math.isinf(value):
-        return str(value)
-    return f"{value:.2f}" if abs(value) >= 100 else f"{value:.4f}"
-
-
-def _pm_num(mean: float | None, std: float | None, n: int) -> str:
-    if mean is None:
-        return ""
-    return f"{_num(mean)} ± {_num(std)}" if n > 1 and std is not None else _num(mean)
-
-
-# Words of metric and knob names, for titles and axes: "val_rmse" -> "validation RMSE".
-def paper_table_markdown(rows: list[tuple]) -> str:
-    """The paper's table from rows of the ``paper_table`` view."""
-    body = [
-        (regime, f"{n_train}", "Baseline" if arm == "baseline" else f"Guided ({controller})", n,
-         _pm(fv, fvs, n), _pm(mv, mvs, n), _pm(tv, tvs, n))
-        for regime, n_train, arm, controller, n, fv, fvs, mv, mvs, tv, tvs in rows
-    ]  # fmt: skip
-    columns = ["Regime", "Train images", "Model", "Seeds", "Final Val Acc", "Max Val Acc", "Train Acc"]
-    return markdown_table(columns, body) + "\n\nMean ± sample std over seeds; completed runs only."
-
-
-def task_table_markdown(task: TaskReport) -> str:
-    """A task's table from rows of the ``task_table`` view: the objective at the last and at the best epoch
-    per regime and model, with the task's references (``task_references``) as rows of their own."""
-    refs: dict[str, list[tuple]] = {}
-    for regime, n_train, ref, label, n, value, value_std in task.references:
-        cell = _pm_num(value, value_std, n)
-        refs.setdefault(regime, []).append(((regime, f"{n_train}", f"Reference: {label}", n, cell, cell, ""), ref))
-    names = sorted({name for values in task.summaries.values() for name in values})
-
-    def summary(key: tuple) -> tuple:
-        values = task.summaries.get(key, {})
-        return tuple(_pm_num(values[n][1], values[n][2], values[n][0]) if n in values else "" for n in names)
-
-    body: list[tuple] = []
-    for i, (regime, n_train, arm, controller, n, fv, fvs, bv, bvs, best_epoch) in enumerate(task.table_rows):
-        model = "Baseline" if arm == "baseline" else f"Guided ({controller})"
-        epoch = "" if best_epoch is None else f"{best_epoch:.1f}"
-        body.append((regime, f"{n_train}", model, n, _pm_num(fv, fvs, n), _pm_num(bv, bvs, n), epoch,
-                     *summary((regime, arm, controller))))  # fmt: skip
-        if i + 1 == len(task.table_rows) or task.table_rows[i + 1][0] != regime:
-            body += [row + summary((regime, "reference", ref)) for row, ref in refs.pop(regime, [])]
-    for rows in refs.values():
-        body += [row + summary((row[0], "reference", ref)) for row, ref in rows]
-    columns = ["Regime", "Budget", "Model", "Seeds", f"Final {task.objective}", f"Best {task.objective}", "Best epoch",
-               *(f"{name} at best" for name in names)]  # fmt: skip
-    note = f"Mean ± sample std over seeds; completed runs only; {task.objective}: {task.direction}."
-    if task.references:
-        names = ", ".join(sorted({f"`{ref}_{task.objective}`" for _, _, ref, *_ in task.references}))
-        note += f" Reference rows: the task's own {names} metric, not a run."
-    return markdown_table(columns, body) + "\n\n" + note
-
-
-def running_table_markdown(rows: list[tuple]) -> str:
-    """The runs still going: how far each got and its objective so far (last and best by its mode)."""
-    body = [
-        (run_id, task, regime, arm, controller, seed, f"{done}/{total}", objective, _num(last), _num(best))
-        for run_id, task, regime, arm, controller, seed, done, total, objective, last, best in rows
-    ]  # fmt: skip
-    columns = ["Run", "Task", "Regime", "Arm", "Controller", "Seed", "Epochs", "Objective", "Last", "Best"]
-    return markdown_table(columns, body)
-
-
 def results_markdown(rows: list[dict]) -> str:
     """The results of some runs, one table per task, from :func:`storage.queries.run_results` rows (what
     ``run.py`` prints after a run). MNIST: the paper's columns; other tasks: the objective at the last and
@@ -175,7 +98,7 @@ def results_markdown(rows: list[dict]) -> str:
                        "Train Acc"]  # fmt: skip
             body = [
                 (r["regime"], r["seed"], r["arm"], r["controller"], r["status"], r["epochs_run"],
-                 _num(r["final_val_acc"]), _num(r["max_val_acc"]), _num(r["final_train_acc"]))
+                 num(r["final_val_acc"]), num(r["max_val_acc"]), num(r["final_train_acc"]))
                 for r in runs
             ]  # fmt: skip
         else:
@@ -194,16 +117,16 @@ def _task_results(objective: str, runs: list[dict]) -> tuple[list[str], list[tup
     for i, r in enumerate(runs):
         summary = r.get("summary", {})
         body.append((r["regime"], r["seed"], r["arm"], r["controller"], r["status"], r["epochs_run"],
-                     _num(r["final_objective"]), _num(r["best_objective"]), r["best_epoch"],
-                     *(_num(summary.get(n)) for n in names)))  # fmt: skip
+                     num(r["final_objective"]), num(r["best_objective"]), r["best_epoch"],
+                     *(num(summary.get(n)) for n in names)))  # fmt: skip
         nxt = runs[i + 1] if i + 1 < len(runs) else None
         if nxt is None or (nxt["regime"], nxt["seed"]) != (r["regime"], r["seed"]):
             ref = next((x for x in runs if (x["regime"], x["seed"]) == (r["regime"], r["seed"])
                         and x["reference"] is not None), None)  # fmt: skip
             if ref is not None:
                 label, prefix = REFERENCE_PREFIXES.get(ref["reference"], ref["reference"]), ref["reference"]
-                value = _num(ref["reference_objective"])
-                refs = (_num(ref.get("summary", {}).get(f"{prefix}_{n}")) for n in names)
+                value = num(ref["reference_objective"])
+                refs = (num(ref.get("summary", {}).get(f"{prefix}_{n}")) for n in names)
                 body.append((r["regime"], r["seed"], f"reference: {label}", "", "", "", value, value, "", *refs))
     return columns, body
 
@@ -219,37 +142,54 @@ def results_text(db: Path, run_ids: list[str]) -> str:
     return results_markdown(rows) if rows else "(no epoch recorded for these runs)"
 
 
-def report_markdown(data: ReportData, db: Path) -> str:
-    """The report's text: per task its table (MNIST: the paper's), then the runs still going."""
-    text = f"# ReflectNet results\n\nFrom `{db}`, read from {data.source}.\n"
-    for task in data.tasks:
-        text += f"\n## Task {task.task}: {task.objective}, {task.direction}\n\n"
-        if task.task == "mnist" and task.paper_rows:
-            text += paper_table_markdown(task.paper_rows)
-        elif task.table_rows:
-            text += task_table_markdown(task)
-        else:
-            text += "No completed run yet."
-        text += "\n"
-    if not data.tasks:
-        text += "\nNo completed run yet.\n"
-    if data.running_rows:
-        text += "\n## Runs in progress\n\n" + running_table_markdown(data.running_rows) + "\n"
-    return text
+
+
+def _write_tables(results: list[RunResult], stats: dict, out: Path, export: Path | None = None) -> list[Path]:
+    """Write the report's Markdown (:data:`REPORT_NAME`), the MNIST section as :data:`PAPER_NAME` where MNIST has
+    a completed run, and the per-run export :data:`EXPORT_NAME` (written from ``results``, or copied from
+    ``export``). Raises :class:`ReportError` (one line) where ``out`` cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        files = [out / REPORT_NAME]
+        files[0].write_text(report_markdown(results, stats))
+        mnist = [r for r in results if r.task == "mnist"]
+        if any(r.counted for r in mnist):
+            objective, mode = mnist[0].objective, mnist[0].mode
+            paper = f"# ReflectNet: the paper's table (MNIST, {objective}, {direction(mode)})\n\n"
+            files.append(out / PAPER_NAME)
+            files[-1].write_text(paper + task_markdown(mnist, "mnist", objective, mode, stats))
+        files.append(out / EXPORT_NAME)
+        if export is None:
+            write_results_csv(results, files[-1])
+        elif export.resolve() != files[-1].resolve():
+            shutil.copyfile(export, files[-1])
+    except OSError as exc:
+        raise ReportError(f"--out {out}: cannot write the report there: {exc.strerror}") from None
+    return files
+
+
+def _difference_figures(results: list[RunResult], stats: dict, out: Path) -> list[Path]:
+    """Per task with a guided or A/A cell paired with its baseline, the figure of the paired differences."""
+    from storage.figures import difference_figure
+
+    files = []
+    for (task, objective, _), prefix in file_prefixes(results).items():
+        drawn = difference_figure(task, objective, [s for key, s in stats.items() if key[:2] == (task, objective)])
+        if drawn is not None:
+            files.append(save_figure(*drawn, out / f"{prefix}paired_differences.png"))
+    return files
 
 
 def write_report(db: Path, out: Path) -> tuple[list[Path], list[str]]:
-    """The tables and figures for what ``db`` holds (completed runs; runs still going are listed and
-    drawn dashed), per task: the files written (the table first), and notes on what could not be drawn."""
+    """The tables, the per-run export and the figures for what ``db`` holds (completed runs; runs still going
+    are listed and drawn dashed), per task: the files written (the report first), and notes on what could not
+    be drawn or where it was read from."""
     with open_reader(db) as reader:
         data = read_report_data(reader)
-    text = report_markdown(data, db)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        files, notes = [out / "paper_table.md"], []
-        files[0].write_text(text)
-    except OSError as exc:
-        raise ReportError(f"--out {out}: cannot write the report there: {exc.strerror}") from None
+    stats = all_stats(data.results)
+    files = _write_tables(data.results, stats, out)
+    notes = [f"read from {data.source}"] if data.source != "the database file" else []
+    files += _difference_figures(data.results, stats, out)
     for task in data.tasks:
         where = "" if len(data.tasks) == 1 else f"task {task.task}: "
         if not task.regimes:
@@ -258,8 +198,25 @@ def write_report(db: Path, out: Path) -> tuple[list[Path], list[str]]:
         names = figure_names(task)
         files.append(save_figure(*objective_figure(task), out / names["objective"]))
         files.append(save_figure(*hyperparameter_figure(task), out / names["hyperparameters"]))
-        if task.timeline:
-            files.append(save_figure(*decision_figure(task), out / names["decisions"]))
-        else:  # e.g. a baseline-only database: the table and curves still stand
+        if not task.timeline:  # e.g. a baseline-only database: the table and curves still stand
             notes.append(f"{where}no completed or running guided run to draw decisions for")
+        pages = list(decision_figures(task))
+        for page, drawn in enumerate(pages, 1):
+            name = names["decisions"] if page == 1 else names["decisions"].replace(".png", f"_{page}.png")
+            files.append(save_figure(*drawn, out / name))
+        if len(pages) > 1:
+            notes.append(f"{where}decision timeline: {len(task.timeline)} guided runs over {len(pages)} figures")
     return files, notes
+
+
+def render_results(export: Path, out: Path) -> tuple[list[Path], list[str]]:
+    """The report's tables and the figures an export can give (the paired differences), from a results export
+    alone (``run.py report --results FILE``): the same Markdown as the report it was exported with. Raises
+    :class:`ReportError` (one line) for an unreadable export or one without any run."""
+    results = read_results_csv(export)
+    if not any(r.counted or r.status == "running" for r in results):
+        raise ReportError(f"--results {export}: holds no completed or running run")
+    stats = all_stats(results)
+    files = _write_tables(results, stats, out, export=export)
+    files += _difference_figures(results, stats, out)
+    return files, ["from an export: the per-epoch figures (curves, hyperparameters, decisions) need the database"]

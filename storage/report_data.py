@@ -8,10 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from storage.reader import Reader, ReaderError
-from storage.schema import REFERENCE_PREFIXES
-
-MAX_TIMELINE_RUNS = 6
-
+from storage.results import RunResult, read_results
 
 class ReportError(ReaderError):
     """A database that cannot be read or holds nothing to report: one line for the user."""
@@ -76,10 +73,6 @@ class TaskReport:
     task: str
     objective: str
     mode: str
-    table_rows: list[
-        tuple
-    ]  # task_table: regime, n_train, arm, controller, n, final, final_std, best, best_std, best_epoch
-    paper_rows: list[tuple]  # paper_table (MNIST only)
     references: list[tuple]  # task_references: regime, n_train, reference, label, n, value, value_std
     curves: dict[str, Curves]  # "objective" and each knob name
     knobs: list[str]  # the hyperparameters the runs recorded, learning_rate first
@@ -87,9 +80,6 @@ class TaskReport:
     regimes: list[str]  # with any epoch recorded, largest budget first
     timeline: list[TimelineRun] = field(default_factory=list)
     file_prefix: str = ""  # "" for MNIST (the paper's file names), else "<task>_"
-    # The task's summary metrics at the best epoch: (regime, arm, controller) -> name -> (n, mean, std); a
-    # reference's value under (regime, "reference", <prefix>).
-    summaries: dict[tuple, dict[str, tuple]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -102,10 +92,11 @@ class TaskReport:
 
 @dataclass
 class ReportData:
-    """Everything the report draws, read in one go so the file is held only for the reading."""
+    """Everything the report draws and tabulates, read in one go so the file is held only for the reading:
+    per task its curves and timeline, and every run's result (:mod:`storage.results`)."""
 
     tasks: list[TaskReport]
-    running_rows: list[tuple]
+    results: list[RunResult]
     source: str = ""
 
     def task(self, name: str) -> TaskReport:
@@ -158,68 +149,20 @@ def _knob_order(knobs) -> list[str]:
     return sorted(set(knobs), key=lambda k: (k != "learning_rate", k))
 
 
-def _read_tables(reader: Reader, task: str, objective: str) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """The rows of ``task_table``, ``paper_table`` (MNIST only, else empty) and ``task_references`` for
-    this task and objective (column order: see :class:`TaskReport`)."""
-    table_rows = reader.query(
-        "SELECT regime, n_train, arm, controller, n_seeds, final_objective, final_objective_std, best_objective, "
-        "best_objective_std, mean_best_epoch FROM task_table WHERE task = ? AND objective = ?",
-        [task, objective],
-    ).rows
-    paper_rows = []
-    if task == "mnist":
-        paper_rows = reader.query(
-            "SELECT regime, n_train, arm, controller, n_seeds, final_val_acc, final_val_acc_std, max_val_acc, "
-            "max_val_acc_std, train_acc, train_acc_std FROM paper_table"
-        ).rows
-    references = reader.query(
+def _read_references(reader: Reader, task: str, objective: str) -> list[tuple]:
+    """The ``task_references`` rows of this task and objective (regime, n_train, reference, label, n, value, std)."""
+    return reader.query(
         "SELECT regime, n_train, reference, label, n_seeds, value, value_std FROM task_references "
         "WHERE task = ? AND objective = ?",
         [task, objective],
     ).rows
-    return table_rows, paper_rows, references
 
 
-def _read_summaries(reader: Reader, task: str, objective: str) -> dict[tuple, dict[str, tuple]]:
-    """The task's summary metrics (``runs.config->'task'->'summary_metrics'``) at each completed run's best
-    epoch, as (n, mean, sample std) per (regime, arm, controller), and their reference values (``ols_<name>``,
-    ``ref_<name>``) per (regime, "reference", prefix)."""
-    rows = reader.query(
-        """
-        SELECT r.regime, r.arm, r.controller, CAST(r.config->'task'->'summary_metrics' AS VARCHAR),
-               CAST(e.metrics AS VARCHAR)
-        FROM run_results rr JOIN runs r USING (run_id) JOIN epochs e ON e.run_id = rr.run_id AND e.epoch = rr.best_epoch
-        WHERE r.status = 'completed' AND r.task = ? AND r.objective = ?
-        """,
-        [task, objective],
-    ).rows
-    values: dict[tuple, dict[str, list[float]]] = {}
-    for regime, arm, controller, names, metrics in rows:
-        metrics = json.loads(metrics) if metrics else {}
-        for name in json.loads(names) if names else []:
-            groups = [((regime, arm, controller), name, metrics.get(name))]
-            groups += [((regime, "reference", p), name, metrics.get(f"{p}_{name}")) for p in REFERENCE_PREFIXES]
-            for key, metric, value in groups:
-                if value is None or (key[1] == "reference" and arm != "baseline"):  # a reference once per seed
-                    continue
-                values.setdefault(key, {}).setdefault(metric, []).append(float(value))
-    return {key: {name: _mean_std(v) for name, v in by_name.items()} for key, by_name in values.items()}
-
-
-def _mean_std(values: list[float]) -> tuple[int, float, float | None]:
-    """(n, mean, sample std or None for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    std = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else None
-    return n, mean, std
-
-
-def _read_running(reader: Reader, task: str, objective: str) -> tuple[dict[str, RunningCurve], dict[str, int]]:
-    """The curves of the runs still going (by run id, largest regime first, then by start) and each of
-    their regimes' ``n_train``. A knob first recorded at a later epoch is None at the epochs before."""
+def _read_running(reader: Reader, task: str, objective: str) -> dict[str, RunningCurve]:
+    """The curves of the runs still going (by run id, largest regime first, then by start). A knob first
+    recorded at a later epoch is None at the epochs before."""
     running: dict[str, RunningCurve] = {}
-    n_train_of: dict[str, int] = {}
-    for run_id, regime, n_train, label, seed, epoch, value, hyperparameters in reader.query(
+    for run_id, regime, _, label, seed, epoch, value, hyperparameters in reader.query(
         f"""
         SELECT r.run_id, r.regime, r.n_train, {_LABEL}, r.seed, e.epoch, e.objective, e.hyperparameters
         FROM epochs e JOIN runs r USING (run_id)
@@ -234,21 +177,20 @@ def _read_running(reader: Reader, task: str, objective: str) -> tuple[dict[str, 
         curve.values["objective"].append(value)
         for knob in knobs.keys() | (curve.values.keys() - {"objective"}):
             curve.values.setdefault(knob, [None] * (len(curve.epochs) - 1)).append(knobs.get(knob))
-        n_train_of[regime] = n_train
-    return running, n_train_of
+    return running
 
 
 def _read_timeline(reader: Reader, task: str, objective: str) -> list[TimelineRun]:
-    """Up to :data:`MAX_TIMELINE_RUNS` guided runs (running ones first, then the largest regime) with their
-    per-epoch decisions and instructions; a run without epochs is left out. Three queries: the runs, their
-    points, their instructions."""
+    """Every completed or running guided run (running ones first, then the largest regime) with its per-epoch
+    decisions and instructions; a run without epochs is left out. Three queries: the runs, their points, their
+    instructions."""
     runs = reader.query(
         """
         SELECT run_id, regime, controller, seed, status FROM runs
         WHERE arm = 'guided' AND status IN ('completed', 'running') AND task = ? AND objective = ?
-        ORDER BY status = 'running' DESC, n_train DESC, controller, seed LIMIT ?
+        ORDER BY status = 'running' DESC, n_train DESC, controller, seed, run_id
         """,
-        [task, objective, MAX_TIMELINE_RUNS],
+        [task, objective],
     ).rows
     if not runs:
         return []
@@ -281,53 +223,44 @@ def _read_timeline(reader: Reader, task: str, objective: str) -> list[TimelineRu
 
 
 def _read_task(reader: Reader, task: str, objective: str, mode: str, prefix: str) -> TaskReport:
-    """Everything the report shows for one (task, objective): tables, curves of completed and running
-    runs, the knobs recorded, the regimes (largest ``n_train`` first) and the decision timeline."""
-    table_rows, paper_rows, references = _read_tables(reader, task, objective)
+    """Everything the figures show for one (task, objective): curves of completed and running runs, the
+    references, the knobs recorded, the regimes (largest ``n_train`` first) and the decision timeline."""
+    references = _read_references(reader, task, objective)
     curves = {"objective": _objective_curves(reader, task, objective)} | _knob_curves(reader, task, objective)
-    running, n_train_of = _read_running(reader, task, objective)
-    n_train_of |= {row[0]: row[1] for row in table_rows}
+    running = _read_running(reader, task, objective)
+    budgets = dict(reader.query(
+        "SELECT regime, max(n_train) FROM runs WHERE task = ? AND objective = ? GROUP BY regime", [task, objective]
+    ).rows)  # fmt: skip
     regimes = sorted(
         {r for r, _ in curves["objective"].by_group} | {c.regime for c in running.values()},
-        key=lambda regime: -n_train_of.get(regime, 0),
+        key=lambda regime: (-budgets.get(regime, 0), regime),
     )
     knobs = _knob_order([k for k in curves if k != "objective"] + [k for c in running.values() for k in c.values])
     knobs = [k for k in knobs if k != "objective"]
-    timeline = _read_timeline(reader, task, objective)
-    return TaskReport(task, objective, mode, table_rows, paper_rows, references, curves, knobs,
-                      list(running.values()), regimes, timeline, prefix, _read_summaries(reader, task, objective))  # fmt: skip
+    return TaskReport(task, objective, mode, references, curves, knobs, list(running.values()), regimes,
+                      _read_timeline(reader, task, objective), prefix)  # fmt: skip
+
+
+def file_prefixes(results: list[RunResult]) -> dict[tuple[str, str, str], str]:
+    """(task, objective, mode) of every task the results hold, MNIST first -> the prefix of its figure files:
+    "" for MNIST (the paper's file names), else "<task>_", or "<task>_<objective>_" for a task with several."""
+    listed = sorted({(r.task, r.objective, r.mode) for r in results}, key=lambda t: (t[0] != "mnist", t))
+    names = [task for task, _, _ in listed]
+    prefixes = {}
+    for task, objective, mode in listed:
+        if task == "mnist" and names.count(task) == 1:
+            prefixes[(task, objective, mode)] = ""
+        else:
+            prefixes[(task, objective, mode)] = f"{task}_" if names.count(task) == 1 else f"{task}_{objective}_"
+    return prefixes
 
 
 def read_report_data(reader: Reader) -> ReportData:
     """Every row the report needs, through ``reader``; raises :class:`ReportError` if there is nothing."""
-    running_rows = reader.query(
-        """
-        SELECT r.run_id, r.task, r.regime, r.arm, r.controller, r.seed, count(e.epoch), r.epochs, r.objective,
-               arg_max(e.objective, e.epoch),
-               CASE WHEN r.mode = 'min' THEN min(e.objective) FILTER (WHERE NOT isnan(e.objective))
-                    ELSE max(e.objective) FILTER (WHERE NOT isnan(e.objective)) END
-        FROM runs r LEFT JOIN epochs e USING (run_id)
-        WHERE r.status = 'running'
-        GROUP BY r.run_id, r.task, r.regime, r.arm, r.controller, r.seed, r.epochs, r.objective, r.mode
-        ORDER BY min(r.started_at), r.run_id
-        """
-    ).rows
-    listed = reader.query(
-        """
-        SELECT task, objective, any_value(mode) FROM runs
-        WHERE status IN ('completed', 'running') AND task IS NOT NULL AND objective IS NOT NULL
-        GROUP BY task, objective ORDER BY task <> 'mnist', task, objective
-        """
-    ).rows
-    names = [task for task, _, _ in listed]
-    tasks = []
-    for task, objective, mode in listed:
-        if task == "mnist" and names.count(task) == 1:
-            prefix = ""  # the paper's file names
-        else:
-            prefix = f"{task}_" if names.count(task) == 1 else f"{task}_{objective}_"
-        tasks.append(_read_task(reader, task, objective, mode, prefix))
-    if not any(t.table_rows for t in tasks) and not running_rows:
+    results = read_results(reader)
+    if not any(r.counted or r.status == "running" for r in results):
         raise ReportError("the database holds no completed or running run yet")
+    tasks = [_read_task(reader, task, objective, mode, prefix) for (task, objective, mode), prefix in
+             file_prefixes(results).items()]  # fmt: skip
     source = f"the live recorder (pid {reader.pid}), as of its last commit" if reader.live else "the database file"
-    return ReportData(tasks, running_rows, source)
+    return ReportData(tasks, results, source)

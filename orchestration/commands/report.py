@@ -1,6 +1,7 @@
-"""``python run.py report [--db DB] [--out DIR]``: per task its results table (Markdown; MNIST: the paper's
-table) and figures (PNG), from the database, which it reads and never writes (during a run, through the
-recorder that holds it; see ``storage/reader.py``)."""
+"""``python run.py report [--db DB] [--out DIR]``: per task its results table with the paired statistics
+(Markdown; MNIST also the paper's table), the per-run results as ``results.csv`` and the figures (PNG), from the
+database, which it reads and never writes (during a run, through the recorder that holds it; see
+``storage/reader.py``). ``--results FILE.csv`` renders the same tables from such an export alone."""
 
 from __future__ import annotations
 
@@ -14,15 +15,22 @@ from orchestration.commands.parsers import command_parser, db_flag
 def main(argv: list[str]) -> int:
     """Write the report and print its table and file names; 2 with one line when it cannot be written."""
     from storage.reader import ReaderError
-    from storage.report import write_report
+    from storage.report import render_results, write_report
 
     parser = command_parser("report")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: <db folder>/report)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default: <db folder>/report, or the --results file's folder)")  # fmt: skip
+    parser.add_argument("--results", type=Path, default=None, metavar="FILE.csv",
+                        help="render the tables (and the paired-difference figure) from this exported results.csv "
+                             "instead of the database (default: read --db)")  # fmt: skip
     db_flag(parser)
     try:
         args = parser.parse_args(argv)
-        files, notes = write_report(args.db, args.out or args.db.parent / "report")
-    except (CliError, ReaderError) as exc:  # ReportError is a ReaderError
+        if args.results is not None:
+            files, notes = render_results(args.results, args.out or args.results.parent)
+        else:
+            files, notes = write_report(args.db, args.out or args.db.parent / "report")
+    except (CliError, ReaderError) as exc:  # ReportError and ResultsError are ReaderErrors
         print(f"run.py report: error: {exc}", file=sys.stderr)
         return 2
     print(files[0].read_text())

@@ -251,7 +251,10 @@ def test_the_report_of_an_unmigrated_file_migrates_it_once_and_shows_the_papers_
     v1_database(path).close()
     files, notes = write_report(path, tmp_path / "report")
     assert [f.name for f in files] == [
+        "results.md",
         "paper_table.md",
+        "results.csv",
+        "paired_differences.png",
         "validation_accuracy.png",
         "hyperparameters.png",
         "decisions.png",

@@ -51,16 +51,20 @@ def db(tmp_path) -> Path:
 def test_report_writes_the_table_with_mean_std_and_n_and_three_figures(db, tmp_path):
     files, notes = write_report(db, tmp_path / "report")
     assert [f.name for f in files] == [
+        "results.md",
         "paper_table.md",
+        "results.csv",
+        "paired_differences.png",
         "validation_accuracy.png",
         "hyperparameters.png",
         "decisions.png",
     ]
     assert notes == []
     table = files[0].read_text()
+    assert table.split("higher is better\n\n", 1)[1] in files[1].read_text()  # the paper's file holds the MNIST section
     assert "| 100 | 100 | Baseline | 2 | 0.9200 ± 0.0283 | 0.9200 ± 0.0283 | 0.9000 ± 0.0000 |" in table
     assert "| 100 | 100 | Guided (heuristic) | 2 | 0.9100 ± 0.0283 |" in table
-    for png in files[1:]:
+    for png in files[3:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
@@ -256,3 +260,26 @@ def test_the_timeline_labels_readings_at_close_epochs_apart_and_drawable(db, tmp
     first, second = (label.get_window_extent(fig.canvas.get_renderer()) for label in labels)
     assert not first.overlaps(second)
     assert outside_the_figure(fig) == []
+
+
+def test_identical_curves_get_their_own_style_and_say_which_they_hide():
+    from storage.figures import curve_styles
+
+    same = [(1, 0.5, 0.5, 0.5), (2, 0.6, 0.6, 0.6)]
+    styles = curve_styles([("baseline", same), ("heuristic", [(1, 0.5, 0.5, 0.5)]), ("plateau", same)])
+    assert [label for label, _ in styles] == ["baseline", "heuristic", "plateau (= baseline)"]
+    assert len({(kw["linestyle"], kw["marker"]) for _, kw in styles}) == 3
+
+
+def test_the_decision_timeline_draws_every_guided_run_over_pages(db):
+    from storage.figures import TIMELINE_PANELS, decision_figures
+
+    with open_reader(db) as reader:
+        (task,) = read_report_data(reader).tasks
+    task.timeline = task.timeline * 7  # 14 runs
+    pages = list(decision_figures(task))
+    assert len(pages) == 2 and TIMELINE_PANELS == 12
+    assert [sum(ax.get_visible() for ax in fig.axes) for _, fig in pages] == [12, 2]
+    assert pages[1][1].get_suptitle().replace("\n", " ") == "Decisions and the verdicts on them (runs 13–14 of 14)"
+    for plt, fig in pages:
+        plt.close(fig)

@@ -134,7 +134,11 @@ def test_the_report_of_a_min_task_has_its_own_table_figures_and_reference(db, tm
 
     files, notes = write_report(db, tmp_path / "report")
     assert [f.name for f in files] == [
+        "results.md",
         "paper_table.md",
+        "results.csv",
+        "paired_differences.png",
+        "diabetes_paired_differences.png",
         "validation_accuracy.png",
         "hyperparameters.png",
         "decisions.png",
@@ -143,9 +147,10 @@ def test_the_report_of_a_min_task_has_its_own_table_figures_and_reference(db, tm
         "diabetes_decisions.png",
     ]
     assert notes == []
-    for png in files[1:]:
+    for png in files[3:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     text = files[0].read_text()
+    assert "diabetes" not in files[1].read_text()  # paper_table.md: MNIST's section only
     assert "## Task mnist: val_acc, higher is better" in text
     assert "| 100 | 100 | Baseline | 1 | 0.9000 | 0.9000 | 0.9000 |" in text  # the paper's table for MNIST
     assert "## Task diabetes: val_rmse, lower is better" in text

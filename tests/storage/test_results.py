@@ -1,0 +1,166 @@
+"""Cells keyed by the full protocol, the paired statistics in the report, and the results export that renders
+the same Markdown without the database; rows inserted into a DuckDB built by storage.schema.migrate."""
+
+import math
+import time
+
+import duckdb
+import pytest
+
+from bus.messages import RunFinished, RunStarted
+from storage.reader import open_reader
+from storage.recorder import RecordBuffer
+from storage.report import render_results, write_report
+from storage.results import COLUMNS, NOT_PROTOCOL_OPTIONS, ResultsError, read_results, read_results_csv
+from storage.schema import migrate
+from tests.storage.test_recorder import epoch_record, regression_record
+
+BAD = {"learning_rate": 0.01}
+
+
+def started(run_id, arm, controller, seed, epochs=3, start=None, instructions=None, task="mnist", regime="100"):
+    experiment = {"task": task, "task_options": {}, "regime": regime, "seed": seed, "epochs": epochs, "arm": arm,
+                  "controller": controller}  # fmt: skip
+    experiment |= {"start": start} if start else {}
+    experiment |= {"instructions": instructions} if instructions else {}
+    objective, mode = ("val_rmse", "min") if task == "diabetes" else ("val_acc", "max")
+    # The bus does not know the A/A arm yet (another part adds it): it is recorded as guided and set right after.
+    return RunStarted(run_id=run_id, pair_id=f"p{seed}", arm="guided" if arm == "aa" else arm, task=task, objective=objective, mode=mode,
+                      regime=regime, budget=100, controller=controller, seed=seed, epochs=epochs,
+                      started_at=time.time(), config={"experiment": experiment})  # fmt: skip
+
+
+def add_run(buffer, run_id, arm, controller, seed, finals, **kw):
+    """A completed run whose objective per epoch is ``finals`` (the last one its final value)."""
+    buffer.add(started(run_id, arm, controller, seed, epochs=len(finals), **kw))
+    for epoch, value in enumerate(finals, 1):
+        if kw.get("task") == "diabetes":
+            buffer.add(regression_record(run_id, epoch, value))
+        else:
+            buffer.add(epoch_record(run_id, epoch, value))
+    buffer.add(RunFinished(run_id=run_id, status="completed", finished_at=time.time()))
+
+
+def test_a_6_epoch_run_and_two_3_epoch_runs_of_seed_0_are_two_cells_of_one_seed_and_instructions_not_pooled(tmp_path):
+    db = tmp_path / "k.duckdb"
+    with duckdb.connect(str(db)) as con:
+        migrate(con)
+        buffer = RecordBuffer(con)
+        add_run(buffer, "six", "baseline", "none", 0, [0.5, 0.6, 0.7, 0.8, 0.85, 0.9])
+        add_run(buffer, "three-a", "baseline", "none", 0, [0.5, 0.6, 0.7])
+        add_run(buffer, "three-b", "baseline", "none", 0, [0.5, 0.6, 0.75])  # the same protocol again: it counts
+        add_run(buffer, "drop", "guided", "heuristic", 0, [0.5, 0.6, 0.8], instructions=["raise dropout"])
+        add_run(buffer, "lr", "guided", "heuristic", 0, [0.5, 0.6, 0.6], instructions=["lower the learning rate"])
+        buffer.flush()
+    with open_reader(db) as reader:
+        results = {r.run_id: r for r in read_results(reader)}
+    assert {k: r.counted for k, r in results.items()} == {"six": True, "three-a": False, "three-b": True, "drop": True,
+                                                          "lr": True}  # fmt: skip
+    assert results["six"].cell_key != results["three-b"].cell_key and results["drop"].cell_key != results["lr"].cell_key
+    text = write_report(db, tmp_path / "out")[0][0].read_text()
+    assert "### Setting: epochs 3" in text and "### Setting: epochs 6" in text
+    assert '| 100 | 100 | Baseline | 1 | 0.7500 | 0.7500 | 0.9000 |' in text  # three-b alone: one seed, not two
+    assert '| 100 | 100 | Guided (heuristic; instructions=["raise dropout"]) | 1 | 0.8000 |' in text
+    assert '| 100 | 100 | Guided (heuristic; instructions=["lower the learning rate"]) | 1 | 0.6000 |' in text
+    assert "1 completed run of a protocol and seed run again later not counted" in text
+    assert "1 seed: no interval" in text
+
+
+@pytest.fixture
+def study(tmp_path):
+    """Three seeds of baseline, A/A and heuristic from the default start, and baseline and heuristic from a bad
+    start; one diverged heuristic run; a run_costs view as the cost part of ReflectNet defines it."""
+    db = tmp_path / "s.duckdb"
+    with duckdb.connect(str(db)) as con:
+        migrate(con)
+        buffer = RecordBuffer(con)
+        for seed, (base, aa, guided, bad_base, bad_guided) in enumerate(
+            [(0.90, 0.901, 0.93, 0.50, 0.899), (0.91, 0.908, 0.935, 0.40, 0.92), (0.92, 0.921, 0.94, 0.45, math.nan)]
+        ):
+            add_run(buffer, f"b{seed}", "baseline", "none", seed, [0.5, base])
+            add_run(buffer, f"a{seed}", "aa", "none", seed, [0.5, aa])
+            add_run(buffer, f"g{seed}", "guided", "heuristic", seed, [0.5, guided])
+            add_run(buffer, f"bb{seed}", "baseline", "none", seed, [0.3, bad_base], start=BAD)
+            add_run(buffer, f"bg{seed}", "guided", "heuristic", seed, [0.3, bad_guided], start=BAD)
+        buffer.flush()
+        con.execute("UPDATE runs SET arm = 'aa' WHERE run_id LIKE 'a%'")
+        con.execute("CREATE VIEW run_costs AS SELECT run_id, 2 AS decisions, CASE WHEN arm = 'guided' THEN 2 ELSE 0 "
+                    "END AS llm_calls, 100 AS prompt_tokens, 20 AS completion_tokens, 1.5 AS wait_s, 0.0 AS cost_usd "
+                    "FROM runs")  # fmt: skip
+    return db
+
+
+def test_the_report_pairs_cells_with_their_baseline_and_prints_floor_verdicts_rescue_and_cost(study, tmp_path):
+    files, _ = write_report(study, tmp_path / "out")
+    text = files[0].read_text()
+    lines = text.splitlines()
+    guided = next(line for line in lines if line.startswith("| 100 | default | Guided (heuristic) | 3 | 3 |"))
+    # differences +0.03, +0.025, +0.02: mean +0.025, all better, p = 2/8 (the floor with 3 pairs); Holm over the two
+    # guided cells (the bad start p = 0.5): 2 · 0.25 = 0.5
+    assert "| +0.0250 | [" in guided and "| 3/0 | 0.25 | 0.5 | 1.00 |" in guided and "| better |" in guided
+    assert guided.endswith("| 2.0 | 120 | 1.50 | 0.0000 |")
+    floor = 1.96 * math.sqrt((0.001**2 + 0.002**2 + 0.001**2) / 3)
+    assert f"A/A noise floor (regime 100, start default): ±{floor:.4f} = 1.96 · RMS of 3 A/A difference(s)" in text
+    assert "A/A noise floor (regime 100, start learning_rate=0.01): none measured" in text
+    assert "1 diverged run(s) (NaN objective) count as the worst final value of the task, 0.4000." in text
+    assert "Rescue from a bad start:" in text
+    # bad-start heuristic vs the good-start baseline: -0.001 (within the floor), +0.01, NaN -> worst: 2 of 3
+    assert "| 100 | learning_rate=0.01 | Guided (heuristic) | 3 | 2 | 67% |" in text
+    assert "| 100 | learning_rate=0.01 | Baseline | 3 | 0 | 0% |" in text
+
+
+def test_the_export_renders_the_same_markdown_without_the_database(study, tmp_path):
+    files, _ = write_report(study, tmp_path / "db")
+    export = tmp_path / "db" / "results.csv"
+    header = export.read_text().splitlines()[0].split(",")
+    assert tuple(header) == COLUMNS and len(export.read_text().splitlines()) == 1 + 15
+    study.unlink()  # no database from here on
+    again, notes = render_results(export, tmp_path / "csv")
+    assert [f.name for f in again] == ["results.md", "paper_table.md", "results.csv", "paired_differences.png"]
+    assert again[0].read_text() == files[0].read_text()
+    assert again[1].read_text() == files[1].read_text()
+    assert notes == ["from an export: the per-epoch figures (curves, hyperparameters, decisions) need the database"]
+
+
+def test_a_damaged_export_is_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("run_id,task\nx,mnist\n")
+    with pytest.raises(ResultsError, match=r"not a ReflectNet results export: no column objective, mode"):
+        read_results_csv(bad)
+    with pytest.raises(ResultsError, match="cannot read it: No such file or directory"):
+        read_results_csv(tmp_path / "none.csv")
+
+
+def test_a_min_task_pairs_with_lower_is_better(tmp_path):
+    db = tmp_path / "d.duckdb"
+    with duckdb.connect(str(db)) as con:
+        migrate(con)
+        buffer = RecordBuffer(con)
+        for seed, (base, guided) in enumerate([(60.0, 57.0), (61.0, 58.0)]):
+            add_run(buffer, f"b{seed}", "baseline", "none", seed, [70.0, base], task="diabetes", regime="full")
+            add_run(buffer, f"g{seed}", "guided", "heuristic", seed, [70.0, guided], task="diabetes", regime="full")
+        buffer.flush()
+    text = write_report(db, tmp_path / "out")[0][0].read_text()
+    assert "| full | default | Guided (heuristic) | 2 | 2 | +3.0000 | [+3.0000, +3.0000] | 2/0 |" in text
+    assert not (tmp_path / "out" / "paper_table.md").exists()  # only MNIST writes the paper's table
+
+
+def test_the_protocol_leaves_out_the_options_the_planner_leaves_out():
+    from orchestration.planning import NON_EXPERIMENT_OPTIONS
+
+    assert NOT_PROTOCOL_OPTIONS == NON_EXPERIMENT_OPTIONS
+
+
+def test_the_paired_difference_figure_shows_every_cell_inside_it(study, tmp_path):
+    from storage.figures import difference_figure, fit_figure
+    from storage.report_stats import all_stats
+    from tests.storage.test_report import outside_the_figure
+
+    with open_reader(study) as reader:
+        stats = all_stats(read_results(reader))
+    plt, fig = difference_figure("mnist", "val_acc", list(stats.values()))
+    fit_figure(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert len(labels) == 3 and "100 · default · A/A (n=3)" in labels  # A/A, guided, bad-start guided
+    assert outside_the_figure(fig) == []
+    plt.close(fig)
