@@ -121,8 +121,8 @@ def check_aa_arm(args: argparse.Namespace, declared) -> None:
     from tasks.base import takes_order_seed
 
     if not takes_order_seed(declared):
-        raise CliError(f"--controller aa: task {declared.name!r} cannot vary its training order (its setup() takes no "
-                       f"keyword order_seed, see tasks/base.py), so an A/A arm would repeat the baseline exactly")  # fmt: skip
+        raise CliError(f"--controller aa: task {declared.name!r} cannot vary its training order (its setup() takes "
+                       f"no keyword order_seed, see tasks/base.py), so an A/A arm would repeat the baseline exactly")
 
 
 def validate_controllers(args: argparse.Namespace) -> None:

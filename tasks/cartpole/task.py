@@ -350,7 +350,8 @@ class CartPoleTask(Task):
         self._require_setup()
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint: format {meta.get('format')!r}")
-        mine = {"regime": self.regime, "seed": self.seed, "order_seed": self.order_seed, "epoch_steps": self.epoch_steps}
+        mine = {"regime": self.regime, "seed": self.seed, "order_seed": self.order_seed,
+                "epoch_steps": self.epoch_steps}  # fmt: skip
         # A checkpoint from before order seeds drew its rollouts from the seed.
         theirs = {key: meta.get(key, meta["seed"]) if key == "order_seed" else meta[key] for key in mine}
         if mine != theirs:

@@ -32,7 +32,8 @@ def test_a_bad_start_pair_with_an_aa_arm_and_the_random_control(tmp_path):
     result = run_py(*where, "--controller", "none,aa,random", "--start", "learning_rate=1e-2,dropout=0.1")
     assert result.returncode == 0, result.stderr
     runs = query(db, "SELECT run_id, pair_id, arm, controller, status, config->'trainer'->'order_seed', "
-                     "config->'trainer'->'hyperparameters', config->'experiment'->'start' FROM runs ORDER BY started_at")
+                     "config->'trainer'->'hyperparameters', config->'experiment'->'start' "
+                     "FROM runs ORDER BY started_at")  # fmt: skip
     assert [(arm, controller, status) for _, _, arm, controller, status, *_ in runs] == [
         ("baseline", "none", "completed"), ("aa", "none", "completed"), ("guided", "random", "completed")]
     pair = runs[0][1]

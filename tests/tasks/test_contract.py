@@ -141,8 +141,11 @@ def test_the_objective_is_a_finite_number_in_every_epoch(case):
         assert set(result.grad_norms) <= {name for name, _ in task.model.named_parameters()}
 
 
-def test_a_checkpoint_round_trip_continues_bit_exactly(case, tmp_path):
-    reference = build(case)
+@pytest.mark.parametrize("order_seed", [None, 10_000], ids=["seed", "aa"])
+def test_a_checkpoint_round_trip_continues_bit_exactly(case, order_seed, tmp_path):
+    if order_seed is not None and not case.order_seed:
+        pytest.skip("the task takes no order seed")
+    reference = build(case, order_seed=order_seed)
     train(reference, range(1, 2))
     knobs = {knob.name: moved(knob) for knob in reference.hyperparameters}
     set_hyperparameters(reference, knobs)
@@ -151,7 +154,7 @@ def test_a_checkpoint_round_trip_continues_bit_exactly(case, tmp_path):
     expected = train(reference, range(2, 4))
 
     torch.manual_seed(1234)  # as in a new process: whatever the task draws must come from the file
-    restored = build(case)
+    restored = build(case, order_seed=order_seed)  # a resumed A/A run is set up with its recorded order seed
     state, deltas = load_checkpoint(path, "r", restored, CPU)
     assert state.epoch == 1 and deltas == {} and restored.hyperparameter_values() == knobs
     got = train(restored, range(2, 4))
