@@ -16,7 +16,7 @@ class RunStarted(Message):
 
     run_id: str
     pair_id: str
-    arm: Literal["baseline", "guided"]
+    arm: Literal["baseline", "guided", "aa"]  # aa: the baseline with another order seed (the noise floor)
     task: str
     objective: str
     mode: Mode

@@ -76,7 +76,9 @@ class MomentumDigits(Task):
         self.batch_size, self.width = batch_size, width
         self.net: torch.nn.Sequential | None = None
 
-    def setup(self, regime: str, seed: int, device: torch.device) -> None:
+    def setup(self, regime: str, seed: int, device: torch.device, order_seed: int | None = None) -> None:
+        """Split, weights and SGD from ``seed``; the batch order from ``order_seed`` (None: ``seed``), which is
+        what lets this task run an A/A arm (``tasks.base.Task``)."""
         if regime not in self.regimes:
             raise ValueError(f"unknown regime {regime!r} for task {self.name!r}; known: {list(self.regimes)}")
         self.regime, self.seed, self.device = regime, seed, torch.device(device)
@@ -90,7 +92,7 @@ class MomentumDigits(Task):
             ).to(self.device)
         sgd = torch.optim.SGD(self.net.parameters(), lr=self.values["learning_rate"], momentum=self.values["momentum"])
         self.opt = BlendedOptimizer(sgd, dict(self.net.named_parameters()))
-        self.order_rng = torch.Generator().manual_seed(seed)
+        self.order_rng = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
 
     @property
     def model(self) -> torch.nn.Module:

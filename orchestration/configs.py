@@ -12,7 +12,7 @@ from agents.config import LLMSettings
 from bus.messages import RunStarted
 from bus.transport import ipc_endpoint, socket_folder, socket_name
 from orchestration.planning import Arm
-from orchestration.spec import RULE_AGENT_TIMEOUT_S, ModelSpec, RunSpec
+from orchestration.spec import RULE_AGENT_TIMEOUT_S, ModelSpec, RunSpec, guided_controllers
 from storage.recorder import RecorderConfig
 from tasks.registry import task_class
 from trainer.config import TrainerConfig, upgrade_recorded_config
@@ -20,7 +20,7 @@ from trainer.config import TrainerConfig, upgrade_recorded_config
 
 def llm_settings(spec: RunSpec) -> LLMSettings | None:
     """How the agent reaches its model; None when no guided arm uses a model-calling controller."""
-    if not any(c != "none" and resolve_controller(c).uses_llm for c in spec.controllers):
+    if not any(resolve_controller(c).uses_llm for c in guided_controllers(spec.controllers)):
         return None
     return model_settings(spec.llm)
 
@@ -93,8 +93,10 @@ def agent_settings(spec: RunSpec, controller: str, settings: LLMSettings | None)
 def trainer_config(
     spec: RunSpec, arm: Arm, run_dir: Path, recorder: RecorderConfig, agent: AgentConfig | None
 ) -> TrainerConfig:
-    """A new run's trainer from the spec; a replayed or resumed one's from its recorded config. Whether the run's
-    controller reads instructions is the registry's answer now (a replay's ``replay`` controller does not)."""
+    """A new run's trainer from the spec: every arm starts from ``spec.start``'s knob values, the A/A arm with its
+    order seed (``arm.order_seed``); a replayed or resumed one's from its recorded config (a resumed A/A run keeps
+    its order seed). Whether the run's controller reads instructions is the registry's answer now (a replay's
+    ``replay`` controller does not)."""
     where = {
         "run_dir": run_dir.resolve(),
         "recorder_endpoint": recorder.endpoint,
@@ -112,7 +114,8 @@ def trainer_config(
         return TrainerConfig(
             run_id=arm.run_id, pair_id=arm.pair_id, arm=arm.name, controller=arm.controller,
             instructions_read=resolve_controller(arm.controller).reads_instructions, task=spec.task,
-            task_options=spec.task_options, regime=arm.regime, seed=arm.seed, epochs=spec.epochs, **where,
+            task_options=spec.task_options, regime=arm.regime, seed=arm.seed, order_seed=arm.order_seed,
+            epochs=spec.epochs, hyperparameters=dict(spec.start), **where,
             **unused_wait, alpha=spec.alpha, checkpoint_dir=run_dir.resolve() / "checkpoints",
             agent_retries=spec.agent_retries, instructions=spec.instructions if arm.name == "guided" else [],
         )  # fmt: skip

@@ -13,17 +13,21 @@ from pydantic import ValidationError
 
 from agents.config import AgentConfig, upgrade_recorded_agent
 from orchestration.cli import CliError
-from orchestration.spec import RunSpec
+from orchestration.spec import AA_CONTROLLER, BASELINE_CONTROLLER, RunSpec, guided_controllers
 from storage import queries
 from trainer.checkpoint import CheckpointError, read_state
 from trainer.config import TrainerConfig, upgrade_recorded_config
 
+# The A/A arm's order seed is its run seed plus this: far from the seeds a sweep uses (0, 1, 2, ...), so an A/A
+# order never repeats another seed's baseline order.
+AA_ORDER_SEED_OFFSET = 10_000
+
 
 @dataclass
 class Arm:
-    """One training run of the sweep: (regime, seed) x baseline or a guided controller."""
+    """One training run of the sweep: (regime, seed) x baseline, the A/A arm or a guided controller."""
 
-    name: str  # baseline | guided
+    name: str  # baseline | aa | guided
     controller: str
     regime: str
     seed: int
@@ -39,6 +43,7 @@ class Arm:
     exit_code: int | None = None  # the trainer's, once it ran
     checkpoint: Path | None = None  # the trainer's checkpoint file, once its config is built
     experiment: dict | None = None  # what the fingerprint hashes (``runs.config->'experiment'``); None: replay, resume
+    order_seed: int | None = None  # the trainer's order seed (TrainerConfig.order_seed): set for the A/A arm
 
 
 def plan_replay(spec: RunSpec) -> Arm:
@@ -168,11 +173,14 @@ def training_options(task_options: dict, defaults: dict | None = None) -> dict:
 def experiment(spec: RunSpec, task: TaskIdentity, regime: str, seed: int, arm: str, controller: str,
                uses_llm: bool) -> dict:  # fmt: skip
     """What makes a run the same experiment as another (its fingerprint is a hash of this): the task and its
-    training options, regime, seed, epochs, arm, controller, and the agent's and model's settings."""
+    training options, regime, seed, epochs, arm, controller, the knob values it starts from (``start``, absent
+    when none are given: runs recorded before --start keep their identity), and the agent's and model's settings."""
     what = {
         "task": spec.task, "task_options": training_options(spec.task_options, task.option_defaults),
         "regime": regime, "seed": seed, "epochs": spec.epochs, "arm": arm, "controller": controller,
     }  # fmt: skip
+    if spec.start:
+        what["start"] = dict(spec.start)
     return what | agent_part(spec, controller, uses_llm)
 
 
@@ -200,9 +208,10 @@ def legacy_experiment(spec: RunSpec, task: TaskIdentity, regime: str, seed: int,
                       uses_llm: bool) -> dict | None:  # fmt: skip
     """The same experiment as ReflectNet recorded it before tasks existed (MNIST only, batch size the one
     option), so a sweep over a database from then skips what it completed; None where no such run can exist
-    (another task or option, or ``plateau``, which then watched val_loss and now watches the objective)."""
+    (another task or option, ``plateau``, which then watched val_loss and now watches the objective, the A/A arm
+    or a --start, which did not exist)."""
     options = training_options(spec.task_options, task.option_defaults)
-    if spec.task != "mnist" or set(options) - {"batch_size"} or controller == "plateau":
+    if spec.task != "mnist" or set(options) - {"batch_size"} or controller == "plateau" or arm == "aa" or spec.start:
         return None
     what = {"regime": regime, "seed": seed, "epochs": spec.epochs, "batch_size": options.get("batch_size", 64),
             "arm": arm, "controller": controller}  # fmt: skip
@@ -215,27 +224,35 @@ def fingerprint(what: dict) -> str:
 
 
 def plan_arms(spec: RunSpec, task: TaskIdentity, recorded: list[queries.PairRow], uses_llm: dict[str, bool]) -> list[Arm]:
-    """Every run the spec asks for, baseline first within each (regime, seed) pair. ``recorded``: the runs the
-    database holds (a pair of the same task recorded earlier with the same data and schedule is joined; a run
-    id is never reused); ``uses_llm``: controller name -> whether it calls a model (``agents.controllers``). Pure."""
-    guided = [c for c in spec.controllers if c != "none"] if spec.arms in ("both", "guided") else []
-    with_baseline = spec.arms in ("both", "baseline") or spec.controllers == ["none"]
+    """Every run the spec asks for, within each (regime, seed) pair the baseline first, then the A/A arm (asked
+    for with the pseudo controller ``aa``: the baseline again, its order seed the seed plus
+    :data:`AA_ORDER_SEED_OFFSET`, run id ``<pair_id>-aa``), then the guided arms. ``recorded``: the runs the
+    database holds (a pair of the same task recorded earlier with the same data, schedule and start is joined; a
+    run id is never reused); ``uses_llm``: controller name -> whether it calls a model (``agents.controllers``).
+    Pure."""
+    steered = spec.arms in ("both", "guided")
+    guided = guided_controllers(spec.controllers) if steered else []
+    with_baseline = spec.arms in ("both", "baseline") or spec.controllers == [BASELINE_CONTROLLER]
+    planned = [("baseline", BASELINE_CONTROLLER)] if with_baseline else []
+    planned += [("aa", BASELINE_CONTROLLER)] if steered and AA_CONTROLLER in spec.controllers else []
+    planned += [("guided", c) for c in guided]
     pairs = recorded_pairs(recorded, task)
     taken = {row.run_id for row in recorded}
     arms = []
     for regime in spec.regimes:
         for seed in range(spec.seed, spec.seed + spec.seeds):
-            key = (regime, seed, spec.epochs, _key(training_options(spec.task_options, task.option_defaults)))
-            pair_id = pairs.get(key) or uuid.uuid4().hex[:12]
-            for name, controller in ([("baseline", "none")] if with_baseline else []) + [("guided", c) for c in guided]:
+            options = training_options(spec.task_options, task.option_defaults)
+            pair_id = pairs.get((regime, seed, spec.epochs, _key(options), _key(spec.start))) or uuid.uuid4().hex[:12]
+            for name, controller in planned:
                 llm = uses_llm.get(controller, False)
                 what = experiment(spec, task, regime, seed, name, controller, llm)
                 legacy = legacy_experiment(spec, task, regime, seed, name, controller, llm)
-                run_id = f"{pair_id}-{name if controller == 'none' else controller.replace(':', '.')}"
+                run_id = f"{pair_id}-{name if controller == BASELINE_CONTROLLER else controller.replace(':', '.')}"
                 if run_id in taken:  # run again (--rerun, or after a failure): a run id is never reused
                     run_id = f"{run_id}-{uuid.uuid4().hex[:6]}"
                 arm = Arm(name, controller, regime, seed, pair_id, run_id, fingerprint(what), experiment=what)
                 arm.legacy_fingerprint = fingerprint(legacy) if legacy is not None else None
+                arm.order_seed = seed + AA_ORDER_SEED_OFFSET if name == "aa" else None
                 arms.append(arm)
     return arms
 
@@ -245,12 +262,13 @@ def _key(options: dict) -> str:
 
 
 def recorded_pairs(recorded: list[queries.PairRow], task: TaskIdentity) -> dict[tuple, str]:
-    """(regime, seed, epochs, training options) -> pair_id of the earliest recorded pair of ``task``."""
+    """(regime, seed, epochs, training options, start) -> pair_id of the earliest recorded pair of ``task``: a
+    bad-start run is never paired with a good-start one of the same seed."""
     pairs: dict[tuple, str] = {}
     for row in recorded:
         if row.task == task.name:
             options = training_options(row.task_options, task.option_defaults)
-            pairs.setdefault((row.regime, row.seed, row.epochs, _key(options)), row.pair_id)
+            pairs.setdefault((row.regime, row.seed, row.epochs, _key(options), _key(row.start)), row.pair_id)
     return pairs
 
 

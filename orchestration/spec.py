@@ -24,6 +24,16 @@ RULE_AGENT_TIMEOUT_S = 20.0
 # Added to the model calls' worst case when the trainer waits for a model-calling controller, s.
 LLM_AGENT_SLACK_S = 10.0
 
+# The pseudo controllers of --controller, which run no agent: the baseline arm, and the A/A arm (the baseline again
+# with only its training-order seed changed: the noise floor).
+BASELINE_CONTROLLER, AA_CONTROLLER = "none", "aa"
+
+
+def guided_controllers(controllers: list[str]) -> list[str]:
+    """The names of ``controllers`` that steer a guided arm (all but the pseudo controllers ``none`` and ``aa``)."""
+    return [c for c in controllers if c not in (BASELINE_CONTROLLER, AA_CONTROLLER)]
+
+
 DEFAULT_REMOTE_MODEL = "gpt-4o-mini"
 # How the agent calls a chat model unless told otherwise. 20 s per call: the embedded model answers in 2-8 s on 2
 # cores.
@@ -84,7 +94,8 @@ class RunSpec(BaseModel):
     task: str = "mnist"  # built-in name, entry point of group reflectnet.tasks, or package.module:factory
     task_options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the task's factory
     regimes: list[str] | None = None  # default: the task's default_regime
-    controllers: list[str] = Field(default_factory=lambda: ["llm"])  # "none" alone: the baseline arm only
+    # "none" alone: the baseline arm only; "aa" adds the A/A arm (orchestration.planning.plan_arms)
+    controllers: list[str] = Field(default_factory=lambda: ["llm"])
     epochs: int | None = Field(default=None, ge=1)  # default: the task's default_epochs
     seed: int = Field(default=0, ge=0)
     seeds: int = Field(default=1, ge=1)  # seeds seed .. seed + seeds - 1
@@ -103,6 +114,9 @@ class RunSpec(BaseModel):
     max_repairs: int = Field(default=2, ge=0)
     llm: ModelSpec = Field(default_factory=ModelSpec)
     instructions: list[ScheduledInstruction] = Field(default_factory=list)  # for the guided arms, in epoch order
+    # Knob values every arm (baseline, aa, guided) starts from instead of the task's defaults (--start), checked
+    # against the task's declarations by the command line; part of the experiment's identity when given.
+    start: dict[str, float] = Field(default_factory=dict)
 
     def agent_timeout(self, uses_llm: bool) -> float:
         """The trainer's wait per try for a controller's agent, s: the flag, else ``RULE_AGENT_TIMEOUT_S``, else

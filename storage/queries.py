@@ -202,21 +202,23 @@ class PairRow:
     task_options: dict[str, Any]  # the trainer's task options (schema 1 runs: their batch size)
     pair_id: str
     run_id: str
+    start: dict[str, float] = field(default_factory=dict)  # the knob values it started from (--start), if given
 
 
 def recorded_pairs(source: Source, task: str | None = None) -> list[PairRow]:
     """Every recorded run that is not a replay, earliest first (of task ``task`` only, when given)."""
     sql = (
         "SELECT task, regime, seed, epochs, coalesce(config->'trainer'->'task_options', "
-        "json_object('batch_size', TRY_CAST(config->'trainer'->>'batch_size' AS INTEGER))), pair_id, run_id "
-        "FROM runs WHERE controller <> 'replay'"
+        "json_object('batch_size', TRY_CAST(config->'trainer'->>'batch_size' AS INTEGER))), pair_id, run_id, "
+        "config->'experiment'->'start' FROM runs WHERE controller <> 'replay'"
     )
     params: list = []
     if task is not None:
         sql += " AND task = ?"
         params.append(task)
     found = rows(source, sql + " ORDER BY started_at", params)
-    return [PairRow(t, r, s, e, json.loads(o) if o else {}, p, i) for t, r, s, e, o, p, i in found]
+    return [PairRow(t, r, s, e, json.loads(o) if o else {}, p, i, json.loads(st) if st else {})
+            for t, r, s, e, o, p, i, st in found]  # fmt: skip
 
 
 def completed_fingerprints(source: Source) -> dict[str, str]:

@@ -16,6 +16,7 @@ gets the alpha-blended step the same way as a hand-written loop.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,10 @@ from bus.messages import Hyperparameter, Mode, TaskSpec
 
 EventSink = Callable[[str, str, dict], None]  # (level, event, data)
 
-__all__ = ["DataUnavailableError", "EpochResult", "Hyperparameter", "Mode", "Task", "TaskSpec", "cpu_copy", "torch_threads"]
+__all__ = [
+    "DataUnavailableError", "EpochResult", "Hyperparameter", "Mode", "Task", "TaskSpec", "cpu_copy", "setup_task",
+    "takes_order_seed", "torch_threads",
+]  # fmt: skip
 
 
 class DataUnavailableError(RuntimeError):
@@ -57,6 +61,13 @@ class Task(ABC):
     Life cycle, driven by the trainer process: ``setup(regime, seed, device)`` once; then per epoch
     ``train_epoch(epoch)`` (which evaluates too) and, between epochs, ``set_hyperparameters`` and
     ``optimizer.set_blend``; ``checkpoint_state`` / ``restore_state`` around a resume.
+
+    The order seed (optional): a task whose ``setup`` also takes the keyword ``order_seed`` (an int, or None for
+    ``seed``) draws from it what varies between repeats of one experiment — batch or episode order, dropout
+    masks, training-environment resets — while the data subset and the initial weights stay on ``seed``. The A/A
+    arm (the noise floor) is the baseline with only this seed changed; the trainer passes it through
+    :func:`setup_task`, and only when it is set, so a task without the keyword works as before and cannot run an
+    A/A arm (the orchestrator says so before training).
     """
 
     name: ClassVar[str]
@@ -76,7 +87,7 @@ class Task(ABC):
     @abstractmethod
     def setup(self, regime: str, seed: int, device: torch.device) -> None:
         """Load data (or make environments), build the model and its optimizer, seeded by ``seed``;
-        raises ValueError for an unknown regime."""
+        raises ValueError for an unknown regime. May take a keyword ``order_seed`` (see the class docstring)."""
 
     @property
     @abstractmethod
@@ -151,6 +162,31 @@ class Task(ABC):
     def better(cls, a: float, b: float) -> bool:
         """Whether objective value ``a`` is better than ``b`` under :attr:`mode`."""
         return cls.spec().better(a, b)
+
+
+def takes_order_seed(task: Task | type[Task]) -> bool:
+    """Whether ``task`` (an instance or its class) can vary its training order apart from its data and initial
+    weights: its ``setup`` accepts the keyword ``order_seed``."""
+    try:
+        parameters = inspect.signature(task.setup).parameters.values()
+    except (TypeError, ValueError):  # a setup without a signature (a C callable) declares no such keyword
+        return False
+    return any(p.name == "order_seed" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in parameters)
+
+
+def setup_task(task: Task, regime: str, seed: int, device: torch.device, order_seed: int | None = None) -> None:
+    """``task.setup(regime, seed, device)``, with ``order_seed=`` only when it is set (a task that does not know the
+    keyword is called as it always was). ValueError (one line) when an order seed is set for a task whose ``setup``
+    cannot take it (:func:`takes_order_seed`)."""
+    if order_seed is None:
+        task.setup(regime, seed, device)
+        return
+    if not takes_order_seed(task):
+        raise ValueError(
+            f"task {task.name!r} cannot vary its training order: its setup() takes no keyword order_seed, so an A/A "
+            f"arm would repeat the baseline exactly (see tasks/base.py, Task)"
+        )
+    task.setup(regime, seed, device, order_seed=order_seed)
 
 
 @contextlib.contextmanager

@@ -171,3 +171,58 @@ def test_the_trainer_config_says_whether_the_controller_reads_instructions_as_th
     assert TrainerConfig.model_validate(upgrade_recorded_config(before)).instructions_read is True
     before["controller"] = "heuristic"
     assert TrainerConfig.model_validate(upgrade_recorded_config(before)).instructions_read is False
+
+
+def test_the_aa_arm_is_the_baseline_again_with_its_own_order_seed_and_fingerprint():
+    from orchestration.planning import AA_ORDER_SEED_OFFSET
+
+    spec = SPEC.model_copy(update={"controllers": ["none", "aa", "heuristic"], "regimes": ["10"]})
+    arms = plan_arms(spec, MNIST, [], {"heuristic": False})
+    assert [(a.seed, a.name, a.controller) for a in arms] == [
+        (seed, name, controller) for seed in (5, 6)
+        for name, controller in (("baseline", "none"), ("aa", "none"), ("guided", "heuristic"))
+    ]  # fmt: skip
+    aa = [a for a in arms if a.name == "aa"]
+    assert [a.order_seed for a in aa] == [5 + AA_ORDER_SEED_OFFSET, 6 + AA_ORDER_SEED_OFFSET] == [10_005, 10_006]
+    assert all(a.order_seed is None for a in arms if a.name != "aa")
+    assert all(a.run_id == f"{a.pair_id}-aa" and a.legacy_fingerprint is None for a in aa)
+    baseline = next(a for a in arms if a.name == "baseline" and a.seed == 5)
+    assert aa[0].experiment == {**baseline.experiment, "arm": "aa"} and aa[0].fingerprint != baseline.fingerprint
+    assert {a.name for a in plan_arms(spec.model_copy(update={"arms": "baseline"}), MNIST, [], {})} == {"baseline"}
+    only_aa = plan_arms(spec.model_copy(update={"controllers": ["aa"]}), MNIST, [], {})
+    assert [a.name for a in only_aa] == ["baseline", "aa"] * 2  # the noise floor needs the baseline beside it
+
+
+def test_a_start_is_part_of_the_experiment_and_of_the_pair_only_when_given():
+    bad = SPEC.model_copy(update={"start": {"learning_rate": 1e-2, "dropout": 0.0}, "seeds": 1, "regimes": ["10"]})
+    good = bad.model_copy(update={"start": {}})
+    good_what, bad_what = (experiment(s, MNIST, "10", 5, "baseline", "none", False) for s in (good, bad))
+    assert "start" not in good_what and bad_what == {**good_what, "start": {"learning_rate": 1e-2, "dropout": 0.0}}
+    assert fingerprint(good_what) != fingerprint(bad_what)
+    # A database with a good-start pair and a bad-start pair of seed 5: each new run joins its own.
+    recorded = [PairRow("mnist", "10", 5, 3, {}, "p-good", "p-good-baseline"),
+                PairRow("mnist", "10", 5, 3, {}, "p-bad", "p-bad-baseline", {"learning_rate": 1e-2, "dropout": 0.0})]
+    assert {a.pair_id for a in plan_arms(good, MNIST, recorded, {"heuristic": False})} == {"p-good"}
+    assert {a.pair_id for a in plan_arms(bad, MNIST, recorded, {"heuristic": False})} == {"p-bad"}
+    assert all(a.legacy_fingerprint is None for a in plan_arms(bad, MNIST, [], {"heuristic": False}))
+
+
+def test_every_arm_starts_from_the_start_and_only_the_aa_arm_gets_an_order_seed():
+    from orchestration.configs import trainer_config
+    from orchestration.planning import Arm
+    from storage.recorder import RecorderConfig
+
+    spec = SPEC.model_copy(update={"start": {"learning_rate": 1e-2}, "controllers": ["none", "aa", "heuristic"]})
+    recorder = RecorderConfig(db_path="/r/x.duckdb", endpoint="ipc:///r/s/recorder", control_endpoint="ipc:///r/s/c",
+                              run_dir="/r")  # fmt: skip
+    arms = plan_arms(spec, MNIST, [], {"heuristic": False})[:3]
+    made = {a.name: trainer_config(spec, a, recorder.run_dir, recorder, None) for a in arms}
+    assert {name: cfg.hyperparameters for name, cfg in made.items()} == {
+        name: {"learning_rate": 1e-2} for name in ("baseline", "aa", "guided")}  # fmt: skip
+    assert {name: cfg.order_seed for name, cfg in made.items()} == {"baseline": None, "aa": 10_005, "guided": None}
+    assert made["aa"].arm == "aa" and made["aa"].controller == "none"
+    # A resumed A/A run keeps its order seed: it is in the recorded config.
+    resumed = Arm("aa", "none", "10", 5, arms[1].pair_id, arms[1].run_id, "f",
+                  recorded={"trainer": made["aa"].model_dump(mode="json")},
+                  resume_from=Path("/r/checkpoints/x.safetensors"))  # fmt: skip
+    assert trainer_config(spec, resumed, recorder.run_dir, recorder, None).order_seed == 10_005

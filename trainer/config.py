@@ -35,7 +35,7 @@ class TrainerConfig(BaseModel):
 
     run_id: str
     pair_id: str
-    arm: Literal["baseline", "guided"]
+    arm: Literal["baseline", "guided", "aa"]  # aa: the baseline again with another order seed (the noise floor)
     controller: str
     # Whether the controller's policy reads the user's instruction (``agents.controllers.Controller``'s
     # ``reads_instructions``); False: the instruction only keeps the controller from moving against it.
@@ -44,6 +44,9 @@ class TrainerConfig(BaseModel):
     task_options: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of the task's factory
     regime: str
     seed: int
+    # What varies between repeats of one experiment (batch order, dropout masks, environment resets), passed to
+    # tasks that take it (``tasks.base.setup_task``); None: the seed. The A/A arm sets another.
+    order_seed: int | None = None
     epochs: int = Field(ge=1)
     hyperparameters: dict[str, float] = Field(default_factory=dict)  # initial values; the task's defaults otherwise
     alpha: float = Field(ge=ALPHA_RANGE[0], le=ALPHA_RANGE[1])  # the starting blend (RunSpec.alpha)

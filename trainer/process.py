@@ -32,7 +32,7 @@ from bus.messages import (
     encode,
 )
 from bus.transport import RecordSender
-from tasks.base import DataUnavailableError, EpochResult, Task
+from tasks.base import DataUnavailableError, EpochResult, Task, setup_task
 from tasks.registry import make_task
 from trainer.agent_client import ask_agent, connect_agent
 from trainer.checkpoint import (
@@ -77,11 +77,11 @@ class Carry:
 
 
 def build_task(cfg: TrainerConfig, device: torch.device, log) -> Task:
-    """The configured task, set up for the run's regime and seed, with the initial knob values applied.
+    """The configured task, set up for the run's regime, seed and order seed, with the initial knob values applied.
     Raises UnknownTaskError / ValueError for a bad task, regime or knob, DataUnavailableError for data."""
     task = make_task(cfg.task, cfg.task_options)
     task.set_event_sink(lambda level, event, data: getattr(log, level, log.info)(event, **data))
-    task.setup(cfg.regime, cfg.seed, device)
+    setup_task(task, cfg.regime, cfg.seed, device, order_seed=cfg.order_seed)
     if cfg.hyperparameters:
         set_hyperparameters(task, cfg.hyperparameters)
     return task

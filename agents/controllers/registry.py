@@ -9,7 +9,8 @@ instruction (``reads_instructions``: only then is an instruction followed; for a
 guard against moves that go against it, and the user is told so before training), and its factory
 ``(AgentConfig) -> (policy, judge or None)``.
 
-Names resolve, in order, to: the built-ins (``heuristic``, ``plateau``, ``llm``, ``replay``, ``none``),
+Names resolve, in order, to: the built-ins (``heuristic``, ``plateau``, ``random``, ``llm``, ``replay``, and the
+pseudo controllers ``none`` and ``aa``, which run no agent),
 the ``reflectnet.controllers`` entry-point group, and ``package.module:factory`` references (``bus.plugins``, the
 resolver shared with tasks and nodes). An entry point or reference names either a :class:`Controller` or a factory; a bare factory may say
 ``uses_llm = True`` and ``reads_instructions = True`` as attributes (both False when absent: a controller that
@@ -101,6 +102,12 @@ def _llm(cfg: AgentConfig):
     return LLMPolicy(caller, settings.model), judge
 
 
+def _random(cfg: AgentConfig):
+    from agents.controllers.random import RandomPolicy
+
+    return RandomPolicy(cfg.command_space), None
+
+
 def _replay(cfg: AgentConfig):
     from agents.controllers.replay import ReplayPolicy
 
@@ -114,10 +121,14 @@ BUILTINS: dict[str, Controller] = {
             "heuristic", "rules: lower the learning rate on a plateau, regularise a widening gap", False, _heuristic
         ),
         Controller("plateau", "torch's ReduceLROnPlateau on the task's objective", False, _plateau),
+        Controller("random", "seeded uniform draws over the model's bounded action space: the chance control", False,
+                   _random),
         Controller("llm", "a language model decides and judges (embedded SmolLM2 or --llm-base-url)", True, _llm,
                    reads_instructions=True),
         Controller("replay", "the recorded commands of a run, without a model call", False, _replay),
         Controller("none", "no agent: the baseline arm only", False, None, needs_agent=False),
+        Controller("aa", "no agent: the baseline again with another training-order seed (the A/A noise floor)",
+                   False, None, needs_agent=False),
     )
 }
 

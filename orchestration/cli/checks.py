@@ -9,7 +9,7 @@ from pathlib import Path
 
 from orchestration.cli.one_line import CliError
 from orchestration.cli.schedule import instruction_schedule
-from orchestration.spec import ModelSpec, RunSpec
+from orchestration.spec import AA_CONTROLLER, ModelSpec, RunSpec
 
 
 def preflight_database(db: Path) -> None:
@@ -85,6 +85,46 @@ def resolve_task(args: argparse.Namespace) -> None:
     args.regime, args.epochs, args.task_options = regimes, args.epochs or declared.default_epochs, options
 
 
+def start_values(args: argparse.Namespace, declared) -> dict[str, float]:
+    """``--start KNOB=VALUE[,KNOB=VALUE]`` (repeatable) as knob values of the task class ``declared``, each a number
+    within its knob's hard bounds; CliError (one line) for a malformed pair, an unknown knob, a knob given twice, a
+    value that is not a number or lies outside the bounds."""
+    start: dict[str, float] = {}
+    for item in (piece for given in args.start for piece in given.split(",")):
+        name, sep, text = (part.strip() for part in item.partition("="))
+        if not sep or not name or not text:
+            raise CliError(f"--start must be KNOB=VALUE[,KNOB=VALUE], got {item!r}")
+        try:
+            knob = declared.hyperparameter(name)
+        except KeyError:
+            known = ", ".join(k.name for k in declared.hyperparameters)
+            raise CliError(f"--start: task {declared.name!r} has no knob {name!r}; its knobs: {known}") from None
+        if name in start:
+            raise CliError(f"--start gives {name} twice")
+        try:
+            value = float(text)
+        except ValueError:
+            raise CliError(f"--start {name}: {text!r} is not a number") from None
+        if not knob.low <= value <= knob.high:  # NaN fails this too
+            raise CliError(f"--start {name}={text} is outside its hard bounds [{knob.low:g}, {knob.high:g}]")
+        start[name] = value
+    if start and (args.replay or args.resume):
+        raise CliError("--start cannot be combined with --replay or --resume: they use the recorded run's settings")
+    return start
+
+
+def check_aa_arm(args: argparse.Namespace, declared) -> None:
+    """An A/A arm (``--controller aa``) needs a task that can vary its training order apart from its data and
+    initial weights (``tasks.base.takes_order_seed``); CliError (one line) otherwise."""
+    if AA_CONTROLLER not in args.controller:
+        return
+    from tasks.base import takes_order_seed
+
+    if not takes_order_seed(declared):
+        raise CliError(f"--controller aa: task {declared.name!r} cannot vary its training order (its setup() takes "
+                       f"no keyword order_seed, see tasks/base.py), so an A/A arm would repeat the baseline exactly")
+
+
 def validate_controllers(args: argparse.Namespace) -> None:
     """Every --controller name must resolve (built-in, entry point or module:factory)."""
     from agents.controllers import resolve_controller
@@ -131,8 +171,12 @@ def node_pipeline(args: argparse.Namespace) -> list[str]:
 def validate_args(args: argparse.Namespace) -> RunSpec:
     """Checks argparse cannot do, the task's defaults filled in (see :func:`resolve_task`), the database
     created and migrated; the :class:`RunSpec` to carry out. Raises CliError (one line)."""
+    from tasks.registry import task_class
+
     resolve_task(args)
     validate_controllers(args)
+    declared = task_class(args.task, args.task_options)
+    check_aa_arm(args, declared)
     if args.device == "cuda":
         import torch
 
@@ -148,6 +192,7 @@ def validate_args(args: argparse.Namespace) -> RunSpec:
         resume=args.resume, rerun=args.rerun, db=args.db, out=args.out, device=args.device,
         pipeline=node_pipeline(args), agent_timeout_s=args.agent_timeout, agent_retries=args.agent_retries,
         max_repairs=args.max_repairs, llm=model_spec(args), instructions=instruction_schedule(args),
+        start=start_values(args, declared),
     )  # fmt: skip
     preflight_database(spec.db)
     return spec

@@ -97,8 +97,18 @@ def _experiment_flags(p: argparse.ArgumentParser) -> None:
         type=_comma_list,
         default=default("controllers"),
         help="who steers the guided arm, or a comma list of them: a language model ('llm'), the rule policy "
-        "('heuristic'), torch's ReduceLROnPlateau ('plateau'), nobody ('none': the baseline arm only), an entry "
-        f"point of group 'reflectnet.controllers', or package.module:factory (default: {','.join(default('controllers'))})",
+        "('heuristic'), torch's ReduceLROnPlateau ('plateau'), seeded uniform draws over the same actions ('random', "
+        "the chance control), nobody ('none': the baseline arm only), 'aa' (the A/A arm: the baseline again with "
+        "another training-order seed, the noise floor), an entry point of group 'reflectnet.controllers', or "
+        f"package.module:factory (default: {','.join(default('controllers'))})",
+    )
+    p.add_argument(
+        "--start",
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE[,KNOB=VALUE]",
+        help="knob values every arm (baseline, aa, guided) starts from instead of the task's defaults, e.g. a bad "
+        "start: --start learning_rate=1e-2,dropout=0; repeatable; within the knob's hard bounds (default: none)",
     )
     p.add_argument(
         "--epochs", type=_positive_int, default=None, help="epochs per arm (default: the task's, 30 for mnist)"

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from orchestration.cli.one_line import CliError
+from orchestration.spec import guided_controllers
 from trainer.config import ScheduledInstruction
 
 MAX_INSTRUCTION_CHARS = 2000
@@ -64,8 +65,8 @@ def instruction_schedule(args: argparse.Namespace) -> list[ScheduledInstruction]
         if schedule and scripted and scripted[0].from_epoch == 1:
             raise CliError("--instruction and an --instructions line for epoch 1 both set the first instruction")
         schedule += scripted
-    if schedule and args.controller == ["none"]:
-        raise CliError("--instruction/--instructions need a guided arm; --controller none runs the baseline only")
+    if schedule and not guided_controllers(args.controller):
+        raise CliError("--instruction/--instructions need a guided arm; --controller none or aa runs no agent")
     return schedule
 
 
@@ -97,7 +98,7 @@ def controller_notices(schedule: list[ScheduledInstruction], controllers: list[s
 
     if not any(entry.text for entry in schedule):
         return []
-    names = dict.fromkeys(c for c in controllers if c != "none")
+    names = dict.fromkeys(guided_controllers(controllers))
     return [unread_notice(name) for name in names if not resolve_controller(name).reads_instructions]
 
 

@@ -21,8 +21,9 @@ its ``zero_grad``/``step`` and sets its ``param_groups[i]["lr"]`` as it would Ad
 
 Determinism and resume: at the start of every epoch the process-global RNGs PPO draws from (Python's
 ``random``, NumPy's, torch's: action sampling, minibatch order) and the training environments are
-reseeded from ``(seed, epoch)`` and the environments reset. An epoch therefore depends only on the
-weights, the Adam state, the knobs, the blend and ``(seed, epoch)``, and a checkpoint of those
+reseeded from ``(order seed, epoch)`` and the environments reset (the order seed is the seed unless an A/A arm
+sets another; the initial weights and the evaluation episodes stay on the seed). An epoch therefore depends only
+on the weights, the Adam state, the knobs, the blend and ``(order seed, epoch)``, and a checkpoint of those
 (tensors and JSON; no pickle) continues bit-exactly. The price: an episode in progress at an epoch
 boundary is cut off (PPO bootstraps its value, as at a time limit) and not counted in
 ``train_return_mean``. The global RNG states and torch's intra-op thread count are saved before and

@@ -108,10 +108,14 @@ class CartPoleTask(Task):
 
     # -- setup
 
-    def setup(self, regime: str, seed: int, device: torch.device) -> None:
+    def setup(self, regime: str, seed: int, device: torch.device, order_seed: int | None = None) -> None:
+        """Environments and PPO; ``seed`` seeds the policy's initial weights and the evaluation episodes,
+        ``order_seed`` (None: ``seed``) each epoch's rollouts: training-environment resets, sampled actions,
+        minibatch order (:func:`tasks.cartpole.ppo.start_epoch`). ValueError for an unknown regime."""
         if regime not in self.regimes:
             raise ValueError(f"unknown regime {regime!r} for task {self.name!r}; known: {sorted(self.regimes)}")
         self.regime, self.seed = regime, int(seed)
+        self.order_seed = self.seed if order_seed is None else int(order_seed)
         self.epoch_steps = self._epoch_steps_override or self.regimes[regime]
         self.epochs_done = 0
         with torch_threads(self.torch_threads), isolated_rngs():
@@ -240,7 +244,7 @@ class CartPoleTask(Task):
         return EpochResult(metrics=metrics, grad_norms=grad_norms, vectors=vectors, steps=steps)
 
     def _learn_epoch(self, epoch: int) -> EpisodeCollector:
-        """Zero the step and gradient-norm counters, reseed from ``(seed, epoch)`` and run ``epoch_steps``
+        """Zero the step and gradient-norm counters, reseed from ``(order seed, epoch)`` and run ``epoch_steps``
         environment steps of ``PPO.learn`` (torch threads set, global RNGs isolated). Returns the training
         episodes that finished; raises RuntimeError when the optimizer steps differ from
         :meth:`steps_per_epoch` (the blend's per-step delta would not add up)."""
@@ -250,7 +254,7 @@ class CartPoleTask(Task):
             total.zero_()
         episodes = EpisodeCollector()
         with torch_threads(self.torch_threads), isolated_rngs():
-            start_epoch(ppo, self.seed, epoch)
+            start_epoch(ppo, self.order_seed, epoch)
             ppo.learn(total_timesteps=self.epoch_steps, callback=episodes, log_interval=None, reset_num_timesteps=False)
         steps = self._steps_taken
         if steps != self.steps_per_epoch():
@@ -317,7 +321,7 @@ class CartPoleTask(Task):
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Tensors: ``policy.<name>`` (the policy's state dict), ``optim.<index>.<slot>`` (Adam's moments and
         step counts), ``blend.<name>`` (the optimizer's current per-step deltas). Meta (JSON): the format,
-        regime, seed, epoch steps, epochs done, environment steps, SB3's update count, the knob values,
+        regime, seed, order seed, epoch steps, epochs done, environment steps, SB3's update count, the knob values,
         alpha and Adam's non-tensor state. Environments and RNGs need no state: every epoch reseeds them."""
         self._require_setup()
         tensors = {f"policy.{name}": cpu_copy(value) for name, value in self.ppo.policy.state_dict().items()}
@@ -329,6 +333,7 @@ class CartPoleTask(Task):
             "format": CHECKPOINT_FORMAT,
             "regime": self.regime,
             "seed": self.seed,
+            "order_seed": self.order_seed,
             "epoch_steps": self.epoch_steps,
             "epochs_done": self.epochs_done,
             "num_timesteps": int(self.ppo.num_timesteps),
@@ -345,8 +350,10 @@ class CartPoleTask(Task):
         self._require_setup()
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint: format {meta.get('format')!r}")
-        mine = {"regime": self.regime, "seed": self.seed, "epoch_steps": self.epoch_steps}
-        theirs = {key: meta[key] for key in mine}
+        mine = {"regime": self.regime, "seed": self.seed, "order_seed": self.order_seed,
+                "epoch_steps": self.epoch_steps}  # fmt: skip
+        # A checkpoint from before order seeds drew its rollouts from the seed.
+        theirs = {key: meta.get(key, meta["seed"]) if key == "order_seed" else meta[key] for key in mine}
         if mine != theirs:
             raise ValueError(f"checkpoint is from {theirs}, this task was set up as {mine}")
         policy = self.ppo.policy

@@ -96,8 +96,9 @@ class DiabetesRegression(Task):
 
     # -- setup -------------------------------------------------------------------------------------------
 
-    def setup(self, regime: str, seed: int, device: torch.device) -> None:
-        """Split and standardise the data, fit the OLS reference, build the seeded MLP and Adam."""
+    def setup(self, regime: str, seed: int, device: torch.device, order_seed: int | None = None) -> None:
+        """Split and standardise the data, fit the OLS reference, build the seeded MLP and Adam. ``order_seed``
+        seeds the batch order and the dropout masks (None: ``seed``); the split and the weights stay on ``seed``."""
         if regime not in self.regimes:
             raise ValueError(f"unknown regime {regime!r} for task {self.name!r}; known: {list(self.regimes)}")
         from sklearn.linear_model import LinearRegression
@@ -123,9 +124,10 @@ class DiabetesRegression(Task):
 
         values = {knob.name: knob.default for knob in self.hyperparameters}
         # Seeds: model init from ``seed`` (global RNG forked, so nothing outside is disturbed); batch order
-        # and dropout masks each from their own generator.
-        self.order_rng = torch.Generator().manual_seed(seed)
-        self.dropout_rng = torch.Generator(device=self.device).manual_seed(seed + 1)
+        # and dropout masks each from their own generator, seeded by the order seed.
+        order = seed if order_seed is None else order_seed
+        self.order_rng = torch.Generator().manual_seed(order)
+        self.dropout_rng = torch.Generator(device=self.device).manual_seed(order + 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = make_mlp(self.width, self.depth, values["dropout"], self.dropout_rng)

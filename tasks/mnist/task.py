@@ -5,7 +5,9 @@ Setup, in this order (it fixes the random streams): load MNIST (``tasks.mnist.da
 damaged cache files moved aside and reported through :meth:`Task.emit`), draw the seeded
 class-stratified subset of the regime, seed torch's global RNG with ``seed`` (initial weights, then the
 dropout masks), build the CNN channels_last and fused Adam wrapped in :class:`BlendedOptimizer`,
-compile the validation forward (optional), and a separate generator for the batch order.
+compile the validation forward (optional), and a separate generator for the batch order. An order seed
+(``setup(..., order_seed=)``, the A/A arm) reseeds the global RNG after the weights are built (dropout masks)
+and seeds the batch order; the subset and the initial weights stay on ``seed``.
 """
 
 from __future__ import annotations
@@ -66,9 +68,10 @@ class MnistTask(Task):
         self._model: ReflectCNN | None = None
         self._optimizer: BlendedOptimizer | None = None
 
-    def setup(self, regime: str, seed: int, device: torch.device) -> None:
-        """Raises ValueError for an unknown regime, ``tasks.mnist.data.DataUnavailableError`` when no
-        MNIST source works (the message names the files and what to do)."""
+    def setup(self, regime: str, seed: int, device: torch.device, order_seed: int | None = None) -> None:
+        """``order_seed``: the batch order's and dropout masks' seed (None: ``seed``, as before order seeds).
+        Raises ValueError for an unknown regime, ``tasks.mnist.data.DataUnavailableError`` when no MNIST source
+        works (the message names the files and what to do)."""
         if regime not in self.regimes:
             raise ValueError(f"unknown regime {regime!r} for task {self.name!r}; known: {list(self.regimes)}")
         self.regime, self.seed, self.device = regime, seed, torch.device(device)
@@ -97,7 +100,10 @@ class MnistTask(Task):
         self.forward = self._model
         if self.compile_eval:
             self._compile()
-        self.order_rng = torch.Generator().manual_seed(seed)
+        # Only a different order seed reseeds: order_seed == seed gives the very numbers of order_seed None.
+        if order_seed is not None and order_seed != seed:
+            torch.manual_seed(order_seed)
+        self.order_rng = torch.Generator().manual_seed(seed if order_seed is None else order_seed)
 
     def _compile(self) -> None:
         started = time.perf_counter()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from bus.task_spec import Hyperparameter
-from tasks.base import Task
+from tasks.base import Task, setup_task, takes_order_seed
 from tasks.registry import make_task
 from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from trainer.contract import check_epoch_result, set_hyperparameters
@@ -34,6 +34,11 @@ class Case:
     regime: str
     options: dict[str, Any] = field(default_factory=dict)
     shrink: Callable[[Task], None] | None = None  # after setup: what keeps a big evaluation fast, contract untouched
+    # The A/A arm: whether setup takes an order seed, the data it must leave alone, and a regime where the order
+    # matters (diabetes' 50 patients are one batch without dropout: its order changes nothing there).
+    order_seed: bool = True
+    data: Callable[[Task], torch.Tensor] | None = None
+    order_regime: str | None = None
 
 
 def first_test_images(task: Task) -> None:
@@ -42,11 +47,12 @@ def first_test_images(task: Task) -> None:
 
 
 CASES = [
-    Case("mnist", "10", {"compile_eval": False}, first_test_images),  # 10 training images, one per class
-    Case("diabetes", "50"),
+    # 10 training images, one per class
+    Case("mnist", "10", {"compile_eval": False}, first_test_images, data=lambda t: t.train_x),
+    Case("diabetes", "50", data=lambda t: t.x_train, order_regime="full"),
     Case("cartpole", "2k", {"epoch_steps": 256, "eval_episodes": 2}),  # one rollout per epoch: 20 optimizer steps
-    Case("examples.linefit:LineFit", "small"),
-    Case("examples.momentum_task:MomentumDigits", "100"),
+    Case("examples.linefit:LineFit", "small", order_seed=False),
+    Case("examples.momentum_task:MomentumDigits", "100", data=lambda t: t.x_train),
 ]
 
 
@@ -55,9 +61,9 @@ def case(request) -> Case:
     return request.param
 
 
-def build(case: Case, seed: int = 0) -> Task:
+def build(case: Case, seed: int = 0, order_seed: int | None = None, regime: str | None = None) -> Task:
     task = make_task(case.name, case.options)
-    task.setup(case.regime, seed, CPU)
+    setup_task(task, regime or case.regime, seed, CPU, order_seed=order_seed)
     if case.shrink is not None:
         case.shrink(task)
     return task
@@ -135,8 +141,11 @@ def test_the_objective_is_a_finite_number_in_every_epoch(case):
         assert set(result.grad_norms) <= {name for name, _ in task.model.named_parameters()}
 
 
-def test_a_checkpoint_round_trip_continues_bit_exactly(case, tmp_path):
-    reference = build(case)
+@pytest.mark.parametrize("order_seed", [None, 10_000], ids=["seed", "aa"])
+def test_a_checkpoint_round_trip_continues_bit_exactly(case, order_seed, tmp_path):
+    if order_seed is not None and not case.order_seed:
+        pytest.skip("the task takes no order seed")
+    reference = build(case, order_seed=order_seed)
     train(reference, range(1, 2))
     knobs = {knob.name: moved(knob) for knob in reference.hyperparameters}
     set_hyperparameters(reference, knobs)
@@ -145,7 +154,7 @@ def test_a_checkpoint_round_trip_continues_bit_exactly(case, tmp_path):
     expected = train(reference, range(2, 4))
 
     torch.manual_seed(1234)  # as in a new process: whatever the task draws must come from the file
-    restored = build(case)
+    restored = build(case, order_seed=order_seed)  # a resumed A/A run is set up with its recorded order seed
     state, deltas = load_checkpoint(path, "r", restored, CPU)
     assert state.epoch == 1 and deltas == {} and restored.hyperparameter_values() == knobs
     got = train(restored, range(2, 4))
@@ -158,3 +167,27 @@ def test_the_same_seed_gives_the_same_epochs_and_another_seed_others(case):
     first, again = train(build(case, seed=0), range(1, 3)), train(build(case, seed=0), range(1, 3))
     assert all(same(a, b) for a, b in zip(first, again, strict=True)), (first, again)
     assert not same(train(build(case, seed=1), range(1, 2))[0], first[0])
+
+
+def test_an_order_seed_varies_the_training_order_and_leaves_data_and_initial_weights_alone(case):
+    if not case.order_seed:  # a task that does not know the keyword: set up as ever, and an A/A arm is refused
+        assert not takes_order_seed(make_task(case.name, case.options))
+        with pytest.raises(ValueError, match=r"^task '\w+' cannot vary its training order: its setup\(\) takes no"):
+            build(case, order_seed=10_000)
+        return
+    regime = case.order_regime or case.regime
+
+    def run(order_seed: int | None):  # one at a time: MNIST draws its dropout masks from torch's global RNG
+        task = build(case, 0, order_seed, regime)
+        weights = {name: value.clone() for name, value in task.model.state_dict().items()}
+        data = case.data(task).clone() if case.data is not None else None
+        return weights, data, train(task, range(1, 3))
+
+    (weights, data, first), (_, _, same_order) = run(None), run(0)
+    other_weights, other_data, varied = run(10_000)
+    assert all(same(a, b) for a, b in zip(first, same_order, strict=True))  # order_seed None is the seed
+    assert weights.keys() == other_weights.keys()  # the initial weights and the data stay on the seed
+    assert all(torch.equal(weights[name], other_weights[name]) for name in weights)
+    assert data is None or torch.equal(data, other_data)
+    assert all(same(a, b) for a, b in zip(varied, run(10_000)[2], strict=True))
+    assert not same(varied[0], first[0]) and not same(varied[1], first[1])

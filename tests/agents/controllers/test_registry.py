@@ -98,9 +98,9 @@ def decide_with(cfg: AgentConfig, metrics):
 
 
 def test_the_builtins_are_listed_with_what_the_orchestrator_needs_to_know():
-    assert controller_names()[:5] == ["heuristic", "plateau", "llm", "replay", "none"]
+    assert controller_names()[:7] == ["heuristic", "plateau", "random", "llm", "replay", "none", "aa"]
     assert [name for name, c in BUILTINS.items() if c.uses_llm] == ["llm"]
-    assert [name for name, c in BUILTINS.items() if not c.needs_agent] == ["none"]
+    assert [name for name, c in BUILTINS.items() if not c.needs_agent] == ["none", "aa"]
     assert resolve_controller("plateau") is BUILTINS["plateau"]
     assert [name for name, c in BUILTINS.items() if c.reads_instructions] == ["llm"]
 
@@ -116,7 +116,8 @@ def test_unknown_names_are_refused_in_one_line(tmp_path, user_module):
     with pytest.raises(UnknownControllerError) as exc:
         resolve_controller("nosuch")
     assert str(exc.value) == (
-        "unknown controller 'nosuch'; known: heuristic, plateau, llm, replay, none; or use package.module:factory"
+        "unknown controller 'nosuch'; known: heuristic, plateau, random, llm, replay, none, aa; or use "
+        "package.module:factory"
     )
     with pytest.raises(
         UnknownControllerError, match=r"^cannot load controller 'no\.such:thing': ModuleNotFoundError: "
