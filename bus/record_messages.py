@@ -65,6 +65,7 @@ class DecisionRecord(Message):
     decision: Decision
     applied: bool
     instruction_id: str | None = None  # the instruction the agent was given for this decision
+    wait_ms: float | None = None  # the trainer's wait: request sent to answer received, or to its fallback
 
 
 class ReflectionRecord(Message):

@@ -91,13 +91,14 @@ def superseded_records(run_id: str, said: list[InstructionUpdate]) -> list[Instr
     ]
 
 
-def decision_records(cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool) -> list:
+def decision_records(cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool,
+                     wait_ms: float | None = None) -> list:  # fmt: skip
     """The records of one decision: the instruction's first shaped epoch (only for a decision that read it — a
     fallback did not, so the instruction is still to be carried out at the next one), the decision naming the
-    instruction in force, and the reflection it carried."""
+    instruction in force and the trainer's ``wait_ms`` for it, and the reflection it carried."""
     records: list = [] if decision.fallback else shaped_record(cfg, carry, epoch)
     instruction_id = carry.instruction.instruction_id if carry.instruction else None
-    records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id))
+    records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id, wait_ms=wait_ms))
     if decision.reflection is not None:
         records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
     return records

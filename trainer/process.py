@@ -32,7 +32,7 @@ from bus.messages import (
 from bus.transport import RecordSender
 from tasks.base import DataUnavailableError, EpochResult, Task
 from tasks.registry import make_task
-from trainer.agent_client import ask_agent, connect_agent
+from trainer.agent_client import ask_agent, charged, connect_agent
 from trainer.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from trainer.config import TrainerConfig
 from trainer.contract import TaskContractError, check_epoch_result, set_hyperparameters
@@ -182,11 +182,10 @@ def run_epochs(
         records.append(record)
         decision, waited_ms = None, 0.0
         if agent is not None:
-            asked = time.perf_counter()
-            decision, new_deltas = ask_agent(agent, metrics, cfg.controller, task.model, log)
-            waited_ms = (time.perf_counter() - asked) * 1000.0
+            decision, new_deltas, waited_ms = ask_agent(agent, metrics, cfg.controller, task.model, log)
+            carry.history[-1] = charged(carry.history[-1], decision)  # what the run has spent, for its caps
             applied = epoch < cfg.epochs
-            records += decision_records(cfg, carry, epoch, decision, applied)
+            records += decision_records(cfg, carry, epoch, decision, applied, waited_ms)
             # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
             carry.previous_reflection = decision.reflection
             if applied:
