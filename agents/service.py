@@ -70,8 +70,8 @@ def decision_usage(state: dict, meter: CallMeter | None, notes: list[dict]) -> d
         return {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "llm_calls": None if unknown else 0,
                 "cost_usd": None if unknown else 0.0}  # fmt: skip
     if meter.refused is not None:
-        notes.append({"node": "decide", "action": "llm_cap", "reason": meter.refused,
-                      "run_calls_before": meter.calls_before, "run_cost_before_usd": meter.cost_before_usd})  # fmt: skip
+        notes.append({"node": "decide", "action": "llm_cap", "reason": meter.refused, "run_calls_before":
+                      meter.calls_before, "run_cost_before_usd": meter.cost_before_usd})  # fmt: skip
     return {"prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
             "llm_calls": meter.calls, "cost_usd": meter.cost_usd}  # fmt: skip
 

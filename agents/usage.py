@@ -99,8 +99,10 @@ class CallMeter:
         spent_calls = self.calls_before + self.calls
         spent_usd = self.cost_before_usd + self.cost_usd
         if reason == "llm_call_cap":
-            return f"{reason}: the run has made {spent_calls} model call(s), its cap (--max-llm-calls) is {self.caps.max_calls}"
-        return f"{reason}: the run's model calls cost {spent_usd:.6g} USD, its cap (--max-llm-cost) is {self.caps.max_cost_usd:g} USD"
+            return f"{reason}: the run has made {spent_calls} model call(s), its cap (--max-llm-calls) is " \
+                f"{self.caps.max_calls}"
+        return f"{reason}: the run's model calls cost {spent_usd:.6g} USD, its cap (--max-llm-cost) is " \
+            f"{self.caps.max_cost_usd:g} USD"
 
 
 def run_spending(history) -> tuple[int, float]:

@@ -62,7 +62,8 @@ def test_caps_are_part_of_the_experiment_and_the_price_is_not():
 
 def test_an_endpoint_without_a_price_is_said_once_the_embedded_model_is_not():
     remote = RunSpec(llm=ModelSpec(base_url="http://127.0.0.1:9/v1", model="m"))
-    assert cost_notice(remote) == "no --llm-price for m: its calls and tokens are recorded, their cost as 0 USD (run_costs)"
+    said = "no --llm-price for m: its calls and tokens are recorded, their cost as 0 USD (run_costs)"
+    assert cost_notice(remote) == said
     assert cost_notice(RunSpec()) is None
     assert cost_notice(remote.model_copy(update={"llm": ModelSpec(base_url="http://x/v1", price_usd=(1, 1))})) is None
     assert cost_notice(remote.model_copy(update={"controllers": ["heuristic"]})) is None

@@ -86,8 +86,8 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
                      "AND i.text = 'please cut the step size in half' AND i.first_epoch = 1") == [(1,)]  # fmt: skip
     # What it cost: every guided decision called the embedded model (a rationale; scoring when there was a choice),
     # at no price; the replay called none.
-    calls = query(db, "SELECT d.llm_calls, d.cost_usd, d.prompt_tokens, d.completion_tokens FROM decisions d "
-                      "JOIN runs r USING (run_id) WHERE r.arm = 'guided' AND r.controller = 'llm' ORDER BY epoch")  # fmt: skip
+    calls = query(db, "SELECT d.llm_calls, d.cost_usd, d.prompt_tokens, d.completion_tokens FROM decisions d JOIN "
+                      "runs r USING (run_id) WHERE r.arm = 'guided' AND r.controller = 'llm' ORDER BY epoch")  # fmt: skip
     assert len(calls) == 3 and all(n >= 1 and cost == 0.0 and p > c > 0 for n, cost, p, c in calls), calls
     costs = dict(query(db, "SELECT r.controller, c.llm_calls FROM run_costs c JOIN runs r USING (run_id)"))
     assert costs == {"llm": sum(n for n, *_ in calls), "replay": 0}

@@ -99,5 +99,6 @@ def test_the_decision_records_the_trainers_wait_and_the_history_what_it_cost():
     assert (summary.llm_calls, summary.llm_cost_usd) == (0, 0.0)
     spent = charged(summary, decision)
     assert (spent.llm_calls, spent.llm_cost_usd, spent.metrics) == (3, 0.25, {"val_acc": 0.5})
-    unknown = charged(summary, decision.model_copy(update={"llm_calls": None, "cost_usd": None}))  # a trainer's fallback
+    fallback = decision.model_copy(update={"llm_calls": None, "cost_usd": None})  # a trainer's: the agent's unknown
+    unknown = charged(summary, fallback)
     assert (unknown.llm_calls, unknown.llm_cost_usd) == (0, 0.0)
