@@ -9,7 +9,9 @@ server rejects the ``json_schema`` form). Every request carries a token cap as `
 name every OpenAI-compatible server honours (llama.cpp and Ollama ignore ``max_completion_tokens``).
 
 A model call never raises (:class:`ChatCaller`): whatever the client raises is a model error
-``"Type: message"``; an answer cut off by the token cap keeps its text. A refused request is changed
+``"Type: message"``; an answer cut off by the token cap keeps its text. Every request is counted, with its tokens,
+by the caller's ``agents.usage.CallMeter``, which also refuses a request beyond the run's caps (then the error
+names the cap). A refused request is changed
 only when the error names what it refuses — a response format, the token cap's name, the temperature —
 and then exactly that, remembered for every later call to the endpoint; any other error is reported
 as it is and the next call is unchanged.
@@ -31,6 +33,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 
 from agents.config import LLMSettings
+from agents.usage import CallMeter, Caps, Price
 
 NO_KEY = "no-key-set"  # ChatOpenAI needs a value; local servers ignore it
 
@@ -63,6 +66,12 @@ def make_chat_model(settings: LLMSettings) -> BaseChatModel:
         timeout=settings.timeout_s,
         max_retries=settings.max_retries,
     )
+
+
+def make_meter(settings: LLMSettings) -> CallMeter:
+    """The meter of one controller's model calls: the user's price and the run's caps (``agents.usage``)."""
+    price = Price(settings.price_prompt_usd, settings.price_completion_usd)
+    return CallMeter(price, Caps(settings.max_calls, settings.max_cost_usd))
 
 
 def response_formats(settings: LLMSettings) -> list[ResponseForm]:
@@ -127,7 +136,8 @@ class ChatCaller:
     ``finish_reason`` "length". When the server refuses a parameter by name (see
     :func:`refused_parameter`), the request drops exactly that — the next response format, the next
     name of the token cap, no temperature — and every later call (this caller is shared by the
-    controller and the judge of an endpoint) starts from there.
+    controller and the judge of an endpoint) starts from there. ``meter`` counts every request sent and its
+    tokens; a request it refuses (a cap of the run) is not sent, and the reply's error names the cap.
     """
 
     def __init__(
@@ -136,7 +146,9 @@ class ChatCaller:
         formats: list[ResponseForm],
         temperature: float | None = None,
         max_tokens: int | None = None,
+        meter: CallMeter | None = None,
     ):
+        self.meter = meter if meter is not None else CallMeter()
         self._chat_model = chat_model
         self._formats = list(formats) or [None]
         self._temperature = temperature
@@ -166,10 +178,15 @@ class ChatCaller:
         changes: list[str] = []
         while True:
             options = self.request_options(schema, name)
+            cap = self.meter.admit()
+            if cap is not None:
+                return ModelReply("", error=self.meter.refusal_text(cap), adaptations=changes)
             try:
                 message = self._chat_model.invoke(messages, **options)
             except (openai.LengthFinishReasonError, openai.ContentFilterFinishReasonError) as exc:
-                return _reply_from_completion(exc, changes)
+                reply = _reply_from_completion(exc, changes)
+                self.meter.add_tokens(reply.prompt_tokens, reply.completion_tokens)
+                return reply
             except openai.APIStatusError as exc:
                 change = self._drop_refused(exc, options)
                 if change is None:
@@ -180,6 +197,7 @@ class ChatCaller:
             else:
                 usage = getattr(message, "usage_metadata", None) or {}
                 finish = (getattr(message, "response_metadata", None) or {}).get("finish_reason")
+                self.meter.add_tokens(usage.get("input_tokens"), usage.get("output_tokens"))
                 return ModelReply(
                     _text(message), usage.get("input_tokens"), usage.get("output_tokens"),
                     finish_reason=finish, adaptations=changes,

@@ -74,12 +74,24 @@ class LLMSettings(BaseModel):
     max_tokens: int = Field(ge=16)  # the answer's token cap
     response_format: ResponseFormatMode
     decision_form: Literal["expert", "free"]  # expert: agents.controllers.expert; free: the model writes the command
+    price_prompt_usd: float = Field(ge=0.0)  # USD per million prompt tokens (--llm-price IN,OUT; 0: not priced)
+    price_completion_usd: float = Field(ge=0.0)  # USD per million completion tokens
+    max_calls: int | None = Field(ge=1)  # the run's model calls after which it goes on on its fallback (None: no cap)
+    max_cost_usd: float | None = Field(gt=0.0)  # the same for their cost, USD
+
+
+# What a model's settings recorded before a field existed meant: runs recorded before the expert form (migration 6)
+# decided in the free form; runs recorded before prices and caps (migration 10) had neither.
+RECORDED_LLM_DEFAULTS: dict[str, Any] = {
+    "decision_form": "free", "price_prompt_usd": 0.0, "price_completion_usd": 0.0, "max_calls": None,
+    "max_cost_usd": None,
+}  # fmt: skip
 
 
 def upgrade_recorded_agent(recorded: dict[str, Any]) -> dict[str, Any]:
-    """An agent config as ``runs.config`` stored it in any ReflectNet version, in this version's form: runs recorded
-    before the expert form (migration 6) decided in the free form, and say no ``decision_form``."""
+    """An agent config as ``runs.config`` stored it in any ReflectNet version, in this version's form: each field of
+    the model's settings it does not say takes :data:`RECORDED_LLM_DEFAULTS`'s value."""
     llm = recorded.get("llm")
-    if isinstance(llm, dict) and "decision_form" not in llm:
-        return {**recorded, "llm": {**llm, "decision_form": "free"}}
+    if isinstance(llm, dict):
+        return {**recorded, "llm": {**RECORDED_LLM_DEFAULTS, **llm}}
     return dict(recorded)

@@ -21,6 +21,7 @@ from agents.expert.outcome import held, instruction_outcome
 from agents.expert.reading import warm_up as warm_up_reader
 from agents.graph import build_agent_graph
 from agents.nodes.guard import guard
+from agents.usage import CAP_REASONS, CallMeter, run_spending
 from bus.child import EXIT_BIND_FAILED, EXIT_CONFIG_INVALID, EXIT_OK, EXIT_ORPHANED, Child, run_child
 from bus.liveness import BusyClock, HealthResponder
 from bus.messages import BusDecodeError, Decision, EpochMetrics, ErrorReply, Hello, Message, Ready, decode, encode
@@ -59,6 +60,22 @@ def guarded_state(state: dict, policy_name: str) -> dict:
     return {**state, **update, "notes": [*state.get("notes", []), *update.get("notes", [])]}
 
 
+def decision_usage(state: dict, meter: CallMeter | None, notes: list[dict]) -> dict:
+    """The decision's model calls, tokens and cost, from ``meter`` (every call of the built-in model callers,
+    ``agents.usage``), or, for a policy without one, the tokens it reported itself (calls and cost then unknown,
+    or 0 when it reported none). A cap that refused a call is noted in ``notes``."""
+    if meter is None:
+        tokens = (state.get("prompt_tokens"), state.get("completion_tokens"))
+        unknown = tokens != (None, None)
+        return {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "llm_calls": None if unknown else 0,
+                "cost_usd": None if unknown else 0.0}  # fmt: skip
+    if meter.refused is not None:
+        notes.append({"node": "decide", "action": "llm_cap", "reason": meter.refused, "run_calls_before":
+                      meter.calls_before, "run_cost_before_usd": meter.cost_before_usd})  # fmt: skip
+    return {"prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
+            "llm_calls": meter.calls, "cost_usd": meter.cost_usd}  # fmt: skip
+
+
 def decide(
     graph,
     policy_name: str,
@@ -66,9 +83,15 @@ def decide(
     max_repairs: int,
     feed_reflection: bool = True,
     command_space: str = "free",
+    meter: CallMeter | None = None,
 ) -> Decision:
     """Run the graph once for ``metrics``, guard its command against the instruction in force
-    (:func:`guarded_state`) and package the outcome as a Decision."""
+    (:func:`guarded_state`) and package the outcome as a Decision. ``meter`` (the policy's, ``agents.usage``) is
+    opened with what the run has spent so far (``metrics.history``), so that a call beyond the run's caps is not
+    made; a decision that fell back because a cap refused a call says so as its ``fallback_reason``
+    (``llm_call_cap`` or ``llm_cost_cap``)."""
+    if meter is not None:
+        meter.open(*run_spending(metrics.history))
     started = time.perf_counter()
     inputs = {"metrics": metrics, "max_repairs": max_repairs, "feed_reflection": feed_reflection, "notes": []}
     # Each repair round is three steps; langgraph's default step limit differs between versions.
@@ -84,6 +107,10 @@ def decide(
     outcome, held_still = (None, None) if fallback else instruction_fields(metrics, command, notes)
     if overridden is not None:
         outcome = "overridden"  # whatever the applied command does, the policy's own proposal went against the user
+    usage = decision_usage(state, meter, notes)
+    fallback_reason = state.get("fallback_reason")
+    if fallback and meter is not None and meter.refused is not None:
+        fallback_reason = meter.refused  # the model was not asked (again): the cap, not the model, is the reason
     return Decision(
         run_id=metrics.run_id,
         epoch=metrics.epoch,
@@ -94,7 +121,7 @@ def decide(
         valid=state.get("attempts", 0) == 1 and not fallback,
         repair_attempts=state.get("repair_attempts", 0),
         fallback=fallback,
-        fallback_reason=state.get("fallback_reason"),
+        fallback_reason=fallback_reason,
         clamped=state.get("clamped", {}),
         notes=notes,
         instruction_outcome=outcome,
@@ -103,8 +130,7 @@ def decide(
         choice=proposal.choice if proposal is not None else None,
         choice_margin=None if proposal is None or proposal.margin is None else round(proposal.margin, 4),
         latency_ms=latency_ms,
-        prompt_tokens=state.get("prompt_tokens"),
-        completion_tokens=state.get("completion_tokens"),
+        **usage,
         reflection=state.get("reflection"),
     )
 
@@ -118,6 +144,8 @@ class DecisionService:
         self.policy, judge = make_policy_and_judge(cfg)
         self.graph = build_agent_graph(cfg.nodes, self.policy, judge)
         self.llm_reflection = judge is not None
+        self.meter: CallMeter | None = getattr(self.policy, "meter", None)
+        self.capped_runs: set[str] = set()  # runs whose cap was reported (once each)
         self.cache: OrderedDict[tuple[str, int], Decision] = OrderedDict()
         self.serves = set(cfg.run_ids) if cfg.run_ids is not None else None
 
@@ -152,7 +180,7 @@ class DecisionService:
         try:
             with self.clock.busy():  # the health thread reports how long this takes
                 decision = decide(self.graph, self.policy.name, request, cfg.max_repairs, cfg.feed_reflection,
-                                  cfg.command_space)  # fmt: skip
+                                  cfg.command_space, self.meter)  # fmt: skip
         except Exception as exc:  # a user's node may raise anything; the run must go on
             reason = f"agent graph failed: {type(exc).__name__}: {exc}"
             self.log.error("graph_failed", run_id=request.run_id, epoch=request.epoch, reason=reason,
@@ -163,6 +191,10 @@ class DecisionService:
             self.cache.popitem(last=False)
         self.log.info("decision", run_id=request.run_id, epoch=request.epoch, valid=decision.valid,
                       fallback=decision.fallback, latency_ms=round(decision.latency_ms, 1))  # fmt: skip
+        if decision.fallback_reason in CAP_REASONS and request.run_id not in self.capped_runs:
+            self.capped_runs.add(request.run_id)
+            self.log.warning("llm_cap_reached", run_id=request.run_id, epoch=request.epoch,
+                             reason=decision.fallback_reason)  # fmt: skip
         return decision
 
 

@@ -88,7 +88,9 @@ class Reflection(BaseModel):
 
 
 class EpochSummary(BaseModel):
-    """One past epoch as the agent sees it in the history: its metrics and the knob values it used."""
+    """One past epoch as the agent sees it in the history: its metrics and the knob values it used, and the model
+    calls and their cost (USD) of the decision made after it — 0 until it is made, and for a trainer's fallback,
+    whose agent's answer never arrived — from which the agent knows what the run has spent (``agents.usage``)."""
 
     model_config = MODEL_CONFIG
 
@@ -96,6 +98,8 @@ class EpochSummary(BaseModel):
     metrics: dict[str, float]
     hyperparameters: dict[str, float]
     alpha: float
+    llm_calls: int = Field(default=0, ge=0)
+    llm_cost_usd: float = Field(default=0.0, ge=0.0)
 
 
 def best_epoch(history: list[EpochSummary], spec: TaskSpec) -> EpochSummary | None:
@@ -215,8 +219,10 @@ class Decision(Message):
     clamped: dict[str, Any] = Field(default_factory=dict)
     notes: list[dict[str, Any]] = Field(default_factory=list)
     latency_ms: float = 0.0
-    prompt_tokens: int | None = None
+    prompt_tokens: int | None = None  # over every model call of the decision (None: no call reported any)
     completion_tokens: int | None = None
+    llm_calls: int | None = None  # model calls the decision made (agents.usage); None: unknown (a trainer's fallback)
+    cost_usd: float | None = None  # their cost at the user's --llm-price, USD; None: unknown
     reflection: Reflection | None = None
     # Against the instruction in force (agents.expert.outcome.instruction_outcome): followed | ignored | contradicted |
     # respected (a later decision under a one-shot instruction, not against it); None without a readable one.

@@ -66,6 +66,7 @@ class DecisionRecord(Message):
     applied: bool
     instruction_id: str | None = None  # the instruction the agent was given for this decision
     rollback_to: int | None = None  # the epoch whose checkpoint the trainer restored for this command, if any
+    wait_ms: float | None = None  # the trainer's wait: request sent to answer received, or to its fallback
 
 
 class ReflectionRecord(Message):

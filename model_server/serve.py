@@ -70,7 +70,9 @@ def option_logprobs(llama, prompt: str, options: list) -> list:
 
 def add_score_route(app) -> None:
     """``POST /reflectnet/score`` ``{"prompt": str, "options": [str, ...]}`` -> ``{"logprobs": [[float, ...],
-    ...]}``, under the server's model lock (one request at a time, like its completions)."""
+    ...], "usage": {"prompt_tokens": n, "completion_tokens": 0}}`` (n: the prompt's tokens once and each option's,
+    what the request had the model read), under the server's model lock (one request at a time, like its
+    completions)."""
     from fastapi import Depends, HTTPException
     from llama_cpp.server.app import authenticate, get_llama_proxy
     from starlette.concurrency import run_in_threadpool
@@ -84,7 +86,8 @@ def add_score_route(app) -> None:
             logprobs = await run_in_threadpool(option_logprobs, llama, body.prompt, body.options)
         except (ValueError, RuntimeError) as exc:  # beyond the context, an empty option, llama_decode failing
             raise HTTPException(400, f"{type(exc).__name__}: {exc}") from None
-        return {"logprobs": logprobs}
+        read = len(llama.tokenize(body.prompt.encode(), add_bos=True, special=True)) + sum(map(len, logprobs))
+        return {"logprobs": logprobs, "usage": {"prompt_tokens": read, "completion_tokens": 0}}
 
 
 def main(argv: list[str] | None = None) -> None:

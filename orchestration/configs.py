@@ -37,6 +37,10 @@ def model_settings(llm: ModelSpec) -> LLMSettings:
         max_tokens=llm.max_tokens,
         response_format=llm.response_format,
         decision_form=llm.resolved_decision(),
+        price_prompt_usd=llm.price_or_zero[0],
+        price_completion_usd=llm.price_or_zero[1],
+        max_calls=llm.max_calls,
+        max_cost_usd=llm.max_cost_usd,
     )
 
 

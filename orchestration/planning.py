@@ -201,6 +201,7 @@ def agent_part(spec: RunSpec, controller: str, uses_llm: bool) -> dict:
         }  # fmt: skip
         if llm.resolved_decision() == "expert":  # absent for the free form: runs recorded before it keep their identity
             what["decision"] = "expert"
+        what |= llm.caps()  # a cap changes decisions; absent when not set, so runs recorded before caps keep theirs
     return what
 
 

@@ -10,10 +10,11 @@ their own: ``orchestration.configs`` fills them from here. No heavy import here:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model_server import LOCAL_MODEL_NAME
 from bus.messages import ALPHA_RANGE
@@ -62,6 +63,29 @@ class ModelSpec(BaseModel):
     decision: Literal["auto", "expert", "free"] = "auto"
     reflection: bool = True  # the model judges the previous decision (the rule otherwise)
     feed_reflection: bool = True  # the verdict goes into the next prompt
+    # USD per million prompt and completion tokens (--llm-price IN,OUT); None: not set, costed at 0 (said at start
+    # for an endpoint). Not part of an experiment's identity: it changes no decision.
+    price_usd: tuple[float, float] | None = None
+    # Per run: model calls, and their cost in USD, after which its decisions are its fallback (agents.usage).
+    max_calls: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+
+    @field_validator("price_usd")
+    @classmethod
+    def _prices_not_negative(cls, price: tuple[float, float] | None) -> tuple[float, float] | None:
+        if price is not None and (min(price) < 0 or not all(math.isfinite(p) for p in price)):
+            raise ValueError(f"prices must be finite and not negative, got {price=}")
+        return price
+
+    @property
+    def price_or_zero(self) -> tuple[float, float]:
+        """(IN, OUT) USD per million tokens; (0, 0) when no price was set."""
+        return self.price_usd if self.price_usd is not None else (0.0, 0.0)
+
+    def caps(self) -> dict[str, float]:
+        """The caps that are set, by their name in an experiment's identity (``orchestration.planning``)."""
+        caps = {"max_llm_calls": self.max_calls, "max_llm_cost_usd": self.max_cost_usd}
+        return {name: value for name, value in caps.items() if value is not None}
 
     @property
     def remote(self) -> bool:

@@ -49,7 +49,7 @@ INSERTS: dict[str, str] = {
         "decisions",
         "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
         "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id, instruction_outcome, held, "
-        "choice, choice_margin, overridden_proposal, rollback_to",
+        "choice, choice_margin, overridden_proposal, rollback_to, llm_calls, wait_ms, cost_usd",
     ),
     # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
     "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch, "
@@ -145,6 +145,9 @@ def _decision_row(message: DecisionRecord) -> tuple:
         d.choice_margin,
         json.dumps(d.overridden_proposal) if d.overridden_proposal is not None else None,
         message.rollback_to,
+        d.llm_calls,
+        message.wait_ms,
+        d.cost_usd,
     )
 
 

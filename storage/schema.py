@@ -201,6 +201,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE decisions ADD COLUMN rollback_to INTEGER;   -- NULL: no rollback
         """,
     ),
+    (
+        10,
+        """
+        -- What each decision cost (issue 19); NULL where unknown (before this, or a trainer's fallback for the model).
+        ALTER TABLE decisions ADD COLUMN llm_calls INTEGER;   -- model calls it made (agents/usage.py)
+        ALTER TABLE decisions ADD COLUMN wait_ms DOUBLE;      -- the trainer's wait: request sent to answer or fallback
+        ALTER TABLE decisions ADD COLUMN cost_usd DOUBLE;     -- its tokens at the user's --llm-price, USD
+        """,
+    ),
 ]
 
 # Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix
@@ -348,6 +357,16 @@ LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.epoch + 1
 LEFT JOIN runs r ON r.run_id = d.run_id
 LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch
 LEFT JOIN instructions i ON i.instruction_id = d.instruction_id;
+
+-- What each guided run's steering cost: its decisions, their model calls, tokens, the seconds the trainer waited
+-- for them, and their cost in USD at the user's --llm-price (0 for the embedded model and for controllers without
+-- a model). A run recorded before schema 10 has NULL calls, wait and cost.
+CREATE OR REPLACE VIEW run_costs AS
+SELECT run_id, count(*) AS decisions, sum(llm_calls) AS llm_calls,
+       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+       sum(wait_ms) / 1000.0 AS wait_s, sum(cost_usd) AS cost_usd
+FROM decisions
+GROUP BY run_id;
 """
 
 

@@ -9,7 +9,7 @@ import torch
 
 from bus.child import Child
 from bus.liveness import HealthCheck
-from bus.messages import Decision, EpochMetrics, ErrorReply, Hello, Ready, UpdateCommand
+from bus.messages import Decision, EpochMetrics, EpochSummary, ErrorReply, Hello, Ready, UpdateCommand
 from bus.transport import RequestClient
 from trainer.config import TrainerConfig
 from trainer.contract import check_hyperparameters
@@ -52,8 +52,10 @@ def connect_agent(child: Child, cfg: TrainerConfig, log) -> RequestClient | None
 
 def ask_agent(
     agent: RequestClient, metrics: EpochMetrics, controller: str, model, log
-) -> tuple[Decision, dict[str, torch.Tensor]]:
-    """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one."""
+) -> tuple[Decision, dict[str, torch.Tensor], float]:
+    """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one; its deltas;
+    and the trainer's wait for it, ms: request sent (retries and timeouts included) to answer received or fallback
+    (``decisions.wait_ms``)."""
     log.info("agent_asked", epoch=metrics.epoch)
     started = time.perf_counter()
     outcome = agent.request(metrics)
@@ -70,8 +72,14 @@ def ask_agent(
     else:
         try:
             check_hyperparameters(metrics.task, reply.command.hyperparameters)
-            return reply, deltas_from_command(reply.command, model)
+            return reply, deltas_from_command(reply.command, model), waited_ms
         except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a delta of strings that pydantic let through
             reason = f"trainer refused the command: {exc}"
     log.warning("fallback", epoch=metrics.epoch, reason=reason, waited_ms=round(waited_ms))
-    return fallback_decision(metrics, controller, reason, waited_ms), {}
+    return fallback_decision(metrics, controller, reason, waited_ms), {}, waited_ms
+
+
+def charged(summary: EpochSummary, decision: Decision) -> EpochSummary:
+    """The epoch's history entry with the model calls and cost of the decision made after it, which the agent
+    sums to keep the run within its caps (``agents.usage``); a trainer's fallback adds nothing (unknown)."""
+    return summary.model_copy(update={"llm_calls": decision.llm_calls or 0, "llm_cost_usd": decision.cost_usd or 0.0})

@@ -92,16 +92,17 @@ def superseded_records(run_id: str, said: list[InstructionUpdate]) -> list[Instr
 
 
 def decision_records(
-    cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool, rollback_to: int | None = None
+    cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool, rollback_to: int | None = None,
+    wait_ms: float | None = None,
 ) -> list:
     """The records of one decision: the instruction's first shaped epoch (only for a decision that read it — a
     fallback did not, so the instruction is still to be carried out at the next one), the decision naming the
-    instruction in force and the epoch a rollback restored, and the reflection it carried."""
+    instruction in force, the epoch a rollback restored and the trainer's ``wait_ms`` for it, and the reflection it
+    carried."""
     records: list = [] if decision.fallback else shaped_record(cfg, carry, epoch)
     instruction_id = carry.instruction.instruction_id if carry.instruction else None
-    records.append(
-        DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id, rollback_to=rollback_to)
-    )
+    records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id,
+                                  rollback_to=rollback_to, wait_ms=wait_ms))  # fmt: skip
     if decision.reflection is not None:
         records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
     return records

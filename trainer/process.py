@@ -34,7 +34,7 @@ from bus.messages import (
 from bus.transport import RecordSender
 from tasks.base import DataUnavailableError, EpochResult, Task, setup_task
 from tasks.registry import make_task
-from trainer.agent_client import ask_agent, connect_agent
+from trainer.agent_client import ask_agent, charged, connect_agent
 from trainer.checkpoint import (
     CheckpointError,
     TrainingState,
@@ -227,12 +227,11 @@ def run_epochs(
         records.append(record)
         decision, waited_ms, rollback_to = None, 0.0, None
         if agent is not None:
-            asked = time.perf_counter()
-            decision, new_deltas = ask_agent(agent, metrics, cfg.controller, task.model, log)
-            waited_ms = (time.perf_counter() - asked) * 1000.0
+            decision, new_deltas, waited_ms = ask_agent(agent, metrics, cfg.controller, task.model, log)
+            carry.history[-1] = charged(carry.history[-1], decision)  # what the run has spent, for its caps
             applied = epoch < cfg.epochs
             rollback_to = roll_back(cfg, task, carry, epoch, log) if applied and decision.command.rollback else None
-            records += decision_records(cfg, carry, epoch, decision, applied, rollback_to)
+            records += decision_records(cfg, carry, epoch, decision, applied, rollback_to, waited_ms)
             # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
             carry.previous_reflection = decision.reflection
             if applied:

@@ -23,6 +23,7 @@ class ExpertPolicy:
 
     def __init__(self, chooser, model_name: str):
         self.chooser, self.model_name = chooser, model_name
+        self.meter = getattr(chooser, "meter", None)  # the chooser's calls (agents.service.decide reads it)
 
     def propose(self, state: AgentState) -> Proposal | ControllerAnswer:
         m = state["metrics"]

@@ -37,6 +37,7 @@ class LLMPolicy:
     def __init__(self, caller: ChatCaller, model_name: str):
         self._call = caller
         self.model_name = model_name
+        self.meter = caller.meter  # every call of the decision, the judge's too (agents.service.decide reads it)
 
     def propose(self, state: AgentState) -> ControllerAnswer:
         messages: list[BaseMessage] = [SystemMessage(CONTROLLER_SYSTEM), HumanMessage(state["prompt"])]

@@ -80,21 +80,23 @@ def _llm(cfg: AgentConfig):
     """The model's policy and, with ``llm_reflection``, its judge. They share one ``ChatCaller``: what
     the endpoint refuses is learnt once, for both. In the expert decision form (``agents.expert``) the
     model chooses among candidate actions and the rule judges."""
-    from agents.chat import ChatCaller, make_chat_model, response_formats
+    from agents.chat import ChatCaller, make_chat_model, make_meter, response_formats
     from agents.controllers.llm import LLMJudge, LLMPolicy
 
     if cfg.llm is None:
         raise ValueError("controller 'llm' needs llm settings")
     settings = cfg.llm
+    meter = make_meter(settings)  # one count of the calls, whichever of the callers below makes them
     caller = ChatCaller(
-        make_chat_model(settings), response_formats(settings), settings.temperature, settings.max_tokens
+        make_chat_model(settings), response_formats(settings), settings.temperature, settings.max_tokens, meter
     )
     if settings.decision_form == "expert":  # the rule judges: its verdict cannot contradict the measurement
         from agents.controllers.expert import ExpertPolicy
         from agents.expert.choosers import ChatChooser, ScoredChooser
 
         if settings.provider == "local":
-            chooser = ScoredChooser(settings.base_url, settings.model, settings.timeout_s, settings.temperature)
+            chooser = ScoredChooser(settings.base_url, settings.model, settings.timeout_s, settings.temperature,
+                                    meter)  # fmt: skip
         else:
             chooser = ChatChooser(caller)
         return ExpertPolicy(chooser, settings.model), None

@@ -30,6 +30,7 @@ from agents.expert.candidates import Candidate, Plan
 from agents.expert.rationale import copied, first_sentence, metric_values, reason_opening, unsupported_numbers
 from agents.prompts import ANSWER_OPENING, CHOICE_INSTRUCTIONS, EXPERT_SYSTEM, NEUTRAL_STATE, chatml, state_summary
 from agents.proposals.answer_text import find_answer_object
+from agents.usage import CallMeter
 from bus.messages import EpochMetrics
 from model_server.serve import SCORE_PATH
 
@@ -61,11 +62,14 @@ class Choice:
 
 class ScoredChooser:
     """Chooses by calibrated option scoring on the embedded model's server (``model_server.serve``) and writes
-    the rationale with one short completion. Raises :class:`ChooserError` when the server fails."""
+    the rationale with one short completion. Raises :class:`ChooserError` when the server fails, or when ``meter``
+    (``agents.usage``: every request and its tokens are counted there) refuses a request the choice needs."""
 
-    def __init__(self, base_url: str, model: str, timeout_s: float, temperature: float = 0.0):
+    def __init__(self, base_url: str, model: str, timeout_s: float, temperature: float = 0.0,
+                 meter: CallMeter | None = None):  # fmt: skip
         self.root = base_url.removesuffix("/").removesuffix("/v1")
         self.model, self.temperature = model, temperature
+        self.meter = meter if meter is not None else CallMeter()
         self.http = httpx.Client(timeout=timeout_s)
         self.neutral: dict[str, float] = {}  # option text -> mean log-probability after the content-free state
 
@@ -75,10 +79,17 @@ class ScoredChooser:
         at once, and the trainer's wait (``RunSpec.agent_timeout``: every call a decision may make, plus slack)
         has room for it. Raises :class:`ChooserError` when the second call fails too, or for any other error."""
         for attempt in (1, 2):
+            cap = self.meter.admit()
+            if cap is not None:
+                raise ChooserError(f"{path}: not asked: {self.meter.refusal_text(cap)}")
             try:
                 response = self.http.post(self.root + path, json={"model": self.model, **body})
                 response.raise_for_status()
-                return response.json()
+                answer = response.json()
+                usage = answer.get("usage") if isinstance(answer, dict) else None
+                if isinstance(usage, dict):
+                    self.meter.add_tokens(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                return answer
             except httpx.TimeoutException as exc:
                 if attempt == 2:
                     raise ChooserError(f"{path}: {type(exc).__name__}: {str(exc)[:300]} (twice)") from None
@@ -135,6 +146,8 @@ class ScoredChooser:
                 break
             if started is not None and time.monotonic() - started > RETRY_WITHIN_S:
                 break
+            if self.meter.cap_reached() is not None:  # a better sentence is not worth losing the choice
+                break
         return min(tries, key=lambda t: (t[2]["rationale_copied"], len(t[2]["rationale_unsupported_numbers"])))
 
     def complete(self, prompt: str, temperature: float) -> tuple[str, dict]:
@@ -169,6 +182,7 @@ class ChatChooser:
 
     def __init__(self, caller):
         self._call = caller
+        self.meter = getattr(caller, "meter", None)  # the caller counts its calls (agents.chat.ChatCaller)
 
     def choose(self, m: EpochMetrics, plan: Plan) -> Choice:
         from langchain_core.messages import HumanMessage, SystemMessage

@@ -7,6 +7,7 @@ fraction of a second; what a check needs is imported inside it.
 """
 
 from orchestration.cli.checks import (
+    cost_notice,
     model_spec,
     node_pipeline,
     preflight_database,
@@ -26,7 +27,8 @@ from orchestration.cli.schedule import (
 )
 
 __all__ = [
-    "MAX_INSTRUCTION_CHARS", "CliError", "OneLineParser", "add_llm_flags", "build_parser", "instruction_notices",
+    "MAX_INSTRUCTION_CHARS", "CliError", "OneLineParser", "add_llm_flags", "build_parser", "cost_notice",
+    "instruction_notices",
     "instruction_schedule", "instruction_text", "model_spec", "node_pipeline", "parse_schedule", "preflight_database",
     "resolve_task", "task_options", "validate_args", "validate_controllers",
 ]  # fmt: skip

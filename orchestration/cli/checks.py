@@ -143,12 +143,26 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The ``--llm*`` flags as a :class:`ModelSpec`."""
     if args.llm_base_url is not None and not args.llm_base_url.startswith(("http://", "https://")):
         raise CliError(f"--llm-base-url must start with http:// or https://, got {args.llm_base_url!r}")
+    if args.max_llm_cost is not None and not any(args.llm_price or ()):
+        raise CliError(f"--max-llm-cost {args.max_llm_cost:g} needs a --llm-price above 0,0: at no price nothing costs")
     return ModelSpec(
         provider=args.llm, base_url=args.llm_base_url, model=args.llm_model, timeout_s=args.llm_timeout,
         max_retries=args.llm_max_retries, temperature=args.llm_temperature,
         response_format=args.llm_response_format, command_space=args.llm_command_space, decision=args.llm_decision,
         reflection=not args.no_llm_reflection, feed_reflection=not args.no_reflection_feedback,
+        price_usd=args.llm_price, max_calls=args.max_llm_calls, max_cost_usd=args.max_llm_cost,
     )  # fmt: skip
+
+
+def cost_notice(spec: RunSpec) -> str | None:
+    """One line before training when a model behind an endpoint is costed at nothing (no ``--llm-price``)."""
+    from agents.controllers.registry import resolve_controller
+
+    uses_llm = any(c != "none" and resolve_controller(c).uses_llm for c in spec.controllers)
+    if uses_llm and spec.llm.remote and spec.llm.price_usd is None:
+        return (f"no --llm-price for {spec.llm.model_name}: its calls and tokens are recorded, their cost as 0 USD "
+                "(run_costs)")  # fmt: skip
+    return None
 
 
 def node_pipeline(args: argparse.Namespace) -> list[str]:

@@ -40,6 +40,18 @@ def _comma_list(text: str) -> list[str]:
     return items
 
 
+def _price(text: str) -> tuple[float, float]:
+    """``IN,OUT``: USD per million prompt tokens and per million completion tokens, each a number >= 0."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be IN,OUT (USD per million prompt, completion tokens), got {text!r}")
+    parse = _number(float, 0.0)
+    try:
+        return parse(parts[0].strip()), parse(parts[1].strip())
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"IN,OUT: each {exc}") from None
+
+
 _positive_int = _number(int, 1)
 _non_negative_int = _number(int, 0)
 _positive_float = _number(float, 0.0, low_open=True)
@@ -65,6 +77,7 @@ def add_llm_flags(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("language model (--controller llm)")
     _model_flags(model)
     _model_behaviour_flags(model)
+    _model_cost_flags(model)
 
 
 def _experiment_flags(p: argparse.ArgumentParser) -> None:
@@ -302,4 +315,32 @@ def _model_behaviour_flags(llm) -> None:
         "--no-reflection-feedback",
         action="store_true",
         help="do not show the verdict on the previous decision in the next prompt, for ablations (default: shown)",
+    )
+
+
+def _model_cost_flags(llm) -> None:
+    """What the model's calls cost, and the run's caps on them (:class:`orchestration.spec.ModelSpec`)."""
+    llm.add_argument(
+        "--llm-price",
+        type=_price,
+        default=None,
+        metavar="IN,OUT",
+        help="USD per million prompt tokens and per million completion tokens, e.g. 0.15,0.60; each decision's "
+        "cost is recorded in decisions.cost_usd and summed per run in the view run_costs (default: 0,0)",
+    )
+    llm.add_argument(
+        "--max-llm-calls",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="model calls per run, after which its decisions are the controller's fallback (current knobs), "
+        "recorded with fallback_reason llm_call_cap (default: no cap)",
+    )
+    llm.add_argument(
+        "--max-llm-cost",
+        type=_positive_float,
+        default=None,
+        metavar="USD",
+        help="the same for the cost of a run's model calls at --llm-price (fallback_reason llm_cost_cap); the call "
+        "that reaches it is the last (default: no cap)",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestration.cli import CliError, build_parser, validate_args
+from orchestration.cli import CliError, build_parser, cost_notice, validate_args
 from orchestration.commands import command_listing
 
 
@@ -25,6 +25,8 @@ def main(argv: list[str]) -> int:
     except CliError as exc:
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
+    if (notice := cost_notice(spec)) is not None:
+        print(notice, flush=True)
     from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
 
     return run_invocation(spec)

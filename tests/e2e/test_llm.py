@@ -84,6 +84,13 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
     assert query(db, "SELECT count(*) FROM events WHERE event = 'llm_server_ready'") == [(1,)]
     assert query(db, "SELECT count(*) FROM instructions i JOIN runs r USING (run_id) WHERE r.controller = 'replay' "
                      "AND i.text = 'please cut the step size in half' AND i.first_epoch = 1") == [(1,)]  # fmt: skip
+    # What it cost: every guided decision called the embedded model (a rationale; scoring when there was a choice),
+    # at no price; the replay called none.
+    calls = query(db, "SELECT d.llm_calls, d.cost_usd, d.prompt_tokens, d.completion_tokens FROM decisions d JOIN "
+                      "runs r USING (run_id) WHERE r.arm = 'guided' AND r.controller = 'llm' ORDER BY epoch")  # fmt: skip
+    assert len(calls) == 3 and all(n >= 1 and cost == 0.0 and p > c > 0 for n, cost, p, c in calls), calls
+    costs = dict(query(db, "SELECT r.controller, c.llm_calls FROM run_costs c JOIN runs r USING (run_id)"))
+    assert costs == {"llm": sum(n for n, *_ in calls), "replay": 0}
 
 
 def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path):
@@ -184,3 +191,34 @@ def test_a_remote_model_in_free_form_moving_against_the_instruction_is_overridde
         assert not fallback and outcome == "overridden"
         assert json.loads(proposal)["hyperparameters"]["learning_rate"] == 0.002
         assert any(note.get("action") == "instruction_guard" for note in json.loads(notes))
+
+
+def test_a_call_cap_stops_the_model_calls_and_the_run_goes_on_on_its_fallback(tmp_path):
+    """--max-llm-calls 3 against a scripted endpoint: decision 1 makes one call (nothing to judge yet), decision 2
+    two (answer and judgement), then the cap: decisions 3-5 are the controller's fallback, recorded as llm_call_cap,
+    and no further request reaches the endpoint. run_costs sums calls, tokens, the trainer's wait and the cost."""
+    from tests.helpers import ScriptedOpenAI, ScriptedReply
+
+    hold = json.dumps({"learning_rate": 0.001, "dropout": 0.0, "weight_decay": 0.0, "alpha": 0.0,
+                       "rationale": "the loss falls steadily: keep the settings"})  # fmt: skip
+    judge = json.dumps({"verdict": "neutral", "text": "no change"})
+    db, out = tmp_path / "c.duckdb", tmp_path / "runs"
+    with ScriptedOpenAI({}, {"controller": ScriptedReply(hold), "judge": ScriptedReply(judge)}) as model:
+        result = run_py("--task", "diabetes", "--regime", "50", "--epochs", "5", "--arms", "guided",
+                        "--controller", "llm", "--llm-base-url", model.base_url, "--llm-model", "scripted",
+                        "--llm-decision", "free", "--llm-command-space", "free", "--max-llm-calls", "3",
+                        "--llm-price", "1,2", "--db", str(db), "--out", str(out),
+                        env={"OPENAI_API_KEY": SECRET}, timeout=300)  # fmt: skip
+        asked = [name for name, _ in model.requests]
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert asked == ["controller", "controller", "judge"]
+    rows = query(db, "SELECT epoch, llm_calls, fallback, fallback_reason, wait_ms FROM decisions ORDER BY epoch")
+    assert [r[1:4] for r in rows] == [(1, False, None), (2, False, None)] + [(0, True, "llm_call_cap")] * 3
+    assert all(wait > 0 for *_, wait in rows)
+    (run_id, decisions, calls, prompt, completion, wait_s, cost), = query(db, "SELECT * FROM run_costs")
+    assert (decisions, calls, prompt, completion) == (5, 3, 3 * 50, 3 * 10)  # the scripted usage per call
+    assert cost == pytest.approx((150 * 1 + 30 * 2) / 1e6) and wait_s == pytest.approx(sum(r[4] for r in rows) / 1000)
+    events = query(db, "SELECT data->>'reason' FROM events WHERE event = 'llm_cap_reached'")
+    assert events == [("llm_call_cap",)]  # said once, not at every capped decision
+    knobs = query(db, "SELECT DISTINCT CAST(hyperparameters->>'learning_rate' AS DOUBLE) FROM epochs")
+    assert knobs == [(1e-3,)]  # the fallback keeps the current knobs

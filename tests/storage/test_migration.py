@@ -169,10 +169,10 @@ def test_a_schema_3_database_migrates_and_every_old_view_column_answers_as_befor
     con = v1_database(path)
     before = {view: answers(con, view) for view in OLD_QUERIES}
     assert before["paper_table"][1][0][4] == 2  # the fixture is not empty: two seeds in the 1pct row
-    assert migrate(con) == len(MIGRATIONS)
+    assert migrate(con) == MIGRATIONS[-1][0]
     con.close()
     con = duckdb.connect(str(path))  # the migration is checkpointed: it survives a reopen
-    assert migrate(con) == len(MIGRATIONS)
+    assert migrate(con) == MIGRATIONS[-1][0]
     for view, (columns, rows) in before.items():
         new_columns, new_rows = answers(con, view, columns)
         assert new_columns == columns
@@ -264,7 +264,7 @@ def test_the_report_of_an_unmigrated_file_migrates_it_once_and_shows_the_papers_
     assert "| 1pct | 600 | Baseline | 2 | 0.6350 ± 0.0212 | 0.6600 ± 0.0566 | 0.8750 ± 0.0354 |" in text
     assert "| g2 | mnist | 100 | guided | llm | 0 | 1/3 | val_acc | 0.3000 | 0.3000 |" in text  # still running
     with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
+        assert con.execute("SELECT max(version) FROM schema_version").fetchall() == [(MIGRATIONS[-1][0],)]
 
 
 def test_a_schema_7_database_gains_the_reading_columns_empty(tmp_path):
@@ -275,7 +275,7 @@ def test_a_schema_7_database_gains_the_reading_columns_empty(tmp_path):
         con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
     con.execute("INSERT INTO instructions (instruction_id, run_id, text, source, received_at) "
                 "VALUES ('r-0', 'r', 'halve the learning rate', 'flag', now())")  # fmt: skip
-    assert migrate(con) == len(MIGRATIONS)
+    assert migrate(con) == MIGRATIONS[-1][0]
     row = con.execute("SELECT text, read_as, intent, moves, confidence, reader FROM instructions").fetchall()
     assert row == [("halve the learning rate", None, None, None, None, None)]
     columns = [c[0] for c in con.execute("DESCRIBE decisions").fetchall()]
@@ -293,4 +293,24 @@ def test_a_schema_8_database_gains_rollback_to_empty(tmp_path):
                 "VALUES ('r', 1, 'heuristic', '{}', true, 0, false, true)")  # fmt: skip
     assert migrate(con) == len(MIGRATIONS)
     assert con.execute("SELECT epoch, rollback_to FROM decisions").fetchall() == [(1, None)]
+
+
+def test_a_schema_8_database_gains_the_cost_columns_null_and_run_costs_sums_them(tmp_path):
+    con = duckdb.connect(str(tmp_path / "v8.duckdb"))
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMP)")
+    for version, ddl in [m for m in MIGRATIONS if m[0] <= 8]:
+        con.execute(ddl)
+        con.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+    insert = ("INSERT INTO decisions (run_id, epoch, controller, command, valid, repair_attempts, fallback, applied, "
+              "prompt_tokens, completion_tokens) VALUES (?, ?, 'llm', '{}', true, 0, false, true, ?, ?)")  # fmt: skip
+    con.execute(insert, ["old", 1, 100, 10])
+    migrate(con)
+    con.execute(insert.replace("completion_tokens)", "completion_tokens, llm_calls, wait_ms, cost_usd)")
+                .replace("?, ?)", "?, ?, ?, ?, ?)"), ["new", 1, 100, 10, 2, 1500.0, 0.25])  # fmt: skip
+    con.execute(insert.replace("completion_tokens)", "completion_tokens, llm_calls, wait_ms, cost_usd)")
+                .replace("?, ?)", "?, ?, ?, ?, ?)"), ["new", 2, 50, 5, 1, 500.0, 0.5])  # fmt: skip
+    rows = con.execute("SELECT * FROM run_costs ORDER BY run_id").fetchall()
+    assert [c[0] for c in con.description] == ["run_id", "decisions", "llm_calls", "prompt_tokens",
+                                               "completion_tokens", "wait_s", "cost_usd"]  # fmt: skip
+    assert rows == [("new", 2, 2 + 1, 150, 15, 2.0, 0.75), ("old", 1, None, 100, 10, None, None)]
     con.close()

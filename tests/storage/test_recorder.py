@@ -141,7 +141,7 @@ def test_records_become_rows_once_and_views_compute_the_paper_table(con):
 
 
 def test_migration_is_idempotent_and_versioned(con):
-    assert migrate(con) == len(MIGRATIONS)
+    assert migrate(con) == MIGRATIONS[-1][0]
     assert con.execute("SELECT count(*) FROM schema_version").fetchall() == [(len(MIGRATIONS),)]
 
 
@@ -260,3 +260,19 @@ def test_a_recorder_killed_mid_stream_and_restarted_stores_every_record_exactly_
         ticks = con.execute("SELECT count(*), count(DISTINCT data->>'epoch') FROM events WHERE event = 'tick'")
         assert ticks.fetchall() == [(events, events)]  # no event lost, none stored twice
         assert con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
+
+
+def test_a_decisions_calls_wait_and_cost_are_stored_and_summed_per_run(con):
+    buffer = RecordBuffer(con)
+    buffer.add(run_started("r0", seed=0))
+    for epoch, (calls, cost, wait) in enumerate([(3, 0.002, 1500.0), (1, 0.001, 500.0)], 1):
+        buffer.add(epoch_record("r0", epoch, 0.5))
+        record = decision_record("r0", epoch, 5e-4)
+        decision = record.decision.model_copy(update={"llm_calls": calls, "cost_usd": cost, "prompt_tokens": 100,
+                                                      "completion_tokens": 10})  # fmt: skip
+        buffer.add(record.model_copy(update={"decision": decision, "wait_ms": wait}))
+    buffer.flush()
+    row = con.execute("SELECT llm_calls, wait_ms, cost_usd FROM decisions WHERE epoch = 1").fetchall()
+    assert row == [(3, 1500.0, 0.002)]
+    costs = con.execute("SELECT * FROM run_costs").fetchall()
+    assert costs == [("r0", 2, 4, 200, 20, 2.0, pytest.approx(0.003))]

@@ -85,3 +85,20 @@ def test_an_instruction_file_is_read_in_epoch_order_with_clear_and_comments():
         (1, "it is overfitting, fight it"), (4, None), (6, "converge faster")]  # fmt: skip
     with pytest.raises(CliError, match="f.txt:2: epoch 1 is not after"):
         parse_schedule("1 a\n1 b\n", "f.txt")
+
+
+def test_the_decision_records_the_trainers_wait_and_the_history_what_it_cost():
+    from bus.messages import Decision, EpochSummary, UpdateCommand
+    from trainer.agent_client import charged
+
+    cfg, carry = config([]), Carry(hyperparameters={}, alpha=0.4)
+    command = UpdateCommand(hyperparameters={}, alpha=0.0, rationale="x")
+    decision = Decision(run_id="r", epoch=1, controller="llm", command=command, llm_calls=3, cost_usd=0.25)
+    assert decision_records(cfg, carry, 1, decision, applied=True, wait_ms=1234.5)[0].wait_ms == 1234.5
+    summary = EpochSummary(epoch=1, metrics={"val_acc": 0.5}, hyperparameters={}, alpha=0.4)
+    assert (summary.llm_calls, summary.llm_cost_usd) == (0, 0.0)
+    spent = charged(summary, decision)
+    assert (spent.llm_calls, spent.llm_cost_usd, spent.metrics) == (3, 0.25, {"val_acc": 0.5})
+    fallback = decision.model_copy(update={"llm_calls": None, "cost_usd": None})  # a trainer's: the agent's unknown
+    unknown = charged(summary, fallback)
+    assert (unknown.llm_calls, unknown.llm_cost_usd) == (0, 0.0)
