@@ -26,7 +26,7 @@ def run_py(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def test_every_command_is_a_module_with_a_main():
-    assert list(COMMANDS) == ["report", "sql", "say", "explain"]
+    assert list(COMMANDS) == ["report", "sql", "say", "study", "explain"]
     for command in [TRAIN, *COMMANDS.values()]:
         assert command.module == f"orchestration.commands.{command.name}"
         assert callable(importlib.import_module(command.module).main)

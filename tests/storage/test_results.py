@@ -84,7 +84,7 @@ def study(tmp_path):
             add_run(buffer, f"bg{seed}", "guided", "heuristic", seed, [0.3, bad_guided], start=BAD)
         buffer.flush()
         con.execute("UPDATE runs SET arm = 'aa' WHERE run_id LIKE 'a%'")
-        con.execute("CREATE VIEW run_costs AS SELECT run_id, 2 AS decisions, CASE WHEN arm = 'guided' THEN 2 ELSE 0 "
+        con.execute("CREATE OR REPLACE VIEW run_costs AS SELECT run_id, 2 AS decisions, CASE WHEN arm = 'guided' THEN 2 ELSE 0 "
                     "END AS llm_calls, 100 AS prompt_tokens, 20 AS completion_tokens, 1.5 AS wait_s, 0.0 AS cost_usd "
                     "FROM runs")  # fmt: skip
     return db
