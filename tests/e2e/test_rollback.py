@@ -1,6 +1,6 @@
-"""A rollback through the real processes: a diabetes run started with a learning rate high enough to collapse, the
-heuristic returning to the best epoch with a lower learning rate (``decisions.rollback_to``), and ``--replay`` of it
-reproducing every epoch exactly."""
+"""A rollback through the real processes: a diabetes run started (``--start``) with a learning rate high enough to
+collapse, the heuristic returning to the best epoch with a lower learning rate (``decisions.rollback_to``), and
+``--replay`` of it reproducing every epoch exactly."""
 
 from __future__ import annotations
 
@@ -14,24 +14,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
-# The orchestrator as run.py starts it, with every new arm's trainer starting from a learning rate of 0.1 (the
-# diabetes task's upper bound): a bad start. A replayed arm keeps its recorded config, so the replay needs no patch.
-BAD_START = """
-import sys
-import orchestration.runner as runner
-from orchestration.commands import main
-
-recorded_config = runner.trainer_config
-
-def bad_start(spec, arm, *rest):
-    config = recorded_config(spec, arm, *rest)
-    return config if arm.recorded is not None else config.model_copy(update={"hyperparameters": {"learning_rate": 0.1}})
-
-runner.trainer_config = bad_start
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def query(db: Path, sql: str, params: list | None = None):
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
@@ -41,8 +23,8 @@ def test_a_collapsed_run_rolls_back_and_its_replay_matches_epoch_for_epoch(tmp_p
     db, out = tmp_path / "r.duckdb", tmp_path / "runs"
     flags = ["--db", str(db), "--out", str(out)]
     original = subprocess.run(
-        [sys.executable, "-c", BAD_START, "--task", "diabetes", "--regime", "50", "--epochs", "6", "--arms", "guided",
-         "--controller", "heuristic", *flags],
+        [sys.executable, "run.py", "--task", "diabetes", "--regime", "50", "--epochs", "6", "--arms", "guided",
+         "--controller", "heuristic", "--start", "learning_rate=0.1", *flags],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert original.returncode == 0, original.stderr[-2000:]
