@@ -21,7 +21,7 @@ def parser():
     """The study's flags."""
     p = command_parser("study")
     p.add_argument("--quick", action="store_true",
-                   help="the diabetes task only, 3 seeds, 10 epochs: every column of the report in minutes "
+                   help="the diabetes task only, 3 seeds, 20 epochs: every column of the report in minutes "
                         f"(database {QUICK_DB}, report in {QUICK_DB.with_suffix('')})")  # fmt: skip
     p.add_argument("--db", type=Path, default=None, help=f"the study's database (default: {FULL_DB}, or {QUICK_DB})")
     p.add_argument("--out", type=Path, default=Path("runs"), help="folder for run directories (default: runs)")
