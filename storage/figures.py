@@ -338,8 +338,9 @@ def difference_figure(task: str, objective: str, settings: list):
         if c.ci is None:
             ax.plot([c.mean], [y], marker="o", markerfacecolor="white", color="tab:blue", linestyle="")
         else:
-            ax.errorbar([c.mean], [y], xerr=[[c.mean - c.ci[0]], [c.ci[1] - c.mean]], fmt="o", color="tab:blue",
-                        capsize=3)  # fmt: skip
+            # max: equal differences give an interval equal to the mean but for the last bit of rounding
+            xerr = [[max(0.0, c.mean - c.ci[0])], [max(0.0, c.ci[1] - c.mean)]]
+            ax.errorbar([c.mean], [y], xerr=xerr, fmt="o", color="tab:blue", capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [label for label, _, _ in reversed(rows)], fontsize=8)
     ax.set_ylim(-0.6, len(rows) - 0.4)
