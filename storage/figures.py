@@ -174,20 +174,28 @@ def _running_label(run) -> str:
     return f"{run.label}, seed {run.seed} (running)"
 
 
+def label_colours(task: TaskReport) -> dict[str, str]:
+    """A colour per cell name over all of the task's panels, so that a cell keeps its colour from panel to panel
+    (the colour cycle's ten, in the order the names first appear; repeated beyond ten, the style tells apart)."""
+    names = dict.fromkeys(c.label for p in task.panels for c in [*p.curves, *p.running])
+    return {name: f"C{i % 10}" for i, name in enumerate(names)}
+
+
 def objective_figure(task: TaskReport):
     """The task's objective per epoch: a panel per setting, regime and start (:class:`storage.report_data.Panel`),
     in it a mean line and min–max band per cell over its counted seeds, a dashed line per run still going, and a
     dotted line per reference the task reports for the regime."""
     plt, fig, axes = _figure(len(task.panels))
+    colours = label_colours(task)
     for ax, panel in zip(axes, task.panels):
         groups = [(curve.label, curve.points["objective"]) for curve in panel.curves if "objective" in curve.points]
-        for (label, kwargs), (_, points) in zip(curve_styles(groups), groups):
+        for (shown, kwargs), (label, points) in zip(curve_styles(groups), groups):
             epochs, mean, low, high = zip(*points)
-            line = ax.plot(epochs, mean, label=label, linewidth=1.5, **kwargs)[0]
-            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+            ax.plot(epochs, mean, label=shown, linewidth=1.5, color=colours[label], **kwargs)
+            ax.fill_between(epochs, low, high, color=colours[label], alpha=0.2)
         for run in panel.running:
             ax.plot(run.epochs, [math.nan if v is None else v for v in run.values["objective"]], linestyle="--",
-                    marker=".", label=_running_label(run))  # fmt: skip
+                    marker=".", color=colours[run.label], label=_running_label(run))  # fmt: skip
         for r, _, _, label, n, value, _ in task.references:
             if r == panel.regime and value is not None:
                 seeds = f", mean of {n} seeds" if n > 1 else ""
@@ -207,19 +215,20 @@ def hyperparameter_figure(task: TaskReport):
     counted seeds of each cell; dashed: running)."""
     knobs = task.knobs or ["learning_rate"]
     plt, fig, axes = _figure(len(knobs) * len(task.panels), height=3.0)
+    colours = label_colours(task)
     for i, panel in enumerate(task.panels):
         for j, knob in enumerate(knobs):
             ax = axes[len(knobs) * i + j]
             values: list[float] = []
             groups = [(curve.label, curve.points[knob]) for curve in panel.curves if knob in curve.points]
-            for (label, kwargs), (_, points) in zip(curve_styles(groups), groups):
+            for (shown, kwargs), (label, points) in zip(curve_styles(groups), groups):
                 epochs, mean, _, _ = zip(*points)
-                ax.step(epochs, mean, where="post", label=label, **kwargs)
+                ax.step(epochs, mean, where="post", label=shown, color=colours[label], **kwargs)
                 values += [v for v in mean if v is not None]
             for run in panel.running:
                 if knob in run.values:
                     ax.step(run.epochs, [math.nan if v is None else v for v in run.values[knob]], where="post",
-                            linestyle="--", label=_running_label(run))  # fmt: skip
+                            linestyle="--", color=colours[run.label], label=_running_label(run))  # fmt: skip
                     values += [v for v in run.values[knob] if v is not None]
             _panel_title(ax, f"{panel.title}: {metric_label(knob)}")
             ax.set_xlabel("epoch (value used during it)")

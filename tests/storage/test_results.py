@@ -182,6 +182,8 @@ def test_the_per_epoch_figures_pool_as_the_tables_do_a_panel_per_start_a_curve_p
     legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_visible()]
     assert legends == [["Baseline", "A/A", "Guided (heuristic)"], ["Baseline", "Guided (heuristic)"]]
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [good.title, bad.title]
+    first, second = ({line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes[:2])
+    assert first["Guided (heuristic)"] == second["Guided (heuristic)"] != first["A/A"]  # a cell keeps its colour
     plt.close(fig)
     plt, fig = hyperparameter_figure(task)
     titles = [ax.get_title().replace("\n", " ") for ax in fig.axes if ax.get_visible()]
