@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, imported only when drawing): per task its objective per epoch with the
 reference as a dotted line, the knob trajectories the controllers chose, and the decision timeline coloured by
-verdict. Every figure is laid out at the size it is written, title, axes and legend inside."""
+verdict, each in panels of the runs one cell of the tables pools (see :mod:`storage.report_data`). Every figure is laid out at the size it is written, title, axes and legend inside."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 import textwrap
 from pathlib import Path
 
-from storage.report_data import Curves, TaskReport, metric_label
+from storage.report_data import TaskReport, metric_label
 
 VERDICT_COLOURS = {"beneficial": "tab:green", "harmful": "tab:red", "neutral": "tab:gray"}
 DPI = 120  # figures are laid out at the resolution they are written with
@@ -170,25 +170,37 @@ def _legend(ax) -> None:
         ax.legend(fontsize=8)
 
 
+def _running_label(run) -> str:
+    return f"{run.label}, seed {run.seed} (running)"
+
+
+def label_colours(task: TaskReport) -> dict[str, str]:
+    """A colour per cell name over all of the task's panels, so that a cell keeps its colour from panel to panel
+    (the colour cycle's ten, in the order the names first appear; repeated beyond ten, the style tells apart)."""
+    names = dict.fromkeys(c.label for p in task.panels for c in [*p.curves, *p.running])
+    return {name: f"C{i % 10}" for i, name in enumerate(names)}
+
+
 def objective_figure(task: TaskReport):
-    """The task's objective per epoch: per regime, a mean line and min–max band per controller over the
-    completed seeds, a dashed line per run still going, and a dotted line per reference the task reports."""
-    plt, fig, axes = _figure(len(task.regimes))
-    for ax, regime in zip(axes, task.regimes):
-        groups = [(label, points) for (r, label), points in task.curves["objective"].by_group.items() if r == regime]
-        for (label, kwargs), (_, points) in zip(curve_styles(groups), groups):
+    """The task's objective per epoch: a panel per setting, regime and start (:class:`storage.report_data.Panel`),
+    in it a mean line and min–max band per cell over its counted seeds, a dashed line per run still going, and a
+    dotted line per reference the task reports for the regime."""
+    plt, fig, axes = _figure(len(task.panels))
+    colours = label_colours(task)
+    for ax, panel in zip(axes, task.panels):
+        groups = [(curve.label, curve.points["objective"]) for curve in panel.curves if "objective" in curve.points]
+        for (shown, kwargs), (label, points) in zip(curve_styles(groups), groups):
             epochs, mean, low, high = zip(*points)
-            line = ax.plot(epochs, mean, label=label, linewidth=1.5, **kwargs)[0]
-            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
-        for run in task.running:
-            if run.regime == regime:
-                ax.plot(run.epochs, run.values["objective"], linestyle="--", marker=".",
-                        label=f"{run.label}, seed {run.seed} (running)")  # fmt: skip
+            ax.plot(epochs, mean, label=shown, linewidth=1.5, color=colours[label], **kwargs)
+            ax.fill_between(epochs, low, high, color=colours[label], alpha=0.2)
+        for run in panel.running:
+            ax.plot(run.epochs, [math.nan if v is None else v for v in run.values["objective"]], linestyle="--",
+                    marker=".", color=colours[run.label], label=_running_label(run))  # fmt: skip
         for r, _, _, label, n, value, _ in task.references:
-            if r == regime and value is not None:
+            if r == panel.regime and value is not None:
                 seeds = f", mean of {n} seeds" if n > 1 else ""
                 ax.axhline(value, color="black", linestyle=":", linewidth=1.2, label=f"{label} (reference{seeds})")
-        _panel_title(ax, f"regime {regime}")
+        _panel_title(ax, panel.title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{task.label} ({task.direction})")
         ax.grid(alpha=0.3)
@@ -199,25 +211,26 @@ def objective_figure(task: TaskReport):
 
 
 def hyperparameter_figure(task: TaskReport):
-    """The value of each knob the controllers chose, per regime (mean over seeds; dashed: running)."""
+    """The value of each knob the controllers chose, a row of panels per setting, regime and start (mean over the
+    counted seeds of each cell; dashed: running)."""
     knobs = task.knobs or ["learning_rate"]
-    plt, fig, axes = _figure(len(knobs) * len(task.regimes), height=3.0)
-    for i, regime in enumerate(task.regimes):
+    plt, fig, axes = _figure(len(knobs) * len(task.panels), height=3.0)
+    colours = label_colours(task)
+    for i, panel in enumerate(task.panels):
         for j, knob in enumerate(knobs):
             ax = axes[len(knobs) * i + j]
             values: list[float] = []
-            groups = [(label, points) for (r, label), points in task.curves.get(knob, Curves({})).by_group.items()
-                      if r == regime]  # fmt: skip
-            for (label, kwargs), (_, points) in zip(curve_styles(groups), groups):
+            groups = [(curve.label, curve.points[knob]) for curve in panel.curves if knob in curve.points]
+            for (shown, kwargs), (label, points) in zip(curve_styles(groups), groups):
                 epochs, mean, _, _ = zip(*points)
-                ax.step(epochs, mean, where="post", label=label, **kwargs)
+                ax.step(epochs, mean, where="post", label=shown, color=colours[label], **kwargs)
                 values += [v for v in mean if v is not None]
-            for run in task.running:
-                if run.regime == regime and knob in run.values:
+            for run in panel.running:
+                if knob in run.values:
                     ax.step(run.epochs, [math.nan if v is None else v for v in run.values[knob]], where="post",
-                            linestyle="--", label=f"{run.label}, seed {run.seed} (running)")  # fmt: skip
+                            linestyle="--", color=colours[run.label], label=_running_label(run))  # fmt: skip
                     values += [v for v in run.values[knob] if v is not None]
-            _panel_title(ax, f"regime {regime}: {metric_label(knob)}")
+            _panel_title(ax, f"{panel.title}: {metric_label(knob)}")
             ax.set_xlabel("epoch (value used during it)")
             positive = [v for v in values if v > 0 and math.isfinite(v)]
             if (
@@ -271,7 +284,7 @@ def decision_figure(task: TaskReport, runs=None, part: str = ""):
                         textcoords="offset points", ha="right" if right else "left", fontsize=7, color="tab:purple",
                         bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})  # fmt: skip
         running = " (running)" if run.status == "running" else ""
-        _panel_title(ax, f"{run.regime} · {run.controller} · seed {run.seed}{running}", fontsize=10)
+        _panel_title(ax, f"{run.where} · {run.label} · seed {run.seed}{running}", fontsize=10)
         ax.set_xlabel("epoch (decision made after it)")
         ax.set_ylabel(f"{task.label} ({task.direction})")
         ax.grid(alpha=0.3)
@@ -334,8 +347,9 @@ def difference_figure(task: str, objective: str, settings: list):
         if c.ci is None:
             ax.plot([c.mean], [y], marker="o", markerfacecolor="white", color="tab:blue", linestyle="")
         else:
-            ax.errorbar([c.mean], [y], xerr=[[c.mean - c.ci[0]], [c.ci[1] - c.mean]], fmt="o", color="tab:blue",
-                        capsize=3)  # fmt: skip
+            # max: equal differences give an interval equal to the mean but for the last bit of rounding
+            xerr = [[max(0.0, c.mean - c.ci[0])], [max(0.0, c.ci[1] - c.mean)]]
+            ax.errorbar([c.mean], [y], xerr=xerr, fmt="o", color="tab:blue", capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [label for label, _, _ in reversed(rows)], fontsize=8)
     ax.set_ylim(-0.6, len(rows) - 0.4)

@@ -163,7 +163,8 @@ def test_every_figure_shows_its_whole_title_axes_and_legend_at_the_size_it_is_wr
     with open_reader(db) as reader:
         data = read_report_data(reader)
     task = data.task("mnist")
-    assert [c.label for c in task.running] == ["heuristic"] and task.regimes == sorted(regimes, key=lambda r: -int(r))
+    running = [run.label for panel in task.panels for run in panel.running]
+    assert running == ["Guided (heuristic)"] and task.regimes == sorted(regimes, key=lambda r: -int(r))
     assert task.knobs == ["learning_rate", "dropout"]
     for build in (objective_figure, hyperparameter_figure, decision_figure):
         plt, fig = build(task)

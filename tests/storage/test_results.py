@@ -164,3 +164,73 @@ def test_the_paired_difference_figure_shows_every_cell_inside_it(study, tmp_path
     assert len(labels) == 3 and "100 · default · A/A (n=3)" in labels  # A/A, guided, bad-start guided
     assert outside_the_figure(fig) == []
     plt.close(fig)
+
+
+def test_the_per_epoch_figures_pool_as_the_tables_do_a_panel_per_start_a_curve_per_cell(study, tmp_path):
+    from storage.figures import decision_figure, hyperparameter_figure, objective_figure
+    from storage.report import read_report_data
+
+    with open_reader(study) as reader:
+        (task,) = read_report_data(reader).tasks
+    good, bad = task.panels
+    assert (good.title, bad.title) == ("regime 100 · start default", "regime 100 · start learning_rate=0.01")
+    assert [(c.label, c.seeds) for c in good.curves] == [("Baseline", 3), ("A/A", 3), ("Guided (heuristic)", 3)]
+    assert [(c.label, c.seeds) for c in bad.curves] == [("Baseline", 3), ("Guided (heuristic)", 3)]
+    # the bad start's baseline alone: finals 0.50, 0.40, 0.45 (pooled with the good start it would be 0.675)
+    assert bad.curves[0].points["objective"][-1] == pytest.approx((2, 0.45, 0.40, 0.50))
+    plt, fig = objective_figure(task)
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_visible()]
+    assert legends == [["Baseline", "A/A", "Guided (heuristic)"], ["Baseline", "Guided (heuristic)"]]
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [good.title, bad.title]
+    first, second = ({line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes[:2])
+    assert first["Guided (heuristic)"] == second["Guided (heuristic)"] != first["A/A"]  # a cell keeps its colour
+    plt.close(fig)
+    plt, fig = hyperparameter_figure(task)
+    titles = [ax.get_title().replace("\n", " ") for ax in fig.axes if ax.get_visible()]
+    assert titles[0] == "regime 100 · start default: learning rate" and len(titles) == 2 * len(task.knobs)
+    assert not any(t.get_text() == "none" for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+    plt.close(fig)
+    plt, fig = decision_figure(task)
+    titles = {ax.get_title().replace("\n", " ") for ax in fig.axes if ax.get_visible()}
+    assert "regime 100 · start learning_rate=0.01 · Guided (heuristic) · seed 2" in titles and len(titles) == 6
+    plt.close(fig)
+
+
+def test_the_figures_name_the_setting_and_variant_and_draw_a_seed_once(tmp_path):
+    from storage.report import read_report_data
+
+    db = tmp_path / "v.duckdb"
+    with duckdb.connect(str(db)) as con:
+        migrate(con)
+        buffer = RecordBuffer(con)
+        add_run(buffer, "six", "baseline", "none", 0, [0.5, 0.6, 0.7, 0.8, 0.85, 0.9])
+        add_run(buffer, "three-a", "baseline", "none", 0, [0.5, 0.6, 0.7])
+        add_run(buffer, "three-b", "baseline", "none", 0, [0.5, 0.6, 0.75])  # supersedes three-a
+        add_run(buffer, "drop", "guided", "heuristic", 0, [0.5, 0.6, 0.8], instructions=["raise dropout"])
+        add_run(buffer, "lr", "guided", "heuristic", 0, [0.5, 0.6, 0.6], instructions=["lower"])
+        buffer.add(started("going", "guided", "heuristic", 1, instructions=["lower"]))
+        buffer.add(epoch_record("going", 1, 0.4))
+        buffer.flush()
+    with open_reader(db) as reader:
+        (task,) = read_report_data(reader).tasks
+    three, six = task.panels
+    assert (three.title, six.title) == ("regime 100 · start default · epochs 3", "regime 100 · start default · epochs 6")
+    assert [c.label for c in three.curves] == ['Baseline', 'Guided (heuristic; instructions=["lower"])',
+                                               'Guided (heuristic; instructions=["raise dropout"])']  # fmt: skip
+    assert three.curves[0].seeds == 1 and three.curves[0].points["objective"][-1] == (3, 0.75, 0.75, 0.75)
+    assert [(r.label, r.seed, r.epochs) for r in three.running] == [('Guided (heuristic; instructions=["lower"])', 1,
+                                                                     [1])]  # fmt: skip
+    assert [c.label for c in six.curves] == ["Baseline"] and six.running == []
+
+
+def test_the_difference_figure_draws_an_interval_that_rounding_put_beside_its_mean(tmp_path):
+    db = tmp_path / "e.duckdb"
+    with duckdb.connect(str(db)) as con:
+        migrate(con)
+        buffer = RecordBuffer(con)
+        for seed in range(3):  # the same difference, 0.38, for every seed: mean 0.38000000000000006, CI (0.38, 0.38)
+            add_run(buffer, f"b{seed}", "baseline", "none", seed, [0.3, 0.5])
+            add_run(buffer, f"g{seed}", "guided", "heuristic", seed, [0.3, 0.88])
+        buffer.flush()
+    files, _ = write_report(db, tmp_path / "out")
+    assert "paired_differences.png" in [f.name for f in files]

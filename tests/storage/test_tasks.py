@@ -126,10 +126,12 @@ def test_the_report_of_a_min_task_has_its_own_table_figures_and_reference(db, tm
     assert [t.task for t in data.tasks] == ["mnist", "diabetes"]
     diabetes = data.task("diabetes")
     assert diabetes.knobs == ["learning_rate", "weight_decay"] and diabetes.regimes == ["full"]
-    assert [c.label for c in diabetes.running] == ["heuristic"]
-    assert diabetes.running[0].values == {"objective": [80.0, 65.0], "learning_rate": [1e-3, 1e-3],
+    (panel,) = diabetes.panels
+    assert panel.title == "regime full · start default" and [c.label for c in panel.running] == ["Guided (heuristic)"]
+    assert panel.running[0].values == {"objective": [80.0, 65.0], "learning_rate": [1e-3, 1e-3],
                                           "weight_decay": [1e-4, 1e-4]}  # fmt: skip
-    guided = diabetes.curves["objective"].by_group[("full", "heuristic")]
+    assert [(c.label, c.seeds) for c in panel.curves] == [("Baseline", 2), ("Guided (heuristic)", 2)]
+    guided = panel.curves[1].points["objective"]
     assert guided[1] == (2, 58.0, 57.0, 59.0)  # epoch, mean, min, max over the two seeds
 
     files, notes = write_report(db, tmp_path / "report")
