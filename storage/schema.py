@@ -236,46 +236,61 @@ VIEWS = f"""
 -- a diverged epoch, is never the best), the MNIST columns of the paper (NULL for other tasks), and the
 -- reference the task reported beside the run, if any (see REFERENCE_PREFIXES in storage/schema.py).
 CREATE OR REPLACE VIEW run_results AS
-SELECT r.run_id, r.pair_id, r.arm, r.regime, r.n_train, r.controller, r.seed, r.status,
-       count(e.epoch) AS epochs_run,
-       arg_max(e.val_acc, e.epoch) AS final_val_acc,
-       max(e.val_acc) AS max_val_acc,
-       arg_max(e.train_acc, e.epoch) AS final_train_acc,
-       r.task, r.objective, r.mode,
-       arg_max(e.objective, e.epoch) AS final_objective,
-       CASE WHEN r.mode = 'min' THEN min(e.objective) FILTER (WHERE NOT isnan(e.objective))
-            ELSE max(e.objective) FILTER (WHERE NOT isnan(e.objective)) END AS best_objective,
-       CASE WHEN r.mode = 'min' THEN arg_min(e.epoch, (e.objective, e.epoch)) FILTER (WHERE NOT isnan(e.objective))
-            ELSE arg_max(e.epoch, (e.objective, -e.epoch)) FILTER (WHERE NOT isnan(e.objective)) END AS best_epoch,
-       {_REFERENCE_NAME} AS reference,
-       {_REFERENCE_VALUE} AS reference_objective
-FROM runs r JOIN epochs e USING (run_id)
-GROUP BY r.run_id, r.pair_id, r.arm, r.regime, r.n_train, r.controller, r.seed, r.status, r.task, r.objective, r.mode;
+WITH per_run AS (
+    SELECT r.run_id, r.pair_id, r.arm, r.regime, r.n_train, r.controller, r.seed, r.status,
+           count(e.epoch) AS epochs_run,
+           arg_max(e.val_acc, e.epoch) AS final_val_acc,
+           max(e.val_acc) AS max_val_acc,
+           arg_max(e.train_acc, e.epoch) AS final_train_acc,
+           r.task, r.objective, r.mode,
+           arg_max(e.objective, e.epoch) AS final_objective,
+           CASE WHEN r.mode = 'min' THEN min(e.objective) FILTER (WHERE NOT isnan(e.objective))
+                ELSE max(e.objective) FILTER (WHERE NOT isnan(e.objective)) END AS best_objective,
+           CASE WHEN r.mode = 'min' THEN arg_min(e.epoch, (e.objective, e.epoch)) FILTER (WHERE NOT isnan(e.objective))
+                ELSE arg_max(e.epoch, (e.objective, -e.epoch)) FILTER (WHERE NOT isnan(e.objective)) END AS best_epoch,
+           {_REFERENCE_NAME} AS reference,
+           {_REFERENCE_VALUE} AS reference_objective,
+           -- the run's protocol: its experiment (runs.config->'experiment') without the seed; NULL before it existed
+           CASE WHEN any_value(r.config->'experiment') IS NOT NULL AND any_value(r.config->>'experiment') <> 'null'
+                THEN CAST(json_merge_patch(any_value(r.config->'experiment'), '{{"seed": null}}') AS VARCHAR) END
+               AS protocol,
+           coalesce(CAST(any_value(r.config->'experiment'->'start') AS VARCHAR), '{{}}') AS start,
+           any_value(r.finished_at) AS finished_at
+    FROM runs r JOIN epochs e USING (run_id)
+    GROUP BY r.run_id, r.pair_id, r.arm, r.regime, r.n_train, r.controller, r.seed, r.status, r.task, r.objective, r.mode
+)
+-- counted: the completed run a table counts for its protocol and seed (the one that finished last); runs
+-- recorded before the protocol existed all count, as they always did
+SELECT *, status = 'completed' AND (protocol IS NULL OR row_number() OVER (
+           PARTITION BY protocol, seed, status ORDER BY finished_at DESC NULLS LAST, run_id DESC) = 1) AS counted
+FROM per_run;
 
--- The paper's table (section 3.1), averaged over seeds, completed MNIST runs only.
+-- The paper's table (section 3.1), averaged over seeds, completed MNIST runs only, a row per protocol (a seed once).
 CREATE OR REPLACE VIEW paper_table AS
 SELECT regime, n_train, arm, controller,
        count(*) AS n_seeds,
        avg(final_val_acc) AS final_val_acc, stddev_samp(final_val_acc) AS final_val_acc_std,
        avg(max_val_acc) AS max_val_acc, stddev_samp(max_val_acc) AS max_val_acc_std,
-       avg(final_train_acc) AS train_acc, stddev_samp(final_train_acc) AS train_acc_std
+       avg(final_train_acc) AS train_acc, stddev_samp(final_train_acc) AS train_acc_std,
+       protocol  -- a row per protocol: runs of other epochs, starts, instructions or models are never pooled
 FROM run_results
-WHERE status = 'completed' AND task = 'mnist'
-GROUP BY regime, n_train, arm, controller
-ORDER BY n_train DESC, arm, controller;
+WHERE counted AND task = 'mnist'
+GROUP BY regime, n_train, arm, controller, protocol
+ORDER BY n_train DESC, arm, controller, protocol;
 
 -- Every task's table: its objective at the last epoch and at the best one, mean and sample std over
--- seeds, per regime (n_train: the budget), arm and controller; completed runs only.
+-- seeds, per regime (n_train: the budget), arm, controller and protocol (a seed once); completed runs only.
 CREATE OR REPLACE VIEW task_table AS
 SELECT task, regime, n_train, arm, controller, objective, mode,
        count(*) AS n_seeds,
        avg(final_objective) AS final_objective, stddev_samp(final_objective) AS final_objective_std,
        avg(best_objective) AS best_objective, stddev_samp(best_objective) AS best_objective_std,
-       avg(best_epoch) AS mean_best_epoch
+       avg(best_epoch) AS mean_best_epoch,
+       protocol, any_value(start) AS start
 FROM run_results
-WHERE status = 'completed'
-GROUP BY task, regime, n_train, arm, controller, objective, mode
-ORDER BY task, n_train DESC, arm, controller;
+WHERE counted
+GROUP BY task, regime, n_train, arm, controller, objective, mode, protocol
+ORDER BY task, n_train DESC, arm, controller, protocol;
 
 -- The references beside the runs, per task and regime: mean and std over seeds of each completed run's
 -- reference value (one per seed: the arms of a pair share their data and so their reference).
