@@ -13,7 +13,15 @@ import math
 
 from agents.proposals.proposal import Proposal
 from agents.state import AgentState
-from agents.trends import Trends, current_values, objective_decimals, step_digits, train_counterpart, training_trends
+from agents.trends import (
+    Trends,
+    current_values,
+    epoch_noise,
+    objective_decimals,
+    step_digits,
+    train_counterpart,
+    training_trends,
+)
 from bus.messages import EpochMetrics, Hyperparameter, TaskSpec
 
 PLATEAU_EPOCHS = 2  # epochs without a new best objective before the learning rate is lowered
@@ -24,6 +32,10 @@ MIN_LR = 1e-5  # the rules never lower a learning rate below this (nor below the
 # the rule's original threshold; 7.5 RMSE for the diabetes task's band of 0.5).
 GAP_NOISE_BANDS = 15
 DIVERGING_BANDS = 10  # the objective worsened by this many noise bands in one epoch: the run is diverging
+# A one-epoch fall counts as diverging, and a fall from the best as a collapse (one more), only beyond this many of
+# the run's own epoch noise (agents.trends.epoch_noise) as well as beyond the task's bands: with 100 MNIST images a
+# chance dip of 6 points at epoch 5 read as a collapse and rolled the run back (issue 19).
+NOISE_SIGMAS = 4
 # The rules never raise a regularization knob above this (nor above its high): dropout beyond 0.5 starves the
 # paper's small CNN. Knobs of a smaller range (weight decay, at most 0.1) stop at their own bound.
 MAX_RULE_REGULARIZATION = 0.5
@@ -215,11 +227,13 @@ def collapse(m: EpochMetrics) -> str | None:
         return f"{', '.join(broken)} {m.metrics[broken[0]]}: training diverged after {where}"
     value = m.objective_value
     before = m.history[-2].metrics.get(spec.objective, math.nan) if len(m.history) >= 2 else math.nan
-    fallen = spec.improvement(value, best_value) > COLLAPSE_BANDS * spec.noise_band
+    values = [h.metrics.get(spec.objective, math.nan) for h in m.history or []]
+    threshold = max(COLLAPSE_BANDS * spec.noise_band, (NOISE_SIGMAS + 1) * epoch_noise(values[:-1]))
+    fallen = spec.improvement(value, best_value) > threshold
     if fallen and not spec.better(value, before):
         return (
-            f"{spec.objective} collapsed to {value:.{d}f} from {where}, more than {COLLAPSE_BANDS} noise bands "
-            f"({COLLAPSE_BANDS * spec.noise_band:g})"
+            f"{spec.objective} collapsed to {value:.{d}f} from {where}, more than {threshold:.{d}f} (the larger of "
+            f"{COLLAPSE_BANDS} noise bands and {NOISE_SIGMAS + 1} times its epoch noise)"
         )
     return None
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from agents.controllers.rules import DIVERGING_BANDS, PLATEAU_EPOCHS, collapse, gap_widening, on_plateau
+from agents.controllers.rules import DIVERGING_BANDS, NOISE_SIGMAS, PLATEAU_EPOCHS, collapse, gap_widening, on_plateau
 from agents.trends import Trends, epochs_at_current_values, training_trends
 from bus.messages import EpochMetrics
 
@@ -42,7 +42,8 @@ def read_signal(m: EpochMetrics, t: Trends | None = None) -> Signal:
     if len(m.history) >= 2:
         before = m.history[-2].metrics.get(spec.objective, math.nan)
         change = spec.improvement(before, value)
-        if math.isfinite(before) and change < -DIVERGING_BANDS * spec.noise_band:
+        # beyond the run's own epoch noise too: not every chance dip of a noisy objective (100 MNIST images)
+        if math.isfinite(before) and change < -max(DIVERGING_BANDS * spec.noise_band, NOISE_SIGMAS * t.epoch_noise):
             return Signal("diverging", f"{spec.objective} fell from {before:.4g} to {value:.4g} in one epoch")
     if len(m.history) < 2:
         return Signal("start", "only one epoch so far")
