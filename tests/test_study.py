@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
-import duckdb
-import pytest
-
 from orchestration.study import (
     BAD_STARTS,
     STUDY_CONTROLLERS,
@@ -16,8 +11,6 @@ from orchestration.study import (
     study_sweeps,
     sweep_spec,
 )
-from storage import queries
-from storage.schema import migrate
 
 
 def test_the_published_study_covers_every_cell_the_issue_asks_for_from_both_starts():
@@ -50,30 +43,3 @@ def test_a_sweep_the_training_command_refuses_stops_the_study_with_one_line(tmp_
     assert run_study([bad], tmp_path / "s.duckdb", tmp_path / "runs") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-regime" in err[0]
-
-
-def _run(con, run_id, fingerprint, status, started):
-    con.execute(
-        "INSERT INTO runs (run_id, pair_id, arm, regime, n_train, controller, seed, epochs, status, started_at, config)"
-        " VALUES (?, 'p', 'baseline', 'full', 353, 'none', 0, 3, ?, TIMESTAMP '2026-01-01' + to_seconds(?), ?)",
-        [run_id, status, started, json.dumps({"fingerprint": fingerprint})],
-    )
-
-
-@pytest.fixture
-def con(tmp_path):
-    connection = duckdb.connect(str(tmp_path / "r.duckdb"))
-    migrate(connection)
-    yield connection
-    connection.close()
-
-
-def test_interrupted_runs_are_the_latest_interrupted_run_of_each_fingerprint_not_completed_since(con):
-    _run(con, "a1", "fa", "interrupted", 1)
-    _run(con, "a2", "fa", "interrupted", 2)  # the later one is continued
-    _run(con, "b1", "fb", "interrupted", 1)
-    _run(con, "b2", "fb", "completed", 2)  # completed since: nothing to continue
-    _run(con, "c1", "fc", "failed", 1)  # a failed run runs again, it is not continued
-    _run(con, "d1", "fd", "interrupted", 1)  # not asked for
-    assert queries.interrupted_runs(con, ["fa", "fb", "fc"]) == ["a2"]
-    assert queries.interrupted_runs(con, []) == []
