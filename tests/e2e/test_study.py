@@ -35,10 +35,10 @@ def test_a_small_study_reports_the_noise_floor_and_rescue_and_a_second_run_skips
     first = subprocess.run(study(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "study 1/2: diabetes full, 3 epochs, seeds 100-101, good start" in first.stdout
-    assert "study 2/2: diabetes full, 3 epochs, seeds 100-101, bad start learning_rate=0.1" in first.stdout
+    assert "study 2/2: diabetes full, 3 epochs, seeds 100-101, bad start learning_rate=0.0001" in first.stdout
     text = (tmp_path / "report" / "results.md").read_text()
     assert "A/A noise floor (regime full, start default)" in text and "Rescue from a bad start" in text
-    assert "| full | learning_rate=0.1 | Guided (heuristic) | 2 |" in text
+    assert "| full | learning_rate=0.0001 | Guided (heuristic) | 2 |" in text
     runs = completed(tmp_path / "s.duckdb")
     assert len(runs) == 2 * 2 * 3 and all(n == 1 for _, n in runs)  # starts x seeds x (baseline, aa, heuristic)
     again = subprocess.run(study(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
