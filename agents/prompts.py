@@ -199,7 +199,7 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
     """The controller's prompt for the state after epoch ``m`` (fixed part first, see :func:`instructions`)."""
     values = {**current_values(m), ALPHA: m.alpha}
     ranges = allowed_ranges(m)
-    lines = [preamble(m), "", f"Epoch {m.epoch} of {m.epochs_total} just finished.", *history_lines(m)]
+    lines = [preamble(m), "", f"Epoch {m.epoch} of {m.epochs_total} just finished.{effect_note(m)}", *history_lines(m)]
     lines += [
         trend_line(m),
         "Gradient/weight norms: "
@@ -225,6 +225,16 @@ def render_prompt(m: EpochMetrics, feed_reflection: bool = True, command_space: 
         + json.dumps(prompt_schema(m, command_space), separators=(",", ":"))
     )
     return "\n".join(lines)
+
+
+def effect_note(m: EpochMetrics) -> str:
+    """Under asynchronous decisions (``--decisions async``), the sentence saying which epoch the command takes
+    effect at: training goes on while it is decided. Empty under the synchronous protocol, whose prompts stay as
+    they were."""
+    if m.decisions != "async" or m.command_epoch is None:
+        return ""
+    return (f" Training goes on while you decide: your command takes effect at epoch {m.command_epoch}"
+            f" at the earliest, on the settings of then.")  # fmt: skip
 
 
 def repair_request(errors: list[str]) -> str:
@@ -280,7 +290,8 @@ def state_summary(m: EpochMetrics, signal_reason: str) -> str:
     lines.append(f"Evidence: {signal_reason}.")
     if m.instruction is not None:
         lines.append(f'The user says: "{m.instruction.text[:300]}"')
-    lines.append("What should we do for the next epoch?")
+    lines.append(f"What should we do from epoch {m.command_epoch} on?" if m.decisions == "async" and m.command_epoch
+                 else "What should we do for the next epoch?")
     return "\n".join(lines)
 
 

@@ -189,6 +189,11 @@ class EpochMetrics(Message):
     previous_reflection: Reflection | None = None
     instruction: Instruction | None = None  # the user's instruction active for this decision
     instruction_first_decision: bool = True  # no decision has been made with this instruction yet
+    # How the trainer waits for the decision (``--decisions``): ``sync`` trains the next epoch with it, ``async``
+    # trains on while it is made and applies it at the first epoch boundary after it arrives.
+    decisions: Literal["sync", "async"] = "sync"
+    # The first epoch the command will (sync) or is expected to (async: the epoch after the next) train with.
+    command_epoch: int | None = None
 
     @property
     def objective_value(self) -> float:

@@ -11,8 +11,9 @@ from bus.task_spec import MODEL_CONFIG
 
 # 2: task-agnostic metrics, objective and hyperparameters by name (issue 12); 3: a knob's family, aliases, label;
 # 4: UpdateCommand.rollback and DecisionRecord.rollback_to (a peer of version 3 would refuse them as unknown fields;
-# commands recorded in the database are read without the bus and replay as no rollback)
-SCHEMA_VERSION = 4
+# commands recorded in the database are read without the bus and replay as no rollback); 5: asynchronous decisions
+# (EpochMetrics.decisions and command_epoch, DecisionRecord.applied_epoch)
+SCHEMA_VERSION = 5
 
 # Hard bounds of the blend ratio: the one knob every task has (the trainer's, not the task's).
 ALPHA_RANGE = (0.0, 1.0)

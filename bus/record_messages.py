@@ -67,6 +67,9 @@ class DecisionRecord(Message):
     instruction_id: str | None = None  # the instruction the agent was given for this decision
     rollback_to: int | None = None  # the epoch whose checkpoint the trainer restored for this command, if any
     wait_ms: float | None = None  # the trainer's wait: request sent to answer received, or to its fallback
+    # The epoch after which the command was applied (asynchronous decisions: a later one than the decision's epoch,
+    # the one it was asked for); None for an applied command: the decision's own epoch (synchronous decisions).
+    applied_epoch: int | None = None
 
 
 class ReflectionRecord(Message):

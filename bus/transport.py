@@ -286,11 +286,15 @@ class RequestClient:
                 return lost
             lost = lost or event["event"] == zmq.EVENT_DISCONNECTED
 
-    def request(self, message: Message, timeout_ms: int | None = None) -> RequestOutcome:
+    def request(
+        self, message: Message, timeout_ms: int | None = None, cancelled: Callable[[], bool] | None = None
+    ) -> RequestOutcome:
         """Send ``message`` and wait for its reply; ``reply`` is None after every try failed.
 
         A try ends at its timeout, or as soon as the connection to the peer breaks (the peer process
-        died); the next try goes out on a fresh socket, which a restarted peer receives.
+        died); the next try goes out on a fresh socket, which a restarted peer receives. ``cancelled``, asked
+        about once a second while waiting, ends the request (no reply, error "cancelled", no further try): the
+        trainer's decision thread stops this way at shutdown.
         """
         timeout = timeout_ms or self.timeout_ms
         error = None
@@ -314,6 +318,9 @@ class RequestClient:
                     if self._monitor in ready and self._disconnected():
                         error = "the peer disconnected before replying"
                         break
+                    if cancelled is not None and cancelled():
+                        self._reset()
+                        return RequestOutcome(None, attempt, "cancelled")
             except BaseException:
                 self._reset()  # a REQ socket interrupted mid-request cannot send again
                 raise

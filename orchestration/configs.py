@@ -122,6 +122,7 @@ def trainer_config(
             epochs=spec.epochs, hyperparameters=dict(spec.start), **where,
             **unused_wait, alpha=spec.alpha, checkpoint_dir=run_dir.resolve() / "checkpoints",
             agent_retries=spec.agent_retries, instructions=spec.instructions if arm.name == "guided" else [],
+            decisions=spec.decisions,
         )  # fmt: skip
     original = TrainerConfig.model_validate(upgrade_recorded_config(arm.recorded["trainer"]))
     if arm.resume_from is not None:
@@ -129,7 +130,9 @@ def trainer_config(
         return original.model_copy(update={**where, "checkpoint_dir": arm.resume_from.parent,
                                            "resume_from": arm.resume_from, "instructions_read": reads})
     return original.model_copy(
-        update={**where, "run_id": arm.run_id, "controller": "replay", "resume_from": None,
+        # A replay is synchronous whatever the original was: each command applies after the epoch it was applied
+        # after in the original (storage.queries.recorded_commands), which reproduces an asynchronous run exactly.
+        update={**where, "run_id": arm.run_id, "controller": "replay", "resume_from": None, "decisions": "sync",
                 "instructions_read": resolve_controller("replay").reads_instructions,
                 "checkpoint_dir": run_dir.resolve() / "checkpoints"}
     )  # fmt: skip

@@ -181,6 +181,8 @@ def experiment(spec: RunSpec, task: TaskIdentity, regime: str, seed: int, arm: s
     }  # fmt: skip
     if spec.start:
         what["start"] = dict(spec.start)
+    if spec.decisions != "sync" and controller not in ("none", "aa"):  # absent when sync: older runs keep their identity
+        what["decisions"] = spec.decisions
     return what | agent_part(spec, controller, uses_llm)
 
 

@@ -141,6 +141,10 @@ class RunSpec(BaseModel):
     # Knob values every arm (baseline, aa, guided) starts from instead of the task's defaults (--start), checked
     # against the task's declarations by the command line; part of the experiment's identity when given.
     start: dict[str, float] = Field(default_factory=dict)
+    # How a trainer waits for its controller (issue 20): "sync", the paper's protocol, trains each epoch with the
+    # decision made after the previous one; "async" trains on while the decision is made and applies it at the first
+    # epoch boundary after it arrives (trainer/async_decisions.py). Part of the experiment's identity when async.
+    decisions: Literal["sync", "async"] = "sync"
 
     def agent_timeout(self, uses_llm: bool) -> float:
         """The trainer's wait per try for a controller's agent, s: the flag, else ``RULE_AGENT_TIMEOUT_S``, else

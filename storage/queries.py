@@ -89,13 +89,16 @@ def command_from_record(data: dict | str) -> UpdateCommand:
 
 def recorded_commands(source: Source, run_id: str) -> dict[int, UpdateCommand]:
     """epoch -> the command applied after that epoch of run ``run_id`` (as ``--replay`` applies them again),
-    in epoch order; commands recorded in the schema 1 format are converted (:func:`command_from_record`)."""
-    return {
-        epoch: command_from_record(command)
-        for epoch, command in rows(
-            source, "SELECT epoch, command FROM decisions WHERE run_id = ? ORDER BY epoch", [run_id]
-        )
-    }
+    in epoch order: an asynchronous decision under the epoch it was applied after (``applied_epoch``), one never
+    applied (the last epoch's) under the epoch it was asked for unless a command was applied there; commands
+    recorded in the schema 1 format are converted (:func:`command_from_record`)."""
+    commands: dict[int, UpdateCommand] = {}
+    for epoch, applied_epoch, command in rows(
+        source, "SELECT epoch, applied_epoch, command FROM decisions WHERE run_id = ? "
+        "ORDER BY applied_epoch IS NULL, coalesce(applied_epoch, epoch)", [run_id],
+    ):  # fmt: skip
+        commands.setdefault(epoch if applied_epoch is None else applied_epoch, command_from_record(command))
+    return dict(sorted(commands.items()))
 
 
 RESUMED_TABLES = ("epochs", "decisions", "reflections")

@@ -49,7 +49,7 @@ INSERTS: dict[str, str] = {
         "decisions",
         "run_id, epoch, controller, prompt, raw_output, command, valid, repair_attempts, fallback, fallback_reason, "
         "clamped, notes, applied, latency_ms, prompt_tokens, completion_tokens, instruction_id, instruction_outcome, held, "
-        "choice, choice_margin, overridden_proposal, rollback_to, llm_calls, wait_ms, cost_usd",
+        "choice, choice_margin, overridden_proposal, rollback_to, llm_calls, wait_ms, cost_usd, applied_epoch",
     ),
     # Sent twice: when the instruction becomes active, then with the first epoch it shaped.
     "instructions": "INSERT INTO instructions (instruction_id, run_id, text, source, received_at, first_epoch, "
@@ -118,8 +118,8 @@ def _epoch_row(m: EpochRecord) -> tuple:
 
 
 def _decision_row(message: DecisionRecord) -> tuple:
-    """A ``decisions`` row: the decision, its command as JSON, whether the trainer applied it and the epoch a
-    rollback restored."""
+    """A ``decisions`` row: the decision, its command as JSON, whether the trainer applied it, after which epoch
+    (a synchronous decision: the epoch it was asked for) and the epoch a rollback restored."""
     d = message.decision
     return (
         d.run_id,
@@ -148,6 +148,7 @@ def _decision_row(message: DecisionRecord) -> tuple:
         d.llm_calls,
         message.wait_ms,
         d.cost_usd,
+        message.applied_epoch if message.applied_epoch is not None or not message.applied else d.epoch,
     )
 
 

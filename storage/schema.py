@@ -210,6 +210,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE decisions ADD COLUMN cost_usd DOUBLE;     -- its tokens at the user's --llm-price, USD
         """,
     ),
+    (
+        11,
+        """
+        -- Decisions that do not stall training (issue 20, --decisions async): a decision asked for after epoch
+        -- ``epoch`` is applied at a later epoch's boundary. Synchronous decisions are applied where they were asked.
+        ALTER TABLE decisions ADD COLUMN applied_epoch INTEGER;   -- applied after this epoch; NULL: not applied
+        UPDATE decisions SET applied_epoch = epoch WHERE applied;
+        """,
+    ),
 ]
 
 # Reference values a task reports beside its model: a metric named ``<prefix>_<objective>`` with a prefix

@@ -4,6 +4,8 @@ gives none it can use (ARCHITECTURE.md, the epoch protocol)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -50,19 +52,27 @@ def connect_agent(child: Child, cfg: TrainerConfig, log) -> RequestClient | None
     return agent
 
 
-def ask_agent(
-    agent: RequestClient, metrics: EpochMetrics, controller: str, model, log
-) -> tuple[Decision, dict[str, torch.Tensor], float]:
-    """The agent's decision for this epoch, or a recorded fallback if it fails to give a usable one; its deltas;
-    and the trainer's wait for it, ms: request sent (retries and timeouts included) to answer received or fallback
-    (``decisions.wait_ms``)."""
-    log.info("agent_asked", epoch=metrics.epoch)
+@dataclass(frozen=True)
+class DecisionOutcome:
+    """One request's result: the agent's decision, or the recorded fallback (``fallback_reason`` says why); the
+    trainer's wait for it, ms, from request sent (retries and timeouts included) to answer or fallback; the tries."""
+
+    decision: Decision
+    waited_ms: float
+    attempts: int
+
+
+def request_decision(
+    agent: RequestClient, metrics: EpochMetrics, controller: str, cancelled: Callable[[], bool] | None = None
+) -> DecisionOutcome:
+    """The agent's checked decision for ``metrics``, or a fallback when it gives none the trainer can use. Logs
+    nothing, so it may run on a thread of its own (``trainer.async_decisions``: the log forwards to the recorder's
+    socket, which belongs to the main thread); :func:`log_outcome` logs it. ``cancelled``: see
+    ``RequestClient.request``."""
     started = time.perf_counter()
-    outcome = agent.request(metrics)
+    outcome = agent.request(metrics, cancelled=cancelled)
     waited_ms = (time.perf_counter() - started) * 1000.0
     reply = outcome.reply
-    if reply is not None and outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
-        log.warning("agent_retried", epoch=metrics.epoch, attempts=outcome.attempts)
     if reply is None:
         reason = f"agent: {outcome.error} after {outcome.attempts} attempt(s)"
     elif isinstance(reply, ErrorReply):
@@ -72,11 +82,47 @@ def ask_agent(
     else:
         try:
             check_hyperparameters(metrics.task, reply.command.hyperparameters)
-            return reply, deltas_from_command(reply.command, model), waited_ms
-        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a delta of strings that pydantic let through
+            return DecisionOutcome(reply, waited_ms, outcome.attempts)
+        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a value pydantic let through
             reason = f"trainer refused the command: {exc}"
-    log.warning("fallback", epoch=metrics.epoch, reason=reason, waited_ms=round(waited_ms))
-    return fallback_decision(metrics, controller, reason, waited_ms), {}, waited_ms
+    return DecisionOutcome(fallback_decision(metrics, controller, reason, waited_ms), waited_ms, outcome.attempts)
+
+
+def log_outcome(log, epoch: int, outcome: DecisionOutcome) -> None:
+    """The trainer's log lines for one request: a retry that succeeded, or the fallback and why."""
+    if outcome.decision.fallback:
+        log.warning("fallback", epoch=epoch, reason=outcome.decision.fallback_reason,
+                    waited_ms=round(outcome.waited_ms))  # fmt: skip
+    elif outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
+        log.warning("agent_retried", epoch=epoch, attempts=outcome.attempts)
+
+
+def command_deltas(
+    decision: Decision, metrics: EpochMetrics, controller: str, model, waited_ms: float, log
+) -> tuple[Decision, dict[str, torch.Tensor]]:
+    """The decision with its weight deltas for ``model`` as it is now (``trainer.modulation``), or a fallback (logged,
+    with the trainer's wait ``waited_ms``) when they cannot be made: names, shapes, finiteness are checked here, since
+    the trainer never trusts the bus."""
+    if decision.fallback:
+        return decision, {}
+    try:
+        return decision, deltas_from_command(decision.command, model)
+    except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a delta of strings that pydantic let through
+        reason = f"trainer refused the command: {exc}"
+    log.warning("fallback", epoch=decision.epoch, reason=reason, waited_ms=round(waited_ms))
+    return fallback_decision(metrics, controller, reason, waited_ms), {}
+
+
+def ask_agent(
+    agent: RequestClient, metrics: EpochMetrics, controller: str, model, log
+) -> tuple[Decision, dict[str, torch.Tensor], float]:
+    """The synchronous protocol: the agent's decision for this epoch, or a recorded fallback if it fails to give a
+    usable one; its deltas; and the trainer's wait for it, ms (``decisions.wait_ms``)."""
+    log.info("agent_asked", epoch=metrics.epoch)
+    outcome = request_decision(agent, metrics, controller)
+    log_outcome(log, metrics.epoch, outcome)
+    decision, deltas = command_deltas(outcome.decision, metrics, controller, model, outcome.waited_ms, log)
+    return decision, deltas, outcome.waited_ms
 
 
 def charged(summary: EpochSummary, decision: Decision) -> EpochSummary:

@@ -67,6 +67,8 @@ class TrainerConfig(BaseModel):
     instructions: list[ScheduledInstruction] = Field(default_factory=list)
     # PULL: instructions given during the run (run.py say), pushed by the orchestrator; None: not taken.
     instruction_endpoint: str | None = None
+    # The trainer's wait for its controller (RunSpec.decisions); a config recorded before it existed was "sync".
+    decisions: Literal["sync", "async"] = "sync"
 
     @property
     def checkpoint_file(self) -> Path:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import zmq
 
@@ -93,16 +93,21 @@ def superseded_records(run_id: str, said: list[InstructionUpdate]) -> list[Instr
 
 def decision_records(
     cfg: TrainerConfig, carry: Carry, epoch: int, decision: Decision, applied: bool, rollback_to: int | None = None,
-    wait_ms: float | None = None,
+    wait_ms: float | None = None, instruction: Instruction | None | Literal["in force"] = "in force",
+    applied_epoch: int | None = None,
 ) -> list:
-    """The records of one decision: the instruction's first shaped epoch (only for a decision that read it — a
-    fallback did not, so the instruction is still to be carried out at the next one), the decision naming the
-    instruction in force, the epoch a rollback restored and the trainer's ``wait_ms`` for it, and the reflection it
-    carried."""
-    records: list = [] if decision.fallback else shaped_record(cfg, carry, epoch)
-    instruction_id = carry.instruction.instruction_id if carry.instruction else None
+    """The records of one decision asked for after ``epoch`` with ``instruction`` in force: the instruction's first
+    shaped epoch (only for a decision that read it — a fallback did not, so the instruction is still to be carried
+    out at the next one; nor did an asynchronous decision asked before the instruction came), the decision naming
+    the instruction, the epoch after which it was applied when that is a later one, the epoch a rollback restored
+    and the trainer's ``wait_ms`` for it, and the reflection it carried."""
+    current = carry.instruction.instruction_id if carry.instruction else None
+    instruction = carry.instruction if instruction == "in force" else instruction
+    instruction_id = instruction.instruction_id if instruction else None
+    read_current = instruction_id is not None and instruction_id == current
+    records: list = shaped_record(cfg, carry, epoch) if read_current and not decision.fallback else []
     records.append(DecisionRecord(decision=decision, applied=applied, instruction_id=instruction_id,
-                                  rollback_to=rollback_to, wait_ms=wait_ms))  # fmt: skip
+                                  rollback_to=rollback_to, wait_ms=wait_ms, applied_epoch=applied_epoch))  # fmt: skip
     if decision.reflection is not None:
         records.append(ReflectionRecord(run_id=cfg.run_id, reflection=decision.reflection))
     return records

@@ -34,7 +34,8 @@ from bus.messages import (
 from bus.transport import RecordSender
 from tasks.base import DataUnavailableError, EpochResult, Task, setup_task
 from tasks.registry import make_task
-from trainer.agent_client import ask_agent, charged, connect_agent
+from trainer.agent_client import ask_agent, charged, command_deltas, connect_agent, log_outcome
+from trainer.async_decisions import DecisionChannel
 from trainer.checkpoint import (
     CheckpointError,
     TrainingState,
@@ -184,6 +185,69 @@ def apply_decision(task: Task, carry: Carry, decision: Decision, new_deltas: dic
     carry.previous_command = command
 
 
+def settle(
+    cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, asked: EpochMetrics, decision: Decision,
+    new_deltas: dict[str, torch.Tensor], waited_ms: float, records: list, log,
+) -> int | None:
+    """At the boundary after ``epoch``: record ``decision`` (asked for with ``asked``: this epoch's metrics in the
+    synchronous protocol, an earlier epoch's in the asynchronous one) into ``records`` and, unless this is the last
+    epoch, apply it from the next epoch on, rolling back first when it says so. Returns the epoch a rollback
+    restored, else None."""
+    charge(carry, asked.epoch, decision)  # what the run has spent, for its caps
+    applied = epoch < cfg.epochs
+    rollback_to = roll_back(cfg, task, carry, epoch, log) if applied and decision.command.rollback else None
+    applied_epoch = epoch if applied and asked.epoch != epoch else None  # None: where it was asked (the row says so)
+    records += decision_records(cfg, carry, asked.epoch, decision, applied, rollback_to, waited_ms,
+                                asked.instruction, applied_epoch)  # fmt: skip
+    # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
+    carry.previous_reflection = decision.reflection
+    if applied:
+        apply_decision(task, carry, decision, new_deltas)
+    return rollback_to
+
+
+def charge(carry: Carry, epoch: int, decision: Decision) -> None:
+    """Write the decision's model calls and cost into the history entry of the epoch it was asked for."""
+    for index in range(len(carry.history) - 1, -1, -1):
+        if carry.history[index].epoch == epoch:
+            carry.history[index] = charged(carry.history[index], decision)
+            return
+
+
+def decide_async(
+    cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, channel: DecisionChannel, metrics: EpochMetrics,
+    records: list, log,
+) -> tuple[Decision | None, float, int | None]:
+    """The asynchronous protocol at the boundary after ``epoch`` (``trainer.async_decisions``): settle the answer
+    that arrived while the epoch trained (after the last epoch: wait for the one in flight, recorded as not
+    applied), then ask about this epoch's state unless a request is still in flight (this epoch's metrics are then
+    superseded, logged) or no command could take effect any more. Returns the decision settled (None: none
+    arrived), the trainer's wait for it (ms) and the epoch a rollback restored."""
+    last = epoch == cfg.epochs
+    answer = channel.wait() if last else channel.answered()
+    decision, rollback_to, blocked_ms = None, None, 0.0
+    if answer is not None:
+        log_outcome(log, answer.metrics.epoch, answer.outcome)
+        decision, new_deltas = command_deltas(answer.outcome.decision, answer.metrics, cfg.controller, task.model,
+                                              answer.outcome.waited_ms, log)  # fmt: skip
+        blocked_ms = answer.blocked_ms
+        rollback_to = settle(cfg, task, carry, epoch, answer.metrics, decision, new_deltas, blocked_ms, records, log)
+    elif carry.deltas:  # a delta lasts one epoch
+        carry.deltas = {}
+    if epoch + 2 > cfg.epochs:  # answered during the next epoch at the earliest, it would apply after the last one
+        return decision, blocked_ms, rollback_to
+    if channel.in_flight is not None:
+        log.info("request_superseded", epoch=epoch, in_flight=channel.in_flight.epoch)
+        return decision, blocked_ms, rollback_to
+    log.info("agent_asked", epoch=epoch)
+    channel.ask(metrics.model_copy(update={
+        "hyperparameters": dict(carry.hyperparameters), "alpha": carry.alpha,  # in force now, after the settle
+        "previous_command": carry.previous_command, "previous_reflection": carry.previous_reflection,
+        "decisions": "async", "command_epoch": epoch + 2,
+    }))  # fmt: skip
+    return decision, blocked_ms, rollback_to
+
+
 def save_and_send(cfg: TrainerConfig, task: Task, carry: Carry, epoch: int, sender: RecordSender, records) -> None:
     """The checkpoint first, then the records: every epoch in the database is one a resume continues after,
     and records the recorder has not confirmed travel in the checkpoint until it does."""
@@ -226,16 +290,11 @@ def run_epochs(
         record, metrics = epoch_metrics(cfg, task, spec, result, wall_s, carry)
         records.append(record)
         decision, waited_ms, rollback_to = None, 0.0, None
-        if agent is not None:
+        if isinstance(agent, DecisionChannel):
+            decision, waited_ms, rollback_to = decide_async(cfg, task, carry, epoch, agent, metrics, records, log)
+        elif agent is not None:
             decision, new_deltas, waited_ms = ask_agent(agent, metrics, cfg.controller, task.model, log)
-            carry.history[-1] = charged(carry.history[-1], decision)  # what the run has spent, for its caps
-            applied = epoch < cfg.epochs
-            rollback_to = roll_back(cfg, task, carry, epoch, log) if applied and decision.command.rollback else None
-            records += decision_records(cfg, carry, epoch, decision, applied, rollback_to, waited_ms)
-            # No reflection (a fallback epoch): no verdict to carry, not the stale one from before.
-            carry.previous_reflection = decision.reflection
-            if applied:
-                apply_decision(task, carry, decision, new_deltas)
+            rollback_to = settle(cfg, task, carry, epoch, metrics, decision, new_deltas, waited_ms, records, log)
         elif carry.deltas:  # a baseline never modulates; a delta lasts one epoch
             carry.deltas = {}
         save_and_send(cfg, task, carry, epoch, sender, records)
@@ -269,6 +328,9 @@ def train(cfg: TrainerConfig, child: Child) -> int:
         else:
             carry = Carry(hyperparameters=task.hyperparameter_values(), alpha=cfg.alpha)
         agent = connect_agent(child, cfg, child.log)
+        if agent is not None and cfg.decisions == "async":
+            agent = DecisionChannel(agent, cfg.controller)
+            child.on_close.append(agent.close)  # runs before the agent's sockets close (on_close runs in reverse)
         inbox = InstructionInbox(child, cfg.instruction_endpoint)
         child.log.info("training_started", task=cfg.task, regime=cfg.regime, epochs=cfg.epochs, device=str(device))
         return run_epochs(cfg, task, carry, agent, inbox, child.sender, child.log, child.orphaned)

@@ -127,6 +127,15 @@ def _experiment_flags(p: argparse.ArgumentParser) -> None:
         "--epochs", type=_positive_int, default=None, help="epochs per arm (default: the task's, 30 for mnist)"
     )
     p.add_argument(
+        "--decisions",
+        choices=("sync", "async"),
+        default=default("decisions"),
+        help="how training waits for its controller: 'sync' (the paper's protocol) trains each epoch with the "
+        "decision made after the previous one; 'async' trains on while it is made and applies it at the first epoch "
+        f"boundary after it arrives, the epoch asked for and the epoch applied both recorded (default: "
+        f"{default('decisions')})",
+    )
+    p.add_argument(
         "--seed",
         type=_non_negative_int,
         default=default("seed"),
