@@ -11,6 +11,8 @@ says "its process has exited" at once instead of waiting for a socket that nobod
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
@@ -130,3 +132,32 @@ def lookup(kind: type[PublishedT], db: Path) -> Lookup[PublishedT]:
     if read_published(kind, db) == info:  # not replaced meanwhile by a new owner: the dead one's file goes
         path.unlink(missing_ok=True)
     return Lookup(path, info, False)
+
+
+class DatabaseBusy(Exception):
+    """Another ``run.py`` invocation (training, a study) holds the database: one line for the user."""
+
+
+@contextmanager
+def invocation_lock(db: Path) -> Iterator[None]:
+    """Hold ``<db>.lock`` while one invocation that trains into ``db`` (``run.py``, ``run.py study``) plans, trains and
+    reports, so a second one started at the same moment cannot plan the same arms as not yet run (and run them
+    twice) nor race the first for DuckDB's lock. The lock is the operating system's (``filelock``, ``flock`` on
+    POSIX): it goes with its process, a killed one included, so a lock file left behind never blocks anyone.
+    Readers (``run.py sql``, ``report``, ``say``) do not take it. Raises :class:`DatabaseBusy` when another holds it
+    (naming its pid when its orchestrator has published itself)."""
+    from filelock import FileLock, Timeout
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(db.with_name(db.name + ".lock")), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = read_published(InvocationEndpoint, db)
+        who = f" (pid {holder.pid})" if holder is not None and pid_alive(holder.pid) else ""
+        raise DatabaseBusy(f"another run.py invocation{who} is training into this database: wait for it to end, or "
+                           f"use another --db (run.py sql / report / say work beside it)") from None  # fmt: skip
+    try:
+        yield
+    finally:
+        lock.release()

@@ -81,7 +81,14 @@ def main(argv: list[str]) -> int:
         return 0
     db = args.db or (QUICK_DB if args.quick else FULL_DB)
     report = args.report or (db.with_suffix("") if args.quick else FULL_REPORT)
-    code = run_study(sweeps, db, args.out, ["--device", args.device])
+    from bus.discovery import DatabaseBusy, invocation_lock
+
+    try:
+        with invocation_lock(db):  # the whole study, so that no other invocation slips in between two sweeps
+            code = run_study(sweeps, db, args.out, ["--device", args.device])
+    except DatabaseBusy as exc:
+        print(f"run.py study: error: --db {db}: {exc}", file=sys.stderr)
+        return 2
     if code in (2, 130):
         return code
     from orchestration.commands.report import main as write_report

@@ -20,13 +20,24 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Check the flags, then run the invocation (which says back each instruction, and what of them cannot take
     effect, before training); 2 with one line for a bad flag."""
-    try:
-        spec = validate_args(parser().parse_args(argv))
-    except CliError as exc:
-        print(f"run.py: error: {exc}", file=sys.stderr)
-        return 2
-    if (notice := cost_notice(spec)) is not None:
-        print(notice, flush=True)
-    from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
+    from bus.discovery import DatabaseBusy, invocation_lock
 
-    return run_invocation(spec)
+    args = parser().parse_args(argv)
+    try:
+        with invocation_lock(args.db):  # before the database is opened: a second invocation gets one line
+            try:
+                spec = validate_args(args)
+            except CliError as exc:
+                print(f"run.py: error: {exc}", file=sys.stderr)
+                return 2
+            if (notice := cost_notice(spec)) is not None:
+                print(notice, flush=True)
+            from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
+
+            return run_invocation(spec)
+    except DatabaseBusy as exc:
+        print(f"run.py: error: --db {args.db}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the lock file cannot be created: the folder is not writable
+        print(f"run.py: error: --db {args.db}: cannot open for writing: {exc.strerror}", file=sys.stderr)
+        return 2

@@ -1,0 +1,36 @@
+"""Two training invocations on one database: the second, started while the first plans and trains, gets one line
+and exit code 2 (``bus.discovery.invocation_lock``) instead of racing it — before the lock, two invocations started
+within a second both planned the same arm as not yet run and recorded it twice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def test_a_second_invocation_on_the_same_database_gets_one_line_and_records_nothing(tmp_path):
+    db, out = tmp_path / "c.duckdb", tmp_path / "runs"
+    flags = ["--task", "diabetes", "--regime", "50", "--epochs", "3", "--controller", "none", "--db", str(db),
+             "--out", str(out)]  # fmt: skip
+    first = subprocess.Popen([sys.executable, "run.py", *flags], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert first.stdout.readline().startswith("ReflectNet |")  # its headline: it has planned, holding the lock
+        second = subprocess.run([sys.executable, "run.py", *flags], cwd=REPO, capture_output=True, text=True,
+                                timeout=120)  # fmt: skip
+        first_out, first_err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, first_err[-2000:]
+    assert second.returncode == 2, second.stdout[-1000:] + second.stderr[-1000:]
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another run.py invocation" in lines[0] and "Traceback" not in second.stderr
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
