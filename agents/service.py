@@ -149,6 +149,27 @@ class DecisionService:
         self.cache: OrderedDict[tuple[str, int], Decision] = OrderedDict()
         self.serves = set(cfg.run_ids) if cfg.run_ids is not None else None
 
+    def warm_up(self) -> None:
+        """For a controller that calls the embedded model (a remote one is never called, nor charged, for nothing):
+        one decision on a made-up first epoch (``model_server.manager``'s
+        example), answered to nobody, so the first real decision does not pay what a process's first model call
+        costs (imports, graph compilation, the server's first scoring and rationale): on a loaded machine the very
+        first decision of a default run fell back after the 20 s model timeout. Logged with its latency; a failure
+        is logged and costs nothing (the first decision then pays as before)."""
+        if not resolve_controller(self.cfg.controller).uses_llm or self.cfg.llm is None or self.cfg.llm.provider != "local":
+            return
+        from model_server.manager import example_metrics
+
+        started = time.perf_counter()
+        try:
+            decision = decide(self.graph, self.policy.name, example_metrics(), self.cfg.max_repairs,
+                              self.cfg.feed_reflection, self.cfg.command_space, self.meter)  # fmt: skip
+        except Exception as exc:  # a user's node or controller may raise anything
+            self.log.warning("warm_up_failed", reason=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        self.log.info("warmed_up", latency_ms=round((time.perf_counter() - started) * 1000.0, 1),
+                      fallback=decision.fallback)  # fmt: skip
+
     def refuse(self, reason: str, event: str, **data) -> ErrorReply:
         self.log.warning(event, reason=reason, **data)
         return ErrorReply(reason=reason[:2000], pid=os.getpid())
@@ -222,6 +243,7 @@ def serve(cfg: AgentConfig, child: Child) -> int:
         except zmq.ZMQError as exc:
             return child.fail(f"cannot bind its health socket {cfg.health_endpoint}: {exc}", EXIT_BIND_FAILED)
     warm_up_reader()  # the embedding's load (about 0.2 s) is not paid by the first decision
+    service.warm_up()  # nor the first model call's
     child.log.info("agent_ready", endpoint=cfg.endpoint, controller=service.policy.name, nodes=cfg.nodes,
                    llm_base_url=cfg.llm.base_url if cfg.llm else None, llm_reflection=service.llm_reflection)  # fmt: skip
     while not child.orphaned():

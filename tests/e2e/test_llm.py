@@ -91,6 +91,10 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
     assert len(calls) == 3 and all(n >= 1 and cost == 0.0 and p > c > 0 for n, cost, p, c in calls), calls
     costs = dict(query(db, "SELECT r.controller, c.llm_calls FROM run_costs c JOIN runs r USING (run_id)"))
     assert costs == {"llm": sum(n for n, *_ in calls), "replay": 0}
+    # The agent warmed the embedded model up with one decision answered to nobody before the first real one.
+    warmed = query(db, "SELECT min(ts) FILTER (event = 'warmed_up'), min(ts) FILTER (event = 'decision') FROM events "
+                       "WHERE component = 'agent'")  # fmt: skip
+    assert warmed[0][0] is not None and warmed[0][0] < warmed[0][1], warmed
 
 
 def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path):
@@ -129,6 +133,7 @@ def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path)
     assert all("is not a valid setting" in reason for reason in reasons), reasons
     config = json.loads(query(db, "SELECT config FROM runs")[0][0])
     assert config["agent"]["llm"]["provider"] == "openai" and config["agent"]["command_space"] == "free"
+    assert query(db, "SELECT count(*) FROM events WHERE event = 'warmed_up'") == [(0,)]  # a remote model: no warm-up
     # The key is used, never written down.
     dump = "".join(
         str(row)
