@@ -5,7 +5,8 @@
 
 Figures: trainer vs plain eager PyTorch training throughput; validation pass time; agent round trip
 over the bus with the heuristic controller; embedded-model decision latency; end-to-end wall time of
-``--regime 1pct``, guided arm vs baseline arm.
+``--regime 1pct``, guided arm vs baseline arm, with synchronous and asynchronous decisions (``--decisions async``,
+also against a scripted remote endpoint answering in 5 s).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from agents.config import AgentConfig
 from agents.graph import pipeline_with
 from agents.config import LLMSettings
 from model_server.manager import LocalLLMServer
+from bench.scripted_endpoint import ScriptedOpenAI, ScriptedReply
 from bench.throughput import measure
 from bus.messages import Decision, EpochMetrics, EpochSummary, Hello, Ready
 from bus.transport import RequestClient, ipc_endpoint, socket_folder
@@ -115,25 +117,37 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
-def end_to_end(epochs: int, workdir: Path) -> dict[str, float]:
-    db = workdir / "e2e.duckdb"
-    cmd = [
-        sys.executable,
-        "run.py",
-        "--regime",
-        "1pct",
-        "--epochs",
-        str(epochs),
-        "--db",
-        str(db),
-        "--out",
-        str(workdir / "runs"),
-    ]
+REMOTE_DELAY_S = 5.0  # issue 20: a remote model answering each call in 5 s
+HOLD = json.dumps({"learning_rate": 0.001, "dropout": 0.2, "alpha": 0.4, "rationale": "keep the settings"})
+VERDICT = json.dumps({"verdict": "neutral", "text": "no change"})
+
+
+def run_seconds(db: Path, workdir: Path, *flags: str) -> float:
+    """Wall time (s, start to finish as recorded) of the guided run of ``run.py --regime 1pct *flags``, into ``db``."""
+    cmd = [sys.executable, "run.py", "--regime", "1pct", "--db", str(db), "--out", str(workdir / "runs"), *flags]
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     with duckdb.connect(str(db), read_only=True) as con:
-        rows = dict(con.execute("SELECT arm, epoch(finished_at - started_at) FROM runs").fetchall())
-    return {"e2e_epochs": epochs, "e2e_baseline_s": rows["baseline"], "e2e_guided_s": rows["guided"],
-            "e2e_ratio": rows["guided"] / rows["baseline"]}  # fmt: skip
+        return con.execute("SELECT epoch(finished_at - started_at) FROM runs WHERE arm = 'guided' "
+                           "ORDER BY started_at DESC LIMIT 1").fetchall()[0][0]  # fmt: skip
+
+
+def end_to_end(epochs: int, workdir: Path) -> dict[str, float]:
+    """``--regime 1pct`` for ``epochs`` epochs: the baseline and the guided arm (embedded model) with synchronous
+    decisions, the guided arm again with asynchronous ones, and with asynchronous ones against a scripted endpoint
+    answering every call in :data:`REMOTE_DELAY_S` — each guided time over the baseline's."""
+    db = workdir / "e2e.duckdb"
+    sync_s = run_seconds(db, workdir, "--epochs", str(epochs))
+    with duckdb.connect(str(db), read_only=True) as con:
+        baseline_s = con.execute("SELECT epoch(finished_at - started_at) FROM runs WHERE arm = 'baseline'").fetchall()[0][0]
+    async_s = run_seconds(db, workdir, "--epochs", str(epochs), "--arms", "guided", "--decisions", "async")
+    scripts = {"controller": ScriptedReply(HOLD), "judge": ScriptedReply(VERDICT)}
+    with ScriptedOpenAI({}, scripts, delay_s=REMOTE_DELAY_S) as remote:
+        remote_s = run_seconds(db, workdir, "--epochs", str(epochs), "--arms", "guided", "--decisions", "async",
+                               "--llm-base-url", remote.base_url, "--llm-model", "scripted", "--llm-decision", "free",
+                               "--llm-command-space", "free")  # fmt: skip
+    return {"e2e_epochs": epochs, "e2e_baseline_s": baseline_s, "e2e_guided_s": sync_s, "e2e_ratio": sync_s / baseline_s,
+            "e2e_async_s": async_s, "e2e_async_ratio": async_s / baseline_s,
+            "e2e_remote_async_s": remote_s, "e2e_remote_async_ratio": remote_s / baseline_s}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,7 +205,9 @@ def print_figures(f: dict[str, float]) -> None:
         ("agent round trip, heuristic, p50 / p99", f"{f['agent_rtt_p50_ms']:.1f} / {f['agent_rtt_p99_ms']:.1f} ms"),
         ("embedded-model decision, p50 / p95", f"{f['llm_decision_p50_s']:.2f} / {f['llm_decision_p95_s']:.2f} s"),
         (f"end-to-end 1pct, {f['e2e_epochs']} epochs: baseline / guided", f"{f['e2e_baseline_s']:.0f} / {f['e2e_guided_s']:.0f} s"),
-        ("  guided / baseline", f"{f['e2e_ratio']:.2f}x"),
+        ("  guided / baseline, synchronous decisions", f"{f['e2e_ratio']:.2f}x"),
+        ("  guided / baseline, --decisions async (target <= 1.10)", f"{f['e2e_async_ratio']:.2f}x"),
+        (f"  same, a remote model answering in {REMOTE_DELAY_S:.0f} s (target <= 1.15)", f"{f['e2e_remote_async_ratio']:.2f}x"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     print(f"\nReflectNet benchmark ({f['threads']} torch threads, {f['cpu_count']} cores)")
