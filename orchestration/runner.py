@@ -1,12 +1,16 @@
 """The runner: carries out a plan of arms with real processes — the recorder first, the embedded model server
-and one agent per controller as needed, then each arm's trainer in turn — and stops everything in order,
-whatever happens (a finished plan, a lost child, Ctrl-C), with every record confirmed by the recorder."""
+and one agent per controller as needed, then the arms' trainers, ``--jobs`` of them at a time (one agent per
+controller serves all its arms; the recorder stays the single writer) — and stops everything in order, whatever
+happens (a finished plan, a lost child, Ctrl-C), with every record confirmed by the recorder."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -26,6 +30,7 @@ from orchestration.supervisor import (
     AGENT_BUSY_SLACK_S,
     RECORDER_MISSES,
     STARTUP_TIMEOUT_S,
+    ChildExit,
     ChildLost,
     ChildSpec,
     Orchestrator,
@@ -38,9 +43,19 @@ from trainer.checkpoint import CheckpointError, read_state
 from trainer.config import TrainerConfig
 
 
+@dataclass
+class LiveArm:
+    """An arm whose trainer is running: its trainer's config and the supervisor's name for the trainer process."""
+
+    arm: Arm
+    trainer: TrainerConfig
+    child: str
+
+
 class Runner:
-    """One invocation's processes. :meth:`run` trains ``todo`` arm by arm and sets each arm's ``status`` and
-    ``exit_code``; ``interrupted`` / ``aborted`` say how it ended if not by finishing the plan."""
+    """One invocation's processes. :meth:`run` trains ``todo``, up to ``spec.jobs`` arms at once in plan order, and
+    sets each arm's ``status`` and ``exit_code``; ``interrupted`` / ``aborted`` say how it ended if not by finishing
+    the plan."""
 
     def __init__(self, spec: RunSpec, run_dir: Path, settings: LLMSettings | None):
         self.spec, self.run_dir, self.settings = spec, run_dir, settings
@@ -51,14 +66,19 @@ class Runner:
         self.control = RequestClient(self.orch.ctx, self.recorder.control_endpoint, timeout_ms=5000, retries=0)
         self.agents: dict[str, AgentConfig] = {}
         self.steering: SteeringService | None = None
-        self.running: tuple[Arm, TrainerConfig] | None = None
+        self.running: dict[str, LiveArm] = {}  # run_id -> the arm training now
         self.interrupted = self.aborted = False
 
     def run(self, todo: list[Arm]) -> None:
         try:
             discarded = self.start_services(todo)
-            for number, arm in enumerate(todo, 1):
-                self.run_arm(arm, todo, f"[{number}/{len(todo)}]", discarded.get(arm.run_id))
+            waiting = deque(enumerate(todo, 1))
+            while waiting or self.running:
+                while waiting and len(self.running) < self.spec.jobs:
+                    number, arm = waiting.popleft()
+                    self.start_arm(arm, todo, f"[{number}/{len(todo)}]", discarded.get(arm.run_id))
+                ended = self.orch.wait_any([live.child for live in self.running.values()], self.sender)
+                arm = self.finish_arm(next(live for live in self.running.values() if live.child == ended.name), ended)
                 if arm.status == "interrupted":
                     raise KeyboardInterrupt
         except (LLMServerError, ChildLost) as exc:
@@ -90,13 +110,17 @@ class Runner:
             self.settings = start_local_llm(self.orch, settings, self.log)
         return discarded
 
-    def run_arm(self, arm: Arm, todo: list[Arm], counter: str, discarded: dict | None) -> None:
-        """The arm's agent (started on first use), its ``runs`` row, its trainer to the end."""
+    def start_arm(self, arm: Arm, todo: list[Arm], counter: str, discarded: dict | None) -> None:
+        """The arm's agent (started on first use), its ``runs`` row, its trainer started (:meth:`finish_arm` when it
+        ends). With ``--jobs`` above 1 its trainer is ``trainer-<run_id>`` and gets its share of the cores as torch
+        threads (:func:`trainer_threads`)."""
         new_agent = arm.controller != "none" and arm.controller not in self.agents
         if new_agent:
             self.agents[arm.controller] = agent_config(self.spec, arm, todo, self.recorder, self.run_dir, self.settings)
         agent = self.agents.get(arm.controller)
         trainer = trainer_config(self.spec, arm, self.run_dir, self.recorder, agent)
+        if self.spec.jobs > 1:
+            trainer = trainer.model_copy(update={"threads": trainer_threads(self.spec.jobs)})
         arm.checkpoint = trainer.checkpoint_file
         declared = task_class(trainer.task, trainer.task_options)
         print(f"{counter} {declared.name} | regime {arm.regime} ({declared.regimes[arm.regime]} {declared.budget_unit}) "
@@ -115,19 +139,24 @@ class Runner:
             self.orch.spawn(ChildSpec(f"agent-{arm.controller}", "agents", agent, agent.health_endpoint, busy_limit_s))
             wait_for_agent(self.orch, agent, arm.run_id, self.sender)
         self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
-        self.running = (arm, trainer)
+        live = self.running[arm.run_id] = LiveArm(arm, trainer, "trainer" if self.spec.jobs == 1 else f"trainer-{arm.run_id}")
         if self.steering is not None and trainer.instruction_endpoint is not None:
-            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, declared.spec())
-        self.orch.spawn(ChildSpec("trainer", "trainer", trainer, restart=False))
-        ended = self.orch.wait("trainer", self.sender)
-        self.running = None
+            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, declared.spec(),
+                                          (trainer.controller, trainer.instructions_read))  # fmt: skip
+        self.orch.spawn(ChildSpec(live.child, "trainer", trainer, restart=False))
+
+    def finish_arm(self, live: LiveArm, ended: ChildExit) -> Arm:
+        """After ``live``'s trainer exited: its checkpointed records kept, its ``runs`` row finished."""
+        arm = live.arm
+        del self.running[arm.run_id]
         if self.steering is not None:
             self.steering.trainer_stopped(arm.run_id)
-        self.orch.stop_child("trainer")
-        self.resend_checkpoint_records(trainer)
+        self.orch.stop_child(live.child)
+        self.resend_checkpoint_records(live.trainer)
         arm.status, arm.exit_code = ended.status, ended.code
         self.sender.send(RunFinished(run_id=arm.run_id, status=arm.status, finished_at=time.time(), reason=ended.reason))
         self.log.info("arm_finished", run_id=arm.run_id, arm=arm.name, status=arm.status, exit_code=ended.code)
+        return arm
 
     def abort(self, reason: str) -> None:
         """A child the run cannot go on without is lost: the running arm is failed, the rest not run."""
@@ -135,25 +164,26 @@ class Runner:
         self.aborted = True
         self.log.error("run_aborted", error=reason)
         print(f"run.py: error: {reason}", file=sys.stderr, flush=True)
-        if self.running is not None:
-            self.orch.stop_child("trainer")
-            arm = self.running[0]
-            arm.status = "failed"
-            self.sender.send(RunFinished(run_id=arm.run_id, status="failed", finished_at=time.time(), reason=reason))
+        for live in list(self.running.values()):
+            self.orch.stop_child(live.child)
+            live.arm.status = "failed"
+            self.sender.send(RunFinished(run_id=live.arm.run_id, status="failed", finished_at=time.time(), reason=reason))
+        self.running.clear()
 
     def interrupt(self, signal_name: str) -> None:
         """Ctrl-C (or SIGTERM/SIGHUP): the trainer stopped, its checkpointed records kept, the arm interrupted."""
         ignore_stop_signals()  # a second Ctrl-C must not abandon the orderly stop that follows
         self.interrupted = True
         print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
-        self.orch.stop_child("trainer")
-        if self.running is not None:
-            arm, trainer = self.running
-            self.resend_checkpoint_records(trainer)
-            arm.status = "interrupted"
+        for live in list(self.running.values()):
+            self.orch.stop_child(live.child)
+        for live in list(self.running.values()):
+            self.resend_checkpoint_records(live.trainer)
+            live.arm.status = "interrupted"
             self.sender.send(
-                RunFinished(run_id=arm.run_id, status="interrupted", finished_at=time.time(), reason=signal_name)
+                RunFinished(run_id=live.arm.run_id, status="interrupted", finished_at=time.time(), reason=signal_name)
             )
+        self.running.clear()
         self.log.warning("interrupted")
 
     def resend_checkpoint_records(self, trainer: TrainerConfig) -> int:
@@ -200,6 +230,16 @@ class Runner:
             orch.liveness.stop()  # it owns sockets: the context cannot terminate before it
         orch.ctx.term()
         remove_socket_folder(self.run_dir)
+
+
+def trainer_threads(jobs: int) -> int:
+    """Torch threads for each of ``jobs`` trainers running at once: the cores this process may use, shared out
+    (at least one each), so that the arms together do not oversubscribe the machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // jobs)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -145,6 +145,9 @@ class RunSpec(BaseModel):
     # decision made after the previous one; "async" trains on while the decision is made and applies it at the first
     # epoch boundary after it arrives (trainer/async_decisions.py). Part of the experiment's identity when async.
     decisions: Literal["sync", "async"] = "sync"
+    # Arms trained at once (issue 20): each trainer gets cores // jobs torch threads; not part of any experiment, and
+    # in the synchronous protocol every arm's epochs are what --jobs 1 gives.
+    jobs: int = Field(default=1, ge=1)
 
     def agent_timeout(self, uses_llm: bool) -> float:
         """The trainer's wait per try for a controller's agent, s: the flag, else ``RULE_AGENT_TIMEOUT_S``, else

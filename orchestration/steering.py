@@ -66,9 +66,11 @@ class SteeringService:
                                   guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
         publish(info)
 
-    def trainer_started(self, run_id: str, instruction_endpoint: str, task: TaskSpec) -> None:
-        """Connect to the trainer of guided run ``run_id`` (which trains ``task``); a ``say`` for it goes there
-        from now on, and is read back for that task."""
+    def trainer_started(self, run_id: str, instruction_endpoint: str, task: TaskSpec,
+                        controller: tuple[str, bool] | None = None) -> None:  # fmt: skip
+        """Connect to the trainer of guided run ``run_id`` (which trains ``task``; ``controller``: its controller and
+        whether that reads instructions, else read from its config file); a ``say`` for it goes there from now on,
+        and is read back for that task."""
         if not self.reader_ready:
             # The reader encodes the task's knob descriptions on its first reading for the task: here, not while a
             # say waits for its reply.
@@ -79,6 +81,8 @@ class SteeringService:
         push.connect(instruction_endpoint)
         self.trainers[run_id] = push
         self.tasks[run_id] = task
+        if controller is not None:
+            self.controllers[run_id] = controller
         self.running = run_id
 
     def trainer_stopped(self, run_id: str) -> None:
@@ -88,7 +92,7 @@ class SteeringService:
         if push is not None:
             push.close()
         if self.running == run_id:
-            self.running = None
+            self.running = next(reversed(self.trainers), None)  # another guided run still training, if any
 
     def serve(self) -> None:
         """Answer every ``say`` waiting now (never blocks)."""
@@ -108,6 +112,9 @@ class SteeringService:
         run_id = request.run_id or self.running
         if run_id is None:
             return SayReply(ok=False, detail="no guided run is training now; give --run RUN_ID of a running one")
+        if request.run_id is None and len(self.trainers) > 1:  # --jobs: which one is meant cannot be guessed
+            return SayReply(ok=False, detail=f"{len(self.trainers)} guided runs are training now: give --run with one "
+                                             f"of {', '.join(self.trainers)}")  # fmt: skip
         if run_id not in self.trainers:
             known = ", ".join(self.guided_runs) or "none"
             return SayReply(ok=False, run_id=run_id, detail=f"run {run_id!r} is not training now (guided runs: {known})")

@@ -188,15 +188,22 @@ class Orchestrator:
 
     def wait(self, name: str, sender: RecordSender) -> ChildExit:
         """Supervise the other children until child ``name`` exits; how it ended."""
-        proc = self.children[name]
-        while (code := proc.poll()) is None:
+        return self.wait_any([name], sender)
+
+    def wait_any(self, names: list[str], sender: RecordSender) -> ChildExit:
+        """Supervise the other children until one of the children ``names`` exits (the first in ``names`` when
+        several have); how it ended."""
+        procs = [(name, self.children[name]) for name in names]
+        while True:
+            for name, proc in procs:
+                if (code := proc.poll()) is not None:
+                    return ChildExit(name, code)
             self.supervise()
             sender.pump()
             try:
-                proc.wait(0.2)
+                procs[0][1].wait(0.2 if len(procs) == 1 else 0.05)
             except subprocess.TimeoutExpired:
                 pass
-        return ChildExit(name, code)
 
     def stop_child(self, name: str, grace_s: float = STOP_GRACE_S) -> int | None:
         self.recipes.pop(name, None)

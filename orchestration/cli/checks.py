@@ -206,7 +206,7 @@ def validate_args(args: argparse.Namespace) -> RunSpec:
         resume=args.resume, rerun=args.rerun, db=args.db, out=args.out, device=args.device,
         pipeline=node_pipeline(args), agent_timeout_s=args.agent_timeout, agent_retries=args.agent_retries,
         max_repairs=args.max_repairs, llm=model_spec(args), instructions=instruction_schedule(args),
-        start=start_values(args, declared), decisions=args.decisions,
+        start=start_values(args, declared), decisions=args.decisions, jobs=args.jobs,
     )  # fmt: skip
     preflight_database(spec.db)
     return spec

@@ -127,6 +127,14 @@ def _experiment_flags(p: argparse.ArgumentParser) -> None:
         "--epochs", type=_positive_int, default=None, help="epochs per arm (default: the task's, 30 for mnist)"
     )
     p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=default("jobs"),
+        help="arms trained at once, each with its share of the cores as torch threads; one agent per controller and "
+        "the embedded model serve them all, the recorder stays the only writer (default: "
+        f"{default('jobs')}: one arm after another)",
+    )
+    p.add_argument(
         "--decisions",
         choices=("sync", "async"),
         default=default("decisions"),
