@@ -41,7 +41,7 @@ from storage.report_data import (  # noqa: F401  (re-exported: what the report r
 from storage.report_format import markdown_table, num
 from storage.report_stats import all_stats
 from storage.report_tables import EXPORT_NAME, report_markdown, task_markdown
-from storage.results import RunResult, read_results_csv, write_results_csv
+from storage.results import RunResult, merge_exports, read_results_csv, write_results_csv
 from storage.schema import REFERENCE_PREFIXES
 
 REPORT_NAME = "results.md"  # the whole report; MNIST's section also as the paper's paper_table.md
@@ -209,14 +209,15 @@ def write_report(db: Path, out: Path) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
-def render_results(export: Path, out: Path) -> tuple[list[Path], list[str]]:
-    """The report's tables and the figures an export can give (the paired differences), from a results export
-    alone (``run.py report --results FILE``): the same Markdown as the report it was exported with. Raises
-    :class:`ReportError` (one line) for an unreadable export or one without any run."""
-    results = read_results_csv(export)
+def render_results(exports: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+    """The report's tables and the figures an export can give (the paired differences), from results exports alone
+    (``run.py report --results FILE [FILE ...]``): the same Markdown as the report one was exported with; several
+    are merged (:func:`storage.results.merge_exports`) and written as one ``results.csv``. Raises
+    :class:`ReportError` (one line) for an unreadable export or none with any run."""
+    results = merge_exports([read_results_csv(export) for export in exports])
     if not any(r.counted or r.status == "running" for r in results):
-        raise ReportError(f"--results {export}: holds no completed or running run")
+        raise ReportError(f"--results {' '.join(map(str, exports))}: holds no completed or running run")
     stats = all_stats(results)
-    files = _write_tables(results, stats, out, export=export)
+    files = _write_tables(results, stats, out, export=exports[0] if len(exports) == 1 else None)
     files += _difference_figures(results, stats, out)
     return files, ["from an export: the per-epoch figures (curves, hyperparameters, decisions) need the database"]

@@ -215,6 +215,25 @@ def _parse(name: str, text: str):
     return text
 
 
+def merge_exports(exports: list[list[RunResult]]) -> list[RunResult]:
+    """Several exports as one (a study run in several sittings or on several machines, ``--only`` a part each): a
+    run in more than one counts once (its first copy kept), and where two exports both count a run of one cell and
+    seed, the later export's counts (as a later run in one database supersedes an earlier one)."""
+    merged: dict[str, RunResult] = {}
+    counted: dict[tuple, RunResult] = {}
+    for results in exports:
+        for result in results:
+            if result.run_id in merged:
+                continue
+            merged[result.run_id] = result
+            if result.counted:
+                earlier = counted.get((*result.cell_key, result.seed))
+                if earlier is not None:
+                    earlier.counted = False
+                counted[(*result.cell_key, result.seed)] = result
+    return list(merged.values())
+
+
 def read_results_csv(path: Path) -> list[RunResult]:
     """The :class:`RunResult` rows of an export written by :func:`write_results_csv`. Raises
     :class:`ResultsError` (one line) for a missing file, missing columns or a value that does not parse."""

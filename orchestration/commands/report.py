@@ -1,7 +1,7 @@
 """``python run.py report [--db DB] [--out DIR]``: per task its results table with the paired statistics
 (Markdown; MNIST also the paper's table), the per-run results as ``results.csv`` and the figures (PNG), from the
 database, which it reads and never writes (during a run, through the recorder that holds it; see
-``storage/reader.py``). ``--results FILE.csv`` renders the same tables from such an export alone."""
+``storage/reader.py``). ``--results FILE.csv [FILE.csv ...]`` renders the same tables from such exports alone."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ def main(argv: list[str]) -> int:
     parser = command_parser("report")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default: <db folder>/report, or the --results file's folder)")  # fmt: skip
-    parser.add_argument("--results", type=Path, default=None, metavar="FILE.csv",
+    parser.add_argument("--results", type=Path, nargs="+", default=None, metavar="FILE.csv",
                         help="render the tables (and the paired-difference figure) from this exported results.csv "
-                             "instead of the database (default: read --db)")  # fmt: skip
+                             "instead of the database; several are merged, a run counted once (a study run in "
+                             "parts, --only each; default: read --db)")  # fmt: skip
     db_flag(parser)
     try:
         args = parser.parse_args(argv)
         if args.results is not None:
-            files, notes = render_results(args.results, args.out or args.results.parent)
+            files, notes = render_results(args.results, args.out or args.results[0].parent)
         else:
             files, notes = write_report(args.db, args.out or args.db.parent / "report")
     except (CliError, ReaderError) as exc:  # ReportError and ResultsError are ReaderErrors

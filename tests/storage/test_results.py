@@ -115,11 +115,22 @@ def test_the_export_renders_the_same_markdown_without_the_database(study, tmp_pa
     header = export.read_text().splitlines()[0].split(",")
     assert tuple(header) == COLUMNS and len(export.read_text().splitlines()) == 1 + 15
     study.unlink()  # no database from here on
-    again, notes = render_results(export, tmp_path / "csv")
+    again, notes = render_results([export], tmp_path / "csv")
     assert [f.name for f in again] == ["results.md", "paper_table.md", "results.csv", "paired_differences.png"]
     assert again[0].read_text() == files[0].read_text()
     assert again[1].read_text() == files[1].read_text()
     assert notes == ["from an export: the per-epoch figures (curves, hyperparameters, decisions) need the database"]
+
+
+def test_a_study_exported_in_parts_renders_as_the_whole_and_a_run_given_twice_counts_once(study, tmp_path):
+    files, _ = write_report(study, tmp_path / "db")
+    header, *rows = (tmp_path / "db" / "results.csv").read_text().splitlines()
+    first, second = tmp_path / "one.csv", tmp_path / "two.csv"
+    first.write_text("\n".join([header, *rows[: len(rows) // 2]]) + "\n")  # two sittings of one study
+    second.write_text("\n".join([header, *rows[len(rows) // 2 - 2 :]]) + "\n")  # two rows in both
+    merged, _ = render_results([first, second], tmp_path / "merged")
+    assert merged[0].read_text() == files[0].read_text()
+    assert (tmp_path / "merged" / "results.csv").read_text().splitlines()[1:] == rows
 
 
 def test_a_damaged_export_is_one_line(tmp_path):
