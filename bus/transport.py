@@ -32,6 +32,7 @@ from typing import Callable
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from bus.curve import ClusterClientKeys, connect_curve
 from bus.messages import BusDecodeError, Message, decode, encode
 
 LOOPBACK = "127.0.0.1"
@@ -116,7 +117,8 @@ class RecordSender:
     ``resend_after_s`` (a recorder that crashed and was restarted, a connection that broke) every
     unacknowledged message is sent again, in order. The recorder drops what it has already committed,
     so a record is stored exactly once. ``send`` never blocks: with no recorder connected
-    (``IMMEDIATE``) the message waits in the outbox.
+    (``IMMEDIATE``) the message waits in the outbox. ``curve``: this invocation's client keys, to send to the
+    recorder's cluster socket from another host (``bus.curve``).
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class RecordSender:
         resend_after_s: float = 2.0,
         max_pending: int = 200_000,
         identity: str | None = None,
+        curve: ClusterClientKeys | None = None,
     ):
         self.identity = identity or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._sock = ctx.socket(zmq.DEALER)
@@ -133,6 +136,8 @@ class RecordSender:
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.setsockopt(zmq.SNDHWM, 100_000)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # the recorder's cluster socket, from another host (bus.curve)
+            connect_curve(self._sock, curve)
         self._sock.connect(endpoint)
         self.resend_after_s = resend_after_s
         self.max_pending = max_pending

@@ -23,6 +23,14 @@ import duckdb
 import zmq
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from bus.curve import (
+    REFUSED_EVENTS,
+    ClusterServerKeys,
+    check_cluster_endpoint,
+    refusals,
+    serve_curve,
+    start_authenticator,
+)
 from bus.child import EXIT_BIND_FAILED, EXIT_DATABASE_UNUSABLE, EXIT_OK, Child, run_child
 from bus.lifecycle import Stop, ignore_signals
 from bus.messages import BusDecodeError, ControlReply, ControlRequest, LogEvent, decode, encode
@@ -35,6 +43,9 @@ from storage.schema import migrate
 
 # How long the recorder waits for a reader (run.py sql / report) to let go of the file at start.
 LOCK_WAIT_S = 10.0
+
+
+REFUSAL_LOG_S = 10.0  # a refused cluster peer is logged at most this often per reason
 
 
 class RecorderConfig(BaseModel):
@@ -51,6 +62,8 @@ class RecorderConfig(BaseModel):
     * ``batch_rows``: pending rows that force a commit sooner.
     * ``allow_remote``: allow a non-loopback tcp address (only when the user passed one explicitly);
       otherwise validation raises ``ValueError`` (a pydantic ``ValidationError``) for one.
+    * ``cluster_endpoint``: records from other hosts (``tcp://HOST:PORT``), a second ROUTER socket that speaks only
+      CURVE with ``cluster_keys`` (``bus.curve``); a cluster endpoint without keys is a ``ValueError``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -62,11 +75,15 @@ class RecorderConfig(BaseModel):
     flush_interval_s: float = 0.25
     batch_rows: int = 500
     allow_remote: bool = False  # bind a non-loopback address (only when the user passed one explicitly)
+    cluster_endpoint: str | None = None  # ROUTER, CURVE only: records from other hosts
+    cluster_keys: ClusterServerKeys | None = None
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self):
         check_endpoint(self.endpoint, self.allow_remote)
         check_endpoint(self.control_endpoint, self.allow_remote)
+        if self.cluster_endpoint is not None:
+            check_cluster_endpoint(self.cluster_endpoint, self.cluster_keys)
         return self
 
 
@@ -105,10 +122,16 @@ class Recorder:
     def __init__(self, cfg: RecorderConfig, con: duckdb.DuckDBPyConnection, child: Child):
         self.cfg, self.con, self.log = cfg, con, child.log
         self.buffer = RecordBuffer(con)
-        self.pull = child.ctx.socket(zmq.ROUTER)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.setsockopt(zmq.RCVHWM, 100_000)
-        self.pull.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a sender that reconnects under its identity takes over
+        self.pull = record_socket(child.ctx)
+        self.reply_to: dict[str, zmq.Socket] = {}  # sender -> the socket its records came in on (its acks go there)
+        self.cluster = self.cluster_monitor = self.authenticator = None
+        self.refused: dict[str, int] = {}  # refusals not yet logged, by reason
+        self.refusal_logged: dict[str, float] = {}
+        if cfg.cluster_endpoint is not None:  # other hosts: CURVE with this invocation's keys only (bus.curve)
+            self.authenticator = start_authenticator(child.ctx, cfg.cluster_keys)
+            self.cluster = record_socket(child.ctx)
+            serve_curve(self.cluster, cfg.cluster_keys)
+            self.cluster_monitor = self.cluster.get_monitor_socket(sum(REFUSED_EVENTS))
         self.control = child.ctx.socket(zmq.REP)
         self.control.setsockopt(zmq.LINGER, 1000)
         self.queries: QueryService | None = None
@@ -128,10 +151,14 @@ class Recorder:
         cfg = self.cfg
         self.pull.bind(cfg.endpoint)
         self.control.bind(cfg.control_endpoint)
+        if self.cluster is not None:
+            self.cluster.bind(cfg.cluster_endpoint)
         self.queries = QueryService(self.con, ctx, query_endpoint_for(cfg.run_dir, os.getpid()), self.log)
         poller = zmq.Poller()
-        for sock in (self.pull, self.control, self.queries.socket, self.queries.results):
-            poller.register(sock, zmq.POLLIN)
+        for sock in (self.pull, self.control, self.queries.socket, self.queries.results, self.cluster,
+                     self.cluster_monitor):  # fmt: skip
+            if sock is not None:
+                poller.register(sock, zmq.POLLIN)
         publish(
             RecorderEndpoint(pid=os.getpid(), db_path=str(cfg.db_path.resolve()), query_endpoint=self.queries.endpoint,
                              control_endpoint=cfg.control_endpoint, started_at=time.time())
@@ -139,17 +166,19 @@ class Recorder:
         self.log.info("recorder_ready", db=str(cfg.db_path), endpoint=cfg.endpoint, query_endpoint=self.queries.endpoint)
         return poller
 
-    def receive(self, frames: list[bytes]) -> None:
-        """One record ``[identity, seq, topic, json]``: taken once, in order, or dropped with a reason."""
+    def receive(self, frames: list[bytes], sock: zmq.Socket | None = None) -> None:
+        """One record ``[identity, seq, topic, json]`` that came in on ``sock`` (default: the local socket): taken
+        once, in order, or dropped with a reason."""
         identity, body = frames[0], frames[1:]
         if len(body) != 3 or not body[0].isdigit() or len(body[0]) > 18 or int(body[0]) < 1:
             self.log.warning("bad_frame", reason="expected [seq, topic, json] from a record sender", frames=len(body))
             return
         sender = identity.decode("latin-1")
+        self.reply_to[sender] = sock if sock is not None else self.pull
         state = self.buffer.accept(sender, int(body[0]))
         if state == "duplicate":  # already here: say so again, the first ack may have been lost
             if sender in self.buffer.committed:
-                self.pull.send_multipart([identity, b"ack", str(self.buffer.committed[sender]).encode()])
+                self.reply_to[sender].send_multipart([identity, b"ack", str(self.buffer.committed[sender]).encode()])
             return
         if state == "gap":  # an earlier message is missing; the sender resends everything unacknowledged in order
             self.out_of_order[sender] = self.out_of_order.get(sender, 0) + 1
@@ -163,12 +192,25 @@ class Recorder:
         except Exception as exc:  # a valid message no row can hold (a timestamp past year 9999, say)
             self.log.warning("record_rejected", reason=f"{type(exc).__name__}: {str(exc)[:300]}")
 
-    def receive_batch(self, limit: int = 1000) -> None:
+    def receive_batch(self, limit: int = 1000, sock: zmq.Socket | None = None) -> None:
+        sock = sock if sock is not None else self.pull
         for _ in range(limit):
             try:
-                self.receive(self.pull.recv_multipart(zmq.NOBLOCK))
+                self.receive(sock.recv_multipart(zmq.NOBLOCK), sock)
             except zmq.Again:
                 break
+
+    def log_refusals(self) -> None:
+        """Log the peers the cluster socket turned away: each reason at once, then at most every
+        :data:`REFUSAL_LOG_S` with how many since (a peer that keeps reconnecting must not flood ``events``)."""
+        now = time.monotonic()
+        for reason in refusals(self.cluster_monitor):
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+        for reason, count in list(self.refused.items()):
+            if now - self.refusal_logged.get(reason, -REFUSAL_LOG_S) >= REFUSAL_LOG_S:
+                self.log.warning("cluster_peer_refused", reason=reason, refusals=count, endpoint=self.cfg.cluster_endpoint)
+                self.refusal_logged[reason] = now
+                del self.refused[reason]
 
     def flush(self) -> None:
         """Commit what is buffered, then acknowledge each sender's last committed message."""
@@ -180,13 +222,15 @@ class Recorder:
         if committed:
             self.flush_ms.append((time.perf_counter() - started) * 1000)
         for sender, seq in committed.items():
-            self.pull.send_multipart([sender.encode("latin-1"), b"ack", str(seq).encode()])
+            self.reply_to.get(sender, self.pull).send_multipart([sender.encode("latin-1"), b"ack", str(seq).encode()])
         self.last_flush = time.monotonic()
 
     def drain(self) -> None:
         """Take everything already queued; stop after a short quiet spell."""
         while self.pull.poll(100, zmq.POLLIN):
             self.receive_batch(limit=1_000_000)
+        while self.cluster is not None and self.cluster.poll(100, zmq.POLLIN):
+            self.receive_batch(limit=1_000_000, sock=self.cluster)
 
     def control_request(self) -> bool:
         """Answer one control request; True when it was ``stop``."""
@@ -215,6 +259,10 @@ class Recorder:
             ready = dict(poller.poll(100))
             if self.pull in ready:
                 self.receive_batch()
+            if self.cluster is not None and self.cluster in ready:
+                self.receive_batch(sock=self.cluster)
+            if self.cluster_monitor is not None and self.cluster_monitor in ready:
+                self.log_refusals()
             if self.queries.socket in ready:
                 self.queries.receive()
             if self.queries.results in ready:
@@ -246,6 +294,20 @@ class Recorder:
         self.con.close()
         self.pull.close()
         self.control.close()
+        if self.cluster is not None:
+            self.cluster.disable_monitor()
+            self.cluster_monitor.close(linger=0)
+            self.cluster.close(linger=0)
+            self.authenticator.stop()
+
+
+def record_socket(ctx: zmq.Context) -> zmq.Socket:
+    """A ROUTER for records: no linger, a deep queue, a sender reconnecting under its identity taking over."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    return sock
 
 
 def serve(cfg: RecorderConfig, child: Child) -> int:
