@@ -6,7 +6,7 @@
 Figures: trainer vs plain eager PyTorch training throughput; validation pass time; agent round trip
 over the bus with the heuristic controller; embedded-model decision latency; end-to-end wall time of
 ``--regime 1pct``, guided arm vs baseline arm, with synchronous and asynchronous decisions (``--decisions async``,
-also against a scripted remote endpoint answering in 5 s).
+also against a scripted remote endpoint answering in 5 s); an LLM sweep with ``--jobs 2`` against ``--jobs 1``.
 """
 
 from __future__ import annotations
@@ -150,6 +150,25 @@ def end_to_end(epochs: int, workdir: Path) -> dict[str, float]:
             "e2e_remote_async_s": remote_s, "e2e_remote_async_ratio": remote_s / baseline_s}  # fmt: skip
 
 
+def sweep_seconds(jobs: int, seeds: int, epochs: int, workdir: Path) -> float:
+    """Wall time (s) of the sweep ``--regime 100 --seeds SEEDS --controller none,llm --jobs JOBS`` into a database of
+    its own, process start-up and model server included."""
+    db = workdir / f"sweep-jobs{jobs}.duckdb"
+    cmd = [sys.executable, "run.py", "--regime", "100", "--epochs", str(epochs), "--seeds", str(seeds), "--controller",
+           "none,llm", "--jobs", str(jobs), "--db", str(db), "--out", str(workdir / "runs")]  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def parallel_sweep(seeds: int, epochs: int, workdir: Path) -> dict[str, float]:
+    """The LLM sweep of issue 20 with ``--jobs 1`` and ``--jobs 2``: wall times and their ratio (target <= 0.65)."""
+    one = sweep_seconds(1, seeds, epochs, workdir)
+    two = sweep_seconds(2, seeds, epochs, workdir)
+    return {"sweep_seeds": seeds, "sweep_epochs": epochs, "sweep_jobs1_s": one, "sweep_jobs2_s": two,
+            "sweep_jobs_ratio": two / one}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, 10-epoch end-to-end (default: full)")
@@ -188,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             services.close()
         print("end-to-end --regime 1pct, guided vs baseline ...", flush=True)
         figures |= end_to_end(10 if args.quick else 30, workdir)
+        print("sweep --regime 100 --controller none,llm, --jobs 1 vs --jobs 2 ...", flush=True)
+        figures |= parallel_sweep(2 if args.quick else 4, 10 if args.quick else 30, workdir)
     print_figures(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
@@ -208,6 +229,9 @@ def print_figures(f: dict[str, float]) -> None:
         ("  guided / baseline, synchronous decisions", f"{f['e2e_ratio']:.2f}x"),
         ("  guided / baseline, --decisions async (target <= 1.10)", f"{f['e2e_async_ratio']:.2f}x"),
         (f"  same, a remote model answering in {REMOTE_DELAY_S:.0f} s (target <= 1.15)", f"{f['e2e_remote_async_ratio']:.2f}x"),
+        (f"sweep 100 images, {f['sweep_seeds']} seeds, none+llm, {f['sweep_epochs']} epochs: --jobs 1 / 2",
+         f"{f['sweep_jobs1_s']:.0f} / {f['sweep_jobs2_s']:.0f} s"),
+        ("  --jobs 2 / --jobs 1 (target <= 0.65)", f"{f['sweep_jobs_ratio']:.2f}x"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     print(f"\nReflectNet benchmark ({f['threads']} torch threads, {f['cpu_count']} cores)")
