@@ -24,6 +24,7 @@ from bus.messages import BusDecodeError, ControlRequest, RunFinished, decode
 from bus.transport import RecordSender, RequestClient, remove_socket_folder
 from orchestration.configs import agent_config, recorder_config, run_started, trainer_config
 from orchestration.planning import Arm, prepare_resume
+from orchestration.progress import ArmProgress
 from orchestration.spec import RunSpec
 from orchestration.steering import SteeringService
 from orchestration.supervisor import (
@@ -67,6 +68,7 @@ class Runner:
         self.agents: dict[str, AgentConfig] = {}
         self.steering: SteeringService | None = None
         self.running: dict[str, LiveArm] = {}  # run_id -> the arm training now
+        self.progress = ArmProgress() if spec.jobs > 1 else None  # several arms: one line each (else their own)
         self.interrupted = self.aborted = False
 
     def run(self, todo: list[Arm]) -> None:
@@ -143,12 +145,17 @@ class Runner:
         if self.steering is not None and trainer.instruction_endpoint is not None:
             self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, declared.spec(),
                                           (trainer.controller, trainer.instructions_read))  # fmt: skip
-        self.orch.spawn(ChildSpec(live.child, "trainer", trainer, restart=False))
+        proc = self.orch.spawn(ChildSpec(live.child, "trainer", trainer, restart=False,
+                                         capture_output=self.progress is not None))  # fmt: skip
+        if self.progress is not None:
+            self.progress.follow(arm.run_id, proc.stdout)
 
     def finish_arm(self, live: LiveArm, ended: ChildExit) -> Arm:
         """After ``live``'s trainer exited: its checkpointed records kept, its ``runs`` row finished."""
         arm = live.arm
         del self.running[arm.run_id]
+        if self.progress is not None:
+            self.progress.done(arm.run_id)
         if self.steering is not None:
             self.steering.trainer_stopped(arm.run_id)
         self.orch.stop_child(live.child)
@@ -205,6 +212,8 @@ class Runner:
         """Agents and the model server stopped, every record confirmed, the recorder's last commit, sockets closed."""
         ignore_stop_signals()
         orch = self.orch
+        if self.progress is not None:
+            self.progress.close()
         for name in [n for n in orch.children if n.startswith("agent")]:
             orch.stop_child(name)
         if orch.probe is not None:

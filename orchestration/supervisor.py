@@ -53,6 +53,7 @@ class ChildSpec:
     busy_limit_s: float | None = None
     misses: int | None = None
     restart: bool = True
+    capture_output: bool = False  # its stdout a pipe for the orchestrator to read (several arms: their progress)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ class Orchestrator:
         path.write_text(child.config.model_dump_json(indent=2))
         # Own session: a Ctrl-C in the terminal reaches only run.py, which then stops the children in order.
         cmd = [sys.executable, "-m", child.module, "--config", str(path)]
-        self.children[child.name] = subprocess.Popen(cmd, start_new_session=True)
+        stdout = subprocess.PIPE if child.capture_output else None
+        self.children[child.name] = subprocess.Popen(cmd, start_new_session=True, stdout=stdout)
         if child.restart:
             self.recipes[child.name] = lambda: subprocess.Popen(cmd, start_new_session=True)
         if child.health_endpoint is not None:
