@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from bus.lifecycle import Stop, ignore_signals, read_config, stop_on_signals, stop_when_orphaned
 from bus.log import configure_logging
 from bus.messages import LogEvent
+from bus.curve import curve_from_environment
 from bus.transport import RecordSender
 
 # Exit codes of every child process.
@@ -94,7 +95,7 @@ def run_child(
     """
     cfg = read_config(config_cls, f"python -m {component}", f"ReflectNet {component} process", argv)
     ctx = zmq.Context()
-    sender = RecordSender(ctx, cfg.recorder_endpoint) if forward_logs else None
+    sender = RecordSender(ctx, cfg.recorder_endpoint, curve=curve_from_environment()) if forward_logs else None
     child = Child(component, ctx, None, sender)
     child.log = configure_logging(component, Path(cfg.run_dir) / "logs", forward=child.forward_event, run_id=run_id(cfg))
     log = child.log

@@ -64,6 +64,18 @@ def new_cluster_keys() -> tuple[ClusterServerKeys, ClusterClientKeys]:
     return server, client
 
 
+CURVE_ENV = "REFLECTNET_RECORDER_CURVE"  # a child's client keys (ClusterClientKeys as JSON), set by a Ray arm's task
+
+
+def curve_from_environment() -> ClusterClientKeys | None:
+    """The client keys a child process is given in :data:`CURVE_ENV` (a Ray arm's: its records go to the recorder's
+    cluster socket), None when it is not set (local children: ipc). ValueError for a value that is not such keys."""
+    import os
+
+    text = os.environ.get(CURVE_ENV)
+    return ClusterClientKeys.model_validate_json(text) if text else None
+
+
 def check_cluster_endpoint(endpoint: str, keys: ClusterServerKeys | ClusterClientKeys | None) -> str:
     """``endpoint`` if it may be used for records from other hosts: tcp, and CURVE keys given. Raises ValueError
     (one line) for anything else — above all a plaintext socket on a routable address."""

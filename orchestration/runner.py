@@ -21,7 +21,7 @@ from agents.config import LLMSettings
 from model_server.manager import LLMServerError
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, ControlRequest, RunFinished, decode
-from bus.transport import RecordSender, RequestClient, remove_socket_folder
+from bus.transport import RecordSender, RequestClient, free_tcp_endpoint, remove_socket_folder
 from orchestration.configs import agent_config, recorder_config, run_started, trainer_config
 from orchestration.planning import Arm, prepare_resume
 from orchestration.progress import ArmProgress
@@ -68,7 +68,8 @@ class Runner:
         self.agents: dict[str, AgentConfig] = {}
         self.steering: SteeringService | None = None
         self.running: dict[str, LiveArm] = {}  # run_id -> the arm training now
-        self.progress = ArmProgress() if spec.jobs > 1 else None  # several arms: one line each (else their own)
+        self.progress = ArmProgress() if spec.jobs > 1 and spec.ray is None else None  # several arms: a line each
+        self.ray_arms = None  # orchestration.ray_cluster.RayArms under --ray
         self.interrupted = self.aborted = False
 
     def run(self, todo: list[Arm]) -> None:
@@ -79,7 +80,7 @@ class Runner:
                 while waiting and len(self.running) < self.spec.jobs:
                     number, arm = waiting.popleft()
                     self.start_arm(arm, todo, f"[{number}/{len(todo)}]", discarded.get(arm.run_id))
-                ended = self.orch.wait_any([live.child for live in self.running.values()], self.sender)
+                ended = self.wait_any([live.child for live in self.running.values()])
                 arm = self.finish_arm(next(live for live in self.running.values() if live.child == ended.name), ended)
                 if arm.status == "interrupted":
                     raise KeyboardInterrupt
@@ -90,6 +91,26 @@ class Runner:
         finally:
             self.shutdown()
 
+    def wait_any(self, names: list[str]) -> ChildExit:
+        """Until one of the live arms' trainers (local processes, or Ray tasks) ends."""
+        if self.ray_arms is None:
+            return self.orch.wait_any(names, self.sender)
+        return self.ray_arms.wait_any(names, lambda: (self.orch.supervise(), self.sender.pump()))
+
+    def start_ray(self) -> None:
+        """Join the cluster; give the recorder a cluster socket (CURVE, this invocation's keys) on a free port of
+        this node, which the arms' processes on any node send their records to."""
+        from bus.curve import new_cluster_keys
+        from orchestration.ray_cluster import RayArms, connect, node_address
+
+        connect(self.spec.ray)
+        server_keys, client_keys = new_cluster_keys()
+        port = free_tcp_endpoint().rsplit(":", 1)[1]
+        self.recorder = self.recorder.model_copy(update={"cluster_endpoint": f"tcp://0.0.0.0:{port}",
+                                                         "cluster_keys": server_keys})  # fmt: skip
+        self.cluster_endpoint = f"tcp://{node_address()}:{port}"
+        self.ray_arms = RayArms(client_keys, self.spec.ray_cpus, self.spec.ray_gpus)
+
     def start_services(self, todo: list[Arm]) -> dict[str, dict[str, int]]:
         """Resumed runs' later rows dropped, the recorder started and answering, the embedded model server
         started when an arm needs it; the rows dropped per resumed run."""
@@ -97,13 +118,15 @@ class Runner:
             discarded = {arm.run_id: prepare_resume(self.spec.db, arm) for arm in todo if arm.resume_from is not None}
         except duckdb.Error as exc:
             raise ChildLost(f"--db {self.spec.db}: cannot prepare the resume: {str(exc).splitlines()[0]}") from None
+        if self.spec.ray is not None:
+            self.start_ray()
         # The recorder's control socket is served by its main loop: a ping there checks the loop itself.
         recorder = self.orch.spawn(ChildSpec("recorder", "storage", self.recorder, self.recorder.control_endpoint,
                                              misses=RECORDER_MISSES))  # fmt: skip
         if not wait_for_recorder(self.control, recorder):
             raise ChildLost(f"the recorder did not start (exit code {recorder.poll()}); see {self.run_dir / 'logs'}")
         guided = [a.run_id for a in todo if a.name == "guided"]
-        if guided:  # run.py say: instructions during the run
+        if guided and self.ray_arms is None:  # run.py say: instructions during the run (not yet to Ray arms)
             self.steering = SteeringService(self.orch.ctx, self.spec.db, self.run_dir, guided, self.log)
             self.orch.ticks.append(self.steering.serve)
         settings = self.settings
@@ -116,6 +139,8 @@ class Runner:
         """The arm's agent (started on first use), its ``runs`` row, its trainer started (:meth:`finish_arm` when it
         ends). With ``--jobs`` above 1 its trainer is ``trainer-<run_id>`` and gets its share of the cores as torch
         threads (:func:`trainer_threads`)."""
+        if self.ray_arms is not None:  # its agent and trainer go to a node together: see start_ray_arm
+            return self.start_ray_arm(arm, todo, counter)
         new_agent = arm.controller != "none" and arm.controller not in self.agents
         if new_agent:
             self.agents[arm.controller] = agent_config(self.spec, arm, todo, self.recorder, self.run_dir, self.settings)
@@ -150,6 +175,24 @@ class Runner:
         if self.progress is not None:
             self.progress.follow(arm.run_id, proc.stdout)
 
+    def start_ray_arm(self, arm: Arm, todo: list[Arm], counter: str) -> None:
+        """The arm as a Ray task: its ``runs`` row from here, its agent (one of its own) and trainer on a node,
+        sending their records to the recorder's cluster socket."""
+        cluster = self.recorder.model_copy(update={"endpoint": self.cluster_endpoint})
+        agent = None
+        if arm.controller != "none":
+            agent = agent_config(self.spec, arm, [arm], cluster, self.run_dir, self.settings)
+        trainer = trainer_config(self.spec, arm, self.run_dir, cluster, agent)
+        arm.checkpoint = trainer.checkpoint_file
+        print(f"{counter} regime {arm.regime} | seed {arm.seed} | {arm.name} | controller {arm.controller} | on Ray",
+              flush=True)  # fmt: skip
+        self.sender.send(run_started(arm, trainer, agent, self.settings, self.spec))
+        if not self.orch.settle(self.sender, STARTUP_TIMEOUT_S):
+            raise ChildLost(f"the recorder did not confirm the start of run {arm.run_id}")
+        self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller, ray=True)
+        live = self.running[arm.run_id] = LiveArm(arm, trainer, f"trainer-{arm.run_id}")
+        self.ray_arms.start(live.child, trainer, agent)
+
     def finish_arm(self, live: LiveArm, ended: ChildExit) -> Arm:
         """After ``live``'s trainer exited: its checkpointed records kept, its ``runs`` row finished."""
         arm = live.arm
@@ -172,7 +215,7 @@ class Runner:
         self.log.error("run_aborted", error=reason)
         print(f"run.py: error: {reason}", file=sys.stderr, flush=True)
         for live in list(self.running.values()):
-            self.orch.stop_child(live.child)
+            self.stop_trainer(live.child)
             live.arm.status = "failed"
             self.sender.send(RunFinished(run_id=live.arm.run_id, status="failed", finished_at=time.time(), reason=reason))
         self.running.clear()
@@ -183,7 +226,7 @@ class Runner:
         self.interrupted = True
         print("\ninterrupted: stopping the processes ...", file=sys.stderr, flush=True)
         for live in list(self.running.values()):
-            self.orch.stop_child(live.child)
+            self.stop_trainer(live.child)
         for live in list(self.running.values()):
             self.resend_checkpoint_records(live.trainer)
             live.arm.status = "interrupted"
@@ -192,6 +235,13 @@ class Runner:
             )
         self.running.clear()
         self.log.warning("interrupted")
+
+    def stop_trainer(self, name: str) -> None:
+        """Stop a live arm's trainer: the local process, or the Ray task."""
+        if self.ray_arms is not None:
+            self.ray_arms.stop(name)
+        else:
+            self.orch.stop_child(name)
 
     def resend_checkpoint_records(self, trainer: TrainerConfig) -> int:
         """Send again the records a stopped trainer's checkpoint holds unconfirmed; the recorder stores each once."""

@@ -148,6 +148,10 @@ class RunSpec(BaseModel):
     # Arms trained at once (issue 20): each trainer gets cores // jobs torch threads; not part of any experiment, and
     # in the synchronous protocol every arm's epochs are what --jobs 1 gives.
     jobs: int = Field(default=1, ge=1)
+    # Arms as Ray tasks (issue 20, orchestration/ray_cluster.py): "auto" or a cluster address; None: local processes.
+    ray: str | None = None
+    ray_cpus: float = Field(default=1.0, gt=0)  # per arm
+    ray_gpus: float = Field(default=0.0, ge=0)  # per arm
 
     def agent_timeout(self, uses_llm: bool) -> float:
         """The trainer's wait per try for a controller's agent, s: the flag, else ``RULE_AGENT_TIMEOUT_S``, else

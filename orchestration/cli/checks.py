@@ -206,7 +206,26 @@ def validate_args(args: argparse.Namespace) -> RunSpec:
         resume=args.resume, rerun=args.rerun, db=args.db, out=args.out, device=args.device,
         pipeline=node_pipeline(args), agent_timeout_s=args.agent_timeout, agent_retries=args.agent_retries,
         max_repairs=args.max_repairs, llm=model_spec(args), instructions=instruction_schedule(args),
-        start=start_values(args, declared), decisions=args.decisions, jobs=args.jobs,
+        start=start_values(args, declared), decisions=args.decisions, jobs=args.jobs, ray=args.ray,
+        ray_cpus=args.ray_cpus, ray_gpus=args.ray_gpus,
     )  # fmt: skip
+    if spec.ray is not None:
+        check_ray(spec)
     preflight_database(spec.db)
     return spec
+
+
+def check_ray(spec: RunSpec) -> None:
+    """What a Ray-driven invocation cannot do yet (``orchestration/ray_cluster.py``), as one line each."""
+    from agents.controllers.registry import resolve_controller
+
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise CliError("--ray needs Ray: pip install -e '.[ray]'") from None
+    uses_llm = any(c != "none" and resolve_controller(c).uses_llm for c in spec.controllers)
+    if uses_llm and not spec.llm.remote:
+        raise CliError("--ray with the embedded model is not supported yet: give --llm-base-url (a shared "
+                       "OpenAI-compatible endpoint, e.g. vLLM serving the cluster)")  # fmt: skip
+    if spec.replay or spec.resume:
+        raise CliError("--ray runs new arms; --replay and --resume run here, without --ray")

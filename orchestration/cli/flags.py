@@ -135,6 +135,16 @@ def _experiment_flags(p: argparse.ArgumentParser) -> None:
         f"{default('jobs')}: one arm after another)",
     )
     p.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="run each arm (its trainer and agent) as a Ray task on a cluster: 'auto' (the cluster `ray start` runs "
+        "here, else a local one) or the head's address; the recorder and database stay here, records come back "
+        "over CURVE-encrypted TCP; --jobs arms at a time (default: local processes)",
+    )
+    p.add_argument("--ray-cpus", type=float, default=default("ray_cpus"), help="CPUs Ray reserves per arm (default: 1)")
+    p.add_argument("--ray-gpus", type=float, default=default("ray_gpus"), help="GPUs Ray reserves per arm (default: 0)")
+    p.add_argument(
         "--decisions",
         choices=("sync", "async"),
         default=default("decisions"),

@@ -1,0 +1,161 @@
+"""Arms on a Ray cluster (``--ray auto|ADDRESS``, issue 20): ``python run.py`` stays the driver, with the one recorder
+and database; each arm — its trainer, and its agent where the controller needs one — runs as a Ray task placed by
+Ray (``--ray-cpus`` / ``--ray-gpus`` per arm), on whichever node has the resources.
+
+Inside the task (:func:`train_arm`) the arm's agent and trainer are the same processes as locally (``python -m
+agents``, ``python -m trainer``), in a run directory of the node (their ipc sockets are the node's), with the
+driver's checkpoint folder when the node sees it (shared storage) and a folder of the node otherwise. Their records
+reach the driver's recorder over TCP on its cluster socket, authenticated and encrypted with ZeroMQ CURVE under
+keys made for this invocation (``bus.curve``; the client keys travel to the task as an environment variable of
+its processes, never into a configuration stored in the database). Exactly-once delivery is the recorder's as
+always: every record numbered per sender and acknowledged after its commit.
+
+What a Ray arm does not do yet: instructions said during the run (``run.py say``: the trainer's instruction socket
+is the node's), the embedded model (give ``--llm-base-url``, a shared OpenAI-compatible endpoint such as vLLM), and
+a retry of an arm whose node died (it is recorded as failed; ``--resume RUN_ID`` continues it from its last
+checkpoint when the checkpoint folder is shared storage).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.config import AgentConfig
+from bus.curve import CURVE_ENV, ClusterClientKeys
+from bus.transport import ipc_endpoint, socket_folder, socket_name
+from orchestration.supervisor import ChildExit
+from trainer.config import TrainerConfig
+
+AGENT_START_S = 120.0  # an agent on a loaded node: imports, the graph, the embedding
+
+
+def connect(address: str) -> None:
+    """Join the Ray cluster at ``address`` (``auto``: the one ``ray start`` runs on this machine, else a local one
+    started for this invocation). Raises ``ConnectionError`` / ``RuntimeError`` from Ray with its reason."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})  # fmt: skip
+
+
+def node_address() -> str:
+    """This node's address as the cluster's other nodes reach it (Ray's own answer)."""
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+def localized(trainer: TrainerConfig, agent: AgentConfig | None, run_dir: Path):
+    """The arm's configs with their local paths on this node: run directory, sockets, and the checkpoint folder
+    kept where the driver put it only when this node can write there (shared storage)."""
+    sockets = socket_folder(run_dir)
+    checkpoints = trainer.checkpoint_dir
+    if checkpoints is None or not _writable(checkpoints):
+        checkpoints = run_dir / "checkpoints"
+    if agent is not None:
+        name = socket_name("agent", agent.controller)
+        agent = agent.model_copy(update={"endpoint": ipc_endpoint(sockets, name), "run_dir": run_dir,
+                                         "health_endpoint": ipc_endpoint(sockets, f"{name}-health")})  # fmt: skip
+    trainer = trainer.model_copy(update={
+        "run_dir": run_dir, "checkpoint_dir": checkpoints, "instruction_endpoint": None,
+        "agent_endpoint": agent.endpoint if agent else None, "agent_health_endpoint": agent.health_endpoint if agent
+        else None,
+    })  # fmt: skip
+    return trainer, agent
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.access(folder, os.W_OK)
+    except OSError:
+        return False
+
+
+def train_arm(trainer: TrainerConfig, agent: AgentConfig | None, keys: ClusterClientKeys) -> int:
+    """One arm on this node (the body of the Ray task): its agent, then its trainer to the end; the trainer's exit
+    code (``bus.child``). Both send their records to the recorder's cluster socket under ``keys``."""
+    from bus.messages import Hello, Ready
+    from bus.transport import RequestClient
+
+    import zmq
+
+    run_dir = Path(tempfile.mkdtemp(prefix=f"reflectnet-{trainer.run_id}-"))
+    trainer, agent = localized(trainer, agent, run_dir)
+    env = {**os.environ, CURVE_ENV: keys.model_dump_json()}
+    processes = []
+    try:
+        if agent is not None:
+            (run_dir / "agent.json").write_text(agent.model_dump_json())
+            processes.append(subprocess.Popen([sys.executable, "-m", "agents", "--config", str(run_dir / "agent.json")],
+                                              env=env, start_new_session=True))  # fmt: skip
+            ctx = zmq.Context()
+            client = RequestClient(ctx, agent.endpoint, timeout_ms=1000, retries=0)
+            deadline = time.monotonic() + AGENT_START_S
+            while not isinstance(client.request(Hello(run_id=trainer.run_id, component="ray")).reply, Ready):
+                if time.monotonic() > deadline or processes[0].poll() is not None:
+                    break  # the trainer falls back, recorded, as with an agent that never answers locally
+            client.close()
+            ctx.term()
+        (run_dir / "trainer.json").write_text(trainer.model_dump_json())
+        processes.append(subprocess.Popen([sys.executable, "-m", "trainer", "--config", str(run_dir / "trainer.json")],
+                                          env=env, start_new_session=True))  # fmt: skip
+        return processes[-1].wait()
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@dataclass
+class RayArms:
+    """The driver's side: arms submitted as Ray tasks with ``cpus``/``gpus`` each, awaited like local trainers."""
+
+    keys: ClusterClientKeys
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self):
+        import ray
+
+        self._task = ray.remote(train_arm).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+        self.refs: dict[str, object] = {}  # child name -> its task's ObjectRef
+
+    def start(self, name: str, trainer: TrainerConfig, agent: AgentConfig | None) -> None:
+        self.refs[name] = self._task.remote(trainer, agent, self.keys)
+
+    def wait_any(self, names: list[str], supervise) -> ChildExit:
+        """Until one of the tasks ``names`` ends (``supervise()`` in between: the recorder's health, the sender);
+        how its trainer ended (a task lost with its node: exit code 1, the run failed)."""
+        import ray
+
+        refs = {self.refs[name]: name for name in names}
+        while True:
+            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.2)
+            if done:
+                name = refs[done[0]]
+                del self.refs[name]
+                try:
+                    return ChildExit(name, int(ray.get(done[0])))
+                except ray.exceptions.RayError:
+                    return ChildExit(name, 1)
+            supervise()
+
+    def stop(self, name: str) -> None:
+        """Cancel the task ``name`` (its processes are stopped as the task's worker goes)."""
+        import ray
+
+        ref = self.refs.pop(name, None)
+        if ref is not None:
+            ray.cancel(ref, force=True)
