@@ -42,6 +42,15 @@ class ArmProgress:
         thread.start()
 
     def _read(self, run_id: str, stream: IO[bytes]) -> None:
+        try:
+            self._show(run_id, stream)
+        except Exception:  # a display that fails must not leave the trainer blocked on a full pipe: drain it
+            for _ in stream:
+                pass
+        finally:
+            stream.close()
+
+    def _show(self, run_id: str, stream: IO[bytes]) -> None:
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             if not line:
@@ -52,7 +61,6 @@ class ArmProgress:
                     print(line, file=self.console.file, flush=True)
                 else:
                     self.display.update(self._group())
-        stream.close()
 
     def _group(self) -> Group:
         return Group(*(Text(line, overflow="ellipsis", no_wrap=True) for line in self.lines.values()))

@@ -147,7 +147,11 @@ class Runner:
         agent = self.agents.get(arm.controller)
         trainer = trainer_config(self.spec, arm, self.run_dir, self.recorder, agent)
         if self.spec.jobs > 1:
-            trainer = trainer.model_copy(update={"threads": trainer_threads(self.spec.jobs)})
+            # The arms of one controller share its agent, which answers one request at a time: a try waits for the
+            # requests queued before it too, so that a queue is not taken for a hung agent (and --jobs 1's epochs kept).
+            sharing = min(self.spec.jobs, sum(a.controller == arm.controller for a in todo))
+            trainer = trainer.model_copy(update={"threads": trainer_threads(self.spec.jobs),
+                                                 "agent_timeout_ms": trainer.agent_timeout_ms * sharing})  # fmt: skip
         arm.checkpoint = trainer.checkpoint_file
         declared = task_class(trainer.task, trainer.task_options)
         print(f"{counter} {declared.name} | regime {arm.regime} ({declared.regimes[arm.regime]} {declared.budget_unit}) "

@@ -89,15 +89,16 @@ def command_from_record(data: dict | str) -> UpdateCommand:
 
 def recorded_commands(source: Source, run_id: str) -> dict[int, UpdateCommand]:
     """epoch -> the command applied after that epoch of run ``run_id`` (as ``--replay`` applies them again),
-    in epoch order: an asynchronous decision under the epoch it was applied after (``applied_epoch``), one never
-    applied (the last epoch's) under the epoch it was asked for unless a command was applied there; commands
+    in epoch order: an asynchronous decision under the epoch it was applied after (``applied_epoch``); one never
+    applied (the decision after the last epoch, or an asynchronous one answered only then) under the run's last
+    decision epoch, where the replay does not apply it either, unless a command was applied there; commands
     recorded in the schema 1 format are converted (:func:`command_from_record`)."""
+    recorded = rows(source, "SELECT epoch, applied_epoch, command FROM decisions WHERE run_id = ? "
+                            "ORDER BY applied_epoch IS NULL, coalesce(applied_epoch, epoch)", [run_id])  # fmt: skip
+    last = max((max(epoch, applied or 0) for epoch, applied, _ in recorded), default=0)
     commands: dict[int, UpdateCommand] = {}
-    for epoch, applied_epoch, command in rows(
-        source, "SELECT epoch, applied_epoch, command FROM decisions WHERE run_id = ? "
-        "ORDER BY applied_epoch IS NULL, coalesce(applied_epoch, epoch)", [run_id],
-    ):  # fmt: skip
-        commands.setdefault(epoch if applied_epoch is None else applied_epoch, command_from_record(command))
+    for epoch, applied_epoch, command in recorded:
+        commands.setdefault(last if applied_epoch is None else applied_epoch, command_from_record(command))
     return dict(sorted(commands.items()))
 
 

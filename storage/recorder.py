@@ -289,16 +289,18 @@ class Recorder:
             flush_ms_p50=round(timings[len(timings) // 2], 3), flush_ms_p99=round(timings[int(len(timings) * 0.99)], 3),
             flush_ms_max=round(timings[-1], 3), queries_answered=self.queries.answered if self.queries else 0,
         )  # fmt: skip
-        self.flush()
-        self.con.execute("CHECKPOINT")
-        self.con.close()
-        self.pull.close()
-        self.control.close()
-        if self.cluster is not None:
-            self.cluster.disable_monitor()
-            self.cluster_monitor.close(linger=0)
-            self.cluster.close(linger=0)
-            self.authenticator.stop()
+        try:
+            self.flush()
+            self.con.execute("CHECKPOINT")
+            self.con.close()
+        finally:
+            self.pull.close()
+            self.control.close()
+            if self.cluster is not None:  # the authenticator's thread holds a socket: the context cannot end before it
+                self.cluster.disable_monitor()
+                self.cluster_monitor.close(linger=0)
+                self.cluster.close(linger=0)
+                self.authenticator.stop()
 
 
 def record_socket(ctx: zmq.Context) -> zmq.Socket:

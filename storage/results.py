@@ -217,18 +217,19 @@ def _parse(name: str, text: str):
 
 def merge_exports(exports: list[list[RunResult]]) -> list[RunResult]:
     """Several exports as one (a study run in several sittings or on several machines, ``--only`` a part each): a
-    run in more than one counts once (its first copy kept), and where two exports both count a run of one cell and
-    seed, the later export's counts (as a later run in one database supersedes an earlier one)."""
+    run in more than one is kept once, as the later export has it (a run still going in an earlier export may be
+    completed in a later one), in the order runs first appear; where two exports count different runs of one cell
+    and seed, the later export's counts (as a later run in one database supersedes an earlier one)."""
     merged: dict[str, RunResult] = {}
+    for results in exports:
+        for result in results:
+            merged[result.run_id] = result  # a dict keeps the first position, takes the last value
     counted: dict[tuple, RunResult] = {}
     for results in exports:
         for result in results:
-            if result.run_id in merged:
-                continue
-            merged[result.run_id] = result
-            if result.counted:
+            if merged[result.run_id] is result and result.counted:
                 earlier = counted.get((*result.cell_key, result.seed))
-                if earlier is not None:
+                if earlier is not None and earlier is not result:
                     earlier.counted = False
                 counted[(*result.cell_key, result.seed)] = result
     return list(merged.values())

@@ -354,10 +354,11 @@ WITH d AS (
     SELECT *,
            coalesce(command->'hyperparameters',
                     json_merge_patch('{{}}', json_object('dropout', command->'dropout',
-                                                         'learning_rate', command->'learning_rate'))) AS hp_after
+                                                         'learning_rate', command->'learning_rate'))) AS hp_after,
+           coalesce(applied_epoch, epoch) AS boundary  -- where the command took over (async: later than asked)
     FROM decisions
 )
-SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, d.applied,
+SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, d.applied, d.applied_epoch,
        d.command, d.notes,
        e0.lr AS lr_before, TRY_CAST(d.hp_after->>'learning_rate' AS DOUBLE) AS lr_after,
        e0.dropout AS dropout_before, TRY_CAST(d.hp_after->>'dropout' AS DOUBLE) AS dropout_after,
@@ -376,8 +377,8 @@ SELECT d.run_id, d.epoch, d.controller, d.valid, d.repair_attempts, d.fallback, 
        d.instruction_id, i.text AS instruction, d.instruction_outcome, d.held, d.choice, d.choice_margin,
        i.read_as AS instruction_read_as, d.overridden_proposal
 FROM d
-JOIN epochs e0 ON e0.run_id = d.run_id AND e0.epoch = d.epoch
-LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.epoch + 1
+JOIN epochs e0 ON e0.run_id = d.run_id AND e0.epoch = d.boundary
+LEFT JOIN epochs e1 ON e1.run_id = d.run_id AND e1.epoch = d.boundary + 1
 LEFT JOIN runs r ON r.run_id = d.run_id
 LEFT JOIN reflections rf ON rf.run_id = d.run_id AND rf.about_epoch = d.epoch
 LEFT JOIN instructions i ON i.instruction_id = d.instruction_id;

@@ -60,7 +60,7 @@ class DecisionOutcome:
     decision: Decision
     waited_ms: float
     attempts: int
-
+    replied: bool = True  # the agent answered something (a decision, or an error), at the last try
 
 def request_decision(
     agent: RequestClient, metrics: EpochMetrics, controller: str, cancelled: Callable[[], bool] | None = None
@@ -85,16 +85,17 @@ def request_decision(
             return DecisionOutcome(reply, waited_ms, outcome.attempts)
         except (ValueError, TypeError, RuntimeError) as exc:  # e.g. a value pydantic let through
             reason = f"trainer refused the command: {exc}"
-    return DecisionOutcome(fallback_decision(metrics, controller, reason, waited_ms), waited_ms, outcome.attempts)
+    return DecisionOutcome(fallback_decision(metrics, controller, reason, waited_ms), waited_ms, outcome.attempts,
+                           replied=reply is not None)
 
 
 def log_outcome(log, epoch: int, outcome: DecisionOutcome) -> None:
     """The trainer's log lines for one request: a retry that succeeded, or the fallback and why."""
+    if outcome.replied and outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
+        log.warning("agent_retried", epoch=epoch, attempts=outcome.attempts)
     if outcome.decision.fallback:
         log.warning("fallback", epoch=epoch, reason=outcome.decision.fallback_reason,
                     waited_ms=round(outcome.waited_ms))  # fmt: skip
-    elif outcome.attempts > 1:  # an agent that died mid-request and was restarted, say
-        log.warning("agent_retried", epoch=epoch, attempts=outcome.attempts)
 
 
 def command_deltas(

@@ -27,6 +27,7 @@ from bus.messages import (
     Reflection,
     TaskSpec,
     UpdateCommand,
+    BusDecodeError,
     best_epoch,
     decode,
     encode,
@@ -104,7 +105,10 @@ def resume(cfg: TrainerConfig, task: Task, sender: RecordSender, device: torch.d
         instruction_index=state.instruction_index, instruction_shaped=state.instruction_shaped,
     )  # fmt: skip
     for topic, body in state.pending_records:
-        sender.send(decode([topic.encode(), body.encode()]))
+        try:
+            sender.send(decode([topic.encode(), body.encode()]))
+        except BusDecodeError as exc:  # a checkpoint of another build: the orchestrator resends what it can decode
+            log.warning("checkpoint_record_skipped", reason=exc.reason)
     best = best_epoch(carry.history, task.spec())
     if best is not None and best_held(cfg) != best.epoch and best.epoch == state.epoch:
         save_best(cfg, task, state, deltas)  # the run stopped between the two writes: the task holds that epoch now
@@ -226,6 +230,8 @@ def decide_async(
     last = epoch == cfg.epochs
     answer = channel.wait() if last else channel.answered()
     decision, rollback_to, blocked_ms = None, None, 0.0
+    # What trained this epoch, for the reflector to judge (a command settled now has trained nothing yet).
+    trained_with, its_verdict = carry.previous_command, carry.previous_reflection
     if answer is not None:
         log_outcome(log, answer.metrics.epoch, answer.outcome)
         decision, new_deltas = command_deltas(answer.outcome.decision, answer.metrics, cfg.controller, task.model,
@@ -242,8 +248,8 @@ def decide_async(
     log.info("agent_asked", epoch=epoch)
     channel.ask(metrics.model_copy(update={
         "hyperparameters": dict(carry.hyperparameters), "alpha": carry.alpha,  # in force now, after the settle
-        "previous_command": carry.previous_command, "previous_reflection": carry.previous_reflection,
-        "decisions": "async", "command_epoch": epoch + 2,
+        "previous_command": trained_with, "previous_reflection": its_verdict, "history": list(carry.history),
+        "instruction_first_decision": not carry.instruction_shaped, "decisions": "async", "command_epoch": epoch + 2,
     }))  # fmt: skip
     return decision, blocked_ms, rollback_to
 

@@ -28,6 +28,8 @@ def main(argv: list[str]) -> int:
     try:
         args = parser.parse_args(argv)
         if args.results is not None:
+            if len(args.results) > 1 and args.out is None:  # beside the first would overwrite that export
+                raise CliError("--results with several files needs --out DIR for the merged report")
             files, notes = render_results(args.results, args.out or args.results[0].parent)
         else:
             files, notes = write_report(args.db, args.out or args.db.parent / "report")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from orchestration.cli import CliError
@@ -28,6 +29,7 @@ def parser():
     p.add_argument("--report", type=Path, default=None,
                    help=f"report folder (default: {FULL_REPORT}/ for the study, the database's name for --quick)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
+    p.add_argument("--jobs", type=int, default=1, help="arms trained at once (run.py --jobs; default: 1)")
     p.add_argument("--only", default=None, metavar="TASK[:REGIME]",
                    help="run only the study's sweeps of this task (and regime), e.g. mnist:100")
     p.add_argument("--seed", type=int, default=None, help="first seed instead of the study's (e.g. to re-run cells "
@@ -83,12 +85,16 @@ def main(argv: list[str]) -> int:
     report = args.report or (db.with_suffix("") if args.quick else FULL_REPORT)
     from bus.discovery import DatabaseBusy, invocation_lock
 
-    try:
-        with invocation_lock(db):  # the whole study, so that no other invocation slips in between two sweeps
-            code = run_study(sweeps, db, args.out, ["--device", args.device])
-    except DatabaseBusy as exc:
-        print(f"run.py study: error: --db {db}: {exc}", file=sys.stderr)
-        return 2
+    with ExitStack() as held:  # the whole study, so that no other invocation slips in between two sweeps
+        try:
+            held.enter_context(invocation_lock(db))
+        except DatabaseBusy as exc:
+            print(f"run.py study: error: --db {db}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the lock file cannot be created: the folder is not writable
+            print(f"run.py study: error: --db {db}: cannot open for writing: {exc.strerror}", file=sys.stderr)
+            return 2
+        code = run_study(sweeps, db, args.out, ["--device", args.device, "--jobs", str(args.jobs)])
     if code in (2, 130):
         return code
     from orchestration.commands.report import main as write_report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 
 from orchestration.cli import CliError, build_parser, cost_notice, validate_args
 from orchestration.commands import command_listing
@@ -23,21 +24,22 @@ def main(argv: list[str]) -> int:
     from bus.discovery import DatabaseBusy, invocation_lock
 
     args = parser().parse_args(argv)
-    try:
-        with invocation_lock(args.db):  # before the database is opened: a second invocation gets one line
-            try:
-                spec = validate_args(args)
-            except CliError as exc:
-                print(f"run.py: error: {exc}", file=sys.stderr)
-                return 2
-            if (notice := cost_notice(spec)) is not None:
-                print(notice, flush=True)
-            from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
+    with ExitStack() as held:
+        try:
+            held.enter_context(invocation_lock(args.db))  # before the database is opened: a second one gets one line
+        except DatabaseBusy as exc:
+            print(f"run.py: error: --db {args.db}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the lock file cannot be created: the folder is not writable
+            print(f"run.py: error: --db {args.db}: cannot open for writing: {exc.strerror}", file=sys.stderr)
+            return 2
+        try:
+            spec = validate_args(args)
+        except CliError as exc:
+            print(f"run.py: error: {exc}", file=sys.stderr)
+            return 2
+        if (notice := cost_notice(spec)) is not None:
+            print(notice, flush=True)
+        from orchestration.session import run_invocation  # torch, langchain, DuckDB: only once there is work
 
-            return run_invocation(spec)
-    except DatabaseBusy as exc:
-        print(f"run.py: error: --db {args.db}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the lock file cannot be created: the folder is not writable
-        print(f"run.py: error: --db {args.db}: cannot open for writing: {exc.strerror}", file=sys.stderr)
-        return 2
+        return run_invocation(spec)

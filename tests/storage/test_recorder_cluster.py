@@ -6,7 +6,6 @@ keys is refused when the configuration is checked."""
 from __future__ import annotations
 
 import json
-import time
 
 import duckdb
 import pytest
