@@ -10,10 +10,14 @@ keys made for this invocation (``bus.curve``; the client keys travel to the task
 its processes, never into a configuration stored in the database). Exactly-once delivery is the recorder's as
 always: every record numbered per sender and acknowledged after its commit.
 
+A worker that dies mid-arm (killed, out of memory, its node lost): Ray runs the task again (:data:`RAY_RETRIES`),
+and the arm continues from its last checkpoint when the checkpoint folder is storage the new node sees (the driver's
+run folder on shared storage; on one machine, always), else starts over; the trainer's ``resumed`` or second
+``training_started`` event records which. Nothing is doubled: a checkpoint is written before its epoch's records
+are sent, and a record sent again is stored once.
+
 What a Ray arm does not do yet: instructions said during the run (``run.py say``: the trainer's instruction socket
-is the node's), the embedded model (give ``--llm-base-url``, a shared OpenAI-compatible endpoint such as vLLM), and
-a retry of an arm whose node died (it is recorded as failed; ``--resume RUN_ID`` continues it from its last
-checkpoint when the checkpoint folder is shared storage).
+is the node's) and the embedded model (give ``--llm-base-url``, a shared OpenAI-compatible endpoint such as vLLM).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from orchestration.supervisor import ChildExit
 from trainer.config import TrainerConfig
 
 AGENT_START_S = 120.0  # an agent on a loaded node: imports, the graph, the embedding
+RAY_RETRIES = 2  # times Ray runs an arm again after its worker died
 
 
 def connect(address: str) -> None:
@@ -89,6 +94,11 @@ def train_arm(trainer: TrainerConfig, agent: AgentConfig | None, keys: ClusterCl
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"reflectnet-{trainer.run_id}-"))
     trainer, agent = localized(trainer, agent, run_dir)
+    if trainer.resume_from is None and trainer.checkpoint_file.exists():
+        # Ray's retry of an arm whose worker died: its checkpoint is on storage this node sees (shared, or the same
+        # node), so it continues after the last epoch it completed, as --resume does; records of that epoch and
+        # before, sent again from the checkpoint, are stored once. Elsewhere it starts over.
+        trainer = trainer.model_copy(update={"resume_from": trainer.checkpoint_file})
     env = {**os.environ, CURVE_ENV: keys.model_dump_json()}
     processes = []
     try:
@@ -129,7 +139,9 @@ class RayArms:
     def __post_init__(self):
         import ray
 
-        self._task = ray.remote(train_arm).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+        # max_retries: Ray runs the task again when its worker or node dies (not when the trainer fails: that is
+        # the run's own failure, recorded, continued with --resume).
+        self._task = ray.remote(train_arm).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=RAY_RETRIES)
         self.refs: dict[str, object] = {}  # child name -> its task's ObjectRef
 
     def start(self, name: str, trainer: TrainerConfig, agent: AgentConfig | None) -> None:
