@@ -23,7 +23,11 @@ def main(argv: list[str]) -> int:
     effect, before training); 2 with one line for a bad flag."""
     from bus.discovery import DatabaseBusy, invocation_lock
 
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except CliError as exc:  # a flag's own type check
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
     with ExitStack() as held:
         try:
             held.enter_context(invocation_lock(args.db))  # before the database is opened: a second one gets one line
