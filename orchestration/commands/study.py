@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from orchestration.cli import CliError
-from orchestration.commands.parsers import command_parser
+from orchestration.commands.parsers import command_parser, hold_database
 from orchestration.study import STUDY_CONTROLLERS
 
 FULL_DB = Path("runs") / "study.duckdb"
@@ -83,16 +83,8 @@ def main(argv: list[str]) -> int:
         return 0
     db = args.db or (QUICK_DB if args.quick else FULL_DB)
     report = args.report or (db.with_suffix("") if args.quick else FULL_REPORT)
-    from bus.discovery import DatabaseBusy, invocation_lock
-
     with ExitStack() as held:  # the whole study, so that no other invocation slips in between two sweeps
-        try:
-            held.enter_context(invocation_lock(db))
-        except DatabaseBusy as exc:
-            print(f"run.py study: error: --db {db}: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:  # the lock file cannot be created: the folder is not writable
-            print(f"run.py study: error: --db {db}: cannot open for writing: {exc.strerror}", file=sys.stderr)
+        if not hold_database(held, db, "run.py study"):
             return 2
         code = run_study(sweeps, db, args.out, ["--device", args.device, "--jobs", str(args.jobs)])
     if code in (2, 130):

@@ -8,6 +8,7 @@ from contextlib import ExitStack
 
 from orchestration.cli import CliError, build_parser, cost_notice, validate_args
 from orchestration.commands import command_listing
+from orchestration.commands.parsers import hold_database
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,21 +22,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Check the flags, then run the invocation (which says back each instruction, and what of them cannot take
     effect, before training); 2 with one line for a bad flag."""
-    from bus.discovery import DatabaseBusy, invocation_lock
-
     try:
         args = parser().parse_args(argv)
     except CliError as exc:  # a flag's own type check
         print(f"run.py: error: {exc}", file=sys.stderr)
         return 2
     with ExitStack() as held:
-        try:
-            held.enter_context(invocation_lock(args.db))  # before the database is opened: a second one gets one line
-        except DatabaseBusy as exc:
-            print(f"run.py: error: --db {args.db}: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:  # the lock file cannot be created: the folder is not writable
-            print(f"run.py: error: --db {args.db}: cannot open for writing: {exc.strerror}", file=sys.stderr)
+        if not hold_database(held, args.db, "run.py"):  # before the database is opened: a second one gets one line
             return 2
         try:
             spec = validate_args(args)
