@@ -16,8 +16,13 @@ run folder on shared storage; on one machine, always), else starts over; the tra
 ``training_started`` event records which. Nothing is doubled: a checkpoint is written before its epoch's records
 are sent, and a record sent again is stored once.
 
+Model calls go to ``--llm-base-url`` (a shared OpenAI-compatible endpoint, e.g. vLLM serving the cluster) when
+given; with the embedded model, each node runs one model server (:class:`NodeModelServer`, a Ray actor named after
+the node, started by the first arm that needs it there and shared by the node's later arms; it ends with the
+invocation), which the arm's agent calls on loopback.
+
 What a Ray arm does not do yet: instructions said during the run (``run.py say``: the trainer's instruction socket
-is the node's) and the embedded model (give ``--llm-base-url``, a shared OpenAI-compatible endpoint such as vLLM).
+is the node's).
 """
 
 from __future__ import annotations
@@ -38,15 +43,17 @@ from trainer.config import TrainerConfig
 
 AGENT_START_S = 120.0  # an agent on a loaded node: imports, the graph, the embedding
 RAY_RETRIES = 2  # times Ray runs an arm again after its worker died
+MODEL_SERVER_PREFIX = "reflectnet-llm-"  # + node id: that node's NodeModelServer actor
 
 
-def connect(address: str) -> None:
+def connect(address: str, namespace: str) -> None:
     """Join the Ray cluster at ``address`` (``auto``: the one ``ray start`` runs on this machine, else a local one
-    started for this invocation). Raises ``ConnectionError`` / ``RuntimeError`` from Ray with its reason."""
+    started for this invocation) in ``namespace`` (this invocation's: its node model servers are named in it).
+    Raises ``ConnectionError`` / ``RuntimeError`` from Ray with its reason."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=None if address == "auto" else address, log_to_driver=True,
+        ray.init(address=None if address == "auto" else address, log_to_driver=True, namespace=namespace,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}})  # fmt: skip
 
 
@@ -84,6 +91,40 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+class NodeModelServer:
+    """The embedded model server of one node (a Ray actor pinned there): started once, its loopback URL for every arm
+    of the node. Raises ``model_server.manager.LLMServerError`` when it does not come up."""
+
+    def __init__(self):
+        from model_server.manager import LocalLLMServer
+
+        log = Path(tempfile.mkdtemp(prefix="reflectnet-llm-")) / "llm-server.log"
+        self.server = LocalLLMServer(log)
+        self.server.start()
+        self.server.wait_ready()
+
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def __del__(self):
+        self.server.stop()
+
+
+def node_model_url() -> str:
+    """The loopback URL of this node's embedded model server, started here by the first arm that asks."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    # Detached: the arm that starts it ends long before the node's last arm; the driver removes it at the end
+    # (RayArms.close).
+    actor = ray.remote(NodeModelServer).options(
+        name=f"{MODEL_SERVER_PREFIX}{node}", get_if_exists=True, num_cpus=0, lifetime="detached",
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+    ).remote()  # fmt: skip
+    return ray.get(actor.base_url.remote())
+
+
 def train_arm(trainer: TrainerConfig, agent: AgentConfig | None, keys: ClusterClientKeys) -> int:
     """One arm on this node (the body of the Ray task): its agent, then its trainer to the end; the trainer's exit
     code (``bus.child``). Both send their records to the recorder's cluster socket under ``keys``."""
@@ -94,6 +135,8 @@ def train_arm(trainer: TrainerConfig, agent: AgentConfig | None, keys: ClusterCl
 
     run_dir = Path(tempfile.mkdtemp(prefix=f"reflectnet-{trainer.run_id}-"))
     trainer, agent = localized(trainer, agent, run_dir)
+    if agent is not None and agent.llm is not None and agent.llm.provider == "local":
+        agent = agent.model_copy(update={"llm": agent.llm.model_copy(update={"base_url": node_model_url()})})
     if trainer.resume_from is None and trainer.checkpoint_file.exists():
         # Ray's retry of an arm whose worker died: its checkpoint is on storage this node sees (shared, or the same
         # node), so it continues after the last epoch it completed, as --resume does; records of that epoch and
@@ -163,6 +206,17 @@ class RayArms:
                 except ray.exceptions.RayError:
                     return ChildExit(name, 1)
             supervise()
+
+    def close(self) -> None:
+        """Remove the node model servers this invocation started (detached actors of its namespace)."""
+        import ray
+
+        for actor in ray.util.list_named_actors(all_namespaces=False):
+            if actor.startswith(MODEL_SERVER_PREFIX):
+                try:
+                    ray.kill(ray.get_actor(actor))
+                except ValueError:  # already gone
+                    pass
 
     def stop(self, name: str) -> None:
         """Cancel the task ``name`` (its processes are stopped as the task's worker goes)."""

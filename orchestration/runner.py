@@ -103,7 +103,7 @@ class Runner:
         from bus.curve import new_cluster_keys
         from orchestration.ray_cluster import RayArms, connect, node_address
 
-        connect(self.spec.ray)
+        connect(self.spec.ray, namespace=f"reflectnet-{self.run_dir.name}")
         server_keys, client_keys = new_cluster_keys()
         port = free_tcp_endpoint().rsplit(":", 1)[1]
         self.recorder = self.recorder.model_copy(update={"cluster_endpoint": f"tcp://0.0.0.0:{port}",
@@ -131,7 +131,7 @@ class Runner:
             self.orch.ticks.append(self.steering.serve)
         settings = self.settings
         needs_model = any(a.controller != "none" and resolve_controller(a.controller).uses_llm for a in todo)
-        if settings is not None and settings.provider == "local" and needs_model:
+        if settings is not None and settings.provider == "local" and needs_model and self.ray_arms is None:
             self.settings = start_local_llm(self.orch, settings, self.log)
         return discarded
 
@@ -268,6 +268,8 @@ class Runner:
         orch = self.orch
         if self.progress is not None:
             self.progress.close()
+        if self.ray_arms is not None:
+            self.ray_arms.close()
         for name in [n for n in orch.children if n.startswith("agent")]:
             orch.stop_child(name)
         if orch.probe is not None:

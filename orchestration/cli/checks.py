@@ -217,15 +217,9 @@ def validate_args(args: argparse.Namespace) -> RunSpec:
 
 def check_ray(spec: RunSpec) -> None:
     """What a Ray-driven invocation cannot do yet (``orchestration/ray_cluster.py``), as one line each."""
-    from agents.controllers.registry import resolve_controller
-
     try:
         import ray  # noqa: F401
     except ImportError:
         raise CliError("--ray needs Ray: pip install -e '.[ray]'") from None
-    uses_llm = any(c != "none" and resolve_controller(c).uses_llm for c in spec.controllers)
-    if uses_llm and not spec.llm.remote:
-        raise CliError("--ray with the embedded model is not supported yet: give --llm-base-url (a shared "
-                       "OpenAI-compatible endpoint, e.g. vLLM serving the cluster)")  # fmt: skip
     if spec.replay or spec.resume:
         raise CliError("--ray runs new arms; --replay and --resume run here, without --ray")

@@ -47,11 +47,23 @@ def test_a_sweep_through_ray_gives_the_local_sweeps_epochs_over_the_curve_socket
     assert "secret" not in json.dumps(configs)  # the keys travel to the arms, never into the database
 
 
-def test_what_a_ray_arm_cannot_do_yet_is_one_line(tmp_path):
-    run = subprocess.run([sys.executable, "run.py", "--ray", "auto", "--controller", "llm", "--db",
-                          str(tmp_path / "x.duckdb")], cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+def test_what_a_ray_driver_does_not_do_is_one_line(tmp_path):
+    run = subprocess.run([sys.executable, "run.py", "--ray", "auto", "--replay", "r", "--db", str(tmp_path / "x.duckdb")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert run.returncode == 2 and run.stderr.count("\n") == 1
-    assert "--ray with the embedded model is not supported yet: give --llm-base-url" in run.stderr
+    assert "--ray runs new arms; --replay and --resume run here, without --ray" in run.stderr
+
+
+@pytest.mark.slow  # the embedded model on a Ray node (about two minutes here): python -m pytest -m slow
+def test_a_ray_arm_with_the_embedded_model_calls_its_nodes_model_server(tmp_path):
+    db = tmp_path / "llm.duckdb"
+    run = subprocess.run([sys.executable, "run.py", "--ray", "auto", "--regime", "10", "--epochs", "2", "--arms",
+                          "guided", "--db", str(db), "--out", str(tmp_path / "runs")], cwd=REPO, capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT fallback, llm_calls FROM decisions ORDER BY epoch").fetchall()
+    assert len(rows) == 2 and all(not fallback and calls >= 1 for fallback, calls in rows), rows
 
 
 def ray_cli(env: dict, *args: str) -> None:
