@@ -211,8 +211,9 @@ class CartPoleTask(Task):
     # -- one epoch
 
     def train_epoch(self, epoch: int) -> EpochResult:
-        """``epoch_steps`` environment steps of PPO, then :meth:`evaluate`. ``epoch`` must be the next one
-        (epochs done + 1): it seeds the epoch. Metrics (floats):
+        """``epoch_steps`` environment steps of PPO, then :meth:`evaluate`. ``epoch`` seeds the epoch and must come
+        after the epochs done (ValueError otherwise): the next one, or a later one after the trainer rolled the task
+        back to an earlier epoch's checkpoint (the run's numbering goes on). Metrics (floats):
 
         * ``eval_return_mean`` / ``eval_return_std`` / ``eval_episode_length_mean``: greedy evaluation
           episodes (return = summed reward, length in steps);
@@ -228,8 +229,8 @@ class CartPoleTask(Task):
         L2 norm before clipping. ``steps``: optimizer steps taken (:meth:`steps_per_epoch`).
         """
         self._require_setup()
-        if epoch != self.epochs_done + 1:
-            raise ValueError(f"epoch {epoch} follows epoch {self.epochs_done}; expected {self.epochs_done + 1}")
+        if epoch <= self.epochs_done:
+            raise ValueError(f"epoch {epoch} after epoch {self.epochs_done}: an epoch must come after those done")
         episodes = self._learn_epoch(epoch)
         steps = self._steps_taken
         train = self._logger.pop_means()
