@@ -23,9 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 class LiveRun:
     """One ``python run.py ...`` in the background, with its run directory's logs at hand."""
 
-    def __init__(self, args: list[str], db: Path, out: Path, name: str, sigint: str = "default"):
+    def __init__(self, args: list[str], db: Path, out: Path, name: str, sigint: str = "default",
+                 env: dict[str, str] | None = None):  # fmt: skip
         """``sigint``: how run.py inherits SIGINT — ``default`` (from a terminal) or ``ignored`` (started as a
-        background job, under nohup, by some CI runners), set in the child before it starts."""
+        background job, under nohup, by some CI runners), set in the child before it starts; ``env``: its
+        environment (default: this process's)."""
         self.db, self.out = db, out
         self.stdout_path = out.parent / f"{name}.stdout.txt"
         out.mkdir(parents=True, exist_ok=True)
@@ -37,6 +39,7 @@ class LiveRun:
                 stdout=stdout,
                 stderr=subprocess.STDOUT,
                 preexec_fn=lambda: signal.signal(signal.SIGINT, disposition),
+                env=env,
             )
         self.started = time.monotonic()
 
@@ -100,6 +103,18 @@ class LiveRun:
             time.sleep(0.05)
         raise RuntimeError(f"no {component} event {event!r} within {timeout:g} s: {self.tail()}")
 
+    def wait_stdout(self, text: str, timeout: float = 300) -> None:
+        """Until run.py has printed a line containing ``text`` (its progress lines: the arms' epochs under --ray,
+        whose trainer logs stay on their nodes)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.stdout_path.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"run.py exited with {self.proc.returncode} before {text!r}: {self.tail()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"no {text!r} within {timeout:g} s: {self.tail()}")
+
     def finish(self, timeout: float = 600) -> int:
         try:
             return self.proc.wait(timeout)
@@ -109,6 +124,47 @@ class LiveRun:
 
     def tail(self, lines: int = 15) -> str:
         return "\n".join(self.stdout_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class LocalRayCluster:
+    """A two-node Ray cluster on this machine, as a cluster is set up (``ray start --head`` on loopback, then
+    ``ray start --address`` for the second node), one CPU each, Ray's token authentication on (Ray >= 2.59 requires
+    it) with a token made for this cluster. A context manager: ``ray stop --force`` on exit. ``env``: the
+    environment a driver needs (the token); ``address``: ``127.0.0.1:PORT``. Needs the ``ray`` extra."""
+
+    def __init__(self):
+        import secrets
+
+        from bus.transport import free_tcp_endpoint
+
+        self.address = f"127.0.0.1:{free_tcp_endpoint().rsplit(':', 1)[1]}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+
+    def ray(self, *args: str) -> None:
+        subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True,
+                       timeout=300, env=self.env)  # fmt: skip
+
+    def __enter__(self) -> "LocalRayCluster":
+        common = ["--num-cpus", "1", "--disable-usage-stats"]
+        host, port = self.address.split(":")
+        self.ray("start", "--head", "--node-ip-address", host, "--port", port, "--include-dashboard", "false", *common)
+        try:
+            self.ray("start", "--address", self.address, *common)
+        except BaseException:
+            self.ray("stop", "--force")
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ray("stop", "--force")
+
+    def kill_arm_worker(self) -> str:
+        """SIGKILL the Ray worker process running an arm (``ray::train_arm``); what was done, for the report."""
+        pids = subprocess.run(["pgrep", "-f", "ray::train_arm"], capture_output=True, text=True).stdout.split()
+        if not pids:
+            raise RuntimeError("no Ray worker running an arm")
+        os.kill(int(pids[0]), signal.SIGKILL)
+        return f"SIGKILL Ray worker ray::train_arm (pid {pids[0]})"
 
 
 def query(db: Path, sql: str, params=None) -> list[tuple]:

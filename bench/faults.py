@@ -1,7 +1,7 @@
 """The fault suite: real runs of run.py with faults injected into its processes, audited against the database.
 
     python -m bench.faults             # every scenario, the embedded model's included (about 6 minutes on 2 cores)
-    python -m bench.faults --quick     # without the model-server scenario
+    python -m bench.faults --quick     # without the model-server and Ray-cluster scenarios
     python -m bench.faults --json      # the figures as JSON too
 
 Each scenario starts ``python run.py`` as a user would, kills or stops one of its processes by pid
@@ -24,6 +24,7 @@ this module holds the scenarios and the command line.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import signal
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.fault_audit import Outcome, audit, report
-from bench.fault_run import LiveRun, alive, decisions, kill, query, restarts, run_id_of, send_garbage
+from bench.fault_run import LiveRun, LocalRayCluster, alive, decisions, kill, query, restarts, run_id_of, send_garbage
 
 HEURISTIC = ["--regime", "100", "--epochs", "6", "--arms", "guided", "--controller", "heuristic"]
 
@@ -192,6 +193,54 @@ def model_server(work: Path) -> Outcome:
     return Outcome("agent + model server", faults, [code], audit(db, out), time.monotonic() - run.started, checks)
 
 
+def several_arms(work: Path) -> Outcome:
+    """With ``--jobs 2`` (two arms live at once, one heuristic agent serving both guided runs): SIGKILL a trainer
+    at epoch 2, SIGSTOP the shared agent while a trainer asks it (epoch 4 or later), SIGINT run.py at epoch 7;
+    then ``--resume`` every run left unfinished and the same command again for the arms that never started."""
+    db, out = work / "jobs.duckdb", work / "jobs"
+    args = ["--regime", "100", "--epochs", "10", "--seeds", "2", "--controller", "heuristic", "--jobs", "2"]
+    run = LiveRun(args, db, out, "jobs")
+    run.wait_epoch(2)
+    faults = [kill(run, "trainer")]
+    asked = run.wait_event("trainer", "agent_asked", epoch=4)
+    faults.append(kill(run, "agent", signal.SIGSTOP) + f" (asked by {asked['run_id']})")
+    run.wait_epoch(7)
+    run.proc.send_signal(signal.SIGINT)
+    faults.append("SIGINT run.py")
+    codes = [run.finish(120)]
+    after_stop = dict(query(db, "SELECT run_id, status FROM runs"))
+    for run_id, status in after_stop.items():
+        if status != "completed":
+            codes.append(LiveRun(["--resume", run_id], db, out, f"jobs-resume-{run_id}").finish())
+    codes.append(LiveRun(args, db, out, "jobs-rest").finish())  # the arms the SIGINT kept from starting
+    checks = {
+        "status_after_sigint": sorted(after_stop.values()),
+        "restarts": [f"{r['child']}: {r['reason']}" for _, r in run.records("orchestrator")
+                     if r.get("event") == "child_restarted"],
+        "arms": len(query(db, "SELECT run_id FROM runs")),
+    }  # fmt: skip
+    return Outcome("--jobs 2: trainer killed, agent frozen, Ctrl-C, --resume", faults, codes, audit(db, out),
+                   time.monotonic() - run.started, checks)  # fmt: skip
+
+
+def ray_cluster(work: Path) -> Outcome:
+    """A two-node Ray cluster on this machine (``ray start --head`` + ``ray start --address``, Ray's token auth on)
+    and a sweep through ``--ray ADDRESS --jobs 2``: a Ray worker running an arm SIGKILLed by pid at epoch 20 of 60.
+    Ray retries the task and the arm resumes from its checkpoint (the nodes share this disk)."""
+    db, out = work / "ray.duckdb", work / "ray"
+    args = ["--task", "diabetes", "--regime", "full", "--epochs", "60", "--seeds", "2", "--controller", "heuristic",
+            "--jobs", "2"]  # fmt: skip
+    with LocalRayCluster() as cluster:
+        run = LiveRun([*args, "--ray", cluster.address], db, out, "ray", env=cluster.env)
+        run.wait_stdout("epoch  20/60")
+        faults = [cluster.kill_arm_worker()]
+        code = run.finish()
+    resumed = query(db, "SELECT count(*) FROM events WHERE event = 'resumed'")[0][0]
+    checks = {"resumed_events": resumed, "arms": len(query(db, "SELECT run_id FROM runs"))}
+    return Outcome("Ray cluster: worker killed", faults, [code], audit(db, out), time.monotonic() - run.started, checks)
+
+
+QUICK_SKIPS = ("llm", "ray")  # the slowest: minutes each
 SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "agent": agent_killed,
     "recorder": recorder_killed,
@@ -202,22 +251,29 @@ SCENARIOS: dict[str, Callable[[Path], Outcome]] = {
     "orchestrator": orchestrator_killed,
     "garbage": garbage,
     "llm": model_server,
+    "jobs": several_arms,
+    "ray": ray_cluster,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faults", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="skip the embedded model's scenario")
+    parser.add_argument("--quick", action="store_true", help="skip the embedded model's and the Ray cluster's scenarios")
     parser.add_argument("--only", default="", help=f"comma list of scenarios: {', '.join(SCENARIOS)}")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     parser.add_argument(
         "--keep", type=Path, default=None, help="work in this folder and keep it (default: a temporary one)"
     )
     args = parser.parse_args(argv)
-    names = [n for n in args.only.split(",") if n] or [n for n in SCENARIOS if not (args.quick and n == "llm")]
+    names = [n for n in args.only.split(",") if n] or [n for n in SCENARIOS if not (args.quick and n in QUICK_SKIPS)]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    if "ray" in names and importlib.util.find_spec("ray") is None:
+        if args.only:
+            parser.error("scenario ray needs the ray extra: pip install -e '.[ray]'")
+        print("scenario ray skipped: the ray extra is not installed (pip install -e '.[ray]')", file=sys.stderr)
+        names.remove("ray")
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="reflectnet-faults-") as tmp:
         work = args.keep or Path(tmp)

@@ -90,3 +90,13 @@ def test_a_frozen_agent_is_restarted_within_seconds_and_the_run_goes_on(tmp_path
     # 20 s agent timeout it waited before, let alone two; 4 epochs after the freeze take well under a minute.
     assert outcome.checks["max_wait_s"] < 20 and outcome.checks["after_freeze_s"] < 60, outcome.checks
     assert outcome.checks["fallback_epochs"] == {}, outcome.checks  # the decision in flight was retried
+
+
+@pytest.mark.slow
+def test_with_two_arms_live_a_killed_trainer_a_frozen_agent_and_ctrl_c_lose_and_double_nothing(tmp_path):
+    outcome = faults.several_arms(tmp_path)
+    check(outcome)
+    assert outcome.exit_codes[0] == 130 and set(outcome.exit_codes[1:]) == {0}
+    assert "failed" in outcome.checks["status_after_sigint"], outcome.checks  # the killed trainer's run
+    assert any(r.startswith("agent-heuristic") for r in outcome.checks["restarts"]), outcome.checks  # the frozen agent
+    assert outcome.checks["arms"] == 4

@@ -5,8 +5,6 @@ cannot do yet is refused in one line."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -66,42 +64,25 @@ def test_a_ray_arm_with_the_embedded_model_calls_its_nodes_model_server(tmp_path
     assert len(rows) == 2 and all(not fallback and calls >= 1 for fallback, calls in rows), rows
 
 
-def ray_cli(env: dict, *args: str) -> None:
-    subprocess.run([str(Path(sys.executable).parent / "ray"), *args], check=True, capture_output=True, timeout=300,
-                   env=env)  # fmt: skip
-
-
 @pytest.mark.slow  # a two-node Ray cluster on this machine and a killed worker: minutes; python -m pytest -m slow
 def test_a_two_node_cluster_survives_a_ray_worker_killed_mid_sweep_with_no_record_lost_or_doubled(tmp_path):
-    from bus.transport import free_tcp_endpoint
+    from bench.fault_run import LocalRayCluster
 
-    port = free_tcp_endpoint().rsplit(":", 1)[1]
-    # Ray >= 2.59 authenticates its own cluster with a shared token: one for this test's head, node and driver.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    common = ["--num-cpus", "1", "--disable-usage-stats"]
-    ray_cli(env, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port, "--include-dashboard", "false",
-            *common)  # fmt: skip
-    try:
-        ray_cli(env, "start", "--address", f"127.0.0.1:{port}", *common)  # the second node
-        sweep_flags = ["--task", "diabetes", "--regime", "full", "--epochs", "60", "--seeds", "2", "--controller",
-                       "none,heuristic"]  # fmt: skip
-        db, out = tmp_path / "ray.duckdb", tmp_path / "ray"
-        sweep = subprocess.Popen([sys.executable, "run.py", *sweep_flags, "--ray", f"127.0.0.1:{port}", "--jobs", "2",
+    sweep_flags = ["--task", "diabetes", "--regime", "full", "--epochs", "60", "--seeds", "2", "--controller",
+                   "none,heuristic"]  # fmt: skip
+    db, out = tmp_path / "ray.duckdb", tmp_path / "ray"
+    with LocalRayCluster() as cluster:
+        sweep = subprocess.Popen([sys.executable, "run.py", *sweep_flags, "--ray", cluster.address, "--jobs", "2",
                                   "--db", str(db), "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+                                 stderr=subprocess.STDOUT, text=True, env=cluster.env)  # fmt: skip
         killed = None
         for line in sweep.stdout:
             if killed is None and "epoch  20/60" in line:  # an arm is well into its run
-                pids = subprocess.run(["pgrep", "-f", "ray::train_arm"], capture_output=True, text=True).stdout.split()
-                assert pids
-                subprocess.run(["kill", "-9", pids[0]], check=True)
-                killed = pids[0]
+                killed = cluster.kill_arm_worker()
         assert sweep.wait(600) == 0 and killed is not None
-        local = tmp_path / "local.duckdb"
-        subprocess.run([sys.executable, "run.py", *sweep_flags, "--db", str(local), "--out", str(tmp_path / "l")],
-                       cwd=REPO, check=True, capture_output=True, timeout=600)  # fmt: skip
-    finally:
-        ray_cli(env, "stop", "--force")
+    local = tmp_path / "local.duckdb"
+    subprocess.run([sys.executable, "run.py", *sweep_flags, "--db", str(local), "--out", str(tmp_path / "l")],
+                   cwd=REPO, check=True, capture_output=True, timeout=600)  # fmt: skip
     assert epochs(db) == epochs(local)
     with duckdb.connect(str(db), read_only=True) as con:
         per_run = con.execute("SELECT run_id, count(*), count(DISTINCT epoch) FROM epochs GROUP BY run_id").fetchall()
