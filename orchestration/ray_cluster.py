@@ -66,7 +66,8 @@ def node_address() -> str:
 
 def localized(trainer: TrainerConfig, agent: AgentConfig | None, run_dir: Path):
     """The arm's configs with their local paths on this node: run directory, sockets, and the checkpoint folder
-    kept where the driver put it only when this node can write there (shared storage)."""
+    kept where the driver put it only when this node can write there (shared storage); the instruction endpoint
+    kept when it is the driver's network steering socket."""
     sockets = socket_folder(run_dir)
     checkpoints = trainer.checkpoint_dir
     if checkpoints is None or not _writable(checkpoints):
@@ -76,11 +77,17 @@ def localized(trainer: TrainerConfig, agent: AgentConfig | None, run_dir: Path):
         agent = agent.model_copy(update={"endpoint": ipc_endpoint(sockets, name), "run_dir": run_dir,
                                          "health_endpoint": ipc_endpoint(sockets, f"{name}-health")})  # fmt: skip
     trainer = trainer.model_copy(update={
-        "run_dir": run_dir, "checkpoint_dir": checkpoints, "instruction_endpoint": None,
+        "run_dir": run_dir, "checkpoint_dir": checkpoints,
+        # run.py say reaches a Ray arm at the driver's tcp steering socket (CURVE); an ipc path is the driver's own.
+        "instruction_endpoint": trainer.instruction_endpoint if is_tcp(trainer.instruction_endpoint) else None,
         "agent_endpoint": agent.endpoint if agent else None, "agent_health_endpoint": agent.health_endpoint if agent
         else None,
     })  # fmt: skip
     return trainer, agent
+
+
+def is_tcp(endpoint: str | None) -> bool:
+    return endpoint is not None and endpoint.startswith("tcp://")
 
 
 def _writable(folder: Path) -> bool:

@@ -26,7 +26,7 @@ from orchestration.configs import agent_config, recorder_config, run_started, tr
 from orchestration.planning import Arm, prepare_resume
 from orchestration.progress import ArmProgress
 from orchestration.spec import RunSpec
-from orchestration.steering import SteeringService
+from orchestration.steering import ClusterSteering, SteeringService
 from orchestration.supervisor import (
     AGENT_BUSY_SLACK_S,
     RECORDER_MISSES,
@@ -70,6 +70,7 @@ class Runner:
         self.running: dict[str, LiveArm] = {}  # run_id -> the arm training now
         self.progress = ArmProgress() if spec.jobs > 1 and spec.ray is None else None  # several arms: a line each
         self.ray_arms = None  # orchestration.ray_cluster.RayArms under --ray
+        self.cluster_steering: ClusterSteering | None = None  # under --ray: say's network socket
         self.interrupted = self.aborted = False
 
     def run(self, todo: list[Arm]) -> None:
@@ -109,6 +110,7 @@ class Runner:
         self.recorder = self.recorder.model_copy(update={"cluster_endpoint": f"tcp://0.0.0.0:{port}",
                                                          "cluster_keys": server_keys})  # fmt: skip
         self.cluster_endpoint = f"tcp://{node_address()}:{port}"
+        self.cluster_steering = ClusterSteering(server_keys, node_address())  # run.py say to the arms on their nodes
         self.ray_arms = RayArms(client_keys, self.spec.ray_cpus, self.spec.ray_gpus)
 
     def start_services(self, todo: list[Arm]) -> dict[str, dict[str, int]]:
@@ -126,8 +128,9 @@ class Runner:
         if not wait_for_recorder(self.control, recorder):
             raise ChildLost(f"the recorder did not start (exit code {recorder.poll()}); see {self.run_dir / 'logs'}")
         guided = [a.run_id for a in todo if a.name == "guided"]
-        if guided and self.ray_arms is None:  # run.py say: instructions during the run (not yet to Ray arms)
-            self.steering = SteeringService(self.orch.ctx, self.spec.db, self.run_dir, guided, self.log)
+        if guided:  # run.py say: instructions during the run
+            self.steering = SteeringService(self.orch.ctx, self.spec.db, self.run_dir, guided, self.log,
+                                            self.cluster_steering)  # fmt: skip
             self.orch.ticks.append(self.steering.serve)
         settings = self.settings
         needs_model = any(a.controller != "none" and resolve_controller(a.controller).uses_llm for a in todo)
@@ -187,6 +190,8 @@ class Runner:
         if arm.controller != "none":
             agent = agent_config(self.spec, arm, [arm], cluster, self.run_dir, self.settings)
         trainer = trainer_config(self.spec, arm, self.run_dir, cluster, agent)
+        if self.steering is not None and trainer.instruction_endpoint is not None:
+            trainer = trainer.model_copy(update={"instruction_endpoint": self.steering.cluster_endpoint})
         arm.checkpoint = trainer.checkpoint_file
         print(f"{counter} regime {arm.regime} | seed {arm.seed} | {arm.name} | controller {arm.controller} | on Ray",
               flush=True)  # fmt: skip
@@ -195,6 +200,10 @@ class Runner:
             raise ChildLost(f"the recorder did not confirm the start of run {arm.run_id}")
         self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller, ray=True)
         live = self.running[arm.run_id] = LiveArm(arm, trainer, f"trainer-{arm.run_id}")
+        if self.steering is not None and trainer.instruction_endpoint is not None:
+            declared = task_class(trainer.task, trainer.task_options)
+            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, declared.spec(),
+                                          (trainer.controller, trainer.instructions_read))  # fmt: skip
         self.ray_arms.start(live.child, trainer, agent)
 
     def finish_arm(self, live: LiveArm, ended: ChildExit) -> Arm:

@@ -8,7 +8,10 @@ the instruction was read (its first line, "read as:" or "not understood:"), that
 read instructions when so, that it was given, and which earlier instruction it replaces. The orchestrator serves
 the control socket between its other work (:meth:`SteeringService.serve`) and pushes a
 :class:`bus.messages.InstructionUpdate` to the trainer's instruction socket; the trainer records the instruction
-(``instructions`` table) when it becomes active and again when it first shapes a decision.
+(``instructions`` table) when it becomes active and again when it first shapes a decision. Under ``--ray`` a
+trainer on another node cannot be reached at an ipc path: the service then also binds a ROUTER socket on the
+network that speaks only CURVE with the invocation's keys (``bus.curve``, as the recorder's cluster socket), each
+Ray arm's trainer connects to it under its run id, and an instruction for that run goes to that name.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
@@ -23,6 +27,7 @@ import zmq
 from agents.expert.embedding import available as embedding_available
 from agents.expert.reading import read
 from agents.expert.record import reading_record
+from bus.curve import ClusterServerKeys, serve_curve, start_authenticator
 from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
 from bus.messages import (
     BusDecodeError,
@@ -42,18 +47,58 @@ from trainer.config import TrainerConfig
 SAY_TIMEOUT_MS = 5000
 
 
-class SteeringService:
-    """The orchestrator's end: a REP socket for ``run.py say`` and a PUSH socket per trainer of a guided run.
-    ``running`` is the guided run whose trainer runs now (None between arms)."""
+@dataclass
+class TrainerLink:
+    """Where instructions for one running trainer go: its own PUSH socket (a local trainer), or the network ROUTER
+    it is connected to under ``routing_id`` (a Ray arm's)."""
 
-    def __init__(self, ctx: zmq.Context, db: Path, run_dir: Path, guided_runs: list[str], log):
+    socket: zmq.Socket
+    routing_id: bytes | None = None
+
+    def send(self, frames: list[bytes]) -> None:
+        """Send one message; zmq.ZMQError when a Ray arm's trainer is not connected (yet, or any more)."""
+        if self.routing_id is None:
+            self.socket.send_multipart(frames)
+        else:  # ROUTER_MANDATORY: an unknown name raises instead of dropping the message
+            self.socket.send_multipart([self.routing_id, *frames], zmq.NOBLOCK)
+
+    def close(self) -> None:
+        if self.routing_id is None:
+            self.socket.close()
+
+
+@dataclass
+class ClusterSteering:
+    """The network side of instructions under ``--ray``: the invocation's CURVE server keys (the recorder's
+    cluster keys) and the host Ray arms reach this node at."""
+
+    keys: ClusterServerKeys
+    host: str
+
+
+class SteeringService:
+    """The orchestrator's end: a REP socket for ``run.py say`` and a link to each trainer of a guided run
+    (:class:`TrainerLink`). ``running`` is the guided run whose trainer runs now (None between arms); with
+    ``cluster``, :attr:`cluster_endpoint` is the ``tcp://`` socket Ray arms' trainers connect to."""
+
+    def __init__(self, ctx: zmq.Context, db: Path, run_dir: Path, guided_runs: list[str], log,
+                 cluster: ClusterSteering | None = None):  # fmt: skip
         self.ctx, self.db, self.log, self.run_dir = ctx, db.resolve(), log, run_dir
         self.guided_runs = list(guided_runs)
         self.endpoint = ipc_endpoint(socket_folder(run_dir), "control")
         self.socket = ctx.socket(zmq.REP)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.endpoint)
-        self.trainers: dict[str, zmq.Socket] = {}
+        self.cluster_socket = self.authenticator = self.cluster_endpoint = None
+        if cluster is not None:
+            self.authenticator = start_authenticator(ctx, cluster.keys)
+            self.cluster_socket = ctx.socket(zmq.ROUTER)
+            for option, value in ((zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1)):
+                self.cluster_socket.setsockopt(option, value)  # handover: a retried arm's trainer takes its name back
+            serve_curve(self.cluster_socket, cluster.keys)
+            port = self.cluster_socket.bind_to_random_port("tcp://0.0.0.0")
+            self.cluster_endpoint = f"tcp://{cluster.host}:{port}"
+        self.trainers: dict[str, TrainerLink] = {}
         self.tasks: dict[str, TaskSpec] = {}  # what each trainer trains: what a ``say`` is read for
         self.said: dict[str, Instruction] = {}  # the last instruction said to each running trainer (not withdrawn)
         self.controllers: dict[str, tuple[str, bool]] = {}  # run -> its controller, and whether it reads instructions
@@ -76,21 +121,24 @@ class SteeringService:
             # say waits for its reply.
             read("lower the learning rate", task)
             self.reader_ready = True
-        push = self.ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 1000)
-        push.connect(instruction_endpoint)
-        self.trainers[run_id] = push
+        if instruction_endpoint == self.cluster_endpoint:  # a Ray arm: it connects to us under its run id
+            self.trainers[run_id] = TrainerLink(self.cluster_socket, run_id.encode())
+        else:
+            push = self.ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 1000)
+            push.connect(instruction_endpoint)
+            self.trainers[run_id] = TrainerLink(push)
         self.tasks[run_id] = task
         if controller is not None:
             self.controllers[run_id] = controller
         self.running = run_id
 
     def trainer_stopped(self, run_id: str) -> None:
-        push = self.trainers.pop(run_id, None)
+        link = self.trainers.pop(run_id, None)
         for known in (self.tasks, self.said, self.controllers):
             known.pop(run_id, None)
-        if push is not None:
-            push.close()
+        if link is not None:
+            link.close()
         if self.running == run_id:
             self.running = next(reversed(self.trainers), None)  # another guided run still training, if any
 
@@ -124,7 +172,11 @@ class SteeringService:
             instruction = Instruction(instruction_id=f"{run_id}-say-{uuid.uuid4().hex[:8]}", text=request.text,
                                       source="say", received_at=time.time(),
                                       reading=reading_record(reading, task))  # fmt: skip
-        self.trainers[run_id].send_multipart(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
+        try:
+            self.trainers[run_id].send(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
+        except zmq.ZMQError:  # a Ray arm whose trainer has not connected from its node yet
+            return SayReply(ok=False, run_id=run_id, detail=f"run {run_id} is starting on its Ray node and cannot be "
+                                                            "reached yet: say it again in a few seconds")  # fmt: skip
         self.log.info("instruction_said", run_id=run_id, text=request.text)
         earlier = self.said.pop(run_id, None)
         if instruction is None:
@@ -164,6 +216,9 @@ class SteeringService:
         for run_id in list(self.trainers):
             self.trainer_stopped(run_id)
         self.socket.close()
+        if self.cluster_socket is not None:
+            self.cluster_socket.close()
+            self.authenticator.stop()  # its thread holds a socket of the context
         withdraw(InvocationEndpoint, self.db, os.getpid())
 
 

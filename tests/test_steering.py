@@ -112,3 +112,57 @@ def test_a_say_after_the_trainer_stopped_forgets_what_was_said_to_it(steering):
     assert service.deliver(SayRequest(text="raise dropout", run_id="r")).detail == (
         "run 'r' is not training now (guided runs: r)"
     )
+
+
+def test_under_ray_a_say_reaches_a_trainer_connected_over_curve_by_its_run_name_and_no_one_else(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from bus.curve import CURVE_ENV, new_cluster_keys
+    from orchestration.steering import ClusterSteering
+    from trainer.inbox import InstructionInbox
+
+    server_keys, client_keys = new_cluster_keys()
+    _, stranger_keys = new_cluster_keys()
+    ctx = zmq.Context()
+    service = SteeringService(ctx, tmp_path / "ray.duckdb", tmp_path, ["r"], Log(),
+                              ClusterSteering(server_keys, "127.0.0.1"))  # fmt: skip
+    trainer_ctx = zmq.Context()
+    inboxes = []
+
+    def inbox(keys) -> InstructionInbox:  # a trainer on a node: the keys reach it in its environment
+        if keys is None:
+            monkeypatch.delenv(CURVE_ENV, raising=False)
+        else:
+            monkeypatch.setenv(CURVE_ENV, keys.model_dump_json())
+        child = SimpleNamespace(ctx=trainer_ctx, on_close=[])
+        inboxes.append(child)
+        return InstructionInbox(child, service.cluster_endpoint, "r")
+
+    try:
+        assert service.cluster_endpoint.startswith("tcp://127.0.0.1:")
+        service.trainer_started("r", service.cluster_endpoint, task_class("diabetes", {}).spec(), ("heuristic", False))
+        early = service.deliver(SayRequest(text="lower the learning rate"))  # its trainer has not connected yet
+        assert not early.ok and "cannot be reached yet" in early.detail
+        with pytest.raises(ValueError, match="needs this invocation's CURVE keys"):
+            inbox(None)  # a plaintext socket to the network is refused
+        stranger = inbox(stranger_keys)
+        time.sleep(0.5)
+        refused = service.deliver(SayRequest(text="lower the learning rate"))  # a stranger's keys: not connected
+        assert not refused.ok and "cannot be reached yet" in refused.detail
+        trainer = inbox(client_keys)
+        deadline = time.monotonic() + 10
+        while not (reply := service.deliver(SayRequest(text="lower the learning rate"))).ok:
+            assert time.monotonic() < deadline, reply.detail
+            time.sleep(0.05)
+        deadline = time.monotonic() + 5
+        while not (updates := trainer.updates("r", Log())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [u.instruction.text for u in updates] == ["lower the learning rate"]
+        assert stranger.updates("r", Log()) == []
+    finally:
+        for child in inboxes:
+            for close in child.on_close:
+                close()
+        service.close()
+        trainer_ctx.term()
+        ctx.term()

@@ -1,5 +1,5 @@
 """The user's instructions as the trainer carries them: the schedule given before the run, what is said during it
-(``run.py say``, through a PULL socket), which one is in force for each decision, and their records."""
+(``run.py say``, through the trainer's instruction socket), which one is in force for each decision, and their records."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import zmq
 
 from bus.child import Child
+from bus.curve import CURVE_ENV, connect_curve, curve_from_environment
 from bus.messages import (
     BusDecodeError,
     Decision,
@@ -32,15 +33,31 @@ def active_entry(schedule: list[ScheduledInstruction], epoch: int) -> int | None
 
 
 class InstructionInbox:
-    """The trainer's PULL socket for instructions given during the run (``run.py say``, pushed by the
-    orchestrator); without an endpoint it is always empty."""
+    """The trainer's socket for instructions given during the run (``run.py say``, sent by the orchestrator):
+    a PULL socket bound at ``endpoint`` (ipc) for a local trainer; for a trainer on a Ray node ``endpoint`` is the
+    driver's ``tcp://`` steering socket, which it connects to as a CURVE client (a DEALER named after ``run_id``,
+    with the invocation's client keys from ``bus.curve.CURVE_ENV``). Without an endpoint it is always empty.
+    Raises ValueError for a network endpoint without those keys (a plaintext socket off this host is refused)."""
 
-    def __init__(self, child: Child, endpoint: str | None):
+    def __init__(self, child: Child, endpoint: str | None, run_id: str = ""):
         self.socket = None
-        if endpoint is not None:
+        if endpoint is None:
+            return
+        if endpoint.startswith("tcp://"):
+            keys = curve_from_environment()
+            if keys is None:
+                raise ValueError(f"the instruction endpoint {endpoint} is on the network: it needs this invocation's "
+                                 f"CURVE keys in {CURVE_ENV}")  # fmt: skip
+            self.socket = child.ctx.socket(zmq.DEALER)
+            self.socket.setsockopt(zmq.ROUTING_ID, run_id.encode())  # the driver sends this run's instructions by it
+            connect_curve(self.socket, keys)
+        else:
             self.socket = child.ctx.socket(zmq.PULL)
-            self.socket.setsockopt(zmq.LINGER, 0)
-            child.on_close.append(self.socket.close)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        child.on_close.append(self.socket.close)
+        if endpoint.startswith("tcp://"):
+            self.socket.connect(endpoint)
+        else:
             self.socket.bind(endpoint)
 
     def updates(self, run_id: str, log) -> list[InstructionUpdate]:

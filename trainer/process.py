@@ -337,7 +337,7 @@ def train(cfg: TrainerConfig, child: Child) -> int:
         if agent is not None and cfg.decisions == "async":
             agent = DecisionChannel(agent, cfg.controller)
             child.on_close.append(agent.close)  # runs before the agent's sockets close (on_close runs in reverse)
-        inbox = InstructionInbox(child, cfg.instruction_endpoint)
+        inbox = InstructionInbox(child, cfg.instruction_endpoint, cfg.run_id)
         child.log.info("training_started", task=cfg.task, regime=cfg.regime, epochs=cfg.epochs, device=str(device))
         return run_epochs(cfg, task, carry, agent, inbox, child.sender, child.log, child.orphaned)
     except TaskContractError as exc:  # the task's defect, not ours: one line saying what it broke, no traceback

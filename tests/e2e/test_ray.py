@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -91,3 +92,28 @@ def test_a_two_node_cluster_survives_a_ray_worker_killed_mid_sweep_with_no_recor
     assert statuses == [("completed",)] and len(per_run) == 4
     assert all(n == distinct == 60 for _, n, distinct in per_run)  # none lost, none doubled
     assert retried[0][0] >= 1  # the killed arm continued from its checkpoint
+
+
+def test_run_py_say_reaches_a_guided_arm_training_on_ray(tmp_path):
+    db = tmp_path / "say.duckdb"
+    run = subprocess.Popen([sys.executable, "run.py", "--ray", "auto", "--regime", "100", "--epochs", "12", "--arms",
+                            "guided", "--controller", "heuristic", "--no-compile", "--db", str(db), "--out",
+                            str(tmp_path / "runs")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while (given := subprocess.run([sys.executable, "run.py", "say", "lower the learning rate", "--db", str(db)],
+                                       cwd=REPO, capture_output=True, text=True, timeout=60)).returncode != 0:  # fmt: skip
+            not_yet = ("no run is going on", "cannot be reached yet", "is not training now")
+            assert time.monotonic() < deadline and run.poll() is None and any(s in given.stderr for s in not_yet), (
+                given.stderr)
+            time.sleep(0.5)
+        stdout, stderr = run.communicate(timeout=300)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    assert "instruction given: 'lower the learning rate'" in given.stdout
+    with duckdb.connect(str(db), read_only=True) as con:
+        said = con.execute("SELECT text, source FROM instructions").fetchall()
+        read_by = con.execute("SELECT count(*) FROM decisions WHERE instruction_id IS NOT NULL").fetchall()[0][0]
+    assert ("lower the learning rate", "say") in said and read_by >= 1  # the arm on its node took it
