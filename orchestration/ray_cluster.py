@@ -113,8 +113,9 @@ class NodeModelServer:
     def base_url(self) -> str:
         return self.server.base_url
 
-    def __del__(self):
-        self.server.stop()
+    # No __del__: Ray copies a class's attributes onto its ActorClass handle, whose collection then ran it on an
+    # object without ``server`` (an ignored AttributeError in every arm's output). The server process needs no
+    # stopping here: it watches its parent (model_server/serve.py) and exits when the actor is killed.
 
 
 def node_model_url() -> str:
