@@ -171,7 +171,6 @@ class Runner:
             # Stuck on one request past the trainer's timeout (+ slack for a slow final token): restart it.
             busy_limit_s = trainer.agent_timeout_ms / 1000 + AGENT_BUSY_SLACK_S
             self.orch.spawn(ChildSpec(f"agent-{arm.controller}", "agents", agent, agent.health_endpoint, busy_limit_s))
-            wait_for_agent(self.orch, agent, arm.run_id, self.sender)
         self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
         live = self.running[arm.run_id] = LiveArm(arm, trainer, "trainer" if self.spec.jobs == 1 else f"trainer-{arm.run_id}")
         if self.steering is not None and trainer.instruction_endpoint is not None:
@@ -181,6 +180,10 @@ class Runner:
                                          capture_output=self.progress is not None))  # fmt: skip
         if self.progress is not None:
             self.progress.follow(arm.run_id, proc.stdout)
+        if new_agent:
+            # The agent starts (imports, the model's warm-up) while the trainer starts (data, model, compile): its
+            # first request waits at most for the rest, queued, not for both in turn (seconds per guided arm).
+            wait_for_agent(self.orch, agent, arm.run_id, self.sender)
 
     def start_ray_arm(self, arm: Arm, todo: list[Arm], counter: str) -> None:
         """The arm as a Ray task: its ``runs`` row from here, its agent (one of its own) and trainer on a node,

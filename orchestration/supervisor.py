@@ -229,7 +229,8 @@ class ChildLost(RuntimeError):
 
 
 def wait_for_agent(orch: Orchestrator, cfg: AgentConfig, run_id: str, sender: RecordSender) -> bool:
-    """The agent's start-up handshake, before any trainer depends on it (a dead agent is restarted meanwhile)."""
+    """The agent's start-up handshake, while the first trainer that depends on it starts (a dead agent is restarted
+    meanwhile); False, with a warning, when it does not answer within STARTUP_TIMEOUT_S (its trainer falls back)."""
     client = RequestClient(orch.ctx, cfg.endpoint, timeout_ms=1000, retries=0)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     try:
