@@ -1,12 +1,13 @@
 """ReflectNet benchmark: prints every figure side by side, measured in one run on this machine.
 
-    python -m bench            # full: about 10 minutes on 2 cores
+    python -m bench            # full: about 43 minutes on 2 cores (31 of them the three sweeps)
     python -m bench --quick    # fewer repetitions and a 10-epoch end-to-end run
 
 Figures: trainer vs plain eager PyTorch training throughput; validation pass time; agent round trip
 over the bus with the heuristic controller; embedded-model decision latency; end-to-end wall time of
 ``--regime 1pct``, guided arm vs baseline arm, with synchronous and asynchronous decisions (``--decisions async``,
-also against a scripted remote endpoint answering in 5 s); an LLM sweep with ``--jobs 2`` against ``--jobs 1``.
+also against a scripted remote endpoint answering in 5 s); an LLM sweep with ``--jobs 2`` against ``--jobs 1``, and
+through ``--ray auto`` (a local Ray, when the ``ray`` extra is installed) against local ``--jobs 2``.
 """
 
 from __future__ import annotations
