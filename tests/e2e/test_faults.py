@@ -80,6 +80,7 @@ def test_a_killed_run_py_leaves_no_child_behind_and_resume_finishes_the_run(tmp_
     assert outcome.checks["children_left"] == [] and outcome.checks["children_gone_s"] < 15
 
 
+@pytest.mark.slow  # 49 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_a_frozen_agent_is_restarted_within_seconds_and_the_run_goes_on(tmp_path):
     outcome = faults.agent_frozen(tmp_path)
     check(outcome)

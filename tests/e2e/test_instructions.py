@@ -158,6 +158,7 @@ def test_run_py_say_gives_the_running_guided_run_an_instruction_from_its_next_de
     assert not (tmp_path / "s.duckdb.invocation.json").exists()  # withdrawn when the invocation ended
 
 
+@pytest.mark.slow  # 50 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_two_instructions_said_in_a_row_are_both_rows_and_the_replaced_one_says_by_what(tmp_path):
     db, out = tmp_path / "t.duckdb", tmp_path / "runs"
     run, first = start_guided_run(db, out, "raise dropout")

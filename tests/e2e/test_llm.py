@@ -97,6 +97,7 @@ def test_default_run_uses_the_embedded_model_and_follows_an_instruction(tmp_path
     assert warmed[0][0] is not None and warmed[0][0] < warmed[0][1], warmed
 
 
+@pytest.mark.slow  # 103 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_an_openai_compatible_endpoint_is_reached_through_the_base_url(tmp_path):
     server = LocalLLMServer(tmp_path / "server.log")  # a llama.cpp server of the test's own, as a "remote"
     server.start()

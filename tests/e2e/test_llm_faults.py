@@ -69,6 +69,7 @@ JUDGE = [
 ]
 
 
+@pytest.mark.slow  # 67 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_every_kind_of_faulty_answer_is_recovered_or_recorded_never_a_graph_failure(tmp_path):
     db, out = tmp_path / "f.duckdb", tmp_path / "runs"
     scripts = {"controller": CONTROLLER, "judge": JUDGE}

@@ -94,6 +94,7 @@ def test_a_two_node_cluster_survives_a_ray_worker_killed_mid_sweep_with_no_recor
     assert retried[0][0] >= 1  # the killed arm continued from its checkpoint
 
 
+@pytest.mark.slow  # 93 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_run_py_say_reaches_a_guided_arm_training_on_ray(tmp_path):
     db = tmp_path / "say.duckdb"
     run = subprocess.Popen([sys.executable, "run.py", "--ray", "auto", "--regime", "100", "--epochs", "12", "--arms",

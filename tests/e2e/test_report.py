@@ -18,6 +18,7 @@ def run_py(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # 55 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_a_two_seed_sweep_reports_intervals_and_p_values_and_renders_again_from_its_export(tmp_path):
     db, out = tmp_path / "r.duckdb", tmp_path / "runs"
     sweep = run_py("--task", "diabetes", "--regime", "100", "--epochs", "3", "--seeds", "2", "--controller",

@@ -144,6 +144,7 @@ def test_help_states_every_default(tmp_path):
         assert default in text
 
 
+@pytest.mark.slow  # 159 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_a_sweep_records_every_combination_once_and_resumes(tmp_path):
     db, out = tmp_path / "s.duckdb", tmp_path / "runs"
     sweep = ["--regime", "10", "--controller", "none,plateau", "--epochs", "1", "--db", str(db), "--out", str(out)]
@@ -173,6 +174,7 @@ def test_a_sweep_records_every_combination_once_and_resumes(tmp_path):
     assert joined == [(0,), (1,)]
 
 
+@pytest.mark.slow  # 89 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_replay_reapplies_the_recorded_commands_and_matches_the_original(tmp_path):
     db, out = tmp_path / "p.duckdb", tmp_path / "runs"
     # random: knobs, alpha and weight operations (seeded noise among them) change at every decision
@@ -219,6 +221,7 @@ def test_a_database_held_by_another_process_gives_one_line_naming_the_file(tmp_p
         holder.wait()
 
 
+@pytest.mark.slow  # 41 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_resume_refuses_what_it_cannot_resume_in_one_line(tmp_path):
     db, out = tmp_path / "r.duckdb", tmp_path / "runs"
     done = run_py("--regime", "10", "--epochs", "1", "--arms", "baseline", "--db", str(db), "--out", str(out),

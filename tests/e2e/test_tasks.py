@@ -52,6 +52,7 @@ def query(db: Path, sql: str, params=None):
         return con.execute(sql, params or []).fetchall()
 
 
+@pytest.mark.slow  # 29 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_the_regression_task_runs_both_arms_and_its_objective_is_minimised(tmp_path):
     db, out = tmp_path / "d.duckdb", tmp_path / "runs"
     result = run_py("--task", "diabetes", "--regime", "100", "--epochs", "6", "--controller", "heuristic",
@@ -180,6 +181,7 @@ def test_a_proposal_from_outside_is_clamped_like_the_builtins_and_recorded(tmp_p
     assert clamps[0][0] is True and float(clamps[0][1]) == pytest.approx(1e-2) == float(clamps[0][2])
 
 
+@pytest.mark.slow  # 51 s on 2 cores under load: out of the default suite for its 15 minutes; -m slow runs it
 def test_a_plugin_tasks_new_knob_is_steered_by_an_instruction_with_no_edit(tmp_path):
     db, out = tmp_path / "m.duckdb", tmp_path / "runs"
     result = run_py("--task", "examples.momentum_task:MomentumDigits", "--regime", "500", "--epochs", "2", "--arms",
