@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -195,16 +196,20 @@ def model_server(work: Path) -> Outcome:
 
 def several_arms(work: Path) -> Outcome:
     """With ``--jobs 2`` (two arms live at once, one heuristic agent serving both guided runs): SIGKILL a trainer
-    at epoch 2, SIGSTOP the shared agent while a trainer asks it (epoch 4 or later), SIGINT run.py at epoch 7;
+    at epoch 2, SIGSTOP the shared agent while a trainer asks it (epoch 4 or later), SIGINT run.py once the
+    orchestrator has restarted the frozen agent;
     then ``--resume`` every run left unfinished and the same command again for the arms that never started."""
     db, out = work / "jobs.duckdb", work / "jobs"
     args = ["--regime", "100", "--epochs", "10", "--seeds", "2", "--controller", "heuristic", "--jobs", "2"]
     run = LiveRun(args, db, out, "jobs")
     run.wait_epoch(2)
-    faults = [kill(run, "trainer")]
+    trained = next(pid for pid, r in reversed(run.records("trainer"))
+                   if r.get("event") == "epoch_done" and r["epoch"] >= 2 and alive(pid))  # fmt: skip
+    os.kill(trained, signal.SIGKILL)  # a trainer with a checkpoint, so that --resume continues its run
+    faults = [f"SIGKILL trainer (pid {trained}) after epoch 2"]
     asked = run.wait_event("trainer", "agent_asked", epoch=4)
     faults.append(kill(run, "agent", signal.SIGSTOP) + f" (asked by {asked['run_id']})")
-    run.wait_epoch(7)
+    run.wait_event("orchestrator", "child_restarted", child="agent-heuristic")  # found frozen, restarted
     run.proc.send_signal(signal.SIGINT)
     faults.append("SIGINT run.py")
     codes = [run.finish(120)]
