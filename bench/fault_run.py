@@ -103,6 +103,17 @@ class LiveRun:
             time.sleep(0.05)
         raise RuntimeError(f"no {component} event {event!r} within {timeout:g} s: {self.tail()}")
 
+    def wait_checkpointed(self, timeout: float = 120) -> None:
+        """Until every live trainer has logged an epoch (so each has a checkpoint a ``--resume`` continues from)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            records = self.records("trainer")
+            trained = {pid for pid, r in records if r.get("event") == "epoch_done"}
+            if all(pid in trained for pid in {pid for pid, _ in records} if alive(pid)):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"a live trainer logged no epoch within {timeout:g} s: {self.tail()}")
+
     def wait_stdout(self, text: str, timeout: float = 300) -> None:
         """Until run.py has printed a line containing ``text`` (its progress lines: the arms' epochs under --ray,
         whose trainer logs stay on their nodes)."""
@@ -129,8 +140,9 @@ class LiveRun:
 class LocalRayCluster:
     """A two-node Ray cluster on this machine, as a cluster is set up (``ray start --head`` on loopback, then
     ``ray start --address`` for the second node), one CPU each, Ray's token authentication on (Ray >= 2.59 requires
-    it) with a token made for this cluster. A context manager: ``ray stop --force`` on exit. ``env``: the
-    environment a driver needs (the token); ``address``: ``127.0.0.1:PORT``. Needs the ``ray`` extra."""
+    it) with a token made for this cluster. A context manager: ``ray stop --force`` on exit, which stops every Ray
+    process of this user on the machine — run it where no other Ray is. ``env``: the environment a driver needs
+    (the token); ``address``: ``127.0.0.1:PORT``. Needs the ``ray`` extra."""
 
     def __init__(self):
         import secrets

@@ -203,13 +203,16 @@ def several_arms(work: Path) -> Outcome:
     args = ["--regime", "100", "--epochs", "10", "--seeds", "2", "--controller", "heuristic", "--jobs", "2"]
     run = LiveRun(args, db, out, "jobs")
     run.wait_epoch(2)
-    trained = next(pid for pid, r in reversed(run.records("trainer"))
-                   if r.get("event") == "epoch_done" and r["epoch"] >= 2 and alive(pid))  # fmt: skip
+    trained = next((pid for pid, r in reversed(run.records("trainer"))
+                    if r.get("event") == "epoch_done" and r["epoch"] >= 2 and alive(pid)), None)  # fmt: skip
+    if trained is None:
+        raise RuntimeError(f"no live trainer past epoch 2 under {out}: {run.tail()}")
     os.kill(trained, signal.SIGKILL)  # a trainer with a checkpoint, so that --resume continues its run
     faults = [f"SIGKILL trainer (pid {trained}) after epoch 2"]
     asked = run.wait_event("trainer", "agent_asked", epoch=4)
     faults.append(kill(run, "agent", signal.SIGSTOP) + f" (asked by {asked['run_id']})")
     run.wait_event("orchestrator", "child_restarted", child="agent-heuristic")  # found frozen, restarted
+    run.wait_checkpointed()  # every live arm has one, so that --resume can continue each one the SIGINT stops
     run.proc.send_signal(signal.SIGINT)
     faults.append("SIGINT run.py")
     codes = [run.finish(120)]
@@ -237,9 +240,13 @@ def ray_cluster(work: Path) -> Outcome:
             "--jobs", "2"]  # fmt: skip
     with LocalRayCluster() as cluster:
         run = LiveRun([*args, "--ray", cluster.address], db, out, "ray", env=cluster.env)
-        run.wait_stdout("epoch  20/60")
-        faults = [cluster.kill_arm_worker()]
-        code = run.finish()
+        try:
+            run.wait_stdout("epoch  20/60")
+            faults = [cluster.kill_arm_worker()]
+            code = run.finish()
+        finally:
+            if run.proc.poll() is None:  # not left running against a cluster that is being stopped
+                run.proc.kill()
     resumed = query(db, "SELECT count(*) FROM events WHERE event = 'resumed'")[0][0]
     checks = {"resumed_events": resumed, "arms": len(query(db, "SELECT run_id FROM runs"))}
     return Outcome("Ray cluster: worker killed", faults, [code], audit(db, out), time.monotonic() - run.started, checks)

@@ -231,7 +231,7 @@ def plan_arms(spec: RunSpec, task: TaskIdentity, recorded: list[queries.PairRow]
     for with the pseudo controller ``aa``: the baseline again, its order seed the seed plus
     :data:`AA_ORDER_SEED_OFFSET`, run id ``<pair_id>-aa``), then the guided arms. ``recorded``: the runs the
     database holds (a pair of the same task recorded earlier with the same data, schedule and start is joined; a
-    new pair's id is a hash of that identity; a run id is never reused: a run again gets a random suffix); ``uses_llm``: controller name -> whether it calls a model (``agents.controllers``).
+    run id is never reused); ``uses_llm``: controller name -> whether it calls a model (``agents.controllers``).
     Pure."""
     steered = spec.arms in ("both", "guided")
     guided = guided_controllers(spec.controllers) if steered else []
@@ -245,11 +245,7 @@ def plan_arms(spec: RunSpec, task: TaskIdentity, recorded: list[queries.PairRow]
     for regime in spec.regimes:
         for seed in range(spec.seed, spec.seed + spec.seeds):
             options = training_options(spec.task_options, task.option_defaults)
-            # A new pair's id is its identity's hash: the same experiment in another database gets the same run ids,
-            # and what is drawn from a run id (the random controller's commands) is drawn again.
-            pair_id = pairs.get((regime, seed, spec.epochs, _key(options), _key(spec.start))) or fingerprint(
-                {"task": task.name, "regime": regime, "seed": seed, "epochs": spec.epochs, "options": options,
-                 "start": spec.start})[:12]  # fmt: skip
+            pair_id = pairs.get((regime, seed, spec.epochs, _key(options), _key(spec.start))) or uuid.uuid4().hex[:12]
             for name, controller in planned:
                 llm = uses_llm.get(controller, False)
                 what = experiment(spec, task, regime, seed, name, controller, llm)

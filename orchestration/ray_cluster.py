@@ -21,8 +21,9 @@ given; with the embedded model, each node runs one model server (:class:`NodeMod
 the node, started by the first arm that needs it there and shared by the node's later arms; it ends with the
 invocation), which the arm's agent calls on loopback.
 
-What a Ray arm does not do yet: instructions said during the run (``run.py say``: the trainer's instruction socket
-is the node's).
+Instructions said during the run (``run.py say``) reach a Ray arm's trainer through the driver's network steering
+socket (``orchestration.steering``: CURVE, the trainer connects to it under its run id). ``--replay`` and
+``--resume`` run on the driver's machine.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import zmq
 from agents.expert.embedding import available as embedding_available
 from agents.expert.reading import read
 from agents.expert.record import reading_record
-from bus.curve import ClusterServerKeys, serve_curve, start_authenticator
+from bus.curve import HEARTBEATS, ClusterServerKeys, serve_curve, start_authenticator
 from bus.discovery import InvocationEndpoint, lookup, publish, withdraw
 from bus.messages import (
     BusDecodeError,
@@ -88,28 +88,46 @@ class SteeringService:
         self.endpoint = ipc_endpoint(socket_folder(run_dir), "control")
         self.socket = ctx.socket(zmq.REP)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(self.endpoint)
         self.cluster_socket = self.authenticator = self.cluster_endpoint = None
-        if cluster is not None:
-            self.authenticator = start_authenticator(ctx, cluster.keys)
-            self.cluster_socket = ctx.socket(zmq.ROUTER)
-            for option, value in ((zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1)):
-                self.cluster_socket.setsockopt(option, value)  # handover: a retried arm's trainer takes its name back
-            serve_curve(self.cluster_socket, cluster.keys)
-            port = self.cluster_socket.bind_to_random_port("tcp://0.0.0.0")
-            self.cluster_endpoint = f"tcp://{cluster.host}:{port}"
         self.trainers: dict[str, TrainerLink] = {}
         self.tasks: dict[str, TaskSpec] = {}  # what each trainer trains: what a ``say`` is read for
         self.said: dict[str, Instruction] = {}  # the last instruction said to each running trainer (not withdrawn)
         self.controllers: dict[str, tuple[str, bool]] = {}  # run -> its controller, and whether it reads instructions
         self.running: str | None = None
         self.reader_ready = False
-        # The reader's sentence embedding loads on first use (seconds on 2 cores): before the invocation is
-        # published, so that no ``run.py say`` waits for it (SAY_TIMEOUT_MS).
-        embedding_available()
-        info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
-                                  guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
-        publish(info)
+        try:  # a failure or Ctrl-C half-way must not leave a socket open: the context could never terminate
+            self.socket.bind(self.endpoint)
+            # The reader's sentence embedding loads on first use (seconds on 2 cores): before the invocation is
+            # published, so that no ``run.py say`` waits for it (SAY_TIMEOUT_MS).
+            embedding_available()
+            if cluster is not None:
+                self.bind_cluster(cluster)
+            info = InvocationEndpoint(pid=os.getpid(), db_path=str(self.db), control_endpoint=self.endpoint,
+                                      guided_runs=self.guided_runs, started_at=time.time())  # fmt: skip
+            publish(info)
+        except BaseException:
+            self.close_sockets()
+            raise
+
+    def bind_cluster(self, cluster: ClusterSteering) -> None:
+        """The network ROUTER Ray arms' trainers connect to: CURVE with the invocation's keys (ZAP), a name taken back
+        by a retried arm (handover), an unknown or vanished name an error rather than a dropped message (mandatory,
+        heartbeats: a peer silent for HEARTBEAT_TIMEOUT is dropped)."""
+        self.authenticator = start_authenticator(self.ctx, cluster.keys)
+        self.cluster_socket = self.ctx.socket(zmq.ROUTER)
+        for option, value in ((zmq.LINGER, 0), (zmq.ROUTER_MANDATORY, 1), (zmq.ROUTER_HANDOVER, 1),
+                              *HEARTBEATS):  # fmt: skip
+            self.cluster_socket.setsockopt(option, value)
+        serve_curve(self.cluster_socket, cluster.keys)
+        port = self.cluster_socket.bind_to_random_port("tcp://0.0.0.0")
+        self.cluster_endpoint = f"tcp://{cluster.host}:{port}"
+
+    def close_sockets(self) -> None:
+        self.socket.close()
+        if self.cluster_socket is not None:
+            self.cluster_socket.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()  # its thread holds a socket of the context
 
     def trainer_started(self, run_id: str, instruction_endpoint: str, task: TaskSpec,
                         controller: tuple[str, bool] | None = None) -> None:  # fmt: skip
@@ -172,9 +190,13 @@ class SteeringService:
             instruction = Instruction(instruction_id=f"{run_id}-say-{uuid.uuid4().hex[:8]}", text=request.text,
                                       source="say", received_at=time.time(),
                                       reading=reading_record(reading, task))  # fmt: skip
+        link = self.trainers[run_id]
         try:
-            self.trainers[run_id].send(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
-        except zmq.ZMQError:  # a Ray arm whose trainer has not connected from its node yet
+            link.send(encode(InstructionUpdate(run_id=run_id, instruction=instruction)))
+        except zmq.ZMQError:
+            if link.routing_id is None:
+                raise
+            # A Ray arm whose trainer has not connected from its node yet (or whose connection went silent)
             return SayReply(ok=False, run_id=run_id, detail=f"run {run_id} is starting on its Ray node and cannot be "
                                                             "reached yet: say it again in a few seconds")  # fmt: skip
         self.log.info("instruction_said", run_id=run_id, text=request.text)
@@ -215,10 +237,7 @@ class SteeringService:
     def close(self) -> None:
         for run_id in list(self.trainers):
             self.trainer_stopped(run_id)
-        self.socket.close()
-        if self.cluster_socket is not None:
-            self.cluster_socket.close()
-            self.authenticator.stop()  # its thread holds a socket of the context
+        self.close_sockets()
         withdraw(InvocationEndpoint, self.db, os.getpid())
 
 

@@ -31,15 +31,6 @@ def test_a_sweep_plans_a_baseline_and_each_controller_per_regime_and_seed():
     assert [a.run_id.split("-", 1)[1] for a in arms[:2]] == ["baseline", "heuristic"]
 
 
-def test_the_same_sweep_in_a_new_database_gets_the_same_run_ids_and_another_start_or_task_other_ones():
-    # The random controller draws from the run id: the same experiment elsewhere must draw the same commands.
-    first, again = plan_arms(SPEC, MNIST, [], {"heuristic": False}), plan_arms(SPEC, MNIST, [], {"heuristic": False})
-    assert [a.run_id for a in first] == [a.run_id for a in again]
-    bad_start = plan_arms(SPEC.model_copy(update={"start": {"learning_rate": 0.01}}), MNIST, [], {"heuristic": False})
-    other_task = plan_arms(SPEC, TaskIdentity("digits", MNIST.option_defaults), [], {"heuristic": False})
-    assert not {a.pair_id for a in first} & ({a.pair_id for a in bad_start} | {a.pair_id for a in other_task})
-
-
 def test_arms_choose_baseline_or_guided_only():
     guided = plan_arms(SPEC.model_copy(update={"arms": "guided"}), MNIST, [], {"heuristic": False})
     assert {a.name for a in guided} == {"guided"} and len(guided) == 4

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import zmq
 
 from bus.child import Child
-from bus.curve import CURVE_ENV, connect_curve, curve_from_environment
+from bus.curve import CURVE_ENV, HEARTBEATS, connect_curve, curve_from_environment
 from bus.messages import (
     BusDecodeError,
     Decision,
@@ -50,6 +50,8 @@ class InstructionInbox:
                                  f"CURVE keys in {CURVE_ENV}")  # fmt: skip
             self.socket = child.ctx.socket(zmq.DEALER)
             self.socket.setsockopt(zmq.ROUTING_ID, run_id.encode())  # the driver sends this run's instructions by it
+            for option, value in HEARTBEATS:
+                self.socket.setsockopt(option, value)
             connect_curve(self.socket, keys)
         else:
             self.socket = child.ctx.socket(zmq.PULL)
