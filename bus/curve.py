@@ -23,10 +23,10 @@ import zmq.auth.thread
 from pydantic import BaseModel, ConfigDict, Field
 
 Z85_KEY = Field(min_length=40, max_length=40)
-ZAP_DOMAIN = "reflectnet"
+ZAP_DOMAIN = "reflectnet"  # the recorder's cluster socket asks ZAP about its peers under this domain
 # ZMTP heartbeats (ms) for a socket whose peer is on another host: a peer whose node is gone stops counting as
 # connected within seconds (the driver's steering socket then refuses a say to it instead of queueing it).
-HEARTBEATS = ((zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 5000))  # the recorder's cluster socket asks ZAP about its peers under this domain
+HEARTBEATS = ((zmq.HEARTBEAT_IVL, 1000), (zmq.HEARTBEAT_TIMEOUT, 5000))
 
 # Monitor events that mean a peer was turned away (pyzmq >= 24 names them; libzmq >= 4.3).
 REFUSED_EVENTS = {

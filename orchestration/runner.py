@@ -21,6 +21,7 @@ from agents.config import LLMSettings
 from model_server.manager import LLMServerError
 from bus.log import configure_logging
 from bus.messages import BusDecodeError, ControlRequest, RunFinished, decode
+from bus.task_spec import TaskSpec
 from bus.transport import RecordSender, RequestClient, free_tcp_endpoint, remove_socket_folder
 from orchestration.configs import agent_config, recorder_config, run_started, trainer_config
 from orchestration.planning import Arm, prepare_resume
@@ -173,9 +174,7 @@ class Runner:
             self.orch.spawn(ChildSpec(f"agent-{arm.controller}", "agents", agent, agent.health_endpoint, busy_limit_s))
         self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller)
         live = self.running[arm.run_id] = LiveArm(arm, trainer, "trainer" if self.spec.jobs == 1 else f"trainer-{arm.run_id}")
-        if self.steering is not None and trainer.instruction_endpoint is not None:
-            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, declared.spec(),
-                                          (trainer.controller, trainer.instructions_read))  # fmt: skip
+        self.serve_instructions(arm, trainer, declared.spec())
         proc = self.orch.spawn(ChildSpec(live.child, "trainer", trainer, restart=False,
                                          capture_output=self.progress is not None))  # fmt: skip
         if self.progress is not None:
@@ -193,7 +192,7 @@ class Runner:
         if arm.controller != "none":
             agent = agent_config(self.spec, arm, [arm], cluster, self.run_dir, self.settings)
         trainer = trainer_config(self.spec, arm, self.run_dir, cluster, agent)
-        if self.steering is not None and trainer.instruction_endpoint is not None:
+        if self.steering is not None and trainer.instruction_endpoint is not None:  # say reaches it over the network
             trainer = trainer.model_copy(update={"instruction_endpoint": self.steering.cluster_endpoint})
         arm.checkpoint = trainer.checkpoint_file
         print(f"{counter} regime {arm.regime} | seed {arm.seed} | {arm.name} | controller {arm.controller} | on Ray",
@@ -203,11 +202,14 @@ class Runner:
             raise ChildLost(f"the recorder did not confirm the start of run {arm.run_id}")
         self.log.info("arm_started", run_id=arm.run_id, arm=arm.name, controller=arm.controller, ray=True)
         live = self.running[arm.run_id] = LiveArm(arm, trainer, f"trainer-{arm.run_id}")
-        if self.steering is not None and trainer.instruction_endpoint is not None:
-            declared = task_class(trainer.task, trainer.task_options)
-            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, declared.spec(),
-                                          (trainer.controller, trainer.instructions_read))  # fmt: skip
+        self.serve_instructions(arm, trainer, task_class(trainer.task, trainer.task_options).spec())
         self.ray_arms.start(live.child, trainer, agent)
+
+    def serve_instructions(self, arm: Arm, trainer: TrainerConfig, task: TaskSpec) -> None:
+        """Let ``run.py say`` reach the trainer of a guided arm (one with an instruction endpoint), read for ``task``."""
+        if self.steering is not None and trainer.instruction_endpoint is not None:
+            self.steering.trainer_started(arm.run_id, trainer.instruction_endpoint, task,
+                                          (trainer.controller, trainer.instructions_read))  # fmt: skip
 
     def finish_arm(self, live: LiveArm, ended: ChildExit) -> Arm:
         """After ``live``'s trainer exited: its checkpointed records kept, its ``runs`` row finished."""

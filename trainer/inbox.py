@@ -43,7 +43,8 @@ class InstructionInbox:
         self.socket = None
         if endpoint is None:
             return
-        if endpoint.startswith("tcp://"):
+        network = endpoint.startswith("tcp://")
+        if network:
             keys = curve_from_environment()
             if keys is None:
                 raise ValueError(f"the instruction endpoint {endpoint} is on the network: it needs this invocation's "
@@ -57,10 +58,7 @@ class InstructionInbox:
             self.socket = child.ctx.socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
         child.on_close.append(self.socket.close)
-        if endpoint.startswith("tcp://"):
-            self.socket.connect(endpoint)
-        else:
-            self.socket.bind(endpoint)
+        (self.socket.connect if network else self.socket.bind)(endpoint)
 
     def updates(self, run_id: str, log) -> list[InstructionUpdate]:
         """Every update waiting now for this run, oldest first; anything else is logged and dropped."""
