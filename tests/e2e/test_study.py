@@ -28,7 +28,7 @@ def study(tmp_path: Path, *extra: str) -> list[str]:
 def completed(db: Path) -> list[tuple]:
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute("SELECT config->>'fingerprint', count(*) FROM runs WHERE status = 'completed' "
-                           "GROUP BY 1").fetchall()  # fmt: skip
+                           "GROUP BY 1 ORDER BY 1").fetchall()  # fmt: skip
 
 
 def test_a_small_study_reports_the_noise_floor_and_rescue_and_a_second_run_skips_what_it_did(tmp_path):
