@@ -3,6 +3,7 @@ the same Markdown without the database; rows inserted into a DuckDB built by sto
 
 import math
 import time
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -245,3 +246,13 @@ def test_the_difference_figure_draws_an_interval_that_rounding_put_beside_its_me
         buffer.flush()
     files, _ = write_report(db, tmp_path / "out")
     assert "paired_differences.png" in [f.name for f in files]
+
+
+def test_the_published_results_are_what_the_report_renders_from_their_export(tmp_path):
+    """docs/results.md and docs/paper_table.md must be a re-render of docs/results.csv by this code: a change to the
+    report that alters the published tables fails here until the tables are rendered and committed again."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    files, _ = render_results([docs / "results.csv"], tmp_path)
+    by_name = {f.name: f for f in files}
+    assert by_name["results.md"].read_text() == (docs / "results.md").read_text()
+    assert by_name["paper_table.md"].read_text() == (docs / "paper_table.md").read_text()
