@@ -44,7 +44,10 @@ from orchestration.cli import CliError
 from orchestration.cli.schedule import unread_notice
 from trainer.config import TrainerConfig
 
-SAY_TIMEOUT_MS = 5000
+# How long ``run.py say`` waits for the invocation's answer. The orchestrator answers between its other steps, and one
+# of them (the first reading of a task's knob descriptions, when its first guided trainer starts) took over 5 s on 2
+# cores loaded by a second job: a say sent just then was told the run "did not answer" (CI, 2026-12-07).
+SAY_TIMEOUT_MS = 30_000
 
 
 @dataclass
