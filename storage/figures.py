@@ -319,28 +319,49 @@ def figure_names(task: TaskReport) -> dict[str, str]:
 
 def difference_figure(task: str, objective: str, settings: list):
     """Each cell's mean paired difference to the baseline of the same seeds (signed: + is better) with its
-    bootstrap 95 % interval, over a grey band of its A/A noise floor, one row per guided or A/A cell of the task's
-    settings (:class:`storage.report_stats.SettingStats`; with several, each label says which). None when no cell
-    pairs."""
-    from matplotlib.ticker import AutoLocator
+    bootstrap 95 % interval, over a grey band of its A/A noise floor: a panel per regime and start (and setting, with
+    several :class:`storage.report_stats.SettingStats`), each on its own scale, a row per guided or A/A cell. One
+    shared scale made MNIST-100's bad-start floor of +-84 points flatten the good start's intervals of a point into
+    dots. None when no cell pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     from storage.report_format import setting_label, start_label
 
-    rows = []
+    panels: dict[str, list] = {}
     for s in settings:
         setting = s.runs[0].setting
         for key, cell in s.stats.items():
             if cell.comparison is not None:
                 first = cell.runs[0]
-                label = f"{first.regime} · {start_label(first.start)} · {s.labels[key]} (n={cell.comparison.n})"
-                label += f" · {setting_label(setting)}" if len(settings) > 1 else ""
-                rows.append((label, cell.comparison, s.floors[(first.regime, first.start)][0]))
-    if not rows:
+                title = f"regime {first.regime} · start {start_label(first.start)}"
+                title += f" · {setting_label(setting)}" if len(settings) > 1 else ""
+                floor = s.floors[(first.regime, first.start)][0]
+                panels.setdefault(title, []).append((f"{s.labels[key]} (n={cell.comparison.n})", cell.comparison, floor))
+    if not panels:
         return None
-    plt, fig, (ax,) = _figure(1, height=1.2 + 0.35 * len(rows))
-    fig.set_size_inches(8, 1.2 + 0.35 * len(rows))  # a row per cell, as many as the study has
-    ax.xaxis.set_major_locator(AutoLocator())
-    for i, (label, c, floor) in enumerate(rows):
+    heights = [len(rows) + 1.5 for rows in panels.values()]  # a row per cell, and the panel's title and ticks
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.0 + 0.35 * sum(heights)), dpi=DPI, squeeze=False,
+                             layout="constrained", gridspec_kw={"height_ratios": heights})  # fmt: skip
+    for ax, (title, rows) in zip(axes.flat, panels.items()):
+        _difference_panel(ax, rows)
+        ax.set_title(title, fontsize=9)
+    axes.flat[-1].set_xlabel(f"Δ final {metric_label(objective)} vs. the baseline of the same seed (+ is better)")
+    handles = [
+        plt.Line2D([], [], color="tab:blue", marker="o", label="mean Δ, 95 % bootstrap CI"),
+        plt.Line2D([], [], color="tab:blue", marker="o", markerfacecolor="white", linestyle="", label="1 seed: no CI"),
+        plt.Rectangle((0, 0), 1, 1, color="tab:gray", alpha=0.25, label="A/A noise floor"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8)
+    _suptitle(fig, f"Task {task}: paired differences to the baseline")
+    return plt, fig
+
+
+def _difference_panel(ax, rows: list) -> None:
+    """One panel of :func:`difference_figure`: ``rows`` of (label, comparison, A/A floor or None), top to bottom."""
+    for i, (_, c, floor) in enumerate(rows):
         y = len(rows) - 1 - i
         if floor is not None:
             ax.fill_betweenx([y - 0.4, y + 0.4], -floor, floor, color="tab:gray", alpha=0.25, linewidth=0)
@@ -353,13 +374,4 @@ def difference_figure(task: str, objective: str, settings: list):
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [label for label, _, _ in reversed(rows)], fontsize=8)
     ax.set_ylim(-0.6, len(rows) - 0.4)
-    ax.set_xlabel(f"Δ final {metric_label(objective)} vs. the baseline of the same seed (+ is better)")
     ax.grid(axis="x", alpha=0.3)
-    handles = [
-        plt.Line2D([], [], color="tab:blue", marker="o", label="mean Δ, 95 % bootstrap CI"),
-        plt.Line2D([], [], color="tab:blue", marker="o", markerfacecolor="white", linestyle="", label="1 seed: no CI"),
-        plt.Rectangle((0, 0), 1, 1, color="tab:gray", alpha=0.25, label="A/A noise floor"),
-    ]
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    _suptitle(fig, f"Task {task}: paired differences to the baseline")
-    return plt, fig

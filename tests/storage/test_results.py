@@ -172,8 +172,11 @@ def test_the_paired_difference_figure_shows_every_cell_inside_it(study, tmp_path
         stats = all_stats(read_results(reader))
     plt, fig = difference_figure("mnist", "val_acc", list(stats.values()))
     fit_figure(fig)
-    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert len(labels) == 3 and "100 · default · A/A (n=3)" in labels  # A/A, guided, bad-start guided
+    # a panel per start, each on its own scale: the good start's A/A and guided cells, the bad start's guided cell
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["regime 100 · start default", "regime 100 · start learning_rate=0.01"]
+    labels = [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
+    assert labels == [["Guided (heuristic) (n=3)", "A/A (n=3)"], ["Guided (heuristic) (n=3)"]]  # bottom up
     assert outside_the_figure(fig) == []
     plt.close(fig)
 
