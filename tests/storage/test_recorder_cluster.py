@@ -61,7 +61,10 @@ def test_records_from_another_host_arrive_only_under_the_invocations_curve_keys(
         assert con.execute("SELECT epoch FROM epochs ORDER BY epoch").fetchall() == [(1,), (2,), (3,)]
         refused = con.execute("SELECT data FROM events WHERE event = 'cluster_peer_refused'").fetchall()
     reasons = {json.loads(data)["reason"].split(":")[0] for (data,) in refused}
-    assert {"handshake failed", "authentication"} <= reasons, reasons  # the plaintext peer, the stranger
+    # the stranger fails authentication; libzmq reports the plaintext peer's failed greeting as either event,
+    # depending on where the exchange stopped (CI, 2026-12-07, under load: the protocol one)
+    assert "authentication" in reasons, reasons
+    assert reasons & {"handshake failed", "protocol error in the handshake"}, reasons
 
 
 def test_a_cluster_endpoint_without_keys_is_refused_before_anything_binds(tmp_path):
