@@ -80,13 +80,21 @@ def label_levels(epochs: list[float], span: float) -> list[int]:
 # --------------------------------------------------------------------------- figures
 
 
-def _figure(n: int, height: float = 3.2):
-    """A figure of ``n`` panels, three to a row, laid out by matplotlib's constrained layout."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display is needed or used)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _figure(n: int, height: float = 3.2):
+    """A figure of ``n`` panels, three to a row, laid out by matplotlib's constrained layout."""
     from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
 
     cols = min(n, 3)
     rows = math.ceil(n / cols)
@@ -323,12 +331,9 @@ def difference_figure(task: str, objective: str, settings: list):
     several :class:`storage.report_stats.SettingStats`), each on its own scale, a row per guided or A/A cell. One
     shared scale made MNIST-100's bad-start floor of +-84 points flatten the good start's intervals of a point into
     dots. None when no cell pairs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from storage.report_format import setting_label, start_label
+
+    plt = _pyplot()
 
     panels: dict[str, list] = {}
     for s in settings:
