@@ -184,8 +184,9 @@ def query(db: Path, sql: str, params=None) -> list[tuple]:
         return con.execute(sql, params or []).fetchall()
 
 
-def kill(run: LiveRun, component: str, sig: int = signal.SIGKILL) -> str:
-    pid = run.pid(component)
+def kill(run: LiveRun, component: str, sig: int = signal.SIGKILL, pid: int | None = None) -> str:
+    """Send ``sig`` to ``pid``, or to the run's newest process of ``component``; the fault as the report names it."""
+    pid = run.pid(component) if pid is None else pid
     os.kill(pid, sig)
     return f"{signal.Signals(sig).name} {component} (pid {pid})"
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import signal
 import sys
 import tempfile
@@ -207,8 +206,7 @@ def several_arms(work: Path) -> Outcome:
                     if r.get("event") == "epoch_done" and r["epoch"] >= 2 and alive(pid)), None)  # fmt: skip
     if trained is None:
         raise RuntimeError(f"no live trainer past epoch 2 under {out}: {run.tail()}")
-    os.kill(trained, signal.SIGKILL)  # a trainer with a checkpoint, so that --resume continues its run
-    faults = [f"SIGKILL trainer (pid {trained}) after epoch 2"]
+    faults = [kill(run, "trainer", pid=trained) + " after epoch 2"]  # it has a checkpoint: --resume continues it
     asked = run.wait_event("trainer", "agent_asked", epoch=4)
     faults.append(kill(run, "agent", signal.SIGSTOP) + f" (asked by {asked['run_id']})")
     run.wait_event("orchestrator", "child_restarted", child="agent-heuristic")  # found frozen, restarted
