@@ -11,6 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from tests.e2e.sweeps import epochs_by_arm, run_sweep
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
@@ -36,35 +38,14 @@ def test_a_second_invocation_on_the_same_database_gets_one_line_and_records_noth
         assert con.execute("SELECT count(*) FROM runs").fetchall() == [(1,)]
 
 
-def epochs_by_arm(db: Path) -> dict[tuple, list[float]]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        rows = con.execute("SELECT r.seed, r.arm, r.controller, e.epoch, e.objective, e.hyperparameters FROM epochs e "
-                           "JOIN runs r USING (run_id) ORDER BY r.seed, r.arm, r.controller, e.epoch").fetchall()  # fmt: skip
-    arms: dict[tuple, list] = {}
-    for seed, arm, controller, _, objective, knobs in rows:
-        arms.setdefault((seed, arm, controller), []).append((objective, knobs))
-    return arms
-
-
-def test_a_sweep_with_two_jobs_trains_two_arms_at_once_and_every_epoch_is_what_one_job_gives(tmp_path):
-    # A start that collapses, so that the heuristic acts (rolls back, lowers the rate): its commands must come out the
-    # same when its arms share the agent with another's requests in between.
-    flags = ["--task", "diabetes", "--regime", "50", "--epochs", "6", "--seeds", "2", "--controller", "none,heuristic",
-             "--start", "learning_rate=0.1", "--out", str(tmp_path / "runs")]  # fmt: skip
-    for jobs in ("1", "2"):
-        run = subprocess.run([sys.executable, "run.py", *flags, "--jobs", jobs, "--db", str(tmp_path / f"j{jobs}.duckdb")],
-                             cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    one, two = epochs_by_arm(tmp_path / "j1.duckdb"), epochs_by_arm(tmp_path / "j2.duckdb")
-    assert len(one) == 4 and one == two  # every arm's objective and knobs, epoch for epoch
+def test_a_sweep_with_two_jobs_trains_two_arms_at_once_and_every_epoch_is_what_one_job_gives(tmp_path, one_job_sweep):
+    run_sweep(tmp_path / "j2.duckdb", tmp_path / "runs", "--jobs", "2")
+    assert epochs_by_arm(tmp_path / "j2.duckdb") == one_job_sweep  # every arm's objective and knobs, epoch for epoch
     with duckdb.connect(str(tmp_path / "j2.duckdb"), read_only=True) as con:
         spans = con.execute("SELECT started_at, finished_at FROM runs ORDER BY started_at").fetchall()
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two arms trained at once
-    knobs = {k for runs in two.values() for _, k in runs}
-    assert len(knobs) > 1  # the heuristic did change the settings
 
 
-@pytest.mark.slow  # a fault scenario (about a minute): python -m pytest -m slow
 def test_a_trainer_killed_while_another_arm_trains_fails_alone_and_resumes_without_a_duplicate(tmp_path):
     db, out = tmp_path / "k.duckdb", tmp_path / "runs"
     flags = ["--task", "diabetes", "--regime", "full", "--epochs", "300", "--seeds", "2", "--controller", "none",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bus.transport import free_tcp_endpoint
 from model_server import LOCAL_MODEL_NAME
 from model_server.manager import LocalLLMServer
-from bus.transport import free_tcp_endpoint
 from tests.e2e.test_run import REPO, query
 
 pytestmark = pytest.mark.e2e

@@ -13,31 +13,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from tests.e2e.sweeps import epochs_by_arm, run_sweep
+
 pytest.importorskip("ray")  # the optional extra: pip install -e '.[ray]' (the README's test command installs it)
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
-SWEEP = ["--task", "diabetes", "--regime", "50", "--epochs", "4", "--seeds", "2", "--controller", "none,heuristic"]
-
-
-def epochs(db: Path) -> dict[tuple, list]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        rows = con.execute("SELECT r.seed, r.arm, r.controller, e.objective, e.hyperparameters FROM epochs e "
-                           "JOIN runs r USING (run_id) ORDER BY r.seed, r.arm, r.controller, e.epoch").fetchall()  # fmt: skip
-    arms: dict[tuple, list] = {}
-    for seed, arm, controller, objective, knobs in rows:
-        arms.setdefault((seed, arm, controller), []).append((objective, knobs))
-    return arms
-
-
-def test_a_sweep_through_ray_gives_the_local_sweeps_epochs_over_the_curve_socket(tmp_path):
-    for name, extra in (("local", []), ("ray", ["--ray", "auto", "--jobs", "2"])):
-        run = subprocess.run([sys.executable, "run.py", *SWEEP, *extra, "--db", str(tmp_path / f"{name}.duckdb"),
-                              "--out", str(tmp_path / name)], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
-        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    local, ray = epochs(tmp_path / "local.duckdb"), epochs(tmp_path / "ray.duckdb")
-    assert len(local) == 4 and ray == local
+def test_a_sweep_through_ray_gives_the_local_sweeps_epochs_over_the_curve_socket(tmp_path, one_job_sweep):
+    run_sweep(tmp_path / "ray.duckdb", tmp_path / "ray", "--ray", "auto", "--jobs", "2")
+    assert epochs_by_arm(tmp_path / "ray.duckdb") == one_job_sweep
     with duckdb.connect(str(tmp_path / "ray.duckdb"), read_only=True) as con:
         configs = [json.loads(c) for (c,) in con.execute("SELECT config FROM runs").fetchall()]
         statuses = con.execute("SELECT DISTINCT status FROM runs").fetchall()
@@ -84,7 +69,7 @@ def test_a_two_node_cluster_survives_a_ray_worker_killed_mid_sweep_with_no_recor
     local = tmp_path / "local.duckdb"
     subprocess.run([sys.executable, "run.py", *sweep_flags, "--db", str(local), "--out", str(tmp_path / "l")],
                    cwd=REPO, check=True, capture_output=True, timeout=600)  # fmt: skip
-    assert epochs(db) == epochs(local)
+    assert epochs_by_arm(db) == epochs_by_arm(local)
     with duckdb.connect(str(db), read_only=True) as con:
         per_run = con.execute("SELECT run_id, count(*), count(DISTINCT epoch) FROM epochs GROUP BY run_id").fetchall()
         statuses = con.execute("SELECT DISTINCT status FROM runs").fetchall()
