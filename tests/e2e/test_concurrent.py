@@ -46,6 +46,7 @@ def test_a_sweep_with_two_jobs_trains_two_arms_at_once_and_every_epoch_is_what_o
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:]))  # two arms trained at once
 
 
+@pytest.mark.slow  # a fault scenario python -m bench.faults runs too (several_arms: --jobs 2, trainer killed, resume)
 def test_a_trainer_killed_while_another_arm_trains_fails_alone_and_resumes_without_a_duplicate(tmp_path):
     db, out = tmp_path / "k.duckdb", tmp_path / "runs"
     flags = ["--task", "diabetes", "--regime", "full", "--epochs", "300", "--seeds", "2", "--controller", "none",
