@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.e2e.test_run import REPO
 
 # A start that collapses, so that the heuristic acts (rolls back, lowers the rate): its commands must come out the
 # same when its arms share the agent with another's requests in between, or train on another process.
