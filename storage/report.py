@@ -180,13 +180,14 @@ def _difference_figures(results: list[RunResult], stats: dict, out: Path) -> lis
     return files
 
 
-def write_report(db: Path, out: Path) -> tuple[list[Path], list[str]]:
+def write_report(db: Path, out: Path, rerun_seeds: int | None = None) -> tuple[list[Path], list[str]]:
     """The tables, the per-run export and the figures for what ``db`` holds (completed runs; runs still going
     are listed and drawn dashed), per task: the files written (the report first), and notes on what could not
-    be drawn or where it was read from."""
+    be drawn or where it was read from; ``rerun_seeds``: the re-run intervals' seeds
+    (:func:`storage.report_stats.setting_stats`)."""
     with open_reader(db) as reader:
         data = read_report_data(reader)
-    stats = all_stats(data.results)
+    stats = all_stats(data.results, rerun_seeds)
     files = _write_tables(data.results, stats, out)
     notes = [f"read from {data.source}"] if data.source != "the database file" else []
     files += _difference_figures(data.results, stats, out)
@@ -209,15 +210,16 @@ def write_report(db: Path, out: Path) -> tuple[list[Path], list[str]]:
     return files, notes
 
 
-def render_results(exports: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+def render_results(exports: list[Path], out: Path, rerun_seeds: int | None = None) -> tuple[list[Path], list[str]]:
     """The report's tables and the figures an export can give (the paired differences), from results exports alone
     (``run.py report --results FILE [FILE ...]``): the same Markdown as the report one was exported with; several
-    are merged (:func:`storage.results.merge_exports`) and written as one ``results.csv``. Raises
+    are merged (:func:`storage.results.merge_exports`) and written as one ``results.csv``; ``rerun_seeds`` as in
+    :func:`write_report`. Raises
     :class:`ReportError` (one line) for an unreadable export or none with any run."""
     results = merge_exports([read_results_csv(export) for export in exports])
     if not any(r.counted or r.status == "running" for r in results):
         raise ReportError(f"--results {' '.join(map(str, exports))}: holds no completed or running run")
-    stats = all_stats(results)
+    stats = all_stats(results, rerun_seeds)
     files = _write_tables(results, stats, out, export=exports[0] if len(exports) == 1 else None)
     files += _difference_figures(results, stats, out)
     return files, ["from an export: the per-epoch figures (curves, hyperparameters, decisions) need the database"]

@@ -85,35 +85,40 @@ class SettingStats:
     labels: dict[tuple, str]
     worst: float
     mode: str
+    rerun_seeds: int | None = None  # the seeds of the re-run the re-run intervals are for (None: each cell's own)
 
 
-def setting_stats(runs: list[RunResult], task_runs: list[RunResult], mode: str) -> SettingStats:
+def setting_stats(runs: list[RunResult], task_runs: list[RunResult], mode: str,
+                  rerun_seeds: int | None = None) -> SettingStats:
     """Pair every cell of one setting's counted ``runs`` with its baseline (``task_runs``: every counted run of the
-    task, for the worst value a diverged run counts as); Holm's correction across the guided cells."""
+    task, for the worst value a diverged run counts as); Holm's correction across the guided cells; re-run
+    intervals for ``rerun_seeds`` fresh seeds (None: as many as each cell has; :func:`st.rerun_interval`)."""
     worst = st.worst_value([r.final_objective for r in task_runs], mode)
     baselines = {r.pair_key: r for r in runs if r.arm == "baseline"}
     cells = group_cells(runs)
     stats: dict[tuple, CellStats] = {}
     for key, cell in cells.items():
         arm, base = _pairs(cell, baselines) if cell[0].arm != "baseline" else ([], [])
-        comparison = st.compare(_finals(arm, worst), _finals(base, worst), mode) if arm else None
+        comparison = st.compare(_finals(arm, worst), _finals(base, worst), mode, rerun_seeds) if arm else None
         stats[key] = CellStats(cell, comparison, len(cell) - len(arm))
     guided = [k for k in stats if k[5] == "guided" and stats[k].comparison is not None]
     for key, p in zip(guided, st.holm([stats[k].comparison.p_value for k in guided])):
         stats[key].comparison = replace(stats[key].comparison, p_holm=p)
     labels = model_labels(c[0] for c in cells.values())
-    return SettingStats(runs, cells, stats, noise_floors(runs, baselines, worst, mode), labels, worst, mode)
+    floors = noise_floors(runs, baselines, worst, mode)
+    return SettingStats(runs, cells, stats, floors, labels, worst, mode, rerun_seeds)
 
 
-def all_stats(results: list[RunResult]) -> dict[tuple[str, str, str], SettingStats]:
+def all_stats(results: list[RunResult], rerun_seeds: int | None = None) -> dict[tuple[str, str, str], SettingStats]:
     """(task, objective, setting) -> its :class:`SettingStats`, over the counted runs of ``results``: computed once
-    for the report's tables and figures (the bootstraps are what a report spends its time on)."""
+    for the report's tables and figures (the bootstraps are what a report spends its time on); ``rerun_seeds`` as
+    in :func:`setting_stats`."""
     counted = [r for r in results if r.counted]
     found = {}
     for task, objective, setting in sorted({(r.task, r.objective, r.setting) for r in counted}):
         task_runs = [r for r in counted if (r.task, r.objective) == (task, objective)]
         mine = [r for r in task_runs if r.setting == setting]
-        found[(task, objective, setting)] = setting_stats(mine, task_runs, mine[0].mode)
+        found[(task, objective, setting)] = setting_stats(mine, task_runs, mine[0].mode, rerun_seeds)
     return found
 
 
@@ -127,31 +132,38 @@ def stats_markdown(s: SettingStats) -> str:
         floor = s.floors[(first.regime, first.start)][0]
         if c is None:
             iqm, low, high = st.iqm_interval(_finals(cell.runs, s.worst))
-            paired = ("", "", "", "", "", "", "") if first.arm == "baseline" else (0, "", "", "", "", "", "")
+            paired = ("",) * 8 if first.arm == "baseline" else (0,) + ("",) * 7
             word = "" if first.arm == "baseline" else "no baseline"
         else:
             iqm, (low, high) = c.iqm, c.iqm_ci
-            paired = (c.n, _fmt(c.mean), _ci(c.ci, c.n), f"{c.better}/{c.worse}", _p(c.p_value), _p(c.p_holm),
-                      "" if c.poi is None else f"{c.poi:.2f}")  # fmt: skip
+            paired = (c.n, _fmt(c.mean), _ci(c.ci, c.n), _ci(c.rerun, c.n), f"{c.better}/{c.worse}",
+                      _p(c.p_value), _p(c.p_holm), "" if c.poi is None else f"{c.poi:.2f}")  # fmt: skip
             word = st.verdict(c.mean, floor, c.ci) if first.arm == "guided" else ""
             word += f" ({cell.unpaired} seed(s) without baseline)" if cell.unpaired else ""
         iqm_text = num(iqm) + ("" if low is None else f" [{num(low)}, {num(high)}]")
         body.append((first.regime, start_label(first.start), s.labels[key], len(cell.runs), *paired, iqm_text, word,
                      *_cost(cell.runs)))  # fmt: skip
-    columns = ["Regime", "Start", "Model", "Seeds", "Pairs", "Δ final (+ better)", "95 % CI", "Better/worse",
+    rerun = "Re-run lands in (95 %)" + ("" if s.rerun_seeds is None else f", {s.rerun_seeds} seeds")
+    columns = ["Regime", "Start", "Model", "Seeds", "Pairs", "Δ final (+ better)", "95 % CI", rerun, "Better/worse",
                "Wilcoxon p", "Holm p", "P(improve)", "IQM final [95 % CI]", "Verdict", "Calls/run", "Tokens/run",
                "Wait s/run", "$/run"]  # fmt: skip
-    notes = _notes(runs, s.stats, s.floors, s.worst, mode)
+    notes = _notes(runs, s.stats, s.floors, s.worst, mode, s.rerun_seeds)
     text = "Paired against the baseline of the same seed:\n\n" + markdown_table(columns, body) + "\n\n" + notes
     rescue = rescue_markdown(runs, s.floors, s.worst, mode, s.cells, s.labels)
     return text + ("\n\n" + rescue if rescue else "") + "\n"
 
 
-def _notes(runs, stats, floors, worst, mode) -> str:
+def _rerun_seeds_text(rerun_seeds: int | None) -> str:
+    return "as many fresh seeds as the cell has" if rerun_seeds is None else f"{rerun_seeds} fresh seeds"
+
+
+def _notes(runs, stats, floors, worst, mode, rerun_seeds) -> str:
     """What a reader needs to read the table: the difference's sign, the tests, the noise floors, what is missing."""
     lines = [
         f"Δ: the final objective minus the baseline's of the same seed, signed so that + is better ({mode}imised "
-        "objective); 95 % CI: bootstrap over seeds (BCa, paired); Wilcoxon: two-sided signed-rank p; Holm: corrected "
+        "objective); 95 % CI: bootstrap over seeds (BCa, paired), for the mean of these seeds; Re-run lands in: "
+        f"where the mean Δ of a re-run on {_rerun_seeds_text(rerun_seeds)} is expected to land, 95 % (a prediction interval, mean ± t·s·√(1/n + 1/m); "
+        "check a replication against it, not against the CI; `run.py report --rerun-seeds M` for M seeds); Wilcoxon: two-sided signed-rank p; Holm: corrected "
         "across the guided cells of this table; P(improve): probability that a run of the cell beats a run of the "
         "baseline (rliable); IQM: interquartile mean of the final objective with rliable's stratified bootstrap "
         "95 % CI. Cost columns: mean per run (tokens: prompt + completion; wait: seconds the trainer waited for "

@@ -24,15 +24,20 @@ def main(argv: list[str]) -> int:
                         help="render the tables (and the paired-difference figure) from this exported results.csv "
                              "instead of the database; several are merged, a run counted once (a study run in "
                              "parts, --only each; default: read --db)")  # fmt: skip
+    parser.add_argument("--rerun-seeds", type=int, default=None, metavar="M",
+                        help="the 'Re-run lands in' column for a re-run on M fresh seeds (default: as many seeds as "
+                             "each cell has): check your own re-run of a cell against it")  # fmt: skip
     db_flag(parser)
     try:
         args = parser.parse_args(argv)
+        if args.rerun_seeds is not None and args.rerun_seeds < 1:
+            raise CliError(f"--rerun-seeds must be at least 1, got {args.rerun_seeds}")
         if args.results is not None:
             if len(args.results) > 1 and args.out is None:  # beside the first would overwrite that export
                 raise CliError("--results with several files needs --out DIR for the merged report")
-            files, notes = render_results(args.results, args.out or args.results[0].parent)
+            files, notes = render_results(args.results, args.out or args.results[0].parent, args.rerun_seeds)
         else:
-            files, notes = write_report(args.db, args.out or args.db.parent / "report")
+            files, notes = write_report(args.db, args.out or args.db.parent / "report", args.rerun_seeds)
     except (CliError, ReaderError) as exc:  # ReportError and ResultsError are ReaderErrors
         print(f"run.py report: error: {exc}", file=sys.stderr)
         return 2

@@ -28,10 +28,10 @@ def test_a_two_seed_sweep_reports_intervals_and_p_values_and_renders_again_from_
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report" / "results.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| Regime | Start | Model | Seeds | Pairs"))
-    assert "| 95 % CI |" in header and "| Wilcoxon p | Holm p |" in header and "| Calls/run |" in header
+    assert "| 95 % CI | Re-run lands in (95 %) |" in header and "| Wilcoxon p | Holm p |" in header and "| Calls/run |" in header
     guided = next(line for line in text.splitlines() if line.startswith("| 100 | default | Guided (heuristic) | 2 | 2 |"))
     cells = [c.strip() for c in guided.strip("|").split("|")]
-    assert cells[6].startswith("[") and float(cells[8]) > 0  # an interval and a p-value (2 pairs: at least 0.5)
+    assert cells[6].startswith("[") and cells[7].startswith("[") and float(cells[9]) > 0  # CI, re-run, p (>= 0.5)
     assert not (tmp_path / "report" / "paper_table.md").exists()  # diabetes is not the paper's task
     again = run_py("report", "--results", str(tmp_path / "report" / "results.csv"), "--out", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr

@@ -153,7 +153,7 @@ def test_a_min_task_pairs_with_lower_is_better(tmp_path):
             add_run(buffer, f"g{seed}", "guided", "heuristic", seed, [70.0, guided], task="diabetes", regime="full")
         buffer.flush()
     text = write_report(db, tmp_path / "out")[0][0].read_text()
-    assert "| full | default | Guided (heuristic) | 2 | 2 | +3.0000 | [+3.0000, +3.0000] | 2/0 |" in text
+    assert "| full | default | Guided (heuristic) | 2 | 2 | +3.0000 | [+3.0000, +3.0000] | [+3.0000, +3.0000] | 2/0 |" in text
     assert not (tmp_path / "out" / "paper_table.md").exists()  # only MNIST writes the paper's table
 
 
@@ -259,3 +259,32 @@ def test_the_published_results_are_what_the_report_renders_from_their_export(tmp
     by_name = {f.name: f for f in files}
     assert by_name["results.md"].read_text() == (docs / "results.md").read_text()
     assert by_name["paper_table.md"].read_text() == (docs / "paper_table.md").read_text()
+
+
+def test_rerun_seeds_sets_the_rerun_column_for_that_many_fresh_seeds_and_a_bad_count_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    report = subprocess.run(
+        [sys.executable, "run.py", "report", "--results", "docs/results.csv", "--out", str(tmp_path), "--rerun-seeds", "5"],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+
+    def diabetes_llm_rerun(text: str) -> tuple[str, list[float]]:
+        header = next(line for line in text.splitlines() if "Re-run lands in" in line)
+        row = next(line for line in text.splitlines() if line.startswith("| full | default | Guided (llm) | 10 |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        return header, [float(x) for x in cells[7].strip("[]").split(",")]
+
+    header_5, (low_5, high_5) = diabetes_llm_rerun((tmp_path / "results.md").read_text().split("## Task diabetes")[1])
+    published = (repo / "docs" / "results.md").read_text().split("## Task diabetes")[1]
+    header_10, (low_10, high_10) = diabetes_llm_rerun(published)
+    assert "Re-run lands in (95 %), 5 seeds" in header_5 and "Re-run lands in (95 %) |" in header_10
+    assert low_5 < low_10 < high_10 < high_5  # 5 fresh seeds' mean varies more than 10's: a wider interval
+    zero = subprocess.run(
+        [sys.executable, "run.py", "report", "--results", "docs/results.csv", "--out", str(tmp_path), "--rerun-seeds", "0"],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert zero.returncode == 2 and zero.stderr.strip() == "run.py report: error: --rerun-seeds must be at least 1, got 0"

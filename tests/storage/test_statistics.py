@@ -27,6 +27,31 @@ def test_the_bootstrap_interval_brackets_the_mean_and_is_reproducible():
     assert st.bootstrap_ci([0.01, 0.01, 0.01]) == (0.01, 0.01)
 
 
+def test_the_rerun_interval_is_the_prediction_interval_of_a_new_mean_worked_by_hand():
+    # [1, 2, 3, 4, 5]: mean 3, s = sqrt(2.5); t(0.975; 4) = 2.7764 (tables); half-width t * s * sqrt(1/5 + 1/m)
+    low, high = st.rerun_interval([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (low, high) == (pytest.approx(3 - 2.7764 * math.sqrt(2.5 * 0.4), abs=1e-3),
+                           pytest.approx(3 + 2.7764 * math.sqrt(2.5 * 0.4), abs=1e-3))  # fmt: skip
+    ten = st.rerun_interval([1.0, 2.0, 3.0, 4.0, 5.0], rerun_seeds=10)
+    assert ten[1] - 3 == pytest.approx(2.7764 * math.sqrt(2.5 * (0.2 + 0.1)), abs=1e-3)  # more seeds: narrower
+    assert st.rerun_interval([0.5]) is None and st.rerun_interval([0.0, 0.0, 0.0]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="at least 1 seed"):
+        st.rerun_interval(DIFFS, rerun_seeds=0)
+    c = st.compare([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], "max", rerun_seeds=4)
+    assert c.rerun == st.rerun_interval([1.0, 2.0, 3.0], 4) and c.rerun_seeds == 4
+
+
+def test_a_fresh_five_seed_mean_lands_in_the_rerun_interval_95_percent_of_the_time_and_in_a_ci_less_often():
+    rng = np.random.default_rng(7)
+    published, fresh = rng.normal(0.3, 1.0, (4000, 5)), rng.normal(0.3, 1.0, (4000, 5)).mean(axis=1)
+    inside = [low <= m <= high for row, m in zip(published, fresh) for low, high in [st.rerun_interval(row)]]
+    assert 0.935 < np.mean(inside) < 0.965
+    t = scipy_stats.t.ppf(0.975, 4)
+    half = t * published.std(axis=1, ddof=1) / math.sqrt(5)  # the exact t confidence interval of the mean
+    in_ci = np.abs(fresh - published.mean(axis=1)) <= half
+    assert 0.78 < in_ci.mean() < 0.88  # Cumming & Maillardet (2006): ~83 %
+
+
 def test_wilcoxon_is_scipys_and_its_floor_with_few_pairs():
     assert st.wilcoxon_p(DIFFS) == scipy_stats.wilcoxon(DIFFS).pvalue
     # ranks of |d|: 0.002→1 (negative), 0.004→2, 0.009→3, 0.012→4, 0.015→5; W- = 1: exact p = 2·P(W ≤ 1) = 2·2/32
