@@ -325,9 +325,12 @@ def figure_names(task: TaskReport) -> dict[str, str]:
     }
 
 
+RERUN_ALPHA = 0.25  # the re-run interval's bar: pale, behind the CI it is wider than
+
+
 def difference_figure(task: str, objective: str, settings: list):
     """Each cell's mean paired difference to the baseline of the same seeds (signed: + is better) with its
-    bootstrap 95 % interval, over a grey band of its A/A noise floor: a panel per regime and start (and setting, with
+    bootstrap 95 % interval and, as a pale bar, where a re-run's mean is expected to land, over a grey band of its A/A noise floor: a panel per regime and start (and setting, with
     several :class:`storage.report_stats.SettingStats`), each on its own scale, a row per guided or A/A cell. One
     shared scale made MNIST-100's bad-start floor of +-84 points flatten the good start's intervals of a point into
     dots. None when no cell pairs."""
@@ -357,9 +360,10 @@ def difference_figure(task: str, objective: str, settings: list):
     handles = [
         plt.Line2D([], [], color="tab:blue", marker="o", label="mean Δ, 95 % bootstrap CI"),
         plt.Line2D([], [], color="tab:blue", marker="o", markerfacecolor="white", linestyle="", label="1 seed: no CI"),
+        plt.Line2D([], [], color="tab:blue", alpha=RERUN_ALPHA, linewidth=6, label="a re-run's mean lands (95 %)"),
         plt.Rectangle((0, 0), 1, 1, color="tab:gray", alpha=0.25, label="A/A noise floor"),
     ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8)
     _suptitle(fig, f"Task {task}: paired differences to the baseline")
     return plt, fig
 
@@ -370,6 +374,8 @@ def _difference_panel(ax, rows: list) -> None:
         y = len(rows) - 1 - i
         if floor is not None:
             ax.fill_betweenx([y - 0.4, y + 0.4], -floor, floor, color="tab:gray", alpha=0.25, linewidth=0)
+        if c.rerun is not None:
+            ax.plot(c.rerun, [y, y], color="tab:blue", alpha=RERUN_ALPHA, linewidth=6, solid_capstyle="butt")
         if c.ci is None:
             ax.plot([c.mean], [y], marker="o", markerfacecolor="white", color="tab:blue", linestyle="")
         else:
