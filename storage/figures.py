@@ -330,8 +330,9 @@ RERUN_ALPHA = 0.25  # the re-run interval's bar: pale, behind the CI it is wider
 
 def difference_figure(task: str, objective: str, settings: list):
     """Each cell's mean paired difference to the baseline of the same seeds (signed: + is better) with its
-    bootstrap 95 % interval and, as a pale bar, where a re-run's mean is expected to land, over a grey band of its A/A noise floor: a panel per regime and start (and setting, with
-    several :class:`storage.report_stats.SettingStats`), each on its own scale, a row per guided or A/A cell. One
+    bootstrap 95 % interval and, as a pale bar, where a re-run's mean is expected to land, over a grey band of its
+    A/A noise floor: a panel per regime and start (and setting, with several
+    :class:`storage.report_stats.SettingStats`), each on its own scale, a row per guided or A/A cell. One
     shared scale made MNIST-100's bad-start floor of +-84 points flatten the good start's intervals of a point into
     dots. None when no cell pairs."""
     from storage.report_format import setting_label, start_label
