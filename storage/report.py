@@ -46,6 +46,7 @@ from storage.schema import REFERENCE_PREFIXES
 
 REPORT_NAME = "results.md"  # the whole report; MNIST's section also as the paper's paper_table.md
 PAPER_NAME = "paper_table.md"
+REPLICATION_NAME = "replication.md"  # a re-run's cells against the published results (--against)
 
 
 def check_not_empty(query: str) -> None:
@@ -180,15 +181,33 @@ def _difference_figures(results: list[RunResult], stats: dict, out: Path) -> lis
     return files
 
 
-def write_report(db: Path, out: Path, rerun_seeds: int | None = None) -> tuple[list[Path], list[str]]:
+def write_replication(stats: dict, against: list[Path], out: Path) -> Path:
+    """Write :data:`REPLICATION_NAME`: the cells of ``stats`` (a re-run's :func:`all_stats`) against the
+    published results exported in ``against`` (:mod:`storage.replication`). Raises :class:`ReportError` (one line)
+    for an unreadable export or an unwritable ``out``."""
+    from storage.replication import replicated_cells, replication_markdown
+
+    published = all_stats(merge_exports([read_results_csv(export) for export in against]))
+    text = replication_markdown(replicated_cells(stats, published), " + ".join(map(str, against)))
+    try:
+        (out / REPLICATION_NAME).write_text(text)
+    except OSError as exc:
+        raise ReportError(f"--out {out}: cannot write the report there: {exc.strerror}") from None
+    return out / REPLICATION_NAME
+
+
+def write_report(db: Path, out: Path, rerun_seeds: int | None = None,
+                 against: list[Path] | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
     """The tables, the per-run export and the figures for what ``db`` holds (completed runs; runs still going
-    are listed and drawn dashed), per task: the files written (the report first), and notes on what could not
-    be drawn or where it was read from; ``rerun_seeds``: the re-run intervals' seeds
-    (:func:`storage.report_stats.setting_stats`)."""
+    are listed and drawn dashed), per task: the files written (the report first; with ``against``, published
+    exports, the re-run check :data:`REPLICATION_NAME` second), and notes on what could not be drawn or where it
+    was read from; ``rerun_seeds``: the re-run intervals' seeds (:func:`storage.report_stats.setting_stats`)."""
     with open_reader(db) as reader:
         data = read_report_data(reader)
     stats = all_stats(data.results, rerun_seeds)
     files = _write_tables(data.results, stats, out)
+    if against:
+        files.insert(1, write_replication(stats, against, out))
     notes = [f"read from {data.source}"] if data.source != "the database file" else []
     files += _difference_figures(data.results, stats, out)
     for task in data.tasks:
@@ -210,16 +229,19 @@ def write_report(db: Path, out: Path, rerun_seeds: int | None = None) -> tuple[l
     return files, notes
 
 
-def render_results(exports: list[Path], out: Path, rerun_seeds: int | None = None) -> tuple[list[Path], list[str]]:
+def render_results(exports: list[Path], out: Path, rerun_seeds: int | None = None,
+                   against: list[Path] | None = None) -> tuple[list[Path], list[str]]:  # fmt: skip
     """The report's tables and the figures an export can give (the paired differences), from results exports alone
     (``run.py report --results FILE [FILE ...]``): the same Markdown as the report one was exported with; several
-    are merged (:func:`storage.results.merge_exports`) and written as one ``results.csv``; ``rerun_seeds`` as in
-    :func:`write_report`. Raises
+    are merged (:func:`storage.results.merge_exports`) and written as one ``results.csv``; ``rerun_seeds`` and
+    ``against`` as in :func:`write_report`. Raises
     :class:`ReportError` (one line) for an unreadable export or none with any run."""
     results = merge_exports([read_results_csv(export) for export in exports])
     if not any(r.counted or r.status == "running" for r in results):
         raise ReportError(f"--results {' '.join(map(str, exports))}: holds no completed or running run")
     stats = all_stats(results, rerun_seeds)
     files = _write_tables(results, stats, out, export=exports[0] if len(exports) == 1 else None)
+    if against:
+        files.insert(1, write_replication(stats, against, out))
     files += _difference_figures(results, stats, out)
     return files, ["from an export: the per-epoch figures (curves, hyperparameters, decisions) need the database"]

@@ -209,7 +209,8 @@ def rescued(difference_to_good_start: float, floor: float | None) -> bool:
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """One cell against its baseline over ``n`` seeds: the mean signed difference (positive is better), its
+    """One cell against its baseline over ``n`` seeds: the mean signed difference (positive is better) and the
+    differences themselves, its
     bootstrap interval, where a re-run's mean is expected to land (``rerun``, for ``rerun_seeds`` fresh seeds:
     :func:`rerun_interval`), Wilcoxon p (``p_holm`` is filled across a table by :func:`holm`), how many seeds were
     better and worse, the probability of improvement and the arm's interquartile mean (signed objective units
@@ -217,6 +218,7 @@ class PairedComparison:
 
     n: int
     mean: float
+    differences: tuple[float, ...]  # seed by seed, signed (+ is better)
     ci: tuple[float, float] | None
     rerun: tuple[float, float] | None
     rerun_seeds: int
@@ -240,7 +242,8 @@ def compare(arm: Sequence[float], baseline: Sequence[float], mode: str,
     sign = -1.0 if mode == "min" else 1.0
     iqm, low, high = iqm_interval(arm)
     return PairedComparison(
-        n=len(differences), mean=float(np.mean(differences)), ci=bootstrap_ci(differences),
+        n=len(differences), mean=float(np.mean(differences)), differences=tuple(differences),
+        ci=bootstrap_ci(differences),
         rerun=rerun_interval(differences, rerun_seeds), rerun_seeds=rerun_seeds or len(differences),
         p_value=wilcoxon_p(differences), better=sum(d > 0 for d in differences), worse=sum(d < 0 for d in differences),
         poi=probability_of_improvement([sign * a for a in arm], [sign * b for b in baseline]), iqm=iqm, iqm_ci=(low, high),

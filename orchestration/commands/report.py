@@ -27,6 +27,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rerun-seeds", type=int, default=None, metavar="M",
                         help="the 'Re-run lands in' column for a re-run on M fresh seeds (default: as many seeds as "
                              "each cell has): check your own re-run of a cell against it")  # fmt: skip
+    parser.add_argument("--against", type=Path, nargs="+", default=None, metavar="FILE.csv",
+                        help="also judge every cell against the published results exported in FILE.csv (e.g. "
+                             "docs/results.csv): does its mean land in the published re-run interval for its number "
+                             "of seeds? Written as replication.md and printed")  # fmt: skip
     db_flag(parser)
     try:
         args = parser.parse_args(argv)
@@ -35,13 +39,16 @@ def main(argv: list[str]) -> int:
         if args.results is not None:
             if len(args.results) > 1 and args.out is None:  # beside the first would overwrite that export
                 raise CliError("--results with several files needs --out DIR for the merged report")
-            files, notes = render_results(args.results, args.out or args.results[0].parent, args.rerun_seeds)
+            files, notes = render_results(args.results, args.out or args.results[0].parent, args.rerun_seeds,
+                                          args.against)
         else:
-            files, notes = write_report(args.db, args.out or args.db.parent / "report", args.rerun_seeds)
+            files, notes = write_report(args.db, args.out or args.db.parent / "report", args.rerun_seeds, args.against)
     except (CliError, ReaderError) as exc:  # ReportError and ResultsError are ReaderErrors
         print(f"run.py report: error: {exc}", file=sys.stderr)
         return 2
     print(files[0].read_text())
+    if args.against:
+        print(files[1].read_text())
     for note in notes:
         print(f"note: {note}")
     print("written:\n" + "\n".join(f"  {path}" for path in files))

@@ -1,6 +1,8 @@
 """``python run.py study [--quick]``: run the study (``orchestration.study``) into one database, resumable, then
 write its report: the tables with intervals, p-values, the A/A noise floor, rescue rates and cost, the figures,
-and the per-run results exported beside them."""
+and the per-run results exported beside them. With seeds or epochs of one's own (``--seed``, ``--seeds``,
+``--epochs``) it is a re-run, not the published study: its own database and report (never ``docs/``), and every
+cell judged against the published results (``replication.md``, :mod:`storage.replication`)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from orchestration.study import STUDY_CONTROLLERS
 FULL_DB = Path("runs") / "study.duckdb"
 QUICK_DB = Path("runs") / "study-quick.duckdb"
 FULL_REPORT = Path("docs")  # the published study: docs/results.md and the exported results beside it
+PUBLISHED = FULL_REPORT / "results.csv"
+RERUN_DB = Path("runs") / "study-rerun.duckdb"  # the study's cells on seeds (or epochs) of one's own
 
 
 def parser():
@@ -24,16 +28,17 @@ def parser():
     p.add_argument("--quick", action="store_true",
                    help="the diabetes task only, 3 seeds, 20 epochs: every column of the report in minutes "
                         f"(database {QUICK_DB}, report in {QUICK_DB.with_suffix('')})")  # fmt: skip
-    p.add_argument("--db", type=Path, default=None, help=f"the study's database (default: {FULL_DB}, or {QUICK_DB})")
+    p.add_argument("--db", type=Path, default=None, help=f"the study's database (default: {FULL_DB}, {QUICK_DB} "
+                   f"for --quick, {RERUN_DB} with --seed, --seeds or --epochs)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs"), help="folder for run directories (default: runs)")
     p.add_argument("--report", type=Path, default=None,
-                   help=f"report folder (default: {FULL_REPORT}/ for the study, the database's name for --quick)")
+                   help=f"report folder (default: {FULL_REPORT}/ for the study, else the database's name)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
     p.add_argument("--jobs", type=int, default=1, help="arms trained at once (run.py --jobs; default: 1)")
     p.add_argument("--only", default=None, metavar="TASK[:REGIME]",
                    help="run only the study's sweeps of this task (and regime), e.g. mnist:100")
     p.add_argument("--seed", type=int, default=None, help="first seed instead of the study's (e.g. to re-run cells "
-                   "on seeds of your own)")  # fmt: skip
+                   f"on seeds of your own: into {RERUN_DB}, each cell then judged against {PUBLISHED})")  # fmt: skip
     p.add_argument("--seeds", type=int, default=None, help="seeds per sweep instead of the study's")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run instead of the study's")
     p.add_argument("--controller", default=None, help="a comma list of the study's controllers to run "
@@ -81,8 +86,9 @@ def main(argv: list[str]) -> int:
     if args.list:
         print("\n".join(sweep.label for sweep in sweeps))
         return 0
-    db = args.db or (QUICK_DB if args.quick else FULL_DB)
-    report = args.report or (db.with_suffix("") if args.quick else FULL_REPORT)
+    rerun = any(getattr(args, k) is not None for k in ("seed", "seeds", "epochs"))  # not the published protocol
+    db = args.db or (QUICK_DB if args.quick else RERUN_DB if rerun else FULL_DB)
+    report = args.report or (db.with_suffix("") if args.quick or rerun else FULL_REPORT)
     with ExitStack() as held:  # the whole study, so that no other invocation slips in between two sweeps
         if not hold_database(held, db, "run.py study"):
             return 2
@@ -91,5 +97,6 @@ def main(argv: list[str]) -> int:
         return code
     from orchestration.commands.report import main as write_report
 
-    written = write_report(["--db", str(db), "--out", str(report)])
+    against = ["--against", str(PUBLISHED)] if rerun and not args.quick and PUBLISHED.exists() else []
+    written = write_report(["--db", str(db), "--out", str(report), *against])
     return code or written

@@ -68,3 +68,18 @@ def test_a_study_stopped_mid_way_continues_where_it_stopped_with_every_arm_once(
     with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as con:
         epochs = con.execute("SELECT run_id, count(*), count(DISTINCT epoch) FROM epochs GROUP BY 1").fetchall()
     assert all(n == distinct for _, n, distinct in epochs)
+
+
+@pytest.mark.slow  # 8 runs of 40 epochs (both starts, 2 seeds, baseline and plateau)
+def test_a_study_on_seeds_of_ones_own_is_judged_against_the_published_results_and_leaves_docs_alone(tmp_path):
+    published = (REPO / "docs" / "results.md").read_text()
+    rerun = subprocess.run([sys.executable, "run.py", "study", "--only", "diabetes", "--seed", "200", "--seeds", "2",
+                            "--controller", "plateau", "--db", str(tmp_path / "r.duckdb"), "--out",
+                            str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    check = (tmp_path / "r" / "replication.md").read_text()  # the report beside its database, not in docs/
+    assert check.startswith("# Re-run against docs/results.csv") and check in rerun.stdout
+    rows = [line for line in check.splitlines() if line.startswith("| diabetes | full |")]
+    assert len(rows) == 2 and all("| Guided (plateau) | 2 |" in row and "| 10 |" in row for row in rows)
+    assert all(row.rstrip(" |").endswith(("inside", "outside")) for row in rows)
+    assert (REPO / "docs" / "results.md").read_text() == published

@@ -1,0 +1,87 @@
+"""Whether a re-run of study cells on seeds of one's own lands where the published study says it should.
+
+Each re-run cell (a guided or A/A arm paired with its baseline) is matched to the published cell of the same
+protocol, the seed apart (:attr:`storage.results.RunResult.cell_key`), and its mean paired difference is judged
+against the published cell's re-run interval for as many seeds as the re-run has
+(:func:`storage.statistics.rerun_interval`): the 95 % prediction interval of a fresh mean, not the published
+confidence interval, which holds a fresh mean far less often. With 95 % intervals about one cell in twenty lands
+outside by chance alone. Used by ``run.py report --against`` and by ``run.py study`` on seeds of one's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from storage import statistics as st
+from storage.report_format import markdown_table, start_label
+from storage.report_stats import SettingStats
+
+
+@dataclass(frozen=True)
+class ReplicatedCell:
+    """One re-run cell beside its published one: the re-run's seeds and mean paired difference (signed, + is
+    better, the objective's units), the published cell's seeds and mean (None: no published cell of that protocol)
+    and where a re-run of ``seeds`` seeds is expected to land (None: no published cell, or one of a single seed)."""
+
+    task: str
+    regime: str
+    start: str
+    label: str
+    seeds: int
+    mean: float
+    published_seeds: int | None
+    published_mean: float | None
+    interval: tuple[float, float] | None
+
+    @property
+    def verdict(self) -> str:
+        """'inside' or 'outside' the published re-run interval, or why there is none."""
+        if self.published_seeds is None:
+            return "not in the published results"
+        if self.interval is None:
+            return "no interval (1 published seed)"
+        low, high = self.interval
+        return "inside" if low <= self.mean <= high else "outside"
+
+
+def replicated_cells(rerun: dict[tuple, SettingStats], published: dict[tuple, SettingStats]) -> list[ReplicatedCell]:
+    """Every paired cell of ``rerun`` beside the published cell of the same protocol; both arguments are
+    :func:`storage.report_stats.all_stats` results, keyed (task, objective, setting)."""
+    found = []
+    for setting, stats in rerun.items():
+        theirs = published.get(setting)
+        for key, cell in stats.stats.items():
+            mine = cell.comparison
+            if mine is None:
+                continue
+            match = theirs.stats.get(key) if theirs is not None else None
+            before = match.comparison if match is not None else None
+            first = cell.runs[0]
+            found.append(ReplicatedCell(
+                first.task, first.regime, first.start, stats.labels[key], mine.n, mine.mean,
+                None if before is None else before.n, None if before is None else before.mean,
+                None if before is None else st.rerun_interval(before.differences, mine.n),
+            ))  # fmt: skip
+    return found
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4f}" if abs(value) < 100 else f"{value:+.2f}"
+
+
+def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> str:
+    """The re-run against ``published_name`` (the published export) as Markdown: a row per cell and the count of
+    cells inside their interval."""
+    body = [(c.task, c.regime, start_label(c.start), c.label, c.seeds, _signed(c.mean), c.published_seeds or "",
+             _signed(c.published_mean), "" if c.interval is None else f"[{_signed(c.interval[0])}, "
+             f"{_signed(c.interval[1])}]", c.verdict) for c in cells]  # fmt: skip
+    columns = ["Task", "Regime", "Start", "Model", "Seeds", "Δ final (+ better)", "Published seeds", "Published Δ",
+               "Re-run lands in (95 %)", "Verdict"]  # fmt: skip
+    judged = [c for c in cells if c.verdict in ("inside", "outside")]
+    inside = sum(c.verdict == "inside" for c in judged)
+    text = f"# Re-run against {published_name}\n\n" + markdown_table(columns, body) + "\n\n"
+    text += (f"* {inside} of {len(judged)} cells inside the published study's re-run interval for their number of "
+             "seeds (95 %: about 1 cell in 20 lands outside by chance alone). Δ: the final objective minus the "
+             "baseline's of the same seed, + better; the interval: the published mean ± t·s·√(1/n + 1/m), n "
+             "published seeds, m here.\n")  # fmt: skip
+    return text

@@ -1,0 +1,72 @@
+"""storage.replication: a re-run's cells judged against the published study's re-run intervals. The published
+diabetes sweep has 10 seeds (100-109): its first five play the re-run and its last five the published study, so
+every number is checked against storage.statistics on the same differences."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storage import statistics as st
+from storage.replication import replicated_cells, replication_markdown
+from storage.report_stats import all_stats
+from storage.results import read_results_csv, write_results_csv
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory):
+    """The published diabetes runs split by seed: (seeds 100-104 as a re-run, seeds 105-109 as published) CSVs."""
+    runs = [r for r in read_results_csv(REPO / "docs" / "results.csv") if r.task == "diabetes"]
+    folder = tmp_path_factory.mktemp("halves")
+    rerun = write_results_csv([r for r in runs if r.seed < 105], folder / "rerun.csv")
+    published = write_results_csv([r for r in runs if r.seed >= 105], folder / "published.csv")
+    return rerun, published
+
+
+def test_each_cell_is_judged_by_the_published_cells_rerun_interval_for_its_seeds(halves):
+    rerun, published = (read_results_csv(path) for path in halves)
+    mine, theirs = all_stats(rerun), all_stats(published)
+    cells = replicated_cells(mine, theirs)
+    assert len(cells) == 10  # 2 starts x (A/A, random, plateau, heuristic, llm)
+    for cell in cells:
+        setting = next(k for k in theirs if k[0] == "diabetes")
+        key = next(k for k, c in theirs[setting].stats.items()
+                   if c.comparison and (c.runs[0].start, theirs[setting].labels[k]) == (cell.start, cell.label))  # fmt: skip
+        published_cell = theirs[setting].stats[key].comparison
+        assert (cell.seeds, cell.published_seeds) == (5, 5)
+        assert cell.interval == st.rerun_interval(published_cell.differences, 5)
+        low, high = cell.interval
+        assert cell.verdict == ("inside" if low <= cell.mean <= high else "outside")
+    llm = next(c for c in cells if c.label == "Guided (llm)" and c.start == "{}")
+    assert llm.verdict == "inside" and llm.mean == pytest.approx(1.11, abs=0.01)  # seeds 100-104: +1.11 RMSE
+
+
+def test_a_cell_the_published_study_lacks_says_so_and_the_count_leaves_it_out(halves):
+    rerun = read_results_csv(halves[0])
+    published = [r for r in read_results_csv(halves[1]) if r.controller != "plateau"]
+    cells = replicated_cells(all_stats(rerun), all_stats(published))
+    missing = [c for c in cells if "plateau" in c.label]
+    assert [c.verdict for c in missing] == ["not in the published results"] * 2
+    text = replication_markdown(cells, "published.csv")
+    judged = [c for c in cells if c.verdict in ("inside", "outside")]
+    inside = sum(c.verdict == "inside" for c in judged)
+    assert f"* {inside} of 8 cells inside" in text and text.startswith("# Re-run against published.csv")
+
+
+def test_report_against_writes_and_prints_the_check_and_a_bad_export_is_one_line(halves, tmp_path):
+    rerun, published = halves
+    report = subprocess.run([sys.executable, "run.py", "report", "--results", str(rerun), "--out", str(tmp_path),
+                             "--against", str(published)], cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    check = (tmp_path / "replication.md").read_text()
+    assert check in report.stdout and f"# Re-run against {published}" in check
+    assert "| diabetes | full | default | Guided (llm) | 5 | +1.1" in check
+    bad = subprocess.run([sys.executable, "run.py", "report", "--results", str(rerun), "--out", str(tmp_path),
+                          "--against", str(tmp_path / "none.csv")], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("run.py report: error: ") and "Traceback" not in bad.stderr
