@@ -4,8 +4,10 @@ Each re-run cell (a guided or A/A arm paired with its baseline) is matched to th
 protocol, the seed apart (:attr:`storage.results.RunResult.cell_key`), and its mean paired difference is judged
 against the published cell's re-run interval for as many seeds as the re-run has
 (:func:`storage.statistics.rerun_interval`): the 95 % prediction interval of a fresh mean, not the published
-confidence interval, which holds a fresh mean far less often. With 95 % intervals about one cell in twenty lands
-outside by chance alone. Used by ``run.py report --against`` and by ``run.py study`` on seeds of one's own.
+confidence interval, which holds a fresh mean less often. Each cell lands outside its 95 % interval with
+probability 0.05 by chance alone; the cells of one start share their baseline seeds, so misses are not independent.
+A cell that shares seeds with its published cell is not a fresh re-run and is not judged. Used by ``run.py report
+--against`` and by ``run.py study`` on seeds of one's own.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from storage.report_stats import SettingStats
 @dataclass(frozen=True)
 class ReplicatedCell:
     """One re-run cell beside its published one: the re-run's seeds and mean paired difference (signed, + is
-    better, the objective's units), the published cell's seeds and mean (None: no published cell of that protocol)
-    and where a re-run of ``seeds`` seeds is expected to land (None: no published cell, or one of a single seed)."""
+    better, the objective's units), the published cell's seeds and mean (None: no published cell of that protocol),
+    where a re-run of ``seeds`` seeds is expected to land (None: no published cell, or one of a single seed) and
+    the seeds both cells ran."""
 
     task: str
     regime: str
@@ -32,12 +35,15 @@ class ReplicatedCell:
     published_seeds: int | None
     published_mean: float | None
     interval: tuple[float, float] | None
+    shared_seeds: tuple[int, ...] = ()
 
     @property
     def verdict(self) -> str:
         """'inside' or 'outside' the published re-run interval, or why there is none."""
         if self.published_seeds is None:
             return "not in the published results"
+        if self.shared_seeds:
+            return f"not a fresh re-run: shares seed(s) {', '.join(map(str, self.shared_seeds))}"
         if self.interval is None:
             return "no interval (1 published seed)"
         low, high = self.interval
@@ -57,10 +63,11 @@ def replicated_cells(rerun: dict[tuple, SettingStats], published: dict[tuple, Se
             match = theirs.stats.get(key) if theirs is not None else None
             before = match.comparison if match is not None else None
             first = cell.runs[0]
+            shared = sorted({r.seed for r in cell.runs} & {r.seed for r in match.runs}) if before else []
             found.append(ReplicatedCell(
                 first.task, first.regime, first.start, stats.labels[key], mine.n, mine.mean,
                 None if before is None else before.n, None if before is None else before.mean,
-                None if before is None else st.rerun_interval(before.differences, mine.n),
+                None if before is None else st.rerun_interval(before.differences, mine.n), tuple(shared),
             ))  # fmt: skip
     return found
 
@@ -80,8 +87,13 @@ def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> st
     judged = [c for c in cells if c.verdict in ("inside", "outside")]
     inside = sum(c.verdict == "inside" for c in judged)
     text = f"# Re-run against {published_name}\n\n" + markdown_table(columns, body) + "\n\n"
-    text += (f"* {inside} of {len(judged)} cells inside the published study's re-run interval for their number of "
-             "seeds (95 %: about 1 cell in 20 lands outside by chance alone). Δ: the final objective minus the "
-             "baseline's of the same seed, + better; the interval: the published mean ± t·s·√(1/n + 1/m), n "
-             "published seeds, m here.\n")  # fmt: skip
+    if judged:
+        text += (f"* {inside} of {len(judged)} cells inside the published re-run interval for their number of seeds "
+                 "(95 %: each cell lands outside with probability 0.05 by chance alone; the cells of one start share "
+                 "their baseline seeds, so misses are not independent).\n")  # fmt: skip
+    else:
+        text += ("* **No cell judged**: none matches a published cell run on other seeds (another number of epochs, "
+                 "other task options or another controller variant is another protocol).\n")  # fmt: skip
+    text += ("* Δ: the final objective minus the baseline's of the same seed, + better; the interval: the published "
+             "mean ± t(n−1)·s·√(1/n + 1/m), n published seeds, m here.\n")  # fmt: skip
     return text

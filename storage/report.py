@@ -181,13 +181,20 @@ def _difference_figures(results: list[RunResult], stats: dict, out: Path) -> lis
     return files
 
 
-def write_replication(stats: dict, against: list[Path], out: Path) -> Path:
-    """Write :data:`REPLICATION_NAME`: the cells of ``stats`` (a re-run's :func:`all_stats`) against the
-    published results exported in ``against`` (:mod:`storage.replication`). Raises :class:`ReportError` (one line)
-    for an unreadable export or an unwritable ``out``."""
+def published_stats(against: list[Path] | None) -> dict | None:
+    """The :func:`all_stats` of the published results exported in ``against`` (None without any), read before
+    anything is written so that a bad export leaves no half-written report. Raises ResultsError (one line)."""
+    if not against:
+        return None
+    return all_stats(merge_exports([read_results_csv(export, "--against") for export in against]))
+
+
+def write_replication(stats: dict, published: dict, against: list[Path], out: Path) -> Path:
+    """Write :data:`REPLICATION_NAME`: the cells of ``stats`` (a re-run's :func:`all_stats`) against
+    ``published`` (:func:`published_stats` of the exports ``against``; :mod:`storage.replication`). Raises
+    :class:`ReportError` (one line) for an unwritable ``out``."""
     from storage.replication import replicated_cells, replication_markdown
 
-    published = all_stats(merge_exports([read_results_csv(export) for export in against]))
     text = replication_markdown(replicated_cells(stats, published), " + ".join(map(str, against)))
     try:
         (out / REPLICATION_NAME).write_text(text)
@@ -202,12 +209,13 @@ def write_report(db: Path, out: Path, rerun_seeds: int | None = None,
     are listed and drawn dashed), per task: the files written (the report first; with ``against``, published
     exports, the re-run check :data:`REPLICATION_NAME` second), and notes on what could not be drawn or where it
     was read from; ``rerun_seeds``: the re-run intervals' seeds (:func:`storage.report_stats.setting_stats`)."""
+    published = published_stats(against)
     with open_reader(db) as reader:
         data = read_report_data(reader)
     stats = all_stats(data.results, rerun_seeds)
     files = _write_tables(data.results, stats, out)
-    if against:
-        files.insert(1, write_replication(stats, against, out))
+    if published is not None:
+        files.insert(1, write_replication(stats, published, against, out))
     notes = [f"read from {data.source}"] if data.source != "the database file" else []
     files += _difference_figures(data.results, stats, out)
     for task in data.tasks:
@@ -239,9 +247,10 @@ def render_results(exports: list[Path], out: Path, rerun_seeds: int | None = Non
     results = merge_exports([read_results_csv(export) for export in exports])
     if not any(r.counted or r.status == "running" for r in results):
         raise ReportError(f"--results {' '.join(map(str, exports))}: holds no completed or running run")
+    published = published_stats(against)
     stats = all_stats(results, rerun_seeds)
     files = _write_tables(results, stats, out, export=exports[0] if len(exports) == 1 else None)
-    if against:
-        files.insert(1, write_replication(stats, against, out))
+    if published is not None:
+        files.insert(1, write_replication(stats, published, against, out))
     files += _difference_figures(results, stats, out)
     return files, ["from an export: the per-epoch figures (curves, hyperparameters, decisions) need the database"]

@@ -235,23 +235,24 @@ def merge_exports(exports: list[list[RunResult]]) -> list[RunResult]:
     return list(merged.values())
 
 
-def read_results_csv(path: Path) -> list[RunResult]:
+def read_results_csv(path: Path, flag: str = "--results") -> list[RunResult]:
     """The :class:`RunResult` rows of an export written by :func:`write_results_csv`. Raises
-    :class:`ResultsError` (one line) for a missing file, missing columns or a value that does not parse."""
+    :class:`ResultsError` (one line, naming the ``flag`` the file was given with) for a missing file, missing
+    columns or a value that does not parse."""
     try:
         with path.open(newline="") as source:
             reader = csv.DictReader(source)
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise ResultsError(f"--results {path}: not a ReflectNet results export: no column {', '.join(missing)}")
+                raise ResultsError(f"{flag} {path}: not a ReflectNet results export: no column {', '.join(missing)}")
             results = []
             for line, row in enumerate(reader, 2):
                 try:
                     results.append(RunResult(**{c: _parse(c, row[c] or "") for c in COLUMNS}))
                 except (ValueError, TypeError) as exc:
-                    raise ResultsError(f"--results {path}, line {line}: {exc}") from None
+                    raise ResultsError(f"{flag} {path}, line {line}: {exc}") from None
     except OSError as exc:
-        raise ResultsError(f"--results {path}: cannot read it: {exc.strerror}") from None
+        raise ResultsError(f"{flag} {path}: cannot read it: {exc.strerror}") from None
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise ResultsError(f"--results {path}: not a CSV file: {exc}") from None
+        raise ResultsError(f"{flag} {path}: not a CSV file: {exc}") from None
     return results

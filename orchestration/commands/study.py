@@ -97,6 +97,8 @@ def main(argv: list[str]) -> int:
         return code
     from orchestration.commands.report import main as write_report
 
-    against = ["--against", str(PUBLISHED)] if rerun and not args.quick and PUBLISHED.exists() else []
+    # other epochs are another protocol: no published cell to judge a cell against
+    comparable = rerun and not args.quick and args.epochs is None and PUBLISHED.exists()
+    against = ["--against", str(PUBLISHED)] if comparable else []
     written = write_report(["--db", str(db), "--out", str(report), *against])
     return code or written

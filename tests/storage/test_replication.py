@@ -66,7 +66,17 @@ def test_report_against_writes_and_prints_the_check_and_a_bad_export_is_one_line
     check = (tmp_path / "replication.md").read_text()
     assert check in report.stdout and f"# Re-run against {published}" in check
     assert "| diabetes | full | default | Guided (llm) | 5 | +1.1" in check
-    bad = subprocess.run([sys.executable, "run.py", "report", "--results", str(rerun), "--out", str(tmp_path),
+    bad = subprocess.run([sys.executable, "run.py", "report", "--results", str(rerun), "--out", str(tmp_path / "bad"),
                           "--against", str(tmp_path / "none.csv")], cwd=REPO, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
-    assert bad.returncode == 2 and bad.stderr.startswith("run.py report: error: ") and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        f"run.py report: error: --against {tmp_path / 'none.csv'}: cannot read it: No such file or directory")
+    assert not (tmp_path / "bad").exists()  # read before anything is written: no half-written report
+
+
+def test_a_cell_on_the_published_seeds_is_not_judged_and_no_match_at_all_says_so(halves):
+    published = read_results_csv(halves[1])
+    same = replicated_cells(all_stats(published), all_stats(published))
+    assert {c.verdict for c in same} == {"not a fresh re-run: shares seed(s) 105, 106, 107, 108, 109"}
+    text = replication_markdown(same, "published.csv")
+    assert "**No cell judged**" in text and "cells inside" not in text
