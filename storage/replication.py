@@ -19,6 +19,9 @@ from storage.report_format import markdown_table, start_label
 from storage.report_stats import SettingStats
 
 
+FLOAT_SLACK = 1e-9  # relative: a mean that differs from an interval's end by rounding alone is not outside it
+
+
 @dataclass(frozen=True)
 class ReplicatedCell:
     """One re-run cell beside its published one: the re-run's seeds and mean paired difference (signed, + is
@@ -47,7 +50,8 @@ class ReplicatedCell:
         if self.interval is None:
             return "no interval (1 published seed)"
         low, high = self.interval
-        return "inside" if low <= self.mean <= high else "outside"
+        slack = FLOAT_SLACK * max(1.0, abs(low), abs(high))  # an interval of width 0: arms that never acted
+        return "inside" if low - slack <= self.mean <= high + slack else "outside"
 
 
 def replicated_cells(rerun: dict[tuple, SettingStats], published: dict[tuple, SettingStats]) -> list[ReplicatedCell]:

@@ -80,3 +80,12 @@ def test_a_cell_on_the_published_seeds_is_not_judged_and_no_match_at_all_says_so
     assert {c.verdict for c in same} == {"not a fresh re-run: shares seed(s) 105, 106, 107, 108, 109"}
     text = replication_markdown(same, "published.csv")
     assert "**No cell judged**" in text and "cells inside" not in text
+
+
+def test_a_zero_width_interval_holds_a_mean_that_differs_by_rounding_alone():
+    from storage.replication import ReplicatedCell
+
+    def cell(mean: float) -> ReplicatedCell:
+        return ReplicatedCell("diabetes", "full", "{}", "Guided (llm)", 5, mean, 10, 0.0, (0.0, 0.0))
+
+    assert cell(3e-15).verdict == "inside" and cell(-3e-15).verdict == "inside" and cell(1e-6).verdict == "outside"
