@@ -5,7 +5,9 @@ protocol, the seed apart (:attr:`storage.results.RunResult.cell_key`), and its m
 against the published cell's re-run interval for as many seeds as the re-run has
 (:func:`storage.statistics.rerun_interval`): the 95 % prediction interval of a fresh mean, not the published
 confidence interval, which holds a fresh mean less often. Each cell lands outside its 95 % interval with
-probability 0.05 by chance alone; the cells of one start share their baseline seeds, so misses are not independent.
+probability 0.05 by chance alone where the differences are roughly normal (a rare collapse or rescue, which the
+published seeds may hold no case of, lands outside more often); the cells of one start share their baseline seeds,
+so misses are not independent.
 A cell that shares seeds with its published cell is not a fresh re-run and is not judged. Used by ``run.py report
 --against`` and by ``run.py study`` on seeds of one's own.
 """
@@ -93,7 +95,8 @@ def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> st
     text = f"# Re-run against {published_name}\n\n" + markdown_table(columns, body) + "\n\n"
     if judged:
         text += (f"* {inside} of {len(judged)} cells inside the published re-run interval for their number of seeds "
-                 "(95 %: each cell lands outside with probability 0.05 by chance alone; the cells of one start share "
+                 "(95 %: each cell lands outside with probability 0.05 by chance alone where the differences are "
+                 "roughly normal; a rare collapse or rescue lands outside more often; the cells of one start share "
                  "their baseline seeds, so misses are not independent).\n")  # fmt: skip
     else:
         text += ("* **No cell judged**: none matches a published cell run on other seeds (another number of epochs, "
