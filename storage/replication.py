@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from storage import statistics as st
 from storage.report_format import markdown_table, start_label
-from storage.report_stats import SettingStats
+from storage.report_stats import SettingStats, interval_text, signed_text
 
 
 FLOAT_SLACK = 1e-9  # relative: a mean that differs from an interval's end by rounding alone is not outside it
@@ -68,26 +68,22 @@ def replicated_cells(rerun: dict[tuple, SettingStats], published: dict[tuple, Se
                 continue
             match = theirs.stats.get(key) if theirs is not None else None
             before = match.comparison if match is not None else None
+            published = (None, None, None, ())
+            if before is not None:
+                shared = tuple(sorted({r.seed for r in cell.runs} & {r.seed for r in match.runs}))
+                published = (before.n, before.mean, st.rerun_interval(before.differences, mine.n), shared)
             first = cell.runs[0]
-            shared = sorted({r.seed for r in cell.runs} & {r.seed for r in match.runs}) if before else []
-            found.append(ReplicatedCell(
-                first.task, first.regime, first.start, stats.labels[key], mine.n, mine.mean,
-                None if before is None else before.n, None if before is None else before.mean,
-                None if before is None else st.rerun_interval(before.differences, mine.n), tuple(shared),
-            ))  # fmt: skip
+            found.append(ReplicatedCell(first.task, first.regime, first.start, stats.labels[key], mine.n, mine.mean,
+                                        *published))  # fmt: skip
     return found
-
-
-def _signed(value: float | None) -> str:
-    return "" if value is None else f"{value:+.4f}" if abs(value) < 100 else f"{value:+.2f}"
 
 
 def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> str:
     """The re-run against ``published_name`` (the published export) as Markdown: a row per cell and the count of
     cells inside their interval."""
-    body = [(c.task, c.regime, start_label(c.start), c.label, c.seeds, _signed(c.mean), c.published_seeds or "",
-             _signed(c.published_mean), "" if c.interval is None else f"[{_signed(c.interval[0])}, "
-             f"{_signed(c.interval[1])}]", c.verdict) for c in cells]  # fmt: skip
+    body = [(c.task, c.regime, start_label(c.start), c.label, c.seeds, signed_text(c.mean), c.published_seeds or "",
+             signed_text(c.published_mean), interval_text(c.interval, c.published_seeds or 0), c.verdict)
+            for c in cells]  # fmt: skip
     columns = ["Task", "Regime", "Start", "Model", "Seeds", "Δ final (+ better)", "Published seeds", "Published Δ",
                "Re-run lands in (95 %)", "Verdict"]  # fmt: skip
     judged = [c for c in cells if c.verdict in ("inside", "outside")]

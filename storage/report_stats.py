@@ -32,16 +32,18 @@ def _pairs(cell: list[RunResult], baselines: dict[tuple, RunResult]) -> tuple[li
     return paired, [baselines[r.pair_key] for r in paired]
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
+def signed_text(value: float | None, digits: int = 4) -> str:
+    """A signed difference as the tables print it: ``+0.0123`` (``+123.45`` from 100 on), '' for None."""
     if value is None:
         return ""
     return f"{value:+.{digits}f}" if abs(value) < 100 else f"{value:+.2f}"
 
 
-def _ci(ci: tuple | None, n: int) -> str:
+def interval_text(ci: tuple | None, n: int) -> str:
+    """An interval as the tables print it, ``[low, high]``; without one, why where it is the single seed (n = 1)."""
     if ci is None or ci[0] is None:
         return "1 seed: no interval" if n == 1 else ""
-    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    return f"[{signed_text(ci[0])}, {signed_text(ci[1])}]"
 
 
 def _p(p: float | None) -> str:
@@ -136,7 +138,7 @@ def stats_markdown(s: SettingStats) -> str:
             word = "" if first.arm == "baseline" else "no baseline"
         else:
             iqm, (low, high) = c.iqm, c.iqm_ci
-            paired = (c.n, _fmt(c.mean), _ci(c.ci, c.n), _ci(c.rerun, c.n), f"{c.better}/{c.worse}",
+            paired = (c.n, signed_text(c.mean), interval_text(c.ci, c.n), interval_text(c.rerun, c.n), f"{c.better}/{c.worse}",
                       _p(c.p_value), _p(c.p_holm), "" if c.poi is None else f"{c.poi:.2f}")  # fmt: skip
             word = st.verdict(c.mean, floor, c.ci) if first.arm == "guided" else ""
             word += f" ({cell.unpaired} seed(s) without baseline)" if cell.unpaired else ""
