@@ -90,10 +90,14 @@ def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> st
     inside = sum(c.verdict == "inside" for c in judged)
     text = f"# Re-run against {published_name}\n\n" + markdown_table(columns, body) + "\n\n"
     if judged:
+        outside = len(judged) - inside
         text += (f"* {inside} of {len(judged)} cells inside the published re-run interval for their number of seeds "
                  "(95 %: each cell lands outside with probability 0.05 by chance alone where the differences are "
                  "roughly normal; a rare collapse or rescue lands outside more often; the cells of one start share "
-                 "their baseline seeds, so misses are not independent).\n")  # fmt: skip
+                 "their baseline seeds, so misses are not independent).\n"
+                 f"* By chance alone {(1 - st.CONFIDENCE) * len(judged):.2f} of {len(judged)} cells are expected "
+                 f"outside; {outside} or more outside has probability {st.misses_by_chance(outside, len(judged)):.2f} "
+                 "if the cells were independent (binomial upper tail).\n")  # fmt: skip
     else:
         text += ("* **No cell judged**: none matches a published cell run on other seeds (another number of epochs, "
                  "other task options or another controller variant is another protocol).\n")  # fmt: skip

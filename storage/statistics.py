@@ -100,6 +100,19 @@ def rerun_interval(differences: Sequence[float], rerun_seeds: int | None = None,
     return mean - half, mean + half
 
 
+def misses_by_chance(outside: int, judged: int, confidence: float = CONFIDENCE) -> float:
+    """The probability that ``outside`` or more of ``judged`` re-run cells land outside their ``confidence``
+    re-run intervals (:func:`rerun_interval`) by chance alone: the upper tail of Binomial(judged, 1 - confidence)
+    (scipy.stats.binom). Assumes the cells independent; cells of one start share their baseline seeds, which makes
+    misses come together and this tail too small, so a small value is a prompt to look, not a verdict. 1.0 for
+    ``outside`` = 0; raises ValueError for counts outside 0 <= outside <= judged."""
+    from scipy import stats
+
+    if not 0 <= outside <= judged:
+        raise ValueError(f"need 0 <= outside <= judged, got {outside} of {judged}")
+    return float(stats.binom.sf(outside - 1, judged, 1 - confidence))
+
+
 def wilcoxon_p(differences: Sequence[float]) -> float | None:
     """The two-sided Wilcoxon signed-rank p-value of paired ``differences`` (scipy.stats.wilcoxon; exact for
     small samples, zero differences dropped as in Wilcoxon's original test). None for fewer than 2 pairs; 1.0

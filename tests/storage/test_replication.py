@@ -56,6 +56,9 @@ def test_a_cell_the_published_study_lacks_says_so_and_the_count_leaves_it_out(ha
     judged = [c for c in cells if c.verdict in ("inside", "outside")]
     inside = sum(c.verdict == "inside" for c in judged)
     assert f"* {inside} of 8 cells inside" in text and text.startswith("# Re-run against published.csv")
+    chance = st.misses_by_chance(8 - inside, 8)
+    assert f"* By chance alone 0.40 of 8 cells are expected outside; {8 - inside} or more outside has probability " \
+           f"{chance:.2f}" in text
 
 
 def test_report_against_writes_and_prints_the_check_and_a_bad_export_is_one_line(halves, tmp_path):

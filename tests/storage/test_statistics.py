@@ -108,3 +108,13 @@ def test_compare_pairs_seed_by_seed():
     assert c.poi == pytest.approx(st.probability_of_improvement([-56.0, -58.0, -57.0], [-60.0, -59.0, -57.0]))
     with pytest.raises(ValueError, match="equal length"):
         st.compare([1.0], [1.0, 2.0], "max")
+
+
+def test_misses_by_chance_is_the_binomial_upper_tail_worked_by_hand():
+    # 3 or more of 22 outside at 5 % each: 1 - [0.95^22 + 22 * 0.05 * 0.95^21 + 231 * 0.05^2 * 0.95^20]
+    by_hand = 1 - (0.95**22 + 22 * 0.05 * 0.95**21 + 231 * 0.05**2 * 0.95**20)
+    assert st.misses_by_chance(3, 22) == pytest.approx(by_hand, rel=1e-9)
+    assert st.misses_by_chance(0, 22) == 1.0
+    assert st.misses_by_chance(1, 1) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="outside <= judged"):
+        st.misses_by_chance(3, 2)
