@@ -43,3 +43,23 @@ def test_a_sweep_the_training_command_refuses_stops_the_study_with_one_line(tmp_
     assert run_study([bad], tmp_path / "s.duckdb", tmp_path / "runs") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-regime" in err[0]
+
+
+def test_the_published_results_hold_exactly_the_seeds_and_controllers_the_protocol_names():
+    """docs/results.csv is the protocol's output: each sweep's cell holds every seed it names, for every
+    controller, and no other seed (a re-run on other seeds is checked against it, not merged into it)."""
+    import json
+    from collections import defaultdict
+    from pathlib import Path
+
+    from storage.results import read_results_csv
+
+    published = read_results_csv(Path(__file__).resolve().parents[1] / "docs" / "results.csv")
+    seeds = defaultdict(set)
+    for run in published:
+        seeds[run.task, run.regime, json.loads(run.start or "{}") != {}, run.epochs, run.controller].add(run.seed)
+    for sweep in study_sweeps():
+        for controller in ("none", *STUDY_CONTROLLERS[2:]):
+            cell = (sweep.task, sweep.regime, bool(sweep.start), sweep.epochs, controller)
+            assert seeds.pop(cell) == set(range(sweep.seed, sweep.seed + sweep.seeds)), cell
+    assert not seeds  # nothing published outside the protocol
