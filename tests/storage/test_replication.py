@@ -92,3 +92,23 @@ def test_a_zero_width_interval_holds_a_mean_that_differs_by_rounding_alone():
         return ReplicatedCell("diabetes", "full", "{}", "Guided (llm)", 5, mean, 10, 0.0, (0.0, 0.0))
 
     assert cell(3e-15).verdict == "inside" and cell(-3e-15).verdict == "inside" and cell(1e-6).verdict == "outside"
+
+
+def test_the_whole_rerun_is_judged_by_bonferroni_intervals_at_one_minus_alpha_over_k(halves):
+    rerun, published = (read_results_csv(path) for path in halves)
+    theirs = all_stats(published)
+    cells = replicated_cells(all_stats(rerun), theirs)
+    judged = [c for c in cells if c.verdict in ("inside", "outside")]
+    k = len(judged)
+    assert k == 10
+    for cell in judged:
+        published_cell = next(c.comparison for s in theirs.values() for key, c in s.stats.items()
+                              if c.comparison and (c.runs[0].start, s.labels[key]) == (cell.start, cell.label))  # fmt: skip
+        assert cell.table_interval == st.rerun_interval(published_cell.differences, 5, 1 - 0.05 / k)
+        low, high = cell.table_interval  # wider than the cell's own 95 % interval, around the same centre
+        assert low <= cell.interval[0] and cell.interval[1] <= high
+        assert cell.table_verdict == ("inside" if low <= cell.mean <= high else "outside")
+    text = replication_markdown(cells, "published.csv")
+    together = sum(c.table_verdict == "inside" for c in judged)
+    assert f"**The re-run as a whole: {together} of 10 cells inside their Bonferroni interval** (each at 99.5 %" in text
+    assert "| All 10 together (95 %, Bonferroni) | Verdict (together) |" in text
