@@ -121,14 +121,15 @@ def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> st
                  "roughly normal; a rare collapse or rescue lands outside more often; the cells of one start share "
                  "their baseline seeds, so misses are not independent).\n"
                  f"* By chance alone {(1 - st.CONFIDENCE) * len(judged):.2f} of {len(judged)} cells are expected "
-                 f"outside; {outside} or more outside has probability {st.misses_by_chance(outside, len(judged)):.2f} "
-                 "if the cells were independent (binomial upper tail).\n")  # fmt: skip
+                 + (f"outside; {outside} or more outside has probability "
+                    f"{st.misses_by_chance(outside, len(judged)):.2f} if the cells were independent (binomial upper "
+                    "tail).\n" if outside else "outside; none is.\n"))  # fmt: skip
         together = sum(c.table_verdict == "inside" for c in judged)
         text += (f"* **The re-run as a whole: {together} of {len(judged)} cells inside their Bonferroni interval** "
                  f"(each at {100 * (1 - (1 - st.CONFIDENCE) / len(judged)):.4g} %, so that all {len(judged)} hold together with probability "
                  "at least 95 % whatever the dependence between cells): "
-                 + ("the published table replicates.\n" if together == len(judged)
-                    else "the published table does not replicate in the cells outside.\n"))  # fmt: skip
+                 + ("every cell landed where the published table says a re-run should.\n" if together == len(judged)
+                    else "the cells outside did not land where the published table says a re-run should.\n"))  # fmt: skip
     else:
         text += ("* **No cell judged**: none matches a published cell run on other seeds (another number of epochs, "
                  "other task options or another controller variant is another protocol).\n")  # fmt: skip
