@@ -115,24 +115,29 @@ def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> st
     columns += [f"All {len(judged)} together (95 %, Bonferroni)", "Verdict (together)"] if judged else []
     text = f"# Re-run against {published_name}\n\n" + markdown_table(columns, body) + "\n\n"
     if judged:
-        outside = len(judged) - inside
-        text += (f"* {inside} of {len(judged)} cells inside the published re-run interval for their number of seeds "
-                 "(95 %: each cell lands outside with probability 0.05 by chance alone where the differences are "
-                 "roughly normal; a rare collapse or rescue lands outside more often; the cells of one start share "
-                 "their baseline seeds, so misses are not independent).\n"
-                 f"* By chance alone {(1 - st.CONFIDENCE) * len(judged):.2f} of {len(judged)} cells are expected "
-                 + (f"outside; {outside} or more outside has probability "
-                    f"{st.misses_by_chance(outside, len(judged)):.2f} if the cells were independent (binomial upper "
-                    "tail).\n" if outside else "outside; none is.\n"))  # fmt: skip
-        together = sum(c.table_verdict == "inside" for c in judged)
-        text += (f"* **The re-run as a whole: {together} of {len(judged)} cells inside their Bonferroni interval** "
-                 f"(each at {100 * (1 - (1 - st.CONFIDENCE) / len(judged)):.4g} %, so that all {len(judged)} hold together with probability "
-                 "at least 95 % whatever the dependence between cells): "
-                 + ("every cell landed where the published table says a re-run should.\n" if together == len(judged)
-                    else "the cells outside did not land where the published table says a re-run should.\n"))  # fmt: skip
+        text += _judged_summary(judged, inside)
     else:
         text += ("* **No cell judged**: none matches a published cell run on other seeds (another number of epochs, "
                  "other task options or another controller variant is another protocol).\n")  # fmt: skip
     text += ("* Δ: the final objective minus the baseline's of the same seed, + better; the interval: the published "
              "mean ± t(n−1)·s·√(1/n + 1/m), n published seeds, m here.\n")  # fmt: skip
     return text
+
+
+def _judged_summary(judged: list[ReplicatedCell], inside: int) -> str:
+    """The Markdown lines under the table: cells inside at 95 % each, the binomial chance of the misses seen, and
+    the whole re-run against the Bonferroni intervals."""
+    k, outside = len(judged), len(judged) - inside
+    together = sum(c.table_verdict == "inside" for c in judged)
+    chance = (f"outside; {outside} or more outside has probability {st.misses_by_chance(outside, k):.2f} if the "
+              "cells were independent (binomial upper tail)" if outside else "outside; none is")  # fmt: skip
+    ending = ("every cell landed where the published table says a re-run should" if together == k
+              else "the cells outside did not land where the published table says a re-run should")  # fmt: skip
+    return (f"* {inside} of {k} cells inside the published re-run interval for their number of seeds (95 %: each "
+            "cell lands outside with probability 0.05 by chance alone where the differences are roughly normal; a "
+            "rare collapse or rescue lands outside more often; the cells of one start share their baseline seeds, so "
+            "misses are not independent).\n"
+            f"* By chance alone {(1 - st.CONFIDENCE) * k:.2f} of {k} cells are expected {chance}.\n"
+            f"* **The re-run as a whole: {together} of {k} cells inside their Bonferroni interval** (each at "
+            f"{100 * (1 - (1 - st.CONFIDENCE) / k):.4g} %, so that all {k} hold together with probability at least "
+            f"95 % whatever the dependence between cells): {ending}.\n")  # fmt: skip
