@@ -81,5 +81,6 @@ def test_a_study_on_seeds_of_ones_own_is_judged_against_the_published_results_an
     assert check.startswith("# Re-run against docs/results.csv") and check in rerun.stdout
     rows = [line for line in check.splitlines() if line.startswith("| diabetes | full |")]
     assert len(rows) == 2 and all("| Guided (plateau) | 2 |" in row and "| 10 |" in row for row in rows)
-    assert all(row.rstrip(" |").endswith(("inside", "outside")) for row in rows)
+    assert all(row.rstrip(" |").endswith(("inside", "outside")) for row in rows)  # alone, then together
+    assert "* **The re-run as a whole: " in check and "| All 2 together (95 %, Bonferroni) |" in check
     assert (REPO / "docs" / "results.md").read_text() == published
