@@ -49,6 +49,11 @@ class ReplicatedCell:
     table_interval: tuple[float, float] | None = None
 
     @property
+    def judged(self) -> bool:
+        """Whether the cell has a verdict at all: a published cell on other seeds, with an interval."""
+        return self.verdict in ("inside", "outside")
+
+    @property
     def verdict(self) -> str:
         """'inside' or 'outside' the published re-run interval, or why there is none."""
         return self._judged(self.interval)
@@ -75,7 +80,7 @@ def replicated_cells(rerun: dict[tuple, SettingStats], published: dict[tuple, Se
     """Every paired cell of ``rerun`` beside the published cell of the same protocol, with its 95 % re-run interval
     and, once the number k of judged cells is known, its Bonferroni interval at 1 - 0.05/k; both arguments are
     :func:`storage.report_stats.all_stats` results, keyed (task, objective, setting)."""
-    found, differences = [], []
+    found = []  # (cell, the published cell's paired differences or None)
     for setting, stats in rerun.items():
         theirs = published.get(setting)
         for key, cell in stats.stats.items():
@@ -84,30 +89,27 @@ def replicated_cells(rerun: dict[tuple, SettingStats], published: dict[tuple, Se
                 continue
             match = theirs.stats.get(key) if theirs is not None else None
             before = match.comparison if match is not None else None
-            published = (None, None, None, ())
+            published_half = (None, None, None, ())
             if before is not None:
                 shared = tuple(sorted({r.seed for r in cell.runs} & {r.seed for r in match.runs}))
-                published = (before.n, before.mean, st.rerun_interval(before.differences, mine.n), shared)
+                published_half = (before.n, before.mean, st.rerun_interval(before.differences, mine.n), shared)
             first = cell.runs[0]
-            found.append(ReplicatedCell(first.task, first.regime, first.start, stats.labels[key], mine.n, mine.mean,
-                                        *published))  # fmt: skip
-            differences.append(before.differences if before is not None else None)
-    judged = sum(c.verdict in ("inside", "outside") for c in found)
-    if not judged:
-        return found
-    level = 1 - (1 - st.CONFIDENCE) / judged
-    return [replace(c, table_interval=st.rerun_interval(d, c.seeds, level) if c.interval is not None else None)
-            for c, d in zip(found, differences)]  # fmt: skip
+            found.append((ReplicatedCell(first.task, first.regime, first.start, stats.labels[key], mine.n, mine.mean,
+                                         *published_half), before.differences if before is not None else None))  # fmt: skip
+    judged = sum(c.judged for c, _ in found)
+    level = 1 - (1 - st.CONFIDENCE) / max(judged, 1)
+    return [replace(c, table_interval=st.rerun_interval(d, c.seeds, level)) if judged and d is not None else c
+            for c, d in found]  # fmt: skip
 
 
 def replication_markdown(cells: list[ReplicatedCell], published_name: str) -> str:
     """The re-run against ``published_name`` (the published export) as Markdown: a row per cell and the count of
     cells inside their interval."""
-    judged = [c for c in cells if c.verdict in ("inside", "outside")]
+    judged = [c for c in cells if c.judged]
     inside = sum(c.verdict == "inside" for c in judged)
     body = [(c.task, c.regime, start_label(c.start), c.label, c.seeds, signed_text(c.mean), c.published_seeds or "",
              signed_text(c.published_mean), interval_text(c.interval, c.published_seeds or 0), c.verdict)
-            + ((interval_text(c.table_interval, c.published_seeds or 0), c.table_verdict if c in judged else "")
+            + ((interval_text(c.table_interval, c.published_seeds or 0), c.table_verdict if c.judged else "")
                if judged else ())
             for c in cells]  # fmt: skip
     columns = ["Task", "Regime", "Start", "Model", "Seeds", "Δ final (+ better)", "Published seeds", "Published Δ",

@@ -125,3 +125,13 @@ def test_misses_are_read_against_the_binomial_tail_and_one_miss_fails_the_whole_
     assert f"2 or more outside has probability {st.misses_by_chance(2, 3):.2f} if the cells were independent" in text
     assert "**The re-run as a whole: 2 of 3 cells inside their Bonferroni interval** (each at 98.33 %" in text
     assert text.count("| outside |") == 3 and "the cells outside did not land where" in text  # 2 alone + 1 together
+
+
+def test_a_rerun_of_several_tasks_judges_each_against_its_own_published_setting():
+    runs = read_results_csv(REPO / "docs" / "results.csv")
+    rerun = [r for r in runs if (r.task == "diabetes" and r.seed < 105) or r.task == "cartpole"]
+    published = [r for r in runs if (r.task == "diabetes" and r.seed >= 105) or r.task == "cartpole"]
+    cells = replicated_cells(all_stats(rerun), all_stats(published))
+    by_task = {task: [c for c in cells if c.task == task] for task in ("diabetes", "cartpole")}
+    assert len(by_task["diabetes"]) == 10 and all(c.judged for c in by_task["diabetes"])
+    assert len(by_task["cartpole"]) == 10 and not any(c.judged for c in by_task["cartpole"])  # the same seeds
